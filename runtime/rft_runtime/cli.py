@@ -15,6 +15,17 @@ def _handler(parser: argparse.ArgumentParser, target: str) -> None:
     parser.set_defaults(_handler=target)
 
 
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", required=True, action="append",
+        help="the job's YAML file; repeat to overlay files in order (later files win)",
+    )
+    parser.add_argument(
+        "--partial", action="store_true",
+        help="the file is a fragment (e.g. only model.tinker): skip the checks only a whole job needs",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser (cheap: no heavy imports)."""
     p = argparse.ArgumentParser(
@@ -25,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     v = sub.add_parser("validate", help="check a job config and print a summary (exit 2 on errors)")
-    v.add_argument("--config", "-c", required=True, help="the job's YAML file")
+    _config_args(v)
     _handler(v, "rft_runtime.config.commands:validate_main")
 
     c = sub.add_parser("config", help="show the resolved config or its JSON schema")
     csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     cs = csub.add_parser("show", help="print the resolved config as YAML (secrets redacted)")
-    cs.add_argument("--config", "-c", required=True, help="the job's YAML file")
+    _config_args(cs)
     _handler(cs, "rft_runtime.config.commands:show_main")
     csc = csub.add_parser("schema", help="print the JSON schema of the job config")
     _handler(csc, "rft_runtime.config.commands:schema_main")

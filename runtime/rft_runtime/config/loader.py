@@ -1,0 +1,411 @@
+"""Loading a job config: YAML, `${oc.env:...}` interpolation, validation with every problem reported at once.
+
+Validation runs in rounds: pydantic checks types and ranges; every key it rejects is pruned (so the default
+takes its place) and the rest is validated again, so the cross-field checks in `checks` still run and a user
+sees all problems of a file in one go instead of fixing them one run at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rft_runtime.config.errors import ConfigError, ConfigIssue
+from rft_runtime.config.models import JobConfig
+
+log = logging.getLogger("rft.config")
+
+_MAX_ROUNDS = 8
+
+
+# ---------------------------------------------------------------- paths
+
+
+def format_path(loc: Sequence[Any]) -> str:
+    """('stages', 0, 'buffer') -> 'stages[0].buffer'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The classes inside Optional / list / dict / union annotations."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return [annotation]
+    out: list[Any] = []
+    args = typing.get_args(annotation)
+    if origin in (list, tuple, set, Sequence):
+        for a in args:
+            out.extend(_unwrap(a))
+    elif origin is dict:
+        if len(args) == 2:
+            out.extend(_unwrap(args[1]))
+    elif origin in (typing.Union, types.UnionType):
+        for a in args:
+            out.extend(_unwrap(a))
+    return out
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The config section class found by following `loc` from JobConfig (None past free-form dicts)."""
+    current: list[Any] = [JobConfig]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        nxt: list[Any] = []
+        for cls in current:
+            if isinstance(cls, type) and issubclass(cls, BaseModel):
+                field = cls.model_fields.get(part)
+                if field is not None:
+                    nxt.extend(_unwrap(field.annotation))
+                else:
+                    # a key of a dict[str, Section] field: stay on the dict's value class
+                    nxt.append(cls)
+        current = [c for c in nxt if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not current:
+            return None
+    return current[0] if current else None
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """The closest valid name to a misspelt one, if any is close."""
+    lowered = {c.lower(): c for c in choices}
+    hit = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[hit[0]] if hit else None
+
+
+# ---------------------------------------------------------------- YAML and interpolation
+
+
+def _yaml_issue(exc: yaml.YAMLError, source: str) -> ConfigIssue:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
+    return ConfigIssue("", f"invalid YAML in {source} at {where}: {problem}; fix the syntax there")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse one YAML file into a mapping, or raise ConfigError naming the line of a syntax error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_issue(exc, str(path))], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigIssue("", f"the top level of {path} must be a mapping of sections, got {type(data).__name__}")],
+            str(path),
+        )
+    return data
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` on top of `base`: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _walk(obj: Any, loc: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], Any]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, (*loc, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, (*loc, i))
+    else:
+        yield loc, obj
+
+
+def _set(obj: Any, loc: Sequence[Any], value: Any) -> None:
+    for part in loc[:-1]:
+        obj = obj[part]
+    obj[loc[-1]] = value
+
+
+def _delete(obj: Any, loc: Sequence[Any]) -> bool:
+    try:
+        for part in loc[:-1]:
+            obj = obj[part]
+        if isinstance(obj, dict) and loc[-1] in obj:
+            del obj[loc[-1]]
+            return True
+        if isinstance(obj, list) and isinstance(loc[-1], int) and loc[-1] < len(obj):
+            obj[loc[-1]] = None
+            return True
+    except (KeyError, IndexError, TypeError):
+        pass
+    return False
+
+
+def resolve_interpolations(data: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """Resolve `${oc.env:VAR,default}` and `${section.key}` the way Trinity (OmegaConf) does."""
+    interpolated = [(loc, v) for loc, v in _walk(data) if isinstance(v, str) and "${" in v]
+    if not interpolated:
+        return data, []
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    issues: list[ConfigIssue] = []
+    try:
+        root = OmegaConf.create(data)
+    except OmegaConfBaseException as exc:
+        return data, [ConfigIssue("", f"cannot interpolate this config: {exc}")]
+    out = copy.deepcopy(data)
+    for loc, raw in interpolated:
+        node: Any = root
+        try:
+            for part in loc:
+                node = node[part]
+        except OmegaConfBaseException as exc:
+            reason = str(exc).splitlines()[0]
+            if "not found" in reason and "Environment variable" in reason:
+                reason += "; set it, or give a default as ${oc.env:VAR,default}"
+            issues.append(ConfigIssue(format_path(loc), f"cannot resolve {raw!r}: {reason}"))
+            _delete(out, loc)
+            continue
+        if OmegaConf.is_config(node):
+            node = OmegaConf.to_container(node, resolve=True)
+        _set(out, loc, node)
+    return out, issues
+
+
+# ---------------------------------------------------------------- pydantic errors -> issues
+
+
+def _clean_loc(loc: Sequence[Any]) -> tuple[Any, ...]:
+    # pydantic adds the branch of a union to the location (e.g. 'str', 'list[str]'); users never wrote those
+    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _UNION_TAGS))
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
+
+
+def _issue_from_error(err: dict[str, Any], prefix: tuple[Any, ...]) -> tuple[ConfigIssue, tuple[Any, ...]]:
+    loc = _clean_loc(err["loc"])
+    path = format_path((*prefix, *loc))
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        section = _model_at(loc[:-1])
+        fields = list(section.model_fields) if section else []
+        hint = suggest(key, fields)
+        where = format_path((*prefix, *loc[:-1])) or "the top level"
+        if hint:
+            msg = f"unknown key '{key}' in {where}; did you mean '{hint}'?"
+        elif fields:
+            msg = f"unknown key '{key}' in {where}; valid keys: {', '.join(fields)}"
+        else:
+            msg = f"unknown key '{key}' in {where}; remove it"
+        return ConfigIssue(path, msg), loc
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
+        hint = suggest(str(value), choices) if isinstance(value, str) else None
+        msg = f"{_short(value)} is not a valid choice; use one of: {', '.join(choices)}"
+        if hint:
+            msg = f"{_short(value)} is not a valid choice; did you mean '{hint}'? (one of: {', '.join(choices)})"
+        return ConfigIssue(path, msg), loc
+    if kind == "missing":
+        return ConfigIssue(path, "is required; add it"), loc
+    text = err["msg"]
+    text = text[0].lower() + text[1:] if text else kind
+    return ConfigIssue(path, f"{text}, got {_short(value)}"), loc
+
+
+def validate_structure(
+    data: dict[str, Any], prefix: tuple[Any, ...] = ()
+) -> tuple[JobConfig | None, list[ConfigIssue]]:
+    """Validate with pydantic; prune what it rejects and retry so that the remaining checks can run."""
+    issues: list[ConfigIssue] = []
+    work = copy.deepcopy(data)
+    for _ in range(_MAX_ROUNDS):
+        try:
+            return JobConfig.model_validate(work), issues
+        except ValidationError as exc:
+            pruned = False
+            for err in exc.errors():
+                issue, loc = _issue_from_error(err, prefix)
+                if issue not in issues:
+                    issues.append(issue)
+                pruned |= _delete(work, loc)
+            if not pruned:
+                break
+    return None, issues
+
+
+# ---------------------------------------------------------------- finishing touches
+
+
+def _finish(cfg: JobConfig, base_dir: Path | None) -> JobConfig:
+    """Fill the values Trinity derives: absolute root dir, base model, context length, trainer type."""
+    root = Path(cfg.checkpoint_root_dir).expanduser()
+    if not root.is_absolute():
+        root = (base_dir or Path.cwd()) / root
+    cfg.checkpoint_root_dir = str(root.resolve())
+    m = cfg.model
+    if m.tinker.enable and m.tinker.base_model is None and m.model_path:
+        m.tinker.base_model = m.model_path
+    if m.max_model_len is None and m.max_prompt_tokens and m.max_response_tokens:
+        m.max_model_len = m.max_prompt_tokens + m.max_response_tokens
+    if m.tinker.enable and "sync_method" not in cfg.synchronizer.model_fields_set:
+        cfg.synchronizer.sync_method = "checkpoint"
+    if cfg.trainer.trainer_type is None or m.tinker.enable:
+        cfg.trainer.trainer_type = cfg.backend
+    return cfg
+
+
+def _load(data: dict[str, Any], source: str | None, partial: bool, base_dir: Path | None) -> JobConfig:
+    from rft_runtime.config.checks import check_config
+
+    data, issues = resolve_interpolations(data)
+    cfg, structural = validate_structure(data)
+    issues += structural
+    warnings: list[str] = []
+    if cfg is not None:
+        stages_present = bool(cfg.stages)
+        if not stages_present:
+            issues += [i for i in check_config(cfg, data, partial, warnings) if i not in issues]
+        else:
+            for index, stage in enumerate(data.get("stages") or []):
+                issues += _check_stage(data, stage, index, partial, warnings, issues)
+    if issues:
+        raise ConfigError(issues, source)
+    assert cfg is not None
+    _finish(cfg, base_dir)
+    cfg._warnings = list(dict.fromkeys(warnings))
+    for w in cfg._warnings:
+        log.warning("%s", w)
+    return cfg
+
+
+def _stage_data(base: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: v for k, v in base.items() if k != "stages"}
+    overlay = {k: v for k, v in stage.items() if k != "stage_name"}
+    return deep_merge(merged, overlay)
+
+
+def _check_stage(
+    base: dict[str, Any], stage: Any, index: int, partial: bool, warnings: list[str], seen: list[ConfigIssue]
+) -> list[ConfigIssue]:
+    from rft_runtime.config.checks import check_config
+
+    where = f"stages[{index}]"
+    if not isinstance(stage, dict):
+        return [ConfigIssue(where, f"a stage must be a mapping with stage_name and sections, got {_short(stage)}")]
+    issues: list[ConfigIssue] = []
+    if not stage.get("stage_name"):
+        issues.append(ConfigIssue(f"{where}.stage_name", "is required; name each stage"))
+    merged = _stage_data(base, stage)
+    cfg, structural = validate_structure(merged)
+    for issue in structural:
+        # problems in keys the stage sets are the stage's; the rest were already reported for the base
+        first = issue.path.split(".")[0].split("[")[0]
+        if first in stage:
+            issues.append(ConfigIssue(f"{where}.{issue.path}", issue.message))
+    if cfg is not None:
+        for issue in check_config(cfg, merged, partial, warnings):
+            first = issue.path.split(".")[0].split("[")[0]
+            moved = ConfigIssue(f"{where}.{issue.path}", issue.message) if first in stage else issue
+            if moved not in seen and moved not in issues:
+                issues.append(moved)
+    return issues
+
+
+def expand_stages(cfg: JobConfig) -> list[JobConfig]:
+    """The stages of a loaded config as complete configs, in order (the config itself without stages)."""
+    if not cfg.stages:
+        return [cfg]
+    base = cfg.model_dump(mode="json")
+    out = []
+    for index, stage in enumerate(cfg.stages):
+        merged = _stage_data(base, stage)
+        merged["stages"] = []
+        stage_cfg = JobConfig.model_validate(merged)
+        # the base dump already carries derived values (e.g. max_model_len); re-derive for what the stage set
+        if "model" in stage and "max_model_len" not in (stage.get("model") or {}):
+            m = stage_cfg.model
+            if m.max_prompt_tokens and m.max_response_tokens:
+                m.max_model_len = m.max_prompt_tokens + m.max_response_tokens
+        if "model" in stage and "tinker" in (stage.get("model") or {}):
+            if not (stage["model"]["tinker"] or {}).get("base_model"):
+                stage_cfg.model.tinker.base_model = stage_cfg.model.model_path if stage_cfg.backend == "tinker" else None
+        if stage_cfg.backend == "tinker" or not (stage.get("trainer") or {}).get("trainer_type"):
+            stage_cfg.trainer.trainer_type = stage_cfg.backend
+        stage_cfg._stage_name = str(stage.get("stage_name") or f"stage{index}")
+        stage_cfg._stage_index = index
+        stage_cfg._warnings = cfg.warnings
+        out.append(stage_cfg)
+    return out
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_config(
+    paths: str | Path | Sequence[str | Path], *, partial: bool = False, base_dir: str | Path | None = None
+) -> JobConfig:
+    """Load, interpolate and validate a job config; later files are overlays on earlier ones.
+
+    `partial=True` accepts a fragment (like the seed's `tinker-snippet.yaml`) by skipping the checks that
+    only a complete job needs (a model, a taskset). Raises ConfigError listing every problem found.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ConfigError([ConfigIssue("", "no config file given")])
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = deep_merge(data, read_yaml(path))
+    source = ", ".join(str(p) for p in paths)
+    return _load(data, source, partial, Path(base_dir) if base_dir else None)
+
+
+def load_config_dict(
+    obj: dict[str, Any],
+    overlay_on_defaults: bool = False,
+    *,
+    partial: bool | None = None,
+    source: str | None = None,
+    base_dir: str | Path | None = None,
+) -> JobConfig:
+    """Validate a config given as plain data (what the operator has in `spec.config`).
+
+    `overlay_on_defaults=True` treats `obj` as a fragment over the defaults (same as `partial=True`).
+    """
+    if not isinstance(obj, dict):
+        raise ConfigError(
+            [ConfigIssue("", f"the config must be a mapping of sections, got {type(obj).__name__}")], source
+        )
+    is_partial = overlay_on_defaults if partial is None else partial
+    return _load(copy.deepcopy(obj), source, is_partial, Path(base_dir) if base_dir else None)
