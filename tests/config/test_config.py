@@ -289,3 +289,10 @@ def test_load_does_not_mutate_input():
     before = copy.deepcopy(data)
     load_config_dict(data)
     assert data == before
+
+
+def test_config_reference_doc_matches_the_models():
+    from rft_runtime.config.reference import render
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert doc.read_text() == render(), "docs/config.md is stale: python -m rft_runtime.config.reference > docs/config.md"

@@ -52,12 +52,14 @@ class AlgorithmConfig(Section):
     algorithm_type: str = Field("ppo", description="grpo, opmd, sft, rloo, reinforceplusplus, ppo, ...")
     repeat_times: int = Field(1, ge=1, description="Rollouts per task (the group size).")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    sample_strategy: str | None = None
+    sample_strategy: str | None = Field(None, description="How experiences are drawn (veRL).")
     sample_strategy_args: dict[str, Any] | None = None
     advantage_fn: str | None = None
-    advantage_fn_args: dict[str, Any] | None = None
+    advantage_fn_args: dict[str, Any] | None = Field(None, description="e.g. epsilon (grpo), tau (opmd).")
     policy_loss_fn: str | None = None
-    policy_loss_fn_args: dict[str, Any] | None = None
+    policy_loss_fn_args: dict[str, Any] | None = Field(
+        None, description="clip_range, or clip_range_low / clip_range_high, of the PPO-clip objective."
+    )
     kl_loss_fn: str | None = None
     kl_loss_fn_args: dict[str, Any] | None = Field(None, description="kl_coef > 0 adds a KL term.")
     kl_penalty_fn: str | None = None
@@ -311,22 +313,24 @@ class JobConfig(Section):
     """A Trinity-RFT job: every section, with Trinity's defaults."""
 
     mode: Mode = Field("both", description="both, train, explore, bench, serve or colocate.")
-    project: str = Field("Trinity-RFT", min_length=1)
-    group: str = ""
-    name: str = Field("rft", min_length=1)
+    project: str = Field("Trinity-RFT", min_length=1, description="First level of the job directory.")
+    group: str = Field("", description="Second level of the job directory.")
+    name: str = Field("rft", min_length=1, description="The job's name: last level of the job directory.")
     checkpoint_root_dir: str = Field("./checkpoints", min_length=1, description="Relative: against the cwd.")
     continue_from_checkpoint: bool = Field(True, description="Resume from the job directory when it has state.")
-    ray_namespace: str | None = None
-    log_level: str | None = None
-    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
-    data_processor: dict[str, Any] = Field(default_factory=dict)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    buffer: BufferConfig = Field(default_factory=BufferConfig)
-    explorer: ExplorerConfig = Field(default_factory=ExplorerConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    synchronizer: SynchronizerConfig = Field(default_factory=SynchronizerConfig)
+    ray_namespace: str | None = Field(None, description="Ray namespace of a veRL job.")
+    log_level: str | None = Field(None, description="Logging level of the runtime (DEBUG, INFO, ...).")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="The RL algorithm.")
+    data_processor: dict[str, Any] = Field(default_factory=dict, description="Trinity data pipelines (veRL).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model, prompting, Tinker.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Nodes and GPUs (veRL).")
+    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Batching and datasets.")
+    explorer: ExplorerConfig = Field(default_factory=ExplorerConfig, description="Rollout concurrency.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Checkpoints, clipping.")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Extra metric sinks.")
+    synchronizer: SynchronizerConfig = Field(
+        default_factory=SynchronizerConfig, description="How new weights reach the explorer."
+    )
     stages: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Stages run in order; each holds stage_name and sections merged onto this config.",
