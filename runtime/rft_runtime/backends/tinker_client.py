@@ -1,0 +1,234 @@
+"""Reaching a Tinker-compatible server from a job config, and getting back after it went away.
+
+`base_url` null means the Tinker service (an API key is then required), "local" starts the local engine on a
+free loopback port for the job's lifetime, and any other value is the URL of a server someone else runs.
+The runtime only ever talks through the official SDK, so the three are the same code past this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rft_runtime.backends.errors import BackendError
+from rft_runtime.config import API_KEY_VARS, JobConfig, tinker_api_key
+
+log = logging.getLogger(__name__)
+
+# The local engine accepts any key of the SDK's shape; this one only has to pass the SDK's own check.
+LOCAL_API_KEY = "tml-local"
+
+
+def check_api_key(cfg: JobConfig) -> str:
+    """The API key for this job's endpoint; raises before any work when the Tinker service needs one."""
+    key = tinker_api_key()
+    if key:
+        return key
+    if cfg.model.tinker.base_url is None:
+        raise BackendError(
+            "no Tinker API key: model.tinker.base_url is null, which means the Tinker service, and neither "
+            f"{' nor '.join(API_KEY_VARS)} is set. Export one of them (e.g. `export TINKER_API_KEY=tml-...`), "
+            "or set model.tinker.base_url: local to train on the local engine without an account"
+        )
+    return LOCAL_API_KEY
+
+
+def local_model_dir(cfg: JobConfig) -> Path:
+    """The model directory the local engine serves (tinker.base_model, else model_path); must exist."""
+    name = cfg.model.tinker_base_model
+    if not name:
+        raise BackendError("model.model_path (or model.tinker.base_model) must name the model to train")
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise BackendError(
+            f"model.tinker.base_url is 'local', so the model must be a local directory, but {name!r} is not "
+            "one; make one with `rft engine make-model DIR` or point model_path at a downloaded model"
+        )
+    return path.resolve()
+
+
+def _healthy(base_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/api/v1/healthz", timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _stop_leftover_engine(pid_file: Path) -> None:
+    """Stop an engine a previous run of this job started and could not stop (it was SIGKILLed)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        pid_file.unlink(missing_ok=True)
+        return
+    # only a process that is our engine: the pid may have been reused by something else since
+    if "engine" in cmdline and "serve" in cmdline:
+        log.warning("stopping the local engine (pid %d) left over from an earlier run of this job", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                time.sleep(0.1)
+                os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pid_file.unlink(missing_ok=True)
+
+
+class Connection:
+    """A ServiceClient to the job's endpoint (starting the local engine first when asked) that can reconnect.
+
+    `generation` counts reconnects: a client made from an older generation is assumed dead, so the explorer
+    and the trainer each recreate theirs when they see it change.
+    """
+
+    def __init__(self, cfg: JobConfig, job_dir: Path | None = None):
+        self.cfg = cfg
+        self.job_dir = Path(job_dir or cfg.job_dir)
+        self.api_key = check_api_key(cfg)
+        self.engine: Any = None
+        self.base_url: str | None = None
+        self.service: Any = None
+        self.generation = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self) -> Connection:
+        """Start the local engine when base_url is 'local' and create the ServiceClient."""
+        os.environ.setdefault("TINKER_TELEMETRY", "0")
+        url = self.cfg.model.tinker.base_url
+        if url == "local":
+            self._start_engine()
+        else:
+            self.base_url = url
+        self.service = self._new_service()
+        return self
+
+    def _start_engine(self) -> None:
+        from rft_runtime.engine.launcher import LocalEngine
+
+        model_dir = local_model_dir(self.cfg)
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.job_dir / "engine.pid"
+        _stop_leftover_engine(pid_file)
+        # the engine keeps tinker:// checkpoints in the job directory, so a resumed run can load them
+        state_dir = self.job_dir / "engine-state"
+        self.engine = LocalEngine(
+            model_dir, state_dir=state_dir, port=0, api_key=LOCAL_API_KEY,
+            log_file=self.job_dir / "engine.log",
+        )
+        try:
+            self.engine.start(timeout=120)
+        except BaseException:
+            self._stop_engine()
+            raise
+        self.base_url = self.engine.base_url
+        pid_file.write_text(f"{self.engine.pid}\n")
+        log.info("local engine serving %s at %s (pid %d)", model_dir, self.base_url, self.engine.pid)
+
+    def _stop_engine(self) -> None:
+        if self.engine is None:
+            return
+        try:
+            self.engine.stop()
+        except Exception as exc:  # stopping is best effort; the job's own error matters more
+            log.warning("stopping the local engine failed: %s", exc)
+        (self.job_dir / "engine.pid").unlink(missing_ok=True)
+        self.engine = None
+
+    def close(self) -> None:
+        """Close the ServiceClient and stop the engine this connection started."""
+        service, self.service = self.service, None
+        if service is not None:
+            try:
+                service.close()
+            except Exception:  # a dead server cannot finish the session; nothing to do about it
+                pass
+        self._stop_engine()
+
+    def __enter__(self) -> Connection:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ clients
+
+    def _new_service(self) -> Any:
+        import tinker
+
+        return tinker.ServiceClient(base_url=self.base_url, api_key=self.api_key)
+
+    def reconnect(self, seen_generation: int, deadline: float) -> int:
+        """Replace the ServiceClient once per failure (whoever comes first); returns the new generation."""
+        with self._lock:
+            if self.generation != seen_generation:
+                return self.generation
+            if self.base_url:
+                while not _healthy(self.base_url):
+                    if time.monotonic() > deadline:
+                        raise BackendError(f"the server at {self.base_url} did not answer /api/v1/healthz")
+                    time.sleep(0.5)
+            old, self.service = self.service, self._new_service()
+            self.generation += 1
+            if old is not None:
+                threading.Thread(target=_quiet_close, args=(old,), daemon=True).start()
+            return self.generation
+
+    def base_model(self) -> str:
+        """The base model name to ask the server for (an absolute path for a local directory)."""
+        name = self.cfg.model.tinker_base_model or ""
+        path = Path(name).expanduser()
+        # the SDK mangles relative paths with two slashes, and the engine serves the absolute path
+        return str(path.resolve()) if path.is_dir() else name
+
+    def training_client(self, state_path: str | None, timeout: float) -> Any:
+        """A LoRA training client: fresh with the config's rank/seed/train_*, or from a saved state."""
+        t = self.cfg.model.tinker
+        if state_path:
+            fut = self.service.create_training_client_from_state_with_optimizer(state_path)
+        else:
+            fut = self.service.create_lora_training_client(
+                base_model=self.base_model(), rank=t.rank, seed=t.seed,
+                train_mlp=t.train_mlp, train_attn=t.train_attn, train_unembed=t.train_unembed,
+            )
+        return fut.result(timeout=timeout)
+
+    def sampling_client(self, model_path: str | None, timeout: float) -> Any:
+        """A sampling client for saved sampler weights, or for the base model when model_path is None."""
+        if model_path:
+            fut = self.service.create_sampling_client(model_path=model_path)
+        else:
+            fut = self.service.create_sampling_client(base_model=self.base_model())
+        return fut.result(timeout=timeout)
+
+    def tokenizer(self, training_client: Any = None) -> Any:
+        """The model's tokenizer: from the local directory when there is one, else through the SDK."""
+        path = Path(self.cfg.model.tinker_base_model or "").expanduser()
+        if path.is_dir():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(path.resolve()))
+        if training_client is None:
+            raise BackendError("the tokenizer of a hub model is loaded through a training client")
+        return training_client.get_tokenizer()
+
+
+def _quiet_close(service: Any) -> None:
+    try:
+        service.close()
+    except Exception:
+        pass

@@ -1,0 +1,60 @@
+"""`rft run --config FILE`: the drop-in for `trinity run --config`, on the Tinker backend."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+DEFAULT_METRICS_PORT = 9400
+
+
+def metrics_port_from_args(args: Any) -> int | None:
+    """The /metrics port the CLI asked for (None with --no-metrics; 9400 when not given)."""
+    if getattr(args, "no_metrics", False):
+        return None
+    port = getattr(args, "metrics_port", None)
+    return DEFAULT_METRICS_PORT if port is None else port
+
+
+def setup_logging(level: str | None) -> None:
+    """One format for the runtime's log lines; quiet the SDK's and HTTP client's chatter."""
+    logging.basicConfig(
+        level=getattr(logging, (level or "INFO").upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "tinker", "urllib3", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(args: Any) -> int:
+    """Load the config, run every stage, and say where the results are; exit 1 on a job error."""
+    from rft_runtime.backends.errors import BackendError
+    from rft_runtime.config import ConfigError, load_config
+    from rft_runtime.loop.errors import RunError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"rft run: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    if cfg.backend != "tinker":
+        print(
+            "rft run: this config trains with veRL (model.tinker.enable is false); run it on a GPU cluster "
+            "with `trinity run --config`, or set model.tinker.enable: true to train through Tinker",
+            file=sys.stderr,
+        )
+        return 2
+    from rft_runtime.loop.job import run_job
+
+    try:
+        result = run_job(cfg, metrics_port=metrics_port_from_args(args),
+                         progress=not getattr(args, "no_progress", False))
+    except (BackendError, RunError) as exc:
+        print(f"rft run: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {result.steps} steps; metrics in {result.job_dir / 'metrics.jsonl'}, "
+          f"plot in {result.job_dir}, checkpoint bookkeeping in {result.job_dir / 'checkpoint.json'}")
+    return 0

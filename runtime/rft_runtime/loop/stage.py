@@ -1,0 +1,349 @@
+"""One stage of a job: explorer and trainer running together (mode both), or SFT from a dataset (mode train).
+
+The explorer runs in a thread, at most sync_offset steps ahead of the trainer (see loop.sync); the trainer
+runs in the caller's thread. Per step the trainer logs one record to the Monitor (record keys in the team
+notes), saves sampler weights every sync_interval steps and a checkpoint every save_interval steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rft_runtime.backends.tinker_client import Connection
+from rft_runtime.config import JobConfig
+from rft_runtime.config.models import StorageConfig
+from rft_runtime.loop import datums as D
+from rft_runtime.loop.checkpoints import Bookkeeping, CheckpointEntry
+from rft_runtime.loop.errors import RunError
+from rft_runtime.loop.explorer import ExploredBatch
+from rft_runtime.loop.prompts import PromptEncoder
+from rft_runtime.loop.schedule import lr_at
+from rft_runtime.loop.sync import WeightBoard
+from rft_runtime.loop.trainer import StepWork, Trainer
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- data
+
+
+def stage_source(cfg: JobConfig) -> StorageConfig:
+    """The dataset a stage reads: the taskset (mode both) or the experience buffer's file (mode train)."""
+    if cfg.mode == "train":
+        return cfg.buffer.trainer_input.experience_buffer
+    return cfg.buffer.explorer_input.taskset
+
+
+def make_stream(cfg: JobConfig) -> Any:
+    """The stage's TaskStream: seeded order, drop-last batches, epochs and step limits from the config."""
+    from rft_runtime.data.tasksets import TaskStream, load_rows
+
+    source = stage_source(cfg)
+    rows = load_rows(source)
+    batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
+    limits = [s for s in (cfg.buffer.total_steps, source.total_steps, cfg.trainer.total_steps) if s]
+    stream = TaskStream(
+        rows, batch_size=batch_size, total_epochs=source.total_epochs or cfg.buffer.total_epochs,
+        total_steps=min(limits) if limits else None, seed=cfg.explorer.rollout_model.seed,
+    )
+    if not stream.total_steps:
+        raise RunError(
+            f"the dataset at {source.path} has {len(rows)} rows, fewer than one batch of {batch_size}: "
+            "lower buffer.batch_size or add rows"
+        )
+    return stream
+
+
+def make_workflow(cfg: JobConfig) -> Any:
+    """The taskset's workflow instance (its own default_workflow_type, else the explorer input's)."""
+    from rft_runtime.workflows import get_workflow
+
+    ts = cfg.buffer.explorer_input.taskset
+    name = ts.default_workflow_type or cfg.buffer.explorer_input.default_workflow_type or "math_workflow"
+    reward_args = dict(ts.reward_fn_args or {})
+    reward_fn = ts.default_reward_fn_type or cfg.buffer.explorer_input.default_reward_fn_type
+    if reward_fn:
+        reward_args.setdefault("reward_fn", reward_fn)
+    fmt = ts.format
+    if fmt.system_prompt is None and cfg.buffer.explorer_input.system_prompt:
+        fmt = fmt.model_copy(update={"system_prompt": cfg.buffer.explorer_input.system_prompt})
+    return get_workflow(name)(fmt, dict(ts.workflow_args or {}), reward_args)
+
+
+def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    """Chat messages and target response of one SFT row (prompt_key / response_key / system_prompt)."""
+    fmt = cfg.buffer.trainer_input.experience_buffer.format
+    for key in (fmt.prompt_key, fmt.response_key):
+        if key not in row:
+            raise RunError(f"an SFT row has no {key!r} column (format.prompt_key / response_key): {row!r:.200}")
+    messages = []
+    if fmt.system_prompt:
+        messages.append({"role": "system", "content": fmt.system_prompt})
+    messages.append({"role": "user", "content": str(row[fmt.prompt_key])})
+    return messages, str(row[fmt.response_key])
+
+
+# ---------------------------------------------------------------- advantages and stats
+
+
+def assign_advantages(cfg: JobConfig, batch: ExploredBatch) -> None:
+    """Advantages of every rollout from its group's rewards (reinforce++ also normalises over the batch)."""
+    from rft_runtime import algorithms
+
+    algo = cfg.algorithm.algorithm_type
+    args = dict(cfg.algorithm.advantage_fn_args or {})
+    for group in batch.groups:
+        advs = algorithms.compute_advantages(algo, [r.reward for r in group], args)
+        for rollout, adv in zip(group, advs, strict=True):
+            rollout.advantage = float(adv)
+    if algo == "reinforceplusplus" and hasattr(algorithms, "normalise_batch"):
+        flat = batch.rollouts
+        for rollout, adv in zip(flat, algorithms.normalise_batch([r.advantage for r in flat]), strict=True):
+            rollout.advantage = float(adv)
+
+
+def reward_stats(batch: ExploredBatch) -> dict[str, float]:
+    """reward_mean/std/min/max, accuracy and format_score (when the workflow reports them), lengths."""
+    rollouts = batch.rollouts
+    out: dict[str, float] = {}
+    if not rollouts:
+        return out
+    rewards = [r.reward for r in rollouts]
+    out["reward_mean"] = statistics.fmean(rewards)
+    out["reward_std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
+    out["reward_min"] = min(rewards)
+    out["reward_max"] = max(rewards)
+    for key in ("accuracy", "format_score"):
+        vals = [r.metrics[key] for r in rollouts if key in r.metrics]
+        if vals:
+            out[key] = statistics.fmean(vals)
+    lengths = [len(r.tokens) for r in rollouts]
+    out["response_length_mean"] = statistics.fmean(lengths)
+    tokens = sum(lengths)
+    if tokens:
+        # entropy estimated from the sampled tokens only: E[-log p] (what Tinker makes possible)
+        out["entropy"] = -sum(sum(r.logprobs) for r in rollouts) / tokens
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class StageResult:
+    """How a stage ended."""
+
+    steps: int
+    state_path: str | None
+    sampler_path: str | None
+
+
+class StageRunner:
+    """Runs one stage from `start_step` (resume) to its last step."""
+
+    def __init__(
+        self, cfg: JobConfig, conn: Connection, monitor: Any, book: Bookkeeping, *, step_base: int,
+        job_total: int, stream: Any, encoder: PromptEncoder, trainer: Trainer,
+    ):
+        self.cfg = cfg
+        self.conn = conn
+        self.monitor = monitor
+        self.book = book
+        self.step_base = step_base
+        self.job_total = job_total
+        self.stream = stream
+        self.encoder = encoder
+        self.trainer = trainer
+        self.total = stream.total_steps
+        self.sync = cfg.synchronizer
+        self.algo = cfg.algorithm.algorithm_type
+        self.kl_coef = cfg.algorithm.kl_coef
+        self._ref_sampler: Any = None
+        self._ref_generation = -1
+
+    # ------------------------------------------------------------ trainer side
+
+    def _loss(self) -> tuple[str, dict[str, Any] | None]:
+        from rft_runtime.algorithms import loss_spec
+
+        name, config = loss_spec(self.cfg)
+        return name, (dict(config) if config else None)
+
+    def _ref_logprobs(self, rollout: Any) -> list[float]:
+        import tinker
+
+        if self._ref_sampler is None or self._ref_generation != self.conn.generation:
+            self._ref_generation = self.conn.generation
+            self._ref_sampler = self.conn.sampling_client(None, timeout=self.trainer.call_timeout)
+        ids = rollout.prompt_ids + rollout.tokens
+        lps = self._ref_sampler.compute_logprobs(tinker.ModelInput.from_ints(ids)).result(
+            timeout=self.trainer.call_timeout)
+        tail = lps[-len(rollout.tokens):]
+        return [float(x) if x is not None else 0.0 for x in tail]
+
+    def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
+        assign_advantages(self.cfg, batch)
+        name, config = self._loss()
+        rollouts = [r for r in batch.rollouts if r.tokens]
+        n_tokens = sum(len(r.tokens) for r in rollouts)
+        scale = 1.0 / n_tokens if n_tokens else 0.0
+        use_kl = self.kl_coef > 0
+        datums = []
+        for r in rollouts:
+            if not use_kl and r.advantage == 0.0:
+                continue  # a zero advantage masks every token: sending it would only cost time
+            ref = self._ref_logprobs(r) if use_kl else None
+            datums.append(D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref))
+        custom = None
+        if use_kl and datums:
+            cfg = config or {}
+            custom = D.ppo_kl_loss(cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2),
+                                   self.kl_coef)
+        lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
+        extra = {"response_tokens": float(n_tokens)}
+        return StepWork(step, datums, name, config, lr, custom), extra
+
+    def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
+        pairs = []
+        prompt_tokens = truncated = 0
+        for task in tasks:
+            messages, response = sft_messages(self.cfg, task.row)
+            ids = self.encoder.prompt_ids(messages)
+            if self.encoder.too_long(ids):
+                truncated += 1
+                continue
+            resp = self.encoder.response_ids(response)
+            limit = self.cfg.model.max_response_tokens
+            if limit and len(resp) > limit:
+                resp = resp[:limit]
+            prompt_tokens += len(ids)
+            pairs.append((ids, resp))
+        n_tokens = sum(len(r) for _, r in pairs)
+        scale = 1.0 / n_tokens if n_tokens else 0.0
+        datums = [D.sft_datum(ids, resp, scale) for ids, resp in pairs]
+        lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
+        extra = {
+            "prompt_tokens": float(prompt_tokens), "response_tokens": float(n_tokens),
+            "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
+            "response_length_mean": n_tokens / len(pairs) if pairs else 0.0,
+        }
+        return StepWork(step, datums, "cross_entropy", None, lr), extra
+
+    def _checkpoint(self, step: int, stream_state: dict[str, Any] | None, sampler_path: str | None) -> None:
+        label = f"s{self.cfg.stage_index or 0}-step{step:06d}"
+        state = self.trainer.save_state(label)
+        entry = CheckpointEntry(
+            stage_index=self.cfg.stage_index or 0, stage_step=step, global_step=self.step_base + step,
+            state_path=state, sampler_path=sampler_path, stream_state=stream_state,
+        )
+        dropped = self.book.record(entry, self.cfg.trainer.max_checkpoints_to_keep)
+        self.book.save(self.cfg.job_dir)
+        for old in dropped:
+            self._delete_checkpoint(old.state_path)
+
+    def _delete_checkpoint(self, path: str) -> None:
+        try:
+            self.conn.service.create_rest_client().delete_checkpoint_from_tinker_path(path).result(timeout=30)
+        except Exception as exc:  # the bookkeeping no longer points at it; leaving the files is harmless
+            log.info("could not delete old checkpoint %s: %s", path, exc)
+
+    # ------------------------------------------------------------ run
+
+    def run(self, start_step: int, board: WeightBoard) -> StageResult:
+        """Train steps start_step+1 .. total; returns the final state and sampler paths."""
+        if self.cfg.mode == "train":
+            return self._run_train(start_step)
+        return self._run_both(start_step, board)
+
+    def _finish_step(self, step: int, work: StepWork, extra: dict[str, float], t_wait: float,
+                     stream_state: dict[str, Any] | None, board: WeightBoard | None) -> tuple[float, str | None]:
+        result = self.trainer.train(work)
+        t_sync = 0.0
+        sampler_path = None
+        last = step == self.total
+        if board is not None and (step % self.sync.sync_interval == 0 or last):
+            t0 = time.monotonic()
+            sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
+            board.publish(step, sampler_path)
+            t_sync = time.monotonic() - t0
+        elif board is None and last:
+            sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
+        if sampler_path:
+            self._last_sampler = sampler_path
+        save_every = self.cfg.trainer.save_interval
+        if last or (save_every and step % save_every == 0):
+            self._checkpoint(step, stream_state, getattr(self, "_last_sampler", None))
+        extra["policy_loss"] = result.loss
+        if "kl" in result.metrics:
+            extra["kl"] = result.metrics["kl"]
+        extra["time_training_s"] = result.time_training_s
+        extra["lr"] = work.lr
+        return t_sync, sampler_path
+
+    def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float) -> None:
+        record.update(step=self.step_base + step, total_steps=self.job_total,
+                      explore_step=self.step_base + explore_step, time_step_s=t_step, timestamp=time.time())
+        self.monitor.log_step(record)
+
+    def _run_train(self, start_step: int) -> StageResult:
+        it = iter(self.stream)
+        last_end = time.monotonic()
+        for step in range(start_step + 1, self.total + 1):
+            try:
+                tasks = next(it)
+            except StopIteration:
+                break
+            stream_state = self.stream.state_dict()
+            work, extra = self._sft_work(step, tasks)
+            t_sync, _ = self._finish_step(step, work, extra, 0.0, stream_state, None)
+            record = dict(extra, time_sampling_s=0.0, time_sync_s=t_sync, weight_version_lag=0)
+            now = time.monotonic()
+            self._log(step, step, record, now - last_end)
+            last_end = now
+        return StageResult(self.total, self.trainer.base_state, getattr(self, "_last_sampler", None))
+
+    def _run_both(self, start_step: int, board: WeightBoard) -> StageResult:
+        from rft_runtime.loop.explorer_thread import ExplorerThread
+
+        batches: queue.Queue[Any] = queue.Queue()
+        explorer = ExplorerThread(self, board, batches, start_step)
+        explorer.start()
+        timeout = float(self.sync.sync_timeout)
+        last_end = time.monotonic()
+        try:
+            for step in range(start_step + 1, self.total + 1):
+                try:
+                    batch = batches.get(timeout=timeout)
+                except queue.Empty:
+                    raise RunError(
+                        f"the explorer stalled: the trainer waited more than synchronizer.sync_timeout "
+                        f"({timeout:.0f}s) for the rollouts of step {step}"
+                    ) from None
+                if isinstance(batch, BaseException):
+                    raise batch
+                if batch is None:
+                    break
+                work, extra = self._rl_work(step, batch)
+                t_sync, _ = self._finish_step(step, work, extra, 0.0, batch.stream_state, board)
+                record = reward_stats(batch)
+                record.update(extra)
+                record.update(
+                    prompt_tokens=float(batch.prompt_tokens),
+                    rollouts=float(len(batch.rollouts)),
+                    failed_rollouts=float(batch.failed_rollouts),
+                    truncated_prompts=float(batch.truncated_prompts),
+                    time_sampling_s=batch.time_sampling_s,
+                    time_sync_s=t_sync + batch.time_sync_s,
+                    weight_version_lag=int(step - 1 - batch.weight_version),
+                )
+                now = time.monotonic()
+                self._log(step, batch.explore_step, record, now - last_end)
+                last_end = now
+        finally:
+            explorer.stop()
+        return StageResult(self.total, self.trainer.base_state, getattr(self, "_last_sampler", None))

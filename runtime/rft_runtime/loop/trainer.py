@@ -1,0 +1,164 @@
+"""The trainer side: one forward_backward + optim_step per step, sampler weights, checkpoints, recovery.
+
+The SDK refuses every call on a training client after one request failed, so a failure is handled by
+building a new client from the last saved state and redoing, from memory, the steps trained since. The
+job fails only when that has not worked within the recovery window, with a message saying what was tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from rft_runtime.backends.errors import BackendError
+from rft_runtime.backends.tinker_client import Connection
+from rft_runtime.config import JobConfig
+
+log = logging.getLogger(__name__)
+
+MAX_RECOVERY_ATTEMPTS = 8
+
+
+@dataclass
+class StepWork:
+    """What one train step sends: datums, the loss and the learning rate (kept to redo the step)."""
+
+    step: int
+    datums: list[Any]
+    loss_name: str
+    loss_config: dict[str, Any] | None
+    lr: float
+    custom_loss: Any = None
+
+
+@dataclass
+class StepResult:
+    """What came back from a train step."""
+
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    time_training_s: float = 0.0
+
+
+class Trainer:
+    """Owns the training client of a job and keeps it alive across server failures."""
+
+    def __init__(self, cfg: JobConfig, conn: Connection, recovery_window_s: float | None = None):
+        self.cfg = cfg
+        self.conn = conn
+        self.client: Any = None
+        self.generation = -1
+        # the state a new client is built from, and whether it carries the optimizer too
+        self.base_state: str | None = None
+        self.base_with_optimizer = True
+        self.redo: list[StepWork] = []
+        self.run_tag = uuid.uuid4().hex[:8]
+        self._recovery_override = recovery_window_s
+        self.configure(cfg)
+
+    def configure(self, cfg: JobConfig) -> None:
+        """Take a stage's optimizer, clipping and timeouts (the client and its weights carry over)."""
+        self.cfg = cfg
+        self.call_timeout = float(cfg.synchronizer.sync_timeout)
+        self.recovery_window = float(self._recovery_override or min(cfg.synchronizer.sync_timeout, 600))
+        opt = cfg.algorithm.optimizer
+        self.adam = dict(beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps, weight_decay=opt.weight_decay,
+                         grad_clip_norm=cfg.trainer.grad_clip)
+
+    # ------------------------------------------------------------ client lifecycle
+
+    def start(self, state_path: str | None, with_optimizer: bool = True) -> None:
+        """Create the training client: fresh, from a checkpoint, or (between stages) from weights only."""
+        self.base_state = state_path
+        self.base_with_optimizer = with_optimizer
+        self.redo = []
+        self._guarded("creating the training client", lambda: None)
+
+    def _make_client(self) -> None:
+        self.generation = self.conn.generation
+        if self.base_state and not self.base_with_optimizer:
+            fut = self.conn.service.create_training_client_from_state(self.base_state)
+            self.client = fut.result(timeout=self.call_timeout)
+        else:
+            self.client = self.conn.training_client(self.base_state, timeout=self.call_timeout)
+        for work in self.redo:
+            self._run(work)
+
+    def _guarded(self, what: str, action: Any) -> Any:
+        """Run `action` on a live client; on failure reconnect, rebuild, redo, and try again (bounded)."""
+        deadline = None
+        attempts = 0
+        while True:
+            try:
+                if self.client is None or self.generation != self.conn.generation:
+                    self._make_client()
+                return action()
+            except BackendError:
+                raise
+            except Exception as exc:
+                attempts += 1
+                now = time.monotonic()
+                deadline = deadline or now + self.recovery_window
+                if now > deadline or attempts > MAX_RECOVERY_ATTEMPTS:
+                    source = (f"the saved state {self.base_state}" if self.base_state
+                              else "a fresh adapter (no checkpoint had been saved yet)")
+                    raise BackendError(
+                        f"{what} failed and the job could not recover within {self.recovery_window:.0f}s "
+                        f"({attempts} attempts): tried reconnecting to {self.conn.base_url or 'the Tinker service'}, "
+                        f"recreating the training client from {source}, and redoing the {len(self.redo)} "
+                        f"step(s) trained since. Last error: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning("%s failed (%s: %s); reconnecting and rebuilding the training client from %s "
+                            "(attempt %d)", what, type(exc).__name__, exc, self.base_state or "scratch", attempts)
+                self.client = None
+                self.conn.reconnect(self.generation, deadline)
+
+    # ------------------------------------------------------------ steps
+
+    def _run(self, work: StepWork) -> StepResult:
+        import tinker
+
+        start = time.monotonic()
+        if work.custom_loss is not None:
+            fb = self.client.forward_backward_custom(work.datums, work.custom_loss)
+        else:
+            fb = self.client.forward_backward(work.datums, work.loss_name, loss_fn_config=work.loss_config)
+        # calls on one client run in submission order: queue the optimizer step before waiting
+        opt = self.client.optim_step(tinker.AdamParams(learning_rate=work.lr, **self.adam))
+        out = fb.result(timeout=self.call_timeout)
+        opt.result(timeout=self.call_timeout)
+        metrics = {k: float(v) for k, v in (out.metrics or {}).items()}
+        loss = metrics.get("loss:sum", 0.0)
+        return StepResult(loss=loss, metrics=metrics, time_training_s=time.monotonic() - start)
+
+    def train(self, work: StepWork) -> StepResult:
+        """Train one step (exactly once, even across a recovery)."""
+        if not work.datums:
+            # nothing to learn from (e.g. every group had equal rewards): the weights stay as they are
+            return StepResult(loss=0.0)
+        result = self._guarded(f"train step {work.step}", lambda: self._run(work))
+        self.redo.append(work)
+        return result
+
+    def save_sampler(self, label: str) -> str:
+        """Save weights for the sampler under a unique name; returns the tinker:// path."""
+        name = f"{label}-{self.run_tag}-g{self.conn.generation}"
+        return self._guarded(
+            f"saving sampler weights {name}",
+            lambda: self.client.save_weights_for_sampler(name).result(timeout=self.call_timeout).path,
+        )
+
+    def save_state(self, label: str) -> str:
+        """Save weights and optimizer state; later recoveries start from here."""
+        name = f"{label}-{self.run_tag}-g{self.conn.generation}"
+        path = self._guarded(
+            f"saving checkpoint {name}",
+            lambda: self.client.save_state(name).result(timeout=self.call_timeout).path,
+        )
+        self.base_state = path
+        self.base_with_optimizer = True
+        self.redo = []
+        return path
