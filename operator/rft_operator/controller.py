@@ -1,0 +1,178 @@
+"""The impure shell around `reconcile.plan_job`: read the job and its children, decide, write."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from rft_operator import kube as k
+from rft_operator import status as st
+from rft_operator.builders import HASH_ANNOTATION, job_labels, pod_name
+from rft_operator.jobconfig import ConfigResult, parse_config_text, prepare_config
+from rft_operator.metrics import OperatorMetrics
+from rft_operator.progress import scrape
+from rft_operator.reconcile import KINDS, Observed, Plan, plan_job, status_patch
+from rft_operator.settings import Settings
+from rft_operator.spec import JobSpec, parse_spec
+
+log = logging.getLogger("rft.operator")
+
+RESOURCES = {
+    "pods": k.PODS,
+    "configmaps": k.CONFIGMAPS,
+    "services": k.SERVICES,
+    "persistentvolumeclaims": k.PVCS,
+}
+
+
+class Controller:
+    """Reconciles RFTJobs through `Kube`; holds only caches that are safe to lose (scrape times)."""
+
+    def __init__(self, kube: k.Kube, settings: Settings, metrics: OperatorMetrics | None = None):
+        self.kube = kube
+        self.settings = settings
+        self.metrics = metrics or OperatorMetrics()
+        self._scraped: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self._instance = socket.gethostname()
+
+    # ---- reading
+
+    def load_config(self, job: dict[str, Any], spec: JobSpec) -> tuple[ConfigResult, str]:
+        """The job's config from spec.config or spec.configFrom, validated; with the failure reason to use."""
+        meta = job["metadata"]
+        body = job.get("spec") or {}
+        source = body.get("configFrom") or {}
+        if "config" in body and body["config"] is not None:
+            data = body["config"]
+        elif source.get("configMapKeyRef"):
+            ref = source["configMapKeyRef"]
+            key = ref.get("key") or "config.yaml"
+            cm = self.kube.get(k.CONFIGMAPS, meta["namespace"], ref["name"])
+            where = f"ConfigMap {ref['name']} key {key}"
+            if cm is None or key not in (cm.get("data") or {}):
+                return ConfigResult(issues=[f"{where} not found"]), st.CONFIG_NOT_FOUND
+            data, error = parse_config_text(cm["data"][key], where)
+            if error:
+                return ConfigResult(issues=[error]), st.INVALID_CONFIG
+        else:
+            return ConfigResult(issues=["set spec.config or spec.configFrom.configMapKeyRef"]), st.INVALID_CONFIG
+        return prepare_config(data, spec, job_name=meta["name"], namespace=meta["namespace"]), st.INVALID_CONFIG
+
+    def observe(self, namespace: str, name: str) -> Observed:
+        """The job's children, found by its label (filtered here too, in case the server ignores selectors)."""
+        labels = {"app.kubernetes.io/managed-by": job_labels(name)["app.kubernetes.io/managed-by"],
+                  "rft.dev/job": name}
+        found = Observed()
+        for kind in KINDS:
+            setattr(found, kind, self.kube.list(RESOURCES[kind], namespace, labels))
+        return found
+
+    def progress(self, job: dict[str, Any], spec: JobSpec, observed: Observed, now: float) -> dict[str, Any] | None:
+        """Fresh progress from the head pod's metrics endpoint when a scrape is due, else None (keep old)."""
+        if not spec.metrics_enabled:
+            return None
+        meta = job["metadata"]
+        key = (meta["namespace"], meta["name"])
+        head = next((p for p in observed.pods if p["metadata"]["name"] == pod_name(meta["name"], "head")), None)
+        if head is None or st.pod_phase(head) != "Running" or not (head.get("status") or {}).get("podIP"):
+            return None
+        with self._lock:
+            last = self._scraped.get(key)
+            if last is not None and now - last < self.settings.progress_interval_seconds:
+                return None
+            self._scraped[key] = now
+        url = f"http://{head['status']['podIP']}:{spec.metrics_port}/metrics"
+        try:
+            fresh = scrape(url, timeout=self.settings.scrape_timeout_seconds)
+        except (OSError, ValueError) as exc:
+            log.info("cannot scrape %s for %s/%s: %s", url, *key, exc)
+            return None
+        if not fresh:
+            return None
+        old = dict(((job.get("status") or {}).get("progress")) or {})
+        old.update(fresh)
+        return old
+
+    # ---- deciding and writing
+
+    def reconcile(self, namespace: str, name: str, now: float | None = None) -> Plan | None:
+        """One full pass for one job; None when the job is gone or being deleted."""
+        started = time.monotonic()
+        self.metrics.reconciles.inc()
+        try:
+            job = self.kube.get(k.RFTJOBS, namespace, name)
+            if job is None or job.get("metadata", {}).get("deletionTimestamp"):
+                return None
+            job["metadata"].setdefault("namespace", namespace)
+            now = time.time() if now is None else now
+            spec = parse_spec(job.get("spec") or {}, self.settings.default_image)
+            config, reason = self.load_config(job, spec)
+            observed = self.observe(namespace, name)
+            progress = self.progress(job, spec, observed, now) if config.valid else None
+            plan = plan_job(job, spec, config, observed, now=now, stall_after=self.settings.stall_after_seconds,
+                            progress=progress, config_reason=reason)
+            self.apply(job, plan, now)
+            self.metrics.observe_job(namespace, name, plan.status, now)
+            return plan
+        except Exception:
+            self.metrics.errors.inc()
+            raise
+        finally:
+            self.metrics.duration.observe(time.monotonic() - started)
+
+    def apply(self, job: dict[str, Any], plan: Plan, now: float) -> None:
+        """Status first (so a retry is counted before its pods go), then deletes, creates, patches, events."""
+        meta = job["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        patch = status_patch(job.get("status") or {}, plan.status)
+        if patch:
+            self.kube.patch(k.RFTJOBS, ns, name, {"status": patch}, subresource="status")
+        for kind, child in plan.delete:
+            self.kube.delete(RESOURCES[kind], ns, child)
+        for kind, body in plan.create:
+            created = self.kube.create(RESOURCES[kind], ns, body)
+            if created and kind == "pods":
+                log.info("created pod %s/%s (spec %s)", ns, body["metadata"]["name"],
+                         body["metadata"]["labels"][HASH_ANNOTATION])
+        for kind, child, body in plan.patch:
+            self.kube.patch(RESOURCES[kind], ns, child, body)
+        for etype, reason, message in plan.events:
+            self.post_event(job, etype, reason, message, now)
+
+    def post_event(self, job: dict[str, Any], etype: str, reason: str, message: str, now: float) -> None:
+        """A core/v1 Event on the RFTJob (best effort: a lost event must not fail the reconcile)."""
+        meta = job["metadata"]
+        stamp = st.timestamp(now)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            # a unique name instead of generateName: not every server fills generateName in
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{k.GROUP}/{k.VERSION}", "kind": k.KIND, "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta.get("uid", ""),
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "rft-operator"},
+            "reportingComponent": "rft-operator",
+            "reportingInstance": self._instance,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.kube.create(k.EVENTS, meta["namespace"], body)
+        except k.KubeError as exc:
+            log.warning("cannot post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what the operator keeps about a deleted job (metric series, scrape times)."""
+        self.metrics.forget_job(namespace, name)
+        with self._lock:
+            self._scraped.pop((namespace, name), None)

@@ -1,0 +1,141 @@
+"""Thin kopf handlers: one daemon per RFTJob runs `Controller.reconcile`, watch events only wake it.
+
+A per-job daemon serialises all work on a job (no two reconciles of one job at once) and gives a natural
+periodic resync; pod and RFTJob events cut the wait short. kopf stores no handler progress on the object:
+the operator's state is the RFTJob's status and its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from rft_operator.builders import JOB_LABEL, MANAGED_BY
+from rft_operator.controller import Controller
+from rft_operator.kube import GROUP, PLURAL, VERSION, Kube
+from rft_operator.metrics import OperatorMetrics
+from rft_operator.settings import Settings
+
+log = logging.getLogger("rft.operator")
+
+
+@dataclass
+class State:
+    """What one operator run holds: the controller, wake-up events per job, the metrics server."""
+
+    controller: Controller | None = None
+    settings: Settings = field(default_factory=Settings)
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    metrics_server: Any = None
+    metrics_port: int | None = None
+
+
+STATE = State()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> Any:
+    """The pod's service account in a cluster, else the kubeconfig KUBECONFIG names (read at login time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Build the controller and serve /metrics; keep kopf from needing more RBAC than the table lists."""
+    # kopf's own chatter (handler succeeded...) would double our events; warnings still go out
+    settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 60
+    ours = Settings.from_env()
+    metrics = OperatorMetrics()
+    STATE.settings = ours
+    STATE.controller = Controller(Kube.from_environment(), ours, metrics)
+    STATE.wakeups = {}
+    STATE.metrics_server, STATE.metrics_port = None, None
+    if ours.metrics_port >= 0:
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(ours.metrics_port, addr=ours.metrics_host, registry=metrics.registry)
+        STATE.metrics_server, STATE.metrics_port = server, server.server_address[1]
+        log.info("operator metrics on http://%s:%s/metrics", ours.metrics_host, STATE.metrics_port)
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    """Stop the metrics server (tests start many operators in one process)."""
+    if STATE.metrics_server is not None:
+        STATE.metrics_server.shutdown()
+        STATE.metrics_server.server_close()
+        STATE.metrics_server = None
+
+
+def _wake(namespace: str | None, name: str | None) -> None:
+    event = STATE.wakeups.get((namespace or "", name or ""))
+    if event is not None:
+        event.set()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_event(type: str, namespace: str, name: str, body: Any, **_: Any) -> None:
+    """A spec or status change wakes the job's daemon; a deletion drops its metric series."""
+    ns = namespace or body.get("metadata", {}).get("namespace", "")
+    if type == "DELETED":
+        if STATE.controller is not None:
+            STATE.controller.forget(ns, name)
+    _wake(ns, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def pod_event(namespace: str, labels: Any, body: Any, **_: Any) -> None:
+    """A pod of a job changed (phase, deletion): wake that job's daemon now instead of at the next resync."""
+    job = labels.get(JOB_LABEL)
+    if job:
+        _wake(namespace or body.get("metadata", {}).get("namespace", ""), job)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def job_daemon(namespace: str, name: str, body: Any, stopped: Any, logger: Any, **_: Any) -> None:
+    """Reconcile one RFTJob whenever woken, and at least every resync interval, until it is deleted."""
+    ns = namespace or body.get("metadata", {}).get("namespace", "")
+    key = (ns, name)
+    wake = STATE.wakeups.setdefault(key, asyncio.Event())
+    failures = 0
+    try:
+        while not stopped:
+            wake.clear()
+            controller = STATE.controller
+            delay = STATE.settings.resync_seconds
+            try:
+                assert controller is not None, "the operator has not started"
+                plan = await asyncio.to_thread(controller.reconcile, ns, name)
+                failures = 0
+                if plan is None:
+                    break
+                if plan.requeue_after is not None:
+                    delay = min(delay, plan.requeue_after)
+            except Exception as exc:  # keep the daemon alive: the next pass may succeed (API blips, conflicts)
+                failures += 1
+                delay = min(delay, 2.0 ** min(failures, 5))
+                logger.error("reconcile of %s/%s failed (%s); retrying in %.0fs", ns, name, exc, delay)
+            await _sleep(wake, stopped, delay)
+    finally:
+        if STATE.wakeups.get(key) is wake:
+            del STATE.wakeups[key]
+
+
+async def _sleep(wake: asyncio.Event, stopped: Any, delay: float) -> None:
+    """Wait for a wake-up or the delay, checking the stop flag at least every half second."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + delay
+    while not stopped and not wake.is_set():
+        left = until - loop.time()
+        if left <= 0:
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=min(left, 0.5))
+        except TimeoutError:
+            pass

@@ -1,0 +1,292 @@
+"""The operator's decisions as one pure function: (RFTJob, observed children, now) -> a plan.
+
+A plan lists the children to create, delete and patch, the complete new status and the events to post.
+`apply_plan` carries it out. Every decision is derived from the RFTJob's status and the observed children,
+never from memory, so an operator restart or a replayed watch event reaches the same plan again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rft_operator import status as st
+from rft_operator.builders import (
+    ATTEMPT_LABEL,
+    HASH_ANNOTATION,
+    desired_children,
+    pod_name,
+    spec_hash,
+)
+from rft_operator.jobconfig import ConfigResult
+from rft_operator.spec import JobSpec
+
+MESSAGE_LIMIT = 2000
+KINDS = ("configmaps", "services", "persistentvolumeclaims", "pods")
+
+
+@dataclass
+class Observed:
+    """The children that exist now, by kind (selected by the job's label)."""
+
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    configmaps: list[dict[str, Any]] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)
+    persistentvolumeclaims: list[dict[str, Any]] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The observed objects of one kind (plural name)."""
+        return getattr(self, kind)
+
+
+@dataclass
+class Plan:
+    """What to do: API writes, the whole new status, events, and when to look again."""
+
+    create: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)
+    patch: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        """Delete a pod unless it is already on its way out."""
+        if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            key = ("pods", pod["metadata"]["name"])
+            if key not in self.delete:
+                self.delete.append(key)
+
+    def wake_in(self, seconds: float) -> None:
+        """Ask to be reconciled again within `seconds` (deadlines, TTLs, stall checks)."""
+        seconds = max(seconds, 1.0)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return obj["metadata"]["name"]
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _deleting(obj: dict[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _ensure(plan: Plan, kind: str, desired: list[dict[str, Any]], observed: list[dict[str, Any]]) -> None:
+    """Create what is missing; a ConfigMap whose data differs is patched (the only child patched in place)."""
+    have = {_name(o): o for o in observed}
+    for body in desired:
+        current = have.get(_name(body))
+        if current is None:
+            plan.create.append((kind, body))
+        elif kind == "configmaps" and current.get("data") != body.get("data"):
+            plan.patch.append((kind, _name(body), {"data": body["data"]}))
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+
+
+def plan_job(
+    job: dict[str, Any],
+    spec: JobSpec,
+    config: ConfigResult,
+    observed: Observed,
+    *,
+    now: float,
+    stall_after: float | None = None,
+    progress: dict[str, Any] | None = None,
+    config_reason: str = st.INVALID_CONFIG,
+) -> Plan:
+    """Decide everything for one RFTJob; pure, so every lifecycle case is a unit test."""
+    meta = job["metadata"]
+    old: dict[str, Any] = dict(job.get("status") or {})
+    plan = Plan()
+    new: dict[str, Any] = {
+        "retries": int(old.get("retries") or 0),
+        "startTime": old.get("startTime"),
+        "completionTime": old.get("completionTime"),
+        "specHash": old.get("specHash"),
+        "backend": old.get("backend"),
+        "algorithm": old.get("algorithm"),
+        "progress": progress if progress is not None else old.get("progress"),
+        "cleanedUp": old.get("cleanedUp"),
+    }
+    phase, reason, message = st.PENDING, st.CREATING, ""
+    stalled: tuple[bool, str, str] | None = None
+
+    if not config.valid:
+        # a config the runtime would refuse never gets pods; pods of an earlier, valid spec are stopped
+        for pod in observed.pods:
+            plan.delete_pod(pod)
+        phase, reason = st.FAILED, config_reason
+        message = _short("invalid spec.config: " + "; ".join(config.issues))
+        return _finish(plan, job, old, new, phase, reason, message, stalled, now)
+
+    new["backend"] = config.cfg.backend
+    new["algorithm"] = config.cfg.algorithm.algorithm_type
+    digest = spec_hash(spec, config)
+    old_phase, old_reason = old.get("phase"), old.get("reason")
+    finished = old_phase in st.TERMINAL and old_reason not in (st.INVALID_CONFIG, st.CONFIG_NOT_FOUND)
+
+    if finished and old.get("specHash") == digest:
+        return _finished(plan, job, spec, observed, old, new, now)
+    if finished:
+        # a new spec after the end is a new run (what a GitOps user who fixes a job expects)
+        new.update(retries=0, startTime=None, completionTime=None, cleanedUp=None, progress=None)
+        plan.events.append(("Normal", st.SPEC_CHANGED, "spec changed after the job ended: starting a new run"))
+    new["specHash"] = digest
+    retries = new["retries"]
+
+    children = desired_children(job, spec, config, attempt=retries, with_pods=True)
+    for kind in ("persistentvolumeclaims", "configmaps", "services"):
+        _ensure(plan, kind, children[kind], observed.of(kind))
+
+    # pods of an earlier attempt or an earlier spec go; their replacements wait until they are gone
+    current: dict[str, dict[str, Any]] = {}
+    restarted = False
+    for pod in observed.pods:
+        labels = _labels(pod)
+        if labels.get(ATTEMPT_LABEL) != str(retries) or labels.get(HASH_ANNOTATION) != digest:
+            restarted |= labels.get(ATTEMPT_LABEL) == str(retries) and not _deleting(pod)
+            plan.delete_pod(pod)
+        elif not _deleting(pod):
+            current[_name(pod)] = pod
+    if restarted and not finished:
+        plan.events.append(("Normal", st.SPEC_CHANGED, "spec changed: restarting the pods with the new config"))
+
+    if spec.suspend:
+        for pod in current.values():
+            plan.delete_pod(pod)
+        # like a Job, the active deadline counts from the last resume
+        new["startTime"] = None
+        return _finish(plan, job, old, new, st.SUSPENDED, st.SUSPENDED_REASON,
+                       "suspended: pods removed, storage kept", stalled, now)
+
+    head = current.get(pod_name(meta["name"], "head"))
+    failed = [p for p in current.values() if st.pod_phase(p) == "Failed"]
+    start = st.parse_time(new["startTime"])
+    deadline = spec.active_deadline_seconds
+
+    if head is not None and st.pod_phase(head) == "Succeeded":
+        phase, reason, message = st.SUCCEEDED, st.COMPLETED, "the runtime finished"
+        for pod in current.values():
+            if st.pod_phase(pod) not in ("Succeeded", "Failed"):
+                plan.delete_pod(pod)
+        new["completionTime"] = new["completionTime"] or st.timestamp(now)
+    elif failed:
+        bad = failed[0]
+        why = f"pod {_name(bad)} failed: {st.pod_failure(bad)}"
+        if retries < spec.backoff_limit:
+            new["retries"] = retries + 1
+            phase, reason = st.PENDING, st.RETRYING
+            message = f"{why}; retry {retries + 1} of {spec.backoff_limit} (the runtime resumes from its checkpoint)"
+            for pod in current.values():
+                plan.delete_pod(pod)
+        else:
+            phase, reason = st.FAILED, st.BACKOFF_LIMIT
+            message = f"{why}; backoffLimit {spec.backoff_limit} reached"
+            for pod in current.values():
+                if st.pod_phase(pod) not in ("Succeeded", "Failed"):
+                    plan.delete_pod(pod)
+            new["completionTime"] = st.timestamp(now)
+    elif deadline is not None and start is not None and now - start >= deadline:
+        phase, reason = st.FAILED, st.DEADLINE
+        message = f"activeDeadlineSeconds {deadline} passed"
+        for pod in current.values():
+            if st.pod_phase(pod) not in ("Succeeded", "Failed"):
+                plan.delete_pod(pod)
+        new["completionTime"] = st.timestamp(now)
+    else:
+        present = {_name(p) for p in observed.pods}
+        missing = [p for p in children["pods"] if _name(p) not in present]
+        for pod in missing:
+            plan.create.append(("pods", pod))
+        if new["startTime"] is None:
+            new["startTime"] = st.timestamp(now)
+            start = now
+        wanted = [_name(p) for p in children["pods"]]
+        if all(n in current and st.pod_phase(current[n]) == "Running" for n in wanted):
+            phase, reason, message = st.RUNNING, st.PODS_RUNNING, f"{len(wanted)} pod(s) running"
+            stalled = _stall(plan, new, start, now, spec.progress_deadline_seconds or stall_after)
+        else:
+            problems = [f"{n}: {st.pod_problem(current[n])}" for n in wanted
+                        if n in current and st.pod_problem(current[n])]
+            phase = st.PENDING
+            reason = st.CREATING if missing or len(current) < len(wanted) else st.PODS_PENDING
+            message = "; ".join(problems) or f"waiting for {len(wanted)} pod(s) to run"
+            if old_reason == st.RETRYING and missing:
+                reason, message = st.RETRYING, old.get("message") or message
+        if deadline is not None and start is not None:
+            plan.wake_in(start + deadline - now)
+    return _finish(plan, job, old, new, phase, reason, _short(message), stalled, now)
+
+
+def _stall(plan: Plan, new: dict[str, Any], start: float | None, now: float,
+           after: float | None) -> tuple[bool, str, str] | None:
+    """Stalled when neither a step nor the start happened within `after` seconds."""
+    if not after:
+        return None
+    progress = new.get("progress") or {}
+    last = st.parse_time(progress.get("lastUpdateTime")) or start
+    if last is None:
+        return None
+    idle = now - last
+    if idle >= after:
+        step = progress.get("step")
+        where = f" (last step {step})" if step is not None else " (no step reported yet)"
+        return True, st.NO_PROGRESS, f"no training progress for {int(idle)}s{where}"
+    plan.wake_in(last + after - now)
+    return False, st.PROGRESSING, ""
+
+
+def _finished(plan: Plan, job: dict[str, Any], spec: JobSpec, observed: Observed, old: dict[str, Any],
+              new: dict[str, Any], now: float) -> Plan:
+    """A job that ended stays ended; finished pods stay for their logs until ttlSecondsAfterFinished."""
+    for pod in observed.pods:
+        if st.pod_phase(pod) not in ("Succeeded", "Failed"):
+            plan.delete_pod(pod)
+    ttl = spec.ttl_seconds_after_finished
+    done = st.parse_time(old.get("completionTime"))
+    if ttl is not None and done is not None:
+        if now >= done + ttl:
+            # children go, the RFTJob stays: GitOps tools would re-create a deleted one
+            for pod in observed.pods:
+                plan.delete_pod(pod)
+            for kind in ("configmaps", "services"):
+                for obj in observed.of(kind):
+                    plan.delete.append((kind, _name(obj)))
+            if not old.get("cleanedUp"):
+                new["cleanedUp"] = True
+                plan.events.append(("Normal", "CleanedUp", f"ttlSecondsAfterFinished {ttl} passed: pods removed"))
+        else:
+            plan.wake_in(done + ttl - now)
+    return _finish(plan, job, old, new, old["phase"], old.get("reason") or old["phase"],
+                   old.get("message") or "", None, now)
+
+
+def _finish(plan: Plan, job: dict[str, Any], old: dict[str, Any], new: dict[str, Any], phase: str, reason: str,
+            message: str, stalled: tuple[bool, str, str] | None, now: float) -> Plan:
+    generation = (job.get("metadata") or {}).get("generation")
+    new.update(phase=phase, reason=reason, message=message)
+    if generation is not None:
+        new["observedGeneration"] = generation
+    new["conditions"] = st.build_conditions(phase, reason, message, stalled=stalled,
+                                            old=old.get("conditions"), now=now, generation=generation)
+    plan.status = {k: v for k, v in new.items() if v is not None}
+    plan.events = plan.events + st.transition_events(old, plan.status)
+    return plan
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch turning `old` status into `new` (None when nothing changed); removed keys become null."""
+    if old == new:
+        return None
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch or None

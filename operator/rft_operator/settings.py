@@ -1,0 +1,45 @@
+"""Operator settings: flags of `rft-operator`, each also readable from an RFT_OPERATOR_* variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from rft_operator.spec import DEFAULT_IMAGE
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"RFT_OPERATOR_{name}", default)
+
+
+@dataclass
+class Settings:
+    """What an operator deployment tunes (see docs/operator.md)."""
+
+    # Prometheus /metrics of the operator; port 0 picks a free port, -1 turns it off. Loopback by default
+    # (the chart sets 0.0.0.0 so that Prometheus can reach it).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8080
+    # Every job is reconciled at least this often, even without watch events.
+    resync_seconds: float = 30.0
+    # A running job's metrics endpoint is scraped at most this often (bounds status writes too).
+    progress_interval_seconds: float = 30.0
+    # A running job without a new step for this long gets Stalled=True (spec.progressDeadlineSeconds wins).
+    stall_after_seconds: float = 1800.0
+    # Image of the runtime pods when spec.image is empty.
+    default_image: str = DEFAULT_IMAGE
+    # Seconds the HTTP scrape of a pod may take.
+    scrape_timeout_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from RFT_OPERATOR_* environment variables, defaults otherwise."""
+        return cls(
+            metrics_host=_env("METRICS_HOST", cls.metrics_host),
+            metrics_port=int(_env("METRICS_PORT", str(cls.metrics_port))),
+            resync_seconds=float(_env("RESYNC_SECONDS", str(cls.resync_seconds))),
+            progress_interval_seconds=float(_env("PROGRESS_INTERVAL_SECONDS", str(cls.progress_interval_seconds))),
+            stall_after_seconds=float(_env("STALL_AFTER_SECONDS", str(cls.stall_after_seconds))),
+            default_image=_env("DEFAULT_IMAGE", cls.default_image),
+            scrape_timeout_seconds=float(_env("SCRAPE_TIMEOUT_SECONDS", str(cls.scrape_timeout_seconds))),
+        )

@@ -1,0 +1,132 @@
+"""Pure status logic: phase, reason and message -> conditions (kstatus-compatible) and transition events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
+PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+TERMINAL = (SUCCEEDED, FAILED)
+
+# Reasons a user sees in `kubectl describe` (status.reason, condition reasons, event reasons).
+INVALID_CONFIG = "InvalidConfig"
+CONFIG_NOT_FOUND = "ConfigNotFound"
+BACKOFF_LIMIT = "BackoffLimitExceeded"
+DEADLINE = "DeadlineExceeded"
+RETRYING = "Retrying"
+CREATING = "CreatingPods"
+PODS_PENDING = "PodsPending"
+PODS_RUNNING = "PodsRunning"
+COMPLETED = "Completed"
+SUSPENDED_REASON = "Suspended"
+SPEC_CHANGED = "SpecChanged"
+NO_PROGRESS = "NoProgress"
+PROGRESSING = "Progressing"
+
+CONDITION_TYPES = ("Ready", "Complete", "Failed", "Suspended", "Stalled")
+WARNING_REASONS = {INVALID_CONFIG, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS}
+
+
+def timestamp(now: float) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
+    return datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    """Seconds since the epoch from an RFC 3339 string (None stays None)."""
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def build_conditions(
+    phase: str,
+    reason: str,
+    message: str,
+    *,
+    stalled: tuple[bool, str, str] | None,
+    old: list[dict[str, Any]] | None,
+    now: float,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """All conditions, keeping lastTransitionTime of those whose status did not change."""
+    previous = {c.get("type"): c for c in (old or [])}
+    wanted: dict[str, tuple[bool, str, str]] = {
+        "Ready": (phase in (RUNNING, SUCCEEDED), reason, message),
+        "Complete": (phase == SUCCEEDED, reason if phase == SUCCEEDED else "NotComplete",
+                     message if phase == SUCCEEDED else ""),
+        "Failed": (phase == FAILED, reason if phase == FAILED else "NotFailed", message if phase == FAILED else ""),
+        "Suspended": (phase == SUSPENDED, reason if phase == SUSPENDED else "NotSuspended",
+                      message if phase == SUSPENDED else ""),
+        "Stalled": stalled or (False, PROGRESSING, ""),
+    }
+    out = []
+    for ctype in CONDITION_TYPES:
+        value, why, text = wanted[ctype]
+        status = "True" if value else "False"
+        before = previous.get(ctype) or {}
+        changed = before.get("status") != status
+        cond = {
+            "type": ctype,
+            "status": status,
+            "reason": why,
+            "message": text,
+            "lastTransitionTime": timestamp(now) if changed or not before.get("lastTransitionTime")
+            else before["lastTransitionTime"],
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        out.append(cond)
+    return out
+
+
+def transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for each change a user should hear about: phase/reason, and stalls."""
+    events = []
+    if (old.get("phase"), old.get("reason")) != (new.get("phase"), new.get("reason")):
+        kind = "Warning" if new.get("phase") == FAILED or new.get("reason") in WARNING_REASONS else "Normal"
+        text = f"{old.get('phase') or 'New'} -> {new['phase']}"
+        if new.get("message"):
+            text += f": {new['message']}"
+        events.append((kind, new.get("reason") or new["phase"], text))
+    was = _cond(old, "Stalled")
+    now_ = _cond(new, "Stalled")
+    if now_ and now_.get("status") == "True" and (not was or was.get("status") != "True"):
+        events.append(("Warning", NO_PROGRESS, now_.get("message", "")))
+    return events
+
+
+def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def pod_phase(pod: dict[str, Any]) -> str:
+    """The pod's phase ('Pending' when the kubelet has not said yet)."""
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why a pod is not running yet, from its container states (e.g. ImagePullBackOff) or scheduling."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"Unschedulable: {cond.get('message', '')}".rstrip(": ")
+    return None
+
+
+def pod_failure(pod: dict[str, Any]) -> str:
+    """A short account of why a pod failed (exit code and reason of its container)."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term:
+            return f"exit code {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+    return status.get("reason") or status.get("message") or "failed"

@@ -1,0 +1,29 @@
+"""RFTJob bodies for the tests, wrapping the repository's seed configs."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def seed(name: str) -> dict[str, Any]:
+    """One of the seed configs in examples/ as a dict."""
+    return yaml.safe_load((ROOT / "examples" / name).read_text())
+
+
+def rftjob(name: str, config: dict[str, Any] | None = None, namespace: str = "default",
+           **spec: Any) -> dict[str, Any]:
+    """An RFTJob with a uid and namespace set (an emulated server fills in neither)."""
+    body = {
+        "apiVersion": "rft.dev/v1alpha1",
+        "kind": "RFTJob",
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1},
+        "spec": {"config": copy.deepcopy(config if config is not None else seed("tinker.yaml")), **spec},
+    }
+    return body
