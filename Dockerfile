@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1
+# One image, two entry points: `rft` (the job runtime, what RFTJob pods run) and `rft-operator` (the chart's
+# Deployment). Default name: ghcr.io/rft-platform/rft-runtime:<version>, the name the chart and the operator's
+# RFTJob default (rft_operator.spec.DEFAULT_IMAGE) both use; see docs/install.md.
+#
+#   docker build -t ghcr.io/rft-platform/rft-runtime:0.1.0 .
+#   docker build --build-arg WITH_ENGINE=true -t ghcr.io/rft-platform/rft-runtime:0.1.0-engine .
+#
+# The base is pinned to an exact Python patch release and Debian release. For byte-for-byte reproducible builds
+# pin the digest too: PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest from
+# `docker buildx imagetools inspect python:3.11.13-slim-bookworm`>.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# ---- build stage: resolve and install everything into a virtualenv; nothing of this stage ships but the venv
+FROM ${PYTHON_IMAGE} AS build
+
+# The local Tinker-compatible engine (torch, transformers) is off by default: Tinker jobs send training to the
+# Tinker service and never load a model in the pod, and torch would grow the image from ~0.5 GB to several GB.
+# WITH_ENGINE=true adds it with torch 2.13.0 from the CPU wheel index (`rft quickstart` and `rft engine` then
+# work in the image). veRL jobs need a CUDA image of their own (docs/install.md).
+ARG WITH_ENGINE=false
+ARG TORCH_VERSION=2.13.0
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/rft
+ENV PATH=/opt/rft/bin:$PATH
+
+WORKDIR /src
+# torch (the largest piece) goes in before the sources are copied, so code edits reuse that layer.
+COPY pyproject.toml README.md ./
+RUN if [ "$WITH_ENGINE" = "true" ]; then \
+      pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
+    fi
+COPY runtime ./runtime
+COPY operator ./operator
+# A regular (not editable) install: the final image carries the installed packages, not /src.
+RUN extras="runtime,operator"; \
+    if [ "$WITH_ENGINE" = "true" ]; then extras="$extras,engine"; fi; \
+    pip install ".[${extras}]" \
+    && rft --help >/dev/null \
+    && rft-operator --help >/dev/null \
+    && find /opt/rft -name '__pycache__' -prune -exec rm -rf {} +
+
+# ---- final stage: the slim base, the venv, a non-root user; no compilers, no pip caches, no sources
+FROM ${PYTHON_IMAGE}
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="rft-runtime" \
+      org.opencontainers.image.description="RFTJob runtime (rft) and operator (rft-operator)" \
+      org.opencontainers.image.source="https://github.com/rft-platform/rft-platform" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# uid/gid 1000: the runAsUser of the operator's job pods (rft_operator.builders.RUN_AS) and of the chart.
+RUN groupadd --gid 1000 rft \
+    && useradd --uid 1000 --gid 1000 --home-dir /home/rft --create-home --shell /usr/sbin/nologin rft
+
+COPY --from=build /opt/rft /opt/rft
+
+ENV PATH=/opt/rft/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/rft
+
+# Numeric, so that the kubelet can verify runAsNonRoot without looking the name up.
+USER 1000:1000
+WORKDIR /home/rft
+
+# No ENTRYPOINT: the operator's pods run `rft run ...`, the chart runs `rft-operator ...`.
+CMD ["rft", "--help"]
