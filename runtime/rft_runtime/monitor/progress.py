@@ -1,0 +1,63 @@
+"""The console's view of a run: a tqdm bar on a terminal, one log line per step elsewhere (pod logs)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+log = logging.getLogger("rft_runtime.progress")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def summary(record: dict[str, Any]) -> dict[str, str]:
+    """The few numbers worth a glance: reward (or accuracy), loss, seconds per step."""
+    out: dict[str, str] = {}
+    for key, short in (("reward_mean", "reward"), ("accuracy", "acc"), ("policy_loss", "loss"),
+                       ("time_step_s", "s/step")):
+        if record.get(key) is not None:
+            out[short] = _fmt(record[key])
+    return out
+
+
+class Progress:
+    """A progress bar of train steps (step/total, reward, loss, time per step)."""
+
+    def __init__(self, enabled: bool = True, desc: str = "train"):
+        self.enabled = enabled
+        self.desc = desc
+        self._bar: Any = None
+        # A bar full of carriage returns is unreadable in `kubectl logs`: only draw one on a terminal.
+        self._tty = enabled and sys.stderr.isatty()
+
+    def update(self, record: dict[str, Any]) -> None:
+        """Advance to the record's step and show its summary."""
+        step = record.get("step")
+        total = record.get("total_steps")
+        info = summary(record)
+        if not self._tty:
+            if self.enabled:
+                text = " ".join(f"{k}={v}" for k, v in info.items())
+                log.info("step %s/%s %s", step, total if total is not None else "?", text)
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            start = int(step) - 1 if isinstance(step, int) and step > 0 else 0
+            self._bar = tqdm(total=total, initial=start, desc=self.desc, unit="step", dynamic_ncols=True)
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        if isinstance(step, int) and step > self._bar.n:
+            self._bar.update(step - self._bar.n)
+        self._bar.set_postfix(info, refresh=True)
+
+    def close(self) -> None:
+        """Finish the bar (idempotent)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
