@@ -28,6 +28,9 @@ LOCAL_API_KEY = "tml-local"
 
 def check_api_key(cfg: JobConfig) -> str:
     """The API key for this job's endpoint; raises before any work when the Tinker service needs one."""
+    if cfg.model.tinker.base_url == "local":
+        # the engine we start accepts only its own key; a Tinker service key must not be sent to it
+        return LOCAL_API_KEY
     key = tinker_api_key()
     if key:
         return key
@@ -94,10 +97,10 @@ class Connection:
     and the trainer each recreate theirs when they see it change.
     """
 
-    def __init__(self, cfg: JobConfig, job_dir: Path | None = None):
+    def __init__(self, cfg: JobConfig, job_dir: Path | None = None, api_key: str | None = None):
         self.cfg = cfg
         self.job_dir = Path(job_dir or cfg.job_dir)
-        self.api_key = check_api_key(cfg)
+        self.api_key = api_key or check_api_key(cfg)
         self.engine: Any = None
         self.base_url: str | None = None
         self.service: Any = None

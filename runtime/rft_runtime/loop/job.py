@@ -75,9 +75,11 @@ def _make_monitor(cfg: JobConfig, metrics_port: int | None, progress: bool) -> A
 
 def run_job(
     cfg: JobConfig, *, metrics_port: int | None = None, progress: bool = True, monitor: Any = None,
+    api_key: str | None = None,
 ) -> JobResult:
     """Run every stage of the job to the end (resuming from the job directory when allowed)."""
-    check_api_key(cfg)  # before any work: no dataset download, no engine start
+    if api_key is None:
+        check_api_key(cfg)  # before any work: no dataset download, no engine start
     stages = cfg.stage_configs()
     job_dir = cfg.job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,7 @@ def run_job(
 
     own_monitor = monitor is None
     mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
-    conn = Connection(cfg, job_dir)
+    conn = Connection(cfg, job_dir, api_key=api_key)
     result = JobResult(job_dir, 0, None, None, getattr(mon, "port", None))
     try:
         conn.open()

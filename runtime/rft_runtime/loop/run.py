@@ -30,9 +30,12 @@ def setup_logging(level: str | None) -> None:
 
 def run_main(args: Any) -> int:
     """Load the config, run every stage, and say where the results are; exit 1 on a job error."""
+    from rft_runtime.algorithms import AlgorithmError
     from rft_runtime.backends.errors import BackendError
     from rft_runtime.config import ConfigError, load_config
+    from rft_runtime.data import DataError
     from rft_runtime.loop.errors import RunError
+    from rft_runtime.workflows import WorkflowError
 
     try:
         cfg = load_config(args.config)
@@ -52,7 +55,7 @@ def run_main(args: Any) -> int:
     try:
         result = run_job(cfg, metrics_port=metrics_port_from_args(args),
                          progress=not getattr(args, "no_progress", False))
-    except (BackendError, RunError) as exc:
+    except (BackendError, RunError, DataError, WorkflowError, AlgorithmError) as exc:
         print(f"rft run: {exc}", file=sys.stderr)
         return 1
     print(f"done: {result.steps} steps; metrics in {result.job_dir / 'metrics.jsonl'}, "

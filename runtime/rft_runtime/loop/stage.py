@@ -44,7 +44,7 @@ def make_stream(cfg: JobConfig) -> Any:
     from rft_runtime.data.tasksets import TaskStream, load_rows
 
     source = stage_source(cfg)
-    rows = load_rows(source)
+    rows = load_rows(source, require_response=cfg.mode == "train")
     batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
     limits = [s for s in (cfg.buffer.total_steps, source.total_steps, cfg.trainer.total_steps) if s]
     stream = TaskStream(
@@ -101,9 +101,11 @@ def assign_advantages(cfg: JobConfig, batch: ExploredBatch) -> None:
         advs = algorithms.compute_advantages(algo, [r.reward for r in group], args)
         for rollout, adv in zip(group, advs, strict=True):
             rollout.advantage = float(adv)
-    if algo == "reinforceplusplus" and hasattr(algorithms, "normalise_batch"):
-        flat = batch.rollouts
-        for rollout, adv in zip(flat, algorithms.normalise_batch([r.advantage for r in flat]), strict=True):
+    if algo == "reinforceplusplus":
+        # whitened over the batch's tokens, as Trinity's masked_whiten
+        flat = [r for r in batch.rollouts if r.tokens]
+        whitened = algorithms.normalise_batch([r.advantage for r in flat], [float(len(r.tokens)) for r in flat])
+        for rollout, adv in zip(flat, whitened, strict=True):
             rollout.advantage = float(adv)
 
 
