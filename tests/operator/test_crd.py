@@ -1,0 +1,137 @@
+"""The RFTJob CRD: generated from the config models, structural, small, and it accepts the examples."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from rft_operator import crdgen
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def schema_of(crd):
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def as_jsonschema(node):
+    """OpenAPI v3.0 (nullable flags, x- extensions) -> something jsonschema can check."""
+    if isinstance(node, list):
+        return [as_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: as_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if node.get("exclusiveMinimum") is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    if node.get("exclusiveMaximum") is True:
+        out["exclusiveMaximum"] = out.pop("maximum")
+    out.pop("nullable", None)
+    return out
+
+
+def validate(obj):
+    jsonschema.validate(obj, as_jsonschema(schema_of(crdgen.crd())))
+
+
+def test_the_crd_file_matches_the_config_models():
+    assert (ROOT / "crds" / "rftjob.yaml").read_text() == crdgen.render(), \
+        "crds/rftjob.yaml drifted from the config models: run python -m rft_operator.crdgen"
+    assert crdgen.main(["--check"]) == 0
+
+
+def test_the_crd_stays_well_under_the_last_applied_annotation_limit():
+    assert len(crdgen.render().encode()) < 128 * 1024
+
+
+def _walk(node, path="$"):
+    yield path, node
+    for key in ("properties",):
+        for name, child in (node.get(key) or {}).items():
+            yield from _walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_the_schema_is_structural():
+    """The rules the API server enforces on CRD schemas (apiextensions structural schema)."""
+    for path, node in _walk(schema_of(crdgen.crd())):
+        assert "$ref" not in node and "default" not in node and "title" not in node, path
+        if not (node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")):
+            assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean"), path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string"), path
+            assert all(set(o) == {"type"} for o in node["anyOf"]), path
+        if node.get("type") == "array":
+            assert isinstance(node.get("items"), dict), path
+        if node.get("nullable") and "enum" in node:
+            assert None in node["enum"], path
+        if "exclusiveMinimum" in node:
+            assert node["exclusiveMinimum"] is True and "minimum" in node, path
+
+
+def test_crd_shape_for_users():
+    crd = crdgen.crd()
+    spec = crd["spec"]
+    version = spec["versions"][0]
+    assert crd["metadata"]["name"] == "rftjobs.rft.dev" and spec["scope"] == "Namespaced"
+    assert "rftj" in spec["names"]["shortNames"] and version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase" and columns["Step"] == ".status.progress.step"
+    assert columns["Reward"] == ".status.progress.rewardMean" and "Backend" in columns and "Algorithm" in columns
+    assert "Age" in columns
+
+
+@pytest.mark.parametrize("example", ["rftjob-tinker.yaml", "rftjob-verl.yaml"])
+def test_examples_are_accepted_and_wrap_the_seeds(example):
+    body = yaml.safe_load((ROOT / "examples" / example).read_text())
+    validate(body)
+    seed = yaml.safe_load((ROOT / "examples" / ("tinker.yaml" if "tinker" in example else "verl-lora.yaml")).read_text())
+    assert body["spec"]["config"] == seed
+
+
+@pytest.mark.parametrize("where, value", [
+    (("spec", "config", "buffer", "batch_size"), "lots"),
+    (("spec", "config", "buffer", "batch_size"), 0),
+    (("spec", "config", "algorithm", "optimizer", "lr"), 0),
+    (("spec", "config", "mode"), "sideways"),
+    (("spec", "config", "model", "tinker", "enable"), "maybe"),
+    (("spec", "backoffLimit"), -1),
+    (("spec", "imagePullPolicy"), "Sometimes"),
+    (("spec", "storage", "size"), "lots"),
+])
+def test_malformed_rftjobs_are_rejected_by_the_schema(where, value):
+    body = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "rftjob-tinker.yaml").read_text()))
+    node = body
+    for key in where[:-1]:
+        node = node.setdefault(key, {})
+    node[where[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        validate(body)
+
+
+def test_the_status_schema_holds_every_key_the_operator_writes():
+    from rftjob_bodies import rftjob
+    from test_reconcile import T0, started
+
+    world = started(rftjob("s", ttlSecondsAfterFinished=0))
+    world.step(T0 + 2, progress={"step": 1, "totalSteps": 2, "rewardMean": 0.1, "loss": 0.2,
+                                 "lastUpdateTime": "2027-01-15T08:00:01Z"})
+    world.set_phase("s-head", "Succeeded", 0)
+    world.step(T0 + 3)
+    world.step(T0 + 4)
+    status_schema = schema_of(crdgen.crd())["properties"]["status"]
+    for key, value in world.job["status"].items():
+        assert key in status_schema["properties"], key
+        if isinstance(value, dict):
+            for sub in value:
+                assert sub in status_schema["properties"][key]["properties"], f"{key}.{sub}"
+    jsonschema.validate(world.job["status"], as_jsonschema(status_schema))
