@@ -1,0 +1,180 @@
+"""The Monitor scraped over real HTTP: what Prometheus sees equals what metrics.jsonl holds, step by step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rft_runtime.monitor import Monitor, parse_metrics, read_metrics, scrape
+
+GAUGE_KEYS = {
+    "step": "rft_train_step", "total_steps": "rft_total_steps", "explore_step": "rft_explore_step",
+    "reward_mean": "rft_reward_mean", "reward_std": "rft_reward_std", "reward_min": "rft_reward_min",
+    "reward_max": "rft_reward_max", "accuracy": "rft_accuracy", "format_score": "rft_format_score",
+    "policy_loss": "rft_policy_loss", "kl": "rft_kl", "entropy": "rft_entropy",
+    "response_length_mean": "rft_response_length_mean_tokens", "weight_version_lag": "rft_weight_version_lag",
+    "lr": "rft_learning_rate", "time_step_s": "rft_last_step_duration_seconds",
+    "timestamp": "rft_last_progress_timestamp_seconds",
+}
+COUNTER_KEYS = {
+    "rollouts": "rft_rollouts_total", "failed_rollouts": "rft_failed_rollouts_total",
+    "prompt_tokens": "rft_prompt_tokens_total", "response_tokens": "rft_response_tokens_total",
+    "truncated_prompts": "rft_truncated_prompts_total",
+}
+PHASES = {"sampling": "time_sampling_s", "training": "time_training_s", "sync": "time_sync_s"}
+BOUNDED_LABELS = {"rft_job", "phase", "le", "backend", "algorithm", "base_model"}
+
+
+def step_record(step: int, total: int = 4, **extra) -> dict:
+    """A record shaped as the training loop writes it, with awkward (non-round) floats."""
+    rec = {
+        "step": step, "total_steps": total, "explore_step": step + 1,
+        "reward_mean": 0.1 * step + 1 / 3, "reward_std": 0.25 / step, "reward_min": -0.1 * step,
+        "reward_max": 1.0 + step / 7, "policy_loss": 0.7 / (step + 0.3), "entropy": 2.0 - step / 9,
+        "response_length_mean": 17.5 + step, "prompt_tokens": 120 * step, "response_tokens": 333 + step,
+        "rollouts": 8, "failed_rollouts": step % 2, "truncated_prompts": 0,
+        "time_sampling_s": 0.013 * step, "time_training_s": 0.4 + step / 100, "time_sync_s": 0.002,
+        "time_step_s": 0.5 + step / 50, "weight_version_lag": step % 2, "lr": 1e-5 * step,
+    }
+    rec.update(extra)
+    return rec
+
+
+def test_scraped_values_equal_the_jsonl_line_of_the_same_step(monitor):
+    records = [
+        step_record(1, accuracy=0.25, format_score=0.1, kl=0.003),
+        step_record(2, accuracy=0.5, format_score=-0.1, kl=0.0041),
+        step_record(3),  # a workflow that gives no accuracy, a step without a KL term
+        step_record(4, accuracy=0.75),
+    ]
+    previous: dict[str, float] = {}
+    for i, rec in enumerate(records):
+        monitor.log_step(rec)
+        scraped = scrape(monitor.url)
+        line = read_metrics(monitor.job_dir)[-1]
+        assert line["step"] == rec["step"]
+        for key, metric in GAUGE_KEYS.items():
+            if key in line:
+                assert scraped[metric] == float(line[key]), key
+            else:  # an absent key leaves no stale value from an earlier step
+                assert metric not in scraped, key
+        lines = read_metrics(monitor.job_dir)
+        for key, metric in COUNTER_KEYS.items():
+            assert scraped[metric] == float(sum(r[key] for r in lines)), key
+            assert scraped[metric] >= previous.get(metric, 0.0), f"{metric} went down"
+        for phase, key in PHASES.items():
+            assert scraped[f'rft_step_phase_duration_seconds_count{{phase="{phase}"}}'] == i + 1
+            assert scraped[f'rft_step_phase_duration_seconds_sum{{phase="{phase}"}}'] == pytest.approx(
+                sum(r[key] for r in lines), rel=1e-12)
+        assert scraped["rft_step_duration_seconds_count"] == i + 1
+        assert scraped["rft_train_steps_total"] == i + 1
+        previous = scraped
+    assert [r["step"] for r in read_metrics(monitor.job_dir)] == [1, 2, 3, 4]
+
+
+def test_info_metric_carries_the_config_and_every_label_is_bounded(monitor):
+    monitor.log_step(step_record(1))
+    monitor.set_info(backend="tinker", algorithm="sft", base_model="/models/tiny")  # a second stage
+    monitor.log_step(step_record(2))
+    with urllib.request.urlopen(monitor.url, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    info = families["rft_job_info"]  # the text format carries an Info as a gauge of 1
+    [sample] = info.samples
+    assert sample.name == "rft_job_info" and sample.value == 1.0
+    assert sample.labels == {"rft_job": "demo-job", "backend": "tinker", "algorithm": "sft",
+                             "base_model": "/models/tiny"}
+    for family in families.values():
+        assert family.name.startswith("rft_")
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds")
+        for s in family.samples:
+            assert set(s.labels) <= BOUNDED_LABELS, s
+            assert s.labels["rft_job"] == "demo-job"
+
+
+def test_info_labels_come_from_the_config_at_start(tmp_path, monkeypatch, cfg_factory):
+    monkeypatch.setenv("RFT_JOB_NAME", "my-rftjob")  # the operator names the series after the RFTJob
+    with Monitor(cfg_factory(algorithm="rloo"), tmp_path, metrics_port=0, progress=False) as mon:
+        scraped = scrape(mon.url)
+        text = urllib.request.urlopen(mon.url, timeout=5).read().decode()
+    assert scraped['rft_job_info{algorithm="rloo",backend="tinker",base_model="/models/tiny"}'] == 1.0
+    assert 'rft_job="my-rftjob"' in text
+    # before the first step the stall clock starts at the process start, so a hang in step 1 is visible
+    assert scraped["rft_last_progress_timestamp_seconds"] == scraped["rft_start_time_seconds"]
+
+
+def test_server_binds_loopback_by_default_and_stops_on_close(tmp_path, cfg, monkeypatch):
+    monkeypatch.delenv("RFT_METRICS_HOST", raising=False)
+    mon = Monitor(cfg, tmp_path, metrics_port=0, progress=False)
+    try:
+        assert mon.port and mon.port > 0
+        assert mon.exporter._server.socket.getsockname()[0] == "127.0.0.1"
+        assert scrape(f"http://127.0.0.1:{mon.port}/metrics")["rft_train_steps_total"] == 0.0
+    finally:
+        mon.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{mon.port}/metrics", timeout=2)
+    mon.close()  # twice is harmless
+
+
+def test_busy_port_falls_back_to_a_free_one(tmp_path, cfg, caplog):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with caplog.at_level(logging.WARNING), Monitor(cfg, tmp_path, metrics_port=taken, progress=False) as mon:
+            assert mon.port not in (None, taken)
+            assert scrape(mon.url)["rft_train_steps_total"] == 0.0
+    assert any(str(taken) in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_no_port_means_no_endpoint_but_the_file_is_written(tmp_path, cfg):
+    with Monitor(cfg, tmp_path, metrics_port=None, progress=False) as mon:
+        assert mon.port is None and mon.url is None
+        mon.log_step(step_record(1))
+    assert read_metrics(tmp_path)[0]["reward_mean"] == step_record(1)["reward_mean"]
+
+
+def test_numpy_values_are_written_and_exported_as_the_same_number(monitor):
+    np = pytest.importorskip("numpy")
+    monitor.log_step(step_record(1, reward_mean=np.float32(0.1), rollouts=np.int64(8)))
+    line = read_metrics(monitor.job_dir)[0]
+    scraped = scrape(monitor.url)
+    assert isinstance(line["reward_mean"], float) and scraped["rft_reward_mean"] == line["reward_mean"]
+    assert line["rollouts"] == 8 and scraped["rft_rollouts_total"] == 8.0
+
+
+def test_lines_keep_going_to_the_file_the_loop_rewrote_on_resume(monitor):
+    monitor.log_step(step_record(1))
+    monitor.log_step(step_record(2))
+    # what the loop does on resume: keep steps up to the checkpoint, atomically replace the file
+    path = monitor.metrics_file
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(path.read_text().splitlines()[0] + "\n")
+    os.replace(tmp, path)
+    monitor.log_step(step_record(2))
+    assert [r["step"] for r in read_metrics(monitor.job_dir)] == [1, 2]
+
+
+def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "rew')
+    assert read_metrics(tmp_path) == [{"step": 1}]
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1}]
+    assert read_metrics(tmp_path / "nowhere") == []
+
+
+def test_parse_metrics_keys_labels_but_not_the_job_label():
+    text = ('# TYPE rft_x gauge\nrft_x{rft_job="a"} 2.5\n'
+            '# TYPE rft_h histogram\nrft_h_sum{rft_job="a",phase="sync"} 1.0\n')
+    assert parse_metrics(text) == {"rft_x": 2.5, 'rft_h_sum{phase="sync"}': 1.0}
