@@ -1,0 +1,102 @@
+"""Benchmark of the RFT loop: wall time per step with sync_offset 0 vs 1, and where the time goes.
+
+    python bench/runtime.py [--steps 12] [--batch 4] [--repeat 8] [--max-tokens 32]
+
+Runs the same small grpo job twice on a tiny local model (its own local engine on loopback), once strictly
+on-policy (sync_offset 0) and once with rollout of step s+1 overlapping training of step s (offset 1).
+Prints medians (the first step, which warms caches, is left out) of the step time, the sampling and
+training time inside a step, and the overlap ratio step / max(sampling, training): 1.0 means the two
+sides fully overlap, (sampling + training) / max(...) means they run one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROWS = [{"question": f"{a}+{b}=?", "answer": f"#### {a + b}"} for a in range(10) for b in range(10)]
+
+
+def job(root: Path, model_dir: Path, base_url: str, offset: int, args: argparse.Namespace) -> dict:
+    """The benchmark job (identical for both offsets but its name)."""
+    data = root / "tasks.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return {
+        "mode": "both", "project": "bench", "group": "runtime", "name": f"offset{offset}",
+        "checkpoint_root_dir": str(root / "ckpt"), "continue_from_checkpoint": False,
+        "algorithm": {"algorithm_type": "grpo", "repeat_times": args.repeat, "optimizer": {"lr": 1e-4}},
+        "model": {"model_path": str(model_dir), "max_prompt_tokens": 256, "max_response_tokens": args.max_tokens,
+                  "tinker": {"enable": True, "base_url": base_url, "rank": 8, "seed": 0}},
+        "cluster": {"gpu_per_node": 0},
+        "buffer": {"batch_size": args.batch, "total_steps": args.steps, "explorer_input": {
+            "taskset": {"path": str(data), "format": {"prompt_key": "question", "response_key": "answer"}},
+            "default_workflow_type": "math_workflow"}},
+        "explorer": {"runner_per_model": 64, "rollout_model": {"engine_num": 1, "seed": 0}},
+        "trainer": {"save_interval": 0},
+        "monitor": {"monitor_type": "none"},
+        "synchronizer": {"sync_method": "checkpoint", "sync_interval": 1, "sync_offset": offset,
+                         "sync_timeout": 600},
+    }
+
+
+def main() -> int:
+    """Run both offsets and print the comparison."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--workdir", default=None, help="keep the model and jobs here (default: a temp dir)")
+    args = p.parse_args()
+
+    from rft_runtime.backends.tinker_client import LOCAL_API_KEY
+    from rft_runtime.config import load_config_dict
+    from rft_runtime.engine.launcher import LocalEngine
+    from rft_runtime.engine.model_factory import make_model
+    from rft_runtime.loop.job import run_job
+    from rft_runtime.loop.run import setup_logging
+    from rft_runtime.monitor import read_metrics
+
+    setup_logging("WARNING")
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="rft-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = root / "model"
+    if not (model_dir / "config.json").exists():
+        make_model(model_dir, preset="tiny", seed=0)
+    rows = {}
+    with LocalEngine(model_dir, state_dir=root / "engine-state", port=0, api_key=LOCAL_API_KEY).start(
+            timeout=120) as engine:
+        for offset in (0, 1):
+            cfg = load_config_dict(job(root, model_dir, engine.base_url, offset, args))
+            t0 = time.monotonic()
+            result = run_job(cfg, metrics_port=None, progress=False, api_key=LOCAL_API_KEY)
+            wall = time.monotonic() - t0
+            recs = [r for r in read_metrics(result.job_dir) if r["step"] > 1]
+            med = {k: statistics.median(r[k] for r in recs)
+                   for k in ("time_step_s", "time_sampling_s", "time_training_s", "time_sync_s")}
+            med["overlap"] = statistics.median(
+                r["time_step_s"] / max(r["time_sampling_s"], r["time_training_s"] + r["time_sync_s"])
+                for r in recs)
+            med["lag"] = statistics.median(r["weight_version_lag"] for r in recs)
+            med["wall"] = wall
+            rows[offset] = med
+
+    print(f"grpo, tiny model, {args.steps} steps of {args.batch} tasks x {args.repeat} samples, "
+          f"<= {args.max_tokens} tokens; medians over steps 2..{args.steps}")
+    print(f"{'sync_offset':>11} {'step_s':>8} {'sampling_s':>10} {'training_s':>10} {'sync_s':>7} "
+          f"{'overlap':>8} {'lag':>4} {'job_wall_s':>10}")
+    for offset, m in rows.items():
+        print(f"{offset:>11} {m['time_step_s']:8.3f} {m['time_sampling_s']:10.3f} {m['time_training_s']:10.3f} "
+              f"{m['time_sync_s']:7.3f} {m['overlap']:8.2f} {m['lag']:4.0f} {m['wall']:10.1f}")
+    print(f"step time offset1 / offset0: {rows[1]['time_step_s'] / rows[0]['time_step_s']:.2f}  "
+          f"(overlap ratio = step / max(sampling, training + sync); 1.0 = fully overlapped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Faults a user would meet: the run killed with SIGKILL and started again, the engine dying mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from test_run_support import clean_env, job_dict, job_dir, metrics, rft, run_cli, write_config
+
+from rft_runtime.engine.launcher import LocalEngine
+
+
+def _latest_step(cfg) -> int:
+    path = job_dir(cfg) / "checkpoint.json"
+    try:
+        latest = json.loads(path.read_text()).get("latest") or {}
+    except (OSError, ValueError):
+        return 0
+    return int(latest.get("global_step", 0))
+
+
+def _wait(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"rft run ended (rc {proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _popen(config, env=None) -> subprocess.Popen:
+    return subprocess.Popen(rft("run", "--config", str(config), "--no-progress", "--no-metrics"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or clean_env())
+
+
+@pytest.mark.slow
+def test_sigkill_after_first_checkpoint_then_rerun_does_every_step_once(tmp_path, tiny_model_dir, local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="resume", steps=10, save_interval=2,
+                   offset=1)
+    config = write_config(tmp_path / "job.yaml", cfg)
+    proc = _popen(config)
+    try:
+        _wait(lambda: _latest_step(cfg) >= 2, proc, 120, "the first checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    first = [r["step"] for r in metrics(cfg)]
+    assert first and max(first) < 10, "the first run must have been killed before the end"
+
+    done = run_cli(config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r["step"] for r in metrics(cfg)]
+    assert steps == list(range(1, 11))
+    assert "resuming" in done.stderr
+
+
+@pytest.mark.slow
+def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_model_dir):
+    engine = LocalEngine(tiny_model_dir, state_dir=tmp_path / "engine-state", port=0,
+                         log_file=tmp_path / "engine.log").start(timeout=120)
+    proc = None
+    try:
+        cfg = job_dict(tmp_path, tiny_model_dir, engine.base_url, name="restart", steps=8, save_interval=2)
+        proc = _popen(write_config(tmp_path / "job.yaml", cfg))
+        _wait(lambda: len(metrics(cfg)) >= 3, proc, 120, "step 3")
+        os.kill(engine.pid, signal.SIGKILL)
+        time.sleep(1.0)
+        engine.restart()
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        assert [r["step"] for r in metrics(cfg)] == list(range(1, 9))
+        assert "rebuilding the training client" in err or "reconnecting" in err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        engine.stop()

@@ -1,0 +1,93 @@
+"""`rft run` jobs against a real local engine: mode both (grpo), mode train (sft), the synchronizer's lag,
+a GSM8K-format file through math_workflow, and the missing-API-key message."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from test_run_support import clean_env, job_dict, job_dir, metrics, run_cli, write_config, write_sft
+
+from rft_runtime.config import load_config_dict
+from rft_runtime.loop.job import run_job
+
+
+def _run(cfg_dict):
+    cfg = load_config_dict(cfg_dict)
+    return run_job(cfg, metrics_port=None, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offset", [0, 1])
+def test_grpo_job_completes_with_the_lag_sync_offset_promises(tmp_path, tiny_model_dir, local_engine, offset):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=4, offset=offset,
+                   name=f"grpo-off{offset}", save_interval=2)
+    result = _run(cfg)
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert result.steps == 4 and result.sampler_path.startswith("tinker://")
+    # offset 0: every batch sampled by the weights of the step before (on-policy); offset 1: one step behind
+    assert [r["weight_version_lag"] for r in records] == [min(offset, s - 1) for s in (1, 2, 3, 4)]
+    for r in records:
+        assert r["rollouts"] == 2 * 4 and r["total_steps"] == 4
+        assert r["reward_min"] <= r["reward_mean"] <= r["reward_max"]
+        assert "accuracy" in r and "format_score" in r and "policy_loss" in r
+        assert r["response_tokens"] > 0 and r["lr"] == pytest.approx(1e-3)
+    book = json.loads((job_dir(cfg) / "checkpoint.json").read_text())
+    assert book["latest"]["global_step"] == 4 and book["latest"]["state_path"].startswith("tinker://")
+    assert [e["stage_step"] for e in book["history"]] == [2, 4]
+    assert (job_dir(cfg) / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
+    data = write_sft(tmp_path / "sft.jsonl")
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="sft", mode="train", steps=8,
+                   batch=8, repeat=1, algorithm__algorithm_type="sft", algorithm__optimizer={"lr": 5e-3})
+    cfg["buffer"]["trainer_input"] = {"experience_buffer": {
+        "name": "sft", "storage_type": "file", "path": str(data)}}
+    _run(cfg)
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    losses = [r["policy_loss"] for r in records]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert all(r["response_tokens"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_gsm8k_file_through_math_workflow_scores_every_rollout(tmp_path, tiny_model_dir, local_engine):
+    # one step, four tasks x two samples: every rollout is scored by the reference's math reward
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="gsm8k", steps=1, batch=4, repeat=2)
+    _run(cfg)
+    (record,) = metrics(cfg)
+    assert record["rollouts"] == 8 and record["failed_rollouts"] == 0
+    # a random tiny model never writes the think/answer shape: the format penalty is the whole reward
+    assert record["format_score"] == pytest.approx(-0.1)
+    assert record["reward_mean"] == pytest.approx(record["accuracy"] - 0.1)
+
+
+@pytest.mark.slow
+def test_reward_errors_are_counted_not_fatal(tmp_path, tiny_model_dir, local_engine, monkeypatch):
+    (tmp_path / "user_rewards.py").write_text(
+        "def broken(response, truth):\n    raise ValueError('a bug in the user reward')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="bad-reward", steps=2, batch=2,
+                   repeat=2)
+    cfg["buffer"]["explorer_input"]["default_reward_fn_type"] = "user_rewards:broken"
+    _run(cfg)
+    records = metrics(cfg)
+    assert [r["failed_rollouts"] for r in records] == [4, 4]
+    assert all(r["reward_mean"] == 0 for r in records)
+
+
+def test_missing_api_key_fails_before_any_work(tmp_path):
+    cfg = job_dict(tmp_path, tmp_path, "http://127.0.0.1:9", name="nokey")
+    del cfg["model"]["tinker"]["base_url"]  # null: the Tinker service
+    started = time.monotonic()
+    proc = run_cli(write_config(tmp_path / "job.yaml", cfg), env=clean_env())
+    assert proc.returncode == 1
+    assert "TRINITY_API_KEY" in proc.stderr and "TINKER_API_KEY" in proc.stderr
+    assert "base_url: local" in proc.stderr
+    assert not (job_dir(cfg) / "metrics.jsonl").exists()
+    assert time.monotonic() - started < 30
