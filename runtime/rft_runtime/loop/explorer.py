@@ -131,7 +131,7 @@ class Explorer:
         start = time.monotonic()
         batch = ExploredBatch(explore_step=explore_step, groups=[], weight_version=-1, stream_state={})
         base_seed = self.cfg.explorer.rollout_model.seed
-        requests: deque[tuple[int, Any, list[int], int]] = deque()
+        requests: deque[tuple[int, Any, list[int], int, int]] = deque()
         groups: dict[int, list[Rollout]] = {}
         for slot, task in enumerate(tasks):
             ids = self._prompt(task)
@@ -144,17 +144,20 @@ class Explorer:
                 continue
             batch.prompt_tokens += len(ids) * self.repeat
             left = self.repeat
+            chunk = 0
             while left > 0:
                 n = min(left, self.in_flight)
-                requests.append((slot, task, ids, n))
+                requests.append((slot, task, ids, n, chunk))
                 left -= n
+                chunk += 1
         pending: deque[tuple[int, Any, list[int], Any, int]] = deque()
         flying = 0
         params_cache: dict[int, Any] = {}
         while requests or pending:
             while requests and (flying == 0 or flying + requests[0][3] <= self.in_flight):
-                slot, task, ids, n = requests.popleft()
-                seed = base_seed + explore_step * 100_003 + task.index * 7 + len(groups[slot])
+                slot, task, ids, n, chunk = requests.popleft()
+                # reproducible per (step, task, chunk), different across them
+                seed = base_seed + explore_step * 100_003 + task.index * 7 + chunk
                 if greedy:
                     params = params_cache.setdefault(0, _greedy(sampling_params(self.cfg, base_seed)))
                 else:

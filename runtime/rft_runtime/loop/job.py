@@ -105,7 +105,7 @@ def run_job(
     try:
         conn.open()
         trainer = Trainer(stages[0], conn)
-        encoder = None
+        tokenizer = None
         step_base = 0
         prev_state: str | None = None
         prev_sampler: str | None = None
@@ -134,14 +134,14 @@ def run_job(
                 trainer.start(prev_state, with_optimizer=False)
             else:
                 trainer.start(None)
-            if encoder is None or stage.model.custom_chat_template != cfg.model.custom_chat_template:
-                encoder = PromptEncoder(conn.tokenizer(trainer.client), stage.model)
+            if tokenizer is None:
+                tokenizer = conn.tokenizer(trainer.client)
+            encoder = PromptEncoder(tokenizer, stage.model)
             board = WeightBoard(start_step, None)
             if start_step or prev_state:
                 board.publish(start_step, trainer.save_sampler(f"s{index}-resume{start_step:06d}"))
             runner = StageRunner(stage, conn, mon, book, step_base=step_base, job_total=job_total,
-                                 stream=stream, encoder=encoder, trainer=trainer)
-            runner._last_sampler = board.path
+                                 stream=stream, encoder=encoder, trainer=trainer, sampler_path=board.path)
             res = runner.run(start_step, board)
             prev_state, prev_sampler = res.state_path, res.sampler_path
             book.finished_stages[str(index)] = {

@@ -150,7 +150,7 @@ class StageRunner:
 
     def __init__(
         self, cfg: JobConfig, conn: Connection, monitor: Any, book: Bookkeeping, *, step_base: int,
-        job_total: int, stream: Any, encoder: PromptEncoder, trainer: Trainer,
+        job_total: int, stream: Any, encoder: PromptEncoder, trainer: Trainer, sampler_path: str | None = None,
     ):
         self.cfg = cfg
         self.conn = conn
@@ -167,6 +167,7 @@ class StageRunner:
         self.kl_coef = cfg.algorithm.kl_coef
         self._ref_sampler: Any = None
         self._ref_generation = -1
+        self._last_sampler = sampler_path
 
     # ------------------------------------------------------------ trainer side
 
@@ -176,17 +177,20 @@ class StageRunner:
         name, config = loss_spec(self.cfg)
         return name, (dict(config) if config else None)
 
-    def _ref_logprobs(self, rollout: Any) -> list[float]:
+    def _ref_logprobs(self, rollouts: list[Any]) -> list[list[float]]:
+        """Reference (base model) logprobs of each rollout's response tokens, all requests in flight at once."""
         import tinker
 
         if self._ref_sampler is None or self._ref_generation != self.conn.generation:
             self._ref_generation = self.conn.generation
             self._ref_sampler = self.conn.sampling_client(None, timeout=self.trainer.call_timeout)
-        ids = rollout.prompt_ids + rollout.tokens
-        lps = self._ref_sampler.compute_logprobs(tinker.ModelInput.from_ints(ids)).result(
-            timeout=self.trainer.call_timeout)
-        tail = lps[-len(rollout.tokens):]
-        return [float(x) if x is not None else 0.0 for x in tail]
+        futures = [self._ref_sampler.compute_logprobs(tinker.ModelInput.from_ints(r.prompt_ids + r.tokens))
+                   for r in rollouts]
+        out = []
+        for rollout, fut in zip(rollouts, futures, strict=True):
+            tail = fut.result(timeout=self.trainer.call_timeout)[-len(rollout.tokens):]
+            out.append([float(x) if x is not None else 0.0 for x in tail])
+        return out
 
     def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
         assign_advantages(self.cfg, batch)
@@ -195,12 +199,12 @@ class StageRunner:
         n_tokens = sum(len(r.tokens) for r in rollouts)
         scale = 1.0 / n_tokens if n_tokens else 0.0
         use_kl = self.kl_coef > 0
-        datums = []
-        for r in rollouts:
-            if not use_kl and r.advantage == 0.0:
-                continue  # a zero advantage masks every token: sending it would only cost time
-            ref = self._ref_logprobs(r) if use_kl else None
-            datums.append(D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref))
+        if not use_kl:
+            # a zero advantage masks every token: sending such a rollout would only cost time
+            rollouts = [r for r in rollouts if r.advantage != 0.0]
+        refs = self._ref_logprobs(rollouts) if use_kl and rollouts else [None] * len(rollouts)
+        datums = [D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref)
+                  for r, ref in zip(rollouts, refs, strict=True)]
         custom = None
         if use_kl and datums:
             cfg = config or {}
@@ -279,7 +283,7 @@ class StageRunner:
             self._last_sampler = sampler_path
         save_every = self.cfg.trainer.save_interval
         if last or (save_every and step % save_every == 0):
-            self._checkpoint(step, stream_state, getattr(self, "_last_sampler", None))
+            self._checkpoint(step, stream_state, self._last_sampler)
         extra["policy_loss"] = result.loss
         if "kl" in result.metrics:
             extra["kl"] = result.metrics["kl"]
@@ -307,7 +311,7 @@ class StageRunner:
             now = time.monotonic()
             self._log(step, step, record, now - last_end)
             last_end = now
-        return StageResult(self.total, self.trainer.base_state, getattr(self, "_last_sampler", None))
+        return StageResult(self.total, self.trainer.base_state, self._last_sampler)
 
     def _run_both(self, start_step: int, board: WeightBoard) -> StageResult:
         from rft_runtime.loop.explorer_thread import ExplorerThread
@@ -348,4 +352,4 @@ class StageRunner:
                 last_end = now
         finally:
             explorer.stop()
-        return StageResult(self.total, self.trainer.base_state, getattr(self, "_last_sampler", None))
+        return StageResult(self.total, self.trainer.base_state, self._last_sampler)
