@@ -16,6 +16,11 @@ def _mean(xs: Sequence[float]) -> float:
     return math.fsum(xs) / len(xs)
 
 
+def _all_equal(xs: Sequence[float]) -> bool:
+    # exactly 0 rather than rounding noise / epsilon: the trainer skips zero-advantage rollouts
+    return max(xs) == min(xs)
+
+
 def grpo_advantages(rewards: Sequence[float], epsilon: float = 1e-6, std_normalize: bool = True) -> list[float]:
     """GRPO: A_i = (r_i - mean(r)) / (std(r) + epsilon), std unbiased (n - 1), as Trinity-RFT.
 
@@ -24,7 +29,7 @@ def grpo_advantages(rewards: Sequence[float], epsilon: float = 1e-6, std_normali
     std_normalize=False gives A_i = r_i - mean(r) (Dr. GRPO).
     """
     n = len(rewards)
-    if n < 2:
+    if n < 2 or _all_equal(rewards):
         return [0.0] * n
     mean = _mean(rewards)
     if not std_normalize:
@@ -47,6 +52,8 @@ def opmd_advantages(rewards: Sequence[float], opmd_baseline: str = "mean", tau: 
         return []
     if n == 1:
         return [float(rewards[0])]
+    if _all_equal(rewards):
+        return [0.0] * n
     if opmd_baseline == "mean":
         baseline = _mean(rewards)
     elif opmd_baseline == "logavgexp":
@@ -64,7 +71,7 @@ def rloo_advantages(rewards: Sequence[float]) -> list[float]:
     """RLOO: A_i = r_i - mean of the other rewards = n / (n - 1) * (r_i - mean(r)). A group of one
     has no other rollouts to compare with: 0."""
     n = len(rewards)
-    if n < 2:
+    if n < 2 or _all_equal(rewards):
         return [0.0] * n
     total = math.fsum(rewards)
     return [r - (total - r) / (n - 1) for r in rewards]
@@ -82,6 +89,8 @@ def reinforceplusplus_advantages(rewards: Sequence[float], gamma: float = 1.0,
     if gamma != 1.0:
         raise AlgorithmError(f"reinforceplusplus gamma must be 1.0 with outcome rewards, got {gamma}")
     if group_baseline and rewards:
+        if _all_equal(rewards):
+            return [0.0] * len(rewards)
         mean = _mean(rewards)
         return [r - mean for r in rewards]
     return [float(r) for r in rewards]
@@ -98,7 +107,7 @@ def normalise_batch(values: Sequence[float], weights: Sequence[float] | None = N
     if len(weights) != n:
         raise AlgorithmError(f"normalise_batch got {n} values and {len(weights)} weights")
     total = math.fsum(weights)
-    if n < 2 or total <= 1:
+    if n < 2 or total <= 1 or _all_equal(values):
         return [0.0] * n
     mean = math.fsum(w * x for w, x in zip(weights, values, strict=True)) / total
     var = math.fsum(w * (x - mean) ** 2 for w, x in zip(weights, values, strict=True)) / (total - 1)

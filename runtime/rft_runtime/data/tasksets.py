@@ -180,6 +180,8 @@ def _load_local(path: Path, split: str, subset: str | None, cache_dir: Any) -> l
                     raise DataError(
                         f"cannot read {path}: unknown file type; use one of "
                         f"{', '.join(sorted(BUILDERS))} (optionally compressed)", path=str(path))
+                if path.stat().st_size == 0:
+                    raise DataError(f"the taskset file {path} is empty", path=str(path))
                 kwargs: dict[str, Any] = {"delimiter": "\t"} if path.name.lower().endswith(
                     (".tsv",) + tuple(".tsv" + c for c in COMPRESSIONS)) else {}
                 # A single file is the split the config names, whatever it is called.
@@ -208,7 +210,7 @@ def _load_local(path: Path, split: str, subset: str | None, cache_dir: Any) -> l
             return ds.to_list()
         except DataError:
             raise
-        except (ValueError, FileNotFoundError, OSError, datasets.exceptions.DatasetGenerationError) as exc:
+        except Exception as exc:  # parsers raise anything from ArrowInvalid to StopIteration on bad files
             raise DataError(f"cannot read the taskset at {path} (split {split!r}): {_reason(exc)}",
                             path=str(path)) from exc
 
