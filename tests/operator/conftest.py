@@ -7,6 +7,7 @@ as kubectl would, while kopf runs in KopfRunner's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -25,6 +26,7 @@ class ApiServer:
 
     def __init__(self) -> None:
         self.url = ""
+        self.emulator: Any = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -45,6 +47,7 @@ class ApiServer:
         self._stop = asyncio.Event()
         async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
             emulator.resources.load_bundled()
+            self.emulator = emulator
             emulator.resources["rft.dev/v1alpha1/rftjobs"] = kmock.ResourceInfo(
                 kind="RFTJob", singular="rftjob", namespaced=True, shortnames={"rftj"},
                 subresources={"status"}, verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
@@ -60,6 +63,10 @@ class ApiServer:
         if self._error:
             raise self._error
         return self
+
+    def pod_creations(self, namespace: str = "default") -> int:
+        """How many times anyone POSTed a pod (the tests never do, so: the operator)."""
+        return len(self.emulator[f"post /api/v1/namespaces/{namespace}/pods"])
 
     def stop(self) -> None:
         """Stop the server and its thread."""
@@ -191,15 +198,50 @@ def operator_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
-@pytest.fixture()
-def running_operator(kubeconfig: Path, operator_env: dict[str, str]) -> Iterator[Any]:
-    """The real operator (kopf) running against the emulated server until the test ends."""
+@contextlib.contextmanager
+def operator_process(liveness_port: int | None = None) -> Iterator[Any]:
+    """Run the real operator (kopf, the handlers `rft-operator` runs) until the block ends."""
     from kopf.testing import KopfRunner
 
     from rft_operator import handlers
 
+    handlers.STATE.metrics_port = None
     args = ["run", "-A", "--standalone", "-m", "rft_operator.handlers"]
+    if liveness_port:
+        args.append(f"--liveness=http://127.0.0.1:{liveness_port}/healthz")
     with KopfRunner(args, timeout=60) as runner:
         wait_for(lambda: handlers.STATE.metrics_port, 20, "the operator to start")
         yield runner
     assert runner.exit_code == 0, runner.output
+
+
+@pytest.fixture()
+def running_operator(kubeconfig: Path, operator_env: dict[str, str]) -> Iterator[Any]:
+    """The real operator running against the emulated server until the test ends."""
+    with operator_process() as runner:
+        yield runner
+
+
+@pytest.fixture()
+def runtime_endpoint(tmp_path: Path) -> Iterator[tuple[int, Callable[..., None]]]:
+    """The runtime's own Prometheus endpoint (rft_runtime.monitor.Monitor) on loopback, standing in for a pod.
+
+    Yields (port, report) where report(step, total, reward, loss, age) logs one step that finished `age`
+    seconds ago, exactly as `rft run` logs its steps.
+    """
+    from rft_operator_test_config import quiet_tinker_config
+
+    from rft_runtime.monitor import Monitor
+
+    cfg = quiet_tinker_config()
+    mon = Monitor(cfg, tmp_path / "job", metrics_port=0, progress=False, metrics_host="127.0.0.1")
+
+    def report(step: int, total: int, reward: float, loss: float, age: float = 0.0) -> None:
+        mon.log_step({"step": step, "total_steps": total, "reward_mean": reward, "policy_loss": loss,
+                      "timestamp": time.time() - age})
+
+    try:
+        assert mon.port
+        yield mon.port, report
+    finally:
+        mon.close()

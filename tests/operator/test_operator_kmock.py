@@ -1,0 +1,177 @@
+"""The real operator (kopf's KopfRunner) against an emulated API server (kmock): what `kubectl` users see."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import urllib.request
+
+from conftest import operator_process, wait_for
+from rftjob_bodies import rftjob, seed
+
+NS = "default"
+
+
+def status(client, name):
+    return (client.get("rftjobs", NS, name) or {}).get("status") or {}
+
+
+def phase_is(client, name, phase, reason=None):
+    def check():
+        st = status(client, name)
+        return st if st.get("phase") == phase and (reason is None or st.get("reason") == reason) else None
+    return wait_for(check, 20, f"{name} to be {phase} {reason or ''}")
+
+
+def condition(st, ctype):
+    return next(c for c in st["conditions"] if c["type"] == ctype)
+
+
+def events_for(client, name):
+    return [(e["type"], e["reason"]) for e in client.list("events", NS)
+            if e.get("involvedObject", {}).get("name") == name]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tinker_job_runs_to_success_with_pods_created_once_across_operator_restarts(
+        api_server, client, kubeconfig, operator_env):
+    body = rftjob("tk", tinker={"apiKeySecretRef": {"name": "tinker-key", "key": "api-key"}})
+    with operator_process():
+        client.create("rftjobs", NS, body)
+        pod = wait_for(lambda: client.get("pods", NS, "tk-head"), 20, "the pod")
+        cm = client.get("configmaps", NS, "tk-config")
+        assert cm is not None and "config.yaml" in cm["data"]
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["TINKER_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tinker-key", "key": "api-key"}
+        assert "nvidia.com/gpu" not in str(pod["spec"]["containers"][0]["resources"])
+        st = phase_is(client, "tk", "Pending")
+        assert condition(st, "Ready")["status"] == "False" and st["backend"] == "tinker"
+        client.set_pod_phase(NS, "tk-head", "Running")
+        st = phase_is(client, "tk", "Running")
+        assert condition(st, "Ready")["status"] == "True" and st["algorithm"] == "grpo"
+    # a restarted operator replays every object as new: it must adopt, not duplicate
+    with operator_process():
+        client.set_pod_phase(NS, "tk-head", "Succeeded", exit_code=0)
+        st = phase_is(client, "tk", "Succeeded")
+        assert condition(st, "Complete")["status"] == "True" and st["completionTime"]
+    assert api_server.pod_creations() == 1
+    assert client.get("rftjobs", NS, "tk")["spec"] == body["spec"]  # the operator never writes spec
+    seen = events_for(client, "tk")
+    assert ("Normal", "PodsRunning") in seen and ("Normal", "Completed") in seen
+
+
+def test_invalid_config_fails_with_reasons_a_warning_event_and_no_children(client, running_operator):
+    config = seed("tinker.yaml")
+    config["buffer"]["batch_size"] = -4
+    config["synchronizer"]["sync_stlye"] = "fixed"
+    client.create("rftjobs", NS, rftjob("bad", config))
+    st = phase_is(client, "bad", "Failed", "InvalidConfig")
+    assert "buffer.batch_size" in st["message"] and "sync_style" in st["message"]
+    assert condition(st, "Failed")["reason"] == "InvalidConfig"
+    wait_for(lambda: ("Warning", "InvalidConfig") in events_for(client, "bad"), 10, "the warning event")
+    assert client.get("pods", NS, "bad-head") is None and client.get("configmaps", NS, "bad-config") is None
+
+
+def test_failed_pods_are_replaced_until_the_backoff_limit(api_server, client, running_operator):
+    client.create("rftjobs", NS, rftjob("rt", backoffLimit=1))
+    wait_for(lambda: client.get("pods", NS, "rt-head"), 20, "the pod")
+    client.set_pod_phase(NS, "rt-head", "Failed", exit_code=1)
+    wait_for(lambda: (client.get("pods", NS, "rt-head") or {}).get("metadata", {}).get("labels", {})
+             .get("rft.dev/attempt") == "1", 20, "the replacement pod")
+    st = status(client, "rt")
+    assert st["retries"] == 1
+    client.set_pod_phase(NS, "rt-head", "Failed", exit_code=2)
+    st = phase_is(client, "rt", "Failed", "BackoffLimitExceeded")
+    assert "exit code 2" in st["message"]
+    assert api_server.pod_creations() == 2
+    assert ("Warning", "BackoffLimitExceeded") in events_for(client, "rt")
+
+
+def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, running_operator):
+    client.create("rftjobs", NS, rftjob("sr", storage={"size": "1Gi"}))
+    wait_for(lambda: client.get("pods", NS, "sr-head"), 20, "the pod")
+    client.set_pod_phase(NS, "sr-head", "Running")
+    phase_is(client, "sr", "Running")
+    client.patch("rftjobs", NS, "sr", {"spec": {"suspend": True}})
+    st = phase_is(client, "sr", "Suspended")
+    assert condition(st, "Suspended")["status"] == "True"
+    wait_for(lambda: client.get("pods", NS, "sr-head") is None, 20, "the pod to go")
+    assert client.get("persistentvolumeclaims", NS, "sr-storage") is not None
+    client.patch("rftjobs", NS, "sr", {"spec": {"suspend": False}})
+    wait_for(lambda: client.get("pods", NS, "sr-head"), 20, "the pod to come back")
+    st = phase_is(client, "sr", "Pending")
+    assert condition(st, "Suspended")["status"] == "False"
+    client.delete("rftjobs", NS, "sr")
+    wait_for(lambda: client.get("rftjobs", NS, "sr") is None, 20, "the job to be deleted")
+
+
+def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator):
+    client.create("rftjobs", NS, rftjob("vl", seed("verl-lora.yaml")))
+    pod = wait_for(lambda: client.get("pods", NS, "vl-head"), 20, "the head pod")
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    svc = wait_for(lambda: client.get("services", NS, "vl-head"), 20, "the head service")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert phase_is(client, "vl", "Pending")["backend"] == "verl"
+
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_operator_metrics_follow_the_jobs_and_forget_deleted_ones(client, kubeconfig, operator_env):
+    from rft_operator import handlers
+
+    liveness = free_port()
+    with operator_process(liveness_port=liveness):
+        port = handlers.STATE.metrics_port
+        client.create("rftjobs", NS, rftjob("m1"))
+        client.create("rftjobs", NS, rftjob("m2"))
+        wait_for(lambda: scrape(port).get(("rft_operator_jobs", (("phase", "Pending"),))) == 2, 20, "2 pending")
+        wait_for(lambda: client.get("pods", NS, "m1-head"), 20, "the pod")
+        client.set_pod_phase(NS, "m1-head", "Running")
+        wait_for(lambda: scrape(port).get(("rft_operator_jobs", (("phase", "Running"),))) == 1, 20, "1 running")
+        samples = scrape(port)
+        assert samples[("rft_operator_jobs", (("phase", "Pending"),))] == 1
+        assert samples[("rft_operator_job_phase", (("name", "m1"), ("namespace", NS), ("phase", "Running")))] == 1
+        assert samples[("rft_operator_reconciles_total", ())] >= 2
+        assert ("rft_operator_job_duration_seconds", (("name", "m1"), ("namespace", NS))) in samples
+        assert samples[("rft_operator_reconcile_duration_seconds_count", ())] >= 2
+        client.delete("rftjobs", NS, "m1")
+        wait_for(lambda: not any(dict(k[1]).get("name") == "m1" for k in scrape(port)), 20, "m1's series to go")
+        samples = scrape(port)
+        assert samples[("rft_operator_jobs", (("phase", "Running"),))] == 0
+        assert samples[("rft_operator_jobs", (("phase", "Pending"),))] == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+
+
+def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running_operator, runtime_endpoint):
+    port, report = runtime_endpoint
+    report(step=4, total=20, reward=0.625, loss=0.03125, age=0)
+    job = rftjob("pg", metrics={"port": port})
+    client.create("rftjobs", NS, job)
+    wait_for(lambda: client.get("pods", NS, "pg-head"), 20, "the pod")
+    client.set_pod_phase(NS, "pg-head", "Running", pod_ip="127.0.0.1")
+    progress = wait_for(lambda: status(client, "pg").get("progress"), 20, "progress")
+    assert progress["step"] == 4 and progress["totalSteps"] == 20
+    assert progress["rewardMean"] == 0.625 and progress["loss"] == 0.03125 and progress["lastUpdateTime"]
+    report(step=5, total=20, reward=0.75, loss=0.02, age=0)
+    wait_for(lambda: status(client, "pg").get("progress", {}).get("step") == 5, 20, "step 5")
+    # the runtime stops making progress: a short progressDeadlineSeconds turns Stalled on
+    report(step=5, total=20, reward=0.75, loss=0.02, age=120)
+    client.patch("rftjobs", NS, "pg", {"spec": {"progressDeadlineSeconds": 60}})
+    st = wait_for(lambda: (lambda s: s if s.get("conditions") and condition(s, "Stalled")["status"] == "True"
+                           else None)(status(client, "pg")), 20, "Stalled")
+    assert condition(st, "Stalled")["reason"] == "NoProgress" and st["phase"] == "Running"
+    assert ("Warning", "NoProgress") in events_for(client, "pg")
+    assert copy.deepcopy(client.get("rftjobs", NS, "pg")["spec"]["config"]) == job["spec"]["config"]
