@@ -211,3 +211,21 @@ def test_importing_workflows_stays_light():
             "print(sorted(m for m in ('torch', 'datasets', 'transformers', 'tinker') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_messages_format_rows_keep_their_conversation():
+    fmt = SimpleNamespace(prompt_type="messages", messages_key="chat", prompt_key="q", response_key="a",
+                          system_prompt=None, system_prompt_key=None)
+    row = {"chat": [{"role": "user", "content": "hi"}], "a": "4"}
+    messages = get_workflow("math_workflow")(fmt, {}, {}).messages(row)
+    assert messages[0]["role"] == "system" and "<answer>" in messages[0]["content"]
+    assert messages[1:] == [{"role": "user", "content": "hi"}]
+    with pytest.raises(WorkflowError, match="'chat' value is not a list"):
+        get_workflow("math_workflow")(fmt, {}, {}).messages({"chat": "hi"})
+
+
+def test_a_per_row_system_prompt_column():
+    fmt = SimpleNamespace(prompt_key="q", response_key="a", system_prompt="default", system_prompt_key="sys")
+    wf = get_workflow("simple_workflow")(fmt, {}, {})
+    assert wf.messages({"q": "x", "sys": "be terse"})[0] == {"role": "system", "content": "be terse"}
+    assert wf.messages({"q": "x"})[0] == {"role": "system", "content": "default"}

@@ -52,11 +52,34 @@ class Workflow:
                                 f"its columns: {', '.join(sorted(row))}")
         return str(row[self.prompt_key])
 
+    def system_text(self, row: dict[str, Any]) -> str | None:
+        """The system prompt: the row's format.system_prompt_key column when set, else format.system_prompt,
+        else the workflow's default."""
+        key = getattr(self.format, "system_prompt_key", None)
+        if key and row.get(key):
+            return str(row[key])
+        return self.system_prompt
+
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
-        """Chat messages for the row: the system prompt (if any), then the prompt as the user's turn."""
+        """Chat messages for the row: the system prompt (if any), then the prompt as the user's turn.
+
+        With format.prompt_type "messages" the row's messages_key column already is the conversation;
+        the system prompt is put first unless it starts with one.
+        """
+        system = self.system_text(row)
+        if getattr(self.format, "prompt_type", "plaintext") == "messages":
+            key = getattr(self.format, "messages_key", None) or "message"
+            convo = row.get(key)
+            if not isinstance(convo, list) or not all(isinstance(m, dict) and "role" in m for m in convo):
+                raise WorkflowError(f"format.prompt_type is 'messages' but the task's {key!r} value is not a "
+                                    "list of {role, content} messages (format.messages_key)")
+            messages = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in convo]
+            if system and (not messages or messages[0]["role"] != "system"):
+                messages.insert(0, {"role": "system", "content": system})
+            return messages
         messages = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": self.prompt_text(row)})
         return messages
 
