@@ -113,3 +113,36 @@ def test_monitor_type_none_is_silent(tmp_path, cfg_factory, caplog):
     with caplog.at_level(logging.WARNING), Monitor(cfg_factory(monitor_type="none"), tmp_path, progress=False):
         pass
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_terminal_gets_a_progress_bar_that_continues_a_resumed_run(tmp_path):
+    import os
+    import pty
+
+    code = (
+        "import sys; from types import SimpleNamespace as NS; from rft_runtime.monitor import Monitor\n"
+        f"with Monitor(NS(name='j', monitor=NS(monitor_type='none')), {str(tmp_path)!r}) as m:\n"
+        "    for s in (3, 4, 5):\n"
+        "        m.log_step({'step': s, 'total_steps': 5, 'reward_mean': s / 10, 'policy_loss': 0.25,"
+        " 'time_step_s': 0.5})\n"
+    )
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=slave, stdout=subprocess.DEVNULL)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace").replace("\r", "\n")
+    last = [line for line in screen.splitlines() if "/5" in line][-1]
+    assert "5/5" in last and "reward=0.5" in last and "loss=0.25" in last and "s/step=0.5" in last
+    assert " 2/5" in screen  # a resumed run's bar starts where the run left off, not at zero

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -23,6 +24,14 @@ def summary(record: dict[str, Any]) -> dict[str, str]:
         if record.get(key) is not None:
             out[short] = _fmt(record[key])
     return out
+
+
+def _terminal_sized() -> bool:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
 
 
 class Progress:
@@ -49,7 +58,10 @@ class Progress:
             from tqdm import tqdm
 
             start = int(step) - 1 if isinstance(step, int) and step > 0 else 0
-            self._bar = tqdm(total=total, initial=start, desc=self.desc, unit="step", dynamic_ncols=True)
+            # a pty that reports a 0x0 size (some CI runners, `script`) would make tqdm draw nothing
+            sized = _terminal_sized()
+            self._bar = tqdm(total=total, initial=start, desc=self.desc, unit="step", dynamic_ncols=sized,
+                             ncols=None if sized else 100, nrows=None if sized else 24)
         if total is not None and self._bar.total != total:
             self._bar.total = total
         if isinstance(step, int) and step > self._bar.n:
