@@ -188,6 +188,33 @@ def test_local_files_use_the_given_cache_or_none_that_outlives_the_load(tmp_path
     assert list(scratch.iterdir()) == []  # the throw-away cache is gone
 
 
+def test_local_loads_never_touch_the_network(tmp_path):
+    # the hub endpoint points at a socket of ours: any request datasets made would arrive there
+    import socket
+    import subprocess
+    import sys
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS)
+    write_jsonl(tmp_path / "one.jsonl", ROWS)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.getsockname()[1]}"
+        code = ("import sys; from types import SimpleNamespace as N; from rft_runtime.data.tasksets import load_rows; "
+                "f = N(prompt_key='question'); "
+                "print(sum(len(load_rows(N(path=p, split='train', subset_name=None, format=f))) for p in sys.argv[1:]))")
+        out = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path / "one.jsonl")],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "20"
+        with pytest.raises(TimeoutError):
+            server.accept()
+
+
 def test_offline_switch_is_restored_after_a_local_load(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     before = datasets.config.HF_HUB_OFFLINE
@@ -286,3 +313,13 @@ def test_bad_stream_arguments():
         TaskStream(rows_of(4), batch_size=0)
     with pytest.raises(DataError, match="total_epochs"):
         TaskStream(rows_of(4), batch_size=1, total_epochs=0)
+
+
+def test_resume_onto_a_changed_taskset_warns(caplog):
+    old = TaskStream(rows_of(12), batch_size=4, total_epochs=1, seed=5)
+    next(iter(old))
+    grown = TaskStream(rows_of(16), batch_size=4, total_epochs=1, seed=5)
+    with caplog.at_level("WARNING", logger="rft_runtime.data.tasksets"):
+        grown.load_state_dict(old.state_dict())
+    assert "num_rows 12 -> 16" in caplog.text
+    assert grown.step == 1 and len(list(grown)) == 3
