@@ -88,6 +88,14 @@ def test_a_folder_of_several_files_is_read_whole(tmp_path):
         ROWS, key=lambda r: r["question"])
 
 
+def test_a_folder_of_tsv_files(tmp_path):
+    folder = tmp_path / "tsv"
+    folder.mkdir()
+    write_csv(folder / "a.tsv", ROWS[:5], delimiter="\t")
+    write_csv(folder / "b.tsv", ROWS[5:], delimiter="\t")
+    assert sorted(r["question"] for r in load_rows(taskset(folder))) == sorted(r["question"] for r in ROWS)
+
+
 def test_a_folder_with_split_files_gives_the_named_split(tmp_path):
     folder = tmp_path / "splits"
     folder.mkdir()

@@ -50,6 +50,10 @@ def builder_for(path: str | os.PathLike[str]) -> str | None:
     return BUILDERS.get(Path(name).suffix)
 
 
+def _is_tsv(path: Path) -> bool:
+    return path.name.lower().endswith(tuple(".tsv" + c for c in ("", *COMPRESSIONS)))
+
+
 def _fmt_attr(cfg: Any, name: str, default: Any = None) -> Any:
     fmt = getattr(cfg, "format", None)
     return getattr(fmt, name, default) if fmt is not None else default
@@ -182,8 +186,7 @@ def _load_local(path: Path, split: str, subset: str | None, cache_dir: Any) -> l
                         f"{', '.join(sorted(BUILDERS))} (optionally compressed)", path=str(path))
                 if path.stat().st_size == 0:
                     raise DataError(f"the taskset file {path} is empty", path=str(path))
-                kwargs: dict[str, Any] = {"delimiter": "\t"} if path.name.lower().endswith(
-                    (".tsv",) + tuple(".tsv" + c for c in COMPRESSIONS)) else {}
+                kwargs: dict[str, Any] = {"delimiter": "\t"} if _is_tsv(path) else {}
                 # A single file is the split the config names, whatever it is called.
                 ds = datasets.load_dataset(builder, data_files={split: [str(path)]}, split=split,
                                            cache_dir=cache, **kwargs)
@@ -199,14 +202,19 @@ def _load_local(path: Path, split: str, subset: str | None, cache_dir: Any) -> l
                 if not files:
                     raise DataError(f"the folder {path} holds no data files "
                                     f"({', '.join(sorted(BUILDERS))})", path=str(path))
-                kinds = sorted({builder_for(f) for f in files})  # type: ignore[type-var]
+                kinds = sorted({str(builder_for(f)) for f in files})
                 if len(kinds) > 1:
                     raise DataError(
                         f"the folder {path} mixes file types ({', '.join(kinds)}); keep one type per "
                         "folder so no file is silently skipped", path=str(path))
+                tsv = {_is_tsv(f) for f in files}
+                if len(tsv) > 1:
+                    raise DataError(f"the folder {path} mixes .csv and .tsv files; keep one delimiter per "
+                                    "folder", path=str(path))
+                kwargs = {"delimiter": "\t"} if tsv == {True} else {}
                 # datasets reads split names from file names (train.jsonl, test-0001.parquet, ...);
                 # a folder without them is all "train".
-                ds = datasets.load_dataset(str(path), name=subset, split=split, cache_dir=cache)
+                ds = datasets.load_dataset(str(path), name=subset, split=split, cache_dir=cache, **kwargs)
             return ds.to_list()
         except DataError:
             raise
