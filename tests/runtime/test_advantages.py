@@ -10,6 +10,7 @@ import yaml
 
 from rft_runtime.algorithms import (
     AlgorithmError,
+    check_advantage_args,
     compute_advantages,
     loss_spec,
     needs_custom_kl_loss,
@@ -132,6 +133,10 @@ def test_unknown_algorithm_and_argument_are_named():
         compute_advantages("ppo", [1.0, 0.0], {})
     with pytest.raises(AlgorithmError, match=r"advantage_fn_args: eps not used by grpo \(accepted: epsilon"):
         compute_advantages("grpo", [1.0, 0.0], {"eps": 1e-3})
+    # the same check, before any rollout
+    with pytest.raises(AlgorithmError, match="eps not used by grpo"):
+        check_advantage_args("grpo", {"eps": 1e-3})
+    assert check_advantage_args("opmd", {"opmd_baseline": "logavgexp", "tau": 0.5}) == "opmd"
     with pytest.raises(AlgorithmError, match="finite"):
         compute_advantages("grpo", [1.0, math.nan], {})
 

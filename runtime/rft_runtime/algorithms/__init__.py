@@ -10,6 +10,7 @@ No torch: these run in the explorer and trainer threads on lists of floats.
 from rft_runtime.algorithms.advantages import (
     ADVANTAGE_ALGORITHMS,
     AlgorithmError,
+    check_advantage_args,
     compute_advantages,
     grpo_advantages,
     normalise_batch,
@@ -22,6 +23,7 @@ from rft_runtime.algorithms.losses import kl_coef, loss_spec, needs_custom_kl_lo
 __all__ = [
     "ADVANTAGE_ALGORITHMS",
     "AlgorithmError",
+    "check_advantage_args",
     "compute_advantages",
     "grpo_advantages",
     "kl_coef",

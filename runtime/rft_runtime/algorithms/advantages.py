@@ -127,22 +127,28 @@ _ARGS = {"grpo": ("epsilon", "std_normalize"), "opmd": ("opmd_baseline", "tau"),
          "reinforceplusplus": ("gamma", "group_baseline")}
 
 
+def check_advantage_args(algorithm_type: str, args: dict[str, Any] | None) -> str:
+    """Raise an AlgorithmError for an algorithm without group advantages or an advantage_fn_args key it
+    does not take (call at load time to fail before any rollout); returns the algorithm name."""
+    if algorithm_type not in _ADVANTAGE_FNS:
+        raise AlgorithmError(f"no group advantage for algorithm {algorithm_type!r}; this runtime computes "
+                             f"them for {', '.join(ADVANTAGE_ALGORITHMS)}")
+    unknown = sorted(set(args or {}) - set(_ARGS[algorithm_type]))
+    if unknown:
+        allowed = ", ".join(_ARGS[algorithm_type]) or "none"
+        raise AlgorithmError(f"algorithm.advantage_fn_args: {', '.join(unknown)} not used by "
+                             f"{algorithm_type} (accepted: {allowed})")
+    return algorithm_type
+
+
 def compute_advantages(algorithm_type: str, group_rewards: Sequence[float],
                        args: dict[str, Any] | None = None) -> list[float]:
     """Advantages of one task's group of rollouts under `algorithm_type` (advantage_fn_args in `args`).
 
     For reinforceplusplus, pass the whole batch's results through normalise_batch afterwards.
     """
-    fn = _ADVANTAGE_FNS.get(algorithm_type)
-    if fn is None:
-        raise AlgorithmError(f"no group advantage for algorithm {algorithm_type!r}; this runtime computes "
-                             f"them for {', '.join(ADVANTAGE_ALGORITHMS)}")
+    fn = _ADVANTAGE_FNS[check_advantage_args(algorithm_type, args)]
     args = dict(args or {})
-    unknown = sorted(set(args) - set(_ARGS[algorithm_type]))
-    if unknown:
-        allowed = ", ".join(_ARGS[algorithm_type]) or "none"
-        raise AlgorithmError(f"algorithm.advantage_fn_args: {', '.join(unknown)} not used by "
-                             f"{algorithm_type} (accepted: {allowed})")
     rewards = [float(r) for r in group_rewards]
     bad = [r for r in rewards if not math.isfinite(r)]
     if bad:
