@@ -50,14 +50,18 @@ PVCS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
 
 # (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and pods,
-# its finalizer patches on RFTJobs, its events), because the service account must allow them as well.
+# its finalizer patches on RFTJobs, its warning events), because the service account must allow them as well.
 API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
+    # the controller reads jobs; kopf lists/watches them and patches its finalizer in
     (RFTJOBS, None): frozenset({"get", "list", "watch", "patch"}),
-    (RFTJOBS, "status"): frozenset({"get", "patch"}),
-    (PODS, None): frozenset({"get", "list", "watch", "create", "delete"}),
+    (RFTJOBS, "status"): frozenset({"patch"}),
+    # kopf lists/watches pods (to wake a job's reconcile); the controller lists, creates, deletes them
+    (PODS, None): frozenset({"list", "watch", "create", "delete"}),
+    # get: spec.configFrom; patch: the config changed; delete: ttlSecondsAfterFinished
     (CONFIGMAPS, None): frozenset({"get", "list", "create", "patch", "delete"}),
-    (SERVICES, None): frozenset({"get", "list", "create", "delete"}),
-    (PVCS, None): frozenset({"get", "list", "create"}),
+    (SERVICES, None): frozenset({"list", "create", "delete"}),
+    # owned claims are created once and only ever removed by garbage collection with their RFTJob
+    (PVCS, None): frozenset({"list", "create"}),
     (EVENTS, None): frozenset({"create"}),
 }
 

@@ -68,6 +68,32 @@ class ApiServer:
         """How many times anyone POSTed a pod (the tests never do, so: the operator)."""
         return len(self.emulator[f"post /api/v1/namespaces/{namespace}/pods"])
 
+    def operator_calls(self) -> set[tuple[str, str, str]]:
+        """(API group, resource[/subresource], verb) of every request not made by the tests' own client."""
+        calls = set()
+        for request in list(self.emulator):
+            if request.headers.get("User-Agent", "").startswith("Python-urllib"):
+                continue
+            parts = [p for p in request.url.path.split("/") if p]
+            if parts[:1] == ["api"]:
+                group, rest = "", parts[2:]
+            elif parts[:1] == ["apis"] and len(parts) > 3:
+                group, rest = parts[1], parts[3:]
+            else:
+                continue
+            if not rest:
+                continue  # discovery: allowed to every authenticated user
+            if rest[0] == "namespaces" and len(rest) >= 3:
+                rest = rest[2:]
+            resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+            method = str(request.method).upper().split(".")[-1]
+            if method == "GET":
+                verb = "get" if len(rest) > 1 else ("watch" if request.params.get("watch") else "list")
+            else:
+                verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}[method]
+            calls.add((group, resource, verb))
+        return calls
+
     def stop(self) -> None:
         """Stop the server and its thread."""
         if self._stop is not None:

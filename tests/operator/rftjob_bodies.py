@@ -19,11 +19,13 @@ def seed(name: str) -> dict[str, Any]:
 
 def rftjob(name: str, config: dict[str, Any] | None = None, namespace: str = "default",
            **spec: Any) -> dict[str, Any]:
-    """An RFTJob with a uid and namespace set (an emulated server fills in neither)."""
+    """An RFTJob with uid, namespace and resourceVersion set (an emulated server fills in none of them)."""
     body = {
         "apiVersion": "rft.dev/v1alpha1",
         "kind": "RFTJob",
-        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1},
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1,
+                     # kopf guards its finalizer patch with a resourceVersion test; kmock keeps none itself
+                     "resourceVersion": "1"},
         "spec": {"config": copy.deepcopy(config if config is not None else seed("tinker.yaml")), **spec},
     }
     return body

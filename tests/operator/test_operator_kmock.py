@@ -6,6 +6,7 @@ import copy
 import socket
 import urllib.request
 
+import yaml
 from conftest import operator_process, wait_for
 from rftjob_bodies import rftjob, seed
 
@@ -175,3 +176,36 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     assert condition(st, "Stalled")["reason"] == "NoProgress" and st["phase"] == "Running"
     assert ("Warning", "NoProgress") in events_for(client, "pg")
     assert copy.deepcopy(client.get("rftjobs", NS, "pg")["spec"]["config"]) == job["spec"]["config"]
+
+
+def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, client, running_operator):
+    """A job that uses every feature (configFrom, veRL Service, owned claim, spec change, TTL cleanup)."""
+    from rft_operator.rbac import required_rules
+
+    config = seed("verl-lora.yaml")
+    client.create("configmaps", NS, {"metadata": {"name": "src", "namespace": NS},
+                                     "data": {"job.yaml": yaml.safe_dump(config)}})
+    client.create("rftjobs", NS, rftjob("rb", None, configFrom={"configMapKeyRef": {"name": "src", "key": "job.yaml"}},
+                                        storage={"size": "1Gi"}, ttlSecondsAfterFinished=0))
+    client.request("PATCH", "/apis/rft.dev/v1alpha1/namespaces/default/rftjobs/rb",
+                   {"spec": {"config": None}}, "application/merge-patch+json")
+    wait_for(lambda: client.get("pods", NS, "rb-head"), 20, "the pod")
+    assert client.get("services", NS, "rb-head") and client.get("persistentvolumeclaims", NS, "rb-storage")
+    client.set_pod_phase(NS, "rb-head", "Running")
+    phase_is(client, "rb", "Running")
+    config["algorithm"]["optimizer"]["lr"] = 5e-6
+    client.patch("configmaps", NS, "src", {"data": {"job.yaml": yaml.safe_dump(config)}})
+    wait_for(lambda: "5.0e-06" in client.get("configmaps", NS, "rb-config")["data"]["config.yaml"], 20,
+             "the new config")
+    wait_for(lambda: (lambda pod: pod is not None and pod.get("status") is None)(client.get("pods", NS, "rb-head")),
+             20, "the restarted pod")
+    client.set_pod_phase(NS, "rb-head", "Succeeded", exit_code=0)
+    wait_for(lambda: status(client, "rb").get("cleanedUp"), 20, "the TTL cleanup")
+    assert client.get("pods", NS, "rb-head") is None and client.get("services", NS, "rb-head") is None
+    assert client.get("rftjobs", NS, "rb")["status"]["phase"] == "Succeeded"
+
+    allowed = {(g, r, v) for rule in required_rules() for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    used = api_server.operator_calls()
+    assert used <= allowed, f"calls without an RBAC rule: {used - allowed}"
+    assert allowed == used, f"rules for calls never made: {allowed - used}"

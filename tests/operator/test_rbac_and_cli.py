@@ -1,0 +1,68 @@
+"""RBAC registry, the API-call gate, `rft manifest` and `rft-operator --help`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rft_operator import kube
+from rft_operator.rbac import required_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_required_rules_are_rbac_rules_for_the_table():
+    rules = required_rules()
+    assert {"apiGroups": ["rft.dev"], "resources": ["rftjobs/status"], "verbs": ["patch"]} in rules
+    pods = next(r for r in rules if r["resources"] == ["pods"])
+    assert pods["apiGroups"] == [""] and set(pods["verbs"]) == {"list", "watch", "create", "delete"}
+    assert all(set(r) == {"apiGroups", "resources", "verbs"} for r in rules)
+    # nothing the operator does needs secrets: the API key only travels as a reference
+    assert not any("secrets" in r["resources"] for r in rules)
+
+
+def test_a_call_outside_the_table_is_refused_before_it_reaches_the_server():
+    client = kube.Kube(api_client=None)
+    with pytest.raises(PermissionError, match="API_CALLS"):
+        client.call("delete", kube.PVCS, "default", "x")
+    with pytest.raises(PermissionError):
+        client.call("get", kube.Resource("", "v1", "secrets"), "default", "tinker-key")
+
+
+def run_rft(*args):
+    return subprocess.run([sys.executable, "-m", "rft_runtime.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_rft_manifest_wraps_a_config_for_kubectl(tmp_path):
+    out = tmp_path / "job.yaml"
+    result = run_rft("manifest", "--config", "examples/tinker.yaml", "--name", "my-job", "--namespace", "team",
+                     "--image", "reg/rft:2", "--api-key-secret", "keys:tinker", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    body = yaml.safe_load(out.read_text())
+    assert body["kind"] == "RFTJob" and body["metadata"] == {"name": "my-job", "namespace": "team"}
+    assert body["spec"]["image"] == "reg/rft:2"
+    assert body["spec"]["tinker"]["apiKeySecretRef"] == {"name": "keys", "key": "tinker"}
+    assert body["spec"]["config"] == yaml.safe_load((ROOT / "examples" / "tinker.yaml").read_text())
+    assert "kubectl create secret generic keys" in out.read_text()
+
+
+def test_rft_manifest_refuses_a_broken_config_or_name(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("buffer:\n  batch_size: 0\n")
+    result = run_rft("manifest", "--config", str(bad), "--name", "x")
+    assert result.returncode == 2 and "buffer.batch_size" in result.stderr
+    result = run_rft("manifest", "--config", "examples/tinker.yaml", "--name", "Not_A_Name")
+    assert result.returncode == 2 and "--name" in result.stderr
+
+
+def test_rft_operator_console_script_documents_its_settings():
+    result = subprocess.run([sys.executable, "-c", "import sys; from rft_operator.main import main; "
+                             "sys.exit(main(['--help']))"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for flag in ("--namespace", "--liveness", "--metrics-port", "--stall-after-seconds", "--default-image"):
+        assert flag in result.stdout
