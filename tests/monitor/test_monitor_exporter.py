@@ -178,3 +178,36 @@ def test_parse_metrics_keys_labels_but_not_the_job_label():
     text = ('# TYPE rft_x gauge\nrft_x{rft_job="a"} 2.5\n'
             '# TYPE rft_h histogram\nrft_h_sum{rft_job="a",phase="sync"} 1.0\n')
     assert parse_metrics(text) == {"rft_x": 2.5, 'rft_h_sum{phase="sync"}': 1.0}
+
+
+def test_a_scrape_never_mixes_two_steps(monitor):
+    import sys
+    import threading
+
+    done = threading.Event()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a scrape lands inside a step update if it can
+
+    def train():
+        for step in range(1, 401):
+            monitor.log_step(step_record(step, total=400, reward_mean=step / 2, policy_loss=float(step)))
+        done.set()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    seen = 0
+    try:
+        while not done.is_set():
+            scraped = scrape(monitor.url)
+            step = scraped.get("rft_train_step")
+            if step is None:
+                continue
+            seen += 1
+            assert scraped["rft_reward_mean"] == step / 2
+            assert scraped["rft_policy_loss"] == step
+            assert scraped["rft_explore_step"] == step + 1
+            assert scraped["rft_train_steps_total"] == step
+    finally:
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert seen > 0

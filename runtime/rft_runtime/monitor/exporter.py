@@ -79,13 +79,29 @@ COUNTERS = (
 PHASE_KEYS = {"sampling": "time_sampling_s", "training": "time_training_s", "sync": "time_sync_s"}
 
 
+class _StepConsistentRegistry(CollectorRegistry):
+    """A registry whose collection waits for a step update in progress to finish.
+
+    Without it a scrape landing mid-update could pair the new step number with the previous step's reward.
+    """
+
+    def __init__(self, lock: threading.Lock):
+        super().__init__()
+        self._step_lock = lock
+
+    def collect(self):  # noqa: ANN201 - same signature as the base class
+        with self._step_lock:
+            families = list(super().collect())
+        yield from families
+
+
 class Exporter:
     """The gauges, counters and histograms of one job, fed from the same dict as metrics.jsonl."""
 
     def __init__(self, job_name: str):
         self.job_name = job_name
-        self.registry = CollectorRegistry()
         self._lock = threading.Lock()
+        self.registry = _StepConsistentRegistry(self._lock)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
