@@ -136,6 +136,9 @@ BROKEN = [
     ({"set": {"stages": [{"stage_name": "warm", "algorithm": {"algorithm_type": "rloo", "repeat_times": -2}}]}},
      "stages[0].algorithm.repeat_times", "greater"),
     ({"set": {"stages": [{"algorithm": {"algorithm_type": "grpo"}}]}}, "stages[0].stage_name", "required"),
+    ({"set": {"algorithm.advantage_fn_args": {"std_treshold": 1}}}, "algorithm.advantage_fn_args", "epsilon"),
+    ({"set": {"algorithm.policy_loss_fn_args": {"clip_range_low": 1.5}}},
+     "algorithm.policy_loss_fn_args.clip_range_low", "[0, 1)"),
 ]
 
 

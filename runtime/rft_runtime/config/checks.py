@@ -73,6 +73,29 @@ def _check_storage(path: str, store: StorageConfig, issues: list[ConfigIssue]) -
     _check_reward_fn(f"{path}.default_reward_fn_type", store.default_reward_fn_type, issues)
 
 
+def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
+    """advantage_fn_args and clip ranges the runtime would reject at its first step, found at load time."""
+    from rft_runtime.algorithms import ADVANTAGE_ALGORITHMS, AlgorithmError, check_advantage_args, loss_spec
+
+    issues = []
+    algo = cfg.algorithm.algorithm_type
+    if algo in ADVANTAGE_ALGORITHMS:
+        try:
+            check_advantage_args(algo, cfg.algorithm.advantage_fn_args)
+        except AlgorithmError as exc:
+            issues.append(ConfigIssue("algorithm.advantage_fn_args", str(exc).split(": ", 1)[-1]))
+    if algo in catalog.TINKER_ALGORITHMS:
+        try:
+            loss_spec(cfg)
+        except AlgorithmError as exc:
+            message = str(exc)
+            path = "algorithm.policy_loss_fn_args"
+            if message.startswith("algorithm.policy_loss_fn_args."):
+                path, _, message = message.partition(" ")
+            issues.append(ConfigIssue(path, message))
+    return issues
+
+
 def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[str]) -> list[ConfigIssue]:
     """Every cross-field problem of a structurally valid config (`partial` skips completeness rules)."""
     from rft_runtime.config.loader import suggest
@@ -150,6 +173,12 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
                     "sft learns from a fixed dataset: set mode: train and "
                     "buffer.trainer_input.experience_buffer.path",
                 )
+            )
+        issues.extend(_check_algorithm_args(cfg))
+        if algo == "grpo" and cfg.algorithm.repeat_times == 1 and cfg.mode == "both":
+            warnings.append(
+                "algorithm.repeat_times is 1: grpo compares rollouts of the same task, so a group of one has "
+                "advantage 0 and nothing is learned; use repeat_times >= 2"
             )
         if model.lora_configs:
             warnings.append(
