@@ -11,7 +11,7 @@ from typing import Any
 
 from rft_runtime.monitor.exporter import Exporter
 from rft_runtime.monitor.progress import Progress
-from rft_runtime.monitor.records import append_record, as_float, metrics_path, read_metrics
+from rft_runtime.monitor.records import append_record, as_float, metrics_path, read_metrics, to_plain
 from rft_runtime.monitor.sinks import Sink, open_sinks
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,6 @@ def _get(obj: Any, dotted: str, default: Any = None) -> Any:
             return default
         obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part, None)
     return default if obj is None else obj
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return value
-    return value
 
 
 class Monitor:
@@ -81,7 +72,7 @@ class Monitor:
 
     def log_step(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append the step to metrics.jsonl and update Prometheus, the bar and trackers; returns the line."""
-        line = {k: _plain(v) for k, v in record.items()}
+        line = {k: to_plain(v) for k, v in record.items()}
         line.setdefault("timestamp", time.time())
         append_record(self.job_dir, line)
         self.exporter.observe(line)

@@ -22,7 +22,7 @@ def append_record(job_dir: str | Path, record: dict[str, Any]) -> None:
     # checkpoint), and a held handle would keep appending to the replaced file.
     path = metrics_path(job_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=False, default=_plain)
+    line = json.dumps(record, sort_keys=False, default=_json_default)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()
@@ -46,13 +46,23 @@ def read_metrics(job_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    # numpy / torch scalars reach here from user reward code; store them as plain numbers
-    if hasattr(value, "item"):
-        return value.item()
+def to_plain(value: Any) -> Any:
+    """numpy / torch scalars (from user reward code) as plain Python numbers; anything else unchanged."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"metrics record value of type {type(value).__name__} is not JSON serialisable")
+    plain = to_plain(value)
+    if plain is value:
+        raise TypeError(f"metrics record value of type {type(value).__name__} is not JSON serialisable")
+    return plain
 
 
 def as_float(value: Any) -> float | None:

@@ -48,10 +48,15 @@ class TensorboardSink(Sink):
     """Event files under <job_dir>/tensorboard (or monitor_args.log_dir)."""
 
     def __init__(self, log_dir: str, args: dict[str, Any]):
-        try:
+        import importlib.util
+
+        # torch's writer needs the tensorboard package anyway: look before importing torch only to fail
+        if importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            from tensorboardX import SummaryWriter  # the lighter writer, when torch's needs tensorboard
+        elif importlib.util.find_spec("tensorboardX") is not None:
+            from tensorboardX import SummaryWriter
+        else:
+            raise ImportError("No module named 'tensorboard' (nor 'tensorboardX')", name="tensorboard")
         self._writer = SummaryWriter(log_dir=args.get("log_dir", log_dir))
 
     def log(self, record: dict[str, float], step: int) -> None:
