@@ -7,7 +7,7 @@ import socket
 import urllib.request
 
 import yaml
-from conftest import operator_process, wait_for
+from kmock_harness import operator_process, wait_for
 from rftjob_bodies import rftjob, seed
 
 NS = "default"

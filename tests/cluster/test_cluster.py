@@ -1,0 +1,153 @@
+"""The operator and the CRD against a real API server (skipped when KUBECONFIG names none)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from cluster_harness import GROUP, PLURAL, VERSION, operator_for, raw_request, wait_for
+
+pytestmark = pytest.mark.cluster
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def example(name: str, job: str) -> dict:
+    body = yaml.safe_load((ROOT / "examples" / name).read_text())
+    body["metadata"] = {"name": job}
+    return body
+
+
+@pytest.fixture()
+def apis(api_client):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+
+
+def job_status(custom, ns, name):
+    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
+
+
+def test_the_api_server_rejects_malformed_rftjobs_with_422(apis, namespace):
+    from kubernetes.client.exceptions import ApiException
+
+    custom, _ = apis
+    cases = []
+    body = example("rftjob-tinker.yaml", "bad-batch")
+    body["spec"]["config"]["buffer"]["batch_size"] = "lots"
+    cases.append(body)
+    body = example("rftjob-tinker.yaml", "bad-backoff")
+    body["spec"]["backoffLimit"] = -1
+    cases.append(body)
+    body = example("rftjob-tinker.yaml", "both-sources")
+    body["spec"]["configFrom"] = {"configMapKeyRef": {"name": "x"}}
+    cases.append(body)
+    body = example("rftjob-tinker.yaml", "a" * 60)
+    cases.append(body)
+    for body in cases:
+        with pytest.raises(ApiException) as info:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        assert info.value.status == 422, (body["metadata"]["name"], info.value.body)
+
+
+def test_status_is_a_subresource_the_main_resource_cannot_write(apis, namespace):
+    custom, _ = apis
+    body = example("rftjob-tinker.yaml", "sub")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sub",
+                                          {"status": {"phase": "Running"}})
+    assert job_status(custom, namespace, "sub").get("phase") is None
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "sub",
+                                                 {"status": {"phase": "Running", "retries": 0}})
+    got = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sub")
+    assert got["status"]["phase"] == "Running" and got["spec"] == body["spec"]
+
+
+def test_tinker_job_gets_one_gpu_free_pod_with_the_key_from_the_secret(apis, namespace, running_operator):
+    custom, core = apis
+    body = example("rftjob-tinker.yaml", "tk")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    pod = wait_for(lambda: core.read_namespaced_pod("tk-head", namespace), 60, "the pod")
+    container = pod.spec.containers[0]
+    limits = (container.resources.limits or {}) if container.resources else {}
+    assert "nvidia.com/gpu" not in limits
+    key = next(e for e in container.env if e.name == "TINKER_API_KEY")
+    assert key.value is None and key.value_from.secret_key_ref.name == "tinker-api-key"
+    assert core.read_namespaced_config_map("tk-config", namespace).data["config.yaml"]
+    st = wait_for(lambda: job_status(custom, namespace, "tk").get("phase"), 60, "a phase")
+    assert st in ("Pending", "Running")
+    # a second operator (a restart) must not create anything again
+    uid = pod.metadata.uid
+    with operator_for(namespace):
+        wait_for(lambda: job_status(custom, namespace, "tk").get("observedGeneration"), 30, "a status")
+    pods = core.list_namespaced_pod(namespace, label_selector="rft.dev/job=tk").items
+    assert [p.metadata.uid for p in pods] == [uid]
+    got = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tk")
+    assert got["spec"] == body["spec"]
+    # what `kubectl get rftjobs` prints: the printer columns of the CRD, filled from status
+    code, table = raw_request(custom.api_client, "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+                              headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+    assert code == 200
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    assert {"Phase", "Backend", "Algorithm", "Step", "Reward", "Age"} <= set(columns)
+    row = next(r for r in table["rows"] if r["object"]["metadata"]["name"] == "tk")
+    assert row["cells"][columns.index("Backend")] == "tinker"
+
+
+def test_verl_job_asks_for_gpus_and_gets_a_headless_service(apis, namespace, running_operator):
+    custom, core = apis
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example("rftjob-verl.yaml", "vl"))
+    pod = wait_for(lambda: core.read_namespaced_pod("vl-head", namespace), 60, "the pod")
+    assert str(pod.spec.containers[0].resources.limits["nvidia.com/gpu"]) == "8"
+    svc = wait_for(lambda: core.read_namespaced_service("vl-head", namespace), 60, "the service")
+    assert svc.spec.cluster_ip == "None"
+
+
+def test_invalid_config_fails_with_a_warning_event_and_no_children(apis, namespace, running_operator):
+    custom, core = apis
+    body = example("rftjob-tinker.yaml", "bad")
+    body["spec"]["config"]["algorithm"]["algorithm_type"] = "no-such-algorithm"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(job_status(custom, namespace, "bad")),
+                  60, "Failed")
+    assert st["reason"] == "InvalidConfig" and "algorithm" in st["message"]
+    events = wait_for(lambda: [e for e in core.list_namespaced_event(namespace).items
+                               if e.involved_object.name == "bad" and e.reason == "InvalidConfig"], 30, "the event")
+    assert events[0].type == "Warning"
+    assert core.list_namespaced_pod(namespace, label_selector="rft.dev/job=bad").items == []
+
+
+def test_suspend_resume_and_garbage_collection_after_delete(apis, namespace, running_operator):
+    custom, core = apis
+    body = example("rftjob-tinker.yaml", "gc")
+    body["spec"].pop("storage")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    wait_for(lambda: core.read_namespaced_pod("gc-head", namespace), 60, "the pod")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gc", {"spec": {"suspend": True}})
+    wait_for(lambda: job_status(custom, namespace, "gc").get("phase") == "Suspended", 60, "Suspended")
+    wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector="rft.dev/job=gc").items, 120,
+             "the pod to go")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gc", {"spec": {"suspend": False}})
+    wait_for(lambda: core.list_namespaced_pod(namespace, label_selector="rft.dev/job=gc").items, 60,
+             "the pod to come back")
+    assert job_status(custom, namespace, "gc")["phase"] != "Suspended" or wait_for(
+        lambda: job_status(custom, namespace, "gc")["phase"] != "Suspended", 30, "not Suspended")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gc")
+    wait_for(lambda: not core.list_namespaced_config_map(namespace, label_selector="rft.dev/job=gc").items, 120,
+             "garbage collection of the ConfigMap")
+    wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector="rft.dev/job=gc").items, 120,
+             "garbage collection of the pods")
+
+
+def test_server_side_apply_of_the_example_is_accepted(apis, namespace):
+    custom, _ = apis
+    body = copy.deepcopy(example("rftjob-tinker.yaml", "ssa"))
+    body["metadata"]["namespace"] = namespace
+    code, answer = raw_request(custom.api_client, "PATCH",
+                               f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/ssa",
+                               headers={"Content-Type": "application/apply-patch+yaml"},
+                               params=[("fieldManager", "rft-tests")], body=body)
+    assert code in (200, 201), answer
+    assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ssa")["spec"] == body["spec"]
