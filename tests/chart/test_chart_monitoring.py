@@ -26,10 +26,10 @@ def _sources() -> list:
 def test_chart_copies_are_identical_to_monitoring():
     sources = _sources()
     copies = sorted(p.name for p in CHART_COPIES.iterdir())
-    assert copies == [p.name for p in sources], "run `cp monitoring/* charts/rft-operator/files/monitoring/`"
+    assert copies == [p.name for p in sources], "run `python tests/chart/sync_chart.py`"
     for source in sources:
         assert (CHART_COPIES / source.name).read_bytes() == source.read_bytes(), (
-            f"{source.name} differs from monitoring/: run `cp monitoring/* charts/rft-operator/files/monitoring/`")
+            f"{source.name} differs from monitoring/: run `python tests/chart/sync_chart.py`")
 
 
 def test_monitoring_is_off_by_default(render):

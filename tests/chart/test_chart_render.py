@@ -205,6 +205,12 @@ def test_rbac_namespaced_mode_grants_nothing_cluster_wide(render, name, namespac
     assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == namespaces
 
 
+def test_rbac_rules_file_is_generated_from_the_code():
+    from sync_chart import rules_text
+
+    assert (CHART / "files" / "rbac-rules.yaml").read_text() == rules_text(), "run `python tests/chart/sync_chart.py`"
+
+
 def test_rbac_has_no_wildcards_or_escalation(render):
     for name in ("defaults", "namespaced"):
         for obj in render(VALUE_SETS[name]):
@@ -220,7 +226,7 @@ def test_crd_in_templates_is_the_repositorys_crd(render):
     source = REPO / "crds" / "rftjob.yaml"
     copy_in_chart = CHART / "files" / "crds" / "rftjob.yaml"
     assert copy_in_chart.read_bytes() == source.read_bytes(), (
-        "the chart's CRD differs from crds/rftjob.yaml: run `cp crds/rftjob.yaml charts/rft-operator/files/crds/`")
+        "the chart's CRD differs from crds/rftjob.yaml: run `python tests/chart/sync_chart.py`")
     expected = yaml.safe_load(source.read_text())
     rendered = one(render(), "CustomResourceDefinition")
     labels = rendered["metadata"].pop("labels")
@@ -274,7 +280,8 @@ def _normalise(rules: list[dict]) -> list[tuple]:
 
 def _fix_hint(rules: list[dict]) -> str:
     text = yaml.safe_dump(rules, default_flow_style=None, sort_keys=False)
-    return f"charts/rft-operator/files/rbac-rules.yaml must hold rft_operator.rbac.required_rules():\n{text}"
+    return ("charts/rft-operator/files/rbac-rules.yaml must hold rft_operator.rbac.required_rules() "
+            f"(run `python tests/chart/sync_chart.py`):\n{text}")
 
 
 def _first_difference(a, b, path: str = "") -> str:

@@ -1,0 +1,46 @@
+"""Refresh the chart's copies from their sources: `python tests/chart/sync_chart.py`.
+
+Helm cannot read files outside the chart, so the chart carries copies: the CRD (crds/), the dashboards and alert
+rules (monitoring/), and the RBAC rules (rft_operator.rbac.required_rules()). The chart tests fail when a copy
+is stale and name this script.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FILES = REPO / "charts" / "rft-operator" / "files"
+RULES_HEADER = """\
+# Generated from rft_operator.rbac.required_rules() (the operator's table of every API call it makes) by
+# tests/chart/sync_chart.py; the chart tests fail when this file and the code disagree.
+"""
+
+
+def rules_text() -> str:
+    """files/rbac-rules.yaml as it must read for the operator's current code."""
+    from rft_operator.rbac import required_rules
+
+    return RULES_HEADER + yaml.safe_dump(required_rules(), default_flow_style=None, sort_keys=False)
+
+
+def main() -> None:
+    """Copy crds/rftjob.yaml and monitoring/* into the chart and regenerate the RBAC rules."""
+    (FILES / "crds").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "crds" / "rftjob.yaml", FILES / "crds" / "rftjob.yaml")
+    monitoring = FILES / "monitoring"
+    if monitoring.exists():
+        shutil.rmtree(monitoring)
+    monitoring.mkdir()
+    for source in sorted((REPO / "monitoring").glob("*")):
+        if source.suffix in (".json", ".yaml", ".yml"):
+            shutil.copy2(source, monitoring / source.name)
+    (FILES / "rbac-rules.yaml").write_text(rules_text())
+    print(f"refreshed {FILES.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

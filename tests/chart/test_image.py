@@ -1,0 +1,123 @@
+"""The container image: Dockerfile rules, and one default image name across chart, operator, Dockerfile and docs.
+
+No Docker engine runs in CI, so the build itself is checked by building the wheel from exactly the build context
+the Dockerfile sees (.dockerignore applied): that is what `pip install .` in the image installs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import yaml
+from chartkit import CHART, REPO, one
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _stages() -> list[str]:
+    return re.split(r"(?m)^FROM ", DOCKERFILE)[1:]
+
+
+def _instructions(stage: str) -> str:
+    """The stage without comments, continuation lines joined."""
+    lines = [line for line in stage.splitlines() if not line.lstrip().startswith("#")]
+    return re.sub(r"\\\n", " ", "\n".join(lines))
+
+
+def test_base_image_is_pinned():
+    (base,) = re.findall(r"(?m)^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), base
+    assert all(stage.startswith("${PYTHON_IMAGE}") for stage in _stages())
+    assert "latest" not in base
+
+
+def test_multi_stage_with_a_clean_non_root_final_stage():
+    stages = _stages()
+    assert len(stages) >= 2
+    final = _instructions(stages[-1])
+    users = re.findall(r"(?m)^USER (\S+)$", final)
+    assert users, "the final stage must switch to a non-root user"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric, so the kubelet can verify runAsNonRoot"
+    # no compilers or package installs in what ships; only the venv is copied from the build stage
+    assert not re.search(r"apt-get install|apk add|build-essential|gcc|pip install", final)
+    assert "COPY --from=build /opt/rft /opt/rft" in final
+    assert "ENTRYPOINT" not in final
+
+
+def test_image_user_is_the_uid_pods_run_as(render):
+    from rft_operator.builders import RUN_AS
+
+    uid = int(re.findall(r"(?m)^USER (\d+)", DOCKERFILE)[-1])
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+    assert uid == RUN_AS == pod["securityContext"]["runAsUser"]
+
+
+def test_installs_the_project_with_both_entry_points():
+    build = _instructions(_stages()[0])
+    assert 'pip install ".[${extras}]"' in build and 'extras="runtime,operator"' in build
+    assert "rft --help" in build and "rft-operator --help" in build
+    assert set(PYPROJECT["project"]["scripts"]) == {"rft", "rft-operator"}
+    # the engine extra's torch pin is the one the image uses for the CPU wheel
+    engine_torch = next(d for d in PYPROJECT["project"]["optional-dependencies"]["engine"] if d.startswith("torch"))
+    (torch_arg,) = re.findall(r"(?m)^ARG TORCH_VERSION=(\S+)$", DOCKERFILE)
+    assert engine_torch == f"torch=={torch_arg}"
+    assert "download.pytorch.org/whl/cpu" in build
+
+
+def _build_context(dest: Path) -> None:
+    """Copy what `docker build .` would send, honouring .dockerignore's allow-list."""
+    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    assert patterns[0] == "*", ".dockerignore is an allow-list"
+    allowed = [p[1:].rstrip("/") for p in patterns if p.startswith("!")]
+    excluded = [p.removeprefix("**/") for p in patterns[1:] if not p.startswith("!")]
+    for name in allowed:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name,
+                            ignore=lambda _d, names: [n for n in names if any(fnmatch.fnmatch(n, e) for e in excluded)])
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def test_the_build_context_installs_both_entry_points(tmp_path):
+    context = tmp_path / "context"
+    context.mkdir()
+    _build_context(context)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist")], cwd=context, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert "rft = rft_runtime.cli:main" in entry_points
+    assert "rft-operator = rft_operator.main:main" in entry_points
+    assert "rft_operator/main.py" in names and "rft_runtime/cli.py" in names
+    assert not any(n.startswith(("tests/", "charts/")) for n in names)
+
+
+def test_default_image_is_the_same_everywhere(render):
+    from rft_operator.spec import DEFAULT_IMAGE
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert chart["appVersion"] == PYPROJECT["project"]["version"]
+    assert f"{values['image']['repository']}:{chart['appVersion']}" == DEFAULT_IMAGE
+    container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == DEFAULT_IMAGE
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RFT_OPERATOR_DEFAULT_IMAGE"] == DEFAULT_IMAGE
+    assert DEFAULT_IMAGE in DOCKERFILE.replace("<version>", chart["appVersion"])
+    assert DEFAULT_IMAGE in (REPO / "docs" / "install.md").read_text()
+    (version_arg,) = re.findall(r"(?m)^ARG VERSION=(\S+)$", DOCKERFILE)
+    assert version_arg == chart["appVersion"]
