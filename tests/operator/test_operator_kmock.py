@@ -120,6 +120,19 @@ def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator)
     assert phase_is(client, "vl", "Pending")["backend"] == "verl"
 
 
+def printer_columns(obj):
+    """Each additionalPrinterColumn of the CRD, resolved on one object (simple .a.b.c paths, as ours are)."""
+    from rft_operator.crdgen import crd
+
+    out = {}
+    for column in crd()["spec"]["versions"][0]["additionalPrinterColumns"]:
+        value = obj
+        for part in column["jsonPath"].strip(".").split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        out[column["name"]] = value
+    return out
+
+
 def scrape(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
@@ -168,6 +181,10 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     assert progress["rewardMean"] == 0.625 and progress["loss"] == 0.03125 and progress["lastUpdateTime"]
     report(step=5, total=20, reward=0.75, loss=0.02, age=0)
     wait_for(lambda: status(client, "pg").get("progress", {}).get("step") == 5, 20, "step 5")
+    # what `kubectl get rftjobs` prints: the CRD's printer columns evaluated on the stored object
+    columns = printer_columns(client.get("rftjobs", NS, "pg"))
+    assert columns["Phase"] == "Running" and columns["Step"] == 5 and columns["Reward"] == 0.75
+    assert columns["Backend"] == "tinker" and columns["Algorithm"] == "grpo"
     # the runtime stops making progress: a short progressDeadlineSeconds turns Stalled on
     report(step=5, total=20, reward=0.75, loss=0.02, age=120)
     client.patch("rftjobs", NS, "pg", {"spec": {"progressDeadlineSeconds": 60}})
