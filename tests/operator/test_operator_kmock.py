@@ -226,3 +226,36 @@ def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, clien
     used = api_server.operator_calls()
     assert used <= allowed, f"calls without an RBAC rule: {used - allowed}"
     assert allowed == used, f"rules for calls never made: {allowed - used}"
+
+
+def test_the_rft_operator_console_script_runs_the_operator(api_server, client, kubeconfig, tmp_path):
+    """`rft-operator` itself (a separate process): liveness, metrics, and a job turned into its pod."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    metrics, liveness = free_port(), free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "RFT_OPERATOR_RESYNC_SECONDS": "1"}
+    log = (tmp_path / "operator.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from rft_operator.main import main; sys.exit(main())",
+         "-A", "--metrics-port", str(metrics), "--liveness", f"http://127.0.0.1:{liveness}/healthz"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        client.create("rftjobs", NS, rftjob("cli"))
+        wait_for(lambda: client.get("pods", NS, "cli-head"), 30, "the pod from rft-operator")
+        with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        wait_for(lambda: scrape(metrics).get(("rft_operator_jobs", (("phase", "Pending"),))) == 1, 20,
+                 "the job counted as Pending")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
