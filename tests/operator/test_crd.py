@@ -135,3 +135,10 @@ def test_the_status_schema_holds_every_key_the_operator_writes():
             for sub in value:
                 assert sub in status_schema["properties"][key]["properties"], f"{key}.{sub}"
     jsonschema.validate(world.job["status"], as_jsonschema(status_schema))
+
+
+@pytest.mark.parametrize("k8s", ["1.25", "1.30", "1.35"])
+def test_the_crd_object_is_a_valid_customresourcedefinition(k8s):
+    import kubernetes_validate
+
+    kubernetes_validate.validate(yaml.safe_load((ROOT / "crds" / "rftjob.yaml").read_text()), k8s, strict=True)
