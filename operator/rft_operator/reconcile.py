@@ -211,7 +211,8 @@ def plan_job(
         wanted = [_name(p) for p in children["pods"]]
         if all(n in current and st.pod_phase(current[n]) == "Running" for n in wanted):
             phase, reason, message = st.RUNNING, st.PODS_RUNNING, f"{len(wanted)} pod(s) running"
-            stalled = _stall(plan, new, start, now, spec.progress_deadline_seconds or stall_after)
+            if spec.metrics_enabled:  # without the endpoint there is no progress to miss
+                stalled = _stall(plan, new, start, now, spec.progress_deadline_seconds or stall_after)
         else:
             problems = [f"{n}: {st.pod_problem(current[n])}" for n in wanted
                         if n in current and st.pod_problem(current[n])]

@@ -262,3 +262,10 @@ def test_status_never_touches_spec_and_the_patch_holds_only_changes():
     patch = status_patch(old, plan.status)
     assert patch["phase"] == "Succeeded" and "backend" not in patch
     assert world.job["spec"] == spec_before
+
+
+def test_without_a_metrics_endpoint_a_long_run_is_never_called_stalled():
+    world = started(rftjob("quiet", metrics={"enabled": False}))
+    world.step(T0 + 10_000, stall_after=60)
+    assert world.phase == "Running" and world.cond("Stalled")["status"] == "False"
+    assert "--no-metrics" in world.objects["pods"]["quiet-head"]["spec"]["containers"][0]["command"]
