@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,21 @@ NAMESPACE = "rft-system"
 
 class HelmError(Exception):
     """helm exited non-zero; the message is its stderr (what a user sees at install time)."""
+
+
+def find_helm() -> tuple[str | None, str]:
+    """The helm binary (HELM, else .tools/bin/helm, installed on first use), and why not when there is none."""
+    explicit = os.environ.get("HELM")
+    if explicit:
+        return explicit, ""
+    local = REPO / ".tools" / "bin" / "helm"
+    if not local.exists():
+        # CI runs the script before the tests; a developer's first run installs it here (idempotent)
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "install-helm.sh")], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            return shutil.which("helm"), f"scripts/install-helm.sh failed: {proc.stderr.strip()[-500:]}"
+    return str(local), ""
 
 
 def by_kind(objects: list[dict], kind: str) -> list[dict]:

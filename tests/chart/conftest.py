@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -12,27 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART, NAMESPACE, RELEASE, REPO, HelmError
-
-
-def _find_helm() -> tuple[str | None, str]:
-    explicit = os.environ.get("HELM")
-    if explicit:
-        return explicit, ""
-    local = REPO / ".tools" / "bin" / "helm"
-    if not local.exists():
-        # CI runs the script before the tests; a developer's first run installs it here (idempotent)
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "install-helm.sh")], capture_output=True, text=True,
-                              timeout=300)
-        if proc.returncode != 0:
-            return shutil.which("helm"), f"scripts/install-helm.sh failed: {proc.stderr.strip()[-500:]}"
-    return str(local), ""
+from chartkit import CHART, NAMESPACE, RELEASE, HelmError, find_helm
 
 
 @pytest.fixture(scope="session")
 def helm() -> Callable[..., str]:
     """Run helm with arguments; returns stdout, raises HelmError with stderr on failure."""
-    path, why = _find_helm()
+    path, why = find_helm()
     if not path:
         pytest.skip(f"no helm binary: {why or 'scripts/install-helm.sh could not install one'}")
 
