@@ -16,7 +16,7 @@ import kopf
 
 from rft_operator.builders import JOB_LABEL, MANAGED_BY
 from rft_operator.controller import Controller
-from rft_operator.kube import GROUP, PLURAL, VERSION, Kube
+from rft_operator.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
 from rft_operator.metrics import OperatorMetrics
 from rft_operator.settings import Settings
 
@@ -38,9 +38,24 @@ STATE = State()
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> Any:
-    """The pod's service account in a cluster, else the kubeconfig KUBECONFIG names (read at login time)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's connection from the same configuration the operator's client uses (see kube.load_configuration)."""
+    config = load_configuration()
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        trust_env=settings.networking.trust_env,
+    )
 
 
 @kopf.on.startup()

@@ -68,6 +68,25 @@ API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
 _METHOD = {"get": "GET", "list": "GET", "create": "POST", "patch": "PATCH", "delete": "DELETE"}
 
 
+def load_configuration() -> Any:
+    """In-cluster service account, else the kubeconfig KUBECONFIG names (read now, not at import time).
+
+    Both the operator's own client and kopf's login use this, so they always talk to the same server with
+    the same credentials (exec plugins and auth providers included, as the official client supports them).
+    """
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        config.load_kube_config(config_file=path.split(os.pathsep)[0], client_configuration=configuration)
+    return configuration
+
+
 class KubeError(Exception):
     """An API call that failed; `status` is the HTTP status (0 when the server was not reached)."""
 
@@ -86,18 +105,10 @@ class Kube:
 
     @classmethod
     def from_environment(cls) -> Kube:
-        """In-cluster service account, else the kubeconfig that KUBECONFIG names (read now, not at import)."""
-        from kubernetes import client, config
+        """A client with the connection settings of `load_configuration()`."""
+        from kubernetes import client
 
-        configuration = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
-            "/var/run/secrets/kubernetes.io/serviceaccount/token"
-        ):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-            config.load_kube_config(config_file=path.split(os.pathsep)[0], client_configuration=configuration)
-        return cls(client.ApiClient(configuration))
+        return cls(client.ApiClient(load_configuration()))
 
     def call(
         self,
