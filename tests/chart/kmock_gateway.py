@@ -48,6 +48,11 @@ class EmulatedCluster:
         self._stop = asyncio.Event()
         async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
             emulator.resources.load_bundled()
+            # served as soon as the CRD would be: the operator can start before or without `helm install`
+            emulator.resources["rft.dev/v1alpha1/rftjobs"] = kmock.ResourceInfo(
+                kind="RFTJob", singular="rftjob", namespaced=True, shortnames={"rftj"},
+                subresources={"status"}, verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
+            )
             self.kmock_url = str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,60 @@ def test_install_upgrade_uninstall(cluster, render, tmp_path):
         if obj["kind"] != "CustomResourceDefinition":
             assert server.get(_path(obj)) is None, f"{obj['kind']} {obj['metadata']['name']} survived uninstall"
     assert server.get(CRD_PATH) is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_deployments_command_runs_and_answers_its_probes(cluster, render, tmp_path):
+    """`rft-operator` with exactly the chart's command, args and env serves the liveness and metrics ports.
+
+    Only the listen address changes: the pod listens on 0.0.0.0, a test on this machine only on loopback.
+    """
+    server, _env = cluster
+    health, metrics = _free_port(), _free_port()
+    values = {"health": {"port": health}, "metrics": {"port": metrics, "service": {"port": metrics}}}
+    container = next(o for o in render(values) if o["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]
+    command = [arg.replace("0.0.0.0", "127.0.0.1") for arg in container["command"] + container["args"]]
+    pod_env = {e["name"]: e["value"].replace("0.0.0.0", "127.0.0.1") for e in container["env"] if "value" in e}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": server.kmock_url}}],
+        "users": [{"name": "kmock", "user": {"token": "test"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+    }))
+    env = {**os.environ, **pod_env, "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    executable = shutil.which(command[0]) or pytest.skip(f"{command[0]} is not on PATH (pip install -e .)")
+    probe = container["livenessProbe"]["httpGet"]
+    port_of = {p["name"]: p["containerPort"] for p in container["ports"]}
+    proc = subprocess.Popen([executable, *command[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port_of[probe['port']]}{probe['path']}",
+                                            timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"the operator never answered its liveness probe:\n{proc.stdout.read().decode()}")
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port_of['metrics']}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "rft_operator_reconciles_total" in text
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
