@@ -322,6 +322,16 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # Kubernetes' YAML parser (YAML 1.1) reads a bare y/n as a boolean; PyYAML does not quote them (the
+    # rollout_args field `n` would become the key `false`), so they are quoted here.
+    style = "'" if value in ("y", "Y", "n", "N") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_NoAliases.add_representer(str, _represent_str)
+
+
 def render() -> str:
     """The CRD file's text."""
     return HEADER + yaml.dump(crd(), Dumper=_NoAliases, sort_keys=False, width=120, allow_unicode=True)
