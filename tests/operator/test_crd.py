@@ -142,3 +142,12 @@ def test_the_crd_object_is_a_valid_customresourcedefinition(k8s):
     import kubernetes_validate
 
     kubernetes_validate.validate(yaml.safe_load((ROOT / "crds" / "rftjob.yaml").read_text()), k8s, strict=True)
+
+
+def test_no_bare_yaml11_booleans_in_the_crd_file():
+    """kubectl and the API server parse YAML 1.1: a bare `n:` key would become `false:`."""
+    import re
+
+    text = (ROOT / "crds" / "rftjob.yaml").read_text()
+    assert not re.search(r"^\s*-?\s*(y|Y|n|N|yes|no|on|off)\s*:", text, re.MULTILINE)
+    assert not re.search(r":\s+(y|Y|n|N)\s*$", text, re.MULTILINE)
