@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from rft_operator import k8syaml
 from rft_operator.kube import GROUP, KIND, PLURAL, VERSION
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "rftjob.yaml"
@@ -315,26 +314,9 @@ def crd() -> dict[str, Any]:
     }
 
 
-class _NoAliases(yaml.SafeDumper):
-    """Shared sub-schemas are written out in full: anchors in a CRD confuse some tools."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Kubernetes' YAML parser (YAML 1.1) reads a bare y/n as a boolean; PyYAML does not quote them (the
-    # rollout_args field `n` would become the key `false`), so they are quoted here.
-    style = "'" if value in ("y", "Y", "n", "N") else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_NoAliases.add_representer(str, _represent_str)
-
-
 def render() -> str:
     """The CRD file's text."""
-    return HEADER + yaml.dump(crd(), Dumper=_NoAliases, sort_keys=False, width=120, allow_unicode=True)
+    return HEADER + k8syaml.dump(crd())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from rft_operator import k8syaml
 from rft_operator.kube import GROUP, KIND, VERSION
 
 DEFAULT_SECRET = "tinker-api-key"
@@ -61,7 +60,7 @@ def manifest_main(args: Any) -> int:
         ref = manifest["spec"]["tinker"]["apiKeySecretRef"]
         header += (f"# The Tinker API key comes from Secret {ref['name']} key {ref['key']}:\n"
                    f"#   kubectl create secret generic {ref['name']} --from-literal={ref['key']}=$TINKER_API_KEY\n")
-    text = header + yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=120)
+    text = header + k8syaml.dump(manifest)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:

@@ -66,3 +66,13 @@ def test_rft_operator_console_script_documents_its_settings():
     assert result.returncode == 0
     for flag in ("--namespace", "--liveness", "--metrics-port", "--stall-after-seconds", "--default-image"):
         assert flag in result.stdout
+
+
+def test_rft_manifest_output_reads_the_same_in_kubernetes_yaml(tmp_path):
+    config = yaml.safe_load((ROOT / "examples" / "tinker.yaml").read_text())
+    config["buffer"]["explorer_input"]["taskset"]["rollout_args"] = {"n": 4}
+    src = tmp_path / "job.yaml"
+    src.write_text(yaml.safe_dump(config))
+    result = run_rft("manifest", "--config", str(src), "--name", "quoted")
+    assert result.returncode == 0, result.stderr
+    assert "'n': 4" in result.stdout  # bare n: would be read as the key false by kubectl
