@@ -226,6 +226,12 @@ def plan_job(
     return _finish(plan, job, old, new, phase, reason, _short(message), stalled, now)
 
 
+def compute_status(job: dict[str, Any], spec: JobSpec, config: ConfigResult, observed: Observed, *, now: float,
+                   **kwargs: Any) -> dict[str, Any]:
+    """(RFTJob, its pods and children, now) -> the status it should have: the status half of `plan_job`."""
+    return plan_job(job, spec, config, observed, now=now, **kwargs).status
+
+
 def _stall(plan: Plan, new: dict[str, Any], start: float | None, now: float,
            after: float | None) -> tuple[bool, str, str] | None:
     """Stalled when neither a step nor the start happened within `after` seconds."""

@@ -269,3 +269,13 @@ def test_without_a_metrics_endpoint_a_long_run_is_never_called_stalled():
     world.step(T0 + 10_000, stall_after=60)
     assert world.phase == "Running" and world.cond("Stalled")["status"] == "False"
     assert "--no-metrics" in world.objects["pods"]["quiet-head"]["spec"]["containers"][0]["command"]
+
+
+def test_a_key_pasted_into_the_config_never_reaches_status_or_events(monkeypatch):
+    monkeypatch.setenv("TINKER_API_KEY", "tml-pasted-by-mistake-0123")
+    config = seed("tinker.yaml")
+    config["buffer"]["batch_size"] = "tml-pasted-by-mistake-0123"
+    world = World(rftjob("leak", config))
+    plan = world.step(T0)
+    assert world.phase == "Failed" and "buffer.batch_size" in world.job["status"]["message"]
+    assert "tml-pasted-by-mistake-0123" not in str(world.job["status"]) + str(plan.events)
