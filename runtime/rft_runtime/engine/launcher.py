@@ -1,0 +1,148 @@
+"""LocalEngine: run `rft engine serve` as a child process and know when it is ready.
+
+    eng = LocalEngine(model_dir, state_dir=None, port=0, api_key="tml-local", log_file=None).start(timeout=60)
+    eng.base_url, eng.pid, eng.stop(), eng.restart()   # restart keeps the port and the state dir
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+LOCAL_API_KEY = "tml-local"
+
+
+class EngineStartError(RuntimeError):
+    """The engine process exited or did not become healthy in time; the message carries its log's tail."""
+
+
+class LocalEngine:
+    """A `rft engine serve` child process bound to 127.0.0.1."""
+
+    def __init__(self, model_dir: str | Path, state_dir: str | Path | None = None, port: int = 0,
+                 api_key: str | None = LOCAL_API_KEY, log_file: str | Path | None = None,
+                 log_level: str = "info", extra_args: list[str] | None = None):
+        self.model_dir = Path(model_dir).expanduser().resolve()
+        self._own_tmp = tempfile.mkdtemp(prefix="rft-engine-")
+        self.state_dir = Path(state_dir).expanduser().resolve() if state_dir else Path(self._own_tmp) / "state"
+        self.port = int(port)
+        self.api_key = api_key
+        self.log_file = Path(log_file).expanduser().resolve() if log_file else Path(self._own_tmp) / "engine.log"
+        self.log_level = log_level
+        self.extra_args = list(extra_args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT (valid once started)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process id, or None when not started."""
+        return self.proc.pid if self.proc is not None else None
+
+    def command(self, port_file: Path) -> list[str]:
+        """The command line of the child process."""
+        cmd = [sys.executable, "-m", "rft_runtime.cli", "engine", "serve", "--model", str(self.model_dir),
+               "--host", "127.0.0.1", "--port", str(self.port), "--state-dir", str(self.state_dir),
+               "--port-file", str(port_file), "--log-level", self.log_level]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 60) -> LocalEngine:
+        """Start the process and wait until /healthz answers; raises EngineStartError (process stopped)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        port_file = Path(self._own_tmp) / "port"
+        port_file.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(self.command(port_file), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise EngineStartError(f"the engine exited with code {self.proc.returncode} while starting:\n"
+                                           + self.log_tail())
+                if port_file.exists():
+                    text = port_file.read_text().strip()
+                    if text:
+                        self.port = int(text)
+                        if self.healthy():
+                            return self
+                if time.monotonic() > deadline:
+                    raise EngineStartError(f"the engine did not become healthy within {timeout:.0f}s:\n"
+                                           + self.log_tail())
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """True when GET /healthz answers ok."""
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/api/v1/healthz", timeout=timeout) as resp:
+                return json.loads(resp.read() or b"{}").get("status") == "ok"
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the engine's log file."""
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM the process (SIGKILL after timeout) and reap it; safe to call twice or after a crash."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=timeout)
+        else:
+            proc.wait()
+
+    def restart(self, timeout: float = 60) -> LocalEngine:
+        """Stop (if running) and start again on the same port with the same state dir."""
+        self.stop()
+        return self.start(timeout=timeout)
+
+    def __enter__(self) -> LocalEngine:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+        except Exception:  # interpreter shutdown: nothing sensible left to do
+            pass

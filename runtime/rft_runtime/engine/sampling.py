@@ -1,0 +1,124 @@
+"""Token sampling: temperature, top-k, top-p, stop strings or token ids, seeded generators.
+
+The logprob reported for each sampled token is the model's own log-softmax (temperature 1, no top-k/top-p
+truncation), the same number `forward` computes for that token, so importance ratios start at exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SampleSpec:
+    """What one sample request asks for, already validated."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_tokens: set[int] = field(default_factory=set)
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SampledSeq:
+    """One generated sequence: tokens, their logprobs, and why it ended ("stop" or "length")."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    stop_reason: str
+
+
+class SamplingParamsError(ValueError):
+    """Sampling parameters the engine cannot honour."""
+
+
+def parse_spec(params: dict[str, Any], eos_ids: list[int], max_tokens_limit: int) -> SampleSpec:
+    """Validate the SDK's sampling_params JSON; None for stop means stop at EOS, [] means never stop early."""
+    max_tokens = params.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = min(512, max_tokens_limit)
+    max_tokens = int(max_tokens)
+    if max_tokens < 1:
+        raise SamplingParamsError(f"max_tokens must be >= 1, got {max_tokens}")
+    if max_tokens > max_tokens_limit:
+        raise SamplingParamsError(f"max_tokens {max_tokens} exceeds the model's context ({max_tokens_limit})")
+    temperature = float(params.get("temperature", 1.0) if params.get("temperature") is not None else 1.0)
+    if temperature < 0:
+        raise SamplingParamsError(f"temperature must be >= 0, got {temperature}")
+    top_k = int(params.get("top_k", -1) if params.get("top_k") is not None else -1)
+    if top_k == 0 or top_k < -1:
+        raise SamplingParamsError(f"top_k must be -1 (no limit) or >= 1, got {top_k}")
+    top_p = float(params.get("top_p", 1.0) if params.get("top_p") is not None else 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise SamplingParamsError(f"top_p must be in (0, 1], got {top_p}")
+    seed = params.get("seed")
+    spec = SampleSpec(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      seed=None if seed is None else int(seed))
+    stop = params.get("stop")
+    if stop is None:
+        spec.stop_tokens = set(eos_ids)
+    elif isinstance(stop, str):
+        spec.stop_strings = [stop] if stop else []
+    else:
+        for item in stop:
+            if isinstance(item, bool):
+                raise SamplingParamsError(f"stop entries must be strings or token ids, got {item!r}")
+            if isinstance(item, int):
+                spec.stop_tokens.add(item)
+            elif isinstance(item, str):
+                if item:
+                    spec.stop_strings.append(item)
+            else:
+                raise SamplingParamsError(f"stop entries must be strings or token ids, got {item!r}")
+    return spec
+
+
+def pick_tokens(logits: torch.Tensor, spec: SampleSpec, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token per row of logits [B, V] under temperature, top-k and top-p (greedy at temperature 0)."""
+    if spec.temperature == 0.0:
+        return logits.argmax(dim=-1)
+    scores = logits / spec.temperature
+    if 0 < spec.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, spec.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if spec.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p (the first always stays)
+        drop = probs.cumsum(dim=-1) - probs >= spec.top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class StopChecker:
+    """Decides when a sequence has produced a stop token or a stop string."""
+
+    def __init__(self, spec: SampleSpec, decode: Any):
+        self.spec = spec
+        self.decode = decode
+        self.longest = max((len(s) for s in spec.stop_strings), default=0)
+
+    def stopped(self, tokens: list[int]) -> bool:
+        """True when the last token is a stop token or completes a stop string."""
+        if tokens[-1] in self.spec.stop_tokens:
+            return True
+        if not self.spec.stop_strings:
+            return False
+        # a stop string may span tokens, but it must end in the newest one: look at a bounded tail only
+        tail = self.decode(tokens[-(self.longest + 8):])
+        last = self.decode(tokens[-1:])
+        return any(_ends_within(tail, s, last) for s in self.spec.stop_strings)
+
+
+def _ends_within(tail: str, stop: str, last: str) -> bool:
+    """True when `stop` occurs in tail at a position that overlaps the newest token's text."""
+    idx = tail.rfind(stop)
+    return idx >= 0 and idx + len(stop) > len(tail) - len(last)

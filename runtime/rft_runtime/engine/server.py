@@ -1,0 +1,301 @@
+"""`rft engine serve`: the tinker SDK's HTTP protocol (v0.38) on loopback, backed by engine.core.Engine.
+
+Requests are validated on the HTTP threads and answered at once with a future id; the model work runs in
+order on one compute thread (calls on one training client must run in submission order, and the CPU has
+few cores to share anyway). `retrieve_future` long-polls until the result is ready, so a client waits one
+round trip, not a polling interval. Results of forward_backward and sample go back as the SDK's protobuf
+messages; everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rft.engine")
+
+API = "/api/v1/"
+LONG_POLL_S = 20.0  # below the SDK's 45 s read timeout for retrieve_future
+MAX_KEPT_FUTURES = 4096
+
+
+class HTTPError(Exception):
+    """An error answered directly to an HTTP request (not through a future)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Future:
+    """One queued piece of work and, once done, its answer: (content_type, body bytes)."""
+
+    __slots__ = ("request_id", "done", "content_type", "body", "created", "label", "server_s")
+
+    def __init__(self, request_id: str, label: str):
+        self.request_id = request_id
+        self.label = label
+        self.done = threading.Event()
+        self.content_type = "application/json"
+        self.body = b""
+        self.created = time.monotonic()
+        self.server_s = 0.0
+
+    def finish(self, content_type: str, body: bytes) -> None:
+        self.content_type, self.body = content_type, body
+        self.done.set()
+
+
+class Service:
+    """Protocol state: sessions, futures, and the compute thread in front of the Engine."""
+
+    def __init__(self, engine: Any, api_key: str | None):
+        self.engine = engine
+        self.api_key = api_key
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.futures: OrderedDict[str, Future] = OrderedDict()
+        self.lock = threading.Lock()
+        self.work: queue.Queue[tuple[Future, Callable[[], Any], str] | None] = queue.Queue()
+        self.counter = 0
+        # names of checkpoints queued but not yet written, so a duplicate is refused at submission
+        self.pending_names: set[str] = set()
+        self.stats: dict[str, list[float]] = {}
+        self.worker = threading.Thread(target=self._work_loop, name="rft-engine-compute", daemon=True)
+        self.worker.start()
+
+    # ------------------------------------------------------------------ futures
+
+    def submit(self, label: str, fn: Callable[[], Any], kind: str = "json", model_id: str | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue fn on the compute thread; returns the UntypedAPIFuture JSON the SDK expects."""
+        with self.lock:
+            self.counter += 1
+            fut = Future(f"req-{self.counter}-{uuid.uuid4().hex[:8]}", label)
+            self.futures[fut.request_id] = fut
+            while len(self.futures) > MAX_KEPT_FUTURES:
+                oldest = next(iter(self.futures.values()))
+                if not oldest.done.is_set():
+                    break
+                self.futures.popitem(last=False)
+        self.work.put((fut, fn, kind))
+        out: dict[str, Any] = {"request_id": fut.request_id}
+        if model_id is not None:
+            out["model_id"] = model_id
+        if extra:
+            out.update(extra)
+        return out
+
+    def _work_loop(self) -> None:
+        from rft_runtime.engine import wire
+        from rft_runtime.engine.core import EngineError
+        from rft_runtime.engine.losses import LossInputError
+        from rft_runtime.engine.sampling import SamplingParamsError
+
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            fut, fn, kind = item
+            started = time.perf_counter()
+            try:
+                result = fn()
+                if kind == "proto":
+                    fut_body, ctype = result, "application/x-protobuf"
+                else:
+                    fut_body, ctype = json.dumps(result).encode(), "application/json"
+            except (EngineError, LossInputError, SamplingParamsError, ValueError) as exc:
+                fut_body, ctype = wire.failed(str(exc), "user"), "application/json"
+                log.info("%s failed: %s", fut.label, exc)
+            except Exception as exc:  # a bug or a resource problem: report it, keep serving
+                log.exception("%s crashed", fut.label)
+                fut_body, ctype = wire.failed(f"engine error in {fut.label}: {exc!r}", "server"), "application/json"
+            fut.server_s = time.perf_counter() - started
+            self.stats.setdefault(fut.label, []).append(fut.server_s)
+            if len(self.stats[fut.label]) > 1000:
+                del self.stats[fut.label][:500]
+            fut.finish(ctype, fut_body)
+
+    def retrieve(self, request_id: str) -> Future | None:
+        """Wait (bounded) for a future; None when it is still running after the long poll."""
+        with self.lock:
+            fut = self.futures.get(request_id)
+        if fut is None:
+            raise HTTPError(404, f"unknown request_id {request_id!r} (was the engine restarted?)")
+        if fut.done.wait(LONG_POLL_S):
+            return fut
+        return None
+
+    def stop(self) -> None:
+        """Let the compute thread finish what it is doing and end."""
+        self.work.put(None)
+        self.worker.join(timeout=30)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback
+                       for info in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
+    """The request handler class bound to one Service."""
+    from rft_runtime.engine import routes
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses connections
+        server_version = "rft-engine"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            pass  # one debug line per request is written in _handle instead
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self._handle("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._handle("DELETE")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self._handle("PUT")
+
+        def _read_body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if self.headers.get("Content-Encoding", "").lower() == "zstd" and body:
+                import zstandard
+
+                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+            return body
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _handle(self, method: str) -> None:
+            started = time.perf_counter()
+            path = self.path.split("?", 1)[0]
+            status = 500
+            try:
+                body = self._read_body()
+                if not path.rstrip("/").endswith("healthz") and service.api_key is not None:
+                    key = self.headers.get("X-API-Key") or ""
+                    auth = self.headers.get("Authorization") or ""
+                    if key != service.api_key and auth != f"Bearer {service.api_key}":
+                        raise HTTPError(401, "invalid API key for this engine (check TINKER_API_KEY / api_key)")
+                status, ctype, out, headers = routes.dispatch(service, method, path, body, self.headers)
+                self._send(status, out, ctype, headers)
+            except HTTPError as exc:
+                status = exc.status
+                msg = str(exc)
+                self._send(status, json.dumps({"error": msg, "detail": msg}).encode())
+            except Exception as exc:  # keep serving whatever one request did
+                log.exception("%s %s crashed", method, path)
+                status = 500
+                msg = f"engine error: {exc!r}"
+                try:
+                    self._send(status, json.dumps({"error": msg, "detail": msg}).encode())
+                except OSError:
+                    pass
+            log.debug("%s %s %d %.1fms", method, path, status, 1000 * (time.perf_counter() - started))
+
+    return Handler
+
+
+class EngineHTTPServer(ThreadingHTTPServer):
+    """Threaded HTTP server whose threads die with the process."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def serve_main(args: Any) -> int:
+    """`rft engine serve --model DIR [--host] [--port] [--state-dir] [--api-key] ...`."""
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level > logging.DEBUG:
+        for noisy in ("httpx", "urllib3", "transformers", "peft"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    host = args.host
+    if not _is_loopback(host) and not args.api_key:
+        print(f"error: refusing to listen on {host!r} (not loopback) without --api-key: anyone who can reach "
+              "it could train and sample on this machine", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    from rft_runtime.engine.core import Engine, EngineError
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    try:
+        engine = Engine(args.model, state_dir, device=args.device, max_rank=args.max_rank)
+    except (EngineError, OSError) as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    service = Service(engine, args.api_key)
+    try:
+        httpd = EngineHTTPServer((host, args.port), make_handler(service))
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    port = httpd.server_address[1]
+    stop_once = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        if not stop_once.is_set():
+            stop_once.set()
+            log.info("signal %d: stopping", signum)
+            threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if args.port_file:
+        pf = Path(args.port_file)
+        tmp = pf.with_name(pf.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        tmp.replace(pf)
+    log.info("serving %s at http://%s:%d (state dir %s, device %s, api key %s)", engine.model_name, host, port,
+             engine.state_dir, engine.device, "required" if args.api_key else "not checked")
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        httpd.server_close()
+        service.stop()
+        log.info("stopped")
+    return 0
+
+
+def default_state_dir() -> Path:
+    """Where tinker:// checkpoints go when --state-dir is not given."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rft" / "engine-state"
