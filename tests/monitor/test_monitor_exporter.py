@@ -211,3 +211,15 @@ def test_a_scrape_never_mixes_two_steps(monitor):
         thread.join()
         sys.setswitchinterval(interval)
     assert seen > 0
+
+
+def test_bind_address_comes_from_the_environment_the_operator_sets(tmp_path, cfg, monkeypatch):
+    # pods get RFT_METRICS_HOST=0.0.0.0; here another loopback address shows the variable is obeyed
+    monkeypatch.setenv("RFT_METRICS_HOST", "127.0.0.2")
+    with Monitor(cfg, tmp_path / "a", metrics_port=0, progress=False) as mon:
+        assert mon.exporter._server.socket.getsockname()[0] == "127.0.0.2"
+        assert mon.url == f"http://127.0.0.2:{mon.port}/metrics"
+        assert scrape(mon.url)["rft_train_steps_total"] == 0.0
+    # an explicit argument wins over the environment
+    with Monitor(cfg, tmp_path / "b", metrics_port=0, progress=False, metrics_host="127.0.0.1") as mon:
+        assert mon.exporter._server.socket.getsockname()[0] == "127.0.0.1"
