@@ -16,7 +16,7 @@ from rft_runtime.algorithms import (
     needs_custom_kl_loss,
     normalise_batch,
 )
-from rft_runtime.config import load_config_dict
+from rft_runtime.config import ConfigError, load_config_dict
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 approx = pytest.approx
@@ -183,6 +183,10 @@ def test_kl_needs_a_custom_loss_only_when_its_coefficient_is_positive(tmp_path):
 
 
 def test_a_bad_clip_range_is_named(tmp_path):
-    cfg = job(tmp_path, algorithm_type="grpo", policy_loss_fn_args={"clip_range_low": 1.5})
+    # caught when the config is loaded (before any rollout), and by loss_spec for configs built otherwise
+    with pytest.raises(ConfigError, match="algorithm.policy_loss_fn_args.clip_range_low"):
+        job(tmp_path, algorithm_type="grpo", policy_loss_fn_args={"clip_range_low": 1.5})
+    cfg = job(tmp_path, algorithm_type="grpo")
+    cfg.algorithm.policy_loss_fn_args = {"clip_range_low": 1.5}
     with pytest.raises(AlgorithmError, match="clip_range_low"):
         loss_spec(cfg)
