@@ -43,13 +43,13 @@ def test_grpo_job_completes_with_the_lag_sync_offset_promises(tmp_path, tiny_mod
 @pytest.mark.slow
 def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
     data = write_sft(tmp_path / "sft.jsonl")
-    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="sft", mode="train", steps=8,
-                   batch=8, repeat=1, algorithm__algorithm_type="sft", algorithm__optimizer={"lr": 5e-3})
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="sft", mode="train", steps=10,
+                   batch=8, repeat=1, algorithm__algorithm_type="sft", algorithm__optimizer={"lr": 2e-3})
     cfg["buffer"]["trainer_input"] = {"experience_buffer": {
         "name": "sft", "storage_type": "file", "path": str(data)}}
     _run(cfg)
     records = metrics(cfg)
-    assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r["step"] for r in records] == list(range(1, 11))
     losses = [r["policy_loss"] for r in records]
     assert losses[-1] < losses[0] * 0.8, losses
     assert all(r["response_tokens"] > 0 for r in records)
