@@ -189,10 +189,11 @@ def _resources(spec: JobSpec, config: ConfigResult) -> dict[str, Any]:
     if config.cfg.backend == "verl":
         gpus = int(config.cfg.cluster.gpu_per_node)
         if gpus > 0:
-            # extended resources are limits; the request must equal the limit when given
-            resources.setdefault("limits", {})["nvidia.com/gpu"] = gpus
+            # extended resources are limits; the request must equal the limit when given. A string, as the
+            # API server writes quantities back (typed clients refuse an integer there)
+            resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
             if "requests" in resources:
-                resources["requests"]["nvidia.com/gpu"] = gpus
+                resources["requests"]["nvidia.com/gpu"] = str(gpus)
     elif not resources:
         resources = {"requests": {"cpu": "1", "memory": "2Gi"}}
     return resources

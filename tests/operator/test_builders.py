@@ -63,7 +63,7 @@ def test_verl_job_is_node_num_pods_each_with_gpu_per_node_and_a_headless_head_se
     names = [p["metadata"]["name"] for p in out["pods"]]
     assert names == ["v1-head", "v1-worker-1", "v1-worker-2"]
     for pod in out["pods"]:
-        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
     head, worker = out["pods"][0], out["pods"][1]
     assert "ray start --head" in head["spec"]["containers"][0]["command"][2]
     assert "exec rft run" in head["spec"]["containers"][0]["command"][2]

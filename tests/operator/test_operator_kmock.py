@@ -114,7 +114,7 @@ def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, runnin
 def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator):
     client.create("rftjobs", NS, rftjob("vl", seed("verl-lora.yaml")))
     pod = wait_for(lambda: client.get("pods", NS, "vl-head"), 20, "the head pod")
-    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
     svc = wait_for(lambda: client.get("services", NS, "vl-head"), 20, "the head service")
     assert svc["spec"]["clusterIP"] == "None"
     assert phase_is(client, "vl", "Pending")["backend"] == "verl"
