@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_harness import ROOT, operator_for, wait_for
+from cluster_harness import GROUP, PLURAL, ROOT, VERSION, operator_for, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +70,11 @@ def namespace(api_client: Any, crd_installed: None) -> Iterator[str]:
     try:
         yield name
     finally:
+        # the operator has stopped by now: release kopf's finalizers, or the namespace would hang Terminating
+        custom = client.CustomObjectsApi(api_client)
+        for job in custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL).get("items", []):
+            custom.patch_namespaced_custom_object(GROUP, VERSION, name, PLURAL, job["metadata"]["name"],
+                                                  {"metadata": {"finalizers": None}})
         core.delete_namespace(name)
 
 
