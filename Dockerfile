@@ -15,7 +15,8 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 
 # The local Tinker-compatible engine (torch, transformers) is off by default: Tinker jobs send training to the
-# Tinker service and never load a model in the pod, and torch would grow the image from ~0.5 GB to several GB.
+# Tinker service and never load a model in the pod; the installed venv is ~0.9 GB without torch, and torch plus
+# the engine add well over 1 GB more.
 # WITH_ENGINE=true adds it with torch 2.13.0 from the CPU wheel index (`rft quickstart` and `rft engine` then
 # work in the image). veRL jobs need a CUDA image of their own (docs/install.md).
 ARG WITH_ENGINE=false
