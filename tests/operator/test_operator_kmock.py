@@ -8,7 +8,7 @@ import urllib.request
 
 import yaml
 from kmock_harness import operator_process, wait_for
-from rftjob_bodies import rftjob, seed
+from rftjob_bodies import example, rftjob, seed
 
 NS = "default"
 
@@ -41,28 +41,29 @@ def free_port():
 
 def test_tinker_job_runs_to_success_with_pods_created_once_across_operator_restarts(
         api_server, client, kubeconfig, operator_env):
-    body = rftjob("tk", tinker={"apiKeySecretRef": {"name": "tinker-key", "key": "api-key"}})
+    body = example("rftjob-tinker.yaml")
+    name = body["metadata"]["name"]
     with operator_process():
         client.create("rftjobs", NS, body)
-        pod = wait_for(lambda: client.get("pods", NS, "tk-head"), 20, "the pod")
-        cm = client.get("configmaps", NS, "tk-config")
+        pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 20, "the pod")
+        cm = client.get("configmaps", NS, f"{name}-config")
         assert cm is not None and "config.yaml" in cm["data"]
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-        assert env["TINKER_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tinker-key", "key": "api-key"}
+        assert env["TINKER_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tinker-api-key", "key": "api-key"}
         assert "nvidia.com/gpu" not in str(pod["spec"]["containers"][0]["resources"])
-        st = phase_is(client, "tk", "Pending")
+        st = phase_is(client, name, "Pending")
         assert condition(st, "Ready")["status"] == "False" and st["backend"] == "tinker"
-        client.set_pod_phase(NS, "tk-head", "Running")
-        st = phase_is(client, "tk", "Running")
+        client.set_pod_phase(NS, f"{name}-head", "Running")
+        st = phase_is(client, name, "Running")
         assert condition(st, "Ready")["status"] == "True" and st["algorithm"] == "grpo"
     # a restarted operator replays every object as new: it must adopt, not duplicate
     with operator_process():
-        client.set_pod_phase(NS, "tk-head", "Succeeded", exit_code=0)
-        st = phase_is(client, "tk", "Succeeded")
+        client.set_pod_phase(NS, f"{name}-head", "Succeeded", exit_code=0)
+        st = phase_is(client, name, "Succeeded")
         assert condition(st, "Complete")["status"] == "True" and st["completionTime"]
     assert api_server.pod_creations() == 1
-    assert client.get("rftjobs", NS, "tk")["spec"] == body["spec"]  # the operator never writes spec
-    seen = events_for(client, "tk")
+    assert client.get("rftjobs", NS, name)["spec"] == body["spec"]  # the operator never writes spec
+    seen = events_for(client, name)
     assert ("Normal", "PodsRunning") in seen and ("Normal", "Completed") in seen
 
 
@@ -112,12 +113,14 @@ def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, runnin
 
 
 def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator):
-    client.create("rftjobs", NS, rftjob("vl", seed("verl-lora.yaml")))
-    pod = wait_for(lambda: client.get("pods", NS, "vl-head"), 20, "the head pod")
+    body = example("rftjob-verl.yaml")
+    name = body["metadata"]["name"]
+    client.create("rftjobs", NS, body)
+    pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 20, "the head pod")
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    svc = wait_for(lambda: client.get("services", NS, "vl-head"), 20, "the head service")
+    svc = wait_for(lambda: client.get("services", NS, f"{name}-head"), 20, "the head service")
     assert svc["spec"]["clusterIP"] == "None"
-    assert phase_is(client, "vl", "Pending")["backend"] == "verl"
+    assert phase_is(client, name, "Pending")["backend"] == "verl"
 
 
 def printer_columns(obj):
