@@ -255,6 +255,14 @@ def test_crd_reads_the_same_in_kubernetes(render):
         "n, y, N, Y in the generator: " + _first_difference(rendered["spec"], expected["spec"]))
 
 
+def test_crd_fits_client_side_apply():
+    """kubectl's client-side apply stores the object in a 256 KiB annotation; the CRD must fit (it embeds the
+    whole job-config schema, which is how other operators' CRDs outgrew plain `kubectl apply`)."""
+    crd = yaml.safe_load((REPO / "crds" / "rftjob.yaml").read_text())
+    size = len(json.dumps(crd, separators=(",", ":")))
+    assert size < 262144, f"the CRD is {size} bytes as JSON: only server-side apply can install it"
+
+
 def test_crds_off_and_no_keep(render):
     assert not by_kind(render(VALUE_SETS["crds-off"]), "CustomResourceDefinition")
     crd = one(render({"crds": {"keep": False}}), "CustomResourceDefinition")
