@@ -40,6 +40,7 @@ class LocalEngine:
         self.log_level = log_level
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None  # exit status of the last stopped process
 
     @property
     def base_url(self) -> str:
@@ -128,6 +129,7 @@ class LocalEngine:
                 proc.wait(timeout=timeout)
         else:
             proc.wait()
+        self.returncode = proc.returncode
 
     def restart(self, timeout: float = 60) -> LocalEngine:
         """Stop (if running) and start again on the same port with the same state dir."""
