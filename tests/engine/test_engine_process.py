@@ -1,0 +1,71 @@
+"""The engine as a process: checkpoints survive a restart, SIGTERM stops it cleanly, it refuses to listen on a
+public address without a key, and `make-model` presets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from engine_support import service, sft_batch, train
+from tinker import types
+
+from rft_runtime.engine.launcher import LocalEngine
+from rft_runtime.engine.model_factory import ModelFactoryError, make_model
+
+
+@pytest.mark.slow
+def test_save_restart_and_load_with_optimizer_continue_the_same_loss_trajectory(tmp_path, tiny_model_dir):
+    engine = LocalEngine(tiny_model_dir, state_dir=tmp_path / "state", port=0, log_file=tmp_path / "engine.log",
+                         log_level="debug")
+    try:
+        engine.start(timeout=120)
+        sc = service(engine.base_url)
+        tok = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=5).result().get_tokenizer()
+        data = sft_batch(tok)
+        reference = train(sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=5).result(),
+                          data, 6)
+        tc = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=5).result()
+        assert train(tc, data, 3) == pytest.approx(reference[:3], rel=1e-6)
+        state = tc.save_state("after-3").result().path
+        sampler_path = tc.save_weights_for_sampler("after-3").result().path
+        prompt = types.ModelInput.from_ints(list(tok.encode("1+2=?", add_special_tokens=False)))
+        params = types.SamplingParams(max_tokens=8, seed=3, stop=[])
+        sampled = sc.create_sampling_client(model_path=sampler_path).result().sample(prompt, 2, params).result()
+        sc.close("success")
+        first_pid = engine.pid
+
+        engine.restart(timeout=120)
+        assert engine.returncode == 0  # SIGTERM is a clean stop
+        assert engine.pid != first_pid
+        sc = service(engine.base_url)
+        resumed = sc.create_training_client_from_state_with_optimizer(state).result()
+        assert train(resumed, data, 3) == pytest.approx(reference[3:], rel=1e-5)
+        weights_only = sc.create_training_client_from_state(state).result()
+        fresh_adam = train(weights_only, data, 2)
+        assert fresh_adam[0] == pytest.approx(reference[3], rel=1e-5)  # same weights...
+        assert fresh_adam[1] != pytest.approx(reference[4], rel=1e-4)  # ...but Adam's moments started over
+        again = sc.create_sampling_client(model_path=sampler_path).result().sample(prompt, 2, params).result()
+        assert [s.tokens for s in again.sequences] == [s.tokens for s in sampled.sequences]
+        sc.close("success")
+    finally:
+        engine.stop()
+    log = (tmp_path / "engine.log").read_text()
+    assert "POST /api/v1/forward_backward 200" in log  # one debug line per request
+    assert "stopped" in log
+
+
+def test_listening_on_a_public_address_needs_an_api_key(tiny_model_dir):
+    done = subprocess.run([sys.executable, "-m", "rft_runtime.cli", "engine", "serve", "--model",
+                           str(tiny_model_dir), "--host", "0.0.0.0", "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "without --api-key" in done.stderr
+
+
+def test_make_model_refuses_an_unknown_preset_and_copies_a_local_model_dir(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelFactoryError, match="unknown preset 'huge'"):
+        make_model(tmp_path / "m", preset="huge")
+    copied = make_model(tmp_path / "copy", preset=str(tiny_model_dir))
+    assert (copied / "config.json").read_text() == (tiny_model_dir / "config.json").read_text()
+    assert (copied / "tokenizer.json").exists()
