@@ -59,7 +59,8 @@ def build_conditions(
         "Failed": (phase == FAILED, reason if phase == FAILED else "NotFailed", message if phase == FAILED else ""),
         "Suspended": (phase == SUSPENDED, reason if phase == SUSPENDED else "NotSuspended",
                       message if phase == SUSPENDED else ""),
-        "Stalled": stalled or (False, PROGRESSING, ""),
+        # kstatus (Flux) reads Stalled=True as "failed": a failed job is stalled for good, with its reason
+        "Stalled": (True, reason, message) if phase == FAILED else stalled or (False, PROGRESSING, ""),
     }
     out = []
     for ctype in CONDITION_TYPES:
@@ -92,7 +93,8 @@ def transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[st
         events.append((kind, new.get("reason") or new["phase"], text))
     was = _cond(old, "Stalled")
     now_ = _cond(new, "Stalled")
-    if now_ and now_.get("status") == "True" and (not was or was.get("status") != "True"):
+    stalled_now = now_ and now_.get("status") == "True" and new.get("phase") != FAILED
+    if stalled_now and (not was or was.get("status") != "True"):
         events.append(("Warning", NO_PROGRESS, now_.get("message", "")))
     return events
 

@@ -279,3 +279,13 @@ def test_a_key_pasted_into_the_config_never_reaches_status_or_events(monkeypatch
     plan = world.step(T0)
     assert world.phase == "Failed" and "buffer.batch_size" in world.job["status"]["message"]
     assert "tml-pasted-by-mistake-0123" not in str(world.job["status"]) + str(plan.events)
+
+
+def test_a_failed_job_reads_as_failed_to_kstatus():
+    world = started(rftjob("ks", backoffLimit=0))
+    world.set_phase("ks-head", "Failed", 3)
+    plan = world.step(T0 + 5)
+    stalled = world.cond("Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "BackoffLimitExceeded"
+    assert world.cond("Ready")["status"] == "False"
+    assert [e[1] for e in plan.events] == ["BackoffLimitExceeded"]  # one event, not a second one for Stalled
