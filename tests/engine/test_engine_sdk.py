@@ -238,3 +238,36 @@ def test_a_wrong_api_key_is_refused(local_engine):
     with pytest.raises(tinker.AuthenticationError, match="invalid API key"):
         service(local_engine.base_url, api_key="tml-not-the-key").create_lora_training_client(
             base_model="tiny", rank=2).result()
+
+
+def test_forward_backward_custom_matches_the_built_in_cross_entropy(sc, tiny_model_dir, tokenizer):
+    import torch
+
+    data = sft_batch(tokenizer)[:3]
+    builtin = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=9).result()
+    custom = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=9).result()
+
+    def neg_logprob_sum(batch, logprobs_list):
+        loss = sum(-(lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum()
+                   for d, lp in zip(batch, logprobs_list, strict=True))
+        return loss, {"custom:sum": float(loss.detach())}
+
+    a = builtin.forward_backward(data, "cross_entropy").result()
+    b = custom.forward_backward_custom(data, neg_logprob_sum).result()
+    assert b.metrics["loss:sum"] == pytest.approx(a.metrics["loss:sum"], rel=1e-5)
+    for client in (builtin, custom):
+        client.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+    assert flat(logprobs(custom, data)) == pytest.approx(flat(logprobs(builtin, data)), abs=1e-5)
+
+
+def test_checkpoints_are_listed_and_deleted_through_the_rest_client(sc, local_engine, tiny_model_dir):
+    tc = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=2, seed=0).result()
+    state = tc.save_state("kept").result().path
+    sampler = tc.save_weights_for_sampler("dropped").result().path
+    rest = tinker.RestClient(base_url=local_engine.base_url, api_key="tml-local")
+    listed = rest.list_checkpoints(tc.model_id).result().checkpoints
+    assert sorted(c.tinker_path for c in listed) == sorted([state, sampler])
+    rest.delete_checkpoint_from_tinker_path(sampler).result()
+    with pytest.raises(tinker.NotFoundError):
+        sc.create_sampling_client(model_path=sampler).result()
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [state]

@@ -89,6 +89,16 @@ def parse_tinker_path(path: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+def tokenizer_safe_name(path: str) -> str:
+    """The same directory under a name the SDK's get_tokenizer() does not rewrite: it takes any name with
+    exactly two slashes for org/model/variant and cuts it (/tmp/model would become "/tmp"), so such a path
+    gets a "/./" that changes nothing on disk."""
+    if path.count("/") == 2:
+        head, _, tail = path.rpartition("/")
+        return f"{head}/./{tail}"
+    return path
+
+
 class Engine:
     """Loads the model once and serves every training run and sampler from it."""
 
@@ -141,13 +151,8 @@ class Engine:
                           f"(also as {self.model_dir.name!r})")
 
     def tokenizer_name(self) -> str:
-        """The model name for a client's AutoTokenizer.from_pretrained, dodging the SDK's org/model/variant
-        rewrite of names with exactly two slashes (an absolute path such as /tmp/model would be cut)."""
-        name = self.model_name
-        if name.count("/") == 2:
-            head, _, tail = name.rpartition("/")
-            name = f"{head}/./{tail}"
-        return name
+        """The model name a sampling client hands to AutoTokenizer.from_pretrained (see tokenizer_safe_name)."""
+        return tokenizer_safe_name(self.model_name)
 
     # ------------------------------------------------------------------ adapters
 

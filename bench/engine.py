@@ -1,0 +1,185 @@
+"""Benchmark of the local engine: each call in-process and through the tinker SDK, with protocol time split out.
+
+    python bench/engine.py [--iters 20] [--batch 8] [--rank 16]
+
+On the tiny preset it times forward_backward (a batch of quickstart-style chat examples), optim_step,
+sample (8 sequences x 16 tokens) and save_weights_for_sampler: first calling the Engine object directly, then
+through tinker.ServiceClient against a `rft engine serve` child process. For the SDK path it also reports the
+server's own compute time for the same calls (from the engine's /api/v1/engine_stats), so what remains is
+protocol overhead (HTTP, futures, (de)serialisation). Prints medians in milliseconds and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TINKER_TELEMETRY", "0")
+
+
+def examples(tokenizer: Any, n: int) -> list[list[int]]:
+    """Chat-templated single-digit additions with answers, as the quickstart's SFT warm-up sees them."""
+    from rft_runtime.quickstart_task import SYSTEM_PROMPT, question, response
+
+    out = []
+    for i in range(n):
+        a, b = i % 10, (3 * i + 1) % 10
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question(a, b)},
+                {"role": "assistant", "content": response(a, b)}]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+        out.append(list(tokenizer.encode(text, add_special_tokens=False)))
+    return out
+
+
+def median_ms(xs: list[float]) -> float:
+    """Median of seconds, in milliseconds."""
+    return 1000 * statistics.median(xs)
+
+
+def timed(fn: Any, iters: int, warmup: int = 2) -> list[float]:
+    """Wall seconds of fn() for `iters` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_in_process(model_dir: Path, state: Path, seqs: list[list[int]], args: argparse.Namespace) -> dict:
+    """Medians of direct Engine calls."""
+    import torch
+
+    from rft_runtime.engine.core import Engine, LoraSpec
+    from rft_runtime.engine.sampling import parse_spec
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    eng = Engine(model_dir, state)
+    eng.create_run("bench", str(model_dir), LoraSpec(rank=args.rank, seed=0))
+    data = [{"tokens": s[:-1], "inputs": {"target_tokens": torch.tensor(s[1:]),
+                                          "weights": torch.ones(len(s) - 1)}} for s in seqs]
+    spec = parse_spec({"max_tokens": 16, "seed": 0, "stop": []}, eng.eos_ids, eng.max_context)
+    counter = iter(range(10**6))
+    res: dict[str, list[float]] = {"forward_backward": [], "optim_step": []}
+    for i in range(args.iters + 2):  # optim_step needs fresh gradients each time, so time them in turn
+        t0 = time.perf_counter()
+        eng.forward_backward("bench", data, "cross_entropy", {}, False)
+        t1 = time.perf_counter()
+        eng.optim_step("bench", {"learning_rate": 1e-4})
+        t2 = time.perf_counter()
+        if i >= 2:
+            res["forward_backward"].append(t1 - t0)
+            res["optim_step"].append(t2 - t1)
+    res["save_weights_for_sampler"] = timed(
+        lambda: eng.save("bench", f"s{next(counter)}", "sampler_weights"), args.iters)
+    eng.create_sampler("bench-sampler", "tinker://bench/sampler_weights/s0", None)
+    res["sample"] = timed(lambda: eng.sample("bench-sampler", seqs[0][:60], 8, spec, False), args.iters)
+    return {k: median_ms(v) for k, v in res.items()}
+
+
+def server_stats(base_url: str) -> dict[str, list[float]]:
+    """The engine's recent compute seconds per operation."""
+    req = urllib.request.Request(f"{base_url}/api/v1/engine_stats", headers={"X-API-Key": "tml-local"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def bench_sdk(model_dir: Path, root: Path, seqs: list[list[int]], args: argparse.Namespace) -> dict:
+    """Medians through the SDK (wall) and of the server's own compute time for the same calls."""
+    import tinker
+    from tinker import types
+
+    from rft_runtime.engine.launcher import LocalEngine
+
+    with LocalEngine(model_dir, state_dir=root / "sdk-state", port=0, log_file=root / "engine.log") as engine:
+        sc = tinker.ServiceClient(base_url=engine.base_url, api_key="tml-local")
+        tc = sc.create_lora_training_client(base_model=str(model_dir), rank=args.rank, seed=0).result()
+        data = [types.Datum(model_input=types.ModelInput.from_ints(s[:-1]),
+                            loss_fn_inputs={"target_tokens": s[1:], "weights": [1.0] * (len(s) - 1)}) for s in seqs]
+        counter = iter(range(10**6))
+        path = tc.save_weights_for_sampler("warm").result().path
+        sampler = sc.create_sampling_client(model_path=path).result()
+        prompt = types.ModelInput.from_ints(seqs[0][:60])
+        wall: dict[str, float] = {}
+        server: dict[str, float] = {}
+        fb_wall: list[float] = []
+        opt_wall: list[float] = []
+        before = {k: len(v) for k, v in server_stats(engine.base_url).items()}
+        for i in range(args.iters + 2):  # optim_step needs fresh gradients each time, so time them in turn
+            t0 = time.perf_counter()
+            tc.forward_backward(data, "cross_entropy").result()
+            t1 = time.perf_counter()
+            tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
+            t2 = time.perf_counter()
+            if i >= 2:
+                fb_wall.append(t1 - t0)
+                opt_wall.append(t2 - t1)
+        stats = server_stats(engine.base_url)
+        for label, xs in (("forward_backward", fb_wall), ("optim_step", opt_wall)):
+            wall[label] = median_ms(xs)
+            server[label] = median_ms(stats[label][before.get(label, 0) + 2:])
+        calls = {
+            "save_weights_for_sampler": lambda: tc.save_weights_for_sampler(f"s{next(counter)}").result(),
+            "sample": lambda: sampler.sample(prompt, 8, types.SamplingParams(max_tokens=16, seed=0, stop=[]))
+            .result(),
+        }
+        for label, fn in calls.items():
+            for _ in range(2):
+                fn()
+            before_n = len(server_stats(engine.base_url).get(label, []))
+            wall[label] = median_ms(timed(fn, args.iters, warmup=0))
+            server[label] = median_ms(server_stats(engine.base_url)[label][before_n:])
+        # the runtime's pattern: submit both, then wait (one round trip of latency hidden)
+        def step() -> None:
+            fb = tc.forward_backward(data, "cross_entropy")
+            op = tc.optim_step(types.AdamParams(learning_rate=1e-4))
+            fb.result()
+            op.result()
+        wall["fb+optim pipelined"] = median_ms(timed(step, args.iters))
+        sc.close("success")
+    return {"wall": wall, "server": server}
+
+
+def main() -> int:
+    """Run both benchmarks and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8, help="datums per forward_backward")
+    ap.add_argument("--rank", type=int, default=16)
+    args = ap.parse_args()
+    from transformers import AutoTokenizer
+
+    from rft_runtime.engine.model_factory import make_model
+
+    with tempfile.TemporaryDirectory(prefix="rft-bench-engine-") as tmp:
+        root = Path(tmp)
+        model_dir = make_model(root / "model", preset="tiny", seed=0)
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        seqs = examples(tok, args.batch)
+        print(f"tiny preset, {args.batch} datums x ~{statistics.mean(map(len, seqs)):.0f} tokens per "
+              f"forward_backward, rank {args.rank}, sample = 8 x 16 tokens, {args.iters} timed calls each, "
+              f"{os.cpu_count()} CPUs")
+        direct = bench_in_process(model_dir, root / "direct-state", seqs, args)
+        sdk = bench_sdk(model_dir, root, seqs, args)
+    print(f"\n{'call':<26}{'in-process':>12}{'SDK wall':>11}{'server':>9}{'protocol':>10}{'SDK/direct':>12}")
+    for label in ("forward_backward", "optim_step", "sample", "save_weights_for_sampler"):
+        d, w, s = direct[label], sdk["wall"][label], sdk["server"][label]
+        print(f"{label:<26}{d:>10.1f}ms{w:>9.1f}ms{s:>7.1f}ms{w - s:>8.1f}ms{w / d:>11.2f}x")
+    print(f"{'fb+optim pipelined':<26}{'':>12}{sdk['wall']['fb+optim pipelined']:>9.1f}ms")
+    slow = [k for k, v in sdk["wall"].items() if v >= 50]
+    print("\nall SDK calls under 50 ms" if not slow else f"\nover 50 ms through the SDK: {', '.join(slow)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The Engine object in-process: LoRA module groups, every AdamParams field, and the tokenizer-name quirk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from rft_runtime.engine.core import Engine, EngineError, LoraSpec, tokenizer_safe_name
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    torch.set_num_threads(2)
+    return Engine(tiny_model_dir, tmp_path_factory.mktemp("core-state"))
+
+
+def _layers(engine, model_id):
+    return {n.split(".lora_")[0].split(".")[-1] for n, _ in engine.run(model_id).params}
+
+
+def test_train_flags_choose_exactly_the_module_groups(engine, tiny_model_dir):
+    cases = {
+        "attn": (LoraSpec(2, 0, train_mlp=False, train_attn=True, train_unembed=False),
+                 {"q_proj", "k_proj", "v_proj", "o_proj"}),
+        "mlp": (LoraSpec(2, 0, train_mlp=True, train_attn=False, train_unembed=False),
+                {"gate_proj", "up_proj", "down_proj"}),
+        "unembed": (LoraSpec(2, 0, train_mlp=False, train_attn=False, train_unembed=True), {"lm_head"}),
+        "all": (LoraSpec(2, 0), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                 "lm_head"}),
+    }
+    for name, (spec, layers) in cases.items():
+        engine.create_run(f"groups-{name}", str(tiny_model_dir), spec)
+        assert _layers(engine, f"groups-{name}") == layers, name
+    with pytest.raises(EngineError, match="cover no layers"):
+        engine.create_run("groups-none", str(tiny_model_dir), LoraSpec(2, 0, False, False, False))
+    with pytest.raises(EngineError, match="outside 1..128"):
+        engine.create_run("groups-big", str(tiny_model_dir), LoraSpec(129, 0))
+
+
+def test_optim_step_is_adamw_with_every_adam_param_and_global_norm_clipping(engine, tiny_model_dir):
+    engine.create_run("adam", str(tiny_model_dir), LoraSpec(4, 1))
+    run = engine.run("adam")
+    tokens = list(range(10, 40))
+    data = [{"tokens": tokens[:-1], "inputs": {"target_tokens": torch.tensor(tokens[1:])}}]
+    hp = {"learning_rate": 0.05, "beta1": 0.5, "beta2": 0.7, "eps": 1e-3, "weight_decay": 0.3,
+          "grad_clip_norm": 0.01}
+    shadow = [p.detach().clone().requires_grad_(True) for _, p in run.params]
+    ref = torch.optim.AdamW(shadow, lr=0.05, betas=(0.5, 0.7), eps=1e-3, weight_decay=0.3)
+    for _ in range(3):
+        engine.forward_backward("adam", data, "cross_entropy", {}, False)
+        grads = [p.grad.detach().clone() for _, p in run.params]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        assert norm > 0.01  # so clipping really happens
+        for s, g in zip(shadow, grads, strict=True):
+            s.grad = g * (0.01 / (norm + 1e-6))
+        ref.step()
+        out = engine.optim_step("adam", hp)
+        assert out["metrics"]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+        for s, (_, p) in zip(shadow, run.params, strict=True):
+            assert torch.allclose(s, p, atol=1e-6)
+    assert all(p.grad is None for _, p in run.params)  # gradients are cleared by the step
+
+
+def test_a_two_slash_model_path_still_loads_its_tokenizer_through_the_sdk(tiny_model_dir):
+    from tinker.lib.public_interfaces.sampling_client import _load_tokenizer_from_model_info
+
+    link = Path(tempfile.gettempdir()) / f"rft-tiny-{os.getpid()}"
+    link.symlink_to(tiny_model_dir)
+    try:
+        assert str(link).count("/") == 2
+        name = tokenizer_safe_name(str(link))
+        assert name != str(link) and Path(name).resolve() == tiny_model_dir
+        tok = _load_tokenizer_from_model_info(name)
+        assert tok.decode(tok.encode("a+b", add_special_tokens=False)) == "a+b"
+    finally:
+        link.unlink()
+    assert tokenizer_safe_name("/a/b/c/model") == "/a/b/c/model"
