@@ -79,3 +79,24 @@ def test_a_two_slash_model_path_still_loads_its_tokenizer_through_the_sdk(tiny_m
     finally:
         link.unlink()
     assert tokenizer_safe_name("/a/b/c/model") == "/a/b/c/model"
+
+
+def test_evicted_sampler_adapters_come_back_from_disk_unchanged(engine, tiny_model_dir):
+    from rft_runtime.engine.core import MAX_SAMPLER_ADAPTERS
+    from rft_runtime.engine.sampling import parse_spec
+
+    engine.create_run("lru", str(tiny_model_dir), LoraSpec(4, 2))
+    tokens = list(range(20, 50))
+    data = [{"tokens": tokens[:-1], "inputs": {"target_tokens": torch.tensor(tokens[1:])}}]
+    spec = parse_spec({"max_tokens": 6, "seed": 1, "stop": []}, engine.eos_ids, engine.max_context)
+    first = {}
+    for i in range(MAX_SAMPLER_ADAPTERS + 2):
+        engine.forward_backward("lru", data, "cross_entropy", {}, False)
+        engine.optim_step("lru", {"learning_rate": 0.05})
+        path = engine.save("lru", f"v{i}", "sampler_weights")
+        engine.create_sampler(f"lru-{i}", path, None)
+        first[i] = [s.tokens for s in engine.sample(f"lru-{i}", tokens[:5], 2, spec, False)[0]]
+    assert len(engine.sampler_adapters) == MAX_SAMPLER_ADAPTERS
+    assert len({tuple(map(tuple, v)) for v in first.values()}) > 1  # the versions really differ
+    for i in range(MAX_SAMPLER_ADAPTERS + 2):  # the oldest were evicted and are reloaded from disk
+        assert [s.tokens for s in engine.sample(f"lru-{i}", tokens[:5], 2, spec, False)[0]] == first[i]
