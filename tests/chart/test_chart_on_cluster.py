@@ -1,0 +1,129 @@
+"""The chart on a real cluster (skipped when KUBECONFIG names none): install, RBAC as the API server decides it,
+CRD upgrade, uninstall. Needs permission to create CRDs, ClusterRoles and SubjectAccessReviews (cluster-admin).
+
+The operator image need not be pullable: nothing here waits for the pod to run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+import yaml
+from chartkit import CHART, find_helm
+
+pytestmark = pytest.mark.cluster
+CRD_NAME = "rftjobs.rft.dev"
+
+
+@pytest.fixture()
+def cluster_helm(tmp_path):
+    """(run helm, kubernetes ApiClient, namespace): a fresh namespace, deleted afterwards with the release."""
+    if not os.environ.get("KUBECONFIG"):
+        pytest.skip("KUBECONFIG is not set: no cluster to test against")
+    helm, why = find_helm()
+    if not helm:
+        pytest.skip(f"no helm binary: {why}")
+    from kubernetes import client, config
+
+    try:
+        api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"].split(os.pathsep)[0])
+        client.VersionApi(api_client).get_code(_request_timeout=10)
+    except Exception as exc:  # any reason the cluster cannot be reached is a reason to skip
+        pytest.skip(f"the cluster KUBECONFIG names is not reachable: {exc}")
+    core = client.CoreV1Api(api_client)
+    namespace = f"rft-chart-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": namespace,
+                                        "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    env = {**os.environ, "HELM_CONFIG_HOME": str(tmp_path / "c"), "HELM_CACHE_HOME": str(tmp_path / "k"),
+           "HELM_DATA_HOME": str(tmp_path / "d")}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([helm, *args, "--namespace", namespace], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stderr}"
+        return proc.stdout
+
+    try:
+        yield run, api_client, namespace
+    finally:
+        subprocess.run([helm, "uninstall", "rft", "--namespace", namespace], env=env, capture_output=True,
+                       timeout=300)
+        core.delete_namespace(namespace)
+
+
+def _allowed(api_client, sa: str, namespace: str, group: str, resource: str, verb: str,
+             subresource: str = "") -> bool:
+    from kubernetes import client
+
+    review = client.AuthorizationV1Api(api_client).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{namespace}:{sa}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                 "resourceAttributes": {"group": group, "resource": resource, "subresource": subresource,
+                                        "verb": verb, "namespace": "some-team"}}})
+    return bool(review.status.allowed)
+
+
+def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(cluster_helm, tmp_path):
+    from kubernetes import client
+
+    from rft_operator.rbac import required_rules
+
+    helm, api_client, namespace = cluster_helm
+    ext = client.ApiextensionsV1Api(api_client)
+    try:
+        ext.read_custom_resource_definition(CRD_NAME)
+        crd_preexists = True
+    except client.exceptions.ApiException as err:
+        assert err.status == 404
+        crd_preexists = False
+    install_crd = "false" if crd_preexists else "true"
+    helm("install", "rft", str(CHART), "--set", f"crds.install={install_crd}")
+    sa = "rft-rft-operator"
+
+    # the namespace enforces the restricted Pod Security Standard: the pod is admitted, or never appears
+    core = client.CoreV1Api(api_client)
+    deadline = time.monotonic() + 90
+    while not core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=operator").items:
+        assert time.monotonic() < deadline, "no operator pod was admitted in a restricted namespace"
+        time.sleep(2)
+
+    for rule in required_rules():
+        resource, _, sub = rule["resources"][0].partition("/")
+        for verb in rule["verbs"]:
+            assert _allowed(api_client, sa, namespace, rule["apiGroups"][0], resource, verb, sub), (rule, verb)
+    # and no more: things a compromised operator must not be able to do
+    for group, resource, verb, sub in (("", "secrets", "get", ""), ("", "secrets", "list", ""),
+                                       ("", "pods", "create", "exec"), ("rft.dev", "rftjobs", "delete", ""),
+                                       ("rft.dev", "rftjobs", "create", ""), ("apps", "deployments", "create", ""),
+                                       ("rbac.authorization.k8s.io", "clusterroles", "create", "")):
+        assert not _allowed(api_client, sa, namespace, group, resource, verb, sub), (resource, verb, sub)
+
+    if crd_preexists:
+        pytest.skip("the RFTJob CRD existed before the test: not upgrading or uninstalling a CRD it did not install")
+    changed = tmp_path / "rft-operator"
+    shutil.copytree(CHART, changed)
+    crd_file = changed / "files" / "crds" / "rftjob.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    for version in crd["spec"]["versions"]:
+        version.setdefault("additionalPrinterColumns", []).append(
+            {"name": "Upgraded", "type": "string", "jsonPath": ".status.phase"})
+    crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+    helm("upgrade", "rft", str(changed))
+    deadline = time.monotonic() + 30
+    while True:
+        served = ext.read_custom_resource_definition(CRD_NAME)
+        columns = [c.name for c in served.spec.versions[0].additional_printer_columns or []]
+        if "Upgraded" in columns:
+            break
+        assert time.monotonic() < deadline, columns
+        time.sleep(1)
+
+    helm("uninstall", "rft")
+    assert ext.read_custom_resource_definition(CRD_NAME)  # kept: helm.sh/resource-policy: keep
+    ext.delete_custom_resource_definition(CRD_NAME)  # this test created it
