@@ -98,3 +98,42 @@ def test_flux_examples_parse_and_point_at_the_chart():
     (expr,) = jobs["spec"]["healthCheckExprs"]
     assert (expr["apiVersion"], expr["kind"]) == ("rft.dev/v1alpha1", "RFTJob")
     assert "Succeeded" in expr["current"] and "Failed" in expr["failed"]
+
+
+def test_health_check_follows_a_job_through_the_operators_lifecycle():
+    """Statuses computed by the operator's reconcile (compute_status) from real pod phases, read by the check."""
+    from rft_operator.builders import build_pods
+    from rft_operator.jobconfig import prepare_config
+    from rft_operator.reconcile import Observed, compute_status
+    from rft_operator.spec import parse_spec
+
+    def job(**spec_changes: Any) -> dict:
+        body = yaml.safe_load((REPO / "examples" / "rftjob-tinker.yaml").read_text())
+        body["metadata"].update(namespace="ml", uid="u-1", generation=1)
+        body["spec"].update(spec_changes)
+        return body
+
+    def health(body: dict, pod_phase: str | None, old: dict | None = None) -> tuple[str, dict]:
+        spec = parse_spec(body["spec"])
+        config = prepare_config(body["spec"]["config"], spec, job_name=body["metadata"]["name"], namespace="ml")
+        body["status"] = old or {}
+        pods = []
+        if pod_phase:
+            (pod,) = build_pods(body, spec, config, attempt=int((old or {}).get("retries") or 0))
+            pod["status"] = {"phase": pod_phase, "podIP": "10.0.0.9"}
+            if pod_phase == "Failed":
+                pod["status"]["containerStatuses"] = [
+                    {"name": "rft", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]
+            pods = [pod]
+        status = compute_status(body, spec, config, Observed(pods=pods), now=1_000_000.0)
+        body["status"] = status
+        return _assess("lua51", body)["status"], status
+
+    assert health(job(), None)[0] == "Progressing"
+    running, status = health(job(), "Running", None)
+    assert running == "Progressing" and status["phase"] == "Running"
+    assert health(job(), "Succeeded", status)[0] == "Healthy"
+    failed, status = health(job(backoffLimit=0), "Failed", status)
+    assert (failed, status["phase"]) == ("Degraded", "Failed")
+    suspended, status = health(job(suspend=True), None, None)
+    assert (suspended, status["phase"]) == ("Suspended", "Suspended")
