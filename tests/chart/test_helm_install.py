@@ -24,7 +24,7 @@ from chartkit import CHART, NAMESPACE, RELEASE, find_helm
 pytest.importorskip("kmock")
 from kmock_gateway import EmulatedCluster  # noqa: E402
 
-PLURALS = {"ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
+PLURALS = {"Role": "roles", "RoleBinding": "rolebindings", "ServiceAccount": "serviceaccounts", "Service": "services", "Deployment": "deployments",
            "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
            "CustomResourceDefinition": "customresourcedefinitions"}
 HELM_FLAGS = ("--namespace", NAMESPACE, "--server-side=false", "--disable-openapi-validation")
@@ -115,6 +115,25 @@ def test_install_upgrade_uninstall(cluster, render, tmp_path):
         if obj["kind"] != "CustomResourceDefinition":
             assert server.get(_path(obj)) is None, f"{obj['kind']} {obj['metadata']['name']} survived uninstall"
     assert server.get(CRD_PATH) is not None
+
+
+def test_namespaced_install_grants_roles_only_in_the_watched_namespaces(cluster, render, values_file):
+    server, env = cluster
+    values = {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"], "crds": {"install": False}}
+    _helm(env, "install", RELEASE, str(CHART), *HELM_FLAGS, *values_file(values))
+    try:
+        rendered = render(values)
+        assert {o["kind"] for o in rendered} >= {"Role", "RoleBinding"}
+        for obj in rendered:
+            assert server.get(_path(obj)) is not None, f"{obj['kind']} {obj['metadata']} was not created"
+        for kind in ("clusterroles", "clusterrolebindings"):
+            assert server.get(f"/apis/rbac.authorization.k8s.io/v1/{kind}/rft-rft-operator") is None
+        roles = [server.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/rft-rft-operator")
+                 for ns in ("team-a", "team-b")]
+        assert all(role and role["rules"] for role in roles)
+    finally:
+        _helm(env, "uninstall", RELEASE, "--namespace", NAMESPACE)
+    assert server.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/rft-rft-operator") is None
 
 
 def _free_port() -> int:
