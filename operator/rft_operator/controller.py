@@ -36,6 +36,7 @@ class Controller:
         self.settings = settings
         self.metrics = metrics or OperatorMetrics()
         self._scraped: dict[tuple[str, str], float] = {}
+        self._forgotten: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._instance = socket.gethostname()
 
@@ -116,7 +117,10 @@ class Controller:
             plan = plan_job(job, spec, config, observed, now=now, stall_after=self.settings.stall_after_seconds,
                             progress=progress, config_reason=reason)
             self.apply(job, plan, now)
-            self.metrics.observe_job(namespace, name, plan.status, now)
+            with self._lock:
+                # a pass that began before the job's deletion must not bring its series back
+                if self._forgotten.get((namespace, name), float("-inf")) < started:
+                    self.metrics.observe_job(namespace, name, plan.status, now)
             return plan
         except Exception:
             self.metrics.errors.inc()
@@ -173,6 +177,7 @@ class Controller:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what the operator keeps about a deleted job (metric series, scrape times)."""
-        self.metrics.forget_job(namespace, name)
         with self._lock:
+            self._forgotten[(namespace, name)] = time.monotonic()
+            self.metrics.forget_job(namespace, name)
             self._scraped.pop((namespace, name), None)
