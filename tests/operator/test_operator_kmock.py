@@ -21,7 +21,7 @@ def phase_is(client, name, phase, reason=None):
     def check():
         st = status(client, name)
         return st if st.get("phase") == phase and (reason is None or st.get("reason") == reason) else None
-    return wait_for(check, 20, f"{name} to be {phase} {reason or ''}")
+    return wait_for(check, 30, f"{name} to be {phase} {reason or ''}")
 
 
 def condition(st, ctype):
@@ -45,7 +45,7 @@ def test_tinker_job_runs_to_success_with_pods_created_once_across_operator_resta
     name = body["metadata"]["name"]
     with operator_process():
         client.create("rftjobs", NS, body)
-        pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 20, "the pod")
+        pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 30, "the pod")
         cm = client.get("configmaps", NS, f"{name}-config")
         assert cm is not None and "config.yaml" in cm["data"]
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
@@ -81,10 +81,10 @@ def test_invalid_config_fails_with_reasons_a_warning_event_and_no_children(clien
 
 def test_failed_pods_are_replaced_until_the_backoff_limit(api_server, client, running_operator):
     client.create("rftjobs", NS, rftjob("rt", backoffLimit=1))
-    wait_for(lambda: client.get("pods", NS, "rt-head"), 20, "the pod")
+    wait_for(lambda: client.get("pods", NS, "rt-head"), 30, "the pod")
     client.set_pod_phase(NS, "rt-head", "Failed", exit_code=1)
     wait_for(lambda: (client.get("pods", NS, "rt-head") or {}).get("metadata", {}).get("labels", {})
-             .get("rft.dev/attempt") == "1", 20, "the replacement pod")
+             .get("rft.dev/attempt") == "1", 30, "the replacement pod")
     st = status(client, "rt")
     assert st["retries"] == 1
     client.set_pod_phase(NS, "rt-head", "Failed", exit_code=2)
@@ -96,29 +96,29 @@ def test_failed_pods_are_replaced_until_the_backoff_limit(api_server, client, ru
 
 def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, running_operator):
     client.create("rftjobs", NS, rftjob("sr", storage={"size": "1Gi"}))
-    wait_for(lambda: client.get("pods", NS, "sr-head"), 20, "the pod")
+    wait_for(lambda: client.get("pods", NS, "sr-head"), 30, "the pod")
     client.set_pod_phase(NS, "sr-head", "Running")
     phase_is(client, "sr", "Running")
     client.patch("rftjobs", NS, "sr", {"spec": {"suspend": True}})
     st = phase_is(client, "sr", "Suspended")
     assert condition(st, "Suspended")["status"] == "True"
-    wait_for(lambda: client.get("pods", NS, "sr-head") is None, 20, "the pod to go")
+    wait_for(lambda: client.get("pods", NS, "sr-head") is None, 30, "the pod to go")
     assert client.get("persistentvolumeclaims", NS, "sr-storage") is not None
     client.patch("rftjobs", NS, "sr", {"spec": {"suspend": False}})
-    wait_for(lambda: client.get("pods", NS, "sr-head"), 20, "the pod to come back")
+    wait_for(lambda: client.get("pods", NS, "sr-head"), 30, "the pod to come back")
     st = phase_is(client, "sr", "Pending")
     assert condition(st, "Suspended")["status"] == "False"
     client.delete("rftjobs", NS, "sr")
-    wait_for(lambda: client.get("rftjobs", NS, "sr") is None, 20, "the job to be deleted")
+    wait_for(lambda: client.get("rftjobs", NS, "sr") is None, 30, "the job to be deleted")
 
 
 def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator):
     body = example("rftjob-verl.yaml")
     name = body["metadata"]["name"]
     client.create("rftjobs", NS, body)
-    pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 20, "the head pod")
+    pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 30, "the head pod")
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    svc = wait_for(lambda: client.get("services", NS, f"{name}-head"), 20, "the head service")
+    svc = wait_for(lambda: client.get("services", NS, f"{name}-head"), 30, "the head service")
     assert svc["spec"]["clusterIP"] == "None"
     assert phase_is(client, name, "Pending")["backend"] == "verl"
 
@@ -153,10 +153,10 @@ def test_operator_metrics_follow_the_jobs_and_forget_deleted_ones(client, kubeco
         port = handlers.STATE.metrics_port
         client.create("rftjobs", NS, rftjob("m1"))
         client.create("rftjobs", NS, rftjob("m2"))
-        wait_for(lambda: scrape(port).get(("rft_operator_jobs", (("phase", "Pending"),))) == 2, 20, "2 pending")
-        wait_for(lambda: client.get("pods", NS, "m1-head"), 20, "the pod")
+        wait_for(lambda: scrape(port).get(("rft_operator_jobs", (("phase", "Pending"),))) == 2, 30, "2 pending")
+        wait_for(lambda: client.get("pods", NS, "m1-head"), 30, "the pod")
         client.set_pod_phase(NS, "m1-head", "Running")
-        wait_for(lambda: scrape(port).get(("rft_operator_jobs", (("phase", "Running"),))) == 1, 20, "1 running")
+        wait_for(lambda: scrape(port).get(("rft_operator_jobs", (("phase", "Running"),))) == 1, 30, "1 running")
         samples = scrape(port)
         assert samples[("rft_operator_jobs", (("phase", "Pending"),))] == 1
         assert samples[("rft_operator_job_phase", (("name", "m1"), ("namespace", NS), ("phase", "Running")))] == 1
@@ -164,7 +164,7 @@ def test_operator_metrics_follow_the_jobs_and_forget_deleted_ones(client, kubeco
         assert ("rft_operator_job_duration_seconds", (("name", "m1"), ("namespace", NS))) in samples
         assert samples[("rft_operator_reconcile_duration_seconds_count", ())] >= 2
         client.delete("rftjobs", NS, "m1")
-        wait_for(lambda: not any(dict(k[1]).get("name") == "m1" for k in scrape(port)), 20, "m1's series to go")
+        wait_for(lambda: not any(dict(k[1]).get("name") == "m1" for k in scrape(port)), 30, "m1's series to go")
         samples = scrape(port)
         assert samples[("rft_operator_jobs", (("phase", "Running"),))] == 0
         assert samples[("rft_operator_jobs", (("phase", "Pending"),))] == 1
@@ -177,13 +177,13 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     report(step=4, total=20, reward=0.625, loss=0.03125, age=0)
     job = rftjob("pg", metrics={"port": port})
     client.create("rftjobs", NS, job)
-    wait_for(lambda: client.get("pods", NS, "pg-head"), 20, "the pod")
+    wait_for(lambda: client.get("pods", NS, "pg-head"), 30, "the pod")
     client.set_pod_phase(NS, "pg-head", "Running", pod_ip="127.0.0.1")
-    progress = wait_for(lambda: status(client, "pg").get("progress"), 20, "progress")
+    progress = wait_for(lambda: status(client, "pg").get("progress"), 30, "progress")
     assert progress["step"] == 4 and progress["totalSteps"] == 20
     assert progress["rewardMean"] == 0.625 and progress["loss"] == 0.03125 and progress["lastUpdateTime"]
     report(step=5, total=20, reward=0.75, loss=0.02, age=0)
-    wait_for(lambda: status(client, "pg").get("progress", {}).get("step") == 5, 20, "step 5")
+    wait_for(lambda: status(client, "pg").get("progress", {}).get("step") == 5, 30, "step 5")
     # what `kubectl get rftjobs` prints: the CRD's printer columns evaluated on the stored object
     columns = printer_columns(client.get("rftjobs", NS, "pg"))
     assert columns["Phase"] == "Running" and columns["Step"] == 5 and columns["Reward"] == 0.75
@@ -192,7 +192,7 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     report(step=5, total=20, reward=0.75, loss=0.02, age=120)
     client.patch("rftjobs", NS, "pg", {"spec": {"progressDeadlineSeconds": 60}})
     st = wait_for(lambda: (lambda s: s if s.get("conditions") and condition(s, "Stalled")["status"] == "True"
-                           else None)(status(client, "pg")), 20, "Stalled")
+                           else None)(status(client, "pg")), 30, "Stalled")
     assert condition(st, "Stalled")["reason"] == "NoProgress" and st["phase"] == "Running"
     assert ("Warning", "NoProgress") in events_for(client, "pg")
     assert copy.deepcopy(client.get("rftjobs", NS, "pg")["spec"]["config"]) == job["spec"]["config"]
@@ -209,7 +209,7 @@ def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, clien
                                         storage={"size": "1Gi"}, ttlSecondsAfterFinished=0))
     client.request("PATCH", "/apis/rft.dev/v1alpha1/namespaces/default/rftjobs/rb",
                    {"spec": {"config": None}}, "application/merge-patch+json")
-    wait_for(lambda: client.get("pods", NS, "rb-head"), 20, "the pod")
+    wait_for(lambda: client.get("pods", NS, "rb-head"), 30, "the pod")
     assert client.get("services", NS, "rb-head") and client.get("persistentvolumeclaims", NS, "rb-storage")
     client.set_pod_phase(NS, "rb-head", "Running")
     phase_is(client, "rb", "Running")
@@ -220,7 +220,7 @@ def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, clien
     wait_for(lambda: (lambda pod: pod is not None and pod.get("status") is None)(client.get("pods", NS, "rb-head")),
              20, "the restarted pod")
     client.set_pod_phase(NS, "rb-head", "Succeeded", exit_code=0)
-    wait_for(lambda: status(client, "rb").get("cleanedUp"), 20, "the TTL cleanup")
+    wait_for(lambda: status(client, "rb").get("cleanedUp"), 30, "the TTL cleanup")
     assert client.get("pods", NS, "rb-head") is None and client.get("services", NS, "rb-head") is None
     assert client.get("rftjobs", NS, "rb")["status"]["phase"] == "Succeeded"
 
