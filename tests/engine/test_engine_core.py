@@ -100,3 +100,14 @@ def test_evicted_sampler_adapters_come_back_from_disk_unchanged(engine, tiny_mod
     assert len({tuple(map(tuple, v)) for v in first.values()}) > 1  # the versions really differ
     for i in range(MAX_SAMPLER_ADAPTERS + 2):  # the oldest were evicted and are reloaded from disk
         assert [s.tokens for s in engine.sample(f"lru-{i}", tokens[:5], 2, spec, False)[0]] == first[i]
+
+
+def test_a_padded_batch_gives_each_datum_the_logprobs_it_gets_alone(engine, tiny_model_dir):
+    engine.create_run("pad", str(tiny_model_dir), LoraSpec(4, 3))
+    seqs = [list(range(5, 40)), list(range(60, 70)), list(range(100, 125))]
+    data = [{"tokens": s[:-1], "inputs": {"target_tokens": torch.tensor(s[1:])}} for s in seqs]
+    batch = engine.forward_backward("pad", data, "cross_entropy", {}, True)["logprobs"]
+    for d, got in zip(data, batch, strict=True):
+        alone = engine.forward_backward("pad", [d], "cross_entropy", {}, True)["logprobs"][0]
+        assert got.shape == alone.shape
+        assert torch.allclose(got, alone, atol=1e-5)

@@ -280,14 +280,14 @@ class Engine:
         width = max(len(t) for t in tokens)
         ids = torch.full((len(tokens), width), self.pad_id, dtype=torch.long)
         tgt = torch.zeros((len(tokens), width), dtype=torch.long)
-        mask = torch.zeros((len(tokens), width), dtype=torch.long)
         for i, (t, y) in enumerate(zip(tokens, targets, strict=False)):
             ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
             tgt[i, : len(y)] = torch.tensor(y, dtype=torch.long)
-            mask[i, : len(t)] = 1
-        ids, tgt, mask = ids.to(self.device), tgt.to(self.device), mask.to(self.device)
+        ids, tgt = ids.to(self.device), tgt.to(self.device)
         model = self.peft if self.peft is not None else self.model
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        # no attention mask: padding is on the right and attention is causal, so no real token ever sees a
+        # pad, and without a mask SDPA takes its fused causal path (about twice as fast backward on CPU)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
         picked = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
         return [picked[i, : len(t)] for i, t in enumerate(tokens)]
 
@@ -326,7 +326,7 @@ class Engine:
         clip = float(adam.get("grad_clip_norm", 0.0) or 0.0)
         params = [p for _, p in run.params]
         if run.optimizer is None:
-            run.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, foreach=False)
+            run.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
         for group in run.optimizer.param_groups:
             group.update(lr=lr, betas=betas, eps=eps, weight_decay=wd)
         grads = [p.grad for p in params if p.grad is not None]
@@ -412,7 +412,7 @@ class Engine:
         run.optimizer = None
         if optimizer and (d / "optimizer.pt").exists():
             params = [p for _, p in run.params]
-            run.optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+            run.optimizer = torch.optim.AdamW(params, lr=1e-4)
             run.optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location=self.device))
         return {"type": "load_weights", "path": path, "model_id": model_id}
 
