@@ -94,6 +94,10 @@ class Controller:
             return None
         if not fresh:
             return None
+        if "step" in fresh:
+            # one scrape is one step's values: a key the runtime dropped must not keep an older step's value
+            return fresh
+        # before its first step a (restarted) runtime reports only its start: keep the last known step
         old = dict(((job.get("status") or {}).get("progress")) or {})
         old.update(fresh)
         return old

@@ -289,11 +289,25 @@ def _finish(plan: Plan, job: dict[str, Any], old: dict[str, Any], new: dict[str,
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
-    """The merge patch turning `old` status into `new` (None when nothing changed); removed keys become null."""
-    if old == new:
-        return None
-    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    """The JSON merge patch turning `old` status into `new` (None when nothing changed).
+
+    Keys that disappear, at any depth, become null: a merge patch would otherwise keep them (e.g. a reward
+    the runtime stopped reporting would stay in status.progress next to a newer step).
+    """
+    return _merge_diff(old, new) or None
+
+
+def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            patch[key] = _merge_diff(before, value)
+        else:
+            patch[key] = value
     for key in old:
         if key not in new:
             patch[key] = None
-    return patch or None
+    return patch

@@ -79,9 +79,11 @@ def runtime_endpoint(tmp_path: Path) -> Iterator[tuple[int, Callable[..., None]]
     cfg = quiet_tinker_config()
     mon = Monitor(cfg, tmp_path / "job", metrics_port=0, progress=False, metrics_host="127.0.0.1")
 
-    def report(step: int, total: int, reward: float, loss: float, age: float = 0.0) -> None:
-        mon.log_step({"step": step, "total_steps": total, "reward_mean": reward, "policy_loss": loss,
-                      "timestamp": time.time() - age})
+    def report(step: int, total: int, reward: float | None, loss: float, age: float = 0.0) -> None:
+        record = {"step": step, "total_steps": total, "policy_loss": loss, "timestamp": time.time() - age}
+        if reward is not None:  # a step whose rollouts all failed reports no reward
+            record["reward_mean"] = reward
+        mon.log_step(record)
 
     try:
         assert mon.port

@@ -188,8 +188,13 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     columns = printer_columns(client.get("rftjobs", NS, "pg"))
     assert columns["Phase"] == "Running" and columns["Step"] == 5 and columns["Reward"] == 0.75
     assert columns["Backend"] == "tinker" and columns["Algorithm"] == "grpo"
+    # a step without a reward: status shows none rather than the previous step's
+    report(step=6, total=20, reward=None, loss=0.01, age=0)
+    progress = wait_for(lambda: (lambda p: p if p.get("step") == 6 else None)(status(client, "pg").get("progress")
+                                                                               or {}), 30, "step 6")
+    assert "rewardMean" not in progress and progress["loss"] == 0.01
     # the runtime stops making progress: a short progressDeadlineSeconds turns Stalled on
-    report(step=5, total=20, reward=0.75, loss=0.02, age=120)
+    report(step=6, total=20, reward=0.75, loss=0.02, age=120)
     client.patch("rftjobs", NS, "pg", {"spec": {"progressDeadlineSeconds": 60}})
     st = wait_for(lambda: (lambda s: s if s.get("conditions") and condition(s, "Stalled")["status"] == "True"
                            else None)(status(client, "pg")), 30, "Stalled")

@@ -289,3 +289,10 @@ def test_a_failed_job_reads_as_failed_to_kstatus():
     assert stalled["status"] == "True" and stalled["reason"] == "BackoffLimitExceeded"
     assert world.cond("Ready")["status"] == "False"
     assert [e[1] for e in plan.events] == ["BackoffLimitExceeded"]  # one event, not a second one for Stalled
+
+
+def test_the_status_patch_removes_what_disappeared_at_any_depth():
+    old = {"phase": "Running", "progress": {"step": 3, "rewardMean": 0.5}, "completionTime": "x"}
+    new = {"phase": "Running", "progress": {"step": 4}}
+    assert status_patch(old, new) == {"progress": {"step": 4, "rewardMean": None}, "completionTime": None}
+    assert status_patch(new, new) is None
