@@ -69,3 +69,41 @@ def test_make_model_refuses_an_unknown_preset_and_copies_a_local_model_dir(tmp_p
     copied = make_model(tmp_path / "copy", preset=str(tiny_model_dir))
     assert (copied / "config.json").read_text() == (tiny_model_dir / "config.json").read_text()
     assert (copied / "tokenizer.json").exists()
+
+
+def test_an_engine_whose_launcher_is_killed_stops_by_itself(tmp_path, tiny_model_dir):
+    import os
+    import signal
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from rft_runtime.engine.launcher import LocalEngine\n"
+        f"e = LocalEngine({str(tiny_model_dir)!r}, state_dir={str(tmp_path / 'state')!r}).start(120)\n"
+        "print(e.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    engine_pid = None
+    try:
+        engine_pid = int(launcher.stdout.readline())
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(engine_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"engine {engine_pid} still running 30 s after its launcher was killed")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        if engine_pid is not None:
+            try:
+                os.kill(engine_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -71,6 +71,7 @@ class LocalEngine:
         port_file.unlink(missing_ok=True)
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["RFT_ENGINE_PARENT_PID"] = str(os.getpid())  # so a SIGKILLed launcher leaves no engine behind
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(self.command(port_file), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -31,6 +31,8 @@ log = logging.getLogger("rft.engine")
 API = "/api/v1/"
 LONG_POLL_S = 20.0  # below the SDK's 45 s read timeout for retrieve_future
 MAX_KEPT_FUTURES = 4096
+# set by LocalEngine: the engine stops by itself when this process (its parent) dies
+PARENT_ENV = "RFT_ENGINE_PARENT_PID"
 
 
 class HTTPError(Exception):
@@ -285,6 +287,9 @@ def serve_main(args: Any) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent.isdigit():
+        threading.Thread(target=_exit_with_parent, args=(int(parent), _stop, stop_once), daemon=True).start()
     if args.port_file:
         pf = Path(args.port_file)
         tmp = pf.with_name(pf.name + ".tmp")
@@ -299,6 +304,15 @@ def serve_main(args: Any) -> int:
         service.stop()
         log.info("stopped")
     return 0
+
+
+def _exit_with_parent(parent: int, stop: Callable[[int, Any], None], stopped: threading.Event) -> None:
+    """Stop when the process that launched us is gone (it was SIGKILLed and could not stop us)."""
+    while not stopped.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("the launching process %d is gone: stopping", parent)
+            stop(signal.SIGTERM, None)
+            return
 
 
 def default_state_dir() -> Path:
