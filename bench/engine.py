@@ -62,9 +62,10 @@ def bench_in_process(model_dir: Path, state: Path, seqs: list[list[int]], args: 
 
     from rft_runtime.engine.core import Engine, LoraSpec
     from rft_runtime.engine.sampling import parse_spec
+    from rft_runtime.engine.server import compute_threads
 
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     eng = Engine(model_dir, state)
+    torch.set_num_threads(compute_threads(eng))  # what `rft engine serve` uses
     eng.create_run("bench", str(model_dir), LoraSpec(rank=args.rank, seed=0))
     data = [{"tokens": s[:-1], "inputs": {"target_tokens": torch.tensor(s[1:]),
                                           "weights": torch.ones(len(s) - 1)}} for s in seqs]

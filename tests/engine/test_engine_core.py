@@ -14,7 +14,7 @@ from rft_runtime.engine.core import Engine, EngineError, LoraSpec, tokenizer_saf
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     return Engine(tiny_model_dir, tmp_path_factory.mktemp("core-state"))
 
 
