@@ -8,6 +8,7 @@ the operator's state is the RFTJob's status and its children.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ class State:
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     metrics_server: Any = None
     metrics_port: int | None = None
+    executor: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 STATE = State()
@@ -59,7 +61,7 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Build the controller and serve /metrics; keep kopf from needing more RBAC than the table lists."""
     # kopf's own chatter (handler succeeded...) would double our events; warnings still go out
     settings.posting.level = logging.WARNING
@@ -68,6 +70,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     ours = Settings.from_env()
     metrics = OperatorMetrics()
     STATE.settings = ours
+    # reconciles run in threads (the kubernetes client is synchronous); the default pool has cpu+4 threads,
+    # too few when many jobs wait on slow scrapes at once
+    STATE.executor = concurrent.futures.ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
+    asyncio.get_running_loop().set_default_executor(STATE.executor)
     STATE.controller = Controller(Kube.from_environment(), ours, metrics)
     STATE.wakeups = {}
     STATE.metrics_server, STATE.metrics_port = None, None
@@ -81,11 +87,14 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
-    """Stop the metrics server (tests start many operators in one process)."""
+    """Stop the metrics server and the reconcile threads (tests start many operators in one process)."""
     if STATE.metrics_server is not None:
         STATE.metrics_server.shutdown()
         STATE.metrics_server.server_close()
         STATE.metrics_server = None
+    if STATE.executor is not None:
+        STATE.executor.shutdown(wait=False, cancel_futures=True)
+        STATE.executor = None
 
 
 def _wake(namespace: str | None, name: str | None) -> None:

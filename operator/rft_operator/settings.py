@@ -30,6 +30,8 @@ class Settings:
     default_image: str = DEFAULT_IMAGE
     # Seconds the HTTP scrape of a pod may take.
     scrape_timeout_seconds: float = 5.0
+    # Reconciles running at once (each holds a thread while it waits on the API server or a scrape).
+    workers: int = 16
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,4 +44,5 @@ class Settings:
             stall_after_seconds=float(_env("STALL_AFTER_SECONDS", str(cls.stall_after_seconds))),
             default_image=_env("DEFAULT_IMAGE", cls.default_image),
             scrape_timeout_seconds=float(_env("SCRAPE_TIMEOUT_SECONDS", str(cls.scrape_timeout_seconds))),
+            workers=int(_env("WORKERS", str(cls.workers))),
         )
