@@ -128,6 +128,11 @@ class Engine:
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.model_name = str(self.model_dir)
         self.groups = self._module_groups()
+        # transformers 5 renamed past_key_values to cache (and warns on the old name); older ones lack it
+        import inspect
+
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
         self.peft: Any = None
         self.runs: dict[str, TrainRun] = {}
         self.samplers: dict[str, Sampler] = {}
@@ -519,12 +524,13 @@ class Engine:
         gen.manual_seed(spec.seed if spec.seed is not None else int.from_bytes(os.urandom(7), "little"))
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         out = model(input_ids=ids, use_cache=True)
+        kw = self._cache_kw
         prompt_lps: list[float] | None = None
         if want_prompt_logprobs:
             lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
             picked = lp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
             prompt_lps = [float("nan")] + picked.cpu().tolist()
-        past = out.past_key_values
+        past = getattr(out, kw)
         if n > 1:
             past.batch_repeat_interleave(n)
         logits = out.logits[:, -1].float().expand(n, -1)
@@ -547,7 +553,7 @@ class Engine:
                     seqs[b].stop_reason = "stop"
             if all(done) or step == spec.max_tokens - 1:
                 break
-            out = model(input_ids=nxt.view(n, 1).to(self.device), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=nxt.view(n, 1).to(self.device), use_cache=True, **{kw: past})
+            past = getattr(out, kw)
             logits = out.logits[:, -1].float()
         return seqs, prompt_lps

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,6 +261,12 @@ def serve_main(args: Any) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
+    import transformers
+
+    if level > logging.DEBUG:
+        # the engine log is one line per event: no weight-loading progress bars, no library deprecations
+        transformers.utils.logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
     from rft_runtime.engine.core import Engine, EngineError
 
