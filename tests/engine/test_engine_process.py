@@ -3,8 +3,10 @@ public address without a key, and `make-model` presets."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from engine_support import service, sft_batch, train
@@ -15,7 +17,10 @@ from rft_runtime.engine.model_factory import ModelFactoryError, make_model
 
 
 @pytest.mark.slow
-def test_save_restart_and_load_with_optimizer_continue_the_same_loss_trajectory(tmp_path, tiny_model_dir):
+def test_save_restart_and_load_with_optimizer_continue_the_same_loss_trajectory(tmp_path, tiny_model_dir,
+                                                                              monkeypatch):
+    # no long poll: every unfinished future is answered try_again, so the SDK's retry path is exercised too
+    monkeypatch.setenv("RFT_ENGINE_LONG_POLL_S", "0")
     engine = LocalEngine(tiny_model_dir, state_dir=tmp_path / "state", port=0, log_file=tmp_path / "engine.log",
                          log_level="debug")
     try:
@@ -47,6 +52,9 @@ def test_save_restart_and_load_with_optimizer_continue_the_same_loss_trajectory(
         assert fresh_adam[1] != pytest.approx(reference[4], rel=1e-4)  # ...but Adam's moments started over
         again = sc.create_sampling_client(model_path=sampler_path).result().sample(prompt, 2, params).result()
         assert [s.tokens for s in again.sequences] == [s.tokens for s in sampled.sequences]
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{engine.base_url}/api/v1/engine_stats", headers={"X-API-Key": "tml-local"})) as resp:
+            assert json.loads(resp.read())["try_again_answers"] > 0
         sc.close("success")
     finally:
         engine.stop()

@@ -435,7 +435,9 @@ def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
 
 def stats(svc: Service) -> Answer:
     """Compute-thread seconds of the recent calls per operation (bench/engine.py splits protocol time out)."""
-    return _ok({label: list(xs) for label, xs in svc.stats.items()})
+    out: dict[str, Any] = {label: list(xs) for label, xs in svc.stats.items()}
+    out["try_again_answers"] = svc.try_agains
+    return _ok(out)
 
 
 def dispatch(svc: Service, method: str, path: str, body: bytes, headers: Any) -> Answer:

@@ -30,7 +30,8 @@ from typing import Any
 log = logging.getLogger("rft.engine")
 
 API = "/api/v1/"
-LONG_POLL_S = 20.0  # below the SDK's 45 s read timeout for retrieve_future
+# below the SDK's 45 s read timeout for retrieve_future; RFT_ENGINE_LONG_POLL_S=0 answers try_again at once
+LONG_POLL_S = 20.0
 MAX_KEPT_FUTURES = 4096
 # set by LocalEngine: the engine stops by itself when this process (its parent) dies
 PARENT_ENV = "RFT_ENGINE_PARENT_PID"
@@ -77,6 +78,8 @@ class Service:
         # names of checkpoints queued but not yet written, so a duplicate is refused at submission
         self.pending_names: set[str] = set()
         self.stats: dict[str, list[float]] = {}
+        self.long_poll_s = float(os.environ.get("RFT_ENGINE_LONG_POLL_S") or LONG_POLL_S)
+        self.try_agains = 0
         self.worker = threading.Thread(target=self._work_loop, name="rft-engine-compute", daemon=True)
         self.worker.start()
 
@@ -138,8 +141,9 @@ class Service:
             fut = self.futures.get(request_id)
         if fut is None:
             raise HTTPError(404, f"unknown request_id {request_id!r} (was the engine restarted?)")
-        if fut.done.wait(LONG_POLL_S):
+        if fut.done.wait(self.long_poll_s):
             return fut
+        self.try_agains += 1
         return None
 
     def stop(self) -> None:
