@@ -1,8 +1,9 @@
-"""`rft quickstart`: a tiny model learns single-digit addition on this machine, no account, no download.
+"""`rft quickstart`: a tiny model learns a small task on this machine, no account, no download.
 
 Makes a random tiny model, starts the local engine, and runs a two-stage job: a brief SFT warm-up that
-teaches the answer format, then GRPO on the task's checkable reward. Held-out accuracy (sums of operand
-pairs never trained on, greedy decoding) is printed before training, after the warm-up and at the end.
+teaches the answer format, then GRPO on the task's checkable reward (the larger of two digits, see
+quickstart_task). Held-out accuracy (pairs never trained on, greedy decoding) is printed before training,
+after the warm-up and at the end.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from rft_runtime.quickstart_task import SYSTEM_PROMPT, write_task_files
 
 # Sizes of the two stages. "full" is what `rft quickstart` runs; "smoke" only checks the wiring (tests).
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"sft_steps": 30, "sft_batch": 16, "sft_lr": 2e-3, "rl_steps": 40, "rl_batch": 8, "repeat": 8,
+    "full": {"sft_steps": 120, "sft_batch": 16, "sft_lr": 3e-3, "rl_steps": 120, "rl_batch": 8, "repeat": 8,
              "rl_lr": 5e-4},
-    "smoke": {"sft_steps": 2, "sft_batch": 8, "sft_lr": 2e-3, "rl_steps": 2, "rl_batch": 2, "repeat": 4,
-              "rl_lr": 5e-4},
+    "smoke": {"sft_steps": 2, "sft_batch": 8, "sft_lr": 3e-3, "rl_steps": 2, "rl_batch": 2, "repeat": 4,
+              "rl_lr": 1e-3},
 }
 
 
@@ -32,7 +33,7 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
         "mode": "both",
         "project": "quickstart",
         "group": "tiny",
-        "name": "addition",
+        "name": "larger-digit",
         "checkpoint_root_dir": str(workdir / "checkpoints"),
         # a demo starts over each time; `rft run` on this file resumes as usual if you set it true
         "continue_from_checkpoint": False,
@@ -41,7 +42,7 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
         "model": {
             "model_path": str(model_dir),
             "max_prompt_tokens": 128,
-            "max_response_tokens": 40,
+            "max_response_tokens": 24,
             "temperature": 1.0,
             "tinker": {"enable": True, "base_url": "local", "rank": 16, "seed": 0},
         },
@@ -50,8 +51,9 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
             "batch_size": preset["rl_batch"],
             "total_steps": preset["rl_steps"],
             "explorer_input": {
-                "taskset": {"name": "addition", "path": str(files["train"]), "format": fmt},
-                "default_workflow_type": "math_workflow",
+                "taskset": {"name": "larger-digit", "path": str(files["train"]), "format": fmt},
+                # reward = accuracy: 1 when the <answer> (else the whole reply) is the larger digit
+                "default_workflow_type": "simple_workflow",
             },
         },
         "explorer": {"runner_per_model": 32, "rollout_model": {"engine_num": 1, "seed": 0}},
@@ -63,7 +65,8 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
                 "stage_name": "sft_warmup",
                 "mode": "train",
                 "algorithm": {"algorithm_type": "sft", "repeat_times": 1,
-                              "optimizer": {"lr": preset["sft_lr"], "weight_decay": 0.0}},
+                              # warm-up keeps Adam's first, noisy steps small (no warm-up spikes the loss)
+                              "optimizer": {"lr": preset["sft_lr"], "weight_decay": 0.0, "lr_warmup_steps": 10}},
                 "buffer": {
                     "batch_size": preset["sft_batch"],
                     "total_steps": preset["sft_steps"],
@@ -115,7 +118,7 @@ def quickstart_main(args: Any) -> int:
         grpo_cfg = cfg.stage_configs()[-1]
         with Connection(grpo_cfg, api_key=LOCAL_API_KEY) as conn:
             before = evaluate(grpo_cfg, conn, test_rows, None)
-        print(f"held-out accuracy before training: {_pct(before.accuracy)} ({before.tasks} sums never trained on)")
+        print(f"held-out accuracy before training: {_pct(before.accuracy)} ({before.tasks} pairs never trained on)")
         print(f"training: {preset['sft_steps']} SFT warm-up steps, then {preset['rl_steps']} GRPO steps "
               f"({preset['rl_batch']} tasks x {preset['repeat']} samples each)")
         result = run_job(cfg, metrics_port=metrics_port_from_args(args), progress=True, api_key=LOCAL_API_KEY)

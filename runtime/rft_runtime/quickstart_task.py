@@ -1,7 +1,9 @@
-"""The quickstart's synthetic task: single-digit addition with the answer in <answer> tags.
+"""The quickstart's synthetic task: the larger of two digits, answered in <answer> tags.
 
-Small enough that a random tiny model learns it on two CPU cores in minutes, with an answer a program can
-check. Questions are split by operand pair, so the held-out set asks sums the model never trained on.
+Chosen by measurement on the tiny preset (two CPU cores, LoRA): single-digit addition did not generalise to
+held-out pairs within minutes (5% after 240 SFT steps), while picking the larger digit did (65% after 160),
+because it needs only an ordering of ten digit embeddings, not a table of sums. Questions are split by
+pair, so the held-out set asks pairs the model never trained on.
 """
 
 from __future__ import annotations
@@ -10,17 +12,22 @@ import json
 import random
 from pathlib import Path
 
-SYSTEM_PROMPT = "Add the numbers. Reply as <think>a+b</think> <answer>sum</answer>."
+SYSTEM_PROMPT = "Answer in <answer></answer>."
 
 
 def question(a: int, b: int) -> str:
     """The user's message for one pair."""
-    return f"{a}+{b}=?"
+    return f"max({a},{b})=?"
+
+
+def answer(a: int, b: int) -> int:
+    """The checkable answer."""
+    return max(a, b)
 
 
 def response(a: int, b: int) -> str:
     """The well-formed target response (what the SFT warm-up shows)."""
-    return f"<think>{a}+{b}</think> <answer>{a + b}</answer>"
+    return f"<answer>{answer(a, b)}</answer>"
 
 
 def split_pairs(seed: int = 0, held_out: int = 20, max_digit: int = 9) -> tuple[list[tuple[int, int]], ...]:
@@ -38,15 +45,15 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def write_task_files(data_dir: Path, seed: int = 0, repeats: int = 4) -> dict[str, Path]:
-    """train.jsonl (RL tasks), sft.jsonl (demonstrations), test.jsonl (held-out pairs); GSM8K-style keys."""
+    """train.jsonl (RL tasks), sft.jsonl (demonstrations), test.jsonl (held-out pairs)."""
     train, test = split_pairs(seed)
     rng = random.Random(seed + 1)
-    rl_rows = [{"question": question(a, b), "answer": f"#### {a + b}"} for a, b in train]
+    rl_rows = [{"question": question(a, b), "answer": str(answer(a, b))} for a, b in train]
     sft_rows = []
     for _ in range(repeats):
         for a, b in rng.sample(train, len(train)):
             sft_rows.append({"question": question(a, b), "answer": response(a, b)})
-    test_rows = [{"question": question(a, b), "answer": f"#### {a + b}"} for a, b in test]
+    test_rows = [{"question": question(a, b), "answer": str(answer(a, b))} for a, b in test]
     return {
         "train": write_jsonl(data_dir / "train.jsonl", rl_rows),
         "sft": write_jsonl(data_dir / "sft.jsonl", sft_rows),

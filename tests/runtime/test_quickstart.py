@@ -1,6 +1,6 @@
 """`rft quickstart`: the wiring end to end at a small size (the full run is measured, not tested: minutes).
 
-The task's data is checked too: the held-out sums really are pairs the model never trains on.
+The task's data is checked too: the held-out pairs really are pairs the model never trains on.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, caps
     line = next(x for x in out.splitlines() if x.startswith("held-out accuracy   before"))
     values = [float(v) for v in re.findall(r"(\d+\.\d)%", line)]
     assert len(values) == 3 and all(0 <= v <= 100 for v in values)
-    metrics_file = tmp_path / "qs" / "checkpoints" / "quickstart" / "tiny" / "addition" / "metrics.jsonl"
+    metrics_file = tmp_path / "qs" / "checkpoints" / "quickstart" / "tiny" / "larger-digit" / "metrics.jsonl"
     assert f"metrics: {metrics_file}" in out
     steps = [json.loads(x)["step"] for x in metrics_file.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # two SFT warm-up steps, then two GRPO steps, numbered across stages

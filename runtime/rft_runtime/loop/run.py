@@ -24,8 +24,10 @@ def setup_logging(level: str | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "tinker", "urllib3", "datasets", "filelock"):
+    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the SDK warns on every routine "try again" poll of a busy server; real failures reach us as errors
+    logging.getLogger("tinker").setLevel(logging.ERROR)
 
 
 def run_main(args: Any) -> int:
