@@ -111,3 +111,16 @@ def test_a_padded_batch_gives_each_datum_the_logprobs_it_gets_alone(engine, tiny
         alone = engine.forward_backward("pad", [d], "cross_entropy", {}, True)["logprobs"][0]
         assert got.shape == alone.shape
         assert torch.allclose(got, alone, atol=1e-5)
+
+
+def test_finishing_a_session_frees_its_adapters_but_keeps_its_checkpoints(engine, tiny_model_dir):
+    engine.create_run("sess-x:train:0", str(tiny_model_dir), LoraSpec(2, 0))
+    path = engine.save("sess-x:train:0", "kept", "weights")
+    engine.snapshot_sampler("sess-x:train:0", "sess-x:sample:0")
+    engine.create_run("sess-y:train:0", str(tiny_model_dir), LoraSpec(2, 0))
+    assert engine.drop_session("sess-x") == 2
+    assert "sess-x:train:0" not in engine.runs and "sess-x:sample:0" not in engine.samplers
+    assert "sess-y:train:0" in engine.runs
+    assert engine.checkpoint_dir(path)[1] == "weights"
+    engine.load(path, True, "sess-z:train:0")  # a later session can still resume from it
+    assert engine.run("sess-z:train:0").lora.rank == 2

@@ -27,6 +27,7 @@ log = logging.getLogger("rft.engine")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # loaded sampler adapters kept in memory; older ones are reloaded from disk when asked for again
 MAX_SAMPLER_ADAPTERS = 8
+ANCHOR = "anchor"
 
 
 class EngineError(Exception):
@@ -199,13 +200,18 @@ class Engine:
                          target_modules="^(" + "|".join(re.escape(t) for t in targets) + ")$")
         # peft draws the A matrices from torch's global generator: seed it so the same seed gives the
         # same adapter, without disturbing the generator for anything else
+        if self.peft is None:
+            # a rank-1 adapter on one layer that is never trained nor deleted: peft needs one adapter left
+            # to stay consistent when finished sessions' adapters are deleted
+            anchor_layer = next(names[0] for names in self.groups.values() if names)
+            anchor = LoraConfig(r=1, lora_alpha=1, lora_dropout=0.0, target_modules=[anchor_layer])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.peft = get_peft_model(self.model, anchor, adapter_name=ANCHOR)
+            self.peft.eval()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(lora.seed)
-            if self.peft is None:
-                self.peft = get_peft_model(self.model, cfg, adapter_name=name)
-                self.peft.eval()
-            else:
-                self.peft.add_adapter(name, cfg)
+            self.peft.add_adapter(name, cfg)
         self.peft.to(self.device)
         for pname, p in self.peft.named_parameters():
             if f".{name}." in pname:
@@ -236,9 +242,9 @@ class Engine:
                 params[pname].copy_(state[key].to(self.device))
 
     def _delete_adapter(self, adapter: str) -> None:
-        if self._active == adapter:
-            self._active = None
-        self.peft.base_model.delete_adapter(adapter)
+        self.peft.base_model.set_adapter(ANCHOR)
+        self._active = None
+        self.peft.delete_adapter(adapter)
 
     # ------------------------------------------------------------------ training runs
 
@@ -426,6 +432,18 @@ class Engine:
         run = self.runs.pop(model_id, None)
         if run is not None:
             self._delete_adapter(run.adapter)
+
+    def drop_session(self, session_id: str) -> int:
+        """Free the adapters of a finished session's training runs and samplers (checkpoints stay on disk)."""
+        prefix = f"{session_id}:"
+        runs = [m for m in self.runs if m.startswith(prefix)]
+        for model_id in runs:
+            self.drop_run(model_id)
+        samplers = [k for k in self.samplers if k.startswith(prefix)]
+        for sampler_id in samplers:
+            del self.samplers[sampler_id]
+            self._forget_sampler_adapter(f"snapshot:{sampler_id}")
+        return len(runs) + len(samplers)
 
     def list_checkpoints(self, model_id: str) -> list[dict[str, Any]]:
         """The checkpoints saved by training run model_id (from the state dir, so they survive restarts)."""

@@ -124,6 +124,13 @@ def heartbeat(svc: Service, body: bytes) -> Answer:
     return _ok({"type": "session_heartbeat"})
 
 
+def finish_session(svc: Service, session_id: str) -> Answer:
+    """ServiceClient.close(): free the session's adapters once the work queued before it is done."""
+    svc.sessions.pop(session_id, None)
+    svc.submit("finish_session", lambda: {"freed": svc.engine.drop_session(session_id)})
+    return _ok({})
+
+
 def capabilities(svc: Service) -> Answer:
     """The one model this engine serves, under each name it answers to."""
     e = svc.engine
@@ -471,7 +478,7 @@ def dispatch(svc: Service, method: str, path: str, body: bytes, headers: Any) ->
         if rest == "cancel_future":
             return _ok({})
         if rest.startswith("sessions/") and rest.endswith("/finish"):
-            return _ok({})
+            return finish_session(svc, rest[len("sessions/"):-len("/finish")])
     answer = checkpoints(svc, method, rest)
     if answer is not None:
         return answer
