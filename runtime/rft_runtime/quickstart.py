@@ -19,8 +19,8 @@ from rft_runtime.quickstart_task import SYSTEM_PROMPT, write_task_files
 
 # Sizes of the two stages. "full" is what `rft quickstart` runs; "smoke" only checks the wiring (tests).
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"sft_steps": 120, "sft_batch": 16, "sft_lr": 3e-3, "rl_steps": 120, "rl_batch": 8, "repeat": 8,
-             "rl_lr": 5e-4},
+    "full": {"sft_steps": 120, "sft_batch": 16, "sft_lr": 3e-3, "rl_steps": 200, "rl_batch": 8, "repeat": 8,
+             "rl_lr": 1e-3},
     "smoke": {"sft_steps": 2, "sft_batch": 8, "sft_lr": 3e-3, "rl_steps": 2, "rl_batch": 2, "repeat": 4,
               "rl_lr": 1e-3},
 }
