@@ -92,7 +92,7 @@ def server_stats(base_url: str) -> dict[str, list[float]]:
     """The engine's recent compute seconds per operation."""
     req = urllib.request.Request(f"{base_url}/api/v1/engine_stats", headers={"X-API-Key": "tml-local"})
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+        return {k: v for k, v in json.loads(resp.read()).items() if isinstance(v, list)}
 
 
 def bench_sdk(model_dir: Path, root: Path, seqs: list[list[int]], args: argparse.Namespace) -> dict:
