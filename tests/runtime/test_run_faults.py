@@ -31,7 +31,7 @@ def _wait(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
             pytest.fail(f"rft run ended (rc {proc.returncode}) before {what}:\n{err[-3000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def _popen(config, env=None) -> subprocess.Popen:
@@ -69,7 +69,7 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
                          log_file=tmp_path / "engine.log").start(timeout=120)
     proc = None
     try:
-        cfg = job_dict(tmp_path, tiny_model_dir, engine.base_url, name="restart", steps=8, save_interval=2)
+        cfg = job_dict(tmp_path, tiny_model_dir, engine.base_url, name="restart", steps=6, save_interval=2)
         proc = _popen(write_config(tmp_path / "job.yaml", cfg))
         _wait(lambda: len(metrics(cfg)) >= 3, proc, 120, "step 3")
         os.kill(engine.pid, signal.SIGKILL)
@@ -77,7 +77,7 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
         engine.restart()
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
-        assert [r["step"] for r in metrics(cfg)] == list(range(1, 9))
+        assert [r["step"] for r in metrics(cfg)] == list(range(1, 7))
         assert "rebuilding the training client" in err or "reconnecting" in err
     finally:
         if proc is not None and proc.poll() is None:

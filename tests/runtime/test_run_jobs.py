@@ -41,6 +41,19 @@ def test_grpo_job_completes_with_the_lag_sync_offset_promises(tmp_path, tiny_mod
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["opmd", "rloo", "reinforceplusplus"])
+def test_other_group_algorithms_train_on_tinker(tmp_path, tiny_model_dir, local_engine, algorithm):
+    # a KL term too: reference logprobs from the base model's sampler and a client-side loss
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name=algorithm, steps=2,
+                   algorithm__algorithm_type=algorithm, algorithm__kl_loss_fn_args={"kl_coef": 0.05})
+    _run(cfg)
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["kl"] >= 0 for r in records)
+    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 trains from the reference weights
+
+
+@pytest.mark.slow
 def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
     data = write_sft(tmp_path / "sft.jsonl")
     cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="sft", mode="train", steps=10,

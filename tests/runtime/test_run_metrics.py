@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_scraped_reward_and_loss_equal_the_json_lines_of_the_same_step(tmp_path, tiny_model_dir, local_engine):
-    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="scrape", steps=12, offset=0)
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="scrape", steps=8, offset=0)
     port = _free_port()
     proc = subprocess.Popen(
         rft("run", "--config", str(write_config(tmp_path / "job.yaml", cfg)), "--no-progress",
@@ -36,7 +36,7 @@ def test_scraped_reward_and_loss_equal_the_json_lines_of_the_same_step(tmp_path,
                 time.sleep(0.1)
                 continue
             step = int(sample.get("rft_train_step", 0))
-            if step and step < 12:  # mid-run: later steps are still to come
+            if step and step < 8:  # mid-run: later steps are still to come
                 seen.setdefault(step, sample)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=120)
@@ -51,4 +51,4 @@ def test_scraped_reward_and_loss_equal_the_json_lines_of_the_same_step(tmp_path,
         line = by_step[step]
         assert sample["rft_reward_mean"] == pytest.approx(line["reward_mean"], rel=1e-6, abs=1e-9)
         assert sample["rft_policy_loss"] == pytest.approx(line["policy_loss"], rel=1e-6, abs=1e-9)
-        assert sample["rft_total_steps"] == 12
+        assert sample["rft_total_steps"] == 8
