@@ -30,7 +30,7 @@ def job(root: Path, model_dir: Path, base_url: str, offset: int, args: argparse.
         "mode": "both", "project": "bench", "group": "runtime", "name": f"offset{offset}",
         "checkpoint_root_dir": str(root / "ckpt"), "continue_from_checkpoint": False,
         "algorithm": {"algorithm_type": "grpo", "repeat_times": args.repeat, "optimizer": {"lr": 1e-4}},
-        "model": {"model_path": str(model_dir), "max_prompt_tokens": 256, "max_response_tokens": args.max_tokens,
+        "model": {"model_path": str(model_dir), "max_prompt_tokens": 1024, "max_response_tokens": args.max_tokens,
                   "tinker": {"enable": True, "base_url": base_url, "rank": 8, "seed": 0}},
         "cluster": {"gpu_per_node": 0},
         "buffer": {"batch_size": args.batch, "total_steps": args.steps, "explorer_input": {
