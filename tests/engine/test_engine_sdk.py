@@ -271,3 +271,14 @@ def test_checkpoints_are_listed_and_deleted_through_the_rest_client(sc, local_en
     with pytest.raises(tinker.NotFoundError):
         sc.create_sampling_client(model_path=sampler).result()
     assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [state]
+
+
+def test_save_weights_and_get_sampling_client_samples_the_current_weights(sc, tiny_model_dir, tokenizer):
+    tc = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=13).result()
+    train(tc, sft_batch(tokenizer), 2)
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    ids = encode(tokenizer, "4+4=?<answer>8</answer>")
+    scored = sampler.compute_logprobs(types.ModelInput.from_ints(ids)).result()
+    assert scored[1:] == pytest.approx(logprobs(tc, [sft_datum(ids)])[0], abs=1e-4)
+    train(tc, sft_batch(tokenizer), 1)  # a snapshot: later training does not change what it samples
+    assert sampler.compute_logprobs(types.ModelInput.from_ints(ids)).result() == pytest.approx(scored, abs=1e-6)

@@ -388,6 +388,9 @@ def asample(svc: Service, body: bytes) -> Answer:
         spec = parse_spec(req.get("sampling_params") or {}, e.eos_ids, e.max_context)
     except SamplingParamsError as exc:
         raise HTTPError(400, str(exc)) from exc
+    if (req.get("sampling_params") or {}).get("max_tokens") is None:
+        # no limit given: generate up to the end of the context rather than refuse
+        spec.max_tokens = max(1, min(spec.max_tokens, e.max_context - len(tokens)))
     if len(tokens) + spec.max_tokens > e.max_context:
         raise HTTPError(400, f"prompt ({len(tokens)} tokens) + max_tokens ({spec.max_tokens}) exceeds the "
                              f"model's context of {e.max_context}")
