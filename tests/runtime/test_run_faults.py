@@ -12,6 +12,7 @@ import pytest
 from test_run_support import clean_env, job_dict, job_dir, metrics, rft, run_cli, write_config
 
 from rft_runtime.engine.launcher import LocalEngine
+from rft_runtime.engine.model_factory import make_model
 
 
 def _latest_step(cfg) -> int:
@@ -84,3 +85,34 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
             proc.kill()
             proc.wait()
         engine.stop()
+
+
+def _engine_pids(model_dir) -> list[int]:
+    pids = []
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{proc}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "engine" in cmdline and "serve" in cmdline and str(model_dir) in cmdline:
+            pids.append(int(proc))
+    return pids
+
+
+@pytest.mark.slow
+def test_stalled_explorer_ends_the_job_and_the_local_engine_is_stopped(tmp_path, tiny_model_dir):
+    # a model directory of this test's own, so the engine `rft run` starts can be found by its command line
+    model_dir = make_model(tmp_path / "model", preset=str(tiny_model_dir))
+    (tmp_path / "slow_rewards.py").write_text(
+        "import time\n\ndef slow(response, truth):\n    time.sleep(4)\n    return 0.0\n")
+    cfg = job_dict(tmp_path, model_dir, "local", name="stall", steps=3, synchronizer__sync_timeout=2)
+    cfg["buffer"]["explorer_input"]["default_reward_fn_type"] = "slow_rewards:slow"
+    started = time.monotonic()
+    done = run_cli(write_config(tmp_path / "job.yaml", cfg), env=clean_env(PYTHONPATH=str(tmp_path)))
+    assert done.returncode == 1
+    assert "the explorer stalled" in done.stderr and "sync_timeout" in done.stderr
+    assert time.monotonic() - started < 60
+    assert _engine_pids(model_dir) == [], "the engine rft run started must be stopped after the error"
+    assert not (job_dir(cfg) / "engine.pid").exists()

@@ -41,6 +41,26 @@ def test_grpo_job_completes_with_the_lag_sync_offset_promises(tmp_path, tiny_mod
 
 
 @pytest.mark.slow
+def test_sync_interval_two_samples_with_weights_at_most_one_interval_old(tmp_path, tiny_model_dir, local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=4, offset=0, name="interval2",
+                   synchronizer__sync_interval=2)
+    _run(cfg)
+    # weights reach the sampler only after steps 2 and 4, so steps 2 and 4 sample one step behind
+    assert [r["weight_version_lag"] for r in metrics(cfg)] == [0, 1, 0, 1]
+
+
+@pytest.mark.slow
+def test_over_long_prompts_are_skipped_and_counted(tmp_path, tiny_model_dir, local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="long", steps=1, batch=8, repeat=2)
+    cfg["buffer"]["explorer_input"]["taskset"]["format"]["system_prompt"] = "Solve."
+    cfg["model"]["max_prompt_tokens"] = 60  # the short questions fit, the word problems do not
+    _run(cfg)
+    (record,) = metrics(cfg)
+    assert 0 < record["truncated_prompts"] < 8
+    assert record["rollouts"] == 2 * (8 - record["truncated_prompts"])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["opmd", "rloo", "reinforceplusplus"])
 def test_other_group_algorithms_train_on_tinker(tmp_path, tiny_model_dir, local_engine, algorithm):
     # a KL term too: reference logprobs from the base model's sampler and a client-side loss

@@ -61,5 +61,5 @@ def run_main(args: Any) -> int:
         print(f"rft run: {exc}", file=sys.stderr)
         return 1
     print(f"done: {result.steps} steps; metrics in {result.job_dir / 'metrics.jsonl'}, "
-          f"plot in {result.job_dir}, checkpoint bookkeeping in {result.job_dir / 'checkpoint.json'}")
+          f"plot in {result.job_dir / 'curves.png'}, checkpoints listed in {result.job_dir / 'checkpoint.json'}")
     return 0
