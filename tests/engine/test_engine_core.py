@@ -11,6 +11,9 @@ import torch
 
 from rft_runtime.engine.core import Engine, EngineError, LoraSpec, tokenizer_safe_name
 
+# peft still calls a transformers method that transformers 5 deprecates; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
