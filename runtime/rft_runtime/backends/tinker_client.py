@@ -57,7 +57,8 @@ def local_model_dir(cfg: JobConfig) -> Path:
     return path.resolve()
 
 
-def _healthy(base_url: str, timeout: float = 2.0) -> bool:
+def healthy(base_url: str, timeout: float = 2.0) -> bool:
+    """True when the server answers GET /api/v1/healthz with a 2xx."""
     try:
         with urllib.request.urlopen(f"{base_url.rstrip('/')}/api/v1/healthz", timeout=timeout) as resp:
             return 200 <= resp.status < 300
@@ -181,7 +182,7 @@ class Connection:
             if self.generation != seen_generation:
                 return self.generation
             if self.base_url:
-                while not _healthy(self.base_url):
+                while not healthy(self.base_url):
                     if time.monotonic() > deadline:
                         raise BackendError(f"the server at {self.base_url} did not answer /api/v1/healthz")
                     time.sleep(0.5)

@@ -34,6 +34,8 @@ class ExplorerThread(threading.Thread):
         self._stop_event = threading.Event()
         self._sampler: Any = None
         self._sampler_key: tuple[int, str | None] | None = None
+        # what the explorer is doing now, for the message of a stall the trainer detects
+        self.activity = "starting"
 
     def stop(self) -> None:
         """Ask the thread to end after its current batch, and wait briefly for it."""
@@ -49,7 +51,9 @@ class ExplorerThread(threading.Thread):
             it = iter(self.runner.stream)
             for step in range(self.start_step + 1, self.runner.total + 1):
                 need = required_version(step, sync.sync_offset, sync.sync_interval, self.start_step)
-                version, path = self.board.wait_for(need, float(sync.sync_timeout), step)
+                self.activity = f"waiting for the weights of train step {need} to sample step {step}"
+                version, path = self.board.wait_for(need, float(sync.sync_timeout), step,
+                                                    lambda: self.runner.trainer.activity)
                 if self._stop_event.is_set():
                     return
                 try:
@@ -72,6 +76,7 @@ class ExplorerThread(threading.Thread):
         t_sync = 0.0
         while True:
             generation = conn.generation
+            self.activity = f"sampling step {step}"
             try:
                 key = (generation, path)
                 if self._sampler is None or self._sampler_key != key:
@@ -98,6 +103,8 @@ class ExplorerThread(threading.Thread):
                     ) from exc
                 log.warning("sampling step %d failed (%s: %s); reconnecting (attempt %d)", step,
                             type(exc).__name__, exc, attempts)
+                self.activity = (f"reconnecting to {conn.base_url or 'the Tinker service'} after sampling step "
+                                 f"{step} failed ({type(exc).__name__}: {exc}; attempt {attempts})")
                 self._sampler = None
                 conn.reconnect(generation, deadline)
                 # the trainer may have published newer weights while the server was away

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rft_runtime.backends.tinker_client import Connection
+from rft_runtime.backends.tinker_client import Connection, healthy
 from rft_runtime.config import JobConfig
 from rft_runtime.config.models import StorageConfig
 from rft_runtime.loop import datums as D
@@ -326,9 +326,13 @@ class StageRunner:
                 try:
                     batch = batches.get(timeout=timeout)
                 except queue.Empty:
+                    down = ""
+                    if self.conn.base_url and not healthy(self.conn.base_url):
+                        down = f"; the server at {self.conn.base_url} does not answer /api/v1/healthz"
                     raise RunError(
                         f"the explorer stalled: the trainer waited more than synchronizer.sync_timeout "
-                        f"({timeout:.0f}s) for the rollouts of step {step}"
+                        f"({timeout:.0f}s) for the rollouts of step {step}; the explorer was {explorer.activity}"
+                        f"{down}"
                     ) from None
                 if isinstance(batch, BaseException):
                     raise batch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from rft_runtime.loop.errors import RunError
 
@@ -43,17 +44,19 @@ class WeightBoard:
             self.closed = True
             self._cond.notify_all()
 
-    def wait_for(self, version: int, timeout: float, step: int) -> tuple[int, str | None]:
+    def wait_for(self, version: int, timeout: float, step: int,
+                 trainer_activity: Callable[[], str] | None = None) -> tuple[int, str | None]:
         """Block until weights of at least `version` exist; a wait past `timeout` means the trainer stalled."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self.version < version and not self.closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    doing = f"; the trainer was {trainer_activity()}" if trainer_activity else ""
                     raise RunError(
                         f"the trainer stalled: the explorer waited more than synchronizer.sync_timeout "
                         f"({timeout:.0f}s) for the weights of train step {version} to sample step {step} "
-                        f"(latest weights: step {self.version})"
+                        f"(latest weights: step {self.version}){doing}"
                     )
                 self._cond.wait(min(left, 1.0))
             return self.version, self.path

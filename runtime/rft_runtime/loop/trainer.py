@@ -57,6 +57,8 @@ class Trainer:
         self.redo: list[StepWork] = []
         self.run_tag = uuid.uuid4().hex[:8]
         self._recovery_override = recovery_window_s
+        # what the trainer is doing now, for the message of a stall the explorer detects
+        self.activity = "starting"
         self.configure(cfg)
 
     def configure(self, cfg: JobConfig) -> None:
@@ -93,9 +95,12 @@ class Trainer:
         attempts = 0
         while True:
             try:
+                self.activity = what if not attempts else f"recovering from a failure of {what} (attempt {attempts})"
                 if self.client is None or self.generation != self.conn.generation:
                     self._make_client()
-                return action()
+                result = action()
+                self.activity = f"done {what}"
+                return result
             except BackendError:
                 raise
             except Exception as exc:
