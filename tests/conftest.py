@@ -34,6 +34,19 @@ def local_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
                          log_file=root / "engine.log")
     try:
         engine.start(timeout=120)
+        _SHARED.append(engine)
         yield engine
     finally:
+        _SHARED.clear()
         engine.stop()
+
+
+_SHARED: list = []
+
+
+@pytest.fixture(autouse=True)
+def _revive_shared_engine() -> None:
+    """Restart the shared engine (same port and state) if an earlier test killed it, so one test's crash
+    does not fail every later one."""
+    for engine in _SHARED:
+        engine.ensure_running(timeout=120)

@@ -115,3 +115,16 @@ def test_an_engine_whose_launcher_is_killed_stops_by_itself(tmp_path, tiny_model
                 os.kill(engine_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_killed_engine_is_brought_back_on_the_same_port(local_engine):
+    import os
+    import signal
+
+    killed, url = local_engine.pid, local_engine.base_url
+    os.kill(killed, signal.SIGKILL)
+    local_engine.proc.wait(timeout=10)
+    assert not local_engine.healthy()
+    local_engine.ensure_running(timeout=120)  # what the shared fixture does before every test
+    assert local_engine.pid != killed and local_engine.base_url == url and local_engine.healthy()
+    assert local_engine.ensure_running().pid == local_engine.pid  # a running engine is left alone

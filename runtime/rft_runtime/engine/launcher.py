@@ -137,6 +137,12 @@ class LocalEngine:
         self.stop()
         return self.start(timeout=timeout)
 
+    def ensure_running(self, timeout: float = 60) -> LocalEngine:
+        """Restart (same port and state dir) if the process has died; a no-op while it runs."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.restart(timeout=timeout)
+        return self
+
     def __enter__(self) -> LocalEngine:
         return self.start() if self.proc is None else self
 
