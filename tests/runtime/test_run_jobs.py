@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from test_run_support import clean_env, job_dict, job_dir, metrics, run_cli, write_config, write_sft
 
-from rft_runtime.config import load_config_dict
+from rft_runtime.config import load_config, load_config_dict
 from rft_runtime.loop.job import run_job
+from rft_runtime.monitor import read_metrics
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "tinker.yaml"
 
 
 def _run(cfg_dict):
@@ -43,10 +47,37 @@ def test_grpo_job_completes_with_the_lag_sync_offset_promises(tmp_path, tiny_mod
 @pytest.mark.slow
 def test_sync_interval_two_samples_with_weights_at_most_one_interval_old(tmp_path, tiny_model_dir, local_engine):
     cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=4, offset=0, name="interval2",
-                   synchronizer__sync_interval=2)
+                   synchronizer__sync_interval=2, save_interval=1, trainer__max_checkpoints_to_keep=2)
     _run(cfg)
     # weights reach the sampler only after steps 2 and 4, so steps 2 and 4 sample one step behind
     assert [r["weight_version_lag"] for r in metrics(cfg)] == [0, 1, 0, 1]
+    # a checkpoint every step, the two newest kept
+    book = json.loads((job_dir(cfg) / "checkpoint.json").read_text())
+    assert [e["stage_step"] for e in book["history"]] == [3, 4]
+    assert len({e["state_path"] for e in book["history"]}) == 2
+
+
+@pytest.mark.slow
+def test_seed_config_pointed_at_a_local_model_and_gsm8k_file_trains(tmp_path, tiny_model_dir, local_engine):
+    # the seed's tinker.yaml unchanged (Llama-3 chat template, wandb, offset 1), plus an overlay that points
+    # it at local files and shrinks it to two small steps
+    overlay = job_dict(tmp_path, tiny_model_dir, local_engine.base_url)
+    small = {
+        "checkpoint_root_dir": overlay["checkpoint_root_dir"],
+        "model": {"model_path": str(tiny_model_dir), "max_response_tokens": 16,
+                  "tinker": {"base_model": str(tiny_model_dir), "base_url": local_engine.base_url, "rank": 4}},
+        "buffer": {"batch_size": 2, "total_steps": 2, "explorer_input": {"taskset": {
+            "path": overlay["buffer"]["explorer_input"]["taskset"]["path"], "split": "train",
+            "subset_name": None}}},
+        "algorithm": {"repeat_times": 2},
+    }
+    cfg = load_config([SEED, write_config(tmp_path / "local.yaml", small)])
+    result = run_job(cfg, metrics_port=None, progress=False)
+    records = read_metrics(result.job_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["weight_version_lag"] for r in records] == [0, 1]
+    assert all(r["rollouts"] == 4 for r in records)
+    assert records[0]["prompt_tokens"] > 4 * len("<|start_header_id|>system<|end_header_id|>")
 
 
 @pytest.mark.slow

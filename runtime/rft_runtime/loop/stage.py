@@ -168,6 +168,7 @@ class StageRunner:
         self._ref_sampler: Any = None
         self._ref_generation = -1
         self._last_sampler = sampler_path
+        self._rest: Any = None
 
     # ------------------------------------------------------------ trainer side
 
@@ -253,8 +254,12 @@ class StageRunner:
             self._delete_checkpoint(old.state_path)
 
     def _delete_checkpoint(self, path: str) -> None:
+        import tinker
+
         try:
-            self.conn.service.create_rest_client().delete_checkpoint_from_tinker_path(path).result(timeout=30)
+            if self._rest is None:
+                self._rest = tinker.RestClient(base_url=self.conn.base_url, api_key=self.conn.api_key)
+            self._rest.delete_checkpoint_from_tinker_path(path).result(timeout=30)
         except Exception as exc:  # the bookkeeping no longer points at it; leaving the files is harmless
             log.info("could not delete old checkpoint %s: %s", path, exc)
 
