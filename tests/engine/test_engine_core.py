@@ -127,3 +127,19 @@ def test_finishing_a_session_frees_its_adapters_but_keeps_its_checkpoints(engine
     assert engine.checkpoint_dir(path)[1] == "weights"
     engine.load(path, True, "sess-z:train:0")  # a later session can still resume from it
     assert engine.run("sess-z:train:0").lora.rank == 2
+
+
+def test_a_checkpoint_loads_when_the_model_directory_has_moved(engine, tiny_model_dir, tmp_path):
+    import shutil
+
+    engine.create_run("moved:train:0", str(tiny_model_dir), LoraSpec(3, 4))
+    path = engine.save("moved:train:0", "before-move", "weights")
+    moved = tmp_path / "elsewhere" / tiny_model_dir.name
+    shutil.copytree(tiny_model_dir, moved)
+    other = Engine(moved, engine.state_dir)
+    other.load(path, True, "moved:train:1")
+    assert other.run("moved:train:1").base_model == str(moved)
+    a, b = engine.run("moved:train:0"), other.run("moved:train:1")
+    before = dict(a.params)
+    for name, value in b.params:
+        assert torch.equal(value, before[name.replace(f".{b.adapter}.", f".{a.adapter}.")])

@@ -410,7 +410,12 @@ class Engine:
         if base_model is not None:
             self.resolve_base_model(base_model)
         if new:
-            run = self.create_run(model_id, meta["base_model"], LoraSpec(**meta["lora"]), user_metadata)
+            saved_base = meta["base_model"]
+            if Path(saved_base).name == self.model_dir.name:
+                # the same model served from another path (a moved directory, another pod's mount point):
+                # the adapter's shapes are checked when it is loaded
+                saved_base = self.model_name
+            run = self.create_run(model_id, saved_base, LoraSpec(**meta["lora"]), user_metadata)
         else:
             run = self.run(model_id)
         try:
