@@ -80,6 +80,10 @@ class Trainer:
         self._guarded("creating the training client", lambda: None)
 
     def _make_client(self) -> None:
+        if self.client is not None or self.generation >= 0:
+            log.warning("recreating the training client from %s and redoing %d step(s) trained since "
+                        "(the connection to the server was replaced)", self.base_state or "a fresh adapter",
+                        len(self.redo))
         self.generation = self.conn.generation
         if self.base_state and not self.base_with_optimizer:
             fut = self.conn.service.create_training_client_from_state(self.base_state)
