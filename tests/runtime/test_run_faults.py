@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from test_run_support import clean_env, job_dict, job_dir, metrics, rft, run_cli, write_config
+from test_run_support import clean_env, job_dict, job_dir, metrics, rft, run_cli, write_config, write_sft
 
 from rft_runtime.engine.launcher import LocalEngine
 from rft_runtime.engine.model_factory import make_model
@@ -65,12 +65,20 @@ def test_sigkill_after_first_checkpoint_then_rerun_does_every_step_once(tmp_path
 
 
 @pytest.mark.slow
-def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("mode", ["both", "train"])
+def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_model_dir, mode):
     engine = LocalEngine(tiny_model_dir, state_dir=tmp_path / "engine-state", port=0,
                          log_file=tmp_path / "engine.log").start(timeout=120)
     proc = None
     try:
         cfg = job_dict(tmp_path, tiny_model_dir, engine.base_url, name="restart", steps=6, save_interval=2)
+        if mode == "train":
+            # every SFT step changes the weights, so the steps after the last checkpoint must be redone
+            cfg.update(mode="train")
+            cfg["algorithm"].update(algorithm_type="sft", repeat_times=1)
+            cfg["buffer"]["batch_size"] = 8
+            cfg["buffer"]["trainer_input"] = {"experience_buffer": {
+                "name": "sft", "storage_type": "file", "path": str(write_sft(tmp_path / "sft.jsonl"))}}
         proc = _popen(write_config(tmp_path / "job.yaml", cfg))
         _wait(lambda: len(metrics(cfg)) >= 3, proc, 120, "step 3")
         os.kill(engine.pid, signal.SIGKILL)
