@@ -138,6 +138,8 @@ def quickstart_main(args: Any) -> int:
         print(f"  {prompt!r} -> {text!r}")
     print(f"metrics: {result.job_dir / 'metrics.jsonl'}")
     print(f"plot:    {result.job_dir / 'curves.png'}")
+    if result.metrics_port:
+        print(f"Prometheus metrics were served at http://127.0.0.1:{result.metrics_port}/metrics while training")
     print(f"config:  {config_path}  (run it again with `rft run --config {config_path}`)")
     sys.stdout.flush()
     return 0
