@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_run_support import clean_env, job_dict, job_dir, metrics, run_cli, write_config, write_sft
 
+from rft_runtime.backends.errors import BackendError
 from rft_runtime.config import load_config, load_config_dict
 from rft_runtime.loop.job import run_job
 from rft_runtime.monitor import read_metrics
@@ -143,6 +144,16 @@ def test_reward_errors_are_counted_not_fatal(tmp_path, tiny_model_dir, local_eng
     records = metrics(cfg)
     assert [r["failed_rollouts"] for r in records] == [4, 4]
     assert all(r["reward_mean"] == 0 for r in records)
+
+
+@pytest.mark.slow
+def test_a_request_the_server_refuses_ends_the_job_at_once_with_its_reason(tmp_path, tiny_model_dir, local_engine):
+    # the tiny model's context is 1024 tokens: no retry can make a 2048-token budget fit
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="too-long", max_tokens=2048)
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="refused by the server.*context.*max_response_tokens"):
+        _run(cfg)
+    assert time.monotonic() - started < 30
 
 
 def test_missing_api_key_fails_before_any_work(tmp_path):

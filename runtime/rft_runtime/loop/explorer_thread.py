@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from rft_runtime.backends.errors import BackendError
+from rft_runtime.backends.errors import BackendError, refusal_error, refused
 from rft_runtime.loop.explorer import ExploredBatch, Explorer
 from rft_runtime.loop.sync import WeightBoard, required_version
 from rft_runtime.loop.trainer import MAX_RECOVERY_ATTEMPTS
@@ -91,6 +91,8 @@ class ExplorerThread(threading.Thread):
             except BackendError:
                 raise
             except Exception as exc:
+                if refused(exc):
+                    raise refusal_error(f"sampling explore step {step}", exc) from exc
                 attempts += 1
                 now = time.monotonic()
                 deadline = deadline or now + self.runner.trainer.recovery_window

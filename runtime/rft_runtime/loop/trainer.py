@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from rft_runtime.backends.errors import BackendError
+from rft_runtime.backends.errors import BackendError, refusal_error, refused
 from rft_runtime.backends.tinker_client import Connection
 from rft_runtime.config import JobConfig
 
@@ -108,6 +108,8 @@ class Trainer:
             except BackendError:
                 raise
             except Exception as exc:
+                if refused(exc):
+                    raise refusal_error(what, exc) from exc
                 attempts += 1
                 now = time.monotonic()
                 deadline = deadline or now + self.recovery_window
