@@ -12,6 +12,7 @@ from test_run_support import clean_env, job_dict, job_dir, metrics, run_cli, wri
 
 from rft_runtime.backends.errors import BackendError
 from rft_runtime.config import load_config, load_config_dict
+from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.job import run_job
 from rft_runtime.monitor import read_metrics
 
@@ -154,6 +155,14 @@ def test_a_request_the_server_refuses_ends_the_job_at_once_with_its_reason(tmp_p
     with pytest.raises(BackendError, match="refused by the server.*context.*max_response_tokens"):
         _run(cfg)
     assert time.monotonic() - started < 30
+
+
+def test_a_broken_chat_template_fails_before_the_engine_starts(tmp_path, tiny_model_dir):
+    cfg = job_dict(tmp_path, tiny_model_dir, "local", name="template")
+    cfg["model"]["custom_chat_template"] = "{% for m in messages %}{{ m.content | no_such_filter }}{% endfor %}"
+    with pytest.raises(RunError, match="model.custom_chat_template could not render.*no_such_filter"):
+        _run(cfg)
+    assert not (job_dir(cfg) / "engine.log").exists()
 
 
 def test_missing_api_key_fails_before_any_work(tmp_path):

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rft_runtime.backends.errors import BackendError, refusal_error, refused
+from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.explorer import ExploredBatch, Explorer
 from rft_runtime.loop.sync import WeightBoard, required_version
 from rft_runtime.loop.trainer import MAX_RECOVERY_ATTEMPTS
@@ -88,7 +89,7 @@ class ExplorerThread(threading.Thread):
                 batch.weight_version = version
                 batch.time_sync_s = t_sync
                 return batch
-            except BackendError:
+            except (BackendError, RunError):
                 raise
             except Exception as exc:
                 if refused(exc):

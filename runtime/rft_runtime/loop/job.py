@@ -103,9 +103,14 @@ def run_job(
     conn = Connection(cfg, job_dir, api_key=api_key)
     result = JobResult(job_dir, 0, None, None, getattr(mon, "port", None))
     try:
+        tokenizer = None
+        if Path(cfg.model.tinker_base_model or "").expanduser().is_dir():
+            # local tokenizer: chat templates are checked before the engine starts or anything trains
+            tokenizer = conn.tokenizer()
+            for stage in stages:
+                PromptEncoder(tokenizer, stage.model)
         conn.open()
         trainer = Trainer(stages[0], conn)
-        tokenizer = None
         step_base = 0
         prev_state: str | None = None
         prev_sampler: str | None = None
