@@ -271,8 +271,9 @@ class StageRunner:
             return self._run_train(start_step)
         return self._run_both(start_step, board)
 
-    def _finish_step(self, step: int, work: StepWork, extra: dict[str, float], t_wait: float,
+    def _finish_step(self, step: int, work: StepWork, extra: dict[str, float],
                      stream_state: dict[str, Any] | None, board: WeightBoard | None) -> tuple[float, str | None]:
+        """Train the step, then save sampler weights (every sync_interval and at the end)."""
         result = self.trainer.train(work)
         t_sync = 0.0
         sampler_path = None
@@ -286,9 +287,6 @@ class StageRunner:
             sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
         if sampler_path:
             self._last_sampler = sampler_path
-        save_every = self.cfg.trainer.save_interval
-        if last or (save_every and step % save_every == 0):
-            self._checkpoint(step, stream_state, self._last_sampler)
         extra["policy_loss"] = result.loss
         if "kl" in result.metrics:
             extra["kl"] = result.metrics["kl"]
@@ -296,10 +294,16 @@ class StageRunner:
         extra["lr"] = work.lr
         return t_sync, sampler_path
 
-    def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float) -> None:
+    def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float,
+             stream_state: dict[str, Any] | None) -> None:
         record.update(step=self.step_base + step, total_steps=self.job_total,
                       explore_step=self.step_base + explore_step, time_step_s=t_step, timestamp=time.time())
         self.monitor.log_step(record)
+        # the checkpoint comes after the step's line: a kill in between makes the resumed run drop that
+        # line and redo the step, whereas the other order could lose the line for good
+        save_every = self.cfg.trainer.save_interval
+        if step == self.total or (save_every and step % save_every == 0):
+            self._checkpoint(step, stream_state, self._last_sampler)
 
     def _run_train(self, start_step: int) -> StageResult:
         it = iter(self.stream)
@@ -311,10 +315,10 @@ class StageRunner:
                 break
             stream_state = self.stream.state_dict()
             work, extra = self._sft_work(step, tasks)
-            t_sync, _ = self._finish_step(step, work, extra, 0.0, stream_state, None)
+            t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
             record = dict(extra, time_sampling_s=0.0, time_sync_s=t_sync, weight_version_lag=0)
             now = time.monotonic()
-            self._log(step, step, record, now - last_end)
+            self._log(step, step, record, now - last_end, stream_state)
             last_end = now
         return StageResult(self.total, self.trainer.base_state, self._last_sampler)
 
@@ -344,7 +348,7 @@ class StageRunner:
                 if batch is None:
                     break
                 work, extra = self._rl_work(step, batch)
-                t_sync, _ = self._finish_step(step, work, extra, 0.0, batch.stream_state, board)
+                t_sync, _ = self._finish_step(step, work, extra, batch.stream_state, board)
                 record = reward_stats(batch)
                 record.update(extra)
                 record.update(
@@ -357,7 +361,7 @@ class StageRunner:
                     weight_version_lag=int(step - 1 - batch.weight_version),
                 )
                 now = time.monotonic()
-                self._log(step, batch.explore_step, record, now - last_end)
+                self._log(step, batch.explore_step, record, now - last_end, batch.stream_state)
                 last_end = now
         finally:
             explorer.stop()
