@@ -110,7 +110,9 @@ def test_other_group_algorithms_train_on_tinker(tmp_path, tiny_model_dir, local_
 def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
     data = write_sft(tmp_path / "sft.jsonl")
     cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="sft", mode="train", steps=10,
-                   batch=8, repeat=1, algorithm__algorithm_type="sft", algorithm__optimizer={"lr": 2e-3})
+                   batch=8, repeat=1, algorithm__algorithm_type="sft",
+                   algorithm__optimizer={"lr": 3e-3, "lr_scheduler_type": "cosine", "lr_warmup_steps": 2,
+                                         "min_lr_ratio": 0.1})
     cfg["buffer"]["trainer_input"] = {"experience_buffer": {
         "name": "sft", "storage_type": "file", "path": str(data)}}
     _run(cfg)
@@ -118,6 +120,11 @@ def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
     assert [r["step"] for r in records] == list(range(1, 11))
     losses = [r["policy_loss"] for r in records]
     assert losses[-1] < losses[0] * 0.8, losses
+    # linear warm-up over two steps, then cosine down to min_lr_ratio x lr at the last step
+    lrs = [r["lr"] for r in records]
+    assert lrs[:2] == pytest.approx([1.5e-3, 3e-3])
+    assert lrs[-1] == pytest.approx(3e-4)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
     assert all(r["response_tokens"] > 0 for r in records)
 
 
