@@ -71,7 +71,8 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
                          log_file=tmp_path / "engine.log").start(timeout=120)
     proc = None
     try:
-        cfg = job_dict(tmp_path, tiny_model_dir, engine.base_url, name="restart", steps=6, save_interval=2)
+        steps = 8 if mode == "both" else 40  # SFT steps take tens of milliseconds: more of them to kill into
+        cfg = job_dict(tmp_path, tiny_model_dir, engine.base_url, name="restart", steps=steps, save_interval=2)
         if mode == "train":
             # every SFT step changes the weights, so the steps after the last checkpoint must be redone
             cfg.update(mode="train")
@@ -82,11 +83,13 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
         proc = _popen(write_config(tmp_path / "job.yaml", cfg))
         _wait(lambda: len(metrics(cfg)) >= 3, proc, 120, "step 3")
         os.kill(engine.pid, signal.SIGKILL)
+        killed_at = len(metrics(cfg))
         time.sleep(1.0)
         engine.restart()
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
-        assert [r["step"] for r in metrics(cfg)] == list(range(1, 7))
+        assert killed_at < steps, "the engine must die while the run still has steps to do"
+        assert [r["step"] for r in metrics(cfg)] == list(range(1, steps + 1))
         assert "recreating the training client" in err
     finally:
         if proc is not None and proc.poll() is None:
