@@ -83,6 +83,19 @@ def test_seed_config_pointed_at_a_local_model_and_gsm8k_file_trains(tmp_path, ti
 
 
 @pytest.mark.slow
+def test_eval_tasksets_are_scored_on_startup_every_eval_interval_and_at_the_end(tmp_path, tiny_model_dir,
+                                                                                local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="eval", steps=3, explorer__eval_interval=2)
+    taskset = cfg["buffer"]["explorer_input"]["taskset"]
+    cfg["buffer"]["explorer_input"]["eval_tasksets"] = [dict(taskset, name="held-out")]
+    _run(cfg)
+    lines = [json.loads(x) for x in (job_dir(cfg) / "eval.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["taskset"]) for x in lines] == [(0, "held-out"), (2, "held-out"), (3, "held-out")]
+    assert all(x["tasks"] == 32 and 0 <= x["accuracy"] <= 1 for x in lines)
+    assert [r["step"] for r in metrics(cfg)] == [1, 2, 3]  # eval results stay out of the train-step metrics
+
+
+@pytest.mark.slow
 def test_over_long_prompts_are_skipped_and_counted(tmp_path, tiny_model_dir, local_engine):
     cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="long", steps=1, batch=8, repeat=2)
     cfg["buffer"]["explorer_input"]["taskset"]["format"]["system_prompt"] = "Solve."

@@ -46,3 +46,48 @@ def evaluate(
     prompt_key = cfg.buffer.explorer_input.taskset.format.prompt_key
     examples = [(str(rows[r.task_index].get(prompt_key)), r.text) for r in rollouts[:3]]
     return EvalResult(accuracy, reward, len(rollouts), examples)
+
+
+def eval_config(cfg: JobConfig, taskset: Any) -> JobConfig:
+    """The job config with an eval taskset in the taskset's place (its format, workflow and rollout args)."""
+    out = cfg.model_copy(deep=True)
+    out.buffer.explorer_input.taskset = taskset
+    return out
+
+
+class EvalRunner:
+    """Evaluates buffer.explorer_input.eval_tasksets every explorer.eval_interval steps into eval.jsonl.
+
+    Eval results are not train steps, so they go to their own file and log line rather than metrics.jsonl.
+    """
+
+    def __init__(self, cfg: JobConfig, conn: Connection, encoder: PromptEncoder, job_dir: Any):
+        from rft_runtime.data.tasksets import load_rows
+
+        self.cfg = cfg
+        self.conn = conn
+        self.encoder = encoder
+        self.path = job_dir / "eval.jsonl"
+        self.sets = [(ts, load_rows(ts)) for ts in cfg.buffer.explorer_input.eval_tasksets]
+
+    def due(self, step: int, last: bool) -> bool:
+        """True at every eval_interval-th step and at the last one (when there is anything to evaluate)."""
+        return bool(self.sets) and (last or step % self.cfg.explorer.eval_interval == 0)
+
+    def run(self, global_step: int, sampler_path: str | None) -> list[dict[str, Any]]:
+        """Evaluate every eval taskset with the sampler weights at sampler_path; append and return the lines."""
+        import json
+        import logging
+        import time
+
+        lines = []
+        for ts, rows in self.sets:
+            res = evaluate(eval_config(self.cfg, ts), self.conn, rows, sampler_path, self.encoder)
+            line = {"step": global_step, "taskset": ts.name or str(ts.path), "accuracy": res.accuracy,
+                    "reward_mean": res.reward, "tasks": res.tasks, "timestamp": time.time()}
+            logging.getLogger(__name__).info("eval at step %d on %s: accuracy %.3f, reward %.3f (%d tasks)",
+                                             global_step, line["taskset"], res.accuracy, res.reward, res.tasks)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            lines.append(line)
+        return lines

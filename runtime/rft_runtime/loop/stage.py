@@ -20,6 +20,7 @@ from rft_runtime.config.models import StorageConfig
 from rft_runtime.loop import datums as D
 from rft_runtime.loop.checkpoints import Bookkeeping, CheckpointEntry
 from rft_runtime.loop.errors import RunError
+from rft_runtime.loop.evaluate import EvalRunner
 from rft_runtime.loop.explorer import ExploredBatch
 from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.loop.schedule import lr_at
@@ -325,6 +326,9 @@ class StageRunner:
     def _run_both(self, start_step: int, board: WeightBoard) -> StageResult:
         from rft_runtime.loop.explorer_thread import ExplorerThread
 
+        evals = EvalRunner(self.cfg, self.conn, self.encoder, self.cfg.job_dir)
+        if evals.sets and start_step == 0 and self.cfg.explorer.eval_on_startup:
+            evals.run(self.step_base, board.path)
         batches: queue.Queue[Any] = queue.Queue()
         explorer = ExplorerThread(self, board, batches, start_step)
         explorer.start()
@@ -362,6 +366,8 @@ class StageRunner:
                 )
                 now = time.monotonic()
                 self._log(step, batch.explore_step, record, now - last_end, batch.stream_state)
+                if evals.due(step, step == self.total):
+                    evals.run(self.step_base + step, self._last_sampler)
                 last_end = now
         finally:
             explorer.stop()
