@@ -94,6 +94,7 @@ def quickstart_main(args: Any) -> int:
     from rft_runtime.loop.evaluate import evaluate
     from rft_runtime.loop.job import run_job
     from rft_runtime.loop.run import metrics_port_from_args, setup_logging
+    from rft_runtime.monitor import Monitor
 
     setup_logging("WARNING")
     started = time.monotonic()
@@ -121,7 +122,13 @@ def quickstart_main(args: Any) -> int:
         print(f"held-out accuracy before training: {_pct(before.accuracy)} ({before.tasks} pairs never trained on)")
         print(f"training: {preset['sft_steps']} SFT warm-up steps, then {preset['rl_steps']} GRPO steps "
               f"({preset['rl_batch']} tasks x {preset['repeat']} samples each)")
-        result = run_job(cfg, metrics_port=metrics_port_from_args(args), progress=True, api_key=LOCAL_API_KEY)
+        monitor = Monitor(cfg, cfg.job_dir, metrics_port=metrics_port_from_args(args), progress=True)
+        if monitor.port:
+            print(f"Prometheus metrics while it trains: curl http://127.0.0.1:{monitor.port}/metrics")
+        try:
+            result = run_job(cfg, monitor=monitor, api_key=LOCAL_API_KEY)
+        finally:
+            monitor.close()  # writes the plot
         book = Bookkeeping.load(result.job_dir)
         warm_sampler = book.finished_stages.get("0", {}).get("sampler_path")
         with Connection(grpo_cfg, api_key=LOCAL_API_KEY) as conn:
@@ -138,8 +145,6 @@ def quickstart_main(args: Any) -> int:
         print(f"  {prompt!r} -> {text!r}")
     print(f"metrics: {result.job_dir / 'metrics.jsonl'}")
     print(f"plot:    {result.job_dir / 'curves.png'}")
-    if result.metrics_port:
-        print(f"Prometheus metrics were served at http://127.0.0.1:{result.metrics_port}/metrics while training")
     print(f"config:  {config_path}  (run it again with `rft run --config {config_path}`)")
     sys.stdout.flush()
     return 0

@@ -26,7 +26,7 @@ def test_held_out_pairs_never_appear_in_training_data(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, capsys):
-    args = argparse.Namespace(workdir=str(tmp_path / "qs"), metrics_port=None, no_metrics=True, preset="smoke")
+    args = argparse.Namespace(workdir=str(tmp_path / "qs"), metrics_port=0, no_metrics=False, preset="smoke")
     assert quickstart_main(args) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("held-out accuracy   before"))
@@ -37,3 +37,4 @@ def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, caps
     steps = [json.loads(x)["step"] for x in metrics_file.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # two SFT warm-up steps, then two GRPO steps, numbered across stages
     assert (metrics_file.parent / "curves.png").exists()
+    assert re.search(r"curl http://127\.0\.0\.1:\d+/metrics", out)
