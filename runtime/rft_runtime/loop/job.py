@@ -19,6 +19,7 @@ from rft_runtime.backends.tinker_client import Connection, check_api_key
 from rft_runtime.config import JobConfig
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
+from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.loop.stage import StageRunner, make_stream
 from rft_runtime.loop.sync import WeightBoard
@@ -73,6 +74,24 @@ def _make_monitor(cfg: JobConfig, metrics_port: int | None, progress: bool) -> A
     return mon
 
 
+def _check_client_side_needs(stages: list[JobConfig]) -> None:
+    """Fail before any work when a stage needs a library this machine lacks (torch for a KL term)."""
+    from rft_runtime.algorithms import needs_custom_kl_loss
+
+    kl_stages = [s.stage_name or "the job" for s in stages if needs_custom_kl_loss(s)]
+    if not kl_stages:
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise RunError(
+            f"algorithm.kl_loss_fn_args.kl_coef > 0 ({', '.join(kl_stages)}): the KL term is computed on this "
+            "machine through the tinker SDK's forward_backward_custom, which needs torch, and torch is not "
+            "installed. Install it (`pip install torch==2.13.0`; the CPU build is enough), use the image built "
+            "with WITH_ENGINE=true, or set kl_coef: 0"
+        ) from None
+
+
 def run_job(
     cfg: JobConfig, *, metrics_port: int | None = None, progress: bool = True, monitor: Any = None,
     api_key: str | None = None,
@@ -81,6 +100,7 @@ def run_job(
     if api_key is None:
         check_api_key(cfg)  # before any work: no dataset download, no engine start
     stages = cfg.stage_configs()
+    _check_client_side_needs(stages)
     job_dir = cfg.job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.continue_from_checkpoint:

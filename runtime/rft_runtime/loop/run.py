@@ -30,6 +30,30 @@ def setup_logging(level: str | None) -> None:
     logging.getLogger("tinker").setLevel(logging.ERROR)
 
 
+def _hand_to_trinity(config: Any) -> int:
+    """veRL jobs run Trinity-RFT itself (on the GPUs of the pod); this process becomes `trinity run`."""
+    import os
+    import shutil
+
+    paths = list(config) if isinstance(config, (list, tuple)) else [config]
+    trinity = shutil.which("trinity")
+    if trinity is None:
+        print(
+            "rft run: this config trains with veRL (model.tinker.enable is false), which runs Trinity-RFT on "
+            "GPUs, and `trinity` is not installed here: use an image with trinity-rft installed (spec.image of "
+            "the RFTJob), or set model.tinker.enable: true to train through Tinker without GPUs",
+            file=sys.stderr,
+        )
+        return 2
+    if len(paths) != 1:
+        print("rft run: trinity takes one config file; merge the overlays into one for a veRL job", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(trinity, [trinity, "run", "--config", str(paths[0])])
+    return 0  # not reached: execv replaces this process
+
+
 def run_main(args: Any) -> int:
     """Load the config, run every stage, and say where the results are; exit 1 on a job error."""
     from rft_runtime.algorithms import AlgorithmError
@@ -46,12 +70,7 @@ def run_main(args: Any) -> int:
         return 2
     setup_logging(cfg.log_level)
     if cfg.backend != "tinker":
-        print(
-            "rft run: this config trains with veRL (model.tinker.enable is false); run it on a GPU cluster "
-            "with `trinity run --config`, or set model.tinker.enable: true to train through Tinker",
-            file=sys.stderr,
-        )
-        return 2
+        return _hand_to_trinity(args.config)
     from rft_runtime.loop.job import run_job
 
     try:
