@@ -255,18 +255,24 @@ def save_weights(svc: Service, body: bytes) -> Answer:
     model_id = req.get("model_id")
     _need_model(svc, model_id)
     name = req.get("path") or f"state-{int(time.time() * 1000)}"
-    overwrite = bool(req.get("overwrite"))
-    key = _check_name(svc, model_id, "weights", name, overwrite)
+    return _submit_save(svc, req, model_id, name, "weights", bool(req.get("overwrite")),
+                        request_type="save_state", result_type="save_weights")
+
+
+def _submit_save(svc: Service, req: dict[str, Any], model_id: str, name: str, kind: str, overwrite: bool, *,
+                 request_type: str, result_type: str) -> Answer:
+    """Reserve the checkpoint name now (so a second save of it fails at once), write it on the compute thread."""
+    key = _check_name(svc, model_id, kind, name, overwrite)
     svc.pending_names.add(key)
 
     def work() -> dict[str, Any]:
         try:
-            path = svc.engine.save(model_id, name, "weights", overwrite, req.get("user_metadata"))
+            path = svc.engine.save(model_id, name, kind, overwrite, req.get("user_metadata"))
         finally:
             svc.pending_names.discard(key)
-        return {"type": "save_weights", "path": path}
+        return {"type": result_type, "path": path}
 
-    return _ok(svc.submit("save_state", work, model_id=model_id))
+    return _ok(svc.submit(request_type, work, model_id=model_id))
 
 
 def save_weights_for_sampler(svc: Service, body: bytes) -> Answer:
@@ -286,17 +292,8 @@ def save_weights_for_sampler(svc: Service, body: bytes) -> Answer:
             return {"type": "save_weights_for_sampler", "sampling_session_id": sampler_id}
 
         return _ok(svc.submit("save_weights_for_sampler", snap, model_id=model_id))
-    key = _check_name(svc, model_id, "sampler_weights", name, False)
-    svc.pending_names.add(key)
-
-    def work() -> dict[str, Any]:
-        try:
-            path = svc.engine.save(model_id, name, "sampler_weights", False, req.get("user_metadata"))
-        finally:
-            svc.pending_names.discard(key)
-        return {"type": "save_weights_for_sampler", "path": path}
-
-    return _ok(svc.submit("save_weights_for_sampler", work, model_id=model_id))
+    return _submit_save(svc, req, model_id, name, "sampler_weights", False,
+                        request_type="save_weights_for_sampler", result_type="save_weights_for_sampler")
 
 
 def load_weights(svc: Service, body: bytes) -> Answer:
