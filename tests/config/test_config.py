@@ -216,6 +216,17 @@ def test_stages_expand_to_complete_configs():
     assert all(s.job_dir == cfg.job_dir for s in stages)
 
 
+def test_a_stage_that_moves_the_model_moves_what_derives_from_it():
+    data = seed("tinker.yaml")
+    del data["model"]["tinker"]["base_model"]
+    data["stages"] = [{"stage_name": "a"},
+                      {"stage_name": "b", "model": {"model_path": "/models/other", "max_response_tokens": 10}}]
+    a, b = load_config_dict(data).stage_configs()
+    assert (a.model.tinker_base_model, a.model.max_model_len) == ("meta-llama/Llama-3.2-3B", 3072)
+    assert (b.model.tinker_base_model, b.model.max_model_len) == ("/models/other", 1034)
+    assert b.trainer.trainer_type == "tinker" and b.synchronizer.sync_method == "checkpoint"
+
+
 @pytest.mark.parametrize("var", ["TRINITY_API_KEY", "TINKER_API_KEY"])
 def test_api_key_from_either_variable_never_shown(var, monkeypatch, tmp_path):
     from rft_runtime.config import tinker_api_key

@@ -274,14 +274,19 @@ def _finish(cfg: JobConfig, base_dir: Path | None) -> JobConfig:
         root = (base_dir or Path.cwd()) / root
     cfg.checkpoint_root_dir = str(root.resolve())
     m = cfg.model
+    derived = cfg._derived
     if m.tinker.enable and m.tinker.base_model is None and m.model_path:
         m.tinker.base_model = m.model_path
+        derived.add("model.tinker.base_model")
     if m.max_model_len is None and m.max_prompt_tokens and m.max_response_tokens:
         m.max_model_len = m.max_prompt_tokens + m.max_response_tokens
+        derived.add("model.max_model_len")
     if m.tinker.enable and "sync_method" not in cfg.synchronizer.model_fields_set:
         cfg.synchronizer.sync_method = "checkpoint"
+        derived.add("synchronizer.sync_method")
     if cfg.trainer.trainer_type is None or m.tinker.enable:
         cfg.trainer.trainer_type = cfg.backend
+        derived.add("trainer.trainer_type")
     return cfg
 
 
@@ -346,22 +351,16 @@ def expand_stages(cfg: JobConfig) -> list[JobConfig]:
     """The stages of a loaded config as complete configs, in order (the config itself without stages)."""
     if not cfg.stages:
         return [cfg]
-    base = cfg.model_dump(mode="json")
+    # values the loader derived are dropped before merging, so that e.g. a stage's model_path also moves
+    # tinker.base_model and max_model_len the way it would in a config of its own
+    base = cfg.model_dump(mode="json", exclude_unset=False)
+    for dotted in cfg._derived:
+        _delete(base, dotted.split("."))
     out = []
     for index, stage in enumerate(cfg.stages):
         merged = _stage_data(base, stage)
         merged["stages"] = []
-        stage_cfg = JobConfig.model_validate(merged)
-        # the base dump already carries derived values (e.g. max_model_len); re-derive for what the stage set
-        if "model" in stage and "max_model_len" not in (stage.get("model") or {}):
-            m = stage_cfg.model
-            if m.max_prompt_tokens and m.max_response_tokens:
-                m.max_model_len = m.max_prompt_tokens + m.max_response_tokens
-        if "model" in stage and "tinker" in (stage.get("model") or {}):
-            if not (stage["model"]["tinker"] or {}).get("base_model"):
-                stage_cfg.model.tinker.base_model = stage_cfg.model.model_path if stage_cfg.backend == "tinker" else None
-        if stage_cfg.backend == "tinker" or not (stage.get("trainer") or {}).get("trainer_type"):
-            stage_cfg.trainer.trainer_type = stage_cfg.backend
+        stage_cfg = _finish(JobConfig.model_validate(merged), None)
         stage_cfg._stage_name = str(stage.get("stage_name") or f"stage{index}")
         stage_cfg._stage_index = index
         stage_cfg._warnings = cfg.warnings

@@ -340,6 +340,8 @@ class JobConfig(Section):
     _stage_name: str | None = PrivateAttr(None)
     _stage_index: int | None = PrivateAttr(None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
+    # dotted paths of the values the loader derived (not set by the user): stages derive their own
+    _derived: set[str] = PrivateAttr(default_factory=set)
 
     @property
     def stage_name(self) -> str | None:
