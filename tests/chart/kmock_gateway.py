@@ -10,59 +10,35 @@ The gateway only bridges what kmock 0.8 lacks and helm needs; it never answers f
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import http.server
 import json
 import socketserver
+import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+# one emulator setup for both suites: the operator tests' harness (its module name is unique, so the two
+# test folders on sys.path cannot shadow each other)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+from kmock_harness import ApiServer  # noqa: E402
 
 
 class EmulatedCluster:
-    """kmock's KubernetesEmulator on 127.0.0.1 in a background thread, reached through the gateway at `.url`."""
+    """The operator tests' kmock ApiServer, reached through the gateway at `.url` (kmock itself: `.kmock_url`)."""
 
     def __init__(self) -> None:
         self.kmock_url = ""
         self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+        self._api = ApiServer()
         self._gateway: socketserver.TCPServer | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # surfaced by start()
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        import kmock
-
-        self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-            emulator.resources.load_bundled()
-            # served as soon as the CRD would be: the operator can start before or without `helm install`
-            emulator.resources["rft.dev/v1alpha1/rftjobs"] = kmock.ResourceInfo(
-                kind="RFTJob", singular="rftjob", namespaced=True, shortnames={"rftj"},
-                subresources={"status"}, verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
-            )
-            self.kmock_url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
 
     def start(self) -> EmulatedCluster:
         """Start kmock and the gateway; returns once both listen."""
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error:
-            raise self._error
+        self.kmock_url = self._api.start().url
         self._gateway = _ThreadingServer(("127.0.0.1", 0), _gateway_handler(self.kmock_url))
         threading.Thread(target=self._gateway.serve_forever, name="kmock-gateway", daemon=True).start()
         self.url = f"http://127.0.0.1:{self._gateway.server_address[1]}"
@@ -73,9 +49,7 @@ class EmulatedCluster:
         if self._gateway is not None:
             self._gateway.shutdown()
             self._gateway.server_close()
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._api.stop()
 
     def get(self, path: str) -> dict[str, Any] | None:
         """GET an object straight from kmock (None when it does not exist)."""
