@@ -9,9 +9,10 @@ import hashlib
 import json
 from typing import Any
 
+from rft_operator import podtemplate
 from rft_operator.jobconfig import ConfigResult
 from rft_operator.kube import GROUP, KIND, VERSION
-from rft_operator.spec import API_KEY_ENV, CONFIG_DIR, CONFIG_FILE, MOUNT_ROOT, JobSpec
+from rft_operator.spec import API_KEY_ENV, CONFIG_DIR, CONFIG_FILE, DEFAULT_GPU_RESOURCE, MOUNT_ROOT, JobSpec
 
 JOB_LABEL = "rft.dev/job"
 ROLE_LABEL = "rft.dev/role"
@@ -23,6 +24,15 @@ RAY_DASHBOARD_PORT = 8265
 CONTAINER = "rft"
 # A fixed non-root identity: the runtime image runs as this user, and fsGroup lets it write the claim.
 RUN_AS = 1000
+# Kueue's plain-pod protocol (kueue.sigs.k8s.io/docs/tasks/run/plain_pods): the queue label on the RFTJob is
+# copied to its pods, which form one pod group that Kueue admits (ungates) all at once.
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
+KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
+KUEUE_TOTAL = "kueue.x-k8s.io/pod-group-total-count"
+KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
+# defaults of the runtime container's environment that a pod template may change (a model cache elsewhere)
+OVERRIDABLE_ENV = frozenset({"HOME", "HF_HOME"})
 
 
 def job_labels(name: str) -> dict[str, str]:
@@ -88,7 +98,11 @@ def pod_name(job_name: str, role: str, index: int = 0) -> str:
 
 
 def spec_hash(spec: JobSpec, config: ConfigResult) -> str:
-    """A digest of everything that shapes the pods; when it changes, the pods are recreated."""
+    """A digest of everything that shapes the pods; when it changes, the pods are recreated.
+
+    Fields added after v0.1 enter the digest only when set, so a job that does not use them keeps its hash
+    (and its pods) across an operator upgrade.
+    """
     relevant = {
         "config": config.text,
         "image": spec.image,
@@ -105,6 +119,13 @@ def spec_hash(spec: JobSpec, config: ConfigResult) -> str:
         "storage": [spec.storage.existing_claim, spec.storage.size],
         "metrics": [spec.metrics_port, spec.metrics_enabled],
     }
+    added = {
+        "podTemplate": spec.pod_template,
+        "roleTemplates": spec.role_templates,
+        "gpus": [spec.gpu_resource, spec.gpus_per_node]
+        if spec.gpus_per_node is not None or spec.gpu_resource != DEFAULT_GPU_RESOURCE else None,
+    }
+    relevant.update({k: v for k, v in added.items() if v})
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -179,21 +200,39 @@ def _env(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[dict[
             "name": API_KEY_ENV,
             "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret["name"], "key": spec.api_key_secret["key"]}},
         })
-    ours = {e["name"] for e in env}
-    env += [e for e in spec.env if e.get("name") not in ours]
     return env
+
+
+def _user_env(spec: JobSpec, ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    taken = {e["name"] for e in ours}
+    return [e for e in spec.env if e.get("name") not in taken]
+
+
+def pod_image(spec: JobSpec, config: ConfigResult) -> str:
+    """spec.image, else the operator's default for the backend (veRL needs the GPU image with Trinity)."""
+    if spec.requested_image:
+        return spec.requested_image
+    return spec.verl_image if config.cfg.backend == "verl" else spec.image
+
+
+def verl_shape(spec: JobSpec, config: ConfigResult) -> tuple[int, int]:
+    """(pods, GPUs of each pod) of a veRL job: cluster.node_num (0, Trinity's detect, is one pod) and
+    spec.gpus.perNode or cluster.gpu_per_node."""
+    nodes = max(int(config.cfg.cluster.node_num or 0), 1)
+    gpus = spec.gpus_per_node if spec.gpus_per_node is not None else int(config.cfg.cluster.gpu_per_node or 0)
+    return nodes, gpus
 
 
 def _resources(spec: JobSpec, config: ConfigResult) -> dict[str, Any]:
     resources = json.loads(json.dumps(spec.resources or {}))
     if config.cfg.backend == "verl":
-        gpus = int(config.cfg.cluster.gpu_per_node)
+        _, gpus = verl_shape(spec, config)
         if gpus > 0:
             # extended resources are limits; the request must equal the limit when given. A string, as the
             # API server writes quantities back (typed clients refuse an integer there)
-            resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
+            resources.setdefault("limits", {})[spec.gpu_resource] = str(gpus)
             if "requests" in resources:
-                resources["requests"]["nvidia.com/gpu"] = str(gpus)
+                resources["requests"][spec.gpu_resource] = str(gpus)
     elif not resources:
         resources = {"requests": {"cpu": "1", "memory": "2Gi"}}
     return resources
@@ -204,28 +243,56 @@ def _command(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str
     run += ["--metrics-port", str(spec.metrics_port)] if spec.metrics_enabled else ["--no-metrics"]
     if config.cfg.backend == "tinker":
         return run
-    gpus = int(config.cfg.cluster.gpu_per_node)
+    _, gpus = verl_shape(spec, config)
     head = f"{service_name(job['metadata']['name'])}:{RAY_GCS_PORT}"
     if role == "head":
+        # without Trinity, `rft run` itself says which image is needed and exits 2 (no retry), instead of
+        # `ray` failing as "not found" or Ray starting for nothing
         script = (
+            f"if ! command -v trinity >/dev/null 2>&1; then exec {' '.join(run)}; fi; "
             f"ray start --head --port={RAY_GCS_PORT} --num-gpus={gpus} --dashboard-host=0.0.0.0 "
             f"--disable-usage-stats && exec {' '.join(run)}"
         )
     else:
         # workers retry until the head answers: the head Service publishes the address before it is ready
         script = (
+            f"if ! command -v ray >/dev/null 2>&1; then echo '{NO_TRINITY_WORKER}' >&2; exit 2; fi; "
             f"until ray start --address={head} --num-gpus={gpus} --disable-usage-stats --block; "
             "do sleep 5; done"
         )
     return ["sh", "-c", script]
 
 
-def build_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str, index: int,
-              attempt: int, digest: str) -> dict[str, Any]:
-    """One runtime pod: the head (the only pod of a Tinker job) or a veRL worker."""
+NO_TRINITY_WORKER = ("rft worker: this image has no ray (the veRL backend needs an image with trinity-rft and "
+                     "its vllm extra: the operator's --default-verl-image, or spec.image)")
+
+
+def _kueue(job: dict[str, Any], spec: JobSpec, config: ConfigResult, attempt: int,
+           digest: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Labels and annotations that make the job's pods one Kueue pod group (none without a queue label)."""
+    meta = job["metadata"]
+    source = meta.get("labels") or {}
+    queue = source.get(KUEUE_QUEUE)
+    if not queue:
+        return {}, {}
+    labels = {KUEUE_QUEUE: queue}
+    if source.get(KUEUE_PRIORITY):
+        labels[KUEUE_PRIORITY] = source[KUEUE_PRIORITY]
+    # one group per attempt and spec: a retry or a spec change is a new group that queues again, and the old
+    # group is unretriable so that Kueue frees its quota as soon as its pods end (the operator, not Kueue,
+    # replaces failed pods). At most 50 + 1 + 5 + 1 + 6 characters, within a label value's 63.
+    labels[KUEUE_GROUP] = f"{meta['name']}-{attempt}-{digest[:6]}"
+    count = verl_shape(spec, config)[0] if config.cfg.backend == "verl" else 1
+    return labels, {KUEUE_TOTAL: str(count), KUEUE_RETRIABLE: "false"}
+
+
+def _base_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str, index: int,
+              attempt: int, digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The operator's pod before any template, and what in it the operator owns (podtemplate.conflicts)."""
     job_name = job["metadata"]["name"]
     name = pod_name(job_name, role, index)
-    labels = {ROLE_LABEL: role, ATTEMPT_LABEL: str(attempt), HASH_ANNOTATION: digest}
+    kueue_labels, kueue_annotations = _kueue(job, spec, config, attempt, digest)
+    labels = {ROLE_LABEL: role, ATTEMPT_LABEL: str(attempt), HASH_ANNOTATION: digest, **kueue_labels}
     ports = []
     if spec.metrics_enabled:
         ports.append({"name": "metrics", "containerPort": spec.metrics_port})
@@ -244,13 +311,17 @@ def build_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: st
         # Ray's object store lives in shared memory; the container default of 64 MiB is far too small
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    ours = _env(job, spec, config)
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": spec.image,
+        "image": pod_image(spec, config),
         "command": _command(job, spec, config, role),
-        "env": _env(job, spec, config),
+        "env": ours + _user_env(spec, ours),
         "resources": _resources(spec, config),
         "volumeMounts": mounts,
+        # the last lines of the log become the termination message when the runtime fails without writing
+        # one, so the RFTJob's status can say why (e.g. an image without trinity-rft)
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -286,23 +357,97 @@ def build_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: st
     ):
         if value:
             pod_spec[key] = value
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _meta(job, name, "ray-worker" if role == "worker" else "runtime", labels,
-                          {HASH_ANNOTATION: digest}),
+                          {HASH_ANNOTATION: digest, **kueue_annotations}),
         "spec": pod_spec,
     }
+    owned = {
+        "container": CONTAINER,
+        "volumes": {v["name"] for v in volumes},
+        "mount_paths": {m["mountPath"] for m in mounts},
+        "env": {e["name"] for e in ours} - OVERRIDABLE_ENV,
+        "ports": {p["name"]: p["containerPort"] for p in ports},
+        "labels": set(pod["metadata"]["labels"]),
+        "annotations": set(pod["metadata"]["annotations"]),
+        "gpu": spec.gpu_resource if config.cfg.backend == "verl" else None,
+    }
+    return pod, owned
+
+
+def _templates(spec: JobSpec, role: str) -> list[tuple[str, dict[str, Any] | None]]:
+    return [("spec.podTemplate", spec.pod_template),
+            (f"spec.roleTemplates.{role}", spec.role_templates.get(role))]
+
+
+def build_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str, index: int,
+              attempt: int, digest: str) -> dict[str, Any]:
+    """One runtime pod: the head (the only pod of a Tinker job) or a veRL worker, templates merged in."""
+    base, _ = _base_pod(job, spec, config, role, index, attempt, digest)
+    pod = base
+    for _, template in _templates(spec, role):
+        pod = podtemplate.apply_template(pod, template)
+    if pod is base:
+        return pod
+    # operator-owned fields last: spec_issues refused templates that touch them, this keeps them whatever
+    # a merge directive did
+    pod["metadata"] = {**pod["metadata"], **{k: base["metadata"][k] for k in ("name", "namespace",
+                                                                              "ownerReferences")}}
+    pod["metadata"]["labels"].update(base["metadata"]["labels"])
+    pod["metadata"]["annotations"].update(base["metadata"]["annotations"])
+    pod["spec"]["restartPolicy"] = "Never"
+    runtime = next(c for c in pod["spec"]["containers"] if c.get("name") == CONTAINER)
+    ours = base["spec"]["containers"][0]
+    runtime["image"], runtime["command"] = ours["image"], ours["command"]
+    runtime.pop("args", None)
+    return pod
+
+
+def pod_roles(spec: JobSpec, config: ConfigResult) -> list[tuple[str, int]]:
+    """(role, index) of every pod: the head, and for veRL cluster.node_num - 1 workers."""
+    roles = [("head", 0)]
+    if config.cfg.backend == "verl":
+        roles += [("worker", i) for i in range(1, verl_shape(spec, config)[0])]
+    return roles
+
+
+def spec_issues(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[str]:
+    """Why the spec cannot make working pods (empty: it can), each naming the field and what to do."""
+    issues: list[str] = []
+    cluster = config.cfg.cluster
+    if config.cfg.backend == "verl":
+        asked, configured = spec.gpus_per_node, int(cluster.gpu_per_node or 0)
+        if asked is not None and configured and asked != configured:
+            issues.append(f"spec.gpus.perNode {asked} differs from spec.config cluster.gpu_per_node {configured}; "
+                          "set one of them (Trinity places work by the config's count)")
+        elif verl_shape(spec, config)[1] < 1:
+            issues.append("spec.gpus.perNode: a veRL job's pods must request GPUs and cluster.gpu_per_node is 0 "
+                          "(detect), which a pod cannot do; set spec.gpus.perNode or cluster.gpu_per_node")
+    elif spec.gpus_per_node is not None or spec.gpu_resource != DEFAULT_GPU_RESOURCE:
+        issues.append("spec.gpus applies to veRL jobs only (a Tinker job trains through the Tinker API); "
+                      "remove it")
+    roles = pod_roles(spec, config)
+    if "worker" in spec.role_templates and not any(role == "worker" for role, _ in roles):
+        issues.append("spec.roleTemplates.worker: this job has no worker pods (Tinker jobs and veRL jobs with "
+                      "cluster.node_num 1 run one pod, the head); move it to spec.podTemplate or "
+                      "spec.roleTemplates.head")
+    checked: set[str] = set()
+    for role, index in roles:
+        if role in checked:
+            continue
+        checked.add(role)
+        _, owned = _base_pod(job, spec, config, role, index, 0, "0" * 12)
+        for where, template in _templates(spec, role):
+            issues += [i for i in podtemplate.conflicts(template, owned, where) if i not in issues]
+    return issues
 
 
 def build_pods(job: dict[str, Any], spec: JobSpec, config: ConfigResult, attempt: int) -> list[dict[str, Any]]:
     """Tinker: one pod and no GPU. veRL: cluster.node_num pods (a Ray head and workers), each with GPUs."""
     digest = spec_hash(spec, config)
-    pods = [build_pod(job, spec, config, "head", 0, attempt, digest)]
-    if config.cfg.backend == "verl":
-        for i in range(1, int(config.cfg.cluster.node_num)):
-            pods.append(build_pod(job, spec, config, "worker", i, attempt, digest))
-    return pods
+    return [build_pod(job, spec, config, role, index, attempt, digest) for role, index in pod_roles(spec, config)]
 
 
 def desired_children(job: dict[str, Any], spec: JobSpec, config: ConfigResult, *, attempt: int,

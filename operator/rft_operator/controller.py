@@ -114,7 +114,7 @@ class Controller:
                 return None
             job["metadata"].setdefault("namespace", namespace)
             now = time.time() if now is None else now
-            spec = parse_spec(job.get("spec") or {}, self.settings.default_image)
+            spec = parse_spec(job.get("spec") or {}, self.settings.default_image, self.settings.default_verl_image)
             config, reason = self.load_config(job, spec)
             observed = self.observe(namespace, name)
             progress = self.progress(job, spec, observed, now) if config.valid else None
@@ -142,7 +142,15 @@ class Controller:
         for kind, child in plan.delete:
             self.kube.delete(RESOURCES[kind], ns, child)
         for kind, body in plan.create:
-            created = self.kube.create(RESOURCES[kind], ns, body)
+            try:
+                created = self.kube.create(RESOURCES[kind], ns, body)
+            except k.KubeError as exc:
+                if kind != "pods" or exc.status not in (400, 422):
+                    raise
+                # the server refused the pod a template shaped (spec.podTemplate is not schema-checked by the
+                # CRD): the job fails with the server's reason instead of retrying the same pod forever
+                self.refuse_pod(job, plan, body, exc, now)
+                return
             if created and kind == "pods":
                 log.info("created pod %s/%s (spec %s)", ns, body["metadata"]["name"],
                          body["metadata"]["labels"][HASH_ANNOTATION])
@@ -150,6 +158,23 @@ class Controller:
             self.kube.patch(RESOURCES[kind], ns, child, body)
         for etype, reason, message in plan.events:
             self.post_event(job, etype, reason, message, now)
+
+    def refuse_pod(self, job: dict[str, Any], plan: Plan, pod: dict[str, Any], exc: Exception, now: float) -> None:
+        """Fail the job with InvalidSpec and the API server's message for a pod it would not create."""
+        meta = job["metadata"]
+        message = f"invalid spec: the API server refused pod {pod['metadata']['name']}: {exc}"[:2000]
+        old = dict(plan.status)
+        new = {**old, "phase": st.FAILED, "reason": st.INVALID_SPEC, "message": message,
+               "completionTime": st.timestamp(now)}
+        new["conditions"] = st.build_conditions(st.FAILED, st.INVALID_SPEC, message, stalled=None,
+                                                old=old.get("conditions"), now=now,
+                                                generation=meta.get("generation"))
+        patch = status_patch(old, new)
+        if patch:
+            self.kube.patch(k.RFTJOBS, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+        plan.status = new
+        for etype, reason, text in st.transition_events(old, new):
+            self.post_event(job, etype, reason, text, now)
 
     def post_event(self, job: dict[str, Any], etype: str, reason: str, message: str, now: float) -> None:
         """A core/v1 Event on the RFTJob (best effort: a lost event must not fail the reconcile)."""

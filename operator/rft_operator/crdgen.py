@@ -134,6 +134,102 @@ _QUANTITY = {
 }
 
 
+def _named_list(description: str, max_items: int, **extra: Any) -> dict[str, Any]:
+    """A list of objects keyed by `name`, the rest of each item kept unpruned (checked by the API server
+    when the operator creates the pod)."""
+    return {
+        "type": "array", "description": description, "maxItems": max_items, **extra,
+        "items": {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True,
+                  "properties": {"name": {"type": "string", "maxLength": 253}}},
+    }
+
+
+_RUNTIME_CONTAINER = "rft"
+_OWNED_VOLUMES = ("config", "job-dir")
+_OWNED_PATHS = ("/etc/rft", "/var/lib/rft")
+_OWNED_ENV = ("RFT_JOB_NAME", "RFT_JOB_NAMESPACE", "POD_IP", "RFT_METRICS_HOST")
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def pod_template_schema(description: str) -> dict[str, Any]:
+    """A pod template: labels, annotations and a PodSpec merged onto the operator's pods.
+
+    The PodSpec is not spelled out (a full pruned PodSpec schema, three times, would more than double the CRD):
+    the parts the operator owns are declared so that CEL rules can refuse them with a 422, bounded (maxItems,
+    maxLength) so that the rules' estimated cost stays far inside the API server's budget. Everything else is
+    kept as written and checked by the API server when the operator creates the pod; a refusal there fails the
+    job with InvalidSpec and the server's message.
+    """
+    container = {
+        "type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "name": _str("Container name; `rft` is the runtime container.", maxLength=63),
+            "command": {"type": "array", "items": {"type": "string"}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "image": {"type": "string"},
+            "env": _named_list("Environment (merged by name).", 256),
+            "volumeMounts": {
+                "type": "array", "maxItems": 128, "description": "Mounts (merged by mountPath).",
+                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                          "properties": {"mountPath": {"type": "string", "maxLength": 1024}}},
+            },
+        },
+    }
+    runtime_only = f"c.name != '{_RUNTIME_CONTAINER}' || "
+    containers = {
+        "type": "array", "maxItems": 32, "items": container,
+        "description": "Containers, merged by name: `rft` changes the runtime container, others are sidecars.",
+        "x-kubernetes-validations": [
+            {"rule": f"self.all(c, {runtime_only}(!has(c.command) && !has(c.args) && !has(c.image)))",
+             "message": "containers[rft]: command, args and image belong to the operator (use spec.image)"},
+            {"rule": f"self.all(c, {runtime_only}!has(c.volumeMounts) || "
+                     f"c.volumeMounts.all(m, !has(m.mountPath) || !(m.mountPath in {_cel_list(_OWNED_PATHS)})))",
+             "message": "containers[rft].volumeMounts: /etc/rft and /var/lib/rft are the operator's mounts"},
+            {"rule": f"self.all(c, {runtime_only}!has(c.env) || "
+                     f"c.env.all(e, !(e.name in {_cel_list(_OWNED_ENV)})))",
+             "message": "containers[rft].env: RFT_JOB_NAME, RFT_JOB_NAMESPACE, POD_IP and RFT_METRICS_HOST "
+                        "are set by the operator"},
+        ],
+    }
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "description": "Labels and annotations added to the pods (the operator's own keys are refused).",
+                "properties": {
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "description": "A PodSpec merged strategic-merge style (lists by their Kubernetes merge key).",
+                "x-kubernetes-validations": [{
+                    "rule": "!has(self.restartPolicy)",
+                    "message": "restartPolicy belongs to the operator (spec.backoffLimit retries pods)",
+                }],
+                "properties": {
+                    "restartPolicy": {"type": "string"},
+                    "containers": containers,
+                    "initContainers": _named_list("Init containers (merged by name).", 32),
+                    "volumes": _named_list(
+                        "Volumes (merged by name).", 256,
+                        **{"x-kubernetes-validations": [{
+                            "rule": f"self.all(v, !(v.name in {_cel_list(_OWNED_VOLUMES)}))",
+                            "message": "volumes: config and job-dir are the operator's volumes",
+                        }]}),
+                },
+            },
+        },
+    }
+
+
 def spec_schema() -> dict[str, Any]:
     """The schema of the RFTJob's spec."""
     return {
@@ -158,7 +254,8 @@ def spec_schema() -> dict[str, Any]:
             "imagePullPolicy": _str("Image pull policy of the pods.", enum=["Always", "IfNotPresent", "Never"]),
             "resources": {
                 "type": "object",
-                "description": "Container resources. veRL jobs get nvidia.com/gpu = cluster.gpu_per_node added.",
+                "description": "Container resources of every pod (spec.roleTemplates for one role). veRL jobs get "
+                               "spec.gpus added.",
                 "properties": {
                     "limits": {"type": "object", "additionalProperties": dict(_QUANTITY)},
                     "requests": {"type": "object", "additionalProperties": dict(_QUANTITY)},
@@ -209,6 +306,29 @@ def spec_schema() -> dict[str, Any]:
                 "Delete the pods, ConfigMap and Service this long after the end (the RFTJob stays).", 0,
                 format="int64"),
             "progressDeadlineSeconds": _int("Stalled=True after this long without a new step.", 1, format="int64"),
+            "podTemplate": pod_template_schema(
+                "Merged onto every pod of the job (volumes and mounts, sidecars, init containers, "
+                "imagePullSecrets, runtimeClassName, securityContext, resources of container rft, ...)."),
+            "roleTemplates": {
+                "type": "object",
+                "description": "Per-role templates, merged after spec.podTemplate: head (every job's first pod) "
+                               "and worker (veRL jobs with cluster.node_num > 1).",
+                "properties": {
+                    "head": pod_template_schema("Merged onto the head pod."),
+                    "worker": pod_template_schema("Merged onto each veRL worker pod."),
+                },
+            },
+            "gpus": {
+                "type": "object",
+                "description": "GPUs of each veRL pod.",
+                "properties": {
+                    "resourceName": _str(
+                        "Extended resource to request (default nvidia.com/gpu; e.g. nvidia.com/mig-1g.10gb, "
+                        "amd.com/gpu).", maxLength=253,
+                        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"),
+                    "perNode": _int("GPUs per pod (default: cluster.gpu_per_node of the config).", 1),
+                },
+            },
             "metrics": {
                 "type": "object",
                 "description": "The runtime's Prometheus endpoint (the operator reads status.progress from it).",

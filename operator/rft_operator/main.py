@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-after-seconds", type=float, default=None,
                    help="Stalled=True after this long without a new step")
     p.add_argument("--default-image", default=None, help="runtime image when spec.image is empty")
+    p.add_argument("--default-verl-image", default=None,
+                   help="image of veRL jobs when spec.image is empty (RFT_OPERATOR_DEFAULT_VERL_IMAGE)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for flag, var in (("metrics_host", "METRICS_HOST"), ("metrics_port", "METRICS_PORT"),
                       ("resync_seconds", "RESYNC_SECONDS"), ("progress_interval_seconds", "PROGRESS_INTERVAL_SECONDS"),
-                      ("stall_after_seconds", "STALL_AFTER_SECONDS"), ("default_image", "DEFAULT_IMAGE")):
+                      ("stall_after_seconds", "STALL_AFTER_SECONDS"), ("default_image", "DEFAULT_IMAGE"),
+                      ("default_verl_image", "DEFAULT_VERL_IMAGE")):
         value = getattr(args, flag)
         if value is not None:
             os.environ[f"RFT_OPERATOR_{var}"] = str(value)

@@ -13,10 +13,12 @@ from typing import Any
 from rft_operator import status as st
 from rft_operator.builders import (
     ATTEMPT_LABEL,
+    CONTAINER,
     HASH_ANNOTATION,
     desired_children,
     pod_name,
     spec_hash,
+    spec_issues,
 )
 from rft_operator.jobconfig import ConfigResult
 from rft_operator.spec import JobSpec
@@ -128,11 +130,23 @@ def plan_job(
 
     new["backend"] = config.cfg.backend
     new["algorithm"] = config.cfg.algorithm.algorithm_type
+    refused = spec_issues(job, spec, config)
+    if refused:
+        # a pod template that would break the runtime's pod, or GPUs nobody can request: nothing is created
+        for pod in observed.pods:
+            plan.delete_pod(pod)
+        new["specHash"] = None  # refused before any pod: no spec of this job has run
+        return _finish(plan, job, old, new, st.FAILED, st.INVALID_SPEC,
+                       _short("invalid spec: " + "; ".join(refused)), stalled, now)
     digest = spec_hash(spec, config)
     old_phase, old_reason = old.get("phase"), old.get("reason")
-    finished = old_phase in st.TERMINAL and old_reason not in (st.INVALID_CONFIG, st.CONFIG_NOT_FOUND)
+    finished = old_phase in st.TERMINAL and old_reason not in (st.INVALID_CONFIG, st.CONFIG_NOT_FOUND,
+                                                               st.INVALID_SPEC)
 
     if finished and old.get("specHash") == digest:
+        return _finished(plan, job, spec, observed, old, new, now)
+    if old_phase == st.FAILED and old_reason == st.INVALID_SPEC and old.get("specHash") == digest:
+        # the API server refused this spec's pods (Controller.refuse_pod): only a new spec tries again
         return _finished(plan, job, spec, observed, old, new, now)
     if finished:
         # a new spec after the end is a new run (what a GitOps user who fixes a job expects)
@@ -178,9 +192,17 @@ def plan_job(
                 plan.delete_pod(pod)
         new["completionTime"] = new["completionTime"] or st.timestamp(now)
     elif failed:
-        bad = failed[0]
-        why = f"pod {_name(bad)} failed: {st.pod_failure(bad)}"
-        if retries < spec.backoff_limit:
+        bad = next((p for p in failed if st.pod_refused(p, CONTAINER)), failed[0])
+        why = f"pod {_name(bad)} failed: {st.pod_failure(bad, CONTAINER)}"
+        if st.pod_refused(bad, CONTAINER):
+            # the runtime refused to start (exit 2): the same pod would fail the same way, so no retry
+            phase, reason = st.FAILED, st.RUNTIME_REFUSED
+            message = f"{why}; not retried (the runtime refuses this spec or image)"
+            for pod in current.values():
+                if st.pod_phase(pod) not in ("Succeeded", "Failed"):
+                    plan.delete_pod(pod)
+            new["completionTime"] = st.timestamp(now)
+        elif retries < spec.backoff_limit:
             new["retries"] = retries + 1
             phase, reason = st.PENDING, st.RETRYING
             message = f"{why}; retry {retries + 1} of {spec.backoff_limit} (the runtime resumes from its checkpoint)"
@@ -218,6 +240,10 @@ def plan_job(
                         if n in current and st.pod_problem(current[n])]
             phase = st.PENDING
             reason = st.CREATING if missing or len(current) < len(wanted) else st.PODS_PENDING
+            if any(st.pod_gated_by_kueue(p) for p in current.values()):
+                # queued, not started: like a Job that Kueue keeps suspended, the deadline starts at admission
+                reason = st.WAITING_FOR_ADMISSION
+                new["startTime"], start = None, None
             message = "; ".join(problems) or f"waiting for {len(wanted)} pod(s) to run"
             if old_reason == st.RETRYING and missing:
                 reason, message = st.RETRYING, old.get("message") or message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from rft_operator.spec import DEFAULT_IMAGE
+from rft_operator.spec import DEFAULT_IMAGE, DEFAULT_VERL_IMAGE
 
 
 def _env(name: str, default: str) -> str:
@@ -28,6 +28,8 @@ class Settings:
     stall_after_seconds: float = 1800.0
     # Image of the runtime pods when spec.image is empty.
     default_image: str = DEFAULT_IMAGE
+    # Image of veRL jobs' pods when spec.image is empty: the GPU image (CUDA, trinity-rft, vllm, Ray).
+    default_verl_image: str = DEFAULT_VERL_IMAGE
     # Seconds the HTTP scrape of a pod may take.
     scrape_timeout_seconds: float = 5.0
     # Reconciles running at once (each holds a thread while it waits on the API server or a scrape).
@@ -43,6 +45,7 @@ class Settings:
             progress_interval_seconds=float(_env("PROGRESS_INTERVAL_SECONDS", str(cls.progress_interval_seconds))),
             stall_after_seconds=float(_env("STALL_AFTER_SECONDS", str(cls.stall_after_seconds))),
             default_image=_env("DEFAULT_IMAGE", cls.default_image),
+            default_verl_image=_env("DEFAULT_VERL_IMAGE", cls.default_verl_image),
             scrape_timeout_seconds=float(_env("SCRAPE_TIMEOUT_SECONDS", str(cls.scrape_timeout_seconds))),
             workers=int(_env("WORKERS", str(cls.workers))),
         )

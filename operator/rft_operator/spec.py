@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_IMAGE = "ghcr.io/rft-platform/rft-runtime:0.1.0"
+# The GPU image (CUDA, trinity-rft with its vllm extra, Ray): what veRL jobs without spec.image run.
+DEFAULT_VERL_IMAGE = DEFAULT_IMAGE + "-verl"
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+ROLES = ("head", "worker")
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_BACKOFF_LIMIT = 3
 MOUNT_ROOT = "/var/lib/rft"
@@ -53,9 +57,19 @@ class JobSpec:
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_enabled: bool = True
     progress_deadline_seconds: int | None = None
+    # spec.image as written (None: the operator's default for the backend); `image` above is resolved
+    requested_image: str | None = None
+    verl_image: str = DEFAULT_VERL_IMAGE
+    # merged onto every pod, then per role (head, worker); see rft_operator.podtemplate
+    pod_template: dict[str, Any] | None = None
+    role_templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # spec.gpus: the extended resource veRL pods request, and how many (None: cluster.gpu_per_node)
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    gpus_per_node: int | None = None
 
 
-def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE) -> JobSpec:
+def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE,
+               default_verl_image: str | None = None) -> JobSpec:
     """The typed spec; values the CRD schema already bounds are taken as given."""
     storage_in = spec.get("storage") or {}
     storage = Storage(
@@ -70,6 +84,8 @@ def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE) -> JobS
         secret_ref = {"name": secret_ref["name"], "key": secret_ref.get("key") or "api-key"}
     metrics = spec.get("metrics") or {}
     backoff = spec.get("backoffLimit")
+    gpus = spec.get("gpus") or {}
+    roles = spec.get("roleTemplates") or {}
     return JobSpec(
         image=spec.get("image") or default_image,
         image_pull_policy=spec.get("imagePullPolicy"),
@@ -90,4 +106,10 @@ def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE) -> JobS
         metrics_port=int(metrics.get("port") or DEFAULT_METRICS_PORT),
         metrics_enabled=bool(metrics.get("enabled", True)),
         progress_deadline_seconds=spec.get("progressDeadlineSeconds"),
+        requested_image=spec.get("image") or None,
+        verl_image=default_verl_image or DEFAULT_VERL_IMAGE,
+        pod_template=spec.get("podTemplate") or None,
+        role_templates={role: roles[role] for role in ROLES if roles.get(role)},
+        gpu_resource=gpus.get("resourceName") or DEFAULT_GPU_RESOURCE,
+        gpus_per_node=gpus.get("perNode"),
     )

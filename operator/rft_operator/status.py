@@ -11,6 +11,9 @@ TERMINAL = (SUCCEEDED, FAILED)
 
 # Reasons a user sees in `kubectl describe` (status.reason, condition reasons, event reasons).
 INVALID_CONFIG = "InvalidConfig"
+INVALID_SPEC = "InvalidSpec"
+WAITING_FOR_ADMISSION = "WaitingForAdmission"
+RUNTIME_REFUSED = "RuntimeRefused"
 CONFIG_NOT_FOUND = "ConfigNotFound"
 BACKOFF_LIMIT = "BackoffLimitExceeded"
 DEADLINE = "DeadlineExceeded"
@@ -25,7 +28,13 @@ NO_PROGRESS = "NoProgress"
 PROGRESSING = "Progressing"
 
 CONDITION_TYPES = ("Ready", "Complete", "Failed", "Suspended", "Stalled")
-WARNING_REASONS = {INVALID_CONFIG, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS}
+WARNING_REASONS = {INVALID_CONFIG, INVALID_SPEC, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS,
+                   RUNTIME_REFUSED}
+# The runtime's exit status for a job it refuses to start (bad config, an image without what the backend
+# needs): the same pod would fail the same way again, so it is not retried.
+REFUSED_EXIT_CODE = 2
+KUEUE_GATE = "kueue.x-k8s.io/admission"
+TERMINATION_MESSAGE_LIMIT = 600
 
 
 def timestamp(now: float) -> str:
@@ -114,6 +123,12 @@ def pod_phase(pod: dict[str, Any]) -> str:
 def pod_problem(pod: dict[str, Any]) -> str | None:
     """Why a pod is not running yet, from its container states (e.g. ImagePullBackOff) or scheduling."""
     status = pod.get("status") or {}
+    gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+    if KUEUE_GATE in gates:
+        queue = ((pod.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name", "")
+        return f"waiting for Kueue to admit the pod group (queue {queue})"
+    if gates:
+        return f"SchedulingGated: waiting for {', '.join(str(g) for g in gates)}"
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
@@ -124,11 +139,43 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def pod_failure(pod: dict[str, Any]) -> str:
-    """A short account of why a pod failed (exit code and reason of its container)."""
+def pod_gated_by_kueue(pod: dict[str, Any]) -> bool:
+    """True while Kueue holds the pod back (its admission scheduling gate is still on)."""
+    return any(g.get("name") == KUEUE_GATE for g in (pod.get("spec") or {}).get("schedulingGates") or [])
+
+
+def _terminated(pod: dict[str, Any], container: str | None) -> dict[str, Any] | None:
     status = pod.get("status") or {}
     for cs in status.get("containerStatuses") or []:
+        if container is not None and cs.get("name") != container:
+            continue
         term = (cs.get("state") or {}).get("terminated") or {}
         if term:
-            return f"exit code {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+            return term
+    return None
+
+
+def pod_failure(pod: dict[str, Any], container: str | None = None) -> str:
+    """A short account of why a pod failed: exit code, reason and the end of its termination message.
+
+    The runtime container's termination message is its log's last lines when it failed without writing one
+    (terminationMessagePolicy FallbackToLogsOnError), e.g. the runtime naming the image it needs.
+    """
+    term = _terminated(pod, container) or _terminated(pod, None)
+    if term:
+        text = f"exit code {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+        lines = [line.strip() for line in (term.get("message") or "").splitlines() if line.strip()]
+        if lines:
+            tail = lines[-1]
+            if len(tail) > TERMINATION_MESSAGE_LIMIT:
+                tail = tail[: TERMINATION_MESSAGE_LIMIT - 3] + "..."
+            text += f": {tail}"
+        return text
+    status = pod.get("status") or {}
     return status.get("reason") or status.get("message") or "failed"
+
+
+def pod_refused(pod: dict[str, Any], container: str) -> bool:
+    """True when the runtime container exited with the runtime's refusal code (retrying cannot help)."""
+    term = _terminated(pod, container)
+    return bool(term) and term.get("exitCode") == REFUSED_EXIT_CODE
