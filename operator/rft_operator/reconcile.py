@@ -184,6 +184,10 @@ def plan_job(
     failed = [p for p in current.values() if st.pod_phase(p) == "Failed"]
     start = st.parse_time(new["startTime"])
     deadline = spec.active_deadline_seconds
+    queued = any(st.pod_gated_by_kueue(p) for p in current.values())
+    if queued:
+        # not started while Kueue holds the pods (as a Job it keeps suspended): the deadline starts at admission
+        new["startTime"], start = None, None
 
     if head is not None and st.pod_phase(head) == "Succeeded":
         phase, reason, message = st.SUCCEEDED, st.COMPLETED, "the runtime finished"
@@ -227,7 +231,7 @@ def plan_job(
         missing = [p for p in children["pods"] if _name(p) not in present]
         for pod in missing:
             plan.create.append(("pods", pod))
-        if new["startTime"] is None:
+        if new["startTime"] is None and not queued:
             new["startTime"] = st.timestamp(now)
             start = now
         wanted = [_name(p) for p in children["pods"]]
@@ -240,10 +244,8 @@ def plan_job(
                         if n in current and st.pod_problem(current[n])]
             phase = st.PENDING
             reason = st.CREATING if missing or len(current) < len(wanted) else st.PODS_PENDING
-            if any(st.pod_gated_by_kueue(p) for p in current.values()):
-                # queued, not started: like a Job that Kueue keeps suspended, the deadline starts at admission
+            if queued:
                 reason = st.WAITING_FOR_ADMISSION
-                new["startTime"], start = None, None
             message = "; ".join(problems) or f"waiting for {len(wanted)} pod(s) to run"
             if old_reason == st.RETRYING and missing:
                 reason, message = st.RETRYING, old.get("message") or message

@@ -87,9 +87,10 @@ def test_failed_pods_are_replaced_until_the_backoff_limit(api_server, client, ru
              .get("rft.dev/attempt") == "1", 30, "the replacement pod")
     st = status(client, "rt")
     assert st["retries"] == 1
-    client.set_pod_phase(NS, "rt-head", "Failed", exit_code=2)
+    # exit 1 is a job error worth a retry (exit 2, the runtime refusing to start, is not retried)
+    client.set_pod_phase(NS, "rt-head", "Failed", exit_code=1)
     st = phase_is(client, "rt", "Failed", "BackoffLimitExceeded")
-    assert "exit code 2" in st["message"]
+    assert "exit code 1" in st["message"]
     assert api_server.pod_creations() == 2
     assert ("Warning", "BackoffLimitExceeded") in events_for(client, "rt")
 
