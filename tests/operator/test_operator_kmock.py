@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import socket
+import time
 import urllib.request
 
 import yaml
@@ -268,3 +269,37 @@ def test_the_rft_operator_console_script_runs_the_operator(api_server, client, k
             proc.wait(timeout=10)
         log.close()
     assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_a_pod_template_mounts_a_users_claim_and_a_conflicting_one_fails_without_pods(client, running_operator):
+    template = {
+        "metadata": {"annotations": {"vault.hashicorp.com/agent-inject": "true"}},
+        "spec": {"volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "model-cache"}}],
+                 "containers": [{"name": "rft", "volumeMounts": [{"name": "models", "mountPath": "/models"}]}]},
+    }
+    client.create("rftjobs", NS, rftjob("tpl", podTemplate=template))
+    pod = wait_for(lambda: client.get("pods", NS, "tpl-head"), 30, "the pod")
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "model-cache"}} in pod["spec"]["volumes"]
+    rft = pod["spec"]["containers"][0]
+    assert {"name": "models", "mountPath": "/models"} in rft["volumeMounts"]
+    assert pod["metadata"]["annotations"]["vault.hashicorp.com/agent-inject"] == "true"
+    bad = {"spec": {"containers": [{"name": "rft", "command": ["sleep", "infinity"]}]}}
+    client.create("rftjobs", NS, rftjob("tplbad", podTemplate=bad))
+    st = phase_is(client, "tplbad", "Failed", "InvalidSpec")
+    assert "spec.podTemplate.spec.containers[rft].command" in st["message"]
+    wait_for(lambda: ("Warning", "InvalidSpec") in events_for(client, "tplbad"), 10, "the warning event")
+    assert client.get("pods", NS, "tplbad-head") is None
+
+
+def test_a_pod_the_api_server_refuses_fails_the_job_with_the_servers_message(api_server, client, running_operator):
+    # kmock checks no pod schema; a real server answers a template's typo like this (the one failure mocked)
+    refusal = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+               "message": 'Pod "typo-head" is invalid: spec.containers[1].image: Required value'}
+    api_server.emulator[f"post /api/v1/namespaces/{NS}/pods"] << 422 << refusal
+    client.create("rftjobs", NS, rftjob("typo", podTemplate={"spec": {"containers": [{"name": "sidecar"}]}}))
+    st = phase_is(client, "typo", "Failed", "InvalidSpec")
+    assert "spec.containers[1].image: Required value" in st["message"]
+    posts = api_server.pod_creations()
+    time.sleep(3)  # three resyncs: the same spec is not tried again
+    assert api_server.pod_creations() == posts == 1
+    assert status(client, "typo")["reason"] == "InvalidSpec"
