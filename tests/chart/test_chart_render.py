@@ -20,6 +20,7 @@ VALUE_SETS = {
     "crds-off": {"crds": {"install": False}},
     "no-metrics-no-rbac": {"metrics": {"enabled": False}, "rbac": {"create": False},
                            "serviceAccount": {"create": False, "name": "platform-operator"}},
+    "network-policy": {"networkPolicy": {"enabled": True}, "rbac": {"userRoles": {"create": False}}},
     "pinned-digest": {"image": {"digest": "sha256:" + "ab" * 32}, "jobDefaults": {"image": "example.com/rft:dev"}},
 }
 # The chart's kubeVersion is >=1.25: check against the oldest and the newest schemas kubernetes-validate has.
@@ -122,8 +123,10 @@ def test_operator_env_is_read_by_the_operator(render, monkeypatch):
     settings = Settings.from_env()
     assert settings.stall_after_seconds == 600 and settings.resync_seconds == 15
     assert settings.metrics_host == "0.0.0.0"
+    # veRL jobs default to the GPU image of the same version (jobDefaults.verlImage overrides it)
+    assert settings.default_verl_image == settings.default_image + "-verl"
     read = {f"RFT_OPERATOR_{n}" for n in ("METRICS_HOST", "METRICS_PORT", "RESYNC_SECONDS", "DEFAULT_IMAGE",
-                                         "PROGRESS_INTERVAL_SECONDS", "STALL_AFTER_SECONDS",
+                                         "DEFAULT_VERL_IMAGE", "PROGRESS_INTERVAL_SECONDS", "STALL_AFTER_SECONDS",
                                          "SCRAPE_TIMEOUT_SECONDS")}
     assert set(ours) <= read
 
@@ -174,7 +177,7 @@ def test_rbac_equals_the_operators_api_calls(render):
     from rft_operator.rbac import required_rules
 
     objects = render()
-    role = one(objects, "ClusterRole")
+    (role,) = [r for r in by_kind(objects, "ClusterRole") if not _aggregated(r)]
     assert _normalise(role["rules"]) == _normalise(required_rules()), _fix_hint(required_rules())
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -190,7 +193,8 @@ def test_rbac_namespaced_mode_grants_nothing_cluster_wide(render, name, namespac
     from rft_operator.rbac import required_rules
 
     objects = render(VALUE_SETS[name])
-    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+    # the only cluster-scoped roles are the users' aggregated ones, bound to no one (rbac.userRoles.create)
+    assert all(_aggregated(r) for r in by_kind(objects, "ClusterRole")) and not by_kind(objects, "ClusterRoleBinding")
     roles = by_kind(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     for role in roles:
@@ -203,6 +207,55 @@ def test_rbac_namespaced_mode_grants_nothing_cluster_wide(render, name, namespac
     # the operator is told to watch exactly the namespaces it has permissions in
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == namespaces
+
+
+def _aggregated(role: dict) -> bool:
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"].get("labels", {}))
+
+
+def test_users_with_the_builtin_roles_get_rftjobs_through_aggregation(render):
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(), "ClusterRole") if _aggregated(r)}
+    assert set(roles) == {"rft-rftjob-edit", "rft-rftjob-view"}
+    edit, view = roles["rft-rftjob-edit"], roles["rft-rftjob-view"]
+    assert {k: v for k, v in edit["metadata"]["labels"].items() if "aggregate" in k} == {
+        "rbac.authorization.k8s.io/aggregate-to-admin": "true", "rbac.authorization.k8s.io/aggregate-to-edit": "true"}
+    assert {k: v for k, v in view["metadata"]["labels"].items() if "aggregate" in k} == {
+        "rbac.authorization.k8s.io/aggregate-to-view": "true"}
+    assert ("rft.dev", "rftjobs", "create") in _normalise(edit["rules"])
+    assert ("rft.dev", "rftjobs", "delete") in _normalise(edit["rules"])
+    # users never write status: that is the operator's
+    assert not [r for r in _normalise(edit["rules"]) if r[1] == "rftjobs/status" and r[2] != "get"]
+    assert {v for _, _, v in _normalise(view["rules"])} == {"get", "list", "watch"}
+    # no binding: the built-in roles carry them to whoever holds admin, edit or view in a namespace
+    assert not [b for b in by_kind(render(), "ClusterRoleBinding") if b["roleRef"]["name"] in roles]
+    assert not [r for r in by_kind(render({"rbac": {"userRoles": {"create": False}}}), "ClusterRole") if _aggregated(r)]
+
+
+def test_network_policy_lets_the_operator_reach_the_metrics_port_of_job_pods(render):
+    from rft_operator.builders import job_labels
+
+    assert not by_kind(render(), "NetworkPolicy")
+    values = {"networkPolicy": {"enabled": True, "namespaces": ["team-a", "team-b"],
+                                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}}
+    objects = render(values)
+    policies = by_kind(objects, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    operator_pod = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = job_labels("any-job")
+    for policy in policies:
+        spec = policy["spec"]
+        # it selects exactly the pods the operator builds
+        assert all(pod_labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())
+        metrics, peers = spec["ingress"]
+        assert metrics["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+        operator_peer = metrics["from"][0]
+        assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+        assert all(operator_pod.get(k) == v for k, v in operator_peer["podSelector"]["matchLabels"].items())
+        assert metrics["from"][1] == values["networkPolicy"]["metricsFrom"][0]
+        # pods of jobs reach each other on every port (Ray picks its worker ports at random)
+        assert "ports" not in peers and peers["from"] == [{"podSelector": spec["podSelector"]}]
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(policy, version, strict=True)
 
 
 def test_rbac_rules_file_is_generated_from_the_code():

@@ -62,3 +62,22 @@ app.kubernetes.io/component: operator
 {{- .Release.Namespace }}
 {{- end }}
 {{- end }}
+
+{{/* The image of veRL job pods: jobDefaults.verlImage, else the operator's repository at <appVersion>-verl
+(the release workflow pushes both tags from one version). */}}
+{{- define "rft-operator.verlImage" -}}
+{{- if .Values.jobDefaults.verlImage }}
+{{- .Values.jobDefaults.verlImage }}
+{{- else }}
+{{- printf "%s:%s-verl" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces of the job pods' NetworkPolicy. */}}
+{{- define "rft-operator.networkPolicyNamespaces" -}}
+{{- if .Values.networkPolicy.namespaces }}
+{{- join "," (uniq .Values.networkPolicy.namespaces) }}
+{{- else }}
+{{- include "rft-operator.watchNamespaces" . }}
+{{- end }}
+{{- end }}
