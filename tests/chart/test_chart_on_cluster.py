@@ -127,3 +127,46 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
     helm("uninstall", "rft")
     assert ext.read_custom_resource_definition(CRD_NAME)  # kept: helm.sh/resource-policy: keep
     ext.delete_custom_resource_definition(CRD_NAME)  # this test created it
+
+
+def _user_may(api_client, user: str, namespace: str, verb: str, subresource: str = "") -> bool:
+    from kubernetes import client
+
+    review = client.AuthorizationV1Api(api_client).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["system:authenticated"],
+                 "resourceAttributes": {"group": "rft.dev", "resource": "rftjobs", "subresource": subresource,
+                                        "verb": verb, "namespace": namespace}}})
+    return bool(review.status.allowed)
+
+
+def test_namespace_users_with_the_builtin_edit_and_view_roles_get_rftjobs(cluster_helm):
+    """The aggregated roles reach admin/edit/view through the controller manager's aggregation controller."""
+    from kubernetes import client
+
+    helm, api_client, namespace = cluster_helm
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    for name in ("rft-rftjob-edit", "rft-rftjob-view"):
+        try:
+            rbac.read_cluster_role(name)
+            pytest.skip(f"ClusterRole {name} exists already (another release owns it)")
+        except client.exceptions.ApiException as err:
+            assert err.status == 404
+    # no CRD and no operator RBAC needed: a SubjectAccessReview asks the authorizer only
+    helm("install", "rft", str(CHART), "--set", "crds.install=false", "--set", "rbac.create=false")
+    editor, viewer, stranger = (f"rft-test-{who}-{namespace}" for who in ("editor", "viewer", "stranger"))
+    for user, role in ((editor, "edit"), (viewer, "view")):
+        rbac.create_namespaced_role_binding(namespace, {
+            "metadata": {"name": f"{role}-{user}"[:63]},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    deadline = time.monotonic() + 60
+    while not (_user_may(api_client, editor, namespace, "create") and _user_may(api_client, viewer, namespace, "list")):
+        assert time.monotonic() < deadline, "the built-in edit/view roles never aggregated the rft-rftjob roles"
+        time.sleep(2)
+    for verb in ("create", "patch", "delete", "get", "list", "watch"):
+        assert _user_may(api_client, editor, namespace, verb), verb
+    assert not _user_may(api_client, editor, namespace, "patch", "status")
+    assert not _user_may(api_client, viewer, namespace, "create")
+    assert not _user_may(api_client, stranger, namespace, "get")
+    assert not _user_may(api_client, editor, "kube-system", "create"), "the binding is per namespace"
