@@ -151,3 +151,45 @@ def test_server_side_apply_of_the_example_is_accepted(apis, namespace):
                                params=[("fieldManager", "rft-tests")], body=body)
     assert code in (200, 201), answer
     assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ssa")["spec"] == body["spec"]
+
+
+def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_the_runtimes_command(
+        apis, namespace, running_operator):
+    from kubernetes.client.exceptions import ApiException
+
+    custom, core = apis
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "tasks"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    body = example("rftjob-tinker.yaml", "tpl")
+    body["spec"]["podTemplate"] = {
+        "metadata": {"annotations": {"example.com/owner": "team-rl"}},
+        "spec": {"volumes": [{"name": "tasks", "persistentVolumeClaim": {"claimName": "tasks"}}],
+                 "containers": [{"name": "rft", "volumeMounts": [{"name": "tasks", "mountPath": "/data"}]},
+                                {"name": "sidecar", "image": "busybox:1.36", "command": ["sleep", "infinity"]}]}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    pod = wait_for(lambda: core.read_namespaced_pod("tpl-head", namespace), 60, "the pod")
+    claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim}
+    assert claims.get("tasks") == "tasks"
+    runtime = next(c for c in pod.spec.containers if c.name == "rft")
+    assert {m.mount_path for m in runtime.volume_mounts} >= {"/data", "/etc/rft", "/var/lib/rft"}
+    assert runtime.command[:2] == ["rft", "run"] and [c.name for c in pod.spec.containers] == ["rft", "sidecar"]
+    assert pod.metadata.annotations["example.com/owner"] == "team-rl"
+
+    bad = example("rftjob-tinker.yaml", "tpl-bad")
+    bad["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "rft", "command": ["sleep", "infinity"]}]}}
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, bad)
+    assert info.value.status == 422 and "command, args and image belong to the operator" in info.value.body
+
+
+def test_a_pod_the_api_server_refuses_fails_the_job_with_invalid_spec(apis, namespace, running_operator):
+    custom, core = apis
+    body = example("rftjob-tinker.yaml", "typo")
+    # a sidecar without an image passes the CRD (the PodSpec is not spelled out there) but not pod validation
+    body["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "sidecar"}]}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(job_status(custom, namespace, "typo")),
+                  60, "Failed")
+    assert st["reason"] == "InvalidSpec" and "image" in st["message"]
+    assert core.list_namespaced_pod(namespace, label_selector="rft.dev/job=typo").items == []
