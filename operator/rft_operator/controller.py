@@ -28,6 +28,15 @@ RESOURCES = {
 }
 
 
+def refused_for_good(exc: k.KubeError) -> bool:
+    """A pod the server will refuse again as it is: invalid (400/422), or denied by Pod Security or an
+    admission webhook. Not RBAC or quota denials (403 too), which a cluster admin or time can lift."""
+    if exc.status in (400, 422):
+        return True
+    text = str(exc)
+    return exc.status == 403 and ("violates PodSecurity" in text or "denied the request" in text)
+
+
 class Controller:
     """Reconciles RFTJobs through `Kube`; holds only caches that are safe to lose (scrape times)."""
 
@@ -145,7 +154,7 @@ class Controller:
             try:
                 created = self.kube.create(RESOURCES[kind], ns, body)
             except k.KubeError as exc:
-                if kind != "pods" or exc.status not in (400, 422):
+                if kind != "pods" or not refused_for_good(exc):
                     raise
                 # the server refused the pod a template shaped (spec.podTemplate is not schema-checked by the
                 # CRD): the job fails with the server's reason instead of retrying the same pod forever

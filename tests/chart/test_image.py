@@ -86,6 +86,7 @@ def _build_context(dest: Path) -> None:
             shutil.copytree(src, dest / name,
                             ignore=lambda _d, names: [n for n in names if any(fnmatch.fnmatch(n, e) for e in excluded)])
         else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
 
 
@@ -121,3 +122,75 @@ def test_default_image_is_the_same_everywhere(render):
     assert DEFAULT_IMAGE in (REPO / "docs" / "install.md").read_text()
     (version_arg,) = re.findall(r"(?m)^ARG VERSION=(\S+)$", DOCKERFILE)
     assert version_arg == chart["appVersion"]
+
+
+VERL_DOCKERFILE = REPO / "Dockerfile.verl"
+VERL_PINS = REPO / "docker" / "verl-requirements.txt"
+
+
+def _parsed(path: Path):
+    """The Dockerfile as BuildKit's own parser reads it (the `dockerfile` package wraps the Go parser)."""
+    import dockerfile
+
+    return dockerfile.parse_file(str(path))
+
+
+def test_both_dockerfiles_parse_with_the_buildkit_parser():
+    for path in (REPO / "Dockerfile", VERL_DOCKERFILE):
+        commands = _parsed(path)
+        assert [c.cmd for c in commands].count("FROM") >= 2, path
+        assert commands[-1].cmd == "CMD"
+
+
+def test_every_copy_source_is_in_the_build_context(tmp_path):
+    context = tmp_path / "context"
+    context.mkdir()
+    _build_context(context)
+    for path in (REPO / "Dockerfile", VERL_DOCKERFILE):
+        for command in _parsed(path):
+            if command.cmd == "COPY" and not any(f.startswith("--from") for f in command.flags):
+                for source in command.value[:-1]:
+                    assert (context / source).exists(), f"{path.name}: COPY {source} is not in the build context"
+
+
+def test_the_gpu_image_pins_trinity_and_vllm_together():
+    pins = [line for line in VERL_PINS.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+(\[[a-z0-9,]+\])?==[0-9][0-9A-Za-z.+]*", p) for p in pins), pins
+    names = {re.split(r"[\[=]", p)[0] for p in pins}
+    assert "trinity-rft[vllm]==0.6.0" in pins, "Trinity-RFT 0.6 is the contract, with its vllm extra"
+    assert {"vllm", "torch"} <= names
+    # the project's own CPU torch pin never lands in the GPU image: no engine extra there
+    build = _instructions(re.split(r"(?m)^FROM ", VERL_DOCKERFILE.read_text())[1])
+    assert 'pip install -r docker/verl-requirements.txt ".[runtime,operator,verl]"' in build
+    assert "engine" not in build
+    for check in ("trinity --help", "rft --help", "rft-operator --help", "ray --version"):
+        assert check in build, check
+
+
+def test_the_gpu_image_has_a_pinned_cuda_base_and_a_clean_non_root_final_stage():
+    text = VERL_DOCKERFILE.read_text()
+    (base,) = re.findall(r"(?m)^ARG CUDA_IMAGE=(\S+)$", text)
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d+\.\d+(@sha256:[0-9a-f]{64})?", base)
+    stages = re.split(r"(?m)^FROM ", text)[1:]
+    assert all(stage.startswith("${CUDA_IMAGE}") for stage in stages)
+    final = _instructions(stages[-1])
+    assert re.findall(r"(?m)^USER (\S+)$", final)[-1] == "1000:1000"
+    assert not re.search(r"build-essential|gcc|python3-dev|pip install", final)
+    assert "COPY --from=build /opt/rft /opt/rft" in final
+    (version_arg,) = re.findall(r"(?m)^ARG VERSION=(\S+)$", text)
+    assert version_arg == PYPROJECT["project"]["version"]
+
+
+def test_the_verl_default_image_is_the_same_everywhere(render):
+    from rft_operator.settings import Settings
+    from rft_operator.spec import DEFAULT_IMAGE, DEFAULT_VERL_IMAGE
+
+    assert DEFAULT_VERL_IMAGE == DEFAULT_IMAGE + "-verl" == Settings().default_verl_image
+    assert DEFAULT_VERL_IMAGE in VERL_DOCKERFILE.read_text()
+    assert DEFAULT_VERL_IMAGE in (REPO / "docs" / "install.md").read_text()
+    container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RFT_OPERATOR_DEFAULT_VERL_IMAGE"] == DEFAULT_VERL_IMAGE
+    pinned = one(render({"jobDefaults": {"verlImage": "registry.local/verl:7"}}), "Deployment")
+    env = {e["name"]: e.get("value") for e in pinned["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RFT_OPERATOR_DEFAULT_VERL_IMAGE"] == "registry.local/verl:7"

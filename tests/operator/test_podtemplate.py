@@ -324,3 +324,18 @@ def test_a_runtime_that_refuses_to_start_fails_the_job_at_once_with_its_message(
     assert (st["phase"], st["reason"]) == ("Failed", "RuntimeRefused") and st["retries"] == 0
     assert "exit code 2" in st["message"] and "trinity-rft" in st["message"]
     assert world.pod_creates == 1
+
+
+@pytest.mark.parametrize("status, message, final", [
+    (422, 'Pod "x" is invalid: spec.containers[1].image: Required value', True),
+    (403, 'pods "x" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true', True),
+    (400, 'admission webhook "validate.kyverno.svc" denied the request: label team is required', True),
+    (403, 'pods is forbidden: User "system:serviceaccount:rft:rft" cannot create resource "pods"', False),
+    (403, 'pods "x" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=10, limited: pods=10',
+     False),
+])
+def test_which_pod_refusals_fail_the_job_and_which_are_retried(status, message, final):
+    from rft_operator.controller import refused_for_good
+    from rft_operator.kube import KubeError
+
+    assert refused_for_good(KubeError(status, "Invalid" if status != 403 else "Forbidden", message)) is final
