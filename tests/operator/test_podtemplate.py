@@ -339,3 +339,28 @@ def test_which_pod_refusals_fail_the_job_and_which_are_retried(status, message, 
     from rft_operator.kube import KubeError
 
     assert refused_for_good(KubeError(status, "Invalid" if status != 403 else "Forbidden", message)) is final
+
+
+def test_the_platform_example_makes_valid_pods_the_crd_admits():
+    import yaml
+    from rftjob_bodies import ROOT
+
+    job = yaml.safe_load((ROOT / "examples" / "rftjob-verl-platform.yaml").read_text())
+    job["metadata"].update(namespace="default", uid="u-1")
+    job["spec"].pop("configFrom")
+    job["spec"]["config"] = seed("verl-lora.yaml")  # what the ConfigMap of the example's comment holds
+    assert issues_of(job) == []
+    _, _, (pod,) = pods_of(job, default_verl_image="reg/rft:1-verl")
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert runtime(pod)["resources"]["limits"] == {"memory": "128Gi", "nvidia.com/gpu": "8"}
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in runtime(pod)["volumeMounts"]
+    kubernetes_validate.validate(pod, "1.30", strict=True)
+    spec_schema = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for where in (("podTemplate",), ("roleTemplates", "head")):
+        template = job["spec"]
+        for key in where:
+            template = template[key]
+        for part, rules in (("containers", _rules(spec_schema, (*where, "spec", "containers"))),
+                            ("volumes", _rules(spec_schema, (*where, "spec", "volumes")))):
+            if part in template["spec"]:
+                assert all(ok for ok, _ in _cel_admits(rules, template["spec"][part])), (where, part)
