@@ -18,7 +18,7 @@ FROM ${PYTHON_IMAGE} AS build
 # Tinker service and never load a model in the pod; the installed venv is ~0.9 GB without torch, and torch plus
 # the engine add well over 1 GB more.
 # WITH_ENGINE=true adds it with torch 2.13.0 from the CPU wheel index (`rft quickstart` and `rft engine` then
-# work in the image). veRL jobs need a CUDA image of their own (docs/install.md).
+# work in the image). veRL jobs need the CUDA image of Dockerfile.verl (docs/install.md).
 ARG WITH_ENGINE=false
 ARG TORCH_VERSION=2.13.0
 
