@@ -15,6 +15,7 @@ from rft_operator.builders import (
     ATTEMPT_LABEL,
     CONTAINER,
     HASH_ANNOTATION,
+    KUEUE_QUEUE,
     desired_children,
     pod_name,
     spec_hash,
@@ -185,8 +186,10 @@ def plan_job(
     start = st.parse_time(new["startTime"])
     deadline = spec.active_deadline_seconds
     queued = any(st.pod_gated_by_kueue(p) for p in current.values())
+    # not started while Kueue holds the pods (as a Job it keeps suspended): the deadline starts at admission.
+    # A queued job's pods are gated from their creation on, so the clock does not start when they are created.
+    unstarted = queued or (bool(_labels(job).get(KUEUE_QUEUE)) and not current)
     if queued:
-        # not started while Kueue holds the pods (as a Job it keeps suspended): the deadline starts at admission
         new["startTime"], start = None, None
 
     if head is not None and st.pod_phase(head) == "Succeeded":
@@ -231,7 +234,7 @@ def plan_job(
         missing = [p for p in children["pods"] if _name(p) not in present]
         for pod in missing:
             plan.create.append(("pods", pod))
-        if new["startTime"] is None and not queued:
+        if new["startTime"] is None and not unstarted:
             new["startTime"] = st.timestamp(now)
             start = now
         wanted = [_name(p) for p in children["pods"]]

@@ -297,6 +297,7 @@ def test_a_job_whose_pods_kueue_holds_is_waiting_for_admission_and_its_deadline_
     job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
     world = World(job)
     world.step(T0)
+    assert "startTime" not in world.job["status"], "the clock starts at admission, not at creation"
     # Kueue's webhook gates every pod of the group until the group is admitted
     for pod in world.objects["pods"].values():
         pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
@@ -364,3 +365,36 @@ def test_the_platform_example_makes_valid_pods_the_crd_admits():
                             ("volumes", _rules(spec_schema, (*where, "spec", "volumes")))):
             if part in template["spec"]:
                 assert all(ok for ok, _ in _cel_admits(rules, template["spec"][part])), (where, part)
+
+
+def test_the_head_pods_command_in_an_image_without_trinity_fails_the_job_with_the_runtimes_words(tmp_path):
+    """The veRL head's real command, run with this repository's `rft` and no `trinity` on PATH (as in the
+    default image); its log's last line becomes the termination message (FallbackToLogsOnError)."""
+    import os
+    import shutil
+    import subprocess
+
+    rft = shutil.which("rft")
+    if rft is None:
+        pytest.skip("the rft console script is not installed (pip install -e .)")
+    world = World(rftjob("plain", verl_config(1, 1), backoffLimit=3))
+    world.step(T0)
+    pod = world.objects["pods"]["plain-head"]
+    (config_map,) = world.objects["configmaps"].values()
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config_map["data"]["config.yaml"])
+    script = runtime(pod)["command"][2].replace("/etc/rft/config.yaml", str(config_file))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rft").symlink_to(rft)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+           **{e["name"]: e["value"] for e in runtime(pod)["env"] if "value" in e and e["name"] != "HOME"}}
+    proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    log = proc.stdout + proc.stderr
+    pod["status"] = {"phase": "Failed", "containerStatuses": [{"name": "rft", "state": {"terminated": {
+        "exitCode": proc.returncode, "reason": "Error", "message": log[-2048:]}}}]}
+    world.step(T0 + 5)
+    st = world.job["status"]
+    assert (st["phase"], st["reason"], st["retries"]) == ("Failed", "RuntimeRefused", 0)
+    assert "trinity-rft" in st["message"] and "spec.image" in st["message"]
