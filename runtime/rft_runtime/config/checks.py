@@ -49,6 +49,7 @@ def _check_storage(path: str, store: TasksetConfig, backend: str, issues: list[C
 def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -> None:
     """Refuse what would train differently on Tinker; list once what has no effect there."""
     idle: dict[str, list[str]] = {}
+    roots: list[str] = []
     for path, owner, name, value in support.set_fields(cfg):
         rule = support.REFUSED_ON_TINKER.get((owner, name))
         if rule is not None:
@@ -58,7 +59,11 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
                     f"{_short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
                     "remove it, or train with veRL (model.tinker.enable: false)")))
         elif support.treatment(owner, name) == support.NO_EFFECT:
-            idle.setdefault(path.split(".")[0].split("[")[0], []).append(path)
+            # what is inside an idle field is idle too; lora_configs has a warning of its own
+            if not any(path.startswith((f"{p}.", f"{p}[")) for p in roots):
+                roots.append(path)
+                if (owner, name) != ("ModelConfig", "lora_configs"):
+                    idle.setdefault(path.split(".")[0].split("[")[0], []).append(path)
     for paths in idle.values():
         warnings.append(f"no effect on the Tinker backend: {', '.join(paths)}")
 
