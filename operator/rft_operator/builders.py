@@ -187,7 +187,7 @@ def _env(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[dict[
 def _resources(spec: JobSpec, config: ConfigResult) -> dict[str, Any]:
     resources = json.loads(json.dumps(spec.resources or {}))
     if config.cfg.backend == "verl":
-        gpus = int(config.cfg.cluster.gpu_per_node)
+        gpus = config.cfg.gpu_shape()[1]
         if gpus > 0:
             # extended resources are limits; the request must equal the limit when given. A string, as the
             # API server writes quantities back (typed clients refuse an integer there)
@@ -204,7 +204,7 @@ def _command(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str
     run += ["--metrics-port", str(spec.metrics_port)] if spec.metrics_enabled else ["--no-metrics"]
     if config.cfg.backend == "tinker":
         return run
-    gpus = int(config.cfg.cluster.gpu_per_node)
+    gpus = config.cfg.gpu_shape()[1]
     head = f"{service_name(job['metadata']['name'])}:{RAY_GCS_PORT}"
     if role == "head":
         script = (
@@ -300,7 +300,7 @@ def build_pods(job: dict[str, Any], spec: JobSpec, config: ConfigResult, attempt
     digest = spec_hash(spec, config)
     pods = [build_pod(job, spec, config, "head", 0, attempt, digest)]
     if config.cfg.backend == "verl":
-        for i in range(1, int(config.cfg.cluster.node_num)):
+        for i in range(1, config.cfg.gpu_shape()[0]):
             pods.append(build_pod(job, spec, config, "worker", i, attempt, digest))
     return pods
 

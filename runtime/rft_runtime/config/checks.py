@@ -83,7 +83,9 @@ def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
         try:
             check_advantage_args(algo, cfg.algorithm.advantage_fn_args)
         except AlgorithmError as exc:
-            issues.append(ConfigIssue("algorithm.advantage_fn_args", str(exc).split(": ", 1)[-1]))
+            issues.append(ConfigIssue("algorithm.advantage_fn_args", (
+                f"{str(exc).split(': ', 1)[-1]}: this runtime computes {algo}'s advantages on the Tinker backend "
+                "and takes only those; remove the others, or train with veRL (model.tinker.enable: false)")))
     if algo in catalog.TINKER_ALGORITHMS:
         try:
             loss_spec(cfg)

@@ -201,14 +201,14 @@ def validate_main(args: Any) -> int:
     if cfg is None:
         return EXIT_INVALID
     problems, data_warnings = data_checks(cfg) if not cfg.partial else ([], [])
+    for warning in [*cfg.warnings, *data_warnings]:
+        print(f"warning: {warning}", file=sys.stderr)
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {', '.join(_paths(args))}:",
               file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID
-    for warning in [*cfg.warnings, *data_warnings]:
-        print(f"warning: {warning}", file=sys.stderr)
     if cfg.partial:
         print(f"{', '.join(_paths(args))}: valid as a fragment (only the keys it sets were checked; "
               "overlay it on a job: -c JOB.yaml -c FRAGMENT.yaml)")
