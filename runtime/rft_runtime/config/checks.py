@@ -13,6 +13,7 @@ from rft_runtime.config import catalog, support
 from rft_runtime.config.errors import ConfigIssue
 from rft_runtime.config.models import JobConfig, TasksetConfig
 
+
 def _suggest(name: str, choices: tuple[str, ...]) -> str:
     from rft_runtime.config.loader import suggest
 

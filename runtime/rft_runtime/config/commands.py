@@ -97,7 +97,7 @@ def _first_rows(store: StorageConfig, n: int = 5) -> list[dict[str, Any]] | None
             import csv
 
             with f.open(newline="", encoding="utf-8") as fh:
-                rows = [row for _, row in zip(range(n), csv.DictReader(fh))]
+                rows = [row for _, row in zip(range(n), csv.DictReader(fh), strict=False)]
         else:
             return None
     except (OSError, ValueError, UnicodeDecodeError):
