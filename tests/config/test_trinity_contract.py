@@ -429,3 +429,11 @@ def test_validate_says_how_many_steps_run_and_how_many_passes(tmp_path):
     res = _cli("validate", "-c", str(job), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "runs 200 steps (20 passes over the data" in res.stdout
+
+
+def test_a_stage_holds_only_what_trinitys_stages_hold():
+    data = _tinker_job()
+    data["stages"] = [{"stage_name": "a", "cluster": {"node_num": 2}}]
+    with pytest.raises(ConfigError) as info:
+        load_config_dict(data)
+    assert [i.path for i in info.value.issues] == ["stages[0].cluster"]

@@ -348,6 +348,14 @@ def _check_stage(
     issues: list[ConfigIssue] = []
     if not stage.get("stage_name"):
         issues.append(ConfigIssue(f"{where}.stage_name", "is required; name each stage"))
+    from rft_runtime.config.models import STAGE_KEYS
+
+    for key in stage:
+        if key not in STAGE_KEYS:
+            hint = suggest(str(key), STAGE_KEYS)
+            did = f"did you mean '{hint}'? " if hint else ""
+            issues.append(ConfigIssue(f"{where}.{key}", f"a stage cannot set '{key}'; {did}a stage holds: "
+                                                         f"{', '.join(STAGE_KEYS)}"))
     merged = _stage_data(base, stage)
     cfg, structural = validate_structure(merged)
     for issue in structural:
