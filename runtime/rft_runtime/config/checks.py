@@ -11,12 +11,11 @@ from urllib.parse import urlsplit
 
 from rft_runtime.config import catalog, support
 from rft_runtime.config.errors import ConfigIssue
+from rft_runtime.config.loader import _short, suggest
 from rft_runtime.config.models import JobConfig, TasksetConfig
 
 
 def _suggest(name: str, choices: tuple[str, ...]) -> str:
-    from rft_runtime.config.loader import suggest
-
     hint = suggest(name, choices)
     return f"did you mean '{hint}'? " if hint else ""
 
@@ -37,7 +36,7 @@ def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...
         return
     issues.append(ConfigIssue(path, (
         f"unknown {what} {name!r}; {_suggest(name, runnable)}known: {', '.join(runnable)}; "
-        f"or give your own as '{form}'")))
+        f"or give your own as '{form}'"), soft=True))
 
 
 def _check_storage(path: str, store: TasksetConfig, backend: str, issues: list[ConfigIssue]) -> None:
@@ -67,11 +66,6 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
                     idle.setdefault(path.split(".")[0].split("[")[0], []).append(path)
     for paths in idle.values():
         warnings.append(f"no effect on the Tinker backend: {', '.join(paths)}")
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
@@ -108,14 +102,8 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
     issues = _check(cfg, raw, partial, warnings)
     if cfg.backend == "tinker":
         return issues
-    hard = [i for i in issues if not i.message.startswith(_SOFT)]
-    warnings += [f"{i.path}: {i.message} (Trinity checks this when the job starts)" for i in issues if i not in hard]
-    return hard
-
-
-# messages of the problems that are warnings on the veRL backend (see check_config)
-_SOFT = ("unknown algorithm", "unknown workflow", "unknown reward function", "is required", "a taskset needs",
-         "sft in mode train", "dpo in mode train", "cpt in mode train")
+    warnings += [f"{i.path}: {i.message} (Trinity checks this when the job starts)" for i in issues if i.soft]
+    return [i for i in issues if not i.soft]
 
 
 def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[str]) -> list[ConfigIssue]:
@@ -133,6 +121,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
                 "algorithm.algorithm_type",
                 f"unknown algorithm {algo!r}; {_suggest(algo, catalog.KNOWN_ALGORITHMS)}"
                 f"Trinity-RFT knows: {', '.join(catalog.KNOWN_ALGORITHMS)}",
+                soft=True,
             )
         )
     kl = (cfg.algorithm.kl_loss_fn_args or {}).get("kl_coef")
@@ -247,7 +236,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
     for i, ts in enumerate(explorer_input.eval_tasksets):
         _check_storage(f"buffer.explorer_input.eval_tasksets[{i}]", ts, backend, issues)
         if not ts.path:
-            issues.append(ConfigIssue(f"buffer.explorer_input.eval_tasksets[{i}].path", _NO_PATH))
+            issues.append(ConfigIssue(f"buffer.explorer_input.eval_tasksets[{i}].path", _NO_PATH, soft=True))
 
     if partial:
         # a fragment is judged only on what it sets, not on the defaults it will be merged over
@@ -259,19 +248,21 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
             ConfigIssue(
                 "model.model_path",
                 "is required: a hub model name or a local directory (or set model.tinker.base_model)",
+                soft=True,
             )
         )
     # bench and serve read no taskset (bench evaluates the eval_tasksets)
     if cfg.mode in ("both", "explore"):
         tasksets = [explorer_input.taskset, *explorer_input.tasksets]
         if not any(ts.path for ts in tasksets):
-            issues.append(ConfigIssue("buffer.explorer_input.taskset.path", _NO_PATH))
+            issues.append(ConfigIssue("buffer.explorer_input.taskset.path", _NO_PATH, soft=True))
         has_workflow = explorer_input.default_workflow_type or any(ts.default_workflow_type for ts in tasksets)
         if not has_workflow and algo not in catalog.OFFLINE_ALGORITHMS:
             issues.append(
                 ConfigIssue(
                     "buffer.explorer_input.default_workflow_type",
                     "is required to turn tasks into rollouts; e.g. math_workflow, or 'package.module.Class'",
+                    soft=True,
                 )
             )
     if cfg.mode == "train" and algo in catalog.OFFLINE_ALGORITHMS:
@@ -282,6 +273,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
                     "buffer.trainer_input.experience_buffer.path",
                     f"{algo} in mode train reads its dataset from here; set path (a local file or folder, "
                     "or a hub dataset) and storage_type: file",
+                    soft=True,
                 )
             )
         elif eb.storage_type == "queue":
@@ -289,6 +281,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
                 ConfigIssue(
                     "buffer.trainer_input.experience_buffer.storage_type",
                     f"{algo} reads a dataset, not the rollout queue; set storage_type: file",
+                    soft=True,
                 )
             )
     return issues

@@ -362,11 +362,11 @@ def _check_stage(
         # problems in keys the stage sets are the stage's; the rest were already reported for the base
         first = issue.path.split(".")[0].split("[")[0]
         if first in stage:
-            issues.append(ConfigIssue(f"{where}.{issue.path}", issue.message))
+            issues.append(ConfigIssue(f"{where}.{issue.path}", issue.message, issue.soft))
     if cfg is not None:
         for issue in check_config(cfg, merged, partial, warnings):
             first = issue.path.split(".")[0].split("[")[0]
-            moved = ConfigIssue(f"{where}.{issue.path}", issue.message) if first in stage else issue
+            moved = ConfigIssue(f"{where}.{issue.path}", issue.message, issue.soft) if first in stage else issue
             if moved not in seen and moved not in issues:
                 issues.append(moved)
     return issues
