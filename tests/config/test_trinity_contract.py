@@ -435,3 +435,11 @@ def test_a_stage_holds_only_what_trinitys_stages_hold():
     with pytest.raises(ConfigError) as info:
         load_config_dict(data)
     assert [i.path for i in info.value.issues] == ["stages[0].cluster"]
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=[_rel(p) for p in EXAMPLE_FILES])
+def test_every_trinity_example_round_trips_through_config_show(path, trinity_env):
+    shown = load_config(path).resolved_dict()
+    again = trinity_env / "shown.yaml"
+    again.write_text(yaml.safe_dump(shown, sort_keys=False))
+    assert load_config(again).resolved_dict() == shown
