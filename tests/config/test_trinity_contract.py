@@ -443,3 +443,16 @@ def test_every_trinity_example_round_trips_through_config_show(path, trinity_env
     again = trinity_env / "shown.yaml"
     again.write_text(yaml.safe_dump(shown, sort_keys=False))
     assert load_config(again).resolved_dict() == shown
+
+
+@pytest.mark.parametrize(("keep", "left"), [(0, 4), (None, 4), (2, 2)])
+def test_max_checkpoints_to_keep_0_keeps_all_as_in_trinity(keep, left):
+    from rft_runtime.loop.checkpoints import Bookkeeping, CheckpointEntry
+
+    book = Bookkeeping()
+    dropped = []
+    for step in range(1, 5):
+        dropped += book.record(CheckpointEntry(stage_index=0, stage_step=step, global_step=step,
+                                               state_path=f"tinker://s{step}", sampler_path=None,
+                                               stream_state=None), keep)
+    assert len(book.history) == left and len(dropped) == 4 - left
