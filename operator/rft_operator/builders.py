@@ -216,11 +216,10 @@ def pod_image(spec: JobSpec, config: ConfigResult) -> str:
 
 
 def verl_shape(spec: JobSpec, config: ConfigResult) -> tuple[int, int]:
-    """(pods, GPUs of each pod) of a veRL job: cluster.node_num (0, Trinity's detect, is one pod) and
-    spec.gpus.perNode or cluster.gpu_per_node."""
-    nodes = max(int(config.cfg.cluster.node_num or 0), 1)
-    gpus = spec.gpus_per_node if spec.gpus_per_node is not None else int(config.cfg.cluster.gpu_per_node or 0)
-    return nodes, gpus
+    """(pods, GPUs of each pod) of a veRL job: the config's shape (JobConfig.gpu_shape: 0, Trinity's
+    detect, is one pod with the GPUs the job's engines and trainer need), spec.gpus.perNode overriding."""
+    nodes, gpus = config.cfg.gpu_shape()
+    return nodes, spec.gpus_per_node if spec.gpus_per_node is not None else gpus
 
 
 def _resources(spec: JobSpec, config: ConfigResult) -> dict[str, Any]:
@@ -423,8 +422,8 @@ def spec_issues(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> lis
             issues.append(f"spec.gpus.perNode {asked} differs from spec.config cluster.gpu_per_node {configured}; "
                           "set one of them (Trinity places work by the config's count)")
         elif verl_shape(spec, config)[1] < 1:
-            issues.append("spec.gpus.perNode: a veRL job's pods must request GPUs and cluster.gpu_per_node is 0 "
-                          "(detect), which a pod cannot do; set spec.gpus.perNode or cluster.gpu_per_node")
+            issues.append("spec.gpus.perNode: a veRL job's pods must request at least one GPU; set spec.gpus.perNode "
+                          "to 1 or more, or leave it out (cluster.gpu_per_node, or what the job's engines need)")
     elif spec.gpus_per_node is not None or spec.gpu_resource != DEFAULT_GPU_RESOURCE:
         issues.append("spec.gpus applies to veRL jobs only (a Tinker job trains through the Tinker API); "
                       "remove it")

@@ -66,6 +66,8 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = {k: structural(v, defs) for k, v in node["properties"].items()}
             if node.get("required"):
                 out["required"] = list(node["required"])
+            if node.get("x-kubernetes-preserve-unknown-fields"):
+                out["x-kubernetes-preserve-unknown-fields"] = True
         elif isinstance(extra, dict) and extra:
             out["additionalProperties"] = structural(extra, defs)
         else:
@@ -94,11 +96,29 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return _describe(_any(), node)
 
 
+def _open_trinity_fields(raw: dict[str, Any]) -> None:
+    """Leave out the fields the models take from Trinity's facts (mostly veRL and vLLM knobs): typed, they
+    would more than double the CRD past what the API server takes; the sections keep them as unknown fields,
+    and the operator checks them with the models anyway."""
+    from rft_runtime.config.models import FROM_FACTS, SECTIONS
+
+    classes = {cls.__name__: cls for cls in SECTIONS.values()}
+    for node in [raw, *raw.get("$defs", {}).values()]:
+        cls = classes.get(node.get("title", ""))
+        if cls is None or "properties" not in node:
+            continue
+        owner = cls.trinity_name or cls.__name__
+        for name in [n for n in node["properties"] if (owner, n) in FROM_FACTS]:
+            del node["properties"][name]
+        node["x-kubernetes-preserve-unknown-fields"] = True
+
+
 def config_schema() -> dict[str, Any]:
     """The structural schema of spec.config, from JobConfig.model_json_schema()."""
     from rft_runtime.config import JobConfig
 
     raw = JobConfig.model_json_schema()
+    _open_trinity_fields(raw)
     out = structural(raw, raw.get("$defs", {}))
     out["description"] = (
         "The Trinity-RFT job config (the YAML `rft run --config` reads), as an object. Checked here for types "
@@ -326,7 +346,7 @@ def spec_schema() -> dict[str, Any]:
                         "Extended resource to request (default nvidia.com/gpu; e.g. nvidia.com/mig-1g.10gb, "
                         "amd.com/gpu).", maxLength=253,
                         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"),
-                    "perNode": _int("GPUs per pod (default: cluster.gpu_per_node of the config).", 1),
+                    "perNode": _int("GPUs per pod (default: cluster.gpu_per_node of the config; when that is 0, what the job's engines and trainer need).", 1),
                 },
             },
             "metrics": {

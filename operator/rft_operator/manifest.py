@@ -38,14 +38,14 @@ def build_manifest(config: dict[str, Any], *, name: str, backend: str, namespace
 
 def manifest_main(args: Any) -> int:
     """Handler of `rft manifest`: validate the config, then print or write the RFTJob (exit 2 on errors)."""
-    from rft_runtime.config import ConfigError, load_config, read_yaml
+    from rft_runtime.config import ConfigError, load_config, read_layers
 
     name = args.name
     if not _NAME.match(name) or len(name) > 50:
         print(f"--name {name!r}: use at most 50 lowercase letters, digits and '-' (a DNS label)", file=sys.stderr)
         return 2
     try:
-        raw = read_yaml(args.config)
+        raw = read_layers(args.config)
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
@@ -55,7 +55,8 @@ def manifest_main(args: Any) -> int:
         raw, name=name, backend=cfg.backend, namespace=args.namespace, image=args.image,
         api_key_secret=args.api_key_secret, needs_key=base_url != "local",
     )
-    header = f"# RFTJob for {args.config} (written by `rft manifest`); apply with: kubectl apply -f <this file>\n"
+    sources = " + ".join(args.config) if isinstance(args.config, list) else args.config
+    header = f"# RFTJob for {sources} (written by `rft manifest`); apply with: kubectl apply -f <this file>\n"
     if "tinker" in manifest["spec"]:
         ref = manifest["spec"]["tinker"]["apiKeySecretRef"]
         header += (f"# The Tinker API key comes from Secret {ref['name']} key {ref['key']}:\n"

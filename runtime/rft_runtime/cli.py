@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(em, "rft_runtime.engine.model_factory:make_model_main")
 
     r = sub.add_parser("run", help="run a job (the drop-in for `trinity run --config`)")
-    r.add_argument("--config", "-c", required=True, help="the job's YAML file")
+    r.add_argument("--config", "-c", required=True, action="append",
+                   help="the job's YAML file; repeat to overlay files in order (later files win)")
     r.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400)")
     r.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (one log line per step)")
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(pl, "rft_runtime.monitor.plot:plot_main")
 
     m = sub.add_parser("manifest", help="wrap a job config in an RFTJob manifest for kubectl apply")
-    m.add_argument("--config", "-c", required=True, help="the job's YAML file")
+    m.add_argument("--config", "-c", required=True, action="append",
+                   help="the job's YAML file; repeat to overlay files in order (later files win)")
     m.add_argument("--name", required=True, help="the RFTJob's metadata.name")
     m.add_argument("--namespace", default=None, help="the RFTJob's metadata.namespace")
     m.add_argument("--image", default=None, help="runtime image (default: the chart's image)")

@@ -28,7 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: dict[str, Any]) -> dict[str, Any]:
     """The quickstart's job, Trinity-style: stage 1 SFT warm-up, stage 2 GRPO (written next to the data)."""
-    fmt = {"prompt_key": "question", "response_key": "answer", "system_prompt": SYSTEM_PROMPT}
+    fmt = {"prompt_type": "plaintext", "prompt_key": "question", "response_key": "answer",
+           "system_prompt": SYSTEM_PROMPT}
     return {
         "mode": "both",
         "project": "quickstart",

@@ -71,6 +71,7 @@ def test_verl_seed_is_a_gpu_job():
     cfg = load_config(EXAMPLES / "verl-lora.yaml")
     assert cfg.backend == "verl"
     assert (cfg.cluster.node_num, cfg.cluster.gpu_per_node) == (1, 8)
+    assert cfg.gpu_shape() == (1, 8)
     assert cfg.model.lora_configs[0].lora_rank == 32
     assert cfg.warnings == []
 
@@ -96,7 +97,7 @@ BROKEN = [
     ({"set": {"buffer.batch_size": "many"}}, "buffer.batch_size", "integer"),
     ({"set": {"synchronizer.sync_interval": 0}}, "synchronizer.sync_interval", "greater"),
     ({"set": {"synchronizer.sync_offset": -1}}, "synchronizer.sync_offset", "greater"),
-    ({"set": {"synchronizer.sync_method": "nccl"}}, "synchronizer.sync_method", "checkpoint"),
+    ({"set": {"synchronizer.sync_method": "broadcast"}}, "synchronizer.sync_method", "checkpoint"),
     ({"set": {"synchronizer.sync_style": "eager"}}, "synchronizer.sync_style", "fixed"),
     ({"set": {"algorithm.optimizer.lr": -1e-5}}, "algorithm.optimizer.lr", "greater than 0"),
     ({"set": {"algorithm.optimizer.betas": [0.9, 1.5]}}, "algorithm.optimizer.betas[1]", "[0, 1)"),
@@ -130,7 +131,7 @@ BROKEN = [
     ({"set": {"trainer.save_interval": -5}}, "trainer.save_interval", "greater"),
     ({"set": {"trainer.grad_clip": -1.0}}, "trainer.grad_clip", "greater"),
     ({"set": {"trainer.trainer_type": "deepspeed"}}, "trainer.trainer_type", "tinker"),
-    ({"set": {"cluster.node_num": 0}}, "cluster.node_num", "greater"),
+    ({"set": {"cluster.node_num": -1}}, "cluster.node_num", "greater"),
     ({"set": {"continue_from_checkpont": False}}, "continue_from_checkpont", "continue_from_checkpoint"),
     ({"set": {"checkpoint_root_dir": "${oc.env:RFT_TEST_UNSET_VAR}"}}, "checkpoint_root_dir", "RFT_TEST_UNSET_VAR"),
     ({"set": {"stages": [{"stage_name": "warm", "algorithm": {"algorithm_type": "rloo", "repeat_times": -2}}]}},

@@ -235,9 +235,16 @@ def test_gpu_count_from_the_spec_when_the_config_says_detect():
     pods = build_pods(job, spec, config, attempt=0)
     assert len(pods) == 1, "node_num 0 runs one pod"
     assert runtime(pods[0])["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    # without spec.gpus.perNode the pod asks for what the job's engines and trainer need
     no_count = parse_spec({**job["spec"], "gpus": {}})
-    (issue,) = spec_issues(job, no_count, config)
-    assert "spec.gpus.perNode" in issue and "cluster.gpu_per_node is 0" in issue
+    assert spec_issues(job, no_count, config) == []
+    rollout = config.cfg.explorer.rollout_model
+    need = rollout.engine_num * rollout.tensor_parallel_size + 1
+    (pod,) = build_pods(job, no_count, config, attempt=0)
+    assert runtime(pod)["resources"]["limits"] == {"nvidia.com/gpu": str(need)}
+    zero = parse_spec({**job["spec"], "gpus": {"perNode": 0}})
+    (issue,) = spec_issues(job, zero, config)
+    assert "spec.gpus.perNode" in issue and "at least one GPU" in issue
 
 
 def test_gpu_counts_that_disagree_and_gpus_on_a_tinker_job_are_refused():

@@ -79,7 +79,7 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
             cfg["algorithm"].update(algorithm_type="sft", repeat_times=1)
             cfg["buffer"]["batch_size"] = 8
             cfg["buffer"]["trainer_input"] = {"experience_buffer": {
-                "name": "sft", "storage_type": "file", "path": str(write_sft(tmp_path / "sft.jsonl"))}}
+                "name": "sft", "storage_type": "file", "format": {"prompt_type": "plaintext"}, "path": str(write_sft(tmp_path / "sft.jsonl"))}}
         proc = _popen(write_config(tmp_path / "job.yaml", cfg))
         _wait(lambda: len(metrics(cfg)) >= 3, proc, 120, "step 3")
         os.kill(engine.pid, signal.SIGKILL)

@@ -127,7 +127,7 @@ def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
                    algorithm__optimizer={"lr": 3e-3, "lr_scheduler_type": "cosine", "lr_warmup_steps": 2,
                                          "min_lr_ratio": 0.1})
     cfg["buffer"]["trainer_input"] = {"experience_buffer": {
-        "name": "sft", "storage_type": "file", "path": str(data)}}
+        "name": "sft", "storage_type": "file", "format": {"prompt_type": "plaintext"}, "path": str(data)}}
     _run(cfg)
     records = metrics(cfg)
     assert [r["step"] for r in records] == list(range(1, 11))

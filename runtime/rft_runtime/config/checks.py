@@ -9,68 +9,63 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from rft_runtime.config import catalog
+from rft_runtime.config import catalog, support
 from rft_runtime.config.errors import ConfigIssue
-from rft_runtime.config.models import JobConfig, StorageConfig
-
-# Why each refused algorithm cannot run behind the Tinker API (shown to the user).
-_TINKER_REFUSALS = {
-    "ppo": "it trains a critic (value model), and Tinker trains only the policy's LoRA adapter",
-    "on_policy_distill": "it needs a teacher model's logprobs for every token, which this runtime does not fetch",
-    "dpo": "it needs chosen/rejected pairs, which this runtime does not train on Tinker yet",
-    "mix": "it mixes expert data into the policy loss in veRL's trainer",
-    "jsd": "it needs a teacher model",
-    "grpo_verl": "it is veRL's own GRPO implementation; use grpo",
-    "gspo": "its sequence-level ratio is not one of Tinker's built-in losses yet",
-    "cispo": "this runtime does not map it to Tinker's cispo loss yet",
-}
+from rft_runtime.config.loader import _short, suggest
+from rft_runtime.config.models import JobConfig, TasksetConfig
 
 
-def _known_reward_fns() -> tuple[str, ...] | None:
-    try:
-        from rft_runtime.workflows import known_reward_fns
-    except ImportError:
-        return None
-    return tuple(known_reward_fns())
+def _suggest(name: str, choices: tuple[str, ...]) -> str:
+    hint = suggest(name, choices)
+    return f"did you mean '{hint}'? " if hint else ""
 
 
-def _check_workflow(path: str, name: str | None, issues: list[ConfigIssue]) -> None:
+def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...], ours: tuple[str, ...],
+                 backend: str, issues: list[ConfigIssue]) -> None:
+    """A workflow or reward name: Trinity's (veRL), this runtime's (Tinker) or an import path (both)."""
     if name is None or catalog.is_import_path(name):
         return
-    known = catalog.known_workflows()
-    if name in known:
+    runnable = ours if backend == "tinker" else tuple(dict.fromkeys((*trinity, *ours)))
+    if name in runnable:
         return
-    from rft_runtime.config.loader import suggest
-
-    hint = suggest(name, known)
-    did = f"did you mean '{hint}'? " if hint else ""
-    issues.append(
-        ConfigIssue(
-            path,
-            f"unknown workflow {name!r}; {did}built-in: {', '.join(known)}; "
-            "or give your own as 'package.module:ClassName'",
-        )
-    )
-
-
-def _check_reward_fn(path: str, name: str | None, issues: list[ConfigIssue]) -> None:
-    if name is None or catalog.is_import_path(name):
+    form = "package.module.ClassName" if what == "workflow" else "package.module.function"
+    if backend == "tinker" and name in trinity:
+        issues.append(ConfigIssue(path, (
+            f"{what} {name!r} is Trinity-RFT's and runs only in Trinity (the veRL backend); on Tinker this "
+            f"runtime runs: {', '.join(ours)}; or give your own as '{form}'")))
         return
-    known = _known_reward_fns()
-    if known is None or name in known:
-        return
-    issues.append(
-        ConfigIssue(
-            path,
-            f"unknown reward function {name!r}; built-in: {', '.join(known) or 'none'}; "
-            "or give your own as 'package.module:function'",
-        )
-    )
+    issues.append(ConfigIssue(path, (
+        f"unknown {what} {name!r}; {_suggest(name, runnable)}known: {', '.join(runnable)}; "
+        f"or give your own as '{form}'"), soft=True))
 
 
-def _check_storage(path: str, store: StorageConfig, issues: list[ConfigIssue]) -> None:
-    _check_workflow(f"{path}.default_workflow_type", store.default_workflow_type, issues)
-    _check_reward_fn(f"{path}.default_reward_fn_type", store.default_reward_fn_type, issues)
+def _check_storage(path: str, store: TasksetConfig, backend: str, issues: list[ConfigIssue]) -> None:
+    _check_named(f"{path}.default_workflow_type", store.default_workflow_type, "workflow",
+                 catalog.TRINITY_WORKFLOWS, catalog.known_workflows(), backend, issues)
+    _check_named(f"{path}.default_reward_fn_type", store.default_reward_fn_type, "reward function",
+                 catalog.TRINITY_REWARD_FNS, catalog.known_reward_fns(), backend, issues)
+
+
+def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -> None:
+    """Refuse what would train differently on Tinker; list once what has no effect there."""
+    idle: dict[str, list[str]] = {}
+    roots: list[str] = []
+    for path, owner, name, value in support.set_fields(cfg):
+        rule = support.REFUSED_ON_TINKER.get((owner, name))
+        if rule is not None:
+            accepts, why = rule
+            if not accepts(value, cfg):
+                issues.append(ConfigIssue(path, (
+                    f"{_short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
+                    "remove it, or train with veRL (model.tinker.enable: false)")))
+        elif support.treatment(owner, name) == support.NO_EFFECT:
+            # what is inside an idle field is idle too; lora_configs has a warning of its own
+            if not any(path.startswith((f"{p}.", f"{p}[")) for p in roots):
+                roots.append(path)
+                if (owner, name) != ("ModelConfig", "lora_configs"):
+                    idle.setdefault(path.split(".")[0].split("[")[0], []).append(path)
+    for paths in idle.values():
+        warnings.append(f"no effect on the Tinker backend: {', '.join(paths)}")
 
 
 def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
@@ -83,7 +78,9 @@ def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
         try:
             check_advantage_args(algo, cfg.algorithm.advantage_fn_args)
         except AlgorithmError as exc:
-            issues.append(ConfigIssue("algorithm.advantage_fn_args", str(exc).split(": ", 1)[-1]))
+            issues.append(ConfigIssue("algorithm.advantage_fn_args", (
+                f"{str(exc).split(': ', 1)[-1]}: this runtime computes {algo}'s advantages on the Tinker backend "
+                "and takes only those; remove the others, or train with veRL (model.tinker.enable: false)")))
     if algo in catalog.TINKER_ALGORITHMS:
         try:
             loss_spec(cfg)
@@ -97,23 +94,34 @@ def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
 
 
 def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[str]) -> list[ConfigIssue]:
-    """Every cross-field problem of a structurally valid config (`partial` skips completeness rules)."""
-    from rft_runtime.config.loader import suggest
+    """Every cross-field problem of a structurally valid config (`partial` skips completeness rules).
 
+    A veRL job is run by Trinity, whose loader takes any name (plugins register more) and whose own checks
+    run when the job starts: there unknown names and missing parts are warnings, not errors.
+    """
+    issues = _check(cfg, raw, partial, warnings)
+    if cfg.backend == "tinker":
+        return issues
+    warnings += [f"{i.path}: {i.message} (Trinity checks this when the job starts)" for i in issues if i.soft]
+    return [i for i in issues if not i.soft]
+
+
+def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[str]) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     algo = cfg.algorithm.algorithm_type
     model = cfg.model
     tinker = model.tinker
     buffer = cfg.buffer
+    backend = cfg.backend
 
     # --- algorithm
     if algo not in catalog.KNOWN_ALGORITHMS:
-        hint = suggest(algo, catalog.KNOWN_ALGORITHMS)
-        did = f"did you mean '{hint}'? " if hint else ""
         issues.append(
             ConfigIssue(
                 "algorithm.algorithm_type",
-                f"unknown algorithm {algo!r}; {did}known: {', '.join(catalog.KNOWN_ALGORITHMS)}",
+                f"unknown algorithm {algo!r}; {_suggest(algo, catalog.KNOWN_ALGORITHMS)}"
+                f"Trinity-RFT knows: {', '.join(catalog.KNOWN_ALGORITHMS)}",
+                soft=True,
             )
         )
     kl = (cfg.algorithm.kl_loss_fn_args or {}).get("kl_coef")
@@ -128,11 +136,11 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
 
     # --- backend
     if tinker.enable:
-        if cfg.trainer.trainer_type == "verl":
+        if "trainer_type" in (raw.get("trainer") or {}) and cfg.trainer.trainer_type == "verl":
             # a veRL config with the Tinker block added (what the seed document tells users to do)
             warnings.append("trainer.trainer_type 'verl' is replaced by 'tinker' because model.tinker.enable is true")
         if algo in catalog.KNOWN_ALGORITHMS and algo not in catalog.TINKER_ALGORITHMS:
-            why = _TINKER_REFUSALS.get(algo, "it is not implemented for Tinker")
+            why = catalog.TINKER_REFUSALS.get(algo, catalog.TINKER_REFUSAL_DEFAULT)
             issues.append(
                 ConfigIssue(
                     "algorithm.algorithm_type",
@@ -149,15 +157,9 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
                     "(explore and train) or 'train' (with algorithm_type sft)",
                 )
             )
-        sync_set = "sync_method" in (raw.get("synchronizer") or {})
-        if sync_set and cfg.synchronizer.sync_method not in catalog.TINKER_SYNC_METHODS:
-            issues.append(
-                ConfigIssue(
-                    "synchronizer.sync_method",
-                    f"{cfg.synchronizer.sync_method!r} is not available on Tinker, where new weights reach "
-                    "the sampler only as saved sampler weights; set sync_method: checkpoint",
-                )
-            )
+        if "sync_method" in (raw.get("synchronizer") or {}) and cfg.synchronizer.sync_method == "nccl":
+            warnings.append("synchronizer.sync_method 'nccl' becomes 'checkpoint' on Tinker (as in Trinity): "
+                            "new weights reach the sampler as saved sampler weights")
         if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo != "sft":
             issues.append(
                 ConfigIssue(
@@ -175,10 +177,16 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
                 )
             )
         issues.extend(_check_algorithm_args(cfg))
+        _check_tinker_support(cfg, issues, warnings)
         if algo == "grpo" and cfg.algorithm.repeat_times == 1 and cfg.mode == "both":
             warnings.append(
                 "algorithm.repeat_times is 1: grpo compares rollouts of the same task, so a group of one has "
                 "advantage 0 and nothing is learned; use repeat_times >= 2"
+            )
+        if algo in support.OWN_PARTS and algo != "sft" and cfg.algorithm.kl_loss_fn_args is None:
+            warnings.append(
+                "algorithm.kl_loss_fn_args is not set: Trinity adds a KL loss (k2, kl_coef 0.001) by default; "
+                "on Tinker this runtime adds none unless kl_loss_fn_args.kl_coef > 0 (k3 estimator)"
             )
         if model.lora_configs:
             warnings.append(
@@ -196,22 +204,13 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
                         "the local engine, or a URL like http://127.0.0.1:8765",
                     )
                 )
-    else:
-        if cfg.trainer.trainer_type == "tinker":
-            issues.append(
-                ConfigIssue(
-                    "trainer.trainer_type",
-                    "'tinker' needs model.tinker.enable: true; set it, or remove trainer_type",
-                )
+    elif "trainer_type" in (raw.get("trainer") or {}) and cfg.trainer.trainer_type == "tinker":
+        issues.append(
+            ConfigIssue(
+                "trainer.trainer_type",
+                "'tinker' needs model.tinker.enable: true; set it, or remove trainer_type",
             )
-        if cfg.cluster.gpu_per_node < 1:
-            issues.append(
-                ConfigIssue(
-                    "cluster.gpu_per_node",
-                    "the veRL backend needs at least one GPU per node; set gpu_per_node, "
-                    "or set model.tinker.enable: true to train without GPUs",
-                )
-            )
+        )
 
     # --- token budgets
     p, r, limit = model.max_prompt_tokens, model.max_response_tokens, model.max_model_len
@@ -224,20 +223,20 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
             )
         )
 
-    # --- sampling overrides of tasksets
+    # --- workflows and reward functions of the tasksets
     explorer_input = buffer.explorer_input
-    _check_workflow("buffer.explorer_input.default_workflow_type", explorer_input.default_workflow_type, issues)
-    _check_workflow(
-        "buffer.explorer_input.default_eval_workflow_type", explorer_input.default_eval_workflow_type, issues
-    )
-    _check_reward_fn("buffer.explorer_input.default_reward_fn_type", explorer_input.default_reward_fn_type, issues)
-    _check_storage("buffer.explorer_input.taskset", explorer_input.taskset, issues)
+    for key in ("default_workflow_type", "default_eval_workflow_type"):
+        _check_named(f"buffer.explorer_input.{key}", getattr(explorer_input, key), "workflow",
+                     catalog.TRINITY_WORKFLOWS, catalog.known_workflows(), backend, issues)
+    _check_named("buffer.explorer_input.default_reward_fn_type", explorer_input.default_reward_fn_type,
+                 "reward function", catalog.TRINITY_REWARD_FNS, catalog.known_reward_fns(), backend, issues)
+    _check_storage("buffer.explorer_input.taskset", explorer_input.taskset, backend, issues)
     for i, ts in enumerate(explorer_input.tasksets):
-        _check_storage(f"buffer.explorer_input.tasksets[{i}]", ts, issues)
+        _check_storage(f"buffer.explorer_input.tasksets[{i}]", ts, backend, issues)
     for i, ts in enumerate(explorer_input.eval_tasksets):
-        _check_storage(f"buffer.explorer_input.eval_tasksets[{i}]", ts, issues)
+        _check_storage(f"buffer.explorer_input.eval_tasksets[{i}]", ts, backend, issues)
         if not ts.path:
-            issues.append(ConfigIssue(f"buffer.explorer_input.eval_tasksets[{i}].path", _NO_PATH))
+            issues.append(ConfigIssue(f"buffer.explorer_input.eval_tasksets[{i}].path", _NO_PATH, soft=True))
 
     if partial:
         # a fragment is judged only on what it sets, not on the defaults it will be merged over
@@ -249,19 +248,21 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
             ConfigIssue(
                 "model.model_path",
                 "is required: a hub model name or a local directory (or set model.tinker.base_model)",
+                soft=True,
             )
         )
-    explores = cfg.mode in ("both", "explore", "bench")
-    if explores:
+    # bench and serve read no taskset (bench evaluates the eval_tasksets)
+    if cfg.mode in ("both", "explore"):
         tasksets = [explorer_input.taskset, *explorer_input.tasksets]
         if not any(ts.path for ts in tasksets):
-            issues.append(ConfigIssue("buffer.explorer_input.taskset.path", _NO_PATH))
+            issues.append(ConfigIssue("buffer.explorer_input.taskset.path", _NO_PATH, soft=True))
         has_workflow = explorer_input.default_workflow_type or any(ts.default_workflow_type for ts in tasksets)
-        if not has_workflow and algo != "sft":
+        if not has_workflow and algo not in catalog.OFFLINE_ALGORITHMS:
             issues.append(
                 ConfigIssue(
                     "buffer.explorer_input.default_workflow_type",
-                    "is required to turn tasks into rollouts; e.g. math_workflow, or 'package.module:Class'",
+                    "is required to turn tasks into rollouts; e.g. math_workflow, or 'package.module.Class'",
+                    soft=True,
                 )
             )
     if cfg.mode == "train" and algo in catalog.OFFLINE_ALGORITHMS:
@@ -272,6 +273,7 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
                     "buffer.trainer_input.experience_buffer.path",
                     f"{algo} in mode train reads its dataset from here; set path (a local file or folder, "
                     "or a hub dataset) and storage_type: file",
+                    soft=True,
                 )
             )
         elif eb.storage_type == "queue":
@@ -279,6 +281,7 @@ def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: l
                 ConfigIssue(
                     "buffer.trainer_input.experience_buffer.storage_type",
                     f"{algo} reads a dataset, not the rollout queue; set storage_type: file",
+                    soft=True,
                 )
             )
     return issues

@@ -23,22 +23,29 @@ def _paths(args: Any) -> list[str]:
 
 def _load(args: Any) -> JobConfig | None:
     try:
-        return load_config(_paths(args), partial=bool(getattr(args, "partial", False)))
+        # without --partial a file that names no model and no data (an overlay) is checked as a fragment
+        return load_config(_paths(args), partial=True if getattr(args, "partial", False) else None)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return None
 
 
-def _count_local_rows(store: StorageConfig) -> int | None:
-    """Rows in a local taskset, counted cheaply (None for hub datasets or unknown formats)."""
+def _local_files(store: StorageConfig) -> list[Path] | None:
+    """The data files of a local taskset (those of its split when named so); None for hub datasets."""
     if not store.path:
         return None
     path = Path(store.path).expanduser()
     if not path.exists():
         return None
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    split_files = [p for p in files if store.split in p.stem]
-    files = split_files or files
+    return [p for p in files if store.split in p.stem] or files
+
+
+def _count_local_rows(store: StorageConfig) -> int | None:
+    """Rows in a local taskset, counted cheaply (None for hub datasets or unknown formats)."""
+    files = _local_files(store)
+    if not files:
+        return None
     total = 0
     for f in files:
         suffix = f.suffix.lower()
@@ -65,6 +72,82 @@ def _count_local_rows(store: StorageConfig) -> int | None:
         except (OSError, ValueError, ImportError):
             return None
     return total or None
+
+
+def _first_rows(store: StorageConfig, n: int = 5) -> list[dict[str, Any]] | None:
+    """The first rows of a local JSON-lines, JSON or CSV taskset (None when they cannot be read cheaply)."""
+    files = _local_files(store)
+    if not files:
+        return None
+    f = files[0]
+    suffix = f.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            with f.open(encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        rows.append(json.loads(line))
+                    if len(rows) == n:
+                        break
+        elif suffix == ".json":
+            data = json.loads(f.read_text(encoding="utf-8"))
+            rows = data[:n] if isinstance(data, list) else []
+        elif suffix == ".csv":
+            import csv
+
+            with f.open(newline="", encoding="utf-8") as fh:
+                rows = [row for _, row in zip(range(n), csv.DictReader(fh), strict=False)]
+        else:
+            return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return [r for r in rows if isinstance(r, dict)] or None
+
+
+def _stores(cfg: JobConfig) -> list[tuple[str, StorageConfig, bool]]:
+    """(config key, dataset, whether the response column is needed) of each dataset the job reads."""
+    inputs = cfg.buffer.explorer_input
+    if cfg.mode == "train":
+        return [("buffer.trainer_input.experience_buffer", cfg.buffer.trainer_input.experience_buffer, True)]
+    out: list[tuple[str, StorageConfig, bool]] = []
+    if cfg.mode in ("both", "explore"):
+        out.append(("buffer.explorer_input.taskset", inputs.taskset, False))
+    out += [(f"buffer.explorer_input.eval_tasksets[{i}]", ts, False) for i, ts in enumerate(inputs.eval_tasksets)]
+    return out
+
+
+def data_checks(cfg: JobConfig) -> tuple[list[str], list[str]]:
+    """(problems, warnings) found cheaply in the local datasets: missing files, rows without the columns.
+
+    A path that does not exist here may exist where the job runs (a pod's volume), so it is a warning; a
+    local file whose first rows lack the prompt column fails `rft run` in its first second on Tinker.
+    """
+    from rft_runtime.data.errors import DataError
+    from rft_runtime.data.tasksets import builder_for, check_rows
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    for stage in cfg.stage_configs():
+        prefix = f"stages[{stage.stage_index}] ({stage.stage_name}): " if stage.stage_name else ""
+        for key, store, needs_response in _stores(stage):
+            if not store.path or (store.storage_type != "file"):
+                continue
+            local = Path(store.path).expanduser()
+            if not local.exists():
+                if builder_for(local) is not None or str(store.path).startswith((".", "/", "~")):
+                    warnings.append(f"{prefix}{key}.path: {store.path} does not exist here "
+                                    f"({local.absolute()}); `rft run` needs it where the job runs")
+                continue
+            rows = _first_rows(store)
+            if not rows:
+                continue
+            try:
+                check_rows(rows, store, source=str(store.path), require_response=needs_response)
+            except DataError as exc:
+                where = f"{prefix}{key}.format: {exc}"
+                (problems if stage.backend == "tinker" else warnings).append(where)
+    return list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
 
 
 def summary(cfg: JobConfig) -> list[tuple[str, str]]:
@@ -96,12 +179,17 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
             rows.append((f"{prefix}batch", f"{b.batch_size} tasks x {a.repeat_times} rollouts"))
             n = _count_local_rows(store)
             per_epoch = n // b.batch_size if n else None
-        if per_epoch is not None:
+        limits = [s for s in (b.total_steps, store.total_steps, stage.trainer.total_steps) if s]
+        cap = min(limits) if limits else None
+        if cap and per_epoch:
+            # as the runtime: total_steps wins over total_epochs, going on into more passes if it must
+            steps = f"runs {cap} steps ({cap / per_epoch:.3g} passes over the data: {per_epoch} per epoch, {n} rows)"
+        elif cap:
+            steps = f"runs {cap} steps (rows unknown until the dataset is loaded: {store.path})"
+        elif per_epoch is not None:
             steps = f"{per_epoch} per epoch ({n} rows), {b.total_epochs} epoch(s)"
         else:
             steps = f"unknown until the dataset is loaded ({store.path}), {b.total_epochs} epoch(s)"
-        if b.total_steps or stage.trainer.total_steps:
-            steps += f", capped at {b.total_steps or stage.trainer.total_steps}"
         rows.append((f"{prefix}steps", steps))
     rows.append(("job directory", str(cfg.job_dir)))
     return rows
@@ -112,8 +200,19 @@ def validate_main(args: Any) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_INVALID
-    for warning in cfg.warnings:
+    problems, data_warnings = data_checks(cfg) if not cfg.partial else ([], [])
+    for warning in [*cfg.warnings, *data_warnings]:
         print(f"warning: {warning}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {', '.join(_paths(args))}:",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if cfg.partial:
+        print(f"{', '.join(_paths(args))}: valid as a fragment (only the keys it sets were checked; "
+              "overlay it on a job: -c JOB.yaml -c FRAGMENT.yaml)")
+        return 0
     print(f"{', '.join(_paths(args))}: valid")
     rows = summary(cfg)
     width = max(len(k) for k, _ in rows)

@@ -11,6 +11,9 @@ class ConfigIssue:
 
     path: str
     message: str
+    # a problem Trinity checks itself when a veRL job starts (a name only a plugin may register, a missing
+    # part): an error on Tinker, a warning with veRL
+    soft: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import logging
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -21,8 +20,6 @@ from pydantic import BaseModel, ValidationError
 
 from rft_runtime.config.errors import ConfigError, ConfigIssue
 from rft_runtime.config.models import JobConfig
-
-log = logging.getLogger("rft.config")
 
 _MAX_ROUNDS = 8
 
@@ -269,7 +266,7 @@ def validate_structure(
 
 def _finish(cfg: JobConfig, base_dir: Path | None) -> JobConfig:
     """Fill the values Trinity derives: absolute root dir, base model, context length, trainer type."""
-    root = Path(cfg.checkpoint_root_dir).expanduser()
+    root = Path(cfg.checkpoint_root_dir or ".").expanduser()
     if not root.is_absolute():
         root = (base_dir or Path.cwd()) / root
     cfg.checkpoint_root_dir = str(root.resolve())
@@ -281,36 +278,56 @@ def _finish(cfg: JobConfig, base_dir: Path | None) -> JobConfig:
     if m.max_model_len is None and m.max_prompt_tokens and m.max_response_tokens:
         m.max_model_len = m.max_prompt_tokens + m.max_response_tokens
         derived.add("model.max_model_len")
-    if m.tinker.enable and "sync_method" not in cfg.synchronizer.model_fields_set:
-        cfg.synchronizer.sync_method = "checkpoint"
-        derived.add("synchronizer.sync_method")
-    if cfg.trainer.trainer_type is None or m.tinker.enable:
-        cfg.trainer.trainer_type = cfg.backend
+    if m.tinker.enable:
+        if "sync_method" not in cfg.synchronizer.model_fields_set or cfg.synchronizer.sync_method == "nccl":
+            # as Trinity does: Tinker has no NCCL group to broadcast weights over
+            cfg.synchronizer.sync_method = "checkpoint"
+            derived.add("synchronizer.sync_method")
+        cfg.trainer.trainer_type = "tinker"
         derived.add("trainer.trainer_type")
+    inputs = cfg.buffer.explorer_input
+    tasksets = [("taskset", inputs.taskset)]
+    tasksets += [(f"{key}.{i}", ts) for key in ("tasksets", "eval_tasksets") for i, ts in enumerate(getattr(inputs, key))]
+    for where, ts in tasksets:
+        if "prompt_type" not in ts.format.model_fields_set:
+            # Trinity reads prompt_type for SFT/DPO data only; its workflows read a task by prompt_key
+            ts.format.prompt_type = "plaintext"
+            ts.format.model_fields_set.discard("prompt_type")
+            derived.add(f"buffer.explorer_input.{where}.format.prompt_type")
     return cfg
+
+
+def _is_fragment(data: dict[str, Any]) -> bool:
+    """True for files that name no model and no data: an overlay such as the seed's tinker snippet."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    tinker = model.get("tinker") if isinstance(model.get("tinker"), dict) else {}
+    return not (model.get("model_path") or tinker.get("base_model") or data.get("buffer") or data.get("stages"))
 
 
 def _load(data: dict[str, Any], source: str | None, partial: bool, base_dir: Path | None) -> JobConfig:
     from rft_runtime.config.checks import check_config
 
     data, issues = resolve_interpolations(data)
+    # a value that could not be resolved is reported once: a check that then misses it would only repeat it
+    unresolved = [i.path for i in issues]
     cfg, structural = validate_structure(data)
     issues += structural
     warnings: list[str] = []
+    found: list[ConfigIssue] = []
     if cfg is not None:
-        stages_present = bool(cfg.stages)
-        if not stages_present:
-            issues += [i for i in check_config(cfg, data, partial, warnings) if i not in issues]
+        if not cfg.stages:
+            found = check_config(cfg, data, partial, warnings)
         else:
             for index, stage in enumerate(data.get("stages") or []):
-                issues += _check_stage(data, stage, index, partial, warnings, issues)
+                found += _check_stage(data, stage, index, partial, warnings, issues + found)
+    issues += [i for i in found if i not in issues and not any(
+        i.path == p or i.path.startswith((f"{p}.", f"{p}[")) for p in unresolved)]
     if issues:
         raise ConfigError(issues, source)
     assert cfg is not None
     _finish(cfg, base_dir)
     cfg._warnings = list(dict.fromkeys(warnings))
-    for w in cfg._warnings:
-        log.warning("%s", w)
+    cfg._partial = partial
     return cfg
 
 
@@ -331,17 +348,25 @@ def _check_stage(
     issues: list[ConfigIssue] = []
     if not stage.get("stage_name"):
         issues.append(ConfigIssue(f"{where}.stage_name", "is required; name each stage"))
+    from rft_runtime.config.models import STAGE_KEYS
+
+    for key in stage:
+        if key not in STAGE_KEYS:
+            hint = suggest(str(key), STAGE_KEYS)
+            did = f"did you mean '{hint}'? " if hint else ""
+            issues.append(ConfigIssue(f"{where}.{key}", f"a stage cannot set '{key}'; {did}a stage holds: "
+                                                         f"{', '.join(STAGE_KEYS)}"))
     merged = _stage_data(base, stage)
     cfg, structural = validate_structure(merged)
     for issue in structural:
         # problems in keys the stage sets are the stage's; the rest were already reported for the base
         first = issue.path.split(".")[0].split("[")[0]
         if first in stage:
-            issues.append(ConfigIssue(f"{where}.{issue.path}", issue.message))
+            issues.append(ConfigIssue(f"{where}.{issue.path}", issue.message, issue.soft))
     if cfg is not None:
         for issue in check_config(cfg, merged, partial, warnings):
             first = issue.path.split(".")[0].split("[")[0]
-            moved = ConfigIssue(f"{where}.{issue.path}", issue.message) if first in stage else issue
+            moved = ConfigIssue(f"{where}.{issue.path}", issue.message, issue.soft) if first in stage else issue
             if moved not in seen and moved not in issues:
                 issues.append(moved)
     return issues
@@ -355,7 +380,7 @@ def expand_stages(cfg: JobConfig) -> list[JobConfig]:
     # tinker.base_model and max_model_len the way it would in a config of its own
     base = cfg.model_dump(mode="json", exclude_unset=False)
     for dotted in cfg._derived:
-        _delete(base, dotted.split("."))
+        _delete(base, [int(p) if p.isdigit() else p for p in dotted.split(".")])
     out = []
     for index, stage in enumerate(cfg.stages):
         merged = _stage_data(base, stage)
@@ -371,14 +396,8 @@ def expand_stages(cfg: JobConfig) -> list[JobConfig]:
 # ---------------------------------------------------------------- public API
 
 
-def load_config(
-    paths: str | Path | Sequence[str | Path], *, partial: bool = False, base_dir: str | Path | None = None
-) -> JobConfig:
-    """Load, interpolate and validate a job config; later files are overlays on earlier ones.
-
-    `partial=True` accepts a fragment (like the seed's `tinker-snippet.yaml`) by skipping the checks that
-    only a complete job needs (a model, a taskset). Raises ConfigError listing every problem found.
-    """
+def read_layers(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """The files of a repeated --config, each overlaid on the ones before it (later files win)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
@@ -386,7 +405,22 @@ def load_config(
     data: dict[str, Any] = {}
     for path in paths:
         data = deep_merge(data, read_yaml(path))
-    source = ", ".join(str(p) for p in paths)
+    return data
+
+
+def load_config(
+    paths: str | Path | Sequence[str | Path], *, partial: bool | None = False, base_dir: str | Path | None = None
+) -> JobConfig:
+    """Load, interpolate and validate a job config; later files are overlays on earlier ones.
+
+    `partial=True` accepts a fragment (like the seed's `tinker-snippet.yaml`) by skipping the checks that
+    only a complete job needs (a model, a taskset); `partial=None` does so when the files name neither a
+    model nor any data. Raises ConfigError listing every problem found.
+    """
+    data = read_layers(paths)
+    source = ", ".join(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
+    if partial is None:
+        partial = _is_fragment(data)
     return _load(data, source, partial, Path(base_dir) if base_dir else None)
 
 

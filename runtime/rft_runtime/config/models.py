@@ -1,35 +1,145 @@
-"""The job config: Trinity-RFT's field names and defaults, as pydantic models.
+"""The job config: Trinity-RFT 0.6's schema, field names and defaults, as pydantic models.
 
 These models are the only definition of the config. The runtime validates with them, the operator validates
 `spec.config` with them before it creates anything, and the CRD's schema for `spec.config` is generated from
 them. Every section forbids unknown keys, so a typo is an error (with a suggestion) rather than a silently
 ignored setting. Cross-field rules (which algorithm a backend can run, token budgets, ...) live in
 `rft_runtime.config.checks`, so that all problems of a file can be reported together.
+
+Two sources make up each section:
+- the fields this runtime reads are written here by hand, with their checks and a description;
+- every other field of Trinity's dataclass of the same name is added from `trinity_facts` (read from
+  Trinity's source with `ast`, committed), with Trinity's type and default. Those are mostly veRL and vLLM
+  knobs: a veRL job hands them to `trinity run`; on Tinker they have no effect (`support` says which of them
+  would change what is trained and are refused there instead).
+Hand-writing ~300 mostly untouched paths would be a copy that drifts silently; the facts table is
+regenerated from a new Trinity wheel and the schema-coverage test says what changed.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, create_model
+
+from rft_runtime.config import trinity_facts as facts
 
 Mode = Literal["both", "explore", "train", "bench", "serve", "colocate"]
 MonitorType = Literal["tensorboard", "wandb", "mlflow", "swanlab", "none"]
-SyncMethod = Literal["nccl", "checkpoint", "memory"]
-SyncStyle = Literal["fixed", "trainer_driven", "explorer_driven", "fully_async"]
-StorageType = Literal["file", "queue", "sql"]
+
+# Trinity's enums are case-insensitive and know a few old names (CaseInsensitiveEnum and its aliases)
+_ENUM_ALIASES = {
+    "online": "nccl", "offline": "checkpoint",
+    "dynamic_by_explorer": "explorer_driven", "dynamic_by_trainer": "trainer_driven",
+}
+
+
+def _enum_value(value: Any) -> Any:
+    if isinstance(value, str):
+        lowered = value.lower()
+        return _ENUM_ALIASES.get(lowered, lowered)
+    return value
+
+
+def _enum(name: str) -> Any:
+    """A Literal of one of Trinity's enums, read case-insensitively as Trinity does."""
+    return Annotated[Literal[facts.ENUMS[name]], BeforeValidator(_enum_value)]  # type: ignore[valid-type]
+
+
+PromptType = _enum("PromptType")
+SyncMethod = _enum("SyncMethod")
+SyncStyle = _enum("SyncStyle")
+SaveStrategy = _enum("SaveStrategy")
+StorageType = _enum("StorageType")
 
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # the Trinity dataclass this section is (its facts fill the fields not written here)
+    trinity_name: ClassVar[str | None] = None
+
+
+# ---------------------------------------------------------------- Trinity's facts -> fields
+
+# Trinity dataclass name -> the section class that models it (hand-written ones register themselves)
+SECTIONS: dict[str, type[Section]] = {}
+# (Trinity dataclass, field) pairs added from the facts rather than written here
+FROM_FACTS: set[tuple[str, str]] = set()
+
+
+def _python_type(node: ast.expr) -> Any:
+    """A type for pydantic from one of Trinity's annotations (as parsed by ast)."""
+    if isinstance(node, ast.Constant) and node.value is None:
+        return type(None)
+    if isinstance(node, ast.Name):
+        simple = {"str": str, "int": int, "float": float, "bool": bool, "Any": Any,
+                  "dict": dict[str, Any], "Dict": dict[str, Any], "list": list[Any], "List": list[Any]}
+        if node.id in simple:
+            return simple[node.id]
+        if node.id in facts.ENUMS:
+            return _enum(node.id)
+        return section_for(node.id)
+    if isinstance(node, ast.Subscript):
+        head = ast.unparse(node.value)
+        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        inner = [_python_type(a) for a in args]
+        if head == "Optional":
+            return inner[0] | None
+        if head in ("List", "list"):
+            return list[inner[0]]  # type: ignore[valid-type]
+        if head in ("Dict", "dict"):
+            return dict[str, inner[-1]]  # type: ignore[valid-type]
+    raise ValueError(f"unsupported Trinity annotation {ast.unparse(node)}")
+
+
+def _fact_field(annotation: str, default: Any) -> tuple[Any, Any]:
+    kind = _python_type(ast.parse(annotation, mode="eval").body)
+    if default == facts.SECTION:
+        inner = next(a for a in (getattr(kind, "__args__", None) or (kind,)) if isinstance(a, type)
+                     and issubclass(a, Section))
+        return kind, Field(default_factory=inner)
+    if isinstance(default, (list, dict)):
+        return kind, Field(default_factory=lambda d=default: copy.deepcopy(d))
+    return kind, Field(default)
+
+
+def section_for(trinity_name: str) -> type[Section]:
+    """The section class of one of Trinity's dataclasses (generated from the facts if not written here)."""
+    if trinity_name not in SECTIONS:
+        fields = {name: _fact_field(ann, default) for name, ann, default in facts.CLASSES[trinity_name]}
+        cls = create_model(trinity_name, __base__=Section, __module__=__name__, **fields)  # type: ignore[call-overload]
+        cls.__doc__ = f"Trinity-RFT's {trinity_name}."
+        cls.trinity_name = trinity_name
+        FROM_FACTS.update((trinity_name, name) for name in fields)
+        SECTIONS[trinity_name] = cls
+    return SECTIONS[trinity_name]
+
+
+def trinity(name: str):
+    """Class decorator: complete a hand-written section with the rest of Trinity's dataclass `name`."""
+
+    def complete(cls: type[Section]) -> type[Section]:
+        extra = {f: _fact_field(ann, default) for f, ann, default in facts.CLASSES[name]
+                 if f not in cls.model_fields}
+        out = create_model(cls.__name__, __base__=cls, __module__=cls.__module__, **extra)  # type: ignore[call-overload]
+        out.__doc__ = cls.__doc__
+        out.trinity_name = name
+        FROM_FACTS.update((name, f) for f in extra)
+        SECTIONS[name] = out
+        return out
+
+    return complete
 
 
 # ---------------------------------------------------------------- algorithm
 
 
+@trinity("OptimizerConfig")
 class OptimizerConfig(Section):
     """AdamW settings; on Tinker they become the `AdamParams` of every `optim_step`."""
 
@@ -40,35 +150,35 @@ class OptimizerConfig(Section):
     lr_scheduler_type: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule.")
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2,
                                description="Adam beta1 and beta2, each in [0, 1).")
-    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon (this runtime's; Trinity has none).")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay.")
     clip_grad: float = Field(1.0, ge=0, description="Trinity's optimizer-level clip; trainer.grad_clip wins.")
     optimizer_type: str = Field("adam", description="Only adam is available on Tinker.")
 
 
+@trinity("AlgorithmConfig")
 class AlgorithmConfig(Section):
     """Which RL algorithm, and the arguments of each of its parts."""
 
-    algorithm_type: str = Field("ppo", description="grpo, opmd, sft, rloo, reinforceplusplus, ppo, ...")
+    algorithm_type: str = Field("ppo", description="One of Trinity's algorithms (grpo, opmd, sft, rloo, ...).")
     repeat_times: int = Field(1, ge=1, description="Rollouts per task (the group size).")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    sample_strategy: str | None = Field(None, description="How experiences are drawn (veRL).")
+    sample_strategy: str | None = Field(None, description="How experiences are drawn from the buffer.")
     sample_strategy_args: dict[str, Any] | None = None
-    advantage_fn: str | None = None
+    advantage_fn: str | None = Field(None, description="null: the algorithm's own.")
     advantage_fn_args: dict[str, Any] | None = Field(None, description="e.g. epsilon (grpo), tau (opmd).")
-    policy_loss_fn: str | None = None
+    kl_penalty_fn: str | None = None
+    kl_penalty_fn_args: dict[str, Any] | None = None
+    policy_loss_fn: str | None = Field(None, description="null: the algorithm's own.")
     policy_loss_fn_args: dict[str, Any] | None = Field(
         None, description="clip_range, or clip_range_low / clip_range_high, of the PPO-clip objective."
     )
-    kl_loss_fn: str | None = None
+    kl_loss_fn: str | None = Field(None, description="KL estimator of the KL loss term.")
     kl_loss_fn_args: dict[str, Any] | None = Field(None, description="kl_coef > 0 adds a KL term.")
-    kl_penalty_fn: str | None = None
-    kl_penalty_fn_args: dict[str, Any] | None = None
     entropy_loss_fn: str | None = None
     entropy_loss_fn_args: dict[str, Any] | None = None
-    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        "token-mean"
-    )
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                           "seq-mean-token-sum-norm"] | None = Field(None, description="null: token-mean.")
 
     @property
     def kl_coef(self) -> float:
@@ -79,12 +189,14 @@ class AlgorithmConfig(Section):
 # ---------------------------------------------------------------- model
 
 
+@trinity("TinkerConfig")
 class TinkerConfig(Section):
     """Train behind the Tinker API: the pods need no GPU."""
 
     enable: bool = Field(False, description="Use the Tinker backend (the job needs no GPU).")
     base_model: str | None = Field(None, description="Model Tinker trains; null means model.model_path.")
-    rank: int = Field(32, ge=1, description="LoRA rank of the adapter Tinker trains.")
+    rank: int = Field(32, ge=1, description="LoRA rank of the adapter Tinker trains (the seed documents 32; "
+                                            "Trinity's code says 16).")
     seed: int | None = Field(None, description="Seed of the adapter's initial weights.")
     train_mlp: bool = Field(True, description="Put LoRA on the MLP projections.")
     train_attn: bool = Field(True, description="Put LoRA on the attention projections.")
@@ -94,25 +206,21 @@ class TinkerConfig(Section):
     )
 
 
+@trinity("LoRAConfig")
 class LoraConfig(Section):
     """One LoRA adapter for the veRL backend (ignored with Tinker, which has its own rank)."""
 
-    name: str | None = None
-    path: str | None = None
-    base_model_name: str | None = None
     lora_rank: int = Field(32, ge=1)
     lora_alpha: int = Field(32, ge=1)
-    lora_dtype: str = "auto"
     target_modules: str | list[str] = "all-linear"
     exclude_modules: str | list[str] | None = None
-    is_dummy: bool = False
 
 
+@trinity("ModelConfig")
 class ModelConfig(Section):
     """The policy model and how it is prompted and sampled."""
 
-    model_path: str | None = Field(None, description="Hub name or local directory of the policy model.")
-    critic_model_path: str | None = None
+    model_path: str = Field("", description="Hub name or local directory of the policy model.")
     custom_chat_template: str | None = Field(None, description="Jinja chat template; overrides the tokenizer's.")
     chat_template_path: str | None = Field(None, description="File holding a Jinja chat template.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature of rollouts.")
@@ -129,135 +237,143 @@ class ModelConfig(Section):
     @property
     def tinker_base_model(self) -> str | None:
         """The model Tinker trains: tinker.base_model, else model_path."""
-        return self.tinker.base_model or self.model_path
+        return self.tinker.base_model or self.model_path or None
 
 
 # ---------------------------------------------------------------- cluster
 
 
+@trinity("ClusterConfig")
 class ClusterConfig(Section):
     """Resources of the job (what the veRL backend asks Kubernetes for)."""
 
     ray_address: str = Field("auto", description="Ray cluster to join; the operator sets it for veRL pods.")
-    node_num: int = Field(1, ge=1, description="Nodes (pods) of a veRL job.")
-    gpu_per_node: int = Field(8, ge=0, description="GPUs per node (nvidia.com/gpu of each veRL pod).")
+    node_num: int = Field(0, ge=0, description="Nodes (pods) of a veRL job; 0: as Trinity, detect (the "
+                                               "operator makes one node).")
+    gpu_per_node: int = Field(0, ge=0, description="GPUs per node; 0: as Trinity, detect (the operator asks "
+                                                   "for the GPUs the explorer and trainer need).")
 
 
 # ---------------------------------------------------------------- buffer
 
 
+@trinity("FormatConfig")
 class FormatConfig(Section):
     """Which columns of a dataset row hold what."""
 
-    prompt_type: Literal["plaintext", "messages", "chatpair"] = "plaintext"
+    prompt_type: PromptType = Field(
+        "messages", description="messages: the messages_key column is a conversation; plaintext: prompt_key "
+                                "and response_key. Trinity reads it for SFT/DPO data only; a taskset that "
+                                "does not set it is read as plaintext.")
     prompt_key: str = Field("prompt", description="Column with the prompt (the question).")
     response_key: str = Field("response", description="Column with the reference answer.")
-    messages_key: str = "message"
-    tools_key: str = "tools"
-    chosen_key: str = "chosen"
-    rejected_key: str = "rejected"
-    system_prompt_key: str | None = None
+    messages_key: str = Field("message", description="Column with the conversation (prompt_type messages).")
+    system_prompt_key: str | None = Field(None, description="Column with a per-row system prompt.")
     system_prompt: str | None = Field(None, description="System prompt put before every task.")
-    reply_prefix: str | None = None
-    image_key: str | None = None
-    video_key: str | None = None
-    enable_concatenated_multi_turn: bool = False
 
 
+@trinity("GenerationConfig")
 class RolloutArgs(Section):
     """Per-taskset sampling overrides (defaults come from the model section)."""
 
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, description="null: model.top_k.")
     max_tokens: int | None = Field(None, ge=1)
-    logprobs: int | None = None
-    n: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, description="Set by algorithm.repeat_times; do not set.")
 
 
 class StorageConfig(Section):
-    """A taskset, an eval set or the experience buffer."""
+    """What a taskset and an experience buffer share: where the data is and how rows are read."""
 
     name: str = ""
-    storage_type: StorageType = "file"
     path: str | None = Field(None, description="Hub dataset name, or a local file or folder.")
-    repeat_times: int | None = Field(None, ge=1)
     split: str = "train"
     subset_name: str | None = Field(None, description="Dataset configuration (load_dataset's `name`).")
     format: FormatConfig = Field(default_factory=FormatConfig)
     index: int = Field(0, ge=0)
-    enable_progress_bar: bool = False
-    total_epochs: int | None = Field(None, ge=1)
-    total_steps: int | None = Field(None, ge=1)
+    enable_progress_bar: bool | None = False
+    total_epochs: int | None = Field(None, ge=1, description="null: buffer.total_epochs.")
+    total_steps: int | None = Field(None, ge=1, description="null: buffer.total_steps.")
+
+
+@trinity("TasksetConfig")
+class TasksetConfig(StorageConfig):
+    """A taskset or an eval set: the tasks the explorer turns into rollouts."""
+
+    storage_type: StorageType = "file"
+    repeat_times: int | None = Field(None, ge=1, description="null: algorithm.repeat_times (eval sets: 1).")
     rollout_args: RolloutArgs = Field(default_factory=RolloutArgs)
     workflow_args: dict[str, Any] = Field(default_factory=dict)
     reward_fn_args: dict[str, Any] = Field(default_factory=dict)
     default_workflow_type: str | None = None
     default_reward_fn_type: str | None = None
-    capacity: int = Field(10000, ge=1)
-    max_read_timeout: float = Field(1800.0, gt=0)
-    use_priority_queue: bool = False
     is_eval: bool = False
 
 
+@trinity("ExperienceBufferConfig")
+class ExperienceBufferConfig(StorageConfig):
+    """What the trainer reads: the rollout queue, or (mode train) a dataset."""
+
+    storage_type: StorageType = "queue"
+
+
+@trinity("ExplorerInput")
 class ExplorerInput(Section):
     """Where the explorer's tasks come from."""
 
-    taskset: StorageConfig = Field(default_factory=lambda: StorageConfig(name="taskset"))
-    tasksets: list[StorageConfig] = Field(default_factory=list)
-    eval_tasksets: list[StorageConfig] = Field(default_factory=list)
+    taskset: TasksetConfig = Field(default_factory=lambda: TasksetConfig(name="taskset"))
+    tasksets: list[TasksetConfig] = Field(default_factory=list)
+    eval_tasksets: list[TasksetConfig] = Field(default_factory=list)
     default_workflow_type: str | None = Field(None, description="Workflow of tasks that name none.")
     default_eval_workflow_type: str | None = None
     default_reward_fn_type: str | None = Field(None, description="Reward function of tasks that name none.")
+    # older Trinity versions kept these here; still read
     system_prompt: str | None = None
     reply_prefix: str | None = None
 
 
+@trinity("TrainerInput")
 class TrainerInput(Section):
     """What the trainer reads: the rollout queue, or (mode train) a dataset."""
 
-    experience_buffer: StorageConfig = Field(
-        default_factory=lambda: StorageConfig(name="experience_buffer", storage_type="queue")
+    experience_buffer: ExperienceBufferConfig = Field(
+        default_factory=lambda: ExperienceBufferConfig(name="experience_buffer")
     )
-    sft_warmup_dataset: StorageConfig | None = None
+    auxiliary_buffers: dict[str, ExperienceBufferConfig] = Field(default_factory=dict)
+    # older Trinity versions kept these here; still read
+    sft_warmup_dataset: ExperienceBufferConfig | None = None
     sft_warmup_steps: int = Field(0, ge=0)
-    auxiliary_buffers: dict[str, StorageConfig] = Field(default_factory=dict)
 
 
+@trinity("BufferConfig")
 class BufferConfig(Section):
     """Batching and the data the job reads."""
 
     batch_size: int = Field(1, ge=1, description="Tasks per explorer step.")
-    train_batch_size: int | None = Field(None, ge=1, description="Experiences per train step; default "
-                                         "batch_size x repeat_times.")
+    train_batch_size: int = Field(0, ge=0, description="Experiences per train step; 0: batch_size x "
+                                                       "repeat_times.")
     total_epochs: int = Field(1, ge=1, description="Passes over the taskset.")
     total_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
     explorer_input: ExplorerInput = Field(default_factory=ExplorerInput)
     trainer_input: TrainerInput = Field(default_factory=TrainerInput)
-    max_retry_times: int = Field(3, ge=0)
-    max_retry_interval: int = Field(1, ge=0)
 
 
 # ---------------------------------------------------------------- explorer / trainer
 
 
+@trinity("InferenceModelConfig")
 class RolloutModelConfig(Section):
-    """The inference engines of the explorer (vLLM with veRL; the Tinker sampler otherwise)."""
+    """An inference engine of the explorer (vLLM with veRL; the Tinker sampler otherwise)."""
 
-    engine_type: str = "vllm"
     engine_num: int = Field(1, ge=1, description="Inference engines; rollouts in flight = this x runners.")
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
-    seed: int = Field(42, description="Sampling seed of rollouts.")
-    enable_prefix_caching: bool = False
-    enforce_eager: bool = False
-    enable_thinking: bool = False
-    enable_history: bool = False
-    enable_openai_api: bool = False
-    chat_template: str | None = None
+    dtype: str = "bfloat16"
+    seed: int = Field(42, description="Sampling seed of rollouts (and of the taskset's order).")
 
 
+@trinity("ExplorerConfig")
 class ExplorerConfig(Section):
     """The side that runs workflows and produces rollouts."""
 
@@ -266,49 +382,60 @@ class ExplorerConfig(Section):
     max_timeout: int = Field(1800, ge=1, description="Seconds a rollout may take before it fails.")
     max_retry_times: int = Field(2, ge=0, description="Retries of a failed rollout.")
     eval_interval: int = Field(100, ge=1, description="Steps between evaluations on eval_tasksets.")
-    eval_on_startup: bool = True
+    eval_on_startup: bool = Field(True, description="Evaluate before the first step.")
     rollout_model: RolloutModelConfig = Field(default_factory=RolloutModelConfig)
-    auxiliary_models: list[dict[str, Any]] = Field(default_factory=list)
+    auxiliary_models: list[RolloutModelConfig] = Field(default_factory=list)
 
 
+@trinity("TrainerConfig")
 class TrainerConfig(Section):
     """The side that turns rollouts into weight updates."""
 
     name: str = "trainer"
-    trainer_type: Literal["verl", "tinker"] | None = Field(
-        None, description="verl or tinker; default follows model.tinker.enable."
+    trainer_type: Literal["verl", "tinker"] = Field(
+        "verl", description="verl or tinker; becomes tinker when model.tinker.enable."
     )
     save_interval: int = Field(0, ge=0, description="Steps between full checkpoints (0: only at the end).")
-    enable_preview: bool = True
+    enable_preview: bool = False
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables it).")
     total_steps: int | None = Field(None, ge=1, description="Stop training after this many steps.")
-    max_checkpoints_to_keep: int | None = Field(None, ge=1, description="Older checkpoints are deleted.")
-    save_strategy: Literal["single_thread", "single_process", "single_node", "unrestricted"] = "unrestricted"
-    trainer_config: dict[str, Any] | None = Field(None, description="Raw veRL trainer settings (veRL only).")
-    trainer_config_path: str | None = None
+    max_checkpoints_to_keep: int = Field(0, ge=0, description="Older checkpoints are deleted; 0 keeps all.")
+    save_strategy: SaveStrategy = "unrestricted"
+    trainer_config: Any = Field(default_factory=dict, description="Raw veRL trainer settings (veRL only).")
+    trainer_config_path: str = ""
 
 
+@trinity("MonitorConfig")
 class MonitorConfig(Section):
     """Where metrics go besides the JSON-lines file and Prometheus (always on)."""
 
     monitor_type: MonitorType = Field("tensorboard", description="tensorboard, wandb, mlflow, swanlab or none.")
     monitor_args: dict[str, Any] | None = None
-    enable_ray_timeline: bool = False
 
 
+@trinity("SynchronizerConfig")
 class SynchronizerConfig(Section):
     """How new weights reach the explorer."""
 
-    sync_method: SyncMethod = Field("nccl", description="checkpoint (Tinker), nccl or memory (veRL).")
+    sync_method: SyncMethod = Field("nccl", description="nccl, checkpoint or memory; on Tinker checkpoint "
+                                                        "or memory (nccl becomes checkpoint, as in Trinity).")
     sync_style: SyncStyle = "fixed"
     sync_interval: int = Field(1, ge=1, description="Train steps between weight syncs.")
     sync_offset: int = Field(0, ge=0, description="How many steps the explorer may run ahead of the trainer.")
     sync_timeout: int = Field(3600, ge=1, description="Seconds either side may wait for the other.")
 
 
+@trinity("LogConfig")
+class LogConfig(Section):
+    """The runtime's logging."""
+
+    level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+
 # ---------------------------------------------------------------- the job
 
 
+@trinity("Config")
 class JobConfig(Section):
     """A Trinity-RFT job: every section, with Trinity's defaults."""
 
@@ -316,12 +443,12 @@ class JobConfig(Section):
     project: str = Field("Trinity-RFT", min_length=1, description="First level of the job directory.")
     group: str = Field("", description="Second level of the job directory.")
     name: str = Field("rft", min_length=1, description="The job's name: last level of the job directory.")
-    checkpoint_root_dir: str = Field("./checkpoints", min_length=1, description="Relative: against the cwd.")
+    checkpoint_root_dir: str = Field("", description="Where job directories go; empty or relative: against "
+                                                     "the working directory.")
     continue_from_checkpoint: bool = Field(True, description="Resume from the job directory when it has state.")
-    ray_namespace: str | None = Field(None, description="Ray namespace of a veRL job.")
-    log_level: str | None = Field(None, description="Logging level of the runtime (DEBUG, INFO, ...).")
+    ray_namespace: str = Field("", description="Ray namespace of a veRL job.")
+    log_level: str | None = Field(None, description="Older spelling of log.level; wins when set.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="The RL algorithm.")
-    data_processor: dict[str, Any] = Field(default_factory=dict, description="Trinity data pipelines (veRL).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model, prompting, Tinker.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Nodes and GPUs (veRL).")
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="Batching and datasets.")
@@ -331,6 +458,7 @@ class JobConfig(Section):
     synchronizer: SynchronizerConfig = Field(
         default_factory=SynchronizerConfig, description="How new weights reach the explorer."
     )
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     stages: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Stages run in order; each holds stage_name and sections merged onto this config.",
@@ -342,6 +470,8 @@ class JobConfig(Section):
     _warnings: list[str] = PrivateAttr(default_factory=list)
     # dotted paths of the values the loader derived (not set by the user): stages derive their own
     _derived: set[str] = PrivateAttr(default_factory=set)
+    # True when only the keys the files set were checked (a fragment such as the tinker snippet)
+    _partial: bool = PrivateAttr(False)
 
     @property
     def stage_name(self) -> str | None:
@@ -359,19 +489,49 @@ class JobConfig(Section):
         return list(self._warnings)
 
     @property
+    def partial(self) -> bool:
+        """True when the config was checked as a fragment (only what it sets, not completeness)."""
+        return self._partial
+
+    @property
     def backend(self) -> Literal["tinker", "verl"]:
         """tinker when model.tinker.enable, else verl."""
         return "tinker" if self.model.tinker.enable else "verl"
 
     @property
+    def logging_level(self) -> str:
+        """The level the runtime logs at: log_level when given, else log.level."""
+        return self.log_level or self.log.level
+
+    @property
     def job_dir(self) -> Path:
         """<checkpoint_root_dir>/<project>/<group>/<name>, absolute."""
-        return Path(self.checkpoint_root_dir).absolute() / self.project / self.group / self.name
+        return Path(self.checkpoint_root_dir or ".").absolute() / self.project / self.group / self.name
 
     @property
     def train_batch_size(self) -> int:
         """Experiences per train step."""
         return self.buffer.train_batch_size or self.buffer.batch_size * self.algorithm.repeat_times
+
+    def gpu_shape(self) -> tuple[int, int]:
+        """(nodes, GPUs per node) a veRL job asks for; 0 in cluster means "what the job needs", on one node.
+
+        Trinity detects both from the Ray cluster it joins. A pod has to ask for them up front, so the
+        explorer's engines (engine_num x tensor/data/pipeline parallel size, auxiliary models too) plus one
+        GPU for the trainer (modes that train) are spread over the nodes.
+        """
+        nodes = self.cluster.node_num or 1
+        if self.cluster.gpu_per_node:
+            return nodes, self.cluster.gpu_per_node
+        engines = [self.explorer.rollout_model, *self.explorer.auxiliary_models]
+        rollout = sum(e.engine_num * e.tensor_parallel_size * e.data_parallel_size * e.pipeline_parallel_size
+                      for e in engines)
+        explores = self.mode in ("both", "explore", "bench", "serve", "colocate")
+        trains = self.mode in ("both", "train", "colocate")
+        need = (rollout if explores else 0) + (1 if trains else 0)
+        if self.mode == "colocate":
+            need = max(rollout, 1)
+        return nodes, max(1, -(-need // nodes))
 
     def stage_configs(self) -> list[JobConfig]:
         """One validated config per stage (just this one when there are no stages)."""
@@ -384,3 +544,23 @@ class JobConfig(Section):
         from rft_runtime.config.secrets import redact
 
         return redact(self.model_dump(mode="json"))
+
+
+# Trinity's StageConfig: what a `stages` entry may hold (this runtime also takes `model` there)
+STAGE_KEYS = tuple(f for f, _, _ in facts.CLASSES["StageConfig"]) + ("model",)
+
+# Defaults that deliberately differ from Trinity 0.6.0's (the schema-coverage test and docs read this).
+DEFAULT_DIFFERENCES = {
+    "model.tinker.rank": "32, as the seed document says (Trinity's code says 16)",
+    "buffer.explorer_input.taskset": "an empty taskset section rather than null, so that overlays can set "
+                                     "single keys of it",
+    "buffer.trainer_input.experience_buffer": "an empty queue section rather than null, for the same reason",
+    "TasksetConfig.total_epochs": "null: buffer.total_epochs (Trinity overwrites the 1 written here with it)",
+    "TasksetConfig.repeat_times": "null: algorithm.repeat_times, eval sets 1 (Trinity overwrites it the same "
+                                  "way)",
+    "ExperienceBufferConfig.total_epochs": "null: buffer.total_epochs (as for tasksets)",
+    "GenerationConfig.top_k": "null: model.top_k (Trinity's -1 would hide model.top_k)",
+    "LoRAConfig.target_modules": "a list of module names is accepted as well as a string",
+    "LoRAConfig.exclude_modules": "a list of module names is accepted as well as a string",
+    "stages": "a list of mappings (stage_name plus sections) merged onto the top-level config",
+}

@@ -14,29 +14,36 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from rft_runtime.config.models import JobConfig
+from rft_runtime.config import catalog, support
+from rft_runtime.config.models import DEFAULT_DIFFERENCES, STAGE_KEYS, JobConfig, Section
+from rft_runtime.config.trinity_facts import TRINITY_VERSION
 
-HEADER = """# Job config reference
+HEADER = f"""# Job config reference
 
 Generated from `runtime/rft_runtime/config/models.py` by `python -m rft_runtime.config.reference`
-(a test fails when this file and the models disagree). Field names and defaults are Trinity-RFT's; every
-section rejects unknown keys with a did-you-mean suggestion. `${oc.env:VAR,default}` works in any value.
+(a test fails when this file and the models disagree). The schema is Trinity-RFT {TRINITY_VERSION}'s: every
+field of its config dataclasses, with its name and default (the exceptions are listed below), so a file
+Trinity loads loads here too. Every section rejects unknown keys with a did-you-mean suggestion.
+`${{oc.env:VAR,default}}` and `${{section.key}}` work in any value.
 
-What differs from Trinity-RFT 0.6:
-- `model.tinker.base_model` is accepted (null means `model.model_path`); Trinity rejects the seed for it.
-- Algorithms the Tinker backend cannot run are refused when the config is loaded, with the list of those it
-  can: grpo, opmd, sft, rloo, reinforceplusplus. rloo and reinforceplusplus run on Tinker here because their
-  advantages need only the group's rewards (Trinity refuses them).
-- With `model.tinker.enable: true`, `trainer.trainer_type` becomes `tinker`, `synchronizer.sync_method`
-  defaults to `checkpoint` (the only method Tinker has), and `model.lora_configs` is ignored with one warning.
-- `stages` run on Tinker too; each stage is merged onto the top-level config.
-- The API key comes from `TRINITY_API_KEY` (the seed's name) or `TINKER_API_KEY` (the SDK's), never from the
-  file, and is never printed or written.
+**On Tinker** (`model.tinker.enable: true`) this runtime runs the job itself. Each field below says what it
+does there:
+- *honoured*: the runtime does what Trinity does with it;
+- *no effect*: accepted (it is a vLLM, FSDP or Ray setting of the veRL backend); `rft validate` lists those a
+  file sets, one line per section;
+- *refused unless ...*: it would change what is trained and is not implemented here, so any other value is
+  an error at load time that says why.
+
+With the veRL backend (`model.tinker.enable: false`) the file is handed to `trinity run` unchanged, so every
+field does what Trinity does with it, every algorithm, workflow and reward name Trinity registers is
+accepted, and names Trinity does not know (a plugin's) are warnings, not errors.
 """
 
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return " \\| ".join(str(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
@@ -45,10 +52,20 @@ def _type_name(annotation: Any) -> str:
         (inner,) = typing.get_args(annotation) or (Any,)
         return f"list[{_type_name(inner)}]"
     if origin is dict:
-        return "mapping"
+        args = typing.get_args(annotation)
+        return f"mapping of {_type_name(args[1])}" if args and args[1] is not Any else "mapping"
     if annotation is type(None):
         return "null"
+    if annotation is Any:
+        return "any"
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        name = _title(annotation)
+        return f"[{name}](#{name.lower()})"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _title(cls: type[BaseModel]) -> str:
+    return getattr(cls, "trinity_name", None) or cls.__name__
 
 
 def _default(field: Any) -> str:
@@ -56,8 +73,6 @@ def _default(field: Any) -> str:
         value = field.default
     elif field.default_factory is not None:
         value = field.default_factory()
-        if isinstance(value, BaseModel):
-            return "(section)"
     else:
         return "required"
     if isinstance(value, BaseModel):
@@ -65,40 +80,89 @@ def _default(field: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
-def _section_classes(annotation: Any) -> list[type[BaseModel]]:
+def _section_classes(annotation: Any) -> list[type[Section]]:
     out = []
     for arg in typing.get_args(annotation) or (annotation,):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
+        if isinstance(arg, type) and issubclass(arg, Section):
             out.append(arg)
         elif typing.get_args(arg):
             out.extend(_section_classes(arg))
     return out
 
 
-def render() -> str:
-    """The whole reference as Markdown."""
-    lines = [HEADER]
-    queue: list[tuple[str, type[BaseModel]]] = [("(top level)", JobConfig)]
-    seen: set[tuple[str, type]] = set()
+def _on_tinker(cls: type[Section], name: str) -> str:
+    owner = _title(cls)
+    kind = support.treatment(owner, name)
+    if kind == support.REFUSED:
+        return f"refused when it differs: {support.REFUSED_ON_TINKER[(owner, name)][1]}"
+    if kind == support.HONOURED and _section_classes(cls.model_fields[name].annotation):
+        return "see its section"
+    return kind
+
+
+def _sections() -> list[tuple[type[Section], list[str]]]:
+    """Every section class once, in breadth-first order from the top level, with the paths it sits at."""
+    order: list[type[Section]] = []
+    paths: dict[type[Section], list[str]] = {}
+    queue: list[tuple[str, type[Section]]] = [("", JobConfig)]
     while queue:
         path, cls = queue.pop(0)
-        if (path, cls) in seen:
+        if cls not in paths:
+            order.append(cls)
+            paths[cls] = []
+        paths[cls].append(path or "(top level)")
+        if len(paths[cls]) > 1:
             continue
-        seen.add((path, cls))
-        lines.append(f"## `{path}`\n")
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"{doc}\n")
-        lines.append("| key | type | default | meaning |")
-        lines.append("| --- | --- | --- | --- |")
         for name, field in cls.model_fields.items():
-            kids = _section_classes(field.annotation)
-            child_path = name if path == "(top level)" else f"{path}.{name}"
-            if typing.get_origin(field.annotation) is list or "list[" in _type_name(field.annotation):
-                child_path += "[]"
-            for kid in kids:
-                queue.append((child_path, kid))
-            kind = _type_name(field.annotation)
-            lines.append(f"| `{name}` | {kind} | {_default(field)} | {field.description or ''} |")
+            origin = typing.get_origin(field.annotation)
+            text = _type_name(field.annotation)
+            suffix = "[]" if "list[" in text else ".NAME" if origin is dict or "mapping of" in text else ""
+            for kid in _section_classes(field.annotation):
+                queue.append((f"{path}.{name}{suffix}" if path else f"{name}{suffix}", kid))
+    return [(cls, paths[cls]) for cls in order]
+
+
+def _names() -> list[str]:
+    from rft_runtime.config.catalog import known_reward_fns, known_workflows
+
+    lines = ["## Algorithms, workflows and reward functions\n"]
+    lines.append(f"Algorithms Trinity-RFT registers (any runs on veRL): {', '.join(catalog.KNOWN_ALGORITHMS)}.\n")
+    lines.append(f"On Tinker: {', '.join(catalog.TINKER_ALGORITHMS)}. The others are refused at load time with "
+                 "the reason:\n")
+    lines += [f"- `{name}`: {why}" for name, why in catalog.TINKER_REFUSALS.items()]
+    lines.append(f"- any other: {catalog.TINKER_REFUSAL_DEFAULT}\n")
+    lines.append(f"Workflows this runtime runs on Tinker: {', '.join(f'`{n}`' for n in known_workflows())}. "
+                 f"Reward functions: {', '.join(f'`{n}`' for n in known_reward_fns())}.\n")
+    lines.append(f"Trinity's own workflows (veRL only): {', '.join(catalog.TRINITY_WORKFLOWS)}.\n")
+    lines.append(f"Trinity's own reward functions (veRL only): {', '.join(catalog.TRINITY_REWARD_FNS)}.\n")
+    lines.append(
+        "Your own workflow or reward function is named by its import path, `package.module.ClassName` or "
+        "`package.module:ClassName` (Trinity splits the first form on the last dot), in "
+        "`default_workflow_type` / `default_reward_fn_type`; its module must be importable where the job runs "
+        "(installed, or on PYTHONPATH).\n")
+    lines.append("## Stages\n")
+    lines.append(f"A `stages` entry holds `stage_name` (required) and any of: "
+                 f"{', '.join(f'`{k}`' for k in STAGE_KEYS if k != 'stage_name')}. Each stage's sections are "
+                 "merged key by key onto the top-level config, and the stages run in order in one job "
+                 "directory.\n")
+    lines.append("## Defaults that differ from Trinity's\n")
+    lines += [f"- `{path}`: {why}" for path, why in DEFAULT_DIFFERENCES.items()]
+    lines.append("")
+    return lines
+
+
+def render() -> str:
+    """The whole reference as Markdown."""
+    lines = [HEADER, *_names()]
+    for cls, paths in _sections():
+        lines.append(f"## {_title(cls)}\n")
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"{doc} At: {', '.join(f'`{p}`' for p in paths)}.\n")
+        lines.append("| key | type | default | on Tinker | meaning |")
+        lines.append("| --- | --- | --- | --- | --- |")
+        for name, field in cls.model_fields.items():
+            lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
+                         f"{_on_tinker(cls, name)} | {field.description or ''} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -10,7 +10,20 @@ from urllib.parse import urlsplit, urlunsplit
 # The seed names TRINITY_API_KEY; the tinker SDK reads TINKER_API_KEY. Both are accepted, the seed's first.
 API_KEY_VARS = ("TRINITY_API_KEY", "TINKER_API_KEY")
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+# A key names a secret when its last word is one: `api_key`, `wandb_api_key`, `hf_token`, `password`; never
+# because a word merely contains one (`max_prompt_tokens`, `api_key_env` holds a variable's name).
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(api[_-]?key|apikey|token|access[_-]?token|auth[_-]?token|secret|client[_-]?secret|password|"
+    r"passwd|credentials?|private[_-]?key)$",
+    re.IGNORECASE,
+)
+# Values that are placeholders, not secrets (vLLM's OpenAI server takes api_key "EMPTY")
+_PLACEHOLDERS = {"", "EMPTY", "none", "null"}
+# The shapes of common API keys, wherever they appear in a string
+_SECRET_VALUE = re.compile(
+    r"\b(sk-[A-Za-z0-9_-]{16,}|tml-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,})"
+)
 
 
 def tinker_api_key() -> str | None:
@@ -44,15 +57,17 @@ def redact_text(text: str) -> str:
     """Replace any API key value from the environment, and URL passwords, in a string."""
     for secret in _secret_values():
         text = text.replace(secret, REDACTED)
+    text = _SECRET_VALUE.sub(REDACTED, text)
     return _redact_url(text)
 
 
 def redact(obj: Any) -> Any:
-    """A copy of plain data with secret-named keys, key values and URL passwords replaced by ***."""
+    """A copy of plain data with secret-named keys, API-key-shaped values and URL passwords replaced by ***."""
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and value not in (None, "", {}, []):
+            if (isinstance(key, str) and _SECRET_KEY.search(key) and value not in (None, {}, [])
+                    and not (isinstance(value, str) and value in _PLACEHOLDERS)):
                 out[key] = REDACTED
             else:
                 out[key] = redact(value)

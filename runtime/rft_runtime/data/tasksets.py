@@ -97,7 +97,8 @@ def check_rows(rows: list[dict[str, Any]], taskset_cfg: Any, *, source: str = "t
     """Raise a DataError naming the first row that lacks the prompt (or, if required, response) column."""
     key, field = _prompt_column(taskset_cfg)
     keys = [(key, field)]
-    if require_response:
+    if require_response and field != "format.messages_key":
+        # a conversation holds its own reply; plaintext rows need the response column
         keys.append((_fmt_attr(taskset_cfg, "response_key", "response") or "response", "format.response_key"))
     for index, row in enumerate(rows):
         for k, f in keys:

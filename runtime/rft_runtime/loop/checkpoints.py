@@ -67,7 +67,8 @@ class Bookkeeping:
         self.latest = entry
         self.history.append(entry)
         dropped: list[CheckpointEntry] = []
-        if keep is not None and len(self.history) > keep:
+        # 0 (Trinity's default) or None keeps them all
+        if keep and len(self.history) > keep:
             dropped = self.history[:-keep]
             self.history = self.history[-keep:]
         return dropped

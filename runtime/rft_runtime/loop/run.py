@@ -30,7 +30,7 @@ def setup_logging(level: str | None) -> None:
     logging.getLogger("tinker").setLevel(logging.ERROR)
 
 
-def _hand_to_trinity(config: Any) -> int:
+def _hand_to_trinity(config: Any, cfg: Any) -> int:
     """veRL jobs run Trinity-RFT itself (on the GPUs of the pod); this process becomes `trinity run`."""
     import os
     import shutil
@@ -45,12 +45,20 @@ def _hand_to_trinity(config: Any) -> int:
             file=sys.stderr,
         )
         return 2
-    if len(paths) != 1:
-        print("rft run: trinity takes one config file; merge the overlays into one for a veRL job", file=sys.stderr)
-        return 2
+    target = str(paths[0])
+    if len(paths) > 1:
+        # trinity takes one file: the overlays, merged as `rft validate` merged them, go in the job directory
+        import yaml
+
+        from rft_runtime.config import read_layers
+
+        cfg.job_dir.mkdir(parents=True, exist_ok=True)
+        merged = cfg.job_dir / "rft-merged-config.yaml"
+        merged.write_text(yaml.safe_dump(read_layers(paths), sort_keys=False))
+        target = str(merged)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(trinity, [trinity, "run", "--config", str(paths[0])])
+    os.execv(trinity, [trinity, "run", "--config", target])
     return 0  # not reached: execv replaces this process
 
 
@@ -68,9 +76,11 @@ def run_main(args: Any) -> int:
     except ConfigError as exc:
         print(f"rft run: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.logging_level)
+    for warning in cfg.warnings:
+        logging.getLogger("rft.config").warning("%s", warning)
     if cfg.backend != "tinker":
-        return _hand_to_trinity(args.config)
+        return _hand_to_trinity(args.config, cfg)
     from rft_runtime.loop.job import run_job
 
     try:

@@ -77,8 +77,23 @@ def make_workflow(cfg: JobConfig) -> Any:
 
 
 def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
-    """Chat messages and target response of one SFT row (prompt_key / response_key / system_prompt)."""
+    """Chat messages and target response of one SFT row.
+
+    prompt_type messages (Trinity's default): the messages_key column is the conversation and its last
+    (assistant) message the target; plaintext: prompt_key / response_key, after format.system_prompt.
+    """
     fmt = cfg.buffer.trainer_input.experience_buffer.format
+    if fmt.prompt_type == "messages":
+        convo = row.get(fmt.messages_key)
+        if (not isinstance(convo, list) or len(convo) < 2 or not all(isinstance(m, dict) for m in convo)
+                or convo[-1].get("role") != "assistant"):
+            raise RunError(f"an SFT row's {fmt.messages_key!r} value is not a conversation ending in an "
+                           "assistant message (format.messages_key; set format.prompt_type: plaintext for "
+                           f"prompt_key / response_key columns): {row!r:.200}")
+        messages = [{"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in convo[:-1]]
+        if fmt.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": fmt.system_prompt})
+        return messages, str(convo[-1].get("content") or "")
     for key in (fmt.prompt_key, fmt.response_key):
         if key not in row:
             raise RunError(f"an SFT row has no {key!r} column (format.prompt_key / response_key): {row!r:.200}")

@@ -1,0 +1,177 @@
+"""What each config field does on the Tinker backend: honoured, no effect, or refused (with the reason).
+
+A veRL job hands the whole file to `trinity run`, so there every field does what Trinity does with it. On
+Tinker this runtime runs the job itself:
+- a field it reads is *honoured*: every hand-written field of `models`, unless listed below;
+- a field that cannot change what is trained here (a vLLM, FSDP or Ray knob) has *no effect*: accepted,
+  and `rft validate` lists the ones a file sets, one line per section;
+- a field that would change what is trained and is not implemented here is *refused* when it holds a value
+  other than the one this runtime's behaviour matches. REFUSED_ON_TINKER is that table: to make a feature
+  train on Tinker, implement it and delete its row.
+Keys are (Trinity dataclass, field), so one row covers a class wherever it appears (every taskset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from rft_runtime.config.models import FROM_FACTS, Section
+
+HONOURED = "honoured"
+NO_EFFECT = "no effect"
+REFUSED = "refused"
+
+# the policy loss and advantage function each Tinker algorithm runs (Trinity's names for them)
+OWN_PARTS = {
+    "grpo": ("ppo", "grpo"), "rloo": ("ppo", "rloo"), "reinforceplusplus": ("ppo", "reinforceplusplus"),
+    "opmd": ("opmd", "opmd"), "sft": ("sft", None),
+}
+
+
+def _algo(cfg: Any) -> str:
+    return cfg.algorithm.algorithm_type
+
+
+def _own_loss(value: Any, cfg: Any) -> bool:
+    return value is None or value == OWN_PARTS.get(_algo(cfg), (None, None))[0]
+
+
+def _own_advantage(value: Any, cfg: Any) -> bool:
+    return value is None or value == OWN_PARTS.get(_algo(cfg), (None, None))[1]
+
+
+def _kl_estimator(value: Any, cfg: Any) -> bool:
+    return value in (None, "none", "k3", "low_var_kl") or cfg.algorithm.kl_coef == 0
+
+
+def _no_entropy_bonus(value: Any, cfg: Any) -> bool:
+    return not float((value or {}).get("entropy_coef", 0.0) or 0.0)
+
+
+def _one_of(*allowed: Any) -> Callable[[Any, Any], bool]:
+    return lambda value, cfg: value in allowed
+
+
+def _unset(value: Any, cfg: Any) -> bool:
+    return value in (None, "", [], {}, False, 0, 0.0)
+
+
+def _train_batch(value: Any, cfg: Any) -> bool:
+    return cfg.mode == "train" or value in (0, cfg.buffer.batch_size * cfg.algorithm.repeat_times)
+
+
+def _sync_interval(value: Any, cfg: Any) -> bool:
+    return value in (None, cfg.synchronizer.sync_interval)
+
+
+def _agg_in_args(value: Any, cfg: Any) -> bool:
+    return (value or {}).get("loss_agg_mode", "token-mean") == "token-mean"
+
+
+# (Trinity dataclass, field) -> (does this value match what the runtime does?, why other values are refused)
+REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
+    ("AlgorithmConfig", "sample_strategy"): (
+        _one_of(None, "default"), "each step trains on that step's fresh rollouts (Trinity's default strategy)"),
+    ("AlgorithmConfig", "advantage_fn"): (
+        _own_advantage, "each algorithm computes its own advantages (grpo: grpo, rloo: rloo, ...)"),
+    ("AlgorithmConfig", "policy_loss_fn"): (
+        _own_loss, "grpo, rloo and reinforceplusplus train with PPO-clip, opmd with opmd's loss, sft with "
+                   "cross-entropy"),
+    ("AlgorithmConfig", "kl_penalty_fn"): (_one_of(None, "none"), "no KL penalty is put into the rewards"),
+    ("AlgorithmConfig", "kl_loss_fn"): (
+        _kl_estimator, "the KL loss term uses the k3 estimator (Trinity's low_var_kl / k3)"),
+    ("AlgorithmConfig", "entropy_loss_fn"): (_one_of(None, "none", "default"), "no entropy term is trained"),
+    ("AlgorithmConfig", "entropy_loss_fn_args"): (_no_entropy_bonus, "no entropy term is trained "
+                                                                     "(entropy_coef must be 0)"),
+    ("AlgorithmConfig", "loss_agg_mode"): (
+        _one_of(None, "token-mean"), "the loss is averaged over all response tokens of the step (token-mean)"),
+    ("AlgorithmConfig", "policy_loss_fn_args"): (
+        _agg_in_args, "the loss is averaged over all response tokens of the step (token-mean)"),
+    ("AlgorithmConfig", "enable_router_replay"): (_one_of(False), "MoE router replay needs the vLLM engines"),
+    ("AlgorithmConfig", "bypass_old_logprobs"): (
+        _one_of(True), "the sampler's logprobs are the old logprobs of the ratio"),
+    ("AlgorithmConfig", "rollout_correction"): (_unset, "no off-policy importance correction is applied"),
+    ("OptimizerConfig", "optimizer_type"): (_one_of("adam", "adamw"), "Tinker trains with Adam(W) only"),
+    ("ModelConfig", "repetition_penalty"): (_one_of(1.0), "Tinker's sampler has no repetition penalty"),
+    ("ModelConfig", "min_response_tokens"): (_one_of(0), "Tinker's sampler has no minimum length"),
+    ("ModelConfig", "enable_thinking"): (
+        _one_of(None, False), "the chat template is applied without enable_thinking"),
+    ("ExternalModelConfig", "enable"): (_one_of(False), "rollouts come from the Tinker sampler"),
+    ("FormatConfig", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
+    ("FormatConfig", "image_key"): (_unset, "multi-modal tasks are not supported"),
+    ("FormatConfig", "video_key"): (_unset, "multi-modal tasks are not supported"),
+    ("FormatConfig", "workflow_key"): (_unset, "every task of a taskset runs the taskset's workflow"),
+    ("FormatConfig", "reward_fn_key"): (_unset, "every task of a taskset uses the taskset's reward function"),
+    ("FormatConfig", "enable_concatenated_multi_turn"): (_one_of(False), "SFT trains on the last reply only"),
+    ("FormatConfig", "chat_template"): (_unset, "the chat template is model.custom_chat_template's or the "
+                                                "tokenizer's"),
+    ("FormatConfig", "enable_thinking"): (
+        _one_of(None, False), "the chat template is applied without enable_thinking"),
+    ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
+    ("DataSelectorConfig", "selector_type"): (
+        _one_of(None, "sequential", "shuffle", "random"), "tasks come in a seeded order, reshuffled each epoch"),
+    ("ReplayBufferConfig", "enable"): (_one_of(False), "experiences are trained on once, without replay"),
+    ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
+    ("ExplorerInput", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
+    ("BufferConfig", "train_batch_size"): (
+        _train_batch, "each step trains on one explorer batch: batch_size x repeat_times experiences"),
+    ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
+    ("SynchronizerConfig", "sync_style"): (
+        _one_of("fixed"), "weights are synced every sync_interval steps (fixed); sync_offset lets the "
+                          "explorer run ahead"),
+    ("SynchronizerConfig", "explorer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
+    ("SynchronizerConfig", "trainer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
+    ("DataProcessorConfig", "task_pipeline"): (_unset, "data pipelines run only in Trinity (the veRL backend)"),
+    ("ExperiencePipelineConfig", "operators"): (_unset, "data pipelines run only in Trinity (the veRL backend)"),
+}
+
+# hand-written fields this runtime does not read on Tinker (the rest of the hand-written ones it honours)
+NO_EFFECT_ON_TINKER = {
+    ("OptimizerConfig", "clip_grad"),  # trainer.grad_clip is the clip
+    ("AlgorithmConfig", "sample_strategy_args"),
+    ("AlgorithmConfig", "kl_penalty_fn_args"),
+    ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
+    ("ClusterConfig", "ray_address"), ("ClusterConfig", "node_num"), ("ClusterConfig", "gpu_per_node"),
+    ("TasksetConfig", "index"), ("TasksetConfig", "enable_progress_bar"), ("TasksetConfig", "is_eval"),
+    ("ExperienceBufferConfig", "index"), ("ExperienceBufferConfig", "enable_progress_bar"),
+    ("GenerationConfig", "n"),
+    ("InferenceModelConfig", "tensor_parallel_size"), ("InferenceModelConfig", "gpu_memory_utilization"),
+    ("InferenceModelConfig", "dtype"),
+    ("ExplorerConfig", "name"), ("ExplorerConfig", "auxiliary_models"),
+    ("TrainerConfig", "name"), ("TrainerConfig", "enable_preview"), ("TrainerConfig", "save_strategy"),
+    ("TrainerConfig", "trainer_config"), ("TrainerConfig", "trainer_config_path"),
+    ("TrainerInput", "sft_warmup_dataset"), ("TrainerInput", "sft_warmup_steps"),
+    ("Config", "ray_namespace"),
+}
+
+
+def treatment(trinity_class: str, field: str) -> str:
+    """honoured, no effect or refused (refused: for values other than the one the runtime matches)."""
+    key = (trinity_class, field)
+    if key in REFUSED_ON_TINKER:
+        return REFUSED
+    if key in NO_EFFECT_ON_TINKER or key in FROM_FACTS:
+        return NO_EFFECT
+    return HONOURED
+
+
+def set_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, str, Any]]:
+    """(dotted path, Trinity class, field, value) of every field the user's data set, at any depth."""
+    owner = getattr(type(model), "trinity_name", None) or type(model).__name__
+    for name in sorted(model.model_fields_set, key=list(type(model).model_fields).index):
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        yield path, owner, name, value
+        if isinstance(value, Section):
+            yield from set_fields(value, f"{path}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Section):
+                    yield from set_fields(item, f"{path}[{i}].")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, Section):
+                    yield from set_fields(item, f"{path}.{key}.")
