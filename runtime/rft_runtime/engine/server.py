@@ -13,7 +13,6 @@ import ipaddress
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -33,6 +32,10 @@ API = "/api/v1/"
 # below the SDK's 45 s read timeout for retrieve_future; RFT_ENGINE_LONG_POLL_S=0 answers try_again at once
 LONG_POLL_S = 20.0
 MAX_KEPT_FUTURES = 4096
+# sequences decoded together at most (RFT_ENGINE_MAX_BATCH_ROWS): bounds the KV cache of one batch
+MAX_BATCH_ROWS = 64
+# work a sample request must not be moved ahead of: these change which samplers and weights exist
+SAMPLE_BARRIERS = frozenset({"delete_checkpoint", "finish_session"})
 # set by LocalEngine: the engine stops by itself when this process (its parent) dies
 PARENT_ENV = "RFT_ENGINE_PARENT_PID"
 
@@ -64,6 +67,65 @@ class Future:
         self.done.set()
 
 
+class SampleWork:
+    """A sample request on the compute queue, which the compute thread may decode together with others."""
+
+    __slots__ = ("job", "encode")
+
+    def __init__(self, job: Any, encode: Callable[[Any], bytes]):
+        self.job = job
+        self.encode = encode
+
+
+WorkItem = tuple[Future, Any, str]
+
+
+class WorkQueue:
+    """The compute thread's queue, in submission order, from which waiting sample requests can be taken
+    together: those behind other work may go first (sampler weights never change once made), but never past
+    a barrier (SAMPLE_BARRIERS), and training work keeps its own order."""
+
+    def __init__(self) -> None:
+        from collections import deque
+
+        self.items: deque[WorkItem | None] = deque()
+        self.cond = threading.Condition()
+
+    def put(self, item: WorkItem | None) -> None:
+        """Append one item (None stops the compute thread)."""
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify()
+
+    def get(self) -> WorkItem | None:
+        """The oldest item, waiting for one."""
+        with self.cond:
+            while not self.items:
+                self.cond.wait()
+            return self.items.popleft()
+
+    def take_samples(self, max_rows: int) -> list[WorkItem]:
+        """Remove and return waiting sample items, oldest first, up to max_rows sequences in all."""
+        taken: list[WorkItem] = []
+        with self.cond:
+            kept = []
+            rows = 0
+            while self.items:
+                item = self.items.popleft()
+                if item is None or item[0].label in SAMPLE_BARRIERS:
+                    kept.append(item)
+                    kept.extend(self.items)
+                    self.items.clear()
+                    break
+                if isinstance(item[1], SampleWork) and rows + item[1].job.num_samples <= max_rows:
+                    rows += item[1].job.num_samples
+                    taken.append(item)
+                else:
+                    kept.append(item)
+            self.items.extend(kept)
+        return taken
+
+
 class Service:
     """Protocol state: sessions, futures, and the compute thread in front of the Engine."""
 
@@ -73,7 +135,9 @@ class Service:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.futures: OrderedDict[str, Future] = OrderedDict()
         self.lock = threading.Lock()
-        self.work: queue.Queue[tuple[Future, Callable[[], Any], str] | None] = queue.Queue()
+        self.work = WorkQueue()
+        env_rows = os.environ.get("RFT_ENGINE_MAX_BATCH_ROWS", "")
+        self.max_batch_rows = int(env_rows) if env_rows.isdigit() and int(env_rows) > 0 else MAX_BATCH_ROWS
         self.counter = 0
         # names of checkpoints queued but not yet written, so a duplicate is refused at submission
         self.pending_names: set[str] = set()
@@ -85,9 +149,9 @@ class Service:
 
     # ------------------------------------------------------------------ futures
 
-    def submit(self, label: str, fn: Callable[[], Any], kind: str = "json", model_id: str | None = None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Queue fn on the compute thread; returns the UntypedAPIFuture JSON the SDK expects."""
+    def submit(self, label: str, fn: Callable[[], Any] | SampleWork, kind: str = "json",
+               model_id: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue fn (or a SampleWork) on the compute thread; returns the UntypedAPIFuture JSON the SDK expects."""
         with self.lock:
             self.counter += 1
             fut = Future(f"req-{self.counter}-{uuid.uuid4().hex[:8]}", label)
@@ -116,6 +180,9 @@ class Service:
             if item is None:
                 return
             fut, fn, kind = item
+            if isinstance(fn, SampleWork):
+                self._run_samples([item] + self.work.take_samples(self.max_batch_rows - fn.job.num_samples))
+                continue
             started = time.perf_counter()
             try:
                 result = fn()
@@ -134,6 +201,46 @@ class Service:
             if len(self.stats[fut.label]) > 1000:
                 del self.stats[fut.label][:500]
             fut.finish(ctype, fut_body)
+
+    def _run_samples(self, items: list[WorkItem]) -> None:
+        """Decode a batch of sample requests at once and answer each one's future."""
+        from rft_runtime.engine import wire
+        from rft_runtime.engine.core import EngineError
+        from rft_runtime.engine.sampling import SamplingParamsError
+
+        started = time.perf_counter()
+        jobs = [item[1].job for item in items]
+        try:
+            self.engine.sample_many(jobs)
+        except Exception as exc:  # a bug or a resource problem: every request of the batch reports it
+            log.exception("sample batch of %d crashed", len(jobs))
+            for job in jobs:
+                job.error = job.error or exc
+        elapsed = time.perf_counter() - started
+        rows = sum(job.num_samples for job in jobs)
+        if len(jobs) > 1:
+            log.debug("decoded %d sample requests (%d sequences) in one batch: %.2fs", len(jobs), rows, elapsed)
+        self.stats.setdefault("sample_batch_rows", []).append(float(rows))
+        for fut, work, _ in items:
+            job = work.job
+            if job.error is None:
+                try:
+                    body, ctype = work.encode(job), "application/x-protobuf"
+                except Exception as exc:
+                    job.error = exc
+            if job.error is not None:
+                user = isinstance(job.error, (EngineError, SamplingParamsError, ValueError))
+                if not user:
+                    log.error("sample failed: %r", job.error)
+                body = wire.failed(str(job.error) if user else f"engine error in sample: {job.error!r}",
+                                   "user" if user else "server")
+                ctype = "application/json"
+            fut.server_s = elapsed
+            self.stats.setdefault("sample", []).append(elapsed)
+            fut.finish(ctype, body)
+        for label in ("sample", "sample_batch_rows"):
+            if len(self.stats[label]) > 1000:
+                del self.stats[label][:500]
 
     def retrieve(self, request_id: str) -> Future | None:
         """Wait (bounded) for a future; None when it is still running after the long poll."""
