@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     es.add_argument("--port", type=int, default=8765, help="port to bind (0: pick a free one)")
     es.add_argument("--state-dir", default=None, help="where tinker:// checkpoints are kept")
-    es.add_argument("--api-key", default=None, help="refuse requests that carry another key")
+    es.add_argument("--api-key", default=None,
+                    help="refuse requests that carry another key (must start with tml-, as the SDK requires)")
     es.add_argument("--max-rank", type=int, default=128, help="largest LoRA rank accepted")
     es.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     es.add_argument("--port-file", default=None, help="write the bound port to this file once serving")

@@ -143,3 +143,61 @@ def test_a_checkpoint_loads_when_the_model_directory_has_moved(engine, tiny_mode
     before = dict(a.params)
     for name, value in b.params:
         assert torch.equal(value, before[name.replace(f".{b.adapter}.", f".{a.adapter}.")])
+
+
+def test_a_batch_of_requests_gives_each_exactly_what_it_gets_alone(engine, tiny_model_dir):
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    engine.create_run("batch-src", str(tiny_model_dir), LoraSpec(4, 3))
+    path = engine.save("batch-src", "w", "sampler_weights")
+    engine.create_sampler("batch-lora", path, None)
+    engine.create_sampler("batch-base", None, str(tiny_model_dir))
+    tok = engine.tokenizer
+    alone_first = engine.sample("batch-base", tok.encode("ab", add_special_tokens=False), 1,
+                                parse_spec({"max_tokens": 6, "seed": 9, "stop": []}, engine.eos_ids, 1024), False)
+    stop_tok = alone_first[0][0].tokens[2]  # a token this request samples: its stop ends it early
+    # prompts of different lengths, on two different weights, with stop tokens, a stop string, EOS,
+    # different max_tokens and temperatures, one and several samples
+    cases = [
+        ("batch-base", "ab", 1, {"max_tokens": 6, "seed": 9, "stop": [stop_tok]}, False),
+        ("batch-lora", "the cat sat on the mat and", 3, {"max_tokens": 12, "seed": 1, "stop": []}, True),
+        ("batch-base", "1+2=?", 2, {"max_tokens": 20, "seed": 2, "temperature": 0.6, "stop": ["a", "e"]}, False),
+        ("batch-lora", "x", 1, {"max_tokens": 9, "temperature": 0.0, "stop": []}, False),
+        ("batch-base", "hello world, hello", 4, {"max_tokens": 40, "seed": 3, "top_k": 20, "top_p": 0.9}, True),
+        ("batch-lora", "0123456789", 2, {"max_tokens": 3, "seed": 4, "stop": []}, False),
+    ]
+    jobs = [SampleJob(sid, tok.encode(text, add_special_tokens=False), n,
+                      parse_spec(params, engine.eos_ids, 1024), plp) for sid, text, n, params, plp in cases]
+    alone = [engine.sample(j.sampler_id, j.prompt, j.num_samples, j.spec, j.prompt_logprobs) for j in jobs]
+    engine.sample_many(jobs)
+    lengths, reasons = set(), set()
+    for job, (seqs, plp) in zip(jobs, alone, strict=True):
+        assert job.error is None
+        got, got_plp = job.result
+        assert [s.tokens for s in got] == [s.tokens for s in seqs]
+        assert [s.stop_reason for s in got] == [s.stop_reason for s in seqs]
+        for g, s in zip(got, seqs, strict=True):
+            assert g.logprobs == pytest.approx(s.logprobs, abs=1e-5)
+            lengths.add(len(g.tokens))
+            reasons.add(g.stop_reason)
+        if plp is None:
+            assert got_plp is None
+        else:
+            assert got_plp[1:] == pytest.approx(plp[1:], abs=1e-5)
+    assert jobs[0].result[0][0].tokens == alone_first[0][0].tokens[:3]  # stopped on the stop token
+    assert reasons == {"stop", "length"} and len(lengths) >= 4  # the batch really mixed its rows
+    # the samples of one request differ, and a request's sample 0 is the same whatever n is
+    assert len({tuple(s.tokens) for s in jobs[4].result[0]}) > 1
+    one = engine.sample("batch-base", jobs[4].prompt, 1, jobs[4].spec, False)[0]
+    assert one[0].tokens == jobs[4].result[0][0].tokens
+
+
+def test_a_bad_request_in_a_batch_fails_alone(engine, tiny_model_dir):
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    engine.create_sampler("batch-ok", None, str(tiny_model_dir))
+    spec = parse_spec({"max_tokens": 4, "seed": 0, "stop": []}, engine.eos_ids, 1024)
+    good, bad = SampleJob("batch-ok", [5, 6, 7], 2, spec), SampleJob("no-such-sampler", [5, 6], 1, spec)
+    engine.sample_many([bad, good])
+    assert isinstance(bad.error, EngineError) and "no-such-sampler" in str(bad.error)
+    assert good.error is None and [len(s.tokens) for s in good.result[0]] == [4, 4]

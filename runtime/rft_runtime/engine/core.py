@@ -367,12 +367,12 @@ class Engine:
     def _ckpt_dir(self, model_id: str, kind: str, name: str) -> Path:
         return self.state_dir / model_id / kind / name
 
-    def checkpoint_dir(self, path: str) -> tuple[Path, str]:
-        """(directory, kind) of an existing tinker:// checkpoint, or a 404 EngineError."""
+    def checkpoint_dir(self, path: str, missing: str | None = None) -> tuple[Path, str]:
+        """(directory, kind) of an existing tinker:// checkpoint, or a 404 EngineError (message `missing`)."""
         model_id, kind, name = parse_tinker_path(path)
         d = self._ckpt_dir(model_id, kind, name)
         if not (d / "meta.json").exists():
-            raise EngineError(f"no checkpoint at {path!r} in this engine's state dir {self.state_dir}",
+            raise EngineError(missing or f"no checkpoint at {path!r} in this engine's state dir {self.state_dir}",
                               status=404)
         return d, kind
 
@@ -480,7 +480,8 @@ class Engine:
 
     def delete_checkpoint(self, path: str) -> None:
         """Remove a saved checkpoint (404 when there is none)."""
-        d, _ = self.checkpoint_dir(path)
+        model_id, kind, name = parse_tinker_path(path)
+        d, _ = self.checkpoint_dir(path, missing=f"no such checkpoint {kind}/{name} for training run {model_id}")
         shutil.rmtree(d)
         self._forget_sampler_adapter(path)
 

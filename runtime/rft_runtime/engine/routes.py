@@ -424,7 +424,8 @@ def retrieve_future(svc: Service, body: bytes) -> Answer:
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 
-_CKPT = re.compile(r"^training_runs/(?P<run>[^/]+)/checkpoints(?:/(?P<kind>weights|sampler_weights)/(?P<name>[^/]+))?$")
+_CKPT = re.compile(r"^training_runs/(?P<run>[^/]+)/checkpoints(?:/(?P<id>.+))?$")
+_CKPT_ID = re.compile(r"^(?P<kind>weights|sampler_weights)/(?P<name>[^/]+)$")
 
 
 def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
@@ -432,11 +433,20 @@ def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
     m = _CKPT.match(rest)
     if not m:
         return None
-    run = m.group("run")
-    if method == "GET" and not m.group("kind"):
+    run, checkpoint_id = m.group("run"), m.group("id")
+    if method == "GET" and not checkpoint_id:
         return _ok({"checkpoints": _engine_call(svc.engine.list_checkpoints, run), "cursor": None})
-    if method == "DELETE" and m.group("kind"):
-        path = f"tinker://{run}/{m.group('kind')}/{m.group('name')}"
+    if method == "DELETE" and checkpoint_id:
+        from rft_runtime.engine.core import NAME_RE
+
+        cid = _CKPT_ID.match(checkpoint_id)
+        if not cid or not NAME_RE.match(cid.group("name")):
+            # the endpoint exists; the name does not (ids are KIND/NAME, as list_checkpoints gives them)
+            raise HTTPError(404, f"no such checkpoint {checkpoint_id} for training run {run} (checkpoint ids are "
+                                 "weights/NAME or sampler_weights/NAME, as list_checkpoints gives them)")
+        path = f"tinker://{run}/{checkpoint_id}"
+        _engine_call(svc.engine.checkpoint_dir, path, missing=f"no such checkpoint {checkpoint_id} for training "
+                                                               f"run {run}")
         _on_worker(svc, "delete_checkpoint", lambda: svc.engine.delete_checkpoint(path))
         return _ok({})
     raise HTTPError(405, f"{method} is not supported on {rest}")

@@ -366,6 +366,11 @@ def serve_main(args: Any) -> int:
         for noisy in ("httpx", "urllib3", "transformers", "peft"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     host = args.host
+    if args.api_key is not None and not args.api_key.startswith(("tml-", "eyJ")):
+        # the SDK refuses such a key before sending anything, so no client could ever connect
+        print("error: --api-key must start with 'tml-': the tinker SDK refuses any other key before sending it, "
+              "so no client could connect", file=sys.stderr)
+        return 2
     if not _is_loopback(host) and not args.api_key:
         print(f"error: refusing to listen on {host!r} (not loopback) without --api-key: anyone who can reach "
               "it could train and sample on this machine", file=sys.stderr)
@@ -421,8 +426,21 @@ def serve_main(args: Any) -> int:
     finally:
         httpd.server_close()
         service.stop()
+        if args.port_file:
+            _remove_port_file(Path(args.port_file))
         log.info("stopped")
     return 0
+
+
+def _remove_port_file(pf: Path) -> None:
+    """Remove the port file, and its folder when LocalEngine made that folder for it alone."""
+    import shutil
+
+    from rft_runtime.engine.launcher import PORT_DIR_ENV
+
+    pf.unlink(missing_ok=True)
+    if os.environ.get(PORT_DIR_ENV) == "1":
+        shutil.rmtree(pf.parent, ignore_errors=True)
 
 
 def _exit_with_parent(parent: int, stop: Callable[[int, Any], None], stopped: threading.Event) -> None:
