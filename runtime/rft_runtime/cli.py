@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="make a tiny model, start the local engine, and train it")
     q.add_argument("--workdir", default="./rft-quickstart", help="where the model, data and job go")
+    q.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"],
+                   help="tiny: a random 0.4M-parameter model learns the larger of two digits (seconds a step); "
+                        "smollm2-135m: SmolLM2-135M-Instruct learns to answer digit sums in <answer> tags "
+                        "(needs the models extra; see the README)")
     q.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400)")
     q.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     _handler(q, "rft_runtime.quickstart:quickstart_main")
