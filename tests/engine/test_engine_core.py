@@ -201,3 +201,47 @@ def test_a_bad_request_in_a_batch_fails_alone(engine, tiny_model_dir):
     engine.sample_many([bad, good])
     assert isinstance(bad.error, EngineError) and "no-such-sampler" in str(bad.error)
     assert good.error is None and [len(s.tokens) for s in good.result[0]] == [4, 4]
+
+
+def test_requests_joining_a_running_batch_get_what_they_get_alone(engine, tiny_model_dir):
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    engine.create_sampler("join-base", None, str(tiny_model_dir))
+    engine.create_run("join-src", str(tiny_model_dir), LoraSpec(4, 8))
+    engine.create_sampler("join-lora", engine.save("join-src", "w", "sampler_weights"), None)
+    tok = engine.tokenizer
+
+    def job(sid, text, n, max_tokens, seed, stop=()):
+        spec = parse_spec({"max_tokens": max_tokens, "seed": seed, "stop": list(stop)}, engine.eos_ids, 1024)
+        return SampleJob(sid, tok.encode(text, add_special_tokens=False), n, spec, True)
+
+    first = job("join-base", "abc", 2, 25, 1)
+    # arriving at later steps: a longer prompt than the batch's cache, a shorter one, and one on other
+    # weights, which the batch must not take
+    arrivals = {2: [job("join-base", "a much longer prompt than the first one was", 1, 6, 2)],
+                5: [job("join-base", "x", 3, 30, 3), job("join-lora", "abc", 1, 5, 4)]}
+    waiting: list = []
+    calls = {"n": 0}
+    offered_rows = []
+
+    def more(accept, rows):
+        calls["n"] += 1
+        waiting.extend(arrivals.pop(calls["n"], []))
+        offered_rows.append(rows)
+        taken = [j for j in waiting if accept(j)]
+        for j in taken:
+            waiting.remove(j)
+        return taken
+
+    done_order = []
+    engine.sample_many([first], more=more, on_done=done_order.append)
+    joined = [j for j in done_order if j is not first]
+    assert len(joined) == 2 and waiting and waiting[0].sampler_id == "join-lora"  # other weights wait
+    assert done_order.index(joined[0]) < done_order.index(first)  # answered when done, not at the end
+    for j in [first] + joined:
+        seqs, plp = engine.sample(j.sampler_id, j.prompt, j.num_samples, j.spec, True)
+        assert [s.tokens for s in j.result[0]] == [s.tokens for s in seqs]
+        for got, want in zip(j.result[0], seqs, strict=True):
+            assert got.logprobs == pytest.approx(want.logprobs, abs=1e-5)
+        assert j.result[1][1:] == pytest.approx(plp[1:], abs=1e-5)
+    assert offered_rows[0] == 64 - 2  # room left under the batch cap

@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -544,23 +545,33 @@ class Engine:
         assert job.result is not None
         return job.result
 
-    def sample_many(self, jobs: list[SampleJob]) -> None:
+    def _sample_key(self, job: SampleJob) -> str | None:
+        """Which weights a job samples: None for the base model, else the sampler adapter's cache key."""
+        s = self.sampler(job.sampler_id)
+        if len(job.prompt) + job.spec.max_tokens > self.max_context:
+            raise EngineError(f"prompt ({len(job.prompt)} tokens) + max_tokens ({job.spec.max_tokens}) "
+                              f"exceeds the model's context of {self.max_context}")
+        return None if s.lora is None else (s.model_path or f"snapshot:{s.sampler_id}")
+
+    def sample_many(self, jobs: list[SampleJob], more: JoinFn | None = None,
+                    on_done: Callable[[SampleJob], None] | None = None) -> None:
         """Decode many sample requests: those on the same weights share one batch, one forward per token.
 
-        Each job gets its `result` or its own `error` (a bad request fails alone, not the batch)."""
+        Each job gets its `result` or its own `error` (a bad request fails alone, not the batch), and
+        on_done(job) as soon as its sequences are finished. `more(accept, rows)`, when given, is asked at
+        every decoding step for further waiting jobs (those `accept` takes, up to `rows` sequences), which
+        join the running batch."""
+        done = on_done or (lambda job: None)
         groups: OrderedDict[str | None, list[SampleJob]] = OrderedDict()
         adapters: dict[str | None, str | None] = {}
         for job in jobs:
             try:
-                s = self.sampler(job.sampler_id)
-                if len(job.prompt) + job.spec.max_tokens > self.max_context:
-                    raise EngineError(f"prompt ({len(job.prompt)} tokens) + max_tokens ({job.spec.max_tokens}) "
-                                      f"exceeds the model's context of {self.max_context}")
-                key = None if s.lora is None else (s.model_path or f"snapshot:{s.sampler_id}")
+                key = self._sample_key(job)
                 if key not in adapters:
-                    adapters[key] = self._sampler_adapter(s)
+                    adapters[key] = self._sampler_adapter(self.sampler(job.sampler_id))
             except Exception as exc:  # handed back with this job only
                 job.error = exc
+                done(job)
                 continue
             groups.setdefault(key, []).append(job)
         for key, group in groups.items():
@@ -568,91 +579,199 @@ class Engine:
             # an adapter loaded for a later group may have evicted this one from the LRU: reload it
             if key is not None and key not in self.sampler_adapters:
                 adapter = self._sampler_adapter(self.sampler(group[0].sampler_id))
+
+            def accept(job: SampleJob, key: str | None = key) -> bool:
+                try:
+                    return self._sample_key(job) == key
+                except EngineError:
+                    return False  # it fails on its own turn, with its own message
+
+            joiner = (lambda rows, accept=accept: more(accept, rows)) if more is not None else None
+            started: list[SampleJob] = []
             try:
                 if adapter is None:
                     if self.peft is not None:
                         with self.peft.disable_adapter():
-                            results = self._decode(self.peft, group)
+                            self._decode(self.peft, group, joiner, done, started)
                     else:
-                        results = self._decode(self.model, group)
+                        self._decode(self.model, group, joiner, done, started)
                 else:
                     self._activate(adapter)
-                    results = self._decode(self.peft, group)
+                    self._decode(self.peft, group, joiner, done, started)
             except Exception as exc:
-                for job in group:
-                    job.error = exc
-                continue
-            for job, res in zip(group, results, strict=True):
-                job.result = res
+                for job in started:
+                    if job.result is None and job.error is None:
+                        job.error = exc
+                        done(job)
 
     # no_grad, not inference_mode: adapters made here are trained later, and inference tensors cannot be
     @torch.no_grad()
-    def _decode(self, model: Any, jobs: list[SampleJob]) -> list[tuple[list[SampledSeq], list[float] | None]]:
-        """Prefill every distinct prompt once (left-padded), repeat each cache row per sample, then decode
-        all rows together; a row leaves the batch when it stops, and each row draws from its own generator."""
+    def _decode(self, model: Any, jobs: list[SampleJob], more: Callable[[int], list[SampleJob]] | None,
+                done: Callable[[SampleJob], None], started: list[SampleJob]) -> None:
+        """Decode jobs as one batch of rows (one row per sample), each row drawing from its own generator.
+
+        Prompts are prefilled left-padded, once per job, and the cache row repeated per sample; a row leaves
+        the batch when it stops, and jobs `more` hands over join it between steps (their cache left-padded
+        to the batch's length or the batch's to theirs)."""
+        batch = _Rows.prefill(self, model, jobs)
+        started.extend(jobs)
+        can_join = more is not None and _cache_layers(batch.past) is not None
+        while batch.rows:
+            for job in batch.pick():
+                done(job)
+            if not batch.rows:
+                break
+            batch.step(model)
+            room = MAX_JOIN_ROWS - len(batch.rows)
+            joiners = more(room) if can_join and more is not None and room > 0 else []
+            if joiners:
+                # after the step every running row has fresh logits, and the joiners' come from their prefill
+                started.extend(joiners)
+                batch.merge(_Rows.prefill(self, model, joiners))
+
+
+JoinFn = Callable[[Callable[[SampleJob], bool], int], list[SampleJob]]
+# sequences one decoding batch grows to at most by jobs joining it (the server caps its first take too)
+MAX_JOIN_ROWS = 64
+
+
+def _cache_layers(cache: Any) -> list[Any] | None:
+    """The per-layer key/value holders of a plain dynamic KV cache, or None for any other kind (sliding
+    window, quantised, hybrid), which cannot be padded safely: batches on those models never take joiners."""
+    from transformers.cache_utils import DynamicCache
+
+    if type(cache) is not DynamicCache:
+        return None
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        from transformers.cache_utils import DynamicLayer
+
+        if all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers):
+            return list(layers)
+        return None
+    return None
+
+
+class _Rows:
+    """The state of one decoding batch: KV cache, attention mask, positions, logits, and which sample of
+    which job each row is."""
+
+    def __init__(self, engine: Engine, past: Any, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor,
+                 rows: list[tuple[SampleJob, int]], padded: bool):
+        self.engine = engine
+        self.past, self.mask, self.pos, self.logits = past, mask, pos, logits
+        self.rows = rows
+        self.padded = padded
+        self.gens: dict[int, list[torch.Generator]] = {}
+        self.checkers: dict[int, StopChecker] = {}
+        self.left: dict[int, int] = {}  # rows still running, per job
+        self.seqs: dict[int, list[SampledSeq]] = {}
+        self.jobs: dict[int, SampleJob] = {}
+        for job, _ in rows:
+            jid = id(job)
+            if jid not in self.jobs:
+                self.jobs[jid] = job
+                self.gens[jid] = sequence_generators(job.spec.seed, job.num_samples)
+                self.checkers[jid] = StopChecker(job.spec, lambda t: engine.tokenizer.decode(t))
+                self.left[jid] = job.num_samples
+                self.seqs[jid] = [SampledSeq([], [], "length") for _ in range(job.num_samples)]
+
+    @classmethod
+    def prefill(cls, engine: Engine, model: Any, jobs: list[SampleJob]) -> _Rows:
+        """One forward over the jobs' prompts (left-padded), the cache repeated to one row per sample."""
         width = max(len(j.prompt) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        ids = torch.full((len(jobs), width), engine.pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
         for i, j in enumerate(jobs):
             ids[i, width - len(j.prompt):] = torch.tensor(j.prompt, dtype=torch.long)
             mask[i, width - len(j.prompt):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         want_prompt = any(j.prompt_logprobs for j in jobs)
-        kw = self._cache_kw
-        extra = {} if want_prompt or not self._logits_to_keep else {"logits_to_keep": 1}
+        extra = {} if want_prompt or not engine._logits_to_keep else {"logits_to_keep": 1}
         padded = bool((mask == 0).any())
-        out = model(input_ids=ids.to(self.device), position_ids=positions.to(self.device), use_cache=True,
-                    attention_mask=mask.to(self.device) if padded else None, **extra)
-        prompt_lps: list[list[float] | None] = [None] * len(jobs)
+        dev = engine.device
+        out = model(input_ids=ids.to(dev), position_ids=positions.to(dev), use_cache=True,
+                    attention_mask=mask.to(dev) if padded else None, **extra)
         if want_prompt:
             lp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-            picked = lp.gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1).cpu()
+            picked = lp.gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1).cpu()
             for i, j in enumerate(jobs):
                 if j.prompt_logprobs:
-                    prompt_lps[i] = [float("nan")] + picked[i, width - len(j.prompt):].tolist()
-        past = getattr(out, kw)
-        last = out.logits[:, -1].float()
-        # rows: (job index, sample index); a prompt's cache row is repeated once per sample
-        rows = [(i, k) for i, j in enumerate(jobs) for k in range(j.num_samples)]
-        source = torch.tensor([i for i, _ in rows], dtype=torch.long)
+                    j.prompt_lps = [float("nan")] + picked[i, width - len(j.prompt):].tolist()
+        past = getattr(out, engine._cache_kw)
+        rows = [(j, k) for j in jobs for k in range(j.num_samples)]
+        source = torch.tensor([i for i, j in enumerate(jobs) for _ in range(j.num_samples)], dtype=torch.long)
         if len(rows) != len(jobs):
-            past.batch_select_indices(source.to(self.device))
-        logits = last[source.to(last.device)]
-        mask = mask[source]
-        pos = positions[source, -1]
-        gens = {i: sequence_generators(j.spec.seed, j.num_samples) for i, j in enumerate(jobs)}
-        checkers = [StopChecker(j.spec, lambda t: self.tokenizer.decode(t)) for j in jobs]
-        seqs = [[SampledSeq([], [], "length") for _ in range(j.num_samples)] for j in jobs]
-        active = list(range(len(rows)))  # indices into rows, in batch order
-        while active:
-            logits_cpu = logits.cpu()
-            logp = torch.log_softmax(logits_cpu, dim=-1)
-            nxt: list[int] = []
-            keep: list[int] = []
-            for b, r in enumerate(active):
-                i, k = rows[r]
-                job = jobs[i]
-                tok = pick_token(logits_cpu[b], job.spec, gens[i][k])
-                seq = seqs[i][k]
-                seq.tokens.append(tok)
-                seq.logprobs.append(float(logp[b, tok]))
-                if checkers[i].stopped(seq.tokens):
-                    seq.stop_reason = "stop"
-                elif len(seq.tokens) < job.spec.max_tokens:
-                    keep.append(b)
-                    nxt.append(tok)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                sel = torch.tensor(keep, dtype=torch.long)
-                past.batch_select_indices(sel.to(self.device))
-                mask, pos = mask[sel], pos[sel]
-                active = [active[b] for b in keep]
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            pos = pos + 1
-            out = model(input_ids=torch.tensor(nxt, dtype=torch.long, device=self.device).view(-1, 1),
-                        position_ids=pos.view(-1, 1).to(self.device), use_cache=True,
-                        attention_mask=mask.to(self.device) if padded else None, **{kw: past})
-            past = getattr(out, kw)
-            logits = out.logits[:, -1].float()
-        return [(seqs[i], prompt_lps[i]) for i in range(len(jobs))]
+            past.batch_select_indices(source.to(dev))
+        logits = out.logits[:, -1].float()[source.to(dev)]
+        return cls(engine, past, mask[source], positions[source, -1], logits, rows, padded)
+
+    def pick(self) -> list[SampleJob]:
+        """Draw each row's next token from the current logits; drop stopped rows; return finished jobs."""
+        logits = self.logits.cpu()
+        logp = torch.log_softmax(logits, dim=-1)
+        keep: list[int] = []
+        self.next_tokens: list[int] = []
+        finished: list[SampleJob] = []
+        for b, (job, k) in enumerate(self.rows):
+            jid = id(job)
+            tok = pick_token(logits[b], job.spec, self.gens[jid][k])
+            seq = self.seqs[jid][k]
+            seq.tokens.append(tok)
+            seq.logprobs.append(float(logp[b, tok]))
+            if self.checkers[jid].stopped(seq.tokens):
+                seq.stop_reason = "stop"
+            elif len(seq.tokens) < job.spec.max_tokens:
+                keep.append(b)
+                self.next_tokens.append(tok)
+                continue
+            self.left[jid] -= 1
+            if self.left[jid] == 0:
+                job.result = (self.seqs[jid], job.prompt_lps)
+                finished.append(job)
+        if len(keep) < len(self.rows):
+            sel = torch.tensor(keep, dtype=torch.long)
+            if keep:
+                self.past.batch_select_indices(sel.to(self.engine.device))
+            self.mask, self.pos = self.mask[sel], self.pos[sel]
+            self.logits = self.logits[sel.to(self.logits.device)]
+            self.rows = [self.rows[b] for b in keep]
+        return finished
+
+    def step(self, model: Any) -> None:
+        """One forward of every running row's newest token."""
+        dev = self.engine.device
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        self.pos = self.pos + 1
+        out = model(input_ids=torch.tensor(self.next_tokens, dtype=torch.long, device=dev).view(-1, 1),
+                    position_ids=self.pos.view(-1, 1).to(dev), use_cache=True,
+                    attention_mask=self.mask.to(dev) if self.padded else None,
+                    **{self.engine._cache_kw: self.past})
+        self.past = getattr(out, self.engine._cache_kw)
+        self.logits = out.logits[:, -1].float()
+
+    def merge(self, other: _Rows) -> None:
+        """Append another batch's rows: the shorter cache is left-padded (masked) to the longer one."""
+        mine, theirs = _cache_layers(self.past), _cache_layers(other.past)
+        assert mine is not None and theirs is not None
+        t1, t2 = self.mask.shape[1], other.mask.shape[1]
+        width = max(t1, t2)
+
+        def pad(x: torch.Tensor, n: int) -> torch.Tensor:  # left-pad the sequence dimension (-2) by n
+            if n == 0:
+                return x
+            return torch.cat([x.new_zeros(*x.shape[:-2], n, x.shape[-1]), x], dim=-2)
+
+        for a, b in zip(mine, theirs, strict=True):
+            a.keys = torch.cat([pad(a.keys, width - t1), pad(b.keys, width - t2)], dim=0)
+            a.values = torch.cat([pad(a.values, width - t1), pad(b.values, width - t2)], dim=0)
+        self.mask = torch.cat([
+            torch.cat([torch.zeros((self.mask.shape[0], width - t1), dtype=torch.long), self.mask], dim=1),
+            torch.cat([torch.zeros((other.mask.shape[0], width - t2), dtype=torch.long), other.mask], dim=1),
+        ], dim=0)
+        self.padded = True
+        self.pos = torch.cat([self.pos, other.pos])
+        self.logits = torch.cat([self.logits, other.logits.to(self.logits.device)])
+        self.rows += other.rows
+        for attr in ("gens", "checkers", "left", "seqs", "jobs"):
+            getattr(self, attr).update(getattr(other, attr))

@@ -130,6 +130,7 @@ class SampleJob:
     prompt_logprobs: bool = False
     result: tuple[list[SampledSeq], list[float] | None] | None = None
     error: Exception | None = None
+    prompt_lps: list[float] | None = None
 
 
 class StopChecker:

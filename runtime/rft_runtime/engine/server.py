@@ -104,10 +104,15 @@ class WorkQueue:
                 self.cond.wait()
             return self.items.popleft()
 
-    def take_samples(self, max_rows: int) -> list[WorkItem]:
-        """Remove and return waiting sample items, oldest first, up to max_rows sequences in all."""
+    def take_samples(self, max_rows: int, accept: Callable[[Any], bool] | None = None,
+                     only_if_idle: bool = False) -> list[WorkItem]:
+        """Remove and return waiting sample items (those whose job `accept` takes), oldest first, up to
+        max_rows sequences in all. only_if_idle: none while other work waits (a running batch taking
+        joiners must not keep training work waiting indefinitely)."""
         taken: list[WorkItem] = []
         with self.cond:
+            if only_if_idle and any(item is None or not isinstance(item[1], SampleWork) for item in self.items):
+                return taken
             kept = []
             rows = 0
             while self.items:
@@ -117,8 +122,10 @@ class WorkQueue:
                     kept.extend(self.items)
                     self.items.clear()
                     break
-                if isinstance(item[1], SampleWork) and rows + item[1].job.num_samples <= max_rows:
-                    rows += item[1].job.num_samples
+                work = item[1]
+                if (isinstance(work, SampleWork) and rows + work.job.num_samples <= max_rows
+                        and (accept is None or accept(work.job))):
+                    rows += work.job.num_samples
                     taken.append(item)
                 else:
                     kept.append(item)
@@ -203,29 +210,33 @@ class Service:
             fut.finish(ctype, fut_body)
 
     def _run_samples(self, items: list[WorkItem]) -> None:
-        """Decode a batch of sample requests at once and answer each one's future."""
+        """Decode sample requests as one batch, which requests arriving meanwhile join; each future is
+        answered as soon as its own sequences are done."""
         from rft_runtime.engine import wire
         from rft_runtime.engine.core import EngineError
         from rft_runtime.engine.sampling import SamplingParamsError
 
         started = time.perf_counter()
-        jobs = [item[1].job for item in items]
-        try:
-            self.engine.sample_many(jobs)
-        except Exception as exc:  # a bug or a resource problem: every request of the batch reports it
-            log.exception("sample batch of %d crashed", len(jobs))
-            for job in jobs:
-                job.error = job.error or exc
-        elapsed = time.perf_counter() - started
-        rows = sum(job.num_samples for job in jobs)
-        if len(jobs) > 1:
-            log.debug("decoded %d sample requests (%d sequences) in one batch: %.2fs", len(jobs), rows, elapsed)
-        self.stats.setdefault("sample_batch_rows", []).append(float(rows))
-        for fut, work, _ in items:
-            job = work.job
+        pending: dict[int, WorkItem] = {id(item[1].job): item for item in items}
+        counts = {"requests": len(items), "rows": sum(item[1].job.num_samples for item in items)}
+
+        def more(accept: Callable[[Any], bool], rows: int) -> list[Any]:
+            joined = self.work.take_samples(rows, accept=accept, only_if_idle=True)
+            for item in joined:
+                pending[id(item[1].job)] = item
+                counts["requests"] += 1
+                counts["rows"] += item[1].job.num_samples
+            return [item[1].job for item in joined]
+
+        def finish(job: Any) -> None:
+            item = pending.pop(id(job), None)
+            if item is None:
+                return
+            fut, work, _ = item
+            body, ctype = b"", "application/x-protobuf"
             if job.error is None:
                 try:
-                    body, ctype = work.encode(job), "application/x-protobuf"
+                    body = work.encode(job)
                 except Exception as exc:
                     job.error = exc
             if job.error is not None:
@@ -235,9 +246,25 @@ class Service:
                 body = wire.failed(str(job.error) if user else f"engine error in sample: {job.error!r}",
                                    "user" if user else "server")
                 ctype = "application/json"
-            fut.server_s = elapsed
-            self.stats.setdefault("sample", []).append(elapsed)
+            fut.server_s = time.perf_counter() - started
+            self.stats.setdefault("sample", []).append(fut.server_s)
             fut.finish(ctype, body)
+
+        try:
+            self.engine.sample_many([item[1].job for item in items], more=more, on_done=finish)
+        except Exception as exc:  # a bug or a resource problem: every request still waiting reports it
+            log.exception("sample batch crashed")
+            for item in list(pending.values()):
+                item[1].job.error = item[1].job.error or exc
+        for item in list(pending.values()):  # nothing may be left unanswered
+            job = item[1].job
+            if job.error is None and job.result is None:
+                job.error = RuntimeError("the sample batch ended without this request's result")
+            finish(job)
+        if counts["requests"] > 1:
+            log.debug("decoded %d sample requests (%d sequences) in one batch: %.2fs", counts["requests"],
+                      counts["rows"], time.perf_counter() - started)
+        self.stats.setdefault("sample_batch_rows", []).append(float(counts["rows"]))
         for label in ("sample", "sample_batch_rows"):
             if len(self.stats[label]) > 1000:
                 del self.stats[label][:500]
