@@ -245,3 +245,43 @@ def test_requests_joining_a_running_batch_get_what_they_get_alone(engine, tiny_m
             assert got.logprobs == pytest.approx(want.logprobs, abs=1e-5)
         assert j.result[1][1:] == pytest.approx(plp[1:], abs=1e-5)
     assert offered_rows[0] == 64 - 2  # room left under the batch cap
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+def test_a_local_checkpoint_of_each_supported_architecture_trains_and_samples(arch, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from rft_runtime.engine.model_factory import build_tokenizer
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    tok = build_tokenizer()
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / arch)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(tmp_path / arch)
+    tok.save_pretrained(tmp_path / arch)
+
+    eng = Engine(tmp_path / arch, tmp_path / "state")
+    assert eng.arch == arch
+    assert {n.rsplit(".", 1)[-1] for n in eng.groups["attn"]} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert {n.rsplit(".", 1)[-1] for n in eng.groups["mlp"]} == {"gate_proj", "up_proj", "down_proj"}
+    eng.create_run("r", arch, LoraSpec(4, 0))
+    ids = tok.encode("1+2=?<answer>3</answer>", add_special_tokens=False)
+    data = [{"tokens": ids[:-1], "inputs": {"target_tokens": torch.tensor(ids[1:]),
+                                            "weights": torch.ones(len(ids) - 1)}}]
+    losses = []
+    for _ in range(3):
+        losses.append(eng.forward_backward("r", data, "cross_entropy", {}, False)["metrics"]["loss:sum"])
+        eng.optim_step("r", {"learning_rate": 1e-2})
+    assert losses[-1] < losses[0]
+    eng.create_sampler("s", eng.save("r", "w", "sampler_weights"), None)
+    spec = parse_spec({"max_tokens": 8, "seed": 1, "stop": []}, eng.eos_ids, eng.max_context)
+    jobs = [SampleJob("s", ids[:n], 2, spec) for n in (3, 9)]
+    eng.sample_many(jobs)
+    for j in jobs:
+        alone = eng.sample("s", j.prompt, 2, spec, False)[0]
+        assert [s.tokens for s in j.result[0]] == [s.tokens for s in alone]
