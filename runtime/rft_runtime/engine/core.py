@@ -554,14 +554,15 @@ class Engine:
         return None if s.lora is None else (s.model_path or f"snapshot:{s.sampler_id}")
 
     def sample_many(self, jobs: list[SampleJob], more: JoinFn | None = None,
-                    on_done: Callable[[SampleJob], None] | None = None) -> None:
+                    on_done: Callable[[SampleJob], None] | None = None, max_rows: int | None = None) -> None:
         """Decode many sample requests: those on the same weights share one batch, one forward per token.
 
         Each job gets its `result` or its own `error` (a bad request fails alone, not the batch), and
         on_done(job) as soon as its sequences are finished. `more(accept, rows)`, when given, is asked at
         every decoding step for further waiting jobs (those `accept` takes, up to `rows` sequences), which
-        join the running batch."""
+        join the running batch while it holds fewer than max_rows sequences."""
         done = on_done or (lambda job: None)
+        cap = max_rows or MAX_JOIN_ROWS
         groups: OrderedDict[str | None, list[SampleJob]] = OrderedDict()
         adapters: dict[str | None, str | None] = {}
         for job in jobs:
@@ -592,12 +593,12 @@ class Engine:
                 if adapter is None:
                     if self.peft is not None:
                         with self.peft.disable_adapter():
-                            self._decode(self.peft, group, joiner, done, started)
+                            self._decode(self.peft, group, joiner, done, started, cap)
                     else:
-                        self._decode(self.model, group, joiner, done, started)
+                        self._decode(self.model, group, joiner, done, started, cap)
                 else:
                     self._activate(adapter)
-                    self._decode(self.peft, group, joiner, done, started)
+                    self._decode(self.peft, group, joiner, done, started, cap)
             except Exception as exc:
                 for job in started:
                     if job.result is None and job.error is None:
@@ -607,7 +608,7 @@ class Engine:
     # no_grad, not inference_mode: adapters made here are trained later, and inference tensors cannot be
     @torch.no_grad()
     def _decode(self, model: Any, jobs: list[SampleJob], more: Callable[[int], list[SampleJob]] | None,
-                done: Callable[[SampleJob], None], started: list[SampleJob]) -> None:
+                done: Callable[[SampleJob], None], started: list[SampleJob], max_rows: int) -> None:
         """Decode jobs as one batch of rows (one row per sample), each row drawing from its own generator.
 
         Prompts are prefilled left-padded, once per job, and the cache row repeated per sample; a row leaves
@@ -622,7 +623,7 @@ class Engine:
             if not batch.rows:
                 break
             batch.step(model)
-            room = MAX_JOIN_ROWS - len(batch.rows)
+            room = max_rows - len(batch.rows)
             joiners = more(room) if can_join and more is not None and room > 0 else []
             if joiners:
                 # after the step every running row has fresh logits, and the joiners' come from their prefill
@@ -631,7 +632,7 @@ class Engine:
 
 
 JoinFn = Callable[[Callable[[SampleJob], bool], int], list[SampleJob]]
-# sequences one decoding batch grows to at most by jobs joining it (the server caps its first take too)
+# sequences one decoding batch grows to at most by jobs joining it, unless the caller says otherwise
 MAX_JOIN_ROWS = 64
 
 

@@ -251,7 +251,8 @@ class Service:
             fut.finish(ctype, body)
 
         try:
-            self.engine.sample_many([item[1].job for item in items], more=more, on_done=finish)
+            self.engine.sample_many([item[1].job for item in items], more=more, on_done=finish,
+                                    max_rows=self.max_batch_rows)
         except Exception as exc:  # a bug or a resource problem: every request still waiting reports it
             log.exception("sample batch crashed")
             for item in list(pending.values()):
