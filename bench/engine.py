@@ -229,6 +229,8 @@ def main() -> int:
                     help="models for the per-model table (smollm2-135m is skipped when its package is missing)")
     ap.add_argument("--real-iters", type=int, default=3, help="timed rounds per call in the per-model table")
     ap.add_argument("--skip-protocol", action="store_true", help="only the per-model table")
+    ap.add_argument("--smollm2-dir", default=None,
+                    help="an already converted smollm2-135m directory (skips the minute of conversion)")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -261,8 +263,11 @@ def main() -> int:
             else:
                 try:
                     t0 = time.perf_counter()
-                    mdir = make_model(root / name, preset=name)
-                    print(f"\n{name}: converted in {time.perf_counter() - t0:.0f}s")
+                    if name == "smollm2-135m" and args.smollm2_dir:
+                        mdir = Path(args.smollm2_dir).expanduser().resolve()
+                    else:
+                        mdir = make_model(root / name, preset=name)
+                        print(f"\n{name}: converted in {time.perf_counter() - t0:.0f}s")
                 except ModelFactoryError as exc:
                     print(f"\n{name}: skipped ({exc})")
                     continue
