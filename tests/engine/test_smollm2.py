@@ -57,7 +57,7 @@ def test_get_tokenizer_renders_the_chat_template_and_the_model_answers_a_sum(smo
     assert len(tokenizer.encode("What is 7 + 5?", add_special_tokens=False)) <= 8  # a real tokenizer, not bytes
     base = smol.create_sampling_client(base_model=str(smollm2_model_dir)).result()
     res = base.sample(types.ModelInput.from_ints(_prompt(tokenizer, "What is 7 + 5?")), 1,
-                      types.SamplingParams(max_tokens=20, temperature=0.0)).result()
+                      types.SamplingParams(max_tokens=40, temperature=0.0)).result()
     assert "12" in tokenizer.decode(res.sequences[0].tokens)
 
 
