@@ -449,6 +449,8 @@ def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
                                                                f"run {run}")
         _on_worker(svc, "delete_checkpoint", lambda: svc.engine.delete_checkpoint(path))
         return _ok({})
+    if checkpoint_id:
+        return None  # e.g. .../external_weights_urls: not an endpoint of this engine
     raise HTTPError(405, f"{method} is not supported on {rest}")
 
 
