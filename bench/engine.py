@@ -1,12 +1,17 @@
 """Benchmark of the local engine: each call in-process and through the tinker SDK, with protocol time split out.
 
-    python bench/engine.py [--iters 20] [--batch 8] [--rank 16]
+    python bench/engine.py [--iters 20] [--batch 8] [--rank 16] [--models tiny,smollm2-135m] [--real-iters 3]
 
 On the tiny preset it times forward_backward (a batch of quickstart-style chat examples), optim_step,
 sample (8 sequences x 16 tokens) and save_weights_for_sampler: first calling the Engine object directly, then
 through tinker.ServiceClient against a `rft engine serve` child process. For the SDK path it also reports the
 server's own compute time for the same calls (from the engine's /api/v1/engine_stats), so what remains is
 protocol overhead (HTTP, futures, (de)serialisation). Prints medians in milliseconds and ratios.
+
+Then, per model (the tiny preset and the real SmolLM2-135M-Instruct, when its package is installed),
+through the SDK: forward_backward, optim_step and sample (8 x 64 tokens) medians with tokens per second,
+the engine process's peak RSS, and the concurrent-sampling row: 8 concurrent sample(num_samples=1) calls
+against one sample(num_samples=8) call, same prompt and length (the target is at most 1.5x).
 """
 
 from __future__ import annotations
@@ -25,15 +30,15 @@ from typing import Any
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 
 
-def examples(tokenizer: Any, n: int) -> list[list[int]]:
-    """Chat-templated single-digit additions with answers, as the quickstart's SFT warm-up sees them."""
+def examples(tokenizer: Any, n: int, task: str = "larger-digit") -> list[list[int]]:
+    """Chat-templated quickstart questions with their answers, as the quickstart's SFT warm-up sees them."""
     from rft_runtime.quickstart_task import SYSTEM_PROMPT, question, response
 
     out = []
     for i in range(n):
         a, b = i % 10, (3 * i + 1) % 10
-        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question(a, b)},
-                {"role": "assistant", "content": response(a, b)}]
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question(a, b, task)},
+                {"role": "assistant", "content": response(a, b, task)}]
         text = tokenizer.apply_chat_template(msgs, tokenize=False)
         out.append(list(tokenizer.encode(text, add_special_tokens=False)))
     return out
@@ -151,34 +156,138 @@ def bench_sdk(model_dir: Path, root: Path, seqs: list[list[int]], args: argparse
     return {"wall": wall, "server": server}
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_model(model_dir: Path, root: Path, seqs: list[list[int]], args: argparse.Namespace,
+                iters: int) -> dict[str, float]:
+    """Through the SDK on one model: fb / optim / sample 8 x 64 medians (s), tokens/s, peak RSS, and the
+    median wall of 8 concurrent single-sample calls against one 8-sample call (interleaved rounds)."""
+    import tinker
+    from tinker import types
+
+    from rft_runtime.engine.launcher import LocalEngine
+
+    out: dict[str, float] = {}
+    with LocalEngine(model_dir, state_dir=root / "state", port=0, log_file=root / "engine.log") as engine:
+        engine.start(timeout=600)
+        sc = tinker.ServiceClient(base_url=engine.base_url, api_key="tml-local")
+        tc = sc.create_lora_training_client(base_model=str(model_dir), rank=args.rank, seed=0).result()
+        data = [types.Datum(model_input=types.ModelInput.from_ints(s[:-1]),
+                            loss_fn_inputs={"target_tokens": s[1:], "weights": [1.0] * (len(s) - 1)}) for s in seqs]
+        fb, opt = [], []
+        for i in range(iters + 1):  # one warm-up round
+            t0 = time.perf_counter()
+            tc.forward_backward(data, "cross_entropy").result()
+            t1 = time.perf_counter()
+            tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
+            t2 = time.perf_counter()
+            if i:
+                fb.append(t1 - t0)
+                opt.append(t2 - t1)
+        sampler = sc.create_sampling_client(model_path=tc.save_weights_for_sampler("bench").result().path).result()
+        prompt = types.ModelInput.from_ints(seqs[0][: max(2, len(seqs[0]) // 2)])
+        tokens = 64
+
+        def params(seed: int) -> types.SamplingParams:
+            return types.SamplingParams(max_tokens=tokens, seed=seed, stop=[])
+
+        sampler.sample(prompt, 8, params(0)).result()  # warm-up
+        one, conc = [], []
+        for r in range(iters):  # interleaved, so a change of machine load hits both alike
+            t0 = time.perf_counter()
+            sampler.sample(prompt, 8, params(r)).result()
+            one.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            futures = [sampler.sample(prompt, 1, params(100 * r + i)) for i in range(8)]
+            for f in futures:
+                f.result()
+            conc.append(time.perf_counter() - t0)
+        out["forward_backward"] = statistics.median(fb)
+        out["fb tokens/s"] = sum(len(s) - 1 for s in seqs) / out["forward_backward"]
+        out["optim_step"] = statistics.median(opt)
+        out["sample 8x64"] = statistics.median(one)
+        out["sample tokens/s"] = 8 * tokens / out["sample 8x64"]
+        out["8 concurrent x 1x64"] = statistics.median(conc)
+        out["peak RSS MiB"] = peak_rss_mib(engine.pid)
+        sc.close("success")
+    return out
+
+
 def main() -> int:
     """Run both benchmarks and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8, help="datums per forward_backward")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--models", default="tiny,smollm2-135m",
+                    help="models for the per-model table (smollm2-135m is skipped when its package is missing)")
+    ap.add_argument("--real-iters", type=int, default=3, help="timed rounds per call in the per-model table")
+    ap.add_argument("--skip-protocol", action="store_true", help="only the per-model table")
+    ap.add_argument("--smollm2-dir", default=None,
+                    help="an already converted smollm2-135m directory (skips the minute of conversion)")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from rft_runtime.engine.model_factory import make_model
+    from rft_runtime.engine.model_factory import ModelFactoryError, make_model
 
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start, "
+          f"RFT_ENGINE_THREADS={os.environ.get('RFT_ENGINE_THREADS', '(default)')}")
     with tempfile.TemporaryDirectory(prefix="rft-bench-engine-") as tmp:
         root = Path(tmp)
         model_dir = make_model(root / "model", preset="tiny", seed=0)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         seqs = examples(tok, args.batch)
-        print(f"tiny preset, {args.batch} datums x ~{statistics.mean(map(len, seqs)):.0f} tokens per "
-              f"forward_backward, rank {args.rank}, sample = 8 x 16 tokens, {args.iters} timed calls each, "
-              f"{os.cpu_count()} CPUs")
-        direct = bench_in_process(model_dir, root / "direct-state", seqs, args)
-        sdk = bench_sdk(model_dir, root, seqs, args)
-    print(f"\n{'call':<26}{'in-process':>12}{'SDK wall':>11}{'server':>9}{'protocol':>10}{'SDK/direct':>12}")
-    for label in ("forward_backward", "optim_step", "sample", "save_weights_for_sampler"):
-        d, w, s = direct[label], sdk["wall"][label], sdk["server"][label]
-        print(f"{label:<26}{d:>10.1f}ms{w:>9.1f}ms{s:>7.1f}ms{w - s:>8.1f}ms{w / d:>11.2f}x")
-    print(f"{'fb+optim pipelined':<26}{'':>12}{sdk['wall']['fb+optim pipelined']:>9.1f}ms")
-    slow = [k for k, v in sdk["wall"].items() if v >= 50]
-    print("\nall SDK calls under 50 ms" if not slow else f"\nover 50 ms through the SDK: {', '.join(slow)}")
+        if not args.skip_protocol:
+            print(f"tiny preset, {args.batch} datums x ~{statistics.mean(map(len, seqs)):.0f} tokens per "
+                  f"forward_backward, rank {args.rank}, sample = 8 x 16 tokens, {args.iters} timed calls each")
+            direct = bench_in_process(model_dir, root / "direct-state", seqs, args)
+            sdk = bench_sdk(model_dir, root, seqs, args)
+            print(f"\n{'call':<26}{'in-process':>12}{'SDK wall':>11}{'server':>9}{'protocol':>10}{'SDK/direct':>12}")
+            for label in ("forward_backward", "optim_step", "sample", "save_weights_for_sampler"):
+                d, w, s = direct[label], sdk["wall"][label], sdk["server"][label]
+                print(f"{label:<26}{d:>10.1f}ms{w:>9.1f}ms{s:>7.1f}ms{w - s:>8.1f}ms{w / d:>11.2f}x")
+            print(f"{'fb+optim pipelined':<26}{'':>12}{sdk['wall']['fb+optim pipelined']:>9.1f}ms")
+            slow = [k for k, v in sdk["wall"].items() if v >= 50]
+            print("\nall SDK calls under 50 ms" if not slow else f"\nover 50 ms through the SDK: {', '.join(slow)}")
+        results: dict[str, dict[str, float]] = {}
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            if name == "tiny":
+                mdir, mseqs = model_dir, seqs
+            else:
+                try:
+                    t0 = time.perf_counter()
+                    if name == "smollm2-135m" and args.smollm2_dir:
+                        mdir = Path(args.smollm2_dir).expanduser().resolve()
+                    else:
+                        mdir = make_model(root / name, preset=name)
+                        print(f"\n{name}: converted in {time.perf_counter() - t0:.0f}s")
+                except ModelFactoryError as exc:
+                    print(f"\n{name}: skipped ({exc})")
+                    continue
+                mtok = AutoTokenizer.from_pretrained(str(mdir))
+                mseqs = examples(mtok, args.batch, task="digit-sum")
+            print(f"{name}: {args.batch} datums x ~{statistics.mean(map(len, mseqs)):.0f} tokens per "
+                  f"forward_backward, {args.real_iters} timed rounds", flush=True)
+            results[name] = bench_model(mdir, root / f"{name}-run", mseqs, args, args.real_iters)
+    if results:
+        names = list(results)
+        print(f"\n{'through the SDK (medians)':<28}" + "".join(f"{n:>16}" for n in names))
+        rows = [("forward_backward", "s"), ("fb tokens/s", ""), ("optim_step", "s"), ("sample 8x64", "s"),
+                ("sample tokens/s", ""), ("8 concurrent x 1x64", "s"), ("peak RSS MiB", "")]
+        for label, unit in rows:
+            print(f"{label:<28}" + "".join(f"{results[n][label]:>15.3f}{unit or ' '}" for n in names))
+        print(f"{'concurrent / one 8-sample':<28}"
+              + "".join(f"{results[n]['8 concurrent x 1x64'] / results[n]['sample 8x64']:>15.2f}x" for n in names)
+              + "   (target: at most 1.5x)")
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
     return 0
 
 

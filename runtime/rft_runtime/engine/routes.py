@@ -351,7 +351,8 @@ def get_sampler(svc: Service, sampler_id: str) -> Answer:
 def asample(svc: Service, body: bytes) -> Answer:
     """sample / compute_logprobs: validated now, generated on the compute thread, answered as protobuf."""
     from rft_runtime.engine import wire
-    from rft_runtime.engine.sampling import SamplingParamsError, parse_spec
+    from rft_runtime.engine.sampling import SampleJob, SamplingParamsError, parse_spec
+    from rft_runtime.engine.server import SampleWork
 
     req = _json(body)
     e = svc.engine
@@ -394,13 +395,14 @@ def asample(svc: Service, body: bytes) -> Answer:
     want_prompt = bool(req.get("prompt_logprobs"))
     last_n = req.get("prompt_logprobs_last_n")
 
-    def work() -> bytes:
-        seqs, plp = e.sample(sampler_id, tokens, n, spec, want_prompt)
+    def encode(job: SampleJob) -> bytes:
+        seqs, plp = job.result
         if plp is not None and last_n:
             plp = [float("nan")] * (len(plp) - int(last_n)) + plp[-int(last_n):]
         return wire.encode_sample(seqs, plp)
 
-    out = svc.submit("sample", work, kind="proto")
+    job = SampleJob(sampler_id, tokens, n, spec, want_prompt)
+    out = svc.submit("sample", SampleWork(job, encode), kind="proto")
     out["sample_sequence_ids"] = [f"{out['request_id']}:{i}" for i in range(n)]
     return _ok(out)
 
@@ -422,7 +424,8 @@ def retrieve_future(svc: Service, body: bytes) -> Answer:
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 
-_CKPT = re.compile(r"^training_runs/(?P<run>[^/]+)/checkpoints(?:/(?P<kind>weights|sampler_weights)/(?P<name>[^/]+))?$")
+_CKPT = re.compile(r"^training_runs/(?P<run>[^/]+)/checkpoints(?:/(?P<id>.+))?$")
+_CKPT_ID = re.compile(r"^(?P<kind>weights|sampler_weights)/(?P<name>[^/]+)$")
 
 
 def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
@@ -430,13 +433,24 @@ def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
     m = _CKPT.match(rest)
     if not m:
         return None
-    run = m.group("run")
-    if method == "GET" and not m.group("kind"):
+    run, checkpoint_id = m.group("run"), m.group("id")
+    if method == "GET" and not checkpoint_id:
         return _ok({"checkpoints": _engine_call(svc.engine.list_checkpoints, run), "cursor": None})
-    if method == "DELETE" and m.group("kind"):
-        path = f"tinker://{run}/{m.group('kind')}/{m.group('name')}"
+    if method == "DELETE" and checkpoint_id:
+        from rft_runtime.engine.core import NAME_RE
+
+        cid = _CKPT_ID.match(checkpoint_id)
+        if not cid or not NAME_RE.match(cid.group("name")):
+            # the endpoint exists; the name does not (ids are KIND/NAME, as list_checkpoints gives them)
+            raise HTTPError(404, f"no such checkpoint {checkpoint_id} for training run {run} (checkpoint ids are "
+                                 "weights/NAME or sampler_weights/NAME, as list_checkpoints gives them)")
+        path = f"tinker://{run}/{checkpoint_id}"
+        _engine_call(svc.engine.checkpoint_dir, path, missing=f"no such checkpoint {checkpoint_id} for training "
+                                                               f"run {run}")
         _on_worker(svc, "delete_checkpoint", lambda: svc.engine.delete_checkpoint(path))
         return _ok({})
+    if checkpoint_id:
+        return None  # e.g. .../external_weights_urls: not an endpoint of this engine
     raise HTTPError(405, f"{method} is not supported on {rest}")
 
 

@@ -79,23 +79,58 @@ def parse_spec(params: dict[str, Any], eos_ids: list[int], max_tokens_limit: int
     return spec
 
 
-def pick_tokens(logits: torch.Tensor, spec: SampleSpec, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token per row of logits [B, V] under temperature, top-k and top-p (greedy at temperature 0)."""
+def pick_token(logits: torch.Tensor, spec: SampleSpec, generator: torch.Generator) -> int:
+    """Draw one token from one row of logits [V] under temperature, top-k and top-p (greedy at temperature 0).
+
+    One row and one generator at a time: a sequence's draws then depend only on its own logits and seed,
+    never on which other sequences share its decoding batch.
+    """
     if spec.temperature == 0.0:
-        return logits.argmax(dim=-1)
+        return int(logits.argmax())
     scores = logits / spec.temperature
     if 0 < spec.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, spec.top_k, dim=-1).values[..., -1:]
+        kth = torch.topk(scores, spec.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if spec.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        sorted_scores, order = torch.sort(scores, descending=True)
         probs = torch.softmax(sorted_scores, dim=-1)
         # drop a token when the tokens ranked above it already cover top_p (the first always stays)
         drop = probs.cumsum(dim=-1) - probs >= spec.top_p
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
     probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sequence_generators(seed: int | None, n: int) -> list[torch.Generator]:
+    """One generator per sample of a request: sample 0 is seeded with `seed` itself, sample i with a value
+    derived from (seed, i), so a seeded request draws the same sequences alone or in any batch."""
+    import hashlib
+    import os
+
+    base = seed if seed is not None else int.from_bytes(os.urandom(7), "little")
+    gens = []
+    for i in range(n):
+        value = base if i == 0 else int.from_bytes(
+            hashlib.blake2b(f"{base}:{i}".encode(), digest_size=8).digest(), "little") >> 1
+        g = torch.Generator(device="cpu")
+        g.manual_seed(value)
+        gens.append(g)
+    return gens
+
+
+@dataclass
+class SampleJob:
+    """One queued sample request as the batched decoder sees it; `result` / `error` are filled in."""
+
+    sampler_id: str
+    prompt: list[int]
+    num_samples: int
+    spec: SampleSpec
+    prompt_logprobs: bool = False
+    result: tuple[list[SampledSeq], list[float] | None] | None = None
+    error: Exception | None = None
+    prompt_lps: list[float] | None = None
 
 
 class StopChecker:
