@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(r, "rft_runtime.loop.run:run_main")
 
     q = sub.add_parser("quickstart", help="make a tiny model, start the local engine, and train it")
-    q.add_argument("--workdir", default="./rft-quickstart", help="where the model, data and job go")
+    q.add_argument("--workdir", default=None,
+                   help="where the model, data and job go (default: $XDG_CACHE_HOME/rft/quickstart, "
+                        "i.e. ~/.cache/rft/quickstart: scratch that each run starts over, kept out of your cwd)")
     q.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400)")
     q.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     _handler(q, "rft_runtime.quickstart:quickstart_main")

@@ -21,13 +21,14 @@ from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.prompts import PromptEncoder
-from rft_runtime.loop.stage import StageRunner, make_stream
+from rft_runtime.loop.stage import StageRunner, make_stream, stage_label
 from rft_runtime.loop.sync import WeightBoard
 from rft_runtime.loop.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
 
 
 @dataclass
@@ -61,7 +62,7 @@ def _keep_metrics_upto(job_dir: Path, last_step: int) -> None:
 def _start_over(job_dir: Path) -> None:
     """continue_from_checkpoint: false: set earlier results aside instead of mixing them in."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in (METRICS_FILE, BOOK_FILE):
+    for name in (METRICS_FILE, BOOK_FILE, EVAL_FILE):
         path = job_dir / name
         if path.exists():
             path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
@@ -165,6 +166,8 @@ def run_job(
             board = WeightBoard(start_step, None)
             if start_step or prev_state:
                 board.publish(start_step, trainer.save_sampler(f"s{index}-resume{start_step:06d}"))
+            if hasattr(mon, "start_stage"):
+                mon.start_stage(stage_label(stage), stream.total_steps, start_step)
             runner = StageRunner(stage, conn, mon, book, step_base=step_base, job_total=job_total,
                                  stream=stream, encoder=encoder, trainer=trainer, sampler_path=board.path)
             res = runner.run(start_step, board)
