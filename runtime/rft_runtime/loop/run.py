@@ -79,6 +79,9 @@ def run_main(args: Any) -> int:
     except (BackendError, RunError, DataError, WorkflowError, AlgorithmError) as exc:
         print(f"rft run: {exc}", file=sys.stderr)
         return 1
+    if result.already_finished:
+        print(f"done already: an earlier run finished all {result.steps} steps in {result.job_dir}; nothing "
+              "to train (set continue_from_checkpoint: false, or another name, to train again)")
     print(f"done: {result.steps} steps; metrics in {result.job_dir / 'metrics.jsonl'}, "
           f"plot in {result.job_dir / 'curves.png'}, checkpoints listed in {result.job_dir / 'checkpoint.json'}")
     return 0
