@@ -114,10 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         rc = func(args)
+        sys.stdout.flush()  # inside the try: a reader gone away (`| head`) is noticed here, not at exit
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     return int(rc or 0)
+
+
+def _reader_went_away() -> int:
+    """`rft ... | head`: stop quietly, as a command killed by SIGPIPE would (exit 141), with no traceback."""
+    import os
+
+    # what is still buffered for stdout can never be written; point it at /dev/null so exit does not try
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 if __name__ == "__main__":  # pragma: no cover
