@@ -26,6 +26,10 @@ def setup_logging(level: str | None) -> None:
     )
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # these libraries put a handler of their own on their root logger when imported; propagating to ours as
+    # well printed every message (a download retry, say) twice
+    for own_handler in ("huggingface_hub", "datasets"):
+        logging.getLogger(own_handler).propagate = False
     # the SDK warns on every routine "try again" poll of a busy server; real failures reach us as errors
     logging.getLogger("tinker").setLevel(logging.ERROR)
 
