@@ -123,10 +123,14 @@ def _remove_if_left_empty(created: Path | None, job_dir: Path) -> None:
 def _start_over(job_dir: Path) -> None:
     """continue_from_checkpoint: false: set earlier results aside instead of mixing them in."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept = []
     for name in (METRICS_FILE, BOOK_FILE, EVAL_FILE):
         path = job_dir / name
         if path.exists():
-            path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+            kept.append(path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}")).name)
+    if kept:
+        log.info("continue_from_checkpoint is false: %s starts over from step 0; the earlier run's files are "
+                 "kept as %s", job_dir, ", ".join(kept))
 
 
 def _make_monitor(cfg: JobConfig, metrics_port: int | None, progress: bool) -> Any:

@@ -91,9 +91,12 @@ class Progress:
             self._open(self._stage or self.desc, stage_total, max(done, 0))
         if stage_total is not None and self._bar.total != stage_total:
             self._bar.total = stage_total
+        # the postfix first, so the redraw that advancing the count makes shows this step's numbers
+        self._bar.set_postfix(info, refresh=False)
         if stage_step is not None and stage_step > self._bar.n:
             self._bar.update(stage_step - self._bar.n)
-        self._bar.set_postfix(info, refresh=True)
+        else:
+            self._bar.refresh()
 
     def close(self) -> None:
         """Finish the current bar (idempotent)."""
