@@ -44,6 +44,14 @@ RUN extras="runtime,operator"; \
     && rft --help >/dev/null \
     && rft-operator --help >/dev/null \
     && find /opt/rft -name '__pycache__' -prune -exec rm -rf {} +
+# The engine image also carries the quickstart's tiny random model and task data, so the operator can be
+# smoke-tested without a Tinker account or a download (examples/rftjob-local-engine.yaml).
+RUN if [ "$WITH_ENGINE" = "true" ]; then \
+      rft engine make-model /opt/rft/share/quickstart/model \
+      && python -c "from pathlib import Path; from rft_runtime.quickstart_task import write_task_files; \
+write_task_files(Path('/opt/rft/share/quickstart/data'))" \
+      && find /opt/rft -name '__pycache__' -prune -exec rm -rf {} +; \
+    fi
 
 # ---- final stage: the slim base, the venv, a non-root user; no compilers, no pip caches, no sources
 FROM ${PYTHON_IMAGE}

@@ -7,10 +7,16 @@ ends, whatever happened in between.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# registers quiesce_sdk at exit: without it a tinker SDK response landing during interpreter shutdown
+# aborts pytest (exit 134) after every test passed
+from rft_runtime.backends.tinker_client import quiesce_sdk
 
 # the SDK would otherwise post telemetry for every exception a test provokes on purpose
 os.environ.setdefault("TINKER_TELEMETRY", "0")
@@ -71,3 +77,56 @@ def _revive_shared_engine() -> None:
     does not fail every later one."""
     for engine in _SHARED:
         engine.ensure_running(timeout=120)
+
+
+def _live_children() -> list[str]:
+    """Processes this one started that are still running (zombies are already gone for our purposes)."""
+    me = str(os.getpid())
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            if fields.get("PPid", "").strip() != me or fields.get("State", "").startswith("Z"):
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            continue
+        out.append(f"pid {entry.name}: {cmd[:200]}")
+    return out
+
+
+def _leftovers(wait_s: float = 10.0) -> list[str]:
+    """Non-daemon threads and child processes still alive after every fixture was torn down."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        threads = [f"thread {t.name!r} ({type(t).__module__}.{type(t).__name__})" for t in threading.enumerate()
+                   if t is not threading.main_thread() and not t.daemon and t.is_alive()
+                   # the executor's workers exit at interpreter shutdown, joined by threading._shutdown
+                   and not t.name.startswith(("ThreadPoolExecutor", "asyncio_"))]
+        left = threads + (_live_children() if Path("/proc").is_dir() else [])
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Guard: a test run must leave no engine child or non-daemon thread behind, and stop the SDK's loop.
+
+    A leftover engine outlives CI's job step; a non-daemon thread hangs the interpreter at exit. The SDK's
+    loop is stopped here too (and again, harmlessly, at exit) so nothing calls back into Python while the
+    interpreter finalises.
+    """
+    left = _leftovers()
+    quiesce_sdk()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "left running after the last test:\n  " + "\n  ".join(left)
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        else:
+            print(text)
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rft_operator import k8syaml
 from rft_operator.kube import GROUP, KIND, VERSION
 
@@ -36,6 +38,68 @@ def build_manifest(config: dict[str, Any], *, name: str, backend: str, namespace
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": spec}
 
 
+class _Dumper(k8syaml._Dumper):
+    """k8syaml's rules, plus multi-line strings (a chat template, a system prompt) as `|` block scalars."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        # PyYAML itself falls back to quoting when a block cannot hold the string (trailing spaces, tabs)
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return k8syaml._represent_str(dumper, value)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _dump(obj: Any) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+
+
+def _path_fields(cfg: Any) -> list[tuple[str, str | None]]:
+    """(dotted field, value) of every model and dataset path of the job, its stages included."""
+    fields: list[tuple[str, str | None]] = []
+    for prefix, stage in [("", cfg)] + [(f"stages[{i}].", s) for i, s in enumerate(cfg.stage_configs())
+                                         if cfg.stages]:
+        fields.append((f"{prefix}model.model_path", stage.model.model_path))
+        fields.append((f"{prefix}model.tinker.base_model", stage.model.tinker.base_model))
+        ei = stage.buffer.explorer_input
+        fields.append((f"{prefix}buffer.explorer_input.taskset.path", ei.taskset.path))
+        for i, ts in enumerate(ei.eval_tasksets):
+            fields.append((f"{prefix}buffer.explorer_input.eval_tasksets[{i}].path", ts.path))
+        eb = stage.buffer.trainer_input.experience_buffer
+        if eb is not None:
+            fields.append((f"{prefix}buffer.trainer_input.experience_buffer.path", eb.path))
+    seen: set[str] = set()
+    out = []
+    for field, value in fields:
+        if value and value not in seen:
+            seen.add(value)
+            out.append((field, value))
+    return out
+
+
+def pod_warnings(cfg: Any, image: str | None) -> list[tuple[str, str]]:
+    """(field, why) for what in a valid config cannot work in a pod: the local engine, this machine's paths."""
+    warnings: list[tuple[str, str]] = []
+    if cfg.backend == "tinker" and cfg.model.tinker.base_url == "local":
+        if not (image and "engine" in image):
+            warnings.append(("model.tinker.base_url",
+                "model.tinker.base_url is 'local': the pod starts the local engine, which only the engine image "
+                "has (built with WITH_ENGINE=true, e.g. --image ghcr.io/rft-platform/rft-runtime:0.1.0-engine); "
+                "the default image stops with a message that torch is missing. For real training set base_url "
+                "to null (the Tinker service) and pass --api-key-secret"))
+    for field, value in _path_fields(cfg):
+        path = Path(value).expanduser()
+        here = path.exists()
+        if here or (not path.is_absolute() and value.startswith((".", "~"))):
+            where = "a path on this machine" if here else "a relative path"
+            warnings.append((field,
+                f"{field} is {value!r}, {where}: the pod has its own filesystem and will not find it. Use a "
+                "Hugging Face name, a path inside the image, or a volume mounted in the pod"))
+    return warnings
+
+
 def manifest_main(args: Any) -> int:
     """Handler of `rft manifest`: validate the config, then print or write the RFTJob (exit 2 on errors)."""
     from rft_runtime.config import ConfigError, load_config, read_layers
@@ -61,7 +125,11 @@ def manifest_main(args: Any) -> int:
         ref = manifest["spec"]["tinker"]["apiKeySecretRef"]
         header += (f"# The Tinker API key comes from Secret {ref['name']} key {ref['key']}:\n"
                    f"#   kubectl create secret generic {ref['name']} --from-literal={ref['key']}=$TINKER_API_KEY\n")
-    text = header + k8syaml.dump(manifest)
+    warnings = pod_warnings(cfg, args.image)
+    for field, why in warnings:
+        print(f"rft manifest: warning: {why}", file=sys.stderr)
+        header += f"# warning: {field} cannot work in a pod as written (`rft manifest` said why)\n"
+    text = header + _dump(manifest)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(r, "rft_runtime.loop.run:run_main")
 
     q = sub.add_parser("quickstart", help="make a tiny model, start the local engine, and train it")
-    q.add_argument("--workdir", default="./rft-quickstart", help="where the model, data and job go")
+    q.add_argument("--workdir", default=None,
+                   help="where the model, data and job go (default: $XDG_CACHE_HOME/rft/quickstart, "
+                        "i.e. ~/.cache/rft/quickstart: scratch that each run starts over, kept out of your cwd)")
     q.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"],
                    help="tiny: a random 0.4M-parameter model learns the larger of two digits (seconds a step); "
                         "smollm2-135m: SmolLM2-135M-Instruct learns to answer digit sums in <answer> tags "
@@ -121,10 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         rc = func(args)
+        sys.stdout.flush()  # inside the try: a reader gone away (`| head`) is noticed here, not at exit
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     return int(rc or 0)
+
+
+def _reader_went_away() -> int:
+    """`rft ... | head`: stop quietly, as a command killed by SIGPIPE would (exit 141), with no traceback."""
+    import os
+
+    # what is still buffered for stdout can never be written; point it at /dev/null so exit does not try
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,6 +94,30 @@ def job_config(workdir: Path, model_dir: Path, files: dict[str, Path], preset: d
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a dict used twice (the format block) twice, not as &id001 / *id001: the file is for people."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def default_workdir() -> Path:
+    """$XDG_CACHE_HOME/rft/quickstart: a demo's 50 MB of scratch belongs in no one's checkout or cwd."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser().resolve() / "rft" / "quickstart"
+
+
+def _write_evals(job_dir: Path, points: list[tuple[int, Any]]) -> None:
+    import json
+
+    with (job_dir / "eval.jsonl").open("a") as fh:
+        for step, res in points:
+            fh.write(json.dumps({"step": step, "taskset": "held-out", "accuracy": res.accuracy,
+                                 "reward_mean": res.reward, "tasks": res.tasks, "timestamp": time.time()}) + "\n")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
@@ -115,8 +139,9 @@ def quickstart_main(args: Any) -> int:
     started = time.monotonic()
     model = getattr(args, "model", None) or "tiny"
     preset = MODELS[model]["presets"][getattr(args, "preset", None) or "full"]
-    workdir = Path(args.workdir).expanduser().resolve()
+    workdir = Path(args.workdir).expanduser().resolve() if getattr(args, "workdir", None) else default_workdir()
     workdir.mkdir(parents=True, exist_ok=True)
+    print(f"working in {workdir}")
     model_dir = workdir / ("model" if model == "tiny" else f"model-{model}")
     if not (model_dir / "config.json").exists():
         if model == "tiny":
@@ -130,7 +155,8 @@ def quickstart_main(args: Any) -> int:
             return 2
     files = write_task_files(workdir / "data" / MODELS[model]["task"], task=MODELS[model]["task"])
     config_path = workdir / "quickstart.yaml"
-    config_path.write_text(yaml.safe_dump(job_config(workdir, model_dir, files, preset, model), sort_keys=False))
+    config_path.write_text(yaml.dump(job_config(workdir, model_dir, files, preset, model), Dumper=_PlainDumper,
+                                     sort_keys=False))
     cfg = load_config(config_path)
 
     print("starting the local engine")
@@ -154,10 +180,14 @@ def quickstart_main(args: Any) -> int:
             monitor.close()  # writes the plot
         book = Bookkeeping.load(result.job_dir)
         warm_sampler = book.finished_stages.get("0", {}).get("sampler_path")
+        warm_step = int(book.finished_stages.get("0", {}).get("steps", preset["sft_steps"]))
         with Connection(grpo_cfg, api_key=LOCAL_API_KEY) as conn:
             warm = evaluate(grpo_cfg, conn, test_rows, warm_sampler)
             after = evaluate(grpo_cfg, conn, test_rows, result.sampler_path)
         del engine
+    # the headline numbers go where the plot finds them: eval.jsonl, at the step each model was taken
+    _write_evals(result.job_dir, [(0, before), (warm_step, warm), (result.steps, after)])
+    monitor.write_plot()
 
     elapsed = time.monotonic() - started
     print()

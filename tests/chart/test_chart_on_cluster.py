@@ -84,7 +84,7 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
         crd_preexists = False
     install_crd = "false" if crd_preexists else "true"
     helm("install", "rft", str(CHART), "--set", f"crds.install={install_crd}")
-    sa = "rft-rft-operator"
+    sa = "rft-operator"
 
     # the namespace enforces the restricted Pod Security Standard: the pod is admitted, or never appears
     core = client.CoreV1Api(api_client)

@@ -127,13 +127,13 @@ def test_namespaced_install_grants_roles_only_in_the_watched_namespaces(cluster,
         for obj in rendered:
             assert server.get(_path(obj)) is not None, f"{obj['kind']} {obj['metadata']} was not created"
         for kind in ("clusterroles", "clusterrolebindings"):
-            assert server.get(f"/apis/rbac.authorization.k8s.io/v1/{kind}/rft-rft-operator") is None
-        roles = [server.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/rft-rft-operator")
+            assert server.get(f"/apis/rbac.authorization.k8s.io/v1/{kind}/rft-operator") is None
+        roles = [server.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/rft-operator")
                  for ns in ("team-a", "team-b")]
         assert all(role and role["rules"] for role in roles)
     finally:
         _helm(env, "uninstall", RELEASE, "--namespace", NAMESPACE)
-    assert server.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/rft-rft-operator") is None
+    assert server.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/rft-operator") is None
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,22 @@ def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, caps
     assert steps == [1, 2, 3, 4]  # two SFT warm-up steps, then two GRPO steps, numbered across stages
     assert (metrics_file.parent / "curves.png").exists()
     assert re.search(r"curl http://127\.0\.0\.1:\d+/metrics", out)
+    # the three held-out accuracies are where the plot draws them from, at the step each model was taken
+    evals = [json.loads(x) for x in (metrics_file.parent / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["taskset"]) for e in evals] == [(0, "held-out"), (2, "held-out"), (4, "held-out")]
+    assert [f"{100 * e['accuracy']:.1f}" for e in evals] == [f"{v:.1f}" for v in values]
+    # the generated config is for people to read and edit: no &id001 anchors
+    config = (tmp_path / "qs" / "quickstart.yaml").read_text()
+    assert "&id" not in config and "*id" not in config
+
+
+def test_quickstart_default_workdir_is_outside_the_current_directory(monkeypatch, tmp_path):
+    from rft_runtime.quickstart import default_workdir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_workdir() == (tmp_path / "cache" / "rft" / "quickstart").resolve()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_workdir() == (Path.home() / ".cache" / "rft" / "quickstart").resolve()
 
 
 @pytest.mark.slow

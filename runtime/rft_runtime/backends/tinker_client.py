@@ -7,9 +7,12 @@ The runtime only ever talks through the official SDK, so the three are the same 
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import urllib.error
@@ -153,14 +156,18 @@ class Connection:
         (self.job_dir / "engine.pid").unlink(missing_ok=True)
         self.engine = None
 
-    def close(self) -> None:
-        """Close the ServiceClient and stop the engine this connection started."""
+    def close(self, status: str | None = None) -> None:
+        """Finish the session (success, or errored while an exception is propagating) and stop the engine.
+
+        Finishing the session is what stops the SDK's heartbeat and config-refresh loops: an open session
+        keeps sending requests until the process exits, and a response landing during interpreter shutdown
+        aborts it (see quiesce_sdk).
+        """
+        if status is None:
+            status = "errored" if sys.exc_info()[0] is not None else "success"
         service, self.service = self.service, None
         if service is not None:
-            try:
-                service.close()
-            except Exception:  # a dead server cannot finish the session; nothing to do about it
-                pass
+            _finish_service(service, status)
         self._stop_engine()
 
     def __enter__(self) -> Connection:
@@ -189,7 +196,7 @@ class Connection:
             old, self.service = self.service, self._new_service()
             self.generation += 1
             if old is not None:
-                threading.Thread(target=_quiet_close, args=(old,), daemon=True).start()
+                threading.Thread(target=_finish_service, args=(old, "errored"), daemon=True).start()
             return self.generation
 
     def base_model(self) -> str:
@@ -231,8 +238,55 @@ class Connection:
         return training_client.get_tokenizer()
 
 
-def _quiet_close(service: Any) -> None:
+def _finish_service(service: Any, status: str, timeout: float = 10.0) -> None:
+    """ServiceClient.close(status): tell the server the session is over and stop its background loops."""
     try:
-        service.close()
-    except Exception:
-        pass
+        service.close(status).result(timeout=timeout)
+    except Exception as exc:  # a dead server cannot finish the session; quiesce_sdk stops what is left at exit
+        log.debug("could not finish the Tinker session: %s", exc)
+
+
+def quiesce_sdk(settle_s: float = 0.2) -> None:
+    """Stop the tinker SDK's background event loop: its tasks cancelled, its thread joined.
+
+    The SDK sends its HTTP requests through pyqwest, whose Rust (tokio) threads call back into Python when
+    a response arrives. If that happens while the interpreter finalises, CPython ends the calling thread
+    with pthread_exit, which cannot unwind the Rust frames, and the process aborts (SIGABRT, exit 134,
+    nothing printed) after everything else succeeded. Open sessions heartbeat every 10 s and retries keep
+    polling, so this runs at exit (atexit) while threads can still finish: cancelling a request drops it on
+    the Rust side, and once the loop is stopped nothing sends another.
+    """
+    try:
+        from tinker.lib import internal_client_holder as holders
+    except ImportError:
+        return
+    single = getattr(holders, "_internal_client_holder_thread_singleton", None)
+    loop = single.loop_if_started() if single is not None else None
+    thread = getattr(single, "_thread", None)
+    if loop is None or not loop.is_running():
+        return
+
+    async def cancel_all() -> None:
+        me = asyncio.current_task()
+        # cleanup code of a cancelled task may start another (a cancel request, a semaphore release)
+        for _ in range(10):
+            tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=2.0)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=15)
+    except Exception as exc:
+        log.debug("tinker SDK tasks did not all stop: %s", exc)
+    loop.call_soon_threadsafe(loop.stop)
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=5)
+    # a callback already on its way from a tokio thread gets the GIL while the interpreter is still whole
+    time.sleep(settle_s)
+
+
+# registered on import, so it runs before the interpreter finalises and after the program's own cleanup
+atexit.register(quiesce_sdk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,14 @@ from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.prompts import PromptEncoder
-from rft_runtime.loop.stage import StageRunner, make_stream
+from rft_runtime.loop.stage import StageRunner, make_stream, stage_label
 from rft_runtime.loop.sync import WeightBoard
 from rft_runtime.loop.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
 
 
 @dataclass
@@ -39,32 +41,96 @@ class JobResult:
     state_path: str | None
     sampler_path: str | None
     metrics_port: int | None
+    already_finished: bool = False  # an earlier run finished it; this one trained nothing
 
 
-def _keep_metrics_upto(job_dir: Path, last_step: int) -> None:
-    """Drop metrics lines of steps after the checkpoint being resumed (they are trained again)."""
+def _keep_metrics_upto(job_dir: Path, last_step: int) -> int:
+    """Drop metrics lines of steps after the checkpoint being resumed (they are trained again).
+
+    Returns the last step the dropped lines reached (0 when nothing was dropped).
+    """
     path = job_dir / METRICS_FILE
     if not path.exists():
-        return
+        return 0
     kept = []
+    dropped_upto = 0
     for line in path.read_text().splitlines():
         try:
-            if int(json.loads(line).get("step", 0)) <= last_step:
-                kept.append(line)
+            step = int(json.loads(line).get("step", 0))
         except (ValueError, AttributeError):
             continue  # a line cut short by a kill
+        if step <= last_step:
+            kept.append(line)
+        else:
+            dropped_upto = max(dropped_upto, step)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     os.replace(tmp, path)
+    return dropped_upto
+
+
+def _say_how_it_resumes(cfg: JobConfig, stages: list[JobConfig], done_upto: int, lost_upto: int,
+                        job_total: int) -> None:
+    """Tell the user where the run starts and, when it starts over, why (never silently)."""
+    job_dir = cfg.job_dir
+    if lost_upto > done_upto:
+        why = (f"the checkpoint of step {done_upto} is the latest" if done_upto
+               else "no checkpoint was saved before it stopped")
+        log.warning(
+            "%s: the last run reached step %d, but %s (trainer.save_interval is %d), so steps %d-%d are "
+            "trained again", job_dir, lost_upto, why, cfg.trainer.save_interval, done_upto + 1, lost_upto)
+    elif done_upto:
+        log.info("resuming %s after step %d of %d", job_dir, done_upto, job_total)
+    if not cfg.continue_from_checkpoint:
+        return
+    unsaved = [s for s in stages if not s.trainer.save_interval and (s.buffer.total_steps or 0) != 1]
+    if unsaved:
+        names = ", ".join(s.stage_name or "the job" for s in unsaved)
+        log.warning(
+            "trainer.save_interval is 0 (%s): a checkpoint is saved only when a stage ends, so a run "
+            "interrupted before that starts the stage over. A save costs little next to a step (about 30 ms "
+            "on the local engine); set trainer.save_interval, e.g. to a tenth of the steps, to resume instead",
+            names)
+
+
+def _finished(cfg: JobConfig, stages: list[JobConfig]) -> JobResult | None:
+    """The result of a job whose every stage already ran to the end in this job directory, else None."""
+    if not cfg.continue_from_checkpoint or not (cfg.job_dir / BOOK_FILE).exists():
+        return None
+    book = Bookkeeping.load(cfg.job_dir)
+    done = [book.finished_stages.get(str(i)) for i in range(len(stages))]
+    if not all(done):
+        return None
+    last = done[-1]
+    return JobResult(cfg.job_dir, sum(int(d["steps"]) for d in done), last.get("state_path"),
+                     last.get("sampler_path"), None, already_finished=True)
+
+
+def _remove_if_left_empty(created: Path | None, job_dir: Path) -> None:
+    """A run that failed before training anything leaves no directories behind (only those it created)."""
+    if created is None or not job_dir.exists():
+        return
+    keep = [job_dir / METRICS_FILE, job_dir / BOOK_FILE]
+    if any(p.exists() and p.stat().st_size for p in keep):
+        return  # it trained something: the files say how far it got
+    shutil.rmtree(job_dir, ignore_errors=True)
+    path = job_dir.parent
+    while path != created.parent and path.exists() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
 
 
 def _start_over(job_dir: Path) -> None:
     """continue_from_checkpoint: false: set earlier results aside instead of mixing them in."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in (METRICS_FILE, BOOK_FILE):
+    kept = []
+    for name in (METRICS_FILE, BOOK_FILE, EVAL_FILE):
         path = job_dir / name
         if path.exists():
-            path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+            kept.append(path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}")).name)
+    if kept:
+        log.info("continue_from_checkpoint is false: %s starts over from step 0; the earlier run's files are "
+                 "kept as %s", job_dir, ", ".join(kept))
 
 
 def _make_monitor(cfg: JobConfig, metrics_port: int | None, progress: bool) -> Any:
@@ -96,10 +162,39 @@ def run_job(
     cfg: JobConfig, *, metrics_port: int | None = None, progress: bool = True, monitor: Any = None,
     api_key: str | None = None,
 ) -> JobResult:
-    """Run every stage of the job to the end (resuming from the job directory when allowed)."""
+    """Run every stage of the job to the end (resuming from the job directory when allowed).
+
+    A job that already finished in its directory answers at once (no engine, no key needed); a run that
+    fails before training anything removes the directories it created.
+    """
+    stages = cfg.stage_configs()
+    finished = _finished(cfg, stages)
+    if finished is not None:
+        log.info("%s already finished all %d steps; nothing to run", cfg.job_dir, finished.steps)
+        return finished
+    job_dir = cfg.job_dir
+    created = _first_missing(job_dir)
+    try:
+        return _run(cfg, stages, metrics_port=metrics_port, progress=progress, monitor=monitor, api_key=api_key)
+    except BaseException:
+        _remove_if_left_empty(created, job_dir)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (None when it all exists)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, progress: bool, monitor: Any,
+         api_key: str | None) -> JobResult:
     if api_key is None:
         check_api_key(cfg)  # before any work: no dataset download, no engine start
-    stages = cfg.stage_configs()
     _check_client_side_needs(stages)
     job_dir = cfg.job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +209,9 @@ def run_job(
     ]
     job_total = sum(totals)
     done_upto = book.latest.global_step if book.latest else 0
-    _keep_metrics_upto(job_dir, done_upto)
-    if done_upto:
-        log.info("resuming %s after step %d of %d", job_dir, done_upto, job_total)
+    lost_upto = _keep_metrics_upto(job_dir, done_upto)
+    _say_how_it_resumes(cfg, [s for i, s in enumerate(stages) if streams[i] is not None], done_upto,
+                        lost_upto, job_total)
 
     own_monitor = monitor is None
     mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
@@ -165,6 +260,8 @@ def run_job(
             board = WeightBoard(start_step, None)
             if start_step or prev_state:
                 board.publish(start_step, trainer.save_sampler(f"s{index}-resume{start_step:06d}"))
+            if hasattr(mon, "start_stage"):
+                mon.start_stage(stage_label(stage), stream.total_steps, start_step)
             runner = StageRunner(stage, conn, mon, book, step_base=step_base, job_total=job_total,
                                  stream=stream, encoder=encoder, trainer=trainer, sampler_path=board.path)
             res = runner.run(start_step, board)

@@ -26,6 +26,10 @@ def setup_logging(level: str | None) -> None:
     )
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # these libraries put a handler of their own on their root logger when imported; propagating to ours as
+    # well printed every message (a download retry, say) twice
+    for own_handler in ("huggingface_hub", "datasets"):
+        logging.getLogger(own_handler).propagate = False
     # the SDK warns on every routine "try again" poll of a busy server; real failures reach us as errors
     logging.getLogger("tinker").setLevel(logging.ERROR)
 
@@ -89,6 +93,9 @@ def run_main(args: Any) -> int:
     except (BackendError, RunError, DataError, WorkflowError, AlgorithmError) as exc:
         print(f"rft run: {exc}", file=sys.stderr)
         return 1
+    if result.already_finished:
+        print(f"done already: an earlier run finished all {result.steps} steps in {result.job_dir}; nothing "
+              "to train (set continue_from_checkpoint: false, or another name, to train again)")
     print(f"done: {result.steps} steps; metrics in {result.job_dir / 'metrics.jsonl'}, "
           f"plot in {result.job_dir / 'curves.png'}, checkpoints listed in {result.job_dir / 'checkpoint.json'}")
     return 0

@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- data
 
 
+def stage_label(cfg: JobConfig) -> str:
+    """The stage's name for logs, the progress bar and the plot (its algorithm when the job has no stages)."""
+    return cfg.stage_name or cfg.algorithm.algorithm_type
+
+
 def stage_source(cfg: JobConfig) -> StorageConfig:
     """The dataset a stage reads: the taskset (mode both) or the experience buffer's file (mode train)."""
     if cfg.mode == "train":
@@ -313,7 +318,10 @@ class StageRunner:
     def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float,
              stream_state: dict[str, Any] | None) -> None:
         record.update(step=self.step_base + step, total_steps=self.job_total,
-                      explore_step=self.step_base + explore_step, time_step_s=t_step, timestamp=time.time())
+                      explore_step=self.step_base + explore_step, time_step_s=t_step, timestamp=time.time(),
+                      # which stage a line belongs to: the plot draws each stage's loss on its own axes
+                      stage=stage_label(self.cfg), algorithm=self.algo, stage_step=step,
+                      stage_total_steps=self.total)
         self.monitor.log_step(record)
         # the checkpoint comes after the step's line: a kill in between makes the resumed run drop that
         # line and redo the step, whereas the other order could lose the line for good

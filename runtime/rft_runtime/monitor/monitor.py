@@ -70,6 +70,10 @@ class Monitor:
         """Set the rft_job_info labels (called again when a new stage changes the algorithm)."""
         self.exporter.set_info(backend=backend, algorithm=algorithm, base_model=base_model)
 
+    def start_stage(self, name: str, total_steps: int | None, done: int = 0) -> None:
+        """A stage begins (`done` of its steps already trained, when resumed): it gets its own progress bar."""
+        self.progress.start_stage(name, total_steps, done)
+
     def log_step(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append the step to metrics.jsonl and update Prometheus, the bar and trackers; returns the line."""
         line = {k: to_plain(v) for k, v in record.items()}
@@ -98,13 +102,13 @@ class Monitor:
 
     def write_plot(self, out: str | Path | None = None) -> Path | None:
         """Write the reward/loss PNG for this job (None when no step was logged)."""
-        from rft_runtime.monitor.plot import write_plot
+        from rft_runtime.monitor.plot import read_evals, write_plot
 
         records = read_metrics(self.job_dir)
         if not records:
             return None
         return write_plot(records, Path(out) if out else self.job_dir / PLOT_FILE,
-                          title=str(_get(self.cfg, "name", "") or self.job_name))
+                          title=str(_get(self.cfg, "name", "") or self.job_name), evals=read_evals(self.job_dir))
 
     def close(self) -> None:
         """Write the plot, finish the bar and trackers, stop the HTTP server (idempotent)."""
