@@ -1,22 +1,60 @@
-"""Which Tinker built-in loss trains each algorithm, and when a custom (KL) loss is needed instead.
+"""Which loss trains a config, decided once at load time: a LossPlan.
 
-Tinker's `ppo` loss is the clipped surrogate per token,
-    loss = -min(ratio * A, clip(ratio, clip_low_threshold, clip_high_threshold) * A),
-    ratio = exp(logprob_new - logprob_sampled),
-computed server-side in the forward-backward pass: one pass per step where Trinity's client-side loss
-costs two. `cross_entropy` is -logprob of the target tokens (SFT).
+A step is one forward_backward and one optim_step. When the whole loss is one of Tinker's built-in losses
+(`ppo`, `importance_sampling`, `cispo`, `cross_entropy`) the plan names it and its loss_fn_config, and the
+loss aggregation (loss_agg_mode) and any constant factor are folded into each token's advantage or
+weight, which those losses are linear in. Otherwise (a KL or entropy term, gspo's sequence ratio, sapo's
+soft gate, ...) the plan is a client-side loss for forward_backward_custom, which costs one extra forward
+pass (bench/runtime.py measures it). The maths of both is in algorithms.terms.
+
+No torch here: the validator and the catalog import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from rft_runtime.algorithms.advantages import AlgorithmError
+from rft_runtime.algorithms.advantages import AlgorithmError, check_advantage_args
 
-# Algorithms whose policy loss is PPO-clip on outcome advantages (opmd's own loss differs from it by a
-# constant scale on-policy; see advantages.opmd_advantages).
-PPO_LOSS_ALGORITHMS = ("grpo", "rloo", "reinforceplusplus", "opmd")
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 DEFAULT_CLIP_RANGE = 0.2
+
+# Trinity's policy_loss_fn names -> their arguments with Trinity's defaults (loss_agg_mode is the
+# algorithm's: Trinity overrides the loss's own with algorithm.loss_agg_mode)
+POLICY_LOSSES: dict[str, dict[str, Any]] = {
+    "ppo": {"clip_range": 0.2, "clip_range_low": None, "clip_range_high": None, "clip_ratio_c": 3.0,
+            "enable_sequence_masking": False, "delta_sequence_masking": 0.1,
+            "fallback_to_policy_gradient": False},
+    "gspo": {"clip_range": None, "clip_range_low": 0.0003, "clip_range_high": 0.0004},
+    "cispo": {"clip_range_low": 1.0, "clip_range_high": 0.28, "enable_mask_clip": False,
+              "mask_clip_range_low": 1.0, "mask_clip_range_high": 0.28},
+    "sapo": {"tau_pos": 1.0, "tau_neg": 1.05},
+    "topr": {"advantage_threshold": 0.0},
+    "sppo": {"epsilon": 0.3},
+    "importance_sampling": {},
+    "opmd": {"tau": 1.0},
+    "rec": {"epsilon_low": 0.2, "epsilon_high": 0.2, "epsilon_low_prime": 0.6, "epsilon_high_prime": 2.0,
+            "clip_mode": "none", "weight": "none", "regularizer": "none", "regularizer_coef": 0.0,
+            "temp": 1.0},
+    "sft": {},
+}
+POLICY_LOSS_REFUSALS = {
+    "dpo": "it trains on chosen/rejected pairs, which this runtime does not train on Tinker yet; use sft on "
+           "the chosen responses, or the veRL backend",
+    "mix": "it mixes expert SFT data into the RL loss, which this runtime does not do on Tinker yet; use "
+           "grpo, or the veRL backend",
+    "mix_chord": "it mixes expert SFT data into the RL loss, which this runtime does not do on Tinker yet; "
+                 "use grpo, or the veRL backend",
+    "sft_is": "it is one of mix_chord's expert-data terms; use sft",
+    "sft_phi": "it is one of mix_chord's expert-data terms; use sft",
+}
+# Trinity's kl_fn names (the KL loss term and the reward penalty share them)
+KL_FNS = ("none", "k1", "k2", "k3", "low_var_kl", "abs", "corrected_k3")
+TRINITY_KL_COEF = 0.001
+ENTROPY_FNS = ("none", "default", "mix")
+SAMPLE_STRATEGIES_HONOURED = ("default", "warmup")
 
 
 def _algorithm(cfg: Any) -> Any:
@@ -24,28 +62,65 @@ def _algorithm(cfg: Any) -> Any:
     return getattr(cfg, "algorithm", cfg)
 
 
-def kl_coef(cfg: Any) -> float:
-    """The KL coefficient from algorithm.kl_loss_fn_args.kl_coef (0 when unset)."""
-    args = getattr(_algorithm(cfg), "kl_loss_fn_args", None) or {}
-    return float(args.get("kl_coef", 0.0) or 0.0)
+def _num(args: Mapping[str, Any], key: str, where: str) -> float:
+    value = args.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AlgorithmError(f"algorithm.{where}.{key} must be a number, got {value!r}")
+    return float(value)
 
 
-def needs_custom_kl_loss(cfg: Any) -> bool:
-    """True when the loss needs a KL term (kl_coef > 0) and so reference logprobs and a custom loss;
-    Tinker's built-in losses have no KL term. SFT never takes one."""
-    return _algorithm(cfg).algorithm_type != "sft" and kl_coef(cfg) > 0
+@dataclass
+class LossPlan:
+    """Everything the trainer needs to build a step's loss, resolved from the config once."""
+
+    algorithm: str
+    advantage_fn: str | None
+    advantage_args: dict[str, Any]
+    policy_loss: str
+    policy_args: dict[str, Any]
+    agg_mode: str
+    kl_fn: str = "none"
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    # (Tinker loss, loss_fn_config) when one built-in forward_backward computes the whole loss
+    builtin: tuple[str, dict[str, float] | None] | None = None
+    # constant folded into the advantages on the built-in path (opmd's 1 / (1 + tau))
+    advantage_factor: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def uses_reference(self) -> bool:
+        """True when the loss needs the reference (base) model's logprobs."""
+        return self.kl_fn != "none" and self.kl_coef > 0
+
+    @property
+    def custom(self) -> bool:
+        """True when the loss runs client-side (forward_backward_custom)."""
+        return self.builtin is None
+
+    @property
+    def is_sft(self) -> bool:
+        """True when the policy loss is cross-entropy on the responses (sft, raft)."""
+        return self.policy_loss == "sft"
+
+    def only_policy_gradient(self) -> bool:
+        """True when every term is scaled by an advantage, so a zero-advantage experience changes nothing."""
+        return not self.uses_reference and not self.entropy_coef and not self.is_sft and not (
+            self.policy_loss == "rec" and self.policy_args.get("regularizer") != "none"
+            and self.policy_args.get("regularizer_coef"))
 
 
-def clip_range(cfg: Any) -> tuple[float, float]:
-    """(low, high) clip epsilons from policy_loss_fn_args: clip_range_low / clip_range_high, each falling
-    back to clip_range (0.2 by default), as Trinity-RFT's ppo policy loss."""
-    args = getattr(_algorithm(cfg), "policy_loss_fn_args", None) or {}
+def clip_bounds(args: Mapping[str, Any]) -> tuple[float, float]:
+    """(low, high) clip epsilons: clip_range_low / clip_range_high, each falling back to clip_range."""
     base = args.get("clip_range")
-    base = DEFAULT_CLIP_RANGE if base is None else float(base)
     low = args.get("clip_range_low")
     high = args.get("clip_range_high")
-    low = base if low is None else float(low)
-    high = base if high is None else float(high)
+    low = base if low is None else low
+    high = base if high is None else high
+    if low is None or high is None:
+        raise AlgorithmError("algorithm.policy_loss_fn_args needs clip_range, or clip_range_low and "
+                             "clip_range_high")
+    low, high = float(low), float(high)
     if not 0 <= low < 1:
         raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_range_low must be in [0, 1), got {low}")
     if high < 0:
@@ -53,18 +128,194 @@ def clip_range(cfg: Any) -> tuple[float, float]:
     return low, high
 
 
-def loss_spec(cfg: Any) -> tuple[str, dict[str, float] | None]:
-    """(Tinker loss name, loss_fn_config) for the config's algorithm.
+def _policy_args(name: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    if name in POLICY_LOSS_REFUSALS:
+        raise AlgorithmError(f"algorithm.policy_loss_fn {name!r} cannot run on Tinker: {POLICY_LOSS_REFUSALS[name]}")
+    if name not in POLICY_LOSSES:
+        raise AlgorithmError(f"algorithm.policy_loss_fn {name!r} is not one of Trinity's policy losses this "
+                             f"runtime trains: {', '.join(POLICY_LOSSES)}")
+    defaults = POLICY_LOSSES[name]
+    given = dict(given or {})
+    given.pop("loss_agg_mode", None)  # checked against algorithm.loss_agg_mode by the caller
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise AlgorithmError(f"algorithm.policy_loss_fn_args: {', '.join(unknown)} not used by {name} "
+                             f"(accepted: {', '.join(defaults) or 'none'})")
+    args = dict(defaults)
+    args.update(given)
+    if name == "ppo":
+        if args["clip_ratio_c"] is None or float(args["clip_ratio_c"]) <= 1.0:
+            raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_ratio_c must be > 1, got {args['clip_ratio_c']}")
+        clip_bounds(args)
+    elif name == "gspo":
+        clip_bounds(args)
+    elif name == "cispo":
+        for key in ("clip_range_low", "clip_range_high", "mask_clip_range_low", "mask_clip_range_high"):
+            if _num(args, key, "policy_loss_fn_args") < 0:
+                raise AlgorithmError(f"algorithm.policy_loss_fn_args.{key} must be >= 0, got {args[key]}")
+    elif name == "sapo":
+        if _num(args, "tau_pos", "policy_loss_fn_args") <= 0 or _num(args, "tau_neg", "policy_loss_fn_args") <= 0:
+            raise AlgorithmError("algorithm.policy_loss_fn_args.tau_pos and tau_neg must be > 0")
+    elif name == "sppo":
+        if _num(args, "epsilon", "policy_loss_fn_args") <= 0:
+            raise AlgorithmError(f"algorithm.policy_loss_fn_args.epsilon must be > 0, got {args['epsilon']}")
+    elif name == "rec":
+        if args["clip_mode"] not in ("none", "one-side", "gspo-one-side", "two-side", "ring"):
+            raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_mode {args['clip_mode']!r} is not one of "
+                                 "none, one-side, gspo-one-side, two-side, ring")
+        if args["weight"] not in ("none", "importance_sampling", "gspo_importance_sampling", "advantage"):
+            raise AlgorithmError(f"algorithm.policy_loss_fn_args.weight {args['weight']!r} is not one of none, "
+                                 "importance_sampling, gspo_importance_sampling, advantage")
+        if args["regularizer"] not in ("none", "k2", "forward-kl"):
+            raise AlgorithmError(f"algorithm.policy_loss_fn_args.regularizer {args['regularizer']!r} is not one "
+                                 "of none, k2, forward-kl")
+    return args
 
-    grpo / rloo / reinforceplusplus / opmd -> ("ppo", {"clip_low_threshold": 1 - eps_low,
-    "clip_high_threshold": 1 + eps_high}); sft -> ("cross_entropy", None). Trinity's dual clip
-    (clip_ratio_c) has no counterpart in Tinker's ppo loss and is not applied.
+
+def _builtin(name: str, args: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[tuple[str, Any] | None, float]:
+    """The built-in Tinker loss equal to policy loss `name` (per token, up to the advantage's scale), if any."""
+    if name == "ppo":
+        if ("clip_ratio_c" in given or args["enable_sequence_masking"] or args["fallback_to_policy_gradient"]):
+            return None, 1.0
+        low, high = clip_bounds(args)
+        return ("ppo", {"clip_low_threshold": 1.0 - low, "clip_high_threshold": 1.0 + high}), 1.0
+    if name == "importance_sampling":
+        return ("importance_sampling", None), 1.0
+    if name == "cispo" and not args["enable_mask_clip"]:
+        return ("cispo", {"clip_low_threshold": max(0.0, 1.0 - float(args["clip_range_low"])),
+                          "clip_high_threshold": 1.0 + float(args["clip_range_high"])}), 1.0
+    if name == "opmd":
+        # -A logp / (1 + tau) is cispo with its weight clipped to exactly 1
+        return ("cispo", {"clip_low_threshold": 1.0, "clip_high_threshold": 1.0}), 1.0 / (1.0 + float(args["tau"]))
+    if name == "sft":
+        return ("cross_entropy", None), 1.0
+    return None, 1.0
+
+
+def loss_plan(cfg: Any) -> LossPlan:
+    """Resolve the config's algorithm into a LossPlan; an AlgorithmError names the field that cannot run."""
+    from rft_runtime.algorithms.registry import algorithm_spec
+
+    algo_cfg = _algorithm(cfg)
+    spec = algorithm_spec(algo_cfg.algorithm_type)
+    if spec.refusal:
+        raise AlgorithmError(f"algorithm.algorithm_type {spec.name!r} cannot run on Tinker: {spec.refusal}")
+    adv_fn = algo_cfg.advantage_fn or spec.advantage_fn
+    if spec.policy_loss_fn == "sft" and algo_cfg.advantage_fn in (None, "none"):
+        adv_fn = None
+    adv_args = check_advantage_args(adv_fn, algo_cfg.advantage_fn_args) if adv_fn else {}
+    loss_name = algo_cfg.policy_loss_fn or spec.policy_loss_fn
+    given = dict(algo_cfg.policy_loss_fn_args or {})
+    args = _policy_args(loss_name, given)
+    agg = algo_cfg.loss_agg_mode or "token-mean"
+    if agg not in AGG_MODES:
+        raise AlgorithmError(f"algorithm.loss_agg_mode {agg!r} is not one of {', '.join(AGG_MODES)}")
+    if "loss_agg_mode" in given and given["loss_agg_mode"] != agg:
+        # Trinity overwrites the loss's own loss_agg_mode with algorithm.loss_agg_mode: say so, not silently
+        raise AlgorithmError(f"algorithm.policy_loss_fn_args.loss_agg_mode {given['loss_agg_mode']!r} differs "
+                             f"from algorithm.loss_agg_mode {agg!r}, which Trinity uses for every term: set "
+                             "algorithm.loss_agg_mode instead")
+    if loss_name != "sft" and adv_fn is None:
+        raise AlgorithmError(f"algorithm.policy_loss_fn {loss_name!r} needs advantages: set algorithm.advantage_fn")
+
+    kl_fn = algo_cfg.kl_loss_fn or spec.kl_loss_fn
+    if kl_fn not in KL_FNS:
+        raise AlgorithmError(f"algorithm.kl_loss_fn {kl_fn!r} is not one of {', '.join(KL_FNS)}")
+    kl_args = dict(algo_cfg.kl_loss_fn_args or {})
+    unknown = sorted(set(kl_args) - {"kl_coef", "adaptive", "target_kl", "horizon"})
+    if unknown:
+        raise AlgorithmError(f"algorithm.kl_loss_fn_args: {', '.join(unknown)} not used by the KL loss "
+                             "(accepted: kl_coef, adaptive, target_kl, horizon)")
+    if kl_args.get("adaptive"):
+        raise AlgorithmError("algorithm.kl_loss_fn_args.adaptive: Trinity adapts the coefficient only for "
+                             "kl_penalty_fn, never for the KL loss; set adaptive: false")
+    if "kl_coef" in kl_args:
+        kl_coef = _num(kl_args, "kl_coef", "kl_loss_fn_args")
+    elif algo_cfg.kl_loss_fn not in (None, "none"):
+        kl_coef = TRINITY_KL_COEF  # the user chose an estimator and left Trinity's coefficient
+    else:
+        # Trinity's default k2 loss (kl_coef 0.001) would cost a reference pass and a custom loss every
+        # step; it is added only when asked for (the validator warns)
+        kl_coef = 0.0
+    if kl_coef < 0:
+        raise AlgorithmError(f"algorithm.kl_loss_fn_args.kl_coef must be >= 0, got {kl_coef}")
+    if kl_fn == "none":
+        kl_coef = 0.0
+    if loss_name == "sft" and kl_coef and spec.schema != "experience":
+        raise AlgorithmError("algorithm.kl_loss_fn: sft from a dataset trains no KL term; set kl_loss_fn: none")
+
+    ent_fn = algo_cfg.entropy_loss_fn or spec.entropy_loss_fn
+    if ent_fn not in ENTROPY_FNS:
+        raise AlgorithmError(f"algorithm.entropy_loss_fn {ent_fn!r} is not one of {', '.join(ENTROPY_FNS)}")
+    ent_args = dict(algo_cfg.entropy_loss_fn_args or {})
+    unknown = sorted(set(ent_args) - {"entropy_coef"})
+    if unknown:
+        raise AlgorithmError(f"algorithm.entropy_loss_fn_args: {', '.join(unknown)} not used (accepted: "
+                             "entropy_coef)")
+    entropy_coef = _num(ent_args, "entropy_coef", "entropy_loss_fn_args") if "entropy_coef" in ent_args else 0.0
+    if ent_fn == "none":
+        entropy_coef = 0.0
+    if ent_fn == "mix" and entropy_coef:
+        raise AlgorithmError("algorithm.entropy_loss_fn 'mix' skips expert data, which only mix / mix_chord have; "
+                             "use 'default'")
+
+    strategy = algo_cfg.sample_strategy or spec.sample_strategy
+    if strategy not in SAMPLE_STRATEGIES_HONOURED:
+        raise AlgorithmError(f"algorithm.sample_strategy {strategy!r} cannot run on Tinker: this runtime trains "
+                             "each step on that step's fresh rollouts (Trinity's 'default'); staleness is "
+                             "bounded by synchronizer.sync_offset instead")
+    penalty = algo_cfg.kl_penalty_fn
+    if penalty not in (None, "none"):
+        raise AlgorithmError(f"algorithm.kl_penalty_fn {penalty!r}: the KL penalty in the reward is not "
+                             "implemented on Tinker; use kl_loss_fn with kl_loss_fn_args.kl_coef (a KL loss "
+                             "term) instead")
+
+    plan = LossPlan(algorithm=spec.name, advantage_fn=adv_fn, advantage_args=adv_args, policy_loss=loss_name,
+                    policy_args=args, agg_mode=agg, kl_fn=kl_fn, kl_coef=kl_coef, entropy_coef=entropy_coef)
+    builtin, factor = _builtin(loss_name, args, given)
+    if builtin is not None and not plan.uses_reference and not entropy_coef:
+        plan.builtin, plan.advantage_factor = builtin, factor
+    if loss_name == "ppo" and "clip_ratio_c" not in given and plan.builtin:
+        plan.notes.append("dual clip (clip_ratio_c 3.0) is not applied by Tinker's ppo loss; set "
+                          "policy_loss_fn_args.clip_ratio_c to train it client-side")
+    return plan
+
+
+def agg_scales(mode: str, lengths: Sequence[int], normalizer: int | None = None) -> list[float]:
+    """Per-sequence token weight that turns a sum over tokens into loss_agg_mode's aggregate.
+
+    token-mean: 1 / all tokens; seq-mean-token-sum: 1 / sequences; seq-mean-token-mean: 1 / (sequences x
+    own tokens); seq-mean-token-sum-norm: 1 / normalizer (Trinity: the padded response length; here
+    model.max_response_tokens, else the longest response). Sequences of length 0 get 0.
     """
-    algo = _algorithm(cfg).algorithm_type
-    if algo in PPO_LOSS_ALGORITHMS:
-        low, high = clip_range(cfg)
-        return "ppo", {"clip_low_threshold": 1.0 - low, "clip_high_threshold": 1.0 + high}
-    if algo == "sft":
-        return "cross_entropy", None
-    raise AlgorithmError(f"algorithm {algo!r} has no Tinker loss in this runtime; supported: "
-                         f"{', '.join((*PPO_LOSS_ALGORITHMS, 'sft'))}")
+    n = sum(1 for n_tok in lengths if n_tok > 0)
+    total = sum(lengths)
+    if not n:
+        return [0.0] * len(lengths)
+    if mode == "token-mean":
+        return [1.0 / total if k else 0.0 for k in lengths]
+    if mode == "seq-mean-token-sum":
+        return [1.0 / n if k else 0.0 for k in lengths]
+    if mode == "seq-mean-token-mean":
+        return [1.0 / (n * k) if k else 0.0 for k in lengths]
+    if mode == "seq-mean-token-sum-norm":
+        norm = float(normalizer or max(lengths))
+        return [1.0 / norm if k else 0.0 for k in lengths]
+    raise AlgorithmError(f"loss_agg_mode {mode!r} is not one of {', '.join(AGG_MODES)}")
+
+
+# kept for callers of the previous API (config.checks): the Tinker loss and config of the plan
+def loss_spec(cfg: Any) -> tuple[str, dict[str, float] | None]:
+    """(Tinker loss name, loss_fn_config) of the config's plan; ("custom", None) for a client-side loss."""
+    plan = loss_plan(cfg)
+    return plan.builtin if plan.builtin else ("custom", None)
+
+
+def kl_coef(cfg: Any) -> float:
+    """The KL loss coefficient the plan trains with (0: no KL term)."""
+    return loss_plan(cfg).kl_coef
+
+
+def needs_custom_kl_loss(cfg: Any) -> bool:
+    """True when the plan has a KL term (reference logprobs and a client-side loss)."""
+    return loss_plan(cfg).uses_reference

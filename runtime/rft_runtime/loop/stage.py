@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rft_runtime.algorithms import agg_scales, loss_plan
 from rft_runtime.backends.tinker_client import Connection, healthy
 from rft_runtime.config import JobConfig
 from rft_runtime.config.models import StorageConfig
@@ -107,45 +108,79 @@ def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, st
 # ---------------------------------------------------------------- advantages and stats
 
 
-def assign_advantages(cfg: JobConfig, batch: ExploredBatch) -> None:
-    """Advantages of every rollout from its group's rewards (reinforce++ also normalises over the batch)."""
-    from rft_runtime import algorithms
+def _loss_mask(rollout: Any) -> list[int]:
+    # the workflow's action mask where it gives one (multi-turn), else every response token
+    mask = getattr(rollout, "loss_mask", None)
+    return list(mask) if mask is not None else [1] * len(rollout.tokens)
 
-    algo = cfg.algorithm.algorithm_type
-    args = dict(cfg.algorithm.advantage_fn_args or {})
-    for group in batch.groups:
-        advs = algorithms.compute_advantages(algo, [r.reward for r in group], args)
-        for rollout, adv in zip(group, advs, strict=True):
+
+def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None) -> list[Any]:
+    """Set every rollout's advantage from the plan's advantage function over the whole batch; returns the
+    rollouts that stay in the step (an advantage function may drop groups, as grpo's std_threshold)."""
+    from rft_runtime.algorithms import Sample, batch_advantages, loss_plan
+
+    plan = plan or loss_plan(cfg)
+    rollouts: list[Any] = []
+    samples = []
+    for g, group in enumerate(batch.groups):
+        for i, r in enumerate(group):
+            mask = _loss_mask(r)
+            n = sum(mask)
+            lps = [lp for lp, k in zip(r.logprobs, mask, strict=False) if k]
+            samples.append(Sample(
+                task=getattr(r, "task_id", None) or g, run=getattr(r, "run_id", None) or i,
+                reward=float(r.reward), step=int(getattr(r, "step", 0) or 0), n_tokens=n,
+                mean_logprob=sum(lps) / len(lps) if lps else 0.0, info=getattr(r, "info", None) or {}))
+            rollouts.append(r)
+    if plan.advantage_fn is None:  # sft on rollouts (raft): no advantage
+        return rollouts
+    advs = batch_advantages(plan.advantage_fn, samples, plan.advantage_args)
+    kept = []
+    for rollout, adv in zip(rollouts, advs, strict=True):
+        if adv is not None:
             rollout.advantage = float(adv)
-    if algo == "reinforceplusplus":
-        # whitened over the batch's tokens, as Trinity's masked_whiten
-        flat = [r for r in batch.rollouts if r.tokens]
-        whitened = algorithms.normalise_batch([r.advantage for r in flat], [float(len(r.tokens)) for r in flat])
-        for rollout, adv in zip(flat, whitened, strict=True):
-            rollout.advantage = float(adv)
+            kept.append(rollout)
+    return kept
 
 
-def reward_stats(batch: ExploredBatch) -> dict[str, float]:
-    """reward_mean/std/min/max, accuracy and format_score (when the workflow reports them), lengths."""
+def length_stats(prefix: str, lengths: list[int], limit: int | None) -> dict[str, float]:
+    """Trinity's {prefix}/mean, max, min and clip_ratio (the share at the limit) of token lengths."""
+    if not lengths:
+        return {}
+    out = {f"{prefix}/mean": statistics.fmean(lengths), f"{prefix}/max": float(max(lengths)),
+           f"{prefix}/min": float(min(lengths))}
+    out[f"{prefix}/clip_ratio"] = (sum(1 for n in lengths if n >= limit) / len(lengths)) if limit else 0.0
+    return out
+
+
+def reward_stats(batch: ExploredBatch, cfg: JobConfig | None = None) -> dict[str, float]:
+    """Trinity's per-step rollout metrics: critic/rewards and critic/score (the same: no reward penalty),
+    rollout/<metric>/{mean,max,min} of what the workflow reports, lengths, and the entropy estimate."""
     rollouts = batch.rollouts
     out: dict[str, float] = {}
     if not rollouts:
         return out
     rewards = [r.reward for r in rollouts]
-    out["reward_mean"] = statistics.fmean(rewards)
-    out["reward_std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
-    out["reward_min"] = min(rewards)
-    out["reward_max"] = max(rewards)
-    for key in ("accuracy", "format_score"):
+    for group in ("critic/rewards", "critic/score"):
+        out.update({f"{group}/mean": statistics.fmean(rewards), f"{group}/max": max(rewards),
+                    f"{group}/min": min(rewards)})
+    out["critic/rewards/std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
+    names = sorted({k for r in rollouts for k in r.metrics})
+    for key in names:
         vals = [r.metrics[key] for r in rollouts if key in r.metrics]
-        if vals:
-            out[key] = statistics.fmean(vals)
-    lengths = [len(r.tokens) for r in rollouts]
-    out["response_length_mean"] = statistics.fmean(lengths)
-    tokens = sum(lengths)
+        out.update({f"rollout/{key}/mean": statistics.fmean(vals), f"rollout/{key}/max": max(vals),
+                    f"rollout/{key}/min": min(vals)})
+    model = cfg.model if cfg is not None else None
+    out.update(length_stats("response_length", [len(r.tokens) for r in rollouts],
+                            model.max_response_tokens if model else None))
+    out.update(length_stats("prompt_length", [len(r.prompt_ids) for r in rollouts],
+                            model.max_prompt_tokens if model else None))
+    masks = [_loss_mask(r) for r in rollouts]
+    tokens = sum(sum(m) for m in masks)
     if tokens:
         # entropy estimated from the sampled tokens only: E[-log p] (what Tinker makes possible)
-        out["entropy"] = -sum(sum(r.logprobs) for r in rollouts) / tokens
+        out["actor/entropy"] = -sum(lp * k for r, m in zip(rollouts, masks, strict=True)
+                                    for lp, k in zip(r.logprobs, m, strict=False)) / tokens
     return out
 
 
@@ -180,19 +215,13 @@ class StageRunner:
         self.total = stream.total_steps
         self.sync = cfg.synchronizer
         self.algo = cfg.algorithm.algorithm_type
-        self.kl_coef = cfg.algorithm.kl_coef
+        self.plan = loss_plan(cfg)
         self._ref_sampler: Any = None
         self._ref_generation = -1
         self._last_sampler = sampler_path
         self._rest: Any = None
 
     # ------------------------------------------------------------ trainer side
-
-    def _loss(self) -> tuple[str, dict[str, Any] | None]:
-        from rft_runtime.algorithms import loss_spec
-
-        name, config = loss_spec(self.cfg)
-        return name, (dict(config) if config else None)
 
     def _ref_logprobs(self, rollouts: list[Any]) -> list[list[float]]:
         """Reference (base model) logprobs of each rollout's response tokens, all requests in flight at once."""
@@ -209,27 +238,49 @@ class StageRunner:
             out.append([float(x) if x is not None else 0.0 for x in tail])
         return out
 
+    def _attach_terms(self, work: StepWork, seqs: list[tuple[Any, ...]]) -> None:
+        """Give the step its client-side loss (custom plans) or its metrics from the returned logprobs."""
+        if not work.datums:
+            return
+        try:
+            from rft_runtime.algorithms import terms
+        except ImportError:  # no torch: a built-in loss still trains, without client-side metrics
+            return
+        seq_objs = [terms.make_seq(*args) for args in seqs]
+        plan = self.plan
+        if plan.custom:
+            work.custom_loss = terms.step_loss(plan, seq_objs)
+        else:
+            work.metrics_fn = lambda logprobs: terms.step_metrics(plan, seq_objs, logprobs)
+
     def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
-        assign_advantages(self.cfg, batch)
-        name, config = self._loss()
-        rollouts = [r for r in batch.rollouts if r.tokens]
-        n_tokens = sum(len(r.tokens) for r in rollouts)
-        scale = 1.0 / n_tokens if n_tokens else 0.0
-        use_kl = self.kl_coef > 0
-        if not use_kl:
-            # a zero advantage masks every token: sending such a rollout would only cost time
-            rollouts = [r for r in rollouts if r.advantage != 0.0]
-        refs = self._ref_logprobs(rollouts) if use_kl and rollouts else [None] * len(rollouts)
-        datums = [D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref)
-                  for r, ref in zip(rollouts, refs, strict=True)]
-        custom = None
-        if use_kl and datums:
-            cfg = config or {}
-            custom = D.ppo_kl_loss(cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2),
-                                   self.kl_coef)
+        plan = self.plan
+        rollouts = [r for r in assign_advantages(self.cfg, batch, plan) if sum(_loss_mask(r))]
+        masks = [_loss_mask(r) for r in rollouts]
+        lengths = [sum(m) for m in masks]
+        scales = agg_scales(plan.agg_mode, lengths, self.cfg.model.max_response_tokens)
+        keep = list(range(len(rollouts)))
+        if plan.only_policy_gradient():
+            # every term is scaled by the advantage: a zero-advantage rollout would change nothing and only
+            # cost time (the aggregation weights above still count its tokens, as Trinity's do)
+            keep = [i for i in keep if rollouts[i].advantage != 0.0]
+        refs: list[Any] = [None] * len(keep)
+        if plan.uses_reference and keep:
+            refs = self._ref_logprobs([rollouts[i] for i in keep])
+        datums, seqs = [], []
+        for i, ref in zip(keep, refs, strict=True):
+            r = rollouts[i]
+            datums.append(D.loss_datum(plan, r.prompt_ids, r.tokens, r.logprobs, r.advantage, scales[i], masks[i]))
+            seqs.append((len(r.prompt_ids) - 1, r.logprobs, r.advantage, masks[i], scales[i], ref))
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
-        extra = {"response_tokens": float(n_tokens)}
-        return StepWork(step, datums, name, config, lr, custom), extra
+        work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)
+        self._attach_terms(work, seqs)
+        extra = {"response_tokens": float(sum(len(r.tokens) for r in batch.rollouts))}
+        advs = [r.advantage for r in rollouts]
+        if advs and plan.advantage_fn:
+            extra.update({"critic/advantages/mean": sum(advs) / len(advs), "critic/advantages/max": max(advs),
+                          "critic/advantages/min": min(advs)})
+        return work, extra
 
     def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         pairs = []
@@ -247,15 +298,20 @@ class StageRunner:
             prompt_tokens += len(ids)
             pairs.append((ids, resp))
         n_tokens = sum(len(r) for _, r in pairs)
-        scale = 1.0 / n_tokens if n_tokens else 0.0
-        datums = [D.sft_datum(ids, resp, scale) for ids, resp in pairs]
+        scales = agg_scales(self.plan.agg_mode, [len(r) for _, r in pairs], self.cfg.model.max_response_tokens)
+        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, [1] * len(resp))
+                  for (ids, resp), sc in zip(pairs, scales, strict=True)]
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         extra = {
             "prompt_tokens": float(prompt_tokens), "response_tokens": float(n_tokens),
             "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
-            "response_length_mean": n_tokens / len(pairs) if pairs else 0.0,
+            **length_stats("response_length", [len(r) for _, r in pairs], self.cfg.model.max_response_tokens),
+            **length_stats("prompt_length", [len(i) for i, _ in pairs], self.cfg.model.max_prompt_tokens),
         }
-        return StepWork(step, datums, "cross_entropy", None, lr), extra
+        work = StepWork(step, datums, *(self.plan.builtin or ("custom", None)), lr)
+        self._attach_terms(work, [(len(ids) - 1, [0.0] * len(resp), 0.0, [1] * len(resp), sc, None)
+                                  for (ids, resp), sc in zip(pairs, scales, strict=True)])
+        return work, extra
 
     def _checkpoint(self, step: int, stream_state: dict[str, Any] | None, sampler_path: str | None) -> None:
         label = f"s{self.cfg.stage_index or 0}-step{step:06d}"
@@ -303,17 +359,22 @@ class StageRunner:
             sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
         if sampler_path:
             self._last_sampler = sampler_path
-        extra["policy_loss"] = result.loss
-        if "kl" in result.metrics:
-            extra["kl"] = result.metrics["kl"]
-        extra["time_training_s"] = result.time_training_s
-        extra["lr"] = work.lr
+        # Trinity's names: actor/* from the loss terms, grad_norm and learning_rate from the optimizer step
+        extra.update({k: v for k, v in result.metrics.items() if k.startswith("actor/")})
+        key = "actor/sft_loss" if self.plan.is_sft else "actor/pg_loss"
+        extra.setdefault(key, result.loss)
+        extra["actor/final_loss"] = result.loss
+        if "optim/grad_norm" in result.metrics:
+            extra["grad_norm"] = result.metrics["optim/grad_norm"]
+        extra["learning_rate"] = work.lr
+        extra["time/update_actor"] = result.time_training_s
         return t_sync, sampler_path
 
     def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float,
              stream_state: dict[str, Any] | None) -> None:
         record.update(step=self.step_base + step, total_steps=self.job_total,
-                      explore_step=self.step_base + explore_step, time_step_s=t_step, timestamp=time.time())
+                      explore_step=self.step_base + explore_step, timestamp=time.time())
+        record["time/step"] = t_step
         self.monitor.log_step(record)
         # the checkpoint comes after the step's line: a kill in between makes the resumed run drop that
         # line and redo the step, whereas the other order could lose the line for good
@@ -332,7 +393,8 @@ class StageRunner:
             stream_state = self.stream.state_dict()
             work, extra = self._sft_work(step, tasks)
             t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
-            record = dict(extra, time_sampling_s=0.0, time_sync_s=t_sync, weight_version_lag=0)
+            record = dict(extra, weight_version_lag=0)
+            record.update({"time/sampling": 0.0, "time/sync": t_sync})
             now = time.monotonic()
             self._log(step, step, record, now - last_end, stream_state)
             last_end = now
@@ -368,15 +430,15 @@ class StageRunner:
                     break
                 work, extra = self._rl_work(step, batch)
                 t_sync, _ = self._finish_step(step, work, extra, batch.stream_state, board)
-                record = reward_stats(batch)
+                record = reward_stats(batch, self.cfg)
                 record.update(extra)
+                record["time/sampling"] = batch.time_sampling_s
+                record["time/sync"] = t_sync + batch.time_sync_s
                 record.update(
                     prompt_tokens=float(batch.prompt_tokens),
                     rollouts=float(len(batch.rollouts)),
                     failed_rollouts=float(batch.failed_rollouts),
                     truncated_prompts=float(batch.truncated_prompts),
-                    time_sampling_s=batch.time_sampling_s,
-                    time_sync_s=t_sync + batch.time_sync_s,
                     weight_version_lag=int(step - 1 - batch.weight_version),
                 )
                 now = time.monotonic()

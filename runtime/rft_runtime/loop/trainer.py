@@ -32,6 +32,8 @@ class StepWork:
     loss_config: dict[str, Any] | None
     lr: float
     custom_loss: Any = None
+    # Trinity's actor metrics from the logprobs a built-in forward_backward returns (None: not computed)
+    metrics_fn: Any = None
 
 
 @dataclass
@@ -41,6 +43,16 @@ class StepResult:
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)
     time_training_s: float = 0.0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensor_values(value: Any) -> list[float]:
+    # a TensorData from the SDK, or a plain list from a server that sends one
+    data = getattr(value, "data", value)
+    return [float(x) for x in data]
 
 
 class Trainer:
@@ -59,6 +71,7 @@ class Trainer:
         self._recovery_override = recovery_window_s
         # what the trainer is doing now, for the message of a stall the explorer detects
         self.activity = "starting"
+        self._warned_no_loss = False
         self.configure(cfg)
 
     def configure(self, cfg: JobConfig) -> None:
@@ -140,10 +153,25 @@ class Trainer:
         # calls on one client run in submission order: queue the optimizer step before waiting
         opt = self.client.optim_step(tinker.AdamParams(learning_rate=work.lr, **self.adam))
         out = fb.result(timeout=self.call_timeout)
-        opt.result(timeout=self.call_timeout)
-        metrics = {k: float(v) for k, v in (out.metrics or {}).items()}
-        loss = metrics.get("loss:sum", 0.0)
-        return StepResult(loss=loss, metrics=metrics, time_training_s=time.monotonic() - start)
+        opt_out = opt.result(timeout=self.call_timeout)
+        metrics = {k: float(v) for k, v in (out.metrics or {}).items() if _number(v)}
+        if work.metrics_fn is not None:
+            logprobs = [o["logprobs"] for o in (out.loss_fn_outputs or []) if "logprobs" in o]
+            if len(logprobs) == len(work.datums):
+                metrics.update(work.metrics_fn([_tensor_values(lp) for lp in logprobs]))
+        loss = metrics.get("loss:sum")
+        if loss is None:
+            loss = metrics.get("actor/final_loss", metrics.get("actor/pg_loss"))
+            if not self._warned_no_loss:
+                self._warned_no_loss = True
+                log.warning("the server at %s returned no loss metric (loss:sum) from forward_backward; %s",
+                            self.conn.base_url or "the Tinker service",
+                            "the loss is computed on this machine from the logprobs it returned"
+                            if loss is not None else "the logged loss is unknown (no logprobs came back either)")
+        for key, value in (getattr(opt_out, "metrics", None) or {}).items():
+            if _number(value):
+                metrics[f"optim/{key}"] = float(value)
+        return StepResult(loss=float(loss or 0.0), metrics=metrics, time_training_s=time.monotonic() - start)
 
     def train(self, work: StepWork) -> StepResult:
         """Train one step (exactly once, even across a recovery)."""

@@ -1,0 +1,63 @@
+"""Short real jobs on the local engine: each family of losses trains and logs its own terms under
+Trinity's metric names (the maths itself is checked against hand-computed values in test_algorithms.py).
+
+The tiny random model's answers are never right, so the jobs score them with a user reward function that
+varies with the response (as a user's own `module:function` reward would): groups then have distinct
+rewards and every step trains.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.test_run_support import clean_env, job_dict, metrics, run_cli, write_config
+
+REWARD_MODULE = '''
+def reward(response):
+    """Varies with the response, so a group of rollouts has distinct rewards."""
+    return {"accuracy": (len(response) % 3) / 2.0}
+'''
+
+
+def run_job(tmp_path: Path, cfg: dict) -> list[dict]:
+    """Run `cfg` with the varying reward to the end; its metrics records."""
+    (tmp_path / "lenreward.py").write_text(REWARD_MODULE)
+    cfg["buffer"]["explorer_input"]["default_workflow_type"] = "simple_workflow"
+    cfg["buffer"]["explorer_input"]["default_reward_fn_type"] = "lenreward:reward"
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    res = run_cli(write_config(tmp_path / f"{cfg['name']}.yaml", cfg), env=clean_env(PYTHONPATH=path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return metrics(cfg)
+
+
+COMMON = ["critic/rewards/mean", "critic/advantages/mean", "response_length/mean", "rollout/accuracy/mean",
+          "grad_norm", "learning_rate", "actor/pg_loss", "time/step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm, extra, terms", [
+    # Tinker's built-in ppo loss, one pass: clip fraction and approximate KL from the returned logprobs
+    ("grpo", {}, ["actor/pg_clipfrac", "actor/ppo_kl"]),
+    # a client-side loss: gspo's sequence ratio with a k2 KL term and an entropy bonus
+    ("gspo", {"algorithm__kl_loss_fn": "k2", "algorithm__kl_loss_fn_args": {"kl_coef": 0.05},
+              "algorithm__entropy_loss_fn_args": {"entropy_coef": 0.01},
+              "algorithm__loss_agg_mode": "seq-mean-token-mean"},
+     ["actor/pg_clipfrac", "actor/kl_loss", "actor/entropy_loss"]),
+    # raft: cross-entropy on the rollouts themselves
+    ("raft", {}, ["actor/sft_loss"]),
+])
+def test_algorithm_trains_and_logs_its_terms(tmp_path, tiny_model_dir, local_engine, algorithm, extra, terms):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name=algorithm, steps=2,
+                   algorithm__algorithm_type=algorithm, **extra)
+    records = run_job(tmp_path, cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    expected = [k for k in COMMON if not (algorithm == "raft" and k in ("critic/advantages/mean", "actor/pg_loss"))]
+    for key in terms + expected:
+        assert all(key in r for r in records), (key, sorted(records[-1]))
+    assert all(r["grad_norm"] > 0 for r in records)
+    if "actor/kl_loss" in terms:
+        assert records[0]["actor/kl_loss"] == pytest.approx(0.0, abs=1e-6)  # step 1 is the reference
+        assert records[1]["actor/kl_loss"] > 0
