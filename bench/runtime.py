@@ -78,13 +78,13 @@ def main() -> int:
             wall = time.monotonic() - t0
             recs = [r for r in read_metrics(result.job_dir) if r["step"] > 1]
             med = {k: statistics.median(r[k] for r in recs)
-                   for k in ("time_step_s", "time_sampling_s", "time_training_s", "time_sync_s")}
+                   for k in ("time/step", "time/sampling", "time/update_actor", "time/sync")}
             med["overlap"] = statistics.median(
-                r["time_step_s"] / max(r["time_sampling_s"], r["time_training_s"] + r["time_sync_s"])
+                r["time/step"] / max(r["time/sampling"], r["time/update_actor"] + r["time/sync"])
                 for r in recs)
             med["lag"] = statistics.median(r["weight_version_lag"] for r in recs)
             # throughput: mean wall time per step (the median hides the occasional slow step)
-            med["mean_step"] = statistics.fmean(r["time_step_s"] for r in recs)
+            med["mean_step"] = statistics.fmean(r["time/step"] for r in recs)
             med["wall"] = wall
             rows[offset] = med
 
@@ -93,10 +93,10 @@ def main() -> int:
     print(f"{'sync_offset':>11} {'step_s':>8} {'mean_step_s':>11} {'sampling_s':>10} {'training_s':>10} "
           f"{'sync_s':>7} {'overlap':>8} {'lag':>4} {'job_wall_s':>10}")
     for offset, m in rows.items():
-        print(f"{offset:>11} {m['time_step_s']:8.3f} {m['mean_step']:11.3f} {m['time_sampling_s']:10.3f} "
-              f"{m['time_training_s']:10.3f} {m['time_sync_s']:7.3f} {m['overlap']:8.2f} {m['lag']:4.0f} "
+        print(f"{offset:>11} {m['time/step']:8.3f} {m['mean_step']:11.3f} {m['time/sampling']:10.3f} "
+              f"{m['time/update_actor']:10.3f} {m['time/sync']:7.3f} {m['overlap']:8.2f} {m['lag']:4.0f} "
               f"{m['wall']:10.1f}")
-    print(f"offset1 / offset0: median step {rows[1]['time_step_s'] / rows[0]['time_step_s']:.2f}, "
+    print(f"offset1 / offset0: median step {rows[1]['time/step'] / rows[0]['time/step']:.2f}, "
           f"mean step {rows[1]['mean_step'] / rows[0]['mean_step']:.2f}, job wall {rows[1]['wall'] / rows[0]['wall']:.2f}")
     print("overlap ratio = step / max(sampling, training + sync): 1.0 = the two sides fully overlap; "
           "(sampling + training) / max(...) = one after the other")

@@ -42,14 +42,14 @@ def write_plot(records: list[dict[str, Any]], out: Path, title: str = "") -> Pat
     fig = Figure(figsize=(10, 4), dpi=100)
     ax_r, ax_l = fig.subplots(1, 2)
 
-    xs, mean = _series(records, "reward_mean")
+    xs, mean = _series(records, "critic/rewards/mean")
     if xs:
         ax_r.plot(xs, mean, label="reward mean", color="tab:blue")
-        lo = [as_float(r.get("reward_min")) for r in records if finite(as_float(r.get("reward_mean")))]
-        hi = [as_float(r.get("reward_max")) for r in records if finite(as_float(r.get("reward_mean")))]
+        lo = [as_float(r.get("critic/rewards/min")) for r in records if finite(as_float(r.get("critic/rewards/mean")))]
+        hi = [as_float(r.get("critic/rewards/max")) for r in records if finite(as_float(r.get("critic/rewards/mean")))]
         if all(finite(v) for v in lo + hi):
             ax_r.fill_between(xs, lo, hi, alpha=0.2, color="tab:blue", label="min..max")
-    xa, acc = _series(records, "accuracy")
+    xa, acc = _series(records, "rollout/accuracy/mean")
     if xa:
         ax_r.plot(xa, acc, label="accuracy", color="tab:green")
     ax_r.set_title("reward")
@@ -57,10 +57,12 @@ def write_plot(records: list[dict[str, Any]], out: Path, title: str = "") -> Pat
     if not xs and not xa:
         ax_r.text(0.5, 0.5, "no reward logged (sft)", ha="center", va="center", transform=ax_r.transAxes)
 
-    xl, loss = _series(records, "policy_loss")
+    xl, loss = _series(records, "actor/pg_loss")
+    if not xl:
+        xl, loss = _series(records, "actor/sft_loss")
     if xl:
         ax_l.plot(xl, loss, label="policy loss", color="tab:red")
-    xk, kl = _series(records, "kl")
+    xk, kl = _series(records, "actor/kl_loss")
     if xk:
         ax_l.plot(xk, kl, label="kl", color="tab:purple")
     ax_l.set_title("loss")

@@ -19,8 +19,8 @@ def _fmt(value: Any) -> str:
 def summary(record: dict[str, Any]) -> dict[str, str]:
     """The few numbers worth a glance: reward (or accuracy), loss, seconds per step."""
     out: dict[str, str] = {}
-    for key, short in (("reward_mean", "reward"), ("accuracy", "acc"), ("policy_loss", "loss"),
-                       ("time_step_s", "s/step")):
+    for key, short in (("critic/rewards/mean", "reward"), ("rollout/accuracy/mean", "acc"),
+                       ("actor/pg_loss", "loss"), ("actor/sft_loss", "loss"), ("time/step", "s/step")):
         if record.get(key) is not None:
             out[short] = _fmt(record[key])
     return out
