@@ -21,8 +21,10 @@ from rft_runtime.algorithms.advantages import AlgorithmError, check_advantage_ar
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 DEFAULT_CLIP_RANGE = 0.2
 
-# Trinity's policy_loss_fn names -> their arguments with Trinity's defaults (loss_agg_mode is the
-# algorithm's: Trinity overrides the loss's own with algorithm.loss_agg_mode)
+# Trinity's policy_loss_fn names -> their arguments with Trinity's defaults. As in Trinity, default_args
+# (POLICY_LOSSES) apply when policy_loss_fn_args is not given at all; given args are completed with the
+# constructor's defaults (INIT_DEFAULTS, where they differ). loss_agg_mode is the algorithm's: Trinity
+# overrides the loss's own with algorithm.loss_agg_mode.
 POLICY_LOSSES: dict[str, dict[str, Any]] = {
     "ppo": {"clip_range": 0.2, "clip_range_low": None, "clip_range_high": None, "clip_ratio_c": 3.0,
             "enable_sequence_masking": False, "delta_sequence_masking": 0.1,
@@ -39,6 +41,11 @@ POLICY_LOSSES: dict[str, dict[str, Any]] = {
             "clip_mode": "none", "weight": "none", "regularizer": "none", "regularizer_coef": 0.0,
             "temp": 1.0},
     "sft": {},
+}
+INIT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"clip_range": None},
+    "gspo": {"clip_range_low": None, "clip_range_high": None},
+    "rec": {"epsilon_low_prime": 0.4, "epsilon_high_prime": 0.4},
 }
 POLICY_LOSS_REFUSALS = {
     "dpo": "it trains on chosen/rejected pairs, which this runtime does not train on Tinker yet; use sft on "
@@ -117,14 +124,14 @@ def clip_bounds(args: Mapping[str, Any]) -> tuple[float, float]:
     high = args.get("clip_range_high")
     low = base if low is None else low
     high = base if high is None else high
+    if low is not None and not 0 <= float(low) < 1:
+        raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_range_low must be in [0, 1), got {low}")
+    if high is not None and float(high) < 0:
+        raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_range_high must be >= 0, got {high}")
     if low is None or high is None:
         raise AlgorithmError("algorithm.policy_loss_fn_args needs clip_range, or clip_range_low and "
-                             "clip_range_high")
+                             "clip_range_high (Trinity's defaults apply only when policy_loss_fn_args is unset)")
     low, high = float(low), float(high)
-    if not 0 <= low < 1:
-        raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_range_low must be in [0, 1), got {low}")
-    if high < 0:
-        raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_range_high must be >= 0, got {high}")
     return low, high
 
 
@@ -142,6 +149,8 @@ def _policy_args(name: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
         raise AlgorithmError(f"algorithm.policy_loss_fn_args: {', '.join(unknown)} not used by {name} "
                              f"(accepted: {', '.join(defaults) or 'none'})")
     args = dict(defaults)
+    if given:
+        args.update(INIT_DEFAULTS.get(name, {}))
     args.update(given)
     if name == "ppo":
         if args["clip_ratio_c"] is None or float(args["clip_ratio_c"]) <= 1.0:
