@@ -127,9 +127,13 @@ def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None) ->
             mask = _loss_mask(r)
             n = sum(mask)
             lps = [lp for lp, k in zip(r.logprobs, mask, strict=False) if k]
+            # multi-turn: a workflow's experiences carry Trinity's eid (run, step) and info (gigpo's anchor
+            # state); a single-turn rollout is run i, step 0 of its task's group
+            eid = getattr(r, "eid", None)
+            run = getattr(eid, "run", None) if eid is not None else getattr(r, "run_id", None)
+            step = getattr(eid, "step", None) if eid is not None else getattr(r, "step", None)
             samples.append(Sample(
-                task=getattr(r, "task_id", None) or g, run=getattr(r, "run_id", None) or i,
-                reward=float(r.reward), step=int(getattr(r, "step", 0) or 0), n_tokens=n,
+                task=g, run=i if run is None else run, reward=float(r.reward), step=int(step or 0), n_tokens=n,
                 mean_logprob=sum(lps) / len(lps) if lps else 0.0, info=getattr(r, "info", None) or {}))
             rollouts.append(r)
     if plan.advantage_fn is None:  # sft on rollouts (raft): no advantage
