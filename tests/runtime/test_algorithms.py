@@ -269,3 +269,21 @@ def test_unknown_loss_arguments_are_named(tmp_path):
         plan = job(tmp_path, algorithm_type="grpo")
         plan.algorithm.policy_loss_fn_args = {"clip_ratio_c": 1.0}
         loss_plan(plan)
+
+
+def test_dpo_loss_over_a_pair(tmp_path):
+    from rft_runtime.algorithms.losses import LossPlan
+
+    plan = LossPlan("dpo", None, {}, "dpo", {"beta": 0.1, "label_smoothing": 0.0}, "token-mean")
+    # chosen: policy 2 x log 0.5 vs reference 2 x log 0.25 -> ratio 2 log 2; rejected: equal -> 0
+    chosen = torch.tensor([math.log(0.5)] * 2, requires_grad=True)
+    rejected = torch.tensor([math.log(0.5)], requires_grad=True)
+    seqs = [terms.make_seq(0, [0.0] * 2, 0.0, [1, 1], 1.0, [math.log(0.25)] * 2),
+            terms.make_seq(0, [0.0], 0.0, [1], 1.0, [math.log(0.5)])]
+    loss, m = terms.compute_terms(plan, seqs, [chosen, rejected])
+    loss.backward()
+    z = 2 * math.log(2)
+    assert float(loss) == approx(math.log(1 + math.exp(-0.1 * z)))
+    g = 0.1 / (1 + math.exp(0.1 * z))  # beta * sigmoid(-beta z)
+    assert chosen.grad.tolist() == approx([-g, -g]) and rejected.grad.tolist() == approx([g])
+    assert m["actor/accuracy_mean"] == 1.0 and m["actor/chosen_reward"] == approx(0.1 * z)

@@ -41,6 +41,7 @@ POLICY_LOSSES: dict[str, dict[str, Any]] = {
             "clip_mode": "none", "weight": "none", "regularizer": "none", "regularizer_coef": 0.0,
             "temp": 1.0},
     "sft": {},
+    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
 }
 INIT_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"clip_range": None},
@@ -48,8 +49,6 @@ INIT_DEFAULTS: dict[str, dict[str, Any]] = {
     "rec": {"epsilon_low_prime": 0.4, "epsilon_high_prime": 0.4},
 }
 POLICY_LOSS_REFUSALS = {
-    "dpo": "it trains on chosen/rejected pairs, which this runtime does not train on Tinker yet; use sft on "
-           "the chosen responses, or the veRL backend",
     "mix": "it mixes expert SFT data into the RL loss, which this runtime does not do on Tinker yet; use "
            "grpo, or the veRL backend",
     "mix_chord": "it mixes expert SFT data into the RL loss, which this runtime does not do on Tinker yet; "
@@ -106,13 +105,23 @@ class LossPlan:
         return self.builtin is None
 
     @property
+    def is_dpo(self) -> bool:
+        """True when the step trains chosen/rejected pairs (each pair two datums, chosen first)."""
+        return self.policy_loss == "dpo"
+
+    @property
+    def uses_reference_logprobs(self) -> bool:
+        """True when the step needs the reference model's logprobs (a KL term, or dpo's ratios)."""
+        return self.uses_reference or self.is_dpo
+
+    @property
     def is_sft(self) -> bool:
         """True when the policy loss is cross-entropy on the responses (sft, raft)."""
         return self.policy_loss == "sft"
 
     def only_policy_gradient(self) -> bool:
         """True when every term is scaled by an advantage, so a zero-advantage experience changes nothing."""
-        return not self.uses_reference and not self.entropy_coef and not self.is_sft and not (
+        return not self.uses_reference and not self.entropy_coef and not self.is_sft and not self.is_dpo and not (
             self.policy_loss == "rec" and self.policy_args.get("regularizer") != "none"
             and self.policy_args.get("regularizer_coef"))
 
@@ -210,7 +219,7 @@ def loss_plan(cfg: Any) -> LossPlan:
     if spec.refusal:
         raise AlgorithmError(f"algorithm.algorithm_type {spec.name!r} cannot run on Tinker: {spec.refusal}")
     adv_fn = algo_cfg.advantage_fn or spec.advantage_fn
-    if spec.policy_loss_fn == "sft" and algo_cfg.advantage_fn in (None, "none"):
+    if spec.policy_loss_fn in ("sft", "dpo") and algo_cfg.advantage_fn in (None, "none"):
         adv_fn = None
     adv_args = check_advantage_args(adv_fn, algo_cfg.advantage_fn_args) if adv_fn else {}
     loss_name = algo_cfg.policy_loss_fn or spec.policy_loss_fn
@@ -224,7 +233,10 @@ def loss_plan(cfg: Any) -> LossPlan:
         raise AlgorithmError(f"algorithm.policy_loss_fn_args.loss_agg_mode {given['loss_agg_mode']!r} differs "
                              f"from algorithm.loss_agg_mode {agg!r}, which Trinity uses for every term: set "
                              "algorithm.loss_agg_mode instead")
-    if loss_name != "sft" and adv_fn is None:
+    if (loss_name == "dpo") != (spec.schema == "dpo"):
+        raise AlgorithmError(f"algorithm.policy_loss_fn {loss_name!r}: the dpo loss trains on chosen/rejected pairs "
+                             "and only algorithm_type dpo reads them; use dpo with dpo, or another loss")
+    if loss_name not in ("sft", "dpo") and adv_fn is None:
         raise AlgorithmError(f"algorithm.policy_loss_fn {loss_name!r} needs advantages: set algorithm.advantage_fn")
 
     kl_fn = algo_cfg.kl_loss_fn or spec.kl_loss_fn

@@ -157,6 +157,7 @@ def _sft(lp, old, a, m, args):
 POLICY_TERMS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
     "ppo": _ppo, "gspo": _gspo, "cispo": _cispo, "sapo": _sapo, "topr": _topr, "sppo": _sppo,
     "importance_sampling": _importance_sampling, "opmd": _opmd, "rec": _rec, "sft": _sft,
+    "dpo": _sft,  # placeholder: dpo is a loss over pairs, computed by dpo_terms
 }
 
 
@@ -206,9 +207,38 @@ def _pg_scales(plan: LossPlan, seqs: Sequence[Seq]) -> list[float]:
     return agg_scales(mode, [int(s.mask.sum()) for s in seqs])
 
 
+def dpo_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor]
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO over pairs (chosen, rejected, chosen, ...): the mean over pairs of
+    -logsigmoid(beta z) (1 - label_smoothing) - logsigmoid(-beta z) label_smoothing,
+    z = (sum lp_c - sum ref_c) - (sum lp_r - sum ref_r), as Trinity's dpo loss."""
+    beta = float(plan.policy_args["beta"])
+    smoothing = float(plan.policy_args["label_smoothing"])
+    ratios = []
+    for seq, full in zip(seqs, logprobs, strict=True):
+        lp = full[seq.start: seq.start + len(seq.old)].float()
+        ref = seq.ref if seq.ref is not None else torch.zeros_like(lp)
+        ratios.append(((lp - ref) * seq.mask).sum())
+    chosen, rejected = torch.stack(ratios[0::2]), torch.stack(ratios[1::2])
+    z = chosen - rejected
+    losses = (-torch.nn.functional.logsigmoid(beta * z) * (1 - smoothing)
+              - torch.nn.functional.logsigmoid(-beta * z) * smoothing)
+    loss = losses.mean()
+    metrics = {
+        "actor/dpo_loss": float(loss.detach()), "actor/pg_loss": float(loss.detach()),
+        "actor/chosen_reward": beta * float(chosen.detach().mean()),
+        "actor/rejected_reward": beta * float(rejected.detach().mean()),
+        "actor/accuracy_mean": float((chosen.detach() > rejected.detach()).float().mean()),
+        "actor/final_loss": float(loss.detach()),
+    }
+    return loss, metrics
+
+
 def compute_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor]
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """The step's loss (differentiable in `logprobs`, one tensor per datum) and Trinity's actor metrics."""
+    if plan.is_dpo:
+        return dpo_terms(plan, seqs, logprobs)
     fn = POLICY_TERMS[plan.policy_loss]
     pg_scales = _pg_scales(plan, seqs)
     pg = kl = ent = torch.zeros(())

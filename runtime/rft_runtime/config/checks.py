@@ -163,19 +163,19 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
         if "sync_method" in (raw.get("synchronizer") or {}) and cfg.synchronizer.sync_method == "nccl":
             warnings.append("synchronizer.sync_method 'nccl' becomes 'checkpoint' on Tinker (as in Trinity): "
                             "new weights reach the sampler as saved sampler weights")
-        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo != "sft":
+        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in ("sft", "dpo"):
             issues.append(
                 ConfigIssue(
                     "mode",
-                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft; "
+                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft or dpo; "
                     f"{algo!r} learns from rollouts: use mode 'both'",
                 )
             )
-        if cfg.mode == "both" and algo == "sft":
+        if cfg.mode == "both" and algo in ("sft", "dpo"):
             issues.append(
                 ConfigIssue(
                     "algorithm.algorithm_type",
-                    "sft learns from a fixed dataset: set mode: train and "
+                    f"{algo} learns from a fixed dataset: set mode: train and "
                     "buffer.trainer_input.experience_buffer.path",
                 )
             )

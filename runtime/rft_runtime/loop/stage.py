@@ -46,7 +46,16 @@ def make_stream(cfg: JobConfig) -> Any:
     from rft_runtime.data.tasksets import TaskStream, load_rows
 
     source = stage_source(cfg)
-    rows = load_rows(source, require_response=cfg.mode == "train")
+    dpo = cfg.algorithm.algorithm_type == "dpo"
+    rows = load_rows(source, require_response=cfg.mode == "train" and not dpo)
+    if dpo:
+        fmt = source.format
+        for index, row in enumerate(rows):
+            missing = [k for k in (fmt.chosen_key, fmt.rejected_key) if row.get(k) is None]
+            if missing:
+                raise RunError(f"{source.path}: row {index} (0-based) has no {missing[0]!r} value "
+                               "(format.chosen_key / format.rejected_key): dpo trains on a chosen and a rejected "
+                               f"response per prompt; its columns: {', '.join(sorted(row))}")
     batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
     limits = [s for s in (cfg.buffer.total_steps, source.total_steps, cfg.trainer.total_steps) if s]
     stream = TaskStream(
@@ -75,6 +84,21 @@ def make_workflow(cfg: JobConfig) -> Any:
     if fmt.system_prompt is None and cfg.buffer.explorer_input.system_prompt:
         fmt = fmt.model_copy(update={"system_prompt": cfg.buffer.explorer_input.system_prompt})
     return get_workflow(name)(fmt, dict(ts.workflow_args or {}), reward_args)
+
+
+def _reply_text(value: Any) -> str:
+    # a chosen / rejected column holds the reply text, or (prompt_type messages) the reply's messages
+    if isinstance(value, list):
+        return "".join(str(m.get("content") or "") for m in value if isinstance(m, dict))
+    return str(value)
+
+
+def _dpo_convo(row: dict[str, Any], fmt: Any) -> Any:
+    # sft_messages reads a conversation ending in the target reply; a dpo row's reply is in chosen/rejected
+    convo = row.get(fmt.messages_key)
+    if isinstance(convo, list):
+        return [*convo, {"role": "assistant", "content": ""}]
+    return convo
 
 
 def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
@@ -286,6 +310,41 @@ class StageRunner:
                           "critic/advantages/min": min(advs)})
         return work, extra
 
+    def _dpo_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
+        """Each row's chosen and rejected responses as two datums (chosen first), with the reference model's
+        logprobs for the DPO ratios."""
+        from types import SimpleNamespace
+
+        fmt = self.cfg.buffer.trainer_input.experience_buffer.format
+        pairs = []
+        truncated = 0
+        limit = self.cfg.model.max_response_tokens
+        for task in tasks:
+            messages, _ = sft_messages(self.cfg, {**task.row, fmt.response_key: "",
+                                                  fmt.messages_key: _dpo_convo(task.row, fmt)})
+            ids = self.encoder.prompt_ids(messages)
+            if self.encoder.too_long(ids):
+                truncated += 1
+                continue
+            replies = [self.encoder.response_ids(_reply_text(task.row[k])) for k in (fmt.chosen_key, fmt.rejected_key)]
+            pairs.append((ids, [r[:limit] if limit else r for r in replies]))
+        items = [SimpleNamespace(prompt_ids=ids, tokens=resp) for ids, both in pairs for resp in both]
+        refs = self._ref_logprobs(items) if items else []
+        datums, seqs = [], []
+        for item, ref in zip(items, refs, strict=True):
+            mask = [1] * len(item.tokens)
+            datums.append(D.loss_datum(self.plan, item.prompt_ids, item.tokens, [0.0] * len(mask), 0.0, 1.0, mask))
+            seqs.append((len(item.prompt_ids) - 1, [0.0] * len(mask), 0.0, mask, 1.0, ref))
+        lengths = [len(i.tokens) for i in items]
+        extra = {
+            "prompt_tokens": float(sum(len(ids) for ids, _ in pairs)), "response_tokens": float(sum(lengths)),
+            "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
+            **length_stats("response_length", lengths, limit),
+        }
+        work = StepWork(step, datums, "custom", None, lr_at(self.cfg.algorithm.optimizer, step, self.total))
+        self._attach_terms(work, seqs)
+        return work, extra
+
     def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         pairs = []
         prompt_tokens = truncated = 0
@@ -395,7 +454,7 @@ class StageRunner:
             except StopIteration:
                 break
             stream_state = self.stream.state_dict()
-            work, extra = self._sft_work(step, tasks)
+            work, extra = (self._dpo_work if self.plan.is_dpo else self._sft_work)(step, tasks)
             t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
             record = dict(extra, weight_version_lag=0)
             record.update({"time/sampling": 0.0, "time/sync": t_sync})
