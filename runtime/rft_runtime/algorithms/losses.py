@@ -280,6 +280,12 @@ def loss_plan(cfg: Any) -> LossPlan:
         raise AlgorithmError("algorithm.entropy_loss_fn 'mix' skips expert data, which only mix / mix_chord have; "
                              "use 'default'")
 
+    if loss_name == "dpo" and kl_coef:
+        raise AlgorithmError("algorithm.kl_loss_fn: the dpo loss is already relative to the reference model, and "
+                             "an extra KL term is not trained with it here; set kl_loss_fn: none")
+    if loss_name == "dpo" and entropy_coef:
+        raise AlgorithmError("algorithm.entropy_loss_fn_args: no entropy term is trained with the dpo loss; set "
+                             "entropy_coef: 0")
     strategy = algo_cfg.sample_strategy or spec.sample_strategy
     if strategy not in SAMPLE_STRATEGIES_HONOURED:
         raise AlgorithmError(f"algorithm.sample_strategy {strategy!r} cannot run on Tinker: this runtime trains "
