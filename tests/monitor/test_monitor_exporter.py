@@ -22,6 +22,9 @@ GAUGE_KEYS = {
     "response_length/mean": "rft_response_length_mean_tokens", "weight_version_lag": "rft_weight_version_lag",
     "learning_rate": "rft_learning_rate", "time/step": "rft_last_step_duration_seconds",
     "timestamp": "rft_last_progress_timestamp_seconds",
+    "actor/pg_clipfrac": "rft_pg_clipfrac", "actor/ppo_kl": "rft_ppo_kl", "grad_norm": "rft_grad_norm",
+    "critic/advantages/mean": "rft_advantage_mean", "critic/advantages/min": "rft_advantage_min",
+    "critic/advantages/max": "rft_advantage_max",
 }
 COUNTER_KEYS = {
     "rollouts": "rft_rollouts_total", "failed_rollouts": "rft_failed_rollouts_total",
@@ -42,6 +45,8 @@ def step_record(step: int, total: int = 4, **extra) -> dict:
         "rollouts": 8, "failed_rollouts": step % 2, "truncated_prompts": 0,
         "time/sampling": 0.013 * step, "time/update_actor": 0.4 + step / 100, "time/sync": 0.002,
         "time/step": 0.5 + step / 50, "weight_version_lag": step % 2, "learning_rate": 1e-5 * step,
+        "actor/pg_clipfrac": 0.0625 * step, "actor/ppo_kl": 1e-4 / step, "grad_norm": 0.37 + step,
+        "critic/advantages/mean": 0.01 * step, "critic/advantages/min": -1.1, "critic/advantages/max": 0.9 + step,
     }
     rec.update(extra)
     return rec
