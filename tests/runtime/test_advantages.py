@@ -181,6 +181,29 @@ def test_gigpo_adds_anchor_state_advantages_to_episode_advantages():
     assert batch_advantages("gigpo", _runs(), {"omega": 0.0}) == approx([0.5, 0.5, -0.5], rel=1e-5)
 
 
+# ---------------------------------------------------------------- distillation: per-token advantages
+
+
+def test_on_policy_distill_is_the_teacher_minus_the_sampler_per_token():
+    s = Sample("t", 0, 0.0, info={"teacher_logprobs": [-0.5, -2.0]}, logprobs=[-1.0, -1.0])
+    assert batch_advantages("on_policy_distill", [s]) == [approx([0.5, -1.0])]
+    assert batch_advantages("on_policy_distill", [s], {"kl_coef": 2.0}) == [approx([1.0, -2.0])]
+    with pytest.raises(AlgorithmError, match="teacher's logprob of every response token"):
+        batch_advantages("on_policy_distill", [Sample("t", 0, 0.0, logprobs=[-1.0])])
+
+
+def test_jsd_advantage_per_token():
+    s = Sample("t", 0, 0.0, info={"teacher_logprobs": [-0.5]}, logprobs=[-1.0])
+    assert batch_advantages("jsd", [s], {"lambda_coef": 0.0}) == [approx([0.5])]  # -(s - t)
+    assert batch_advantages("jsd", [s], {"lambda_coef": 1.0}) == [approx([-0.5])]  # -(t - s)
+    # lambda 0.5: m = log(0.5 e^-0.5 + 0.5 e^-1) = log(0.487205) = -0.719070;
+    # JSD = 0.5 (t - m) + 0.5 (s - m) = 0.5 (0.219070) + 0.5 (-0.280930) = -0.030930, A = -JSD
+    assert batch_advantages("jsd", [s]) == [approx([0.030930], rel=1e-4)]
+    # same logprobs: nothing to learn
+    same = Sample("t", 0, 0.0, info={"teacher_logprobs": [-1.0]}, logprobs=[-1.0])
+    assert batch_advantages("jsd", [same]) == [approx([0.0], abs=1e-12)]
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -84,3 +84,15 @@ def test_dpo_trains_on_pairs_and_prefers_the_chosen(tmp_path, tiny_model_dir, lo
     assert records[-1]["actor/dpo_loss"] < records[0]["actor/dpo_loss"]
     assert records[-1]["actor/chosen_reward"] > records[-1]["actor/rejected_reward"]
     assert all(r["grad_norm"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_on_policy_distill_fetches_the_teachers_logprobs_token_by_token(tmp_path, tiny_model_dir, local_engine):
+    # the teacher is the base model itself (the local engine serves one): at step 1 the student is the
+    # teacher, so every per-token advantage teacher - sampler is ~0; a misaligned token would show at once
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="opd", steps=1,
+                   algorithm__algorithm_type="on_policy_distill")
+    cfg["explorer"]["auxiliary_models"] = [{"model_path": str(tiny_model_dir)}]
+    (record,) = run_job(tmp_path, cfg)
+    assert abs(record["critic/advantages/min"]) < 1e-3 and abs(record["critic/advantages/max"]) < 1e-3
+    assert record["response_tokens"] > 0

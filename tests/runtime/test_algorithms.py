@@ -28,11 +28,13 @@ approx = pytest.approx
 L15 = math.log(1.5)
 
 
-def job(tmp_path, **algorithm):
-    """The Tinker example config with `algorithm` fields set, loaded and validated."""
+def job(tmp_path, teacher=False, **algorithm):
+    """The Tinker example config with `algorithm` fields set (and a teacher model), loaded and validated."""
     raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
     raw["checkpoint_root_dir"] = str(tmp_path)
     raw["algorithm"].update(algorithm)
+    if teacher:
+        raw.setdefault("explorer", {})["auxiliary_models"] = [{"model_path": raw["model"]["model_path"]}]
     return load_config_dict(raw)
 
 
@@ -48,6 +50,12 @@ def run_terms(plan, ratios, adv, ref=None, scale=None):
 
 def plan_of(tmp_path, **algorithm):
     return loss_plan(job(tmp_path, **algorithm))
+
+
+def test_distillation_needs_a_teacher_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"explorer.auxiliary_models.*on_policy_distill distils from a teacher"):
+        job(tmp_path, algorithm_type="on_policy_distill")
+    assert loss_plan(job(tmp_path, teacher=True, algorithm_type="jsd")).advantage_fn == "jsd"
 
 
 # ---------------------------------------------------------------- policy losses by hand
@@ -212,7 +220,7 @@ def test_a_refused_algorithm_names_itself_the_reason_and_an_alternative(tmp_path
 @pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if not s.refusal and s.schema == "experience"))
 def test_a_trained_algorithm_loads_with_its_own_parts(tmp_path, algorithm):
     spec = ALGORITHMS[algorithm]
-    plan = plan_of(tmp_path, algorithm_type=algorithm)
+    plan = loss_plan(job(tmp_path, teacher=True, algorithm_type=algorithm))
     assert plan.policy_loss == spec.policy_loss_fn and plan.advantage_fn == spec.advantage_fn
 
 
@@ -238,7 +246,7 @@ def test_every_loss_setting_is_honoured_or_refused_with_its_field(tmp_path, fiel
     if field == "kl_penalty_fn":
         fields["kl_penalty_fn_args"] = {"kl_coef": 0.01}
     try:
-        cfg = job(tmp_path, algorithm_type="grpo", **fields)
+        cfg = job(tmp_path, teacher=True, algorithm_type="grpo", **fields)
     except ConfigError as exc:
         text = str(exc)
         assert f"algorithm.{field}" in text and repr(value) in text, text

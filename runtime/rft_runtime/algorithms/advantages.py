@@ -31,9 +31,12 @@ class Sample:
     n_tokens: int = 1
     mean_logprob: float = 0.0
     info: Mapping[str, Any] = field(default_factory=dict)
+    # the sampler's logprob of every response token (per-token advantages: on_policy_distill, jsd)
+    logprobs: Sequence[float] = ()
 
 
-Advantages = list[float | None]
+# one advantage per sample: a float for every token, a list with one per response token, or None (dropped)
+Advantages = list[float | list[float] | None]
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -298,6 +301,51 @@ def gigpo(samples: Sequence[Sample], omega: float = 1.0, gamma: float = 1.0, fno
     return [e + omega * s for e, s in zip(a_e, a_s, strict=True)]
 
 
+def _teacher(s: Sample, name: str) -> list[float]:
+    teacher = s.info.get("teacher_logprobs")
+    if teacher is None or len(teacher) != len(s.logprobs):
+        got = "none" if teacher is None else f"{len(teacher)} for {len(s.logprobs)} response tokens"
+        raise AlgorithmError(f"{name} needs the teacher's logprob of every response token "
+                             f"(info['teacher_logprobs']), got {got}")
+    return [float(x) for x in teacher]
+
+
+def on_policy_distill(samples: Sequence[Sample], kl_coef: float = 1.0) -> Advantages:
+    """On-policy distillation: per token, A_t = kl_coef * (teacher_t - old_t), the teacher's logprob minus
+    the sampler's (a reverse-KL reward)."""
+    return [[kl_coef * (t - o) for t, o in zip(_teacher(s, "on_policy_distill"), s.logprobs, strict=True)]
+            for s in samples]
+
+
+def jsd(samples: Sequence[Sample], lambda_coef: float = 0.5, kl_coef: float = 1.0, temperature: float = 1.0,
+        chunk_size: int | None = None) -> Advantages:
+    """JSD distillation: per token, A_t = -kl_coef * JSD_t from the sampled token's logprobs, s (student) and
+    t (teacher), divided by temperature: lambda 0 gives s - t, 1 gives t - s, otherwise
+    lambda (t - m) + (1 - lambda) (s - m), m = log(lambda e^t + (1 - lambda) e^s). chunk_size is a memory
+    knob of Trinity's tensor version and changes nothing here."""
+    if not 0 <= lambda_coef <= 1:
+        raise AlgorithmError(f"jsd lambda_coef must be in [0, 1], got {lambda_coef}")
+    if temperature <= 0:
+        raise AlgorithmError(f"jsd temperature must be > 0, got {temperature}")
+    out: Advantages = []
+    for smp in samples:
+        row = []
+        for t, s in zip(_teacher(smp, "jsd"), smp.logprobs, strict=True):
+            s, t = s / temperature, t / temperature
+            if lambda_coef == 0:
+                div = s - t
+            elif lambda_coef == 1:
+                div = t - s
+            else:
+                a, b = s + math.log1p(-lambda_coef), t + math.log(lambda_coef)
+                top = max(a, b)
+                m = top + math.log(math.exp(a - top) + math.exp(b - top))
+                div = lambda_coef * (t - m) + (1 - lambda_coef) * (s - m)
+            row.append(-kl_coef * div)
+        out.append(row)
+    return out
+
+
 def normalise_batch(values: Sequence[float], weights: Sequence[float] | None = None,
                     eps: float = 1e-8) -> list[float]:
     """Batch whitening for reinforce++: (x - mean) / sqrt(var + eps), var unbiased, as Trinity's
@@ -331,7 +379,11 @@ ADVANTAGE_FNS: dict[str, tuple[Callable[..., Advantages], dict[str, Any]]] = {
                                         "std_threshold": None}),
     "gigpo": (gigpo, {"omega": 1.0, "gamma": 1.0, "fnorm": "none", "epsilon": 1e-6,
                       "step_reward_key": "step_reward", "env_state_hash_key": "env_state_hash"}),
+    "on_policy_distill": (on_policy_distill, {"kl_coef": 1.0}),
+    "jsd": (jsd, {"lambda_coef": 0.5, "kl_coef": 1.0, "temperature": 1.0, "chunk_size": None}),
 }
+# advantage functions that give one advantage per token, from a teacher model's logprobs
+TOKEN_ADVANTAGE_FNS = ("on_policy_distill", "jsd")
 ADVANTAGE_ALGORITHMS = tuple(ADVANTAGE_FNS)
 
 # Trinity advantage functions that cannot run here, and why (with what to use instead)
@@ -342,10 +394,6 @@ ADVANTAGE_REFUSALS = {
     "asymre_verl": "it is veRL's own batch-tensor AsymRE; use asymre",
     "remax": "its baseline is the reward of a greedy rollout per prompt, which this runtime does not sample; "
              "use rloo or grpo",
-    "on_policy_distill": "its per-token advantage is the teacher's minus the student's logprob, which this "
-                         "runtime does not fetch yet; use grpo with a reward",
-    "jsd": "its per-token advantage needs a teacher model's logprobs, which this runtime does not fetch yet; "
-           "use grpo with a reward",
     "clipb": "it needs per-token entropies of the whole vocabulary, which Tinker does not return; use grpo",
     "clipv": "it needs a critic's values, which Tinker cannot train; use grpo",
 }
@@ -368,7 +416,9 @@ def check_advantage_args(name: str, args: Mapping[str, Any] | None) -> dict[str,
     merged = dict(defaults)
     merged.update({k: v for k, v in (args or {}).items()})
     # validate the values now: run the function on a trivial batch
-    ADVANTAGE_FNS[name][0]([Sample("t", 0, 0.0), Sample("t", 1, 1.0)], **merged)
+    probe = {"teacher_logprobs": [-1.0]}
+    ADVANTAGE_FNS[name][0]([Sample("t", 0, 0.0, info=probe, logprobs=[-1.0]),
+                            Sample("t", 1, 1.0, info=probe, logprobs=[-2.0])], **merged)
     return merged
 
 

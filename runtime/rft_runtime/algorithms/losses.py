@@ -297,6 +297,10 @@ def loss_plan(cfg: Any) -> LossPlan:
                              "implemented on Tinker; use kl_loss_fn with kl_loss_fn_args.kl_coef (a KL loss "
                              "term) instead")
 
+    explorer = getattr(cfg, "explorer", None)
+    if adv_fn in ("on_policy_distill", "jsd") and explorer is not None and not explorer.auxiliary_models:
+        raise AlgorithmError(f"explorer.auxiliary_models: {adv_fn} distils from a teacher, explorer.auxiliary_models[0] "
+                             "(its model_path is the teacher's base model on the same Tinker server); add it")
     plan = LossPlan(algorithm=spec.name, advantage_fn=adv_fn, advantage_args=adv_args, policy_loss=loss_name,
                     policy_args=args, agg_mode=agg, kl_fn=kl_fn, kl_coef=kl_coef, entropy_coef=entropy_coef)
     builtin, factor = _builtin(loss_name, args, given)

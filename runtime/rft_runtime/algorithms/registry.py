@@ -61,6 +61,10 @@ register("sft", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none",
 # Trinity forces a k2 KL loss on dpo only so that its trainer computes reference logprobs; the DPO loss
 # reads them itself here, so no KL term is added unless asked for
 register("dpo", policy_loss_fn="dpo", kl_loss_fn="none", entropy_loss_fn="none", schema="dpo")
+# the teacher is explorer.auxiliary_models[0]; its logprobs come from the workflow
+# (info["teacher_logprobs"]) or, when it gives none, from the teacher's sampler here
+register("on_policy_distill", advantage_fn="on_policy_distill", kl_loss_fn="none", entropy_loss_fn="none")
+register("jsd", advantage_fn="jsd", kl_loss_fn="none", entropy_loss_fn="none")
 
 # ---- refused on Tinker, each with the reason and an alternative
 register("ppo", advantage_fn="ppo", schema="experience",
@@ -78,12 +82,6 @@ register("mix_chord", advantage_fn="grpo", policy_loss_fn="mix_chord", sample_st
          entropy_loss_fn="mix",
          refusal="it mixes expert SFT data into the RL steps (sample_strategy mix), which this runtime does not "
                  "do on Tinker yet; use grpo after an sft stage, or the veRL backend")
-register("on_policy_distill", advantage_fn="on_policy_distill", kl_loss_fn="none", entropy_loss_fn="none",
-         refusal="its per-token advantage is the teacher's minus the student's logprob, and this runtime does "
-                 "not fetch a teacher model's logprobs yet; use grpo with a reward, or the veRL backend")
-register("jsd", advantage_fn="jsd", kl_loss_fn="none", entropy_loss_fn="none",
-         refusal="its per-token advantage needs a teacher model's logprobs, which this runtime does not fetch "
-                 "yet; use grpo with a reward, or the veRL backend")
 
 
 def algorithm_spec(name: str) -> AlgorithmSpec:

@@ -27,16 +27,18 @@ class Seq:
 
     start: int  # index of the first response token in the datum's target tokens
     old: torch.Tensor
-    adv: float
+    adv: torch.Tensor  # per response token (an experience's scalar advantage repeated, or a teacher's)
     mask: torch.Tensor
     scale: float  # loss_agg_mode weight of each of its tokens
     ref: torch.Tensor | None = None
 
 
-def make_seq(start: int, old: Sequence[float], adv: float, mask: Sequence[float], scale: float,
+def make_seq(start: int, old: Sequence[float], adv: float | Sequence[float], mask: Sequence[float], scale: float,
              ref: Sequence[float] | None = None) -> Seq:
-    """A Seq from plain lists."""
-    return Seq(start, torch.tensor(list(old), dtype=torch.float32), float(adv),
+    """A Seq from plain lists (a scalar advantage applies to every token)."""
+    n = len(old)
+    advs = [float(adv)] * n if isinstance(adv, (int, float)) else [float(a) for a in adv]
+    return Seq(start, torch.tensor(list(old), dtype=torch.float32), torch.tensor(advs, dtype=torch.float32),
                torch.tensor(list(mask), dtype=torch.float32), float(scale),
                None if ref is None else torch.tensor(list(ref), dtype=torch.float32))
 
@@ -58,11 +60,10 @@ def _ppo(lp, old, a, m, args):
     l2 = -a * torch.clamp(ratio, 1.0 - low, 1.0 + high)
     clipped_loss = torch.maximum(l1, l2)
     clipped = l2 > l1
-    if a < 0:  # dual clip: a negative advantage's loss is at most -A * clip_ratio_c
-        clipped_loss = torch.minimum(clipped_loss, torch.full_like(l1, -a * float(args["clip_ratio_c"])))
-    if args["enable_sequence_masking"] and a < 0:
-        if float(_mmean(-(lp - old).detach(), m)) > float(args["delta_sequence_masking"]):
-            clipped_loss = clipped_loss * 0.0
+    # dual clip: a negative advantage's loss is at most -A * clip_ratio_c
+    clipped_loss = torch.where(a < 0, torch.minimum(clipped_loss, -a * float(args["clip_ratio_c"])), clipped_loss)
+    if args["enable_sequence_masking"] and float(_mmean(-(lp - old).detach(), m)) > float(args["delta_sequence_masking"]):
+        clipped_loss = torch.where(a < 0, torch.zeros_like(clipped_loss), clipped_loss)
     return clipped_loss, clipped
 
 
@@ -81,15 +82,13 @@ def _cispo(lp, old, a, m, args):
     weight = torch.clamp(ratio, lo, hi).detach()
     keep = torch.ones_like(ratio)
     if args["enable_mask_clip"]:
-        if a > 0:
-            keep = torch.where(ratio > 1.0 + float(args["mask_clip_range_high"]), 0.0, keep)
-        elif a < 0:
-            keep = torch.where(ratio < 1.0 - float(args["mask_clip_range_low"]), 0.0, keep)
+        keep = torch.where((ratio > 1.0 + float(args["mask_clip_range_high"])) & (a > 0), 0.0, keep)
+        keep = torch.where((ratio < 1.0 - float(args["mask_clip_range_low"])) & (a < 0), 0.0, keep)
     return -a * weight * keep.detach() * lp, (ratio < lo) | (ratio > hi)
 
 
 def _sapo(lp, old, a, m, args):
-    tau = float(args["tau_pos"] if a > 0 else args["tau_neg"])
+    tau = torch.where(a > 0, float(args["tau_pos"]), float(args["tau_neg"]))
     ratio = torch.exp(lp - old)
     gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
     return -a * gate.detach() * lp, None
@@ -97,8 +96,9 @@ def _sapo(lp, old, a, m, args):
 
 def _topr(lp, old, a, m, args):
     ratio = torch.exp(lp - old)
-    alpha = torch.clamp(ratio, 0.0, 1.0) if a <= float(args["advantage_threshold"]) else torch.ones_like(ratio)
-    return -alpha.detach() * a * lp, ratio > 1.0 if a <= float(args["advantage_threshold"]) else None
+    low = a <= float(args["advantage_threshold"])
+    alpha = torch.where(low, torch.clamp(ratio, 0.0, 1.0), torch.ones_like(ratio))
+    return -alpha.detach() * a * lp, low & (ratio > 1.0)
 
 
 def _sppo(lp, old, a, m, args):
@@ -126,8 +126,7 @@ def _rec(lp, old, a, m, args):
     elif mode == "one-side":
         inside = ((ratio <= 1 + eh) & (a >= 0)) | ((ratio >= 1 - el) & (a <= 0))
     elif mode == "gspo-one-side":
-        inside = torch.full_like(ratio, bool((seq_ratio <= 1 + eh and a >= 0) or (seq_ratio >= 1 - el and a <= 0)),
-                                 dtype=torch.bool)
+        inside = ((seq_ratio <= 1 + eh) & (a >= 0)) | ((seq_ratio >= 1 - el) & (a <= 0))
     elif mode == "ring":
         inside = (((ratio >= 1 - el) & (ratio <= 1 + eh))
                   | ((a >= 0) & (ratio <= 1 - float(args["epsilon_low_prime"])))
@@ -140,7 +139,7 @@ def _rec(lp, old, a, m, args):
     elif args["weight"] == "gspo_importance_sampling":
         weight = a * seq_ratio
     elif args["weight"] == "advantage":
-        weight = a * float(torch.exp(torch.tensor(a / float(args["temp"]))))
+        weight = a * torch.exp(a / float(args["temp"]))
     loss = -weight * lp * inside.float()
     coef = float(args["regularizer_coef"])
     if args["regularizer"] == "forward-kl":

@@ -82,7 +82,7 @@ def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
     except AlgorithmError as exc:
         message = str(exc)
         path = "algorithm"
-        if message.startswith("algorithm."):
+        if message.split(" ", 1)[0].rstrip(":").split(".")[0] in ("algorithm", "explorer"):
             head, _, rest = message.partition(" ")
             path, message = head.rstrip(":"), rest
         elif message.startswith("advantage_fn "):

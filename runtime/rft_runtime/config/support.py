@@ -95,7 +95,7 @@ NO_EFFECT_ON_TINKER = {
     ("GenerationConfig", "n"),
     ("InferenceModelConfig", "tensor_parallel_size"), ("InferenceModelConfig", "gpu_memory_utilization"),
     ("InferenceModelConfig", "dtype"),
-    ("ExplorerConfig", "name"), ("ExplorerConfig", "auxiliary_models"),
+    ("ExplorerConfig", "name"),
     ("TrainerConfig", "name"), ("TrainerConfig", "enable_preview"), ("TrainerConfig", "save_strategy"),
     ("TrainerConfig", "trainer_config"), ("TrainerConfig", "trainer_config_path"),
     ("TrainerInput", "sft_warmup_dataset"), ("TrainerInput", "sft_warmup_steps"),

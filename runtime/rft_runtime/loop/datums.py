@@ -58,7 +58,7 @@ def sft_datum(prompt_ids: list[int], response: list[int], scale: float) -> Any:
     return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)
 
 
-def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: float,
+def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: Any,
                scale: float, mask: list[int]) -> Any:
     """One rollout for the step's LossPlan. A built-in loss gets the per-token advantage (or, for
     cross_entropy, weight) times the loss_agg_mode scale and the mask; a client-side loss gets only the
@@ -74,7 +74,10 @@ def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: 
     elif plan.builtin[0] == "cross_entropy":
         inputs["weights"] = np.asarray(pad + [scale * k for k in keep], dtype=np.float32)
     else:
-        a = advantage * plan.advantage_factor * scale
+        # one advantage for the whole response, or (distillation) one per token
+        per_token = [advantage] * len(keep) if isinstance(advantage, (int, float)) else list(advantage)
+        f = plan.advantage_factor * scale
         inputs["logprobs"] = np.asarray(pad + list(logprobs), dtype=np.float32)
-        inputs["advantages"] = np.asarray(pad + [a * k for k in keep], dtype=np.float32)
+        inputs["advantages"] = np.asarray(pad + [a * f * k for a, k in zip(per_token, keep, strict=True)],
+                                          dtype=np.float32)
     return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)

@@ -12,9 +12,11 @@ import queue
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rft_runtime.algorithms import agg_scales, loss_plan
+from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
 from rft_runtime.config import JobConfig
 from rft_runtime.config.models import StorageConfig
@@ -132,15 +134,23 @@ def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, st
 # ---------------------------------------------------------------- advantages and stats
 
 
+def _token_advantages(rollout: Any) -> list[float]:
+    adv = rollout.advantage
+    return [float(adv)] * len(rollout.tokens) if isinstance(adv, (int, float)) else list(adv)
+
+
 def _loss_mask(rollout: Any) -> list[int]:
     # the workflow's action mask where it gives one (multi-turn), else every response token
     mask = getattr(rollout, "loss_mask", None)
     return list(mask) if mask is not None else [1] * len(rollout.tokens)
 
 
-def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None) -> list[Any]:
+def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None,
+                      teacher: dict[int, list[float]] | None = None) -> list[Any]:
     """Set every rollout's advantage from the plan's advantage function over the whole batch; returns the
-    rollouts that stay in the step (an advantage function may drop groups, as grpo's std_threshold)."""
+    rollouts that stay in the step (an advantage function may drop groups, as grpo's std_threshold).
+    `teacher` holds teacher logprobs fetched by the trainer, by id() of the rollout, for rollouts whose
+    workflow did not put them in info["teacher_logprobs"]."""
     from rft_runtime.algorithms import Sample, batch_advantages, loss_plan
 
     plan = plan or loss_plan(cfg)
@@ -156,9 +166,12 @@ def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None) ->
             eid = getattr(r, "eid", None)
             run = getattr(eid, "run", None) if eid is not None else getattr(r, "run_id", None)
             step = getattr(eid, "step", None) if eid is not None else getattr(r, "step", None)
+            info = dict(getattr(r, "info", None) or {})
+            if teacher and id(r) in teacher:
+                info["teacher_logprobs"] = teacher[id(r)]
             samples.append(Sample(
                 task=g, run=i if run is None else run, reward=float(r.reward), step=int(step or 0), n_tokens=n,
-                mean_logprob=sum(lps) / len(lps) if lps else 0.0, info=getattr(r, "info", None) or {}))
+                mean_logprob=sum(lps) / len(lps) if lps else 0.0, info=info, logprobs=list(r.logprobs)))
             rollouts.append(r)
     if plan.advantage_fn is None:  # sft on rollouts (raft): no advantage
         return rollouts
@@ -166,7 +179,7 @@ def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None) ->
     kept = []
     for rollout, adv in zip(rollouts, advs, strict=True):
         if adv is not None:
-            rollout.advantage = float(adv)
+            rollout.advantage = float(adv) if isinstance(adv, (int, float)) else [float(a) for a in adv]
             kept.append(rollout)
     return kept
 
@@ -245,6 +258,8 @@ class StageRunner:
         self.algo = cfg.algorithm.algorithm_type
         self.plan = loss_plan(cfg)
         self._ref_sampler: Any = None
+        self._teacher_sampler: Any = None
+        self._teacher_generation = -1
         self._ref_generation = -1
         self._last_sampler = sampler_path
         self._rest: Any = None
@@ -281,9 +296,31 @@ class StageRunner:
         else:
             work.metrics_fn = lambda logprobs: terms.step_metrics(plan, seq_objs, logprobs)
 
+    def _teacher_logprobs(self, rollouts: list[Any]) -> dict[int, list[float]]:
+        """The teacher's (explorer.auxiliary_models[0]) logprob of every response token of the rollouts whose
+        workflow gave none, from a sampling client of the teacher model."""
+        import tinker
+
+        need = [r for r in rollouts if r.tokens and "teacher_logprobs" not in (getattr(r, "info", None) or {})]
+        if not need:
+            return {}
+        if self._teacher_sampler is None or self._teacher_generation != self.conn.generation:
+            path = Path(self.cfg.explorer.auxiliary_models[0].model_path).expanduser()
+            name = str(path.resolve()) if path.is_dir() else str(path)
+            self._teacher_generation = self.conn.generation
+            self._teacher_sampler = self.conn.service.create_sampling_client(base_model=name)
+        futures = [self._teacher_sampler.compute_logprobs(tinker.ModelInput.from_ints(r.prompt_ids + r.tokens))
+                   for r in need]
+        out = {}
+        for r, fut in zip(need, futures, strict=True):
+            tail = fut.result(timeout=self.trainer.call_timeout)[-len(r.tokens):]
+            out[id(r)] = [float(x) if x is not None else 0.0 for x in tail]
+        return out
+
     def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
         plan = self.plan
-        rollouts = [r for r in assign_advantages(self.cfg, batch, plan) if sum(_loss_mask(r))]
+        teacher = self._teacher_logprobs(batch.rollouts) if plan.advantage_fn in TOKEN_ADVANTAGE_FNS else None
+        rollouts = [r for r in assign_advantages(self.cfg, batch, plan, teacher) if sum(_loss_mask(r))]
         masks = [_loss_mask(r) for r in rollouts]
         lengths = [sum(m) for m in masks]
         scales = agg_scales(plan.agg_mode, lengths, self.cfg.model.max_response_tokens)
@@ -291,7 +328,7 @@ class StageRunner:
         if plan.only_policy_gradient():
             # every term is scaled by the advantage: a zero-advantage rollout would change nothing and only
             # cost time (the aggregation weights above still count its tokens, as Trinity's do)
-            keep = [i for i in keep if rollouts[i].advantage != 0.0]
+            keep = [i for i in keep if any(a != 0.0 for a in _token_advantages(rollouts[i]))]
         refs: list[Any] = [None] * len(keep)
         if plan.uses_reference and keep:
             refs = self._ref_logprobs([rollouts[i] for i in keep])
@@ -304,7 +341,9 @@ class StageRunner:
         work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)
         self._attach_terms(work, seqs)
         extra = {"response_tokens": float(sum(len(r.tokens) for r in batch.rollouts))}
-        advs = [r.advantage for r in rollouts]
+        # over the loss-carrying tokens, as Trinity's (masked_select of the token advantages)
+        advs = [a for r, m in zip(rollouts, masks, strict=True) for a, k in zip(_token_advantages(r), m, strict=True)
+                if k]
         if advs and plan.advantage_fn:
             extra.update({"critic/advantages/mean": sum(advs) / len(advs), "critic/advantages/max": max(advs),
                           "critic/advantages/min": min(advs)})
