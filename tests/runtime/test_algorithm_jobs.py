@@ -96,3 +96,25 @@ def test_on_policy_distill_fetches_the_teachers_logprobs_token_by_token(tmp_path
     (record,) = run_job(tmp_path, cfg)
     assert abs(record["critic/advantages/min"]) < 1e-3 and abs(record["critic/advantages/max"]) < 1e-3
     assert record["response_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_cpt_trains_on_raw_text(tmp_path, tiny_model_dir, local_engine):
+    import json
+
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": "the quick brown fox jumps over the lazy dog"}) + "\n"
+                            for _ in range(16)))
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="cpt", mode="train", steps=4, batch=4,
+                   repeat=1, algorithm__algorithm_type="cpt", algorithm__optimizer={"lr": 1e-2})
+    cfg["buffer"]["trainer_input"] = {"experience_buffer": {
+        "name": "text", "storage_type": "file", "path": str(data),
+        "format": {"prompt_type": "plaintext", "prompt_key": "text"}}}
+    res = run_cli(write_config(tmp_path / "cpt.yaml", cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # every token after the first is a target: the byte-level tiny tokenizer gives one per character or more
+    assert all(r["response_tokens"] >= 4 * 40 for r in records)
+    losses = [r["actor/sft_loss"] for r in records]
+    assert losses[-1] < losses[0], losses

@@ -297,6 +297,13 @@ def loss_plan(cfg: Any) -> LossPlan:
                              "implemented on Tinker; use kl_loss_fn with kl_loss_fn_args.kl_coef (a KL loss "
                              "term) instead")
 
+    buffer = getattr(cfg, "buffer", None)
+    if spec.schema == "cpt" and buffer is not None:
+        fmt = buffer.trainer_input.experience_buffer.format
+        if fmt.prompt_type != "plaintext":
+            raise AlgorithmError("buffer.trainer_input.experience_buffer.format.prompt_type: cpt reads raw text "
+                                 "from format.prompt_key (Trinity's CPT formatter supports only plaintext); set "
+                                 "prompt_type: plaintext")
     explorer = getattr(cfg, "explorer", None)
     if adv_fn in ("on_policy_distill", "jsd") and explorer is not None and not explorer.auxiliary_models:
         raise AlgorithmError(f"explorer.auxiliary_models: {adv_fn} distils from a teacher, explorer.auxiliary_models[0] "

@@ -58,6 +58,8 @@ register("raft", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none"
 register("multi_step_grpo", advantage_fn="step_wise_grpo", multi_step=True)
 register("gigpo", advantage_fn="gigpo", multi_step=True)
 register("sft", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none", schema="sft")
+# continued pre-training: cross-entropy on every token of raw text after the first (Trinity's prompt_length 1)
+register("cpt", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none", schema="cpt")
 # Trinity forces a k2 KL loss on dpo only so that its trainer computes reference logprobs; the DPO loss
 # reads them itself here, so no KL term is added unless asked for
 register("dpo", policy_loss_fn="dpo", kl_loss_fn="none", entropy_loss_fn="none", schema="dpo")
@@ -72,9 +74,6 @@ register("ppo", advantage_fn="ppo", schema="experience",
                  "adapter; use grpo (a group baseline instead of a critic) or the veRL backend")
 register("grpo_verl", advantage_fn="grpo_verl",
          refusal="it is veRL's own batch-tensor GRPO implementation; use grpo (the same maths per task group)")
-register("cpt", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none", schema="cpt",
-         refusal="continued pre-training on raw text is not implemented on Tinker yet; use sft with "
-                 "format.prompt_type plaintext, or the veRL backend")
 register("mix", advantage_fn="grpo", policy_loss_fn="mix", sample_strategy="mix", entropy_loss_fn="mix",
          refusal="it mixes expert SFT data into the RL steps (sample_strategy mix), which this runtime does not "
                  "do on Tinker yet; use grpo after an sft stage, or the veRL backend")

@@ -82,7 +82,7 @@ def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
     except AlgorithmError as exc:
         message = str(exc)
         path = "algorithm"
-        if message.split(" ", 1)[0].rstrip(":").split(".")[0] in ("algorithm", "explorer"):
+        if message.split(" ", 1)[0].rstrip(":").split(".")[0] in ("algorithm", "explorer", "buffer"):
             head, _, rest = message.partition(" ")
             path, message = head.rstrip(":"), rest
         elif message.startswith("advantage_fn "):
@@ -163,15 +163,15 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
         if "sync_method" in (raw.get("synchronizer") or {}) and cfg.synchronizer.sync_method == "nccl":
             warnings.append("synchronizer.sync_method 'nccl' becomes 'checkpoint' on Tinker (as in Trinity): "
                             "new weights reach the sampler as saved sampler weights")
-        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in ("sft", "dpo"):
+        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in ("sft", "dpo", "cpt"):
             issues.append(
                 ConfigIssue(
                     "mode",
-                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft or dpo; "
+                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft, dpo or cpt; "
                     f"{algo!r} learns from rollouts: use mode 'both'",
                 )
             )
-        if cfg.mode == "both" and algo in ("sft", "dpo"):
+        if cfg.mode == "both" and algo in ("sft", "dpo", "cpt"):
             issues.append(
                 ConfigIssue(
                     "algorithm.algorithm_type",

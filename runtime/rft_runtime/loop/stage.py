@@ -49,7 +49,7 @@ def make_stream(cfg: JobConfig) -> Any:
 
     source = stage_source(cfg)
     dpo = cfg.algorithm.algorithm_type == "dpo"
-    rows = load_rows(source, require_response=cfg.mode == "train" and not dpo)
+    rows = load_rows(source, require_response=cfg.mode == "train" and cfg.algorithm.algorithm_type == "sft")
     if dpo:
         fmt = source.format
         for index, row in enumerate(rows):
@@ -349,6 +349,32 @@ class StageRunner:
                           "critic/advantages/min": min(advs)})
         return work, extra
 
+    def _cpt_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
+        """Raw text (format.prompt_key) as one sequence each: cross-entropy on every token after the first, as
+        Trinity's CPT formatter (prompt_length 1); model.max_model_len (else prompt + response budgets) cuts
+        a longer text."""
+        fmt = self.cfg.buffer.trainer_input.experience_buffer.format
+        model = self.cfg.model
+        limit = model.max_model_len or ((model.max_prompt_tokens or 0) + (model.max_response_tokens or 0)) or None
+        seqs_ids = []
+        truncated = 0
+        for task in tasks:
+            ids = list(self.encoder.tokenizer(str(task.row[fmt.prompt_key]))["input_ids"])
+            if limit and len(ids) > limit:
+                ids, truncated = ids[:limit], truncated + 1
+            if len(ids) >= 2:
+                seqs_ids.append(ids)
+        lengths = [len(ids) - 1 for ids in seqs_ids]
+        scales = agg_scales(self.plan.agg_mode, lengths, None)
+        datums = [D.loss_datum(self.plan, ids[:1], ids[1:], [0.0] * n, 0.0, sc, [1] * n)
+                  for ids, n, sc in zip(seqs_ids, lengths, scales, strict=True)]
+        extra = {"prompt_tokens": 0.0, "response_tokens": float(sum(lengths)), "truncated_prompts": float(truncated),
+                 "rollouts": 0.0, "failed_rollouts": 0.0, **length_stats("response_length", lengths, limit)}
+        work = StepWork(step, datums, *(self.plan.builtin or ("custom", None)),
+                        lr_at(self.cfg.algorithm.optimizer, step, self.total))
+        self._attach_terms(work, [(0, [0.0] * n, 0.0, [1] * n, sc, None) for n, sc in zip(lengths, scales, strict=True)])
+        return work, extra
+
     def _dpo_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         """Each row's chosen and rejected responses as two datums (chosen first), with the reference model's
         logprobs for the DPO ratios."""
@@ -493,7 +519,8 @@ class StageRunner:
             except StopIteration:
                 break
             stream_state = self.stream.state_dict()
-            work, extra = (self._dpo_work if self.plan.is_dpo else self._sft_work)(step, tasks)
+            make = self._dpo_work if self.plan.is_dpo else self._cpt_work if self.algo == "cpt" else self._sft_work
+            work, extra = make(step, tasks)
             t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
             record = dict(extra, weight_version_lag=0)
             record.update({"time/sampling": 0.0, "time/sync": t_sync})
