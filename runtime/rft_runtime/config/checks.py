@@ -70,15 +70,16 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
+def _check_algorithm_args(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
     """Every algorithm setting the runtime would reject at its first step (unknown arguments, losses and
-    settings Tinker cannot train), found at load time by building the loss plan."""
+    settings Tinker cannot train), found at load time by building the loss plan; its notes (where the
+    trained loss differs from Trinity's) become warnings."""
     from rft_runtime.algorithms import AlgorithmError, loss_plan
 
     if cfg.algorithm.algorithm_type not in catalog.TINKER_ALGORITHMS:
         return []
     try:
-        loss_plan(cfg)
+        plan = loss_plan(cfg)
     except AlgorithmError as exc:
         message = str(exc)
         path = "algorithm"
@@ -88,6 +89,7 @@ def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
         elif message.startswith("advantage_fn "):
             path = "algorithm.advantage_fn"
         return [ConfigIssue(path, message)]
+    warnings.extend(f"algorithm: {note}" for note in plan.notes)
     return []
 
 
@@ -179,7 +181,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
                     "buffer.trainer_input.experience_buffer.path",
                 )
             )
-        issues.extend(_check_algorithm_args(cfg))
+        issues.extend(_check_algorithm_args(cfg, warnings))
         _check_tinker_support(cfg, issues, warnings)
         if algo == "grpo" and cfg.algorithm.repeat_times == 1 and cfg.mode == "both":
             warnings.append(
