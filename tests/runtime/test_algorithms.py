@@ -263,7 +263,19 @@ def test_every_loss_setting_is_honoured_or_refused_with_its_field(tmp_path, fiel
     elif field == "kl_penalty_fn":
         assert value == "none"  # no penalty: the rewards are the scores, as asked
     elif field == "sample_strategy":
-        assert value in ("default", "warmup")  # warmup is Trinity's deprecated alias of default
+        # warmup is Trinity's deprecated alias of default; staleness_control (max_staleness inf) drops nothing
+        assert value in ("default", "warmup", "staleness_control")
+
+
+def test_staleness_control_holds_when_sync_offset_is_within_max_staleness(tmp_path):
+    raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
+    raw["checkpoint_root_dir"] = str(tmp_path)
+    raw["synchronizer"]["sync_offset"] = 1
+    raw["algorithm"].update(sample_strategy="staleness_control", sample_strategy_args={"max_staleness": 1})
+    assert loss_plan(load_config_dict(raw)).policy_loss == "ppo"
+    raw["algorithm"]["sample_strategy_args"] = {"max_staleness": 0}
+    with pytest.raises(ConfigError, match=r"max_staleness: 0 is below synchronizer.sync_offset 1"):
+        load_config_dict(raw)
 
 
 def test_unknown_loss_arguments_are_named(tmp_path):

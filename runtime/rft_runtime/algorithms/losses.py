@@ -287,10 +287,27 @@ def loss_plan(cfg: Any) -> LossPlan:
         raise AlgorithmError("algorithm.entropy_loss_fn_args: no entropy term is trained with the dpo loss; set "
                              "entropy_coef: 0")
     strategy = algo_cfg.sample_strategy or spec.sample_strategy
+    sync = getattr(cfg, "synchronizer", None)
+    if strategy == "staleness_control" and sync is not None:
+        # Trinity drops experiences sampled by weights more than max_staleness steps older than the trained
+        # ones; here the explorer is never more than sync_offset steps behind, so the strategy holds exactly
+        # when max_staleness >= sync_offset (nothing is ever that stale) and is refused otherwise
+        raw = (algo_cfg.sample_strategy_args or {}).get("max_staleness", float("inf"))
+        try:
+            max_staleness = float(raw)
+        except (TypeError, ValueError):
+            raise AlgorithmError(f"algorithm.sample_strategy_args.max_staleness must be a number, got {raw!r}") from None
+        if max_staleness < sync.sync_offset:
+            raise AlgorithmError(
+                f"algorithm.sample_strategy_args.max_staleness {raw} is below synchronizer.sync_offset "
+                f"{sync.sync_offset}: this runtime bounds staleness by sync_offset (the explorer runs at most that "
+                "many steps ahead) and does not drop rollouts; set sync_offset <= max_staleness")
+        strategy = "default"
     if strategy not in SAMPLE_STRATEGIES_HONOURED:
         raise AlgorithmError(f"algorithm.sample_strategy {strategy!r} cannot run on Tinker: this runtime trains "
-                             "each step on that step's fresh rollouts (Trinity's 'default'); staleness is "
-                             "bounded by synchronizer.sync_offset instead")
+                             "each step on that step's fresh rollouts (Trinity's 'default'); mixing in expert "
+                             "data (mix) is not implemented; use default, or staleness_control with "
+                             "max_staleness >= synchronizer.sync_offset")
     penalty = algo_cfg.kl_penalty_fn
     if penalty not in (None, "none"):
         raise AlgorithmError(f"algorithm.kl_penalty_fn {penalty!r}: the KL penalty in the reward is not "

@@ -86,7 +86,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
 # hand-written fields this runtime does not read on Tinker (the rest of the hand-written ones it honours)
 NO_EFFECT_ON_TINKER = {
     ("OptimizerConfig", "clip_grad"),  # trainer.grad_clip is the clip
-    ("AlgorithmConfig", "sample_strategy_args"),
     ("AlgorithmConfig", "kl_penalty_fn_args"),
     ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
     ("ClusterConfig", "ray_address"), ("ClusterConfig", "node_num"), ("ClusterConfig", "gpu_per_node"),
