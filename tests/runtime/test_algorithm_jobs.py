@@ -118,3 +118,20 @@ def test_cpt_trains_on_raw_text(tmp_path, tiny_model_dir, local_engine):
     assert all(r["response_tokens"] >= 4 * 40 for r in records)
     losses = [r["actor/sft_loss"] for r in records]
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.slow
+def test_mix_adds_expert_sft_data_to_every_rl_step(tmp_path, tiny_model_dir, local_engine):
+    from tests.runtime.test_run_support import write_sft
+
+    expert = write_sft(tmp_path / "expert.jsonl", n=16)
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="mix", steps=2,
+                   algorithm__algorithm_type="mix", algorithm__sample_strategy_args={"expert_data_ratio": 0.25})
+    cfg["buffer"]["trainer_input"] = {"auxiliary_buffers": {"sft_dataset": {
+        "name": "sft_dataset", "storage_type": "file", "path": str(expert),
+        "format": {"prompt_type": "plaintext"}}}}
+    records = run_job(tmp_path, cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    # ceil(0.25 x 2 tasks x 4 rollouts) = 2 expert rows a step, with their own cross-entropy term
+    assert all(r["expert_rows"] == 2 and r["actor/sft_loss"] > 0 for r in records)
+    assert all("actor/pg_loss" in r and "actor/pg_clipfrac" in r and r["grad_norm"] > 0 for r in records)

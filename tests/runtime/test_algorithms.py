@@ -29,10 +29,14 @@ L15 = math.log(1.5)
 
 
 def job(tmp_path, teacher=False, **algorithm):
-    """The Tinker example config with `algorithm` fields set (and a teacher model), loaded and validated."""
+    """The Tinker example config with `algorithm` fields set (and a teacher model, and expert data for mix),
+    loaded and validated."""
     raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
     raw["checkpoint_root_dir"] = str(tmp_path)
     raw["algorithm"].update(algorithm)
+    if algorithm.get("algorithm_type") == "mix":
+        raw["buffer"]["trainer_input"]["auxiliary_buffers"] = {"sft_dataset": {
+            "name": "sft_dataset", "storage_type": "file", "path": str(tmp_path / "expert.jsonl")}}
     if teacher:
         raw.setdefault("explorer", {})["auxiliary_models"] = [{"model_path": raw["model"]["model_path"]}]
     return load_config_dict(raw)
@@ -307,3 +311,18 @@ def test_dpo_loss_over_a_pair(tmp_path):
     g = 0.1 / (1 + math.exp(0.1 * z))  # beta * sigmoid(-beta z)
     assert chosen.grad.tolist() == approx([-g, -g]) and rejected.grad.tolist() == approx([g])
     assert m["actor/accuracy_mean"] == 1.0 and m["actor/chosen_reward"] == approx(0.1 * z)
+
+
+def test_mix_weighs_the_rollouts_ppo_against_the_expert_sft(tmp_path):
+    from rft_runtime.algorithms.losses import POLICY_LOSSES, LossPlan
+
+    plan = LossPlan("mix", "grpo", {}, "mix", dict(POLICY_LOSSES["mix"]), "token-mean")
+    rollout = torch.zeros(2, requires_grad=True)  # ratio 1 on both tokens, A = 1: ppo loss -1 per token
+    expert = torch.tensor([math.log(0.5)], requires_grad=True)
+    seqs = [terms.make_seq(0, [0.0, 0.0], 1.0, [1, 1], 0.5), terms.make_seq(0, [0.0], 0.0, [1], 1.0)]
+    seqs[1].expert = True
+    loss, m = terms.compute_terms(plan, seqs, [rollout, expert])
+    loss.backward()
+    assert m["actor/pg_loss"] == approx(-1.0) and m["actor/sft_loss"] == approx(math.log(2))
+    assert float(loss) == approx(0.9 * -1.0 + 0.1 * math.log(2))
+    assert rollout.grad.tolist() == approx([-0.45, -0.45]) and expert.grad.tolist() == approx([-0.1])

@@ -42,6 +42,12 @@ POLICY_LOSSES: dict[str, dict[str, Any]] = {
             "temp": 1.0},
     "sft": {},
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},
+    # mix: (1 - mu) ppo on the rollouts + mu sft on the expert data. The batch-size arguments are Trinity's
+    # micro-batch bookkeeping, which it fills in itself; one step here is one batch, so they change nothing.
+    "mix": {"mu": 0.1, "clip_range": 0.2, "clip_range_low": None, "clip_range_high": None, "use_dynamic_bsz": None,
+            "ppo_mini_batch_size": 1, "ppo_micro_batch_size_per_gpu": 1, "ngpus_trainer": 1,
+            "train_batch_size_usual": 1, "train_batch_size_expert": 1, "sft_loss_agg_mode": None,
+            "grpo_loss_agg_mode": None},
 }
 INIT_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"clip_range": None},
@@ -49,10 +55,7 @@ INIT_DEFAULTS: dict[str, dict[str, Any]] = {
     "rec": {"epsilon_low_prime": 0.4, "epsilon_high_prime": 0.4},
 }
 POLICY_LOSS_REFUSALS = {
-    "mix": "it mixes expert SFT data into the RL loss, which this runtime does not do on Tinker yet; use "
-           "grpo, or the veRL backend",
-    "mix_chord": "it mixes expert SFT data into the RL loss, which this runtime does not do on Tinker yet; "
-                 "use grpo, or the veRL backend",
+    "mix_chord": "CHORD's weighting of expert data is not implemented on Tinker yet; use mix, or the veRL backend",
     "sft_is": "it is one of mix_chord's expert-data terms; use sft",
     "sft_phi": "it is one of mix_chord's expert-data terms; use sft",
 }
@@ -60,7 +63,7 @@ POLICY_LOSS_REFUSALS = {
 KL_FNS = ("none", "k1", "k2", "k3", "low_var_kl", "abs", "corrected_k3")
 TRINITY_KL_COEF = 0.001
 ENTROPY_FNS = ("none", "default", "mix")
-SAMPLE_STRATEGIES_HONOURED = ("default", "warmup")
+SAMPLE_STRATEGIES_HONOURED = ("default", "warmup", "mix")
 
 
 def _algorithm(cfg: Any) -> Any:
@@ -105,6 +108,11 @@ class LossPlan:
         return self.builtin is None
 
     @property
+    def is_mix(self) -> bool:
+        """True when each step adds expert SFT data to its rollouts (mix)."""
+        return self.policy_loss == "mix"
+
+    @property
     def is_dpo(self) -> bool:
         """True when the step trains chosen/rejected pairs (each pair two datums, chosen first)."""
         return self.policy_loss == "dpo"
@@ -121,7 +129,8 @@ class LossPlan:
 
     def only_policy_gradient(self) -> bool:
         """True when every term is scaled by an advantage, so a zero-advantage experience changes nothing."""
-        return not self.uses_reference and not self.entropy_coef and not self.is_sft and not self.is_dpo and not (
+        return not self.uses_reference and not self.entropy_coef and not self.is_sft and not self.is_dpo and \
+            not self.is_mix and not (
             self.policy_loss == "rec" and self.policy_args.get("regularizer") != "none"
             and self.policy_args.get("regularizer_coef"))
 
@@ -161,6 +170,14 @@ def _policy_args(name: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
     if given:
         args.update(INIT_DEFAULTS.get(name, {}))
     args.update(given)
+    if name == "mix":
+        if not 0 <= float(args["mu"]) <= 1:
+            raise AlgorithmError(f"algorithm.policy_loss_fn_args.mu must be in [0, 1], got {args['mu']}")
+        clip_bounds(args)
+        for key in ("sft_loss_agg_mode", "grpo_loss_agg_mode"):
+            if args[key] not in (None, *AGG_MODES):
+                raise AlgorithmError(f"algorithm.policy_loss_fn_args.{key} {args[key]!r} is not one of "
+                                     f"{', '.join(AGG_MODES)}")
     if name == "ppo":
         if args["clip_ratio_c"] is None or float(args["clip_ratio_c"]) <= 1.0:
             raise AlgorithmError(f"algorithm.policy_loss_fn_args.clip_ratio_c must be > 1, got {args['clip_ratio_c']}")
@@ -276,9 +293,18 @@ def loss_plan(cfg: Any) -> LossPlan:
     entropy_coef = _num(ent_args, "entropy_coef", "entropy_loss_fn_args") if "entropy_coef" in ent_args else 0.0
     if ent_fn == "none":
         entropy_coef = 0.0
-    if ent_fn == "mix" and entropy_coef:
-        raise AlgorithmError("algorithm.entropy_loss_fn 'mix' skips expert data, which only mix / mix_chord have; "
-                             "use 'default'")
+    if ent_fn == "mix" and entropy_coef and loss_name != "mix":
+        raise AlgorithmError("algorithm.entropy_loss_fn 'mix' skips expert data, which only mix has; use 'default'")
+    if loss_name == "mix" and ent_fn == "default" and entropy_coef:
+        raise AlgorithmError("algorithm.entropy_loss_fn: with mix use 'mix' (the entropy of the rollouts, not of "
+                             "the expert data, as Trinity)")
+    mix_strategy = (algo_cfg.sample_strategy or spec.sample_strategy) == "mix"
+    if loss_name == "mix" and not mix_strategy:
+        raise AlgorithmError("algorithm.policy_loss_fn 'mix' trains on expert data, which only sample_strategy mix "
+                             "puts in the step; set sample_strategy: mix (or use algorithm_type mix)")
+    if mix_strategy and loss_name != "mix":
+        raise AlgorithmError(f"algorithm.sample_strategy 'mix' adds expert data, which only policy_loss_fn mix "
+                             f"trains on (not {loss_name!r}); use algorithm_type mix")
 
     if loss_name == "dpo" and kl_coef:
         raise AlgorithmError("algorithm.kl_loss_fn: the dpo loss is already relative to the reference model, and "
@@ -321,6 +347,14 @@ def loss_plan(cfg: Any) -> LossPlan:
             raise AlgorithmError("buffer.trainer_input.experience_buffer.format.prompt_type: cpt reads raw text "
                                  "from format.prompt_key (Trinity's CPT formatter supports only plaintext); set "
                                  "prompt_type: plaintext")
+    if loss_name == "mix" and buffer is not None:
+        name = (algo_cfg.sample_strategy_args or {}).get("sft_dataset_name", "sft_dataset")
+        if name not in buffer.trainer_input.auxiliary_buffers:
+            raise AlgorithmError(f"buffer.trainer_input.auxiliary_buffers.{name}: mix trains on expert SFT data "
+                                 f"from this dataset (sample_strategy_args.sft_dataset_name); add it")
+        ratio = (algo_cfg.sample_strategy_args or {}).get("expert_data_ratio", 0.5)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+            raise AlgorithmError(f"algorithm.sample_strategy_args.expert_data_ratio must be in (0, 1), got {ratio!r}")
     explorer = getattr(cfg, "explorer", None)
     if adv_fn in ("on_policy_distill", "jsd") and explorer is not None and not explorer.auxiliary_models:
         raise AlgorithmError(f"explorer.auxiliary_models: {adv_fn} distils from a teacher, explorer.auxiliary_models[0] "

@@ -74,13 +74,11 @@ register("ppo", advantage_fn="ppo", schema="experience",
                  "adapter; use grpo (a group baseline instead of a critic) or the veRL backend")
 register("grpo_verl", advantage_fn="grpo_verl",
          refusal="it is veRL's own batch-tensor GRPO implementation; use grpo (the same maths per task group)")
-register("mix", advantage_fn="grpo", policy_loss_fn="mix", sample_strategy="mix", entropy_loss_fn="mix",
-         refusal="it mixes expert SFT data into the RL steps (sample_strategy mix), which this runtime does not "
-                 "do on Tinker yet; use grpo after an sft stage, or the veRL backend")
+register("mix", advantage_fn="grpo", policy_loss_fn="mix", sample_strategy="mix", entropy_loss_fn="mix")
 register("mix_chord", advantage_fn="grpo", policy_loss_fn="mix_chord", sample_strategy="mix",
          entropy_loss_fn="mix",
-         refusal="it mixes expert SFT data into the RL steps (sample_strategy mix), which this runtime does not "
-                 "do on Tinker yet; use grpo after an sft stage, or the veRL backend")
+         refusal="CHORD's weighting of the expert data (sft_is / sft_phi, its mu schedule) is not implemented on "
+                 "Tinker yet; use mix (expert SFT data with a fixed mu), or the veRL backend")
 
 
 def algorithm_spec(name: str) -> AlgorithmSpec:

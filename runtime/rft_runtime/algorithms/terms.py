@@ -31,6 +31,7 @@ class Seq:
     mask: torch.Tensor
     scale: float  # loss_agg_mode weight of each of its tokens
     ref: torch.Tensor | None = None
+    expert: bool = False  # expert SFT data in a mix step
 
 
 def make_seq(start: int, old: Sequence[float], adv: float | Sequence[float], mask: Sequence[float], scale: float,
@@ -157,6 +158,7 @@ POLICY_TERMS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]]
     "ppo": _ppo, "gspo": _gspo, "cispo": _cispo, "sapo": _sapo, "topr": _topr, "sppo": _sppo,
     "importance_sampling": _importance_sampling, "opmd": _opmd, "rec": _rec, "sft": _sft,
     "dpo": _sft,  # placeholder: dpo is a loss over pairs, computed by dpo_terms
+    "mix": _ppo,  # placeholder: mix splits the step, computed by mix_terms
 }
 
 
@@ -233,11 +235,59 @@ def dpo_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tens
     return loss, metrics
 
 
+def mix_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor]
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """MIX: (1 - mu) x PPO-clip over the rollouts + mu x cross-entropy over the expert data, each aggregated
+    over its own part (grpo_loss_agg_mode / sft_loss_agg_mode, else loss_agg_mode), as Trinity's mix loss;
+    an entropy bonus counts the rollouts only (entropy_loss_fn mix)."""
+    from rft_runtime.algorithms.losses import agg_scales
+
+    args = plan.policy_args
+    mu = float(args["mu"])
+    # Trinity's mix builds its ppo loss from the clip ranges alone: the rest are PPOPolicyLossFn's defaults
+    ppo_args = {"clip_ratio_c": 3.0, "enable_sequence_masking": False, "delta_sequence_masking": 0.1,
+                "fallback_to_policy_gradient": False, "clip_range": args["clip_range"],
+                "clip_range_low": args["clip_range_low"], "clip_range_high": args["clip_range_high"]}
+    parts = {False: [], True: []}
+    for seq, full in zip(seqs, logprobs, strict=True):
+        parts[seq.expert].append((seq, full[seq.start: seq.start + len(seq.old)].float()))
+    total = torch.zeros(())
+    metrics: dict[str, float] = {}
+    for expert, items in parts.items():
+        if not items:
+            continue
+        mode = (args["sft_loss_agg_mode"] if expert else args["grpo_loss_agg_mode"]) or plan.agg_mode
+        scales = agg_scales(mode, [int(s.mask.sum()) for s, _ in items])
+        term = torch.zeros(())
+        clipped = tokens = 0.0
+        for (seq, lp), scale in zip(items, scales, strict=True):
+            loss_t, clip_t = (_sft if expert else _ppo)(lp, seq.old, seq.adv, seq.mask, ppo_args)
+            term = term + scale * (loss_t * seq.mask).sum()
+            tokens += float(seq.mask.sum())
+            if clip_t is not None:
+                clipped += float((clip_t.float() * seq.mask).sum())
+        if expert:
+            total = total + mu * term
+            metrics["actor/sft_loss"] = metrics["actor/expert/sft_loss"] = float(term.detach())
+        else:
+            total = total + (1 - mu) * term
+            metrics["actor/pg_loss"] = metrics["actor/usual/pg_loss"] = float(term.detach())
+            metrics["actor/pg_clipfrac"] = clipped / tokens if tokens else 0.0
+            if plan.entropy_coef:
+                ent = sum(seq.scale * (entropy_terms(lp) * seq.mask).sum() for seq, lp in items)
+                total = total - plan.entropy_coef * ent
+                metrics["actor/entropy_loss"] = float(ent.detach())
+    metrics["actor/final_loss"] = float(total.detach())
+    return total, metrics
+
+
 def compute_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor]
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """The step's loss (differentiable in `logprobs`, one tensor per datum) and Trinity's actor metrics."""
     if plan.is_dpo:
         return dpo_terms(plan, seqs, logprobs)
+    if plan.is_mix:
+        return mix_terms(plan, seqs, logprobs)
     fn = POLICY_TERMS[plan.policy_loss]
     pg_scales = _pg_scales(plan, seqs)
     pg = kl = ent = torch.zeros(())

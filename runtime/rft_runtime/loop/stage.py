@@ -103,13 +103,13 @@ def _dpo_convo(row: dict[str, Any], fmt: Any) -> Any:
     return convo
 
 
-def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[list[dict[str, str]], str]:
     """Chat messages and target response of one SFT row.
 
     prompt_type messages (Trinity's default): the messages_key column is the conversation and its last
     (assistant) message the target; plaintext: prompt_key / response_key, after format.system_prompt.
     """
-    fmt = cfg.buffer.trainer_input.experience_buffer.format
+    fmt = fmt or cfg.buffer.trainer_input.experience_buffer.format
     if fmt.prompt_type == "messages":
         convo = row.get(fmt.messages_key)
         if (not isinstance(convo, list) or len(convo) < 2 or not all(isinstance(m, dict) for m in convo)
@@ -259,6 +259,7 @@ class StageRunner:
         self.plan = loss_plan(cfg)
         self._ref_sampler: Any = None
         self._teacher_sampler: Any = None
+        self._expert: Any = None
         self._teacher_generation = -1
         self._ref_generation = -1
         self._last_sampler = sampler_path
@@ -289,12 +290,51 @@ class StageRunner:
             from rft_runtime.algorithms import terms
         except ImportError:  # no torch: a built-in loss still trains, without client-side metrics
             return
-        seq_objs = [terms.make_seq(*args) for args in seqs]
+        seq_objs = []
+        for args in seqs:
+            seq = terms.make_seq(*args[:6])
+            seq.expert = len(args) > 6 and bool(args[6])
+            seq_objs.append(seq)
         plan = self.plan
         if plan.custom:
             work.custom_loss = terms.step_loss(plan, seq_objs)
         else:
             work.metrics_fn = lambda logprobs: terms.step_metrics(plan, seq_objs, logprobs)
+
+    def _add_expert_data(self, datums: list[Any], seqs: list[tuple[Any, ...]]) -> int:
+        """mix: append the step's expert SFT rows (sample_strategy_args.sft_dataset_name in
+        buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x batch_size x repeat_times) of them,
+        read in a seeded order that cycles over epochs; returns how many were added."""
+        import math as _math
+
+        from rft_runtime.data.tasksets import TaskStream, load_rows
+
+        args = self.cfg.algorithm.sample_strategy_args or {}
+        source = self.cfg.buffer.trainer_input.auxiliary_buffers[args.get("sft_dataset_name", "sft_dataset")]
+        if self._expert is None:
+            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.buffer.batch_size
+                           * self.cfg.algorithm.repeat_times)
+            rows = load_rows(source, require_response=source.format.prompt_type != "messages")
+            if len(rows) < n:
+                raise RunError(f"the expert dataset {source.path} has {len(rows)} rows, fewer than the {n} each mix "
+                               "step takes (expert_data_ratio x batch_size x repeat_times); add rows or lower "
+                               "sample_strategy_args.expert_data_ratio")
+            self._expert = iter(TaskStream(rows, batch_size=n, total_epochs=None, total_steps=self.total + 1,
+                                           seed=self.cfg.explorer.rollout_model.seed))
+        added = 0
+        for task in next(self._expert):
+            messages, response = sft_messages(self.cfg, task.row, source.format)
+            ids = self.encoder.prompt_ids(messages)
+            resp = self.encoder.response_ids(response)
+            limit = self.cfg.model.max_response_tokens
+            resp = resp[:limit] if limit else resp
+            if self.encoder.too_long(ids) or not resp:
+                continue
+            mask = [1] * len(resp)
+            datums.append(D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, 1.0, mask))
+            seqs.append((len(ids) - 1, [0.0] * len(resp), 0.0, mask, 1.0, None, True))
+            added += 1
+        return added
 
     def _teacher_logprobs(self, rollouts: list[Any]) -> dict[int, list[float]]:
         """The teacher's (explorer.auxiliary_models[0]) logprob of every response token of the rollouts whose
@@ -339,8 +379,12 @@ class StageRunner:
             seqs.append((len(r.prompt_ids) - 1, r.logprobs, r.advantage, masks[i], scales[i], ref))
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)
-        self._attach_terms(work, seqs)
+        if plan.is_mix:
+            n_expert = self._add_expert_data(datums, seqs)
         extra = {"response_tokens": float(sum(len(r.tokens) for r in batch.rollouts))}
+        if plan.is_mix:
+            extra["expert_rows"] = float(n_expert)
+        self._attach_terms(work, seqs)
         # over the loss-carrying tokens, as Trinity's (masked_select of the token advantages)
         advs = [a for r, m in zip(rollouts, masks, strict=True) for a, k in zip(_token_advantages(r), m, strict=True)
                 if k]
