@@ -1,12 +1,19 @@
-"""Benchmark of the RFT loop: wall time per step with sync_offset 0 vs 1, and where the time goes.
+"""Benchmark of the RFT loop: wall time per step with sync_offset 0 vs 1, and where the time goes; and what
+a client-side loss (forward_backward_custom) costs against Tinker's built-in one.
 
-    python bench/runtime.py [--steps 12] [--batch 4] [--repeat 8] [--max-tokens 32]
+    python bench/runtime.py [--steps 12] [--batch 4] [--repeat 8] [--max-tokens 32] [--only offset|loss]
 
 Runs the same small grpo job twice on a tiny local model (its own local engine on loopback), once strictly
 on-policy (sync_offset 0) and once with rollout of step s+1 overlapping training of step s (offset 1).
 Prints medians (the first step, which warms caches, is left out) of the step time, the sampling and
 training time inside a step, and the overlap ratio step / max(sampling, training): 1.0 means the two
 sides fully overlap, (sampling + training) / max(...) means they run one after the other.
+
+The loss section trains the same batch (batch x repeat datums of prompt + max-tokens tokens) with the same
+maths two ways: Tinker's built-in `ppo` loss in one forward_backward, and the PPO-clip loss of
+rft_runtime.algorithms.terms through forward_backward_custom (a forward pass, the loss and its gradient
+on this machine, then a backward pass), each followed by optim_step. It prints the median seconds per
+step of each and their ratio.
 """
 
 from __future__ import annotations
@@ -44,6 +51,55 @@ def job(root: Path, model_dir: Path, base_url: str, offset: int, args: argparse.
     }
 
 
+def loss_cost(base_url: str, model_dir: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """Median seconds per train step with the built-in ppo loss and with the same loss client-side."""
+    import random
+
+    import tinker
+
+    from rft_runtime.algorithms import LossPlan, terms
+    from rft_runtime.algorithms.losses import POLICY_LOSSES
+    from rft_runtime.backends.tinker_client import LOCAL_API_KEY
+    from rft_runtime.loop import datums as D
+
+    rng = random.Random(0)
+    plan = LossPlan("grpo", "grpo", {}, "ppo", dict(POLICY_LOSSES["ppo"]), "token-mean",
+                    builtin=("ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}))
+    custom_plan = LossPlan("grpo", "grpo", {}, "ppo", dict(POLICY_LOSSES["ppo"]), "token-mean")
+    n = args.batch * args.repeat
+    rows = []
+    for _ in range(n):
+        prompt = [rng.randrange(3, 200) for _ in range(24)]
+        resp = [rng.randrange(3, 200) for _ in range(args.max_tokens)]
+        rows.append((prompt, resp, [-rng.random() * 3 for _ in resp], rng.choice((-1.0, 1.0))))
+    scale = 1.0 / (n * args.max_tokens)
+    mask = [1] * args.max_tokens
+    builtin_data = [D.loss_datum(plan, p, r, lp, a, scale, mask) for p, r, lp, a in rows]
+    custom_data = [D.loss_datum(custom_plan, p, r, lp, a, scale, mask) for p, r, lp, a in rows]
+    seqs = [terms.make_seq(len(p) - 1, lp, a, mask, scale) for p, r, lp, a in rows]
+    service = tinker.ServiceClient(base_url=base_url, api_key=LOCAL_API_KEY)
+    client = service.create_lora_training_client(base_model=str(model_dir.resolve()), rank=8, seed=0).result()
+    adam = tinker.AdamParams(learning_rate=1e-5)
+
+    def step(custom: bool) -> float:
+        t0 = time.monotonic()
+        if custom:
+            fb = client.forward_backward_custom(custom_data, terms.step_loss(custom_plan, seqs))
+        else:
+            fb = client.forward_backward(builtin_data, "ppo", loss_fn_config=plan.builtin[1])
+        opt = client.optim_step(adam)
+        fb.result()
+        opt.result()
+        return time.monotonic() - t0
+
+    step(False), step(True)  # warm both paths
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.steps):  # interleaved, so load on the machine hits both alike
+        for custom in (False, True):
+            times[custom].append(step(custom))
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def main() -> int:
     """Run both offsets and print the comparison."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +108,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--workdir", default=None, help="keep the model and jobs here (default: a temp dir)")
+    p.add_argument("--only", choices=("offset", "loss"), default=None, help="run one section only")
     args = p.parse_args()
 
     from rft_runtime.backends.tinker_client import LOCAL_API_KEY
@@ -71,32 +128,43 @@ def main() -> int:
     rows = {}
     with LocalEngine(model_dir, state_dir=root / "engine-state", port=0, api_key=LOCAL_API_KEY).start(
             timeout=120) as engine:
-        for offset in (0, 1):
+        if args.only != "offset":
+            loss_rows = loss_cost(engine.base_url, model_dir, args)
+        for offset in ((0, 1) if args.only != "loss" else ()):
             cfg = load_config_dict(job(root, model_dir, engine.base_url, offset, args))
             t0 = time.monotonic()
             result = run_job(cfg, metrics_port=None, progress=False, api_key=LOCAL_API_KEY)
             wall = time.monotonic() - t0
             recs = [r for r in read_metrics(result.job_dir) if r["step"] > 1]
             med = {k: statistics.median(r[k] for r in recs)
-                   for k in ("time_step_s", "time_sampling_s", "time_training_s", "time_sync_s")}
+                   for k in ("time/step", "time/sampling", "time/update_actor", "time/sync")}
             med["overlap"] = statistics.median(
-                r["time_step_s"] / max(r["time_sampling_s"], r["time_training_s"] + r["time_sync_s"])
+                r["time/step"] / max(r["time/sampling"], r["time/update_actor"] + r["time/sync"])
                 for r in recs)
             med["lag"] = statistics.median(r["weight_version_lag"] for r in recs)
             # throughput: mean wall time per step (the median hides the occasional slow step)
-            med["mean_step"] = statistics.fmean(r["time_step_s"] for r in recs)
+            med["mean_step"] = statistics.fmean(r["time/step"] for r in recs)
             med["wall"] = wall
             rows[offset] = med
 
+    if args.only != "offset":
+        builtin, custom = loss_rows
+        print(f"loss: {args.batch * args.repeat} datums of <= {args.max_tokens} response tokens, "
+              f"median of {args.steps} train steps (forward_backward + optim_step)")
+        print(f"  built-in ppo (one pass)        {builtin:8.3f} s/step")
+        print(f"  forward_backward_custom (two)  {custom:8.3f} s/step")
+        print(f"  custom / built-in: {custom / builtin:.2f}")
+    if args.only == "loss":
+        return 0
     print(f"grpo, tiny model, {args.steps} steps of {args.batch} tasks x {args.repeat} samples, "
           f"<= {args.max_tokens} tokens; medians over steps 2..{args.steps}")
     print(f"{'sync_offset':>11} {'step_s':>8} {'mean_step_s':>11} {'sampling_s':>10} {'training_s':>10} "
           f"{'sync_s':>7} {'overlap':>8} {'lag':>4} {'job_wall_s':>10}")
     for offset, m in rows.items():
-        print(f"{offset:>11} {m['time_step_s']:8.3f} {m['mean_step']:11.3f} {m['time_sampling_s']:10.3f} "
-              f"{m['time_training_s']:10.3f} {m['time_sync_s']:7.3f} {m['overlap']:8.2f} {m['lag']:4.0f} "
+        print(f"{offset:>11} {m['time/step']:8.3f} {m['mean_step']:11.3f} {m['time/sampling']:10.3f} "
+              f"{m['time/update_actor']:10.3f} {m['time/sync']:7.3f} {m['overlap']:8.2f} {m['lag']:4.0f} "
               f"{m['wall']:10.1f}")
-    print(f"offset1 / offset0: median step {rows[1]['time_step_s'] / rows[0]['time_step_s']:.2f}, "
+    print(f"offset1 / offset0: median step {rows[1]['time/step'] / rows[0]['time/step']:.2f}, "
           f"mean step {rows[1]['mean_step'] / rows[0]['mean_step']:.2f}, job wall {rows[1]['wall'] / rows[0]['wall']:.2f}")
     print("overlap ratio = step / max(sampling, training + sync): 1.0 = the two sides fully overlap; "
           "(sampling + training) / max(...) = one after the other")

@@ -106,7 +106,7 @@ BROKEN = [
     ({"set": {"algorithm.repeat_times": 0}}, "algorithm.repeat_times", "greater"),
     ({"set": {"algorithm.algorithm_type": "grpoo"}}, "algorithm.algorithm_type", "grpo"),
     ({"set": {"algorithm.algorithm_type": "ppo"}}, "algorithm.algorithm_type", "Supported on Tinker"),
-    ({"set": {"algorithm.algorithm_type": "on_policy_distill"}}, "algorithm.algorithm_type", "teacher"),
+    ({"set": {"algorithm.algorithm_type": "on_policy_distill"}}, "explorer.auxiliary_models", "teacher"),
     ({"set": {"algorithm.kl_loss_fn_args.kl_coef": -0.1}}, "algorithm.kl_loss_fn_args.kl_coef", ">= 0"),
     ({"set": {"mode": "bth"}}, "mode", "both"),
     ({"set": {"mode": "explore"}}, "mode", "Tinker"),

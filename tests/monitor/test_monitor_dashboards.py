@@ -26,11 +26,11 @@ LABELS = {"rft_job"}  # the runtime's job label is spelled like a metric; it is 
 def exposed(tmp_path_factory) -> dict[str, set[str]]:
     """Family and sample names the runtime and the operator really serve, read from a live endpoint."""
     record = {
-        "step": 1, "total_steps": 2, "explore_step": 1, "reward_mean": 0.5, "reward_std": 0.1, "reward_min": 0.0,
-        "reward_max": 1.0, "accuracy": 0.5, "format_score": 0.1, "policy_loss": 0.3, "kl": 0.01, "entropy": 1.2,
-        "response_length_mean": 10.0, "prompt_tokens": 10, "response_tokens": 20, "rollouts": 4,
-        "failed_rollouts": 1, "truncated_prompts": 0, "time_sampling_s": 0.1, "time_training_s": 0.2,
-        "time_sync_s": 0.01, "time_step_s": 0.3, "weight_version_lag": 0, "lr": 1e-5,
+        "step": 1, "total_steps": 2, "explore_step": 1, "critic/rewards/mean": 0.5, "critic/rewards/std": 0.1, "critic/rewards/min": 0.0,
+        "critic/rewards/max": 1.0, "rollout/accuracy/mean": 0.5, "rollout/format_score/mean": 0.1, "actor/pg_loss": 0.3, "actor/kl_loss": 0.01, "actor/entropy": 1.2,
+        "response_length/mean": 10.0, "prompt_tokens": 10, "response_tokens": 20, "rollouts": 4,
+        "failed_rollouts": 1, "truncated_prompts": 0, "time/sampling": 0.1, "time/update_actor": 0.2,
+        "time/sync": 0.01, "time/step": 0.3, "weight_version_lag": 0, "learning_rate": 1e-5,
     }
     from types import SimpleNamespace as NS
 

@@ -16,19 +16,22 @@ from rft_runtime.monitor import Monitor, parse_metrics, read_metrics, scrape
 
 GAUGE_KEYS = {
     "step": "rft_train_step", "total_steps": "rft_total_steps", "explore_step": "rft_explore_step",
-    "reward_mean": "rft_reward_mean", "reward_std": "rft_reward_std", "reward_min": "rft_reward_min",
-    "reward_max": "rft_reward_max", "accuracy": "rft_accuracy", "format_score": "rft_format_score",
-    "policy_loss": "rft_policy_loss", "kl": "rft_kl", "entropy": "rft_entropy",
-    "response_length_mean": "rft_response_length_mean_tokens", "weight_version_lag": "rft_weight_version_lag",
-    "lr": "rft_learning_rate", "time_step_s": "rft_last_step_duration_seconds",
+    "critic/rewards/mean": "rft_reward_mean", "critic/rewards/std": "rft_reward_std", "critic/rewards/min": "rft_reward_min",
+    "critic/rewards/max": "rft_reward_max", "rollout/accuracy/mean": "rft_accuracy", "rollout/format_score/mean": "rft_format_score",
+    "actor/pg_loss": "rft_policy_loss", "actor/kl_loss": "rft_kl", "actor/entropy": "rft_entropy",
+    "response_length/mean": "rft_response_length_mean_tokens", "weight_version_lag": "rft_weight_version_lag",
+    "learning_rate": "rft_learning_rate", "time/step": "rft_last_step_duration_seconds",
     "timestamp": "rft_last_progress_timestamp_seconds",
+    "actor/pg_clipfrac": "rft_pg_clipfrac", "actor/ppo_kl": "rft_ppo_kl", "grad_norm": "rft_grad_norm",
+    "critic/advantages/mean": "rft_advantage_mean", "critic/advantages/min": "rft_advantage_min",
+    "critic/advantages/max": "rft_advantage_max",
 }
 COUNTER_KEYS = {
     "rollouts": "rft_rollouts_total", "failed_rollouts": "rft_failed_rollouts_total",
     "prompt_tokens": "rft_prompt_tokens_total", "response_tokens": "rft_response_tokens_total",
     "truncated_prompts": "rft_truncated_prompts_total",
 }
-PHASES = {"sampling": "time_sampling_s", "training": "time_training_s", "sync": "time_sync_s"}
+PHASES = {"sampling": "time/sampling", "training": "time/update_actor", "sync": "time/sync"}
 BOUNDED_LABELS = {"rft_job", "phase", "le", "backend", "algorithm", "base_model"}
 
 
@@ -36,12 +39,14 @@ def step_record(step: int, total: int = 4, **extra) -> dict:
     """A record shaped as the training loop writes it, with awkward (non-round) floats."""
     rec = {
         "step": step, "total_steps": total, "explore_step": step + 1,
-        "reward_mean": 0.1 * step + 1 / 3, "reward_std": 0.25 / step, "reward_min": -0.1 * step,
-        "reward_max": 1.0 + step / 7, "policy_loss": 0.7 / (step + 0.3), "entropy": 2.0 - step / 9,
-        "response_length_mean": 17.5 + step, "prompt_tokens": 120 * step, "response_tokens": 333 + step,
+        "critic/rewards/mean": 0.1 * step + 1 / 3, "critic/rewards/std": 0.25 / step, "critic/rewards/min": -0.1 * step,
+        "critic/rewards/max": 1.0 + step / 7, "actor/pg_loss": 0.7 / (step + 0.3), "actor/entropy": 2.0 - step / 9,
+        "response_length/mean": 17.5 + step, "prompt_tokens": 120 * step, "response_tokens": 333 + step,
         "rollouts": 8, "failed_rollouts": step % 2, "truncated_prompts": 0,
-        "time_sampling_s": 0.013 * step, "time_training_s": 0.4 + step / 100, "time_sync_s": 0.002,
-        "time_step_s": 0.5 + step / 50, "weight_version_lag": step % 2, "lr": 1e-5 * step,
+        "time/sampling": 0.013 * step, "time/update_actor": 0.4 + step / 100, "time/sync": 0.002,
+        "time/step": 0.5 + step / 50, "weight_version_lag": step % 2, "learning_rate": 1e-5 * step,
+        "actor/pg_clipfrac": 0.0625 * step, "actor/ppo_kl": 1e-4 / step, "grad_norm": 0.37 + step,
+        "critic/advantages/mean": 0.01 * step, "critic/advantages/min": -1.1, "critic/advantages/max": 0.9 + step,
     }
     rec.update(extra)
     return rec
@@ -49,10 +54,10 @@ def step_record(step: int, total: int = 4, **extra) -> dict:
 
 def test_scraped_values_equal_the_jsonl_line_of_the_same_step(monitor):
     records = [
-        step_record(1, accuracy=0.25, format_score=0.1, kl=0.003),
-        step_record(2, accuracy=0.5, format_score=-0.1, kl=0.0041),
+        step_record(1, **{"rollout/accuracy/mean": 0.25, "rollout/format_score/mean": 0.1, "actor/kl_loss": 0.003}),
+        step_record(2, **{"rollout/accuracy/mean": 0.5, "rollout/format_score/mean": -0.1, "actor/kl_loss": 0.0041}),
         step_record(3),  # a workflow that gives no accuracy, a step without a KL term
-        step_record(4, accuracy=0.75),
+        step_record(4, **{"rollout/accuracy/mean": 0.75}),
     ]
     previous: dict[str, float] = {}
     for i, rec in enumerate(records):
@@ -143,15 +148,15 @@ def test_no_port_means_no_endpoint_but_the_file_is_written(tmp_path, cfg):
     with Monitor(cfg, tmp_path, metrics_port=None, progress=False) as mon:
         assert mon.port is None and mon.url is None
         mon.log_step(step_record(1))
-    assert read_metrics(tmp_path)[0]["reward_mean"] == step_record(1)["reward_mean"]
+    assert read_metrics(tmp_path)[0]["critic/rewards/mean"] == step_record(1)["critic/rewards/mean"]
 
 
 def test_numpy_values_are_written_and_exported_as_the_same_number(monitor):
     np = pytest.importorskip("numpy")
-    monitor.log_step(step_record(1, reward_mean=np.float32(0.1), rollouts=np.int64(8)))
+    monitor.log_step(step_record(1, rollouts=np.int64(8), **{"critic/rewards/mean": np.float32(0.1)}))
     line = read_metrics(monitor.job_dir)[0]
     scraped = scrape(monitor.url)
-    assert isinstance(line["reward_mean"], float) and scraped["rft_reward_mean"] == line["reward_mean"]
+    assert isinstance(line["critic/rewards/mean"], float) and scraped["rft_reward_mean"] == line["critic/rewards/mean"]
     assert line["rollouts"] == 8 and scraped["rft_rollouts_total"] == 8.0
 
 
@@ -190,7 +195,7 @@ def test_a_scrape_never_mixes_two_steps(monitor):
 
     def train():
         for step in range(1, 401):
-            monitor.log_step(step_record(step, total=400, reward_mean=step / 2, policy_loss=float(step)))
+            monitor.log_step(step_record(step, total=400, **{"critic/rewards/mean": step / 2, "actor/pg_loss": float(step)}))
         done.set()
 
     thread = threading.Thread(target=train)

@@ -18,9 +18,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _records(n: int, with_reward: bool = True) -> list[dict]:
     out = []
     for step in range(1, n + 1):
-        rec = {"step": step, "total_steps": n, "policy_loss": 1.0 / step, "time_step_s": 0.1}
+        rec = {"step": step, "total_steps": n, "actor/pg_loss": 1.0 / step, "time/step": 0.1}
         if with_reward:
-            rec.update(reward_mean=step / n, reward_min=0.0, reward_max=1.0, accuracy=step / (2 * n))
+            rec.update({"critic/rewards/mean": step / n, "critic/rewards/min": 0.0, "critic/rewards/max": 1.0,
+                        "rollout/accuracy/mean": step / (2 * n)})
         out.append(rec)
     return out
 
@@ -130,7 +131,7 @@ def test_rft_plot_cli_writes_the_png_where_asked(tmp_path):
     job = tmp_path / "job"
     job.mkdir()
     # an sft job (no reward) that was resumed once: step 3 appears twice, the later line counts
-    lines = _records(4, with_reward=False) + [{"step": 3, "total_steps": 4, "policy_loss": 0.2}]
+    lines = _records(4, with_reward=False) + [{"step": 3, "total_steps": 4, "actor/pg_loss": 0.2}]
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     out = tmp_path / "plots" / "my.png"
     proc = _rft("plot", str(job), "--out", str(out))
@@ -242,8 +243,8 @@ def test_a_terminal_gets_a_progress_bar_that_continues_a_resumed_run(tmp_path):
         "import sys; from types import SimpleNamespace as NS; from rft_runtime.monitor import Monitor\n"
         f"with Monitor(NS(name='j', monitor=NS(monitor_type='none')), {str(tmp_path)!r}) as m:\n"
         "    for s in (3, 4, 5):\n"
-        "        m.log_step({'step': s, 'total_steps': 5, 'reward_mean': s / 10, 'policy_loss': 0.25,"
-        " 'time_step_s': 0.5})\n"
+        "        m.log_step({'step': s, 'total_steps': 5, 'critic/rewards/mean': s / 10, 'actor/pg_loss': 0.25,"
+        " 'time/step': 0.5})\n"
     )
     screen = _screen_of(code)
     last = [line for line in screen.splitlines() if "/5" in line][-1]

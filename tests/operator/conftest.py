@@ -80,9 +80,9 @@ def runtime_endpoint(tmp_path: Path) -> Iterator[tuple[int, Callable[..., None]]
     mon = Monitor(cfg, tmp_path / "job", metrics_port=0, progress=False, metrics_host="127.0.0.1")
 
     def report(step: int, total: int, reward: float | None, loss: float, age: float = 0.0) -> None:
-        record = {"step": step, "total_steps": total, "policy_loss": loss, "timestamp": time.time() - age}
+        record = {"step": step, "total_steps": total, "actor/pg_loss": loss, "timestamp": time.time() - age}
         if reward is not None:  # a step whose rollouts all failed reports no reward
-            record["reward_mean"] = reward
+            record["critic/rewards/mean"] = reward
         mon.log_step(record)
 
     try:

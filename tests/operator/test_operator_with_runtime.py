@@ -90,8 +90,8 @@ def test_status_progress_follows_a_real_rft_run(client, running_operator, tiny_m
     lines = {r["step"]: r for r in map(json.loads, (job_dir / "metrics.jsonl").read_text().splitlines())}
     for step, progress in seen.items():
         assert progress["totalSteps"] == STEPS
-        assert progress["rewardMean"] == pytest.approx(lines[step]["reward_mean"], abs=1e-6)
-        assert progress["loss"] == pytest.approx(lines[step]["policy_loss"], rel=1e-5, abs=1e-6)
+        assert progress["rewardMean"] == pytest.approx(lines[step]["critic/rewards/mean"], abs=1e-6)
+        assert progress["loss"] == pytest.approx(lines[step]["actor/pg_loss"], rel=1e-5, abs=1e-6)
     client.set_pod_phase(NS, "e2e-head", "Succeeded", exit_code=0)
     st = phase_is(client, "e2e", "Succeeded")
     columns = printer_columns(client.get("rftjobs", NS, "e2e"))

@@ -73,5 +73,5 @@ def test_quickstart_on_smollm2_runs_both_stages_on_the_real_model(tmp_path, caps
     metrics_file = workdir / "checkpoints" / "quickstart" / "smollm2-135m" / "digit-sum" / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # two SFT warm-up steps, then one GRPO step
-    assert "accuracy" in rows[-1]
+    assert "rollout/accuracy/mean" in rows[-1]
     assert "What is" in next(x for x in out.splitlines() if "->" in x)  # the digit-sum task's questions

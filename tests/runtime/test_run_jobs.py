@@ -37,9 +37,9 @@ def test_grpo_job_completes_with_the_lag_sync_offset_promises(tmp_path, tiny_mod
     assert [r["weight_version_lag"] for r in records] == [min(offset, s - 1) for s in (1, 2, 3, 4)]
     for r in records:
         assert r["rollouts"] == 2 * 4 and r["total_steps"] == 4
-        assert r["reward_min"] <= r["reward_mean"] <= r["reward_max"]
-        assert "accuracy" in r and "format_score" in r and "policy_loss" in r
-        assert r["response_tokens"] > 0 and r["lr"] == pytest.approx(1e-3)
+        assert r["critic/rewards/min"] <= r["critic/rewards/mean"] <= r["critic/rewards/max"]
+        assert "rollout/accuracy/mean" in r and "rollout/format_score/mean" in r and "actor/pg_loss" in r
+        assert r["response_tokens"] > 0 and r["learning_rate"] == pytest.approx(1e-3)
     book = json.loads((job_dir(cfg) / "checkpoint.json").read_text())
     assert book["latest"]["global_step"] == 4 and book["latest"]["state_path"].startswith("tinker://")
     assert [e["stage_step"] for e in book["history"]] == [2, 4]
@@ -115,8 +115,8 @@ def test_other_group_algorithms_train_on_tinker(tmp_path, tiny_model_dir, local_
     _run(cfg)
     records = metrics(cfg)
     assert [r["step"] for r in records] == [1, 2]
-    assert all(r["kl"] >= 0 for r in records)
-    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 trains from the reference weights
+    assert all(r["actor/kl_loss"] >= 0 for r in records)
+    assert records[0]["actor/kl_loss"] == pytest.approx(0.0, abs=1e-6)  # step 1 trains from the reference weights
 
 
 @pytest.mark.slow
@@ -131,10 +131,10 @@ def test_sft_train_job_lowers_the_loss(tmp_path, tiny_model_dir, local_engine):
     _run(cfg)
     records = metrics(cfg)
     assert [r["step"] for r in records] == list(range(1, 11))
-    losses = [r["policy_loss"] for r in records]
+    losses = [r["actor/sft_loss"] for r in records]
     assert losses[-1] < losses[0] * 0.8, losses
     # linear warm-up over two steps, then cosine down to min_lr_ratio x lr at the last step
-    lrs = [r["lr"] for r in records]
+    lrs = [r["learning_rate"] for r in records]
     assert lrs[:2] == pytest.approx([1.5e-3, 3e-3])
     assert lrs[-1] == pytest.approx(3e-4)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
@@ -149,8 +149,8 @@ def test_gsm8k_file_through_math_workflow_scores_every_rollout(tmp_path, tiny_mo
     (record,) = metrics(cfg)
     assert record["rollouts"] == 8 and record["failed_rollouts"] == 0
     # a random tiny model never writes the think/answer shape: the format penalty is the whole reward
-    assert record["format_score"] == pytest.approx(-0.1)
-    assert record["reward_mean"] == pytest.approx(record["accuracy"] - 0.1)
+    assert record["rollout/format_score/mean"] == pytest.approx(-0.1)
+    assert record["critic/rewards/mean"] == pytest.approx(record["rollout/accuracy/mean"] - 0.1)
 
 
 @pytest.mark.slow
@@ -164,7 +164,7 @@ def test_reward_errors_are_counted_not_fatal(tmp_path, tiny_model_dir, local_eng
     _run(cfg)
     records = metrics(cfg)
     assert [r["failed_rollouts"] for r in records] == [4, 4]
-    assert all(r["reward_mean"] == 0 for r in records)
+    assert all(r["critic/rewards/mean"] == 0 for r in records)
 
 
 @pytest.mark.slow

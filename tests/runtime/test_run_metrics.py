@@ -49,6 +49,6 @@ def test_scraped_reward_and_loss_equal_the_json_lines_of_the_same_step(tmp_path,
     by_step = {r["step"]: r for r in metrics(cfg)}
     for step, sample in seen.items():
         line = by_step[step]
-        assert sample["rft_reward_mean"] == pytest.approx(line["reward_mean"], rel=1e-6, abs=1e-9)
-        assert sample["rft_policy_loss"] == pytest.approx(line["policy_loss"], rel=1e-6, abs=1e-9)
+        assert sample["rft_reward_mean"] == pytest.approx(line["critic/rewards/mean"], rel=1e-6, abs=1e-9)
+        assert sample["rft_policy_loss"] == pytest.approx(line["actor/pg_loss"], rel=1e-6, abs=1e-9)
         assert sample["rft_total_steps"] == 8

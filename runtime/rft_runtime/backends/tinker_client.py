@@ -69,6 +69,48 @@ def healthy(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def service_url(base_url: str | None) -> str:
+    """The URL the SDK talks to: base_url, else $TINKER_BASE_URL, else the Tinker service's."""
+    if base_url:
+        return base_url
+    try:
+        from tinker.lib.base_url import resolve_base_url
+
+        return str(resolve_base_url(None))
+    except Exception:  # an SDK without the helper: say what we know
+        return os.environ.get("TINKER_BASE_URL") or "the Tinker service"
+
+
+def within(timeout: float, what: str, url: str, fn: Any) -> Any:
+    """fn() bounded by `timeout` seconds: the SDK blocks without a limit of its own when nothing answers
+    (creating a training client retries the connection forever), so the call runs in a thread and a
+    BackendError naming the URL ends the wait."""
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=call, name=f"tinker: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        if url.startswith("http"):
+            answer = ("it answers GET /api/v1/healthz, so the server is up but did not finish the request"
+                      if healthy(url) else "nothing answers GET /api/v1/healthz there (no server, or no network)")
+        else:
+            answer = "no answer came"
+        raise BackendError(
+            f"{what} at {url} did not finish within {timeout:.0f}s (synchronizer.sync_timeout): {answer}. "
+            "Check model.tinker.base_url (or TINKER_BASE_URL) and the network, or raise synchronizer.sync_timeout"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 def _stop_leftover_engine(pid_file: Path) -> None:
     """Stop an engine a previous run of this job started and could not stop (it was SIGKILLed)."""
     try:
@@ -207,24 +249,33 @@ class Connection:
         return str(path.resolve()) if path.is_dir() else name
 
     def training_client(self, state_path: str | None, timeout: float) -> Any:
-        """A LoRA training client: fresh with the config's rank/seed/train_*, or from a saved state."""
+        """A LoRA training client: fresh with the config's rank/seed/train_*, or from a saved state; bounded
+        by `timeout` even where the SDK would wait forever."""
         t = self.cfg.model.tinker
-        if state_path:
-            fut = self.service.create_training_client_from_state_with_optimizer(state_path)
-        else:
-            fut = self.service.create_lora_training_client(
-                base_model=self.base_model(), rank=t.rank, seed=t.seed,
-                train_mlp=t.train_mlp, train_attn=t.train_attn, train_unembed=t.train_unembed,
-            )
-        return fut.result(timeout=timeout)
+
+        def create() -> Any:
+            if state_path:
+                fut = self.service.create_training_client_from_state_with_optimizer(state_path)
+            else:
+                fut = self.service.create_lora_training_client(
+                    base_model=self.base_model(), rank=t.rank, seed=t.seed,
+                    train_mlp=t.train_mlp, train_attn=t.train_attn, train_unembed=t.train_unembed,
+                )
+            return fut.result(timeout=timeout) if hasattr(fut, "result") else fut
+
+        return within(timeout, "creating the training client", service_url(self.base_url), create)
 
     def sampling_client(self, model_path: str | None, timeout: float) -> Any:
         """A sampling client for saved sampler weights, or for the base model when model_path is None."""
-        if model_path:
-            fut = self.service.create_sampling_client(model_path=model_path)
-        else:
-            fut = self.service.create_sampling_client(base_model=self.base_model())
-        return fut.result(timeout=timeout)
+
+        def create() -> Any:
+            if model_path:
+                fut = self.service.create_sampling_client(model_path=model_path)
+            else:
+                fut = self.service.create_sampling_client(base_model=self.base_model())
+            return fut.result(timeout=timeout) if hasattr(fut, "result") else fut
+
+        return within(timeout, "creating a sampling client", service_url(self.base_url), create)
 
     def tokenizer(self, training_client: Any = None) -> Any:
         """The model's tokenizer: from the local directory when there is one, else through the SDK."""

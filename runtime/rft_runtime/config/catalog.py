@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keyword
 
+from rft_runtime.algorithms import registry as _registry
 from rft_runtime.config.trinity_facts import REGISTRIES
 
 MODES = ("both", "explore", "train", "bench", "serve", "colocate")
@@ -18,28 +19,14 @@ TINKER_MODES = ("both", "train")
 
 # Every algorithm Trinity-RFT 0.6 registers: a veRL job may use any of them.
 KNOWN_ALGORITHMS = REGISTRIES["algorithms"]
-# Trinity 0.6 refuses rloo and reinforceplusplus on Tinker because it computes their advantages in the
-# trainer. Both need only the group's (or batch's) rewards, so this runtime computes them where grpo's
-# are and runs them on Tinker.
-TINKER_ALGORITHMS = ("grpo", "opmd", "sft", "rloo", "reinforceplusplus")
+# What trains on Tinker, and why the rest cannot, come from the algorithm registry
+# (rft_runtime.algorithms.registry): one `register` call per Trinity algorithm type.
+TINKER_ALGORITHMS = _registry.tinker_algorithms()
 # Algorithms that learn from a fixed dataset rather than from rollouts.
 OFFLINE_ALGORITHMS = ("sft", "dpo", "cpt")
-
-# Why each algorithm Trinity knows cannot run on Tinker here (shown to the user); the rest get a general
-# reason. Deleting a name from here and adding it to TINKER_ALGORITHMS is how an algorithm comes to Tinker.
-TINKER_REFUSALS = {
-    "ppo": "it trains a critic (value model), and Tinker trains only the policy's LoRA adapter",
-    "on_policy_distill": "it needs a teacher model's logprobs for every token, which this runtime does not fetch",
-    "jsd": "it needs a teacher model's logprobs for every token, which this runtime does not fetch",
-    "dpo": "it needs chosen/rejected pairs, which this runtime does not train on Tinker yet",
-    "mix": "it mixes expert data into the policy loss, which this runtime does not do on Tinker",
-    "mix_chord": "it mixes expert data into the policy loss, which this runtime does not do on Tinker",
-    "grpo_verl": "it is veRL's own GRPO implementation; use grpo",
-    "gspo": "its sequence-level ratio is not one of Tinker's built-in losses yet",
-    "cispo": "this runtime does not map it to Tinker's cispo loss yet",
-    "multi_step_grpo": "its step-wise advantages over multi-turn experiences are not implemented here",
-}
-TINKER_REFUSAL_DEFAULT = "its policy loss or advantages are not implemented for Tinker in this runtime"
+# Why each algorithm Trinity knows cannot run on Tinker here, with what to use instead (shown to the user).
+TINKER_REFUSALS = _registry.tinker_refusals()
+TINKER_REFUSAL_DEFAULT = "it is not in this runtime's algorithm registry (rft_runtime.algorithms.registry)"
 
 MONITOR_TYPES = ("tensorboard", "wandb", "mlflow", "swanlab", "none")
 SYNC_METHODS = ("nccl", "checkpoint", "memory")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from rft_runtime.algorithms import registry
 from rft_runtime.config import catalog, support
 from rft_runtime.config.errors import ConfigIssue
 from rft_runtime.config.loader import _short, suggest
@@ -68,29 +69,27 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
         warnings.append(f"no effect on the Tinker backend: {', '.join(paths)}")
 
 
-def _check_algorithm_args(cfg: JobConfig) -> list[ConfigIssue]:
-    """advantage_fn_args and clip ranges the runtime would reject at its first step, found at load time."""
-    from rft_runtime.algorithms import ADVANTAGE_ALGORITHMS, AlgorithmError, check_advantage_args, loss_spec
+def _check_algorithm_args(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
+    """Every algorithm setting the runtime would reject at its first step (unknown arguments, losses and
+    settings Tinker cannot train), found at load time by building the loss plan; its notes (where the
+    trained loss differs from Trinity's) become warnings."""
+    from rft_runtime.algorithms import AlgorithmError, loss_plan
 
-    issues = []
-    algo = cfg.algorithm.algorithm_type
-    if algo in ADVANTAGE_ALGORITHMS:
-        try:
-            check_advantage_args(algo, cfg.algorithm.advantage_fn_args)
-        except AlgorithmError as exc:
-            issues.append(ConfigIssue("algorithm.advantage_fn_args", (
-                f"{str(exc).split(': ', 1)[-1]}: this runtime computes {algo}'s advantages on the Tinker backend "
-                "and takes only those; remove the others, or train with veRL (model.tinker.enable: false)")))
-    if algo in catalog.TINKER_ALGORITHMS:
-        try:
-            loss_spec(cfg)
-        except AlgorithmError as exc:
-            message = str(exc)
-            path = "algorithm.policy_loss_fn_args"
-            if message.startswith("algorithm.policy_loss_fn_args."):
-                path, _, message = message.partition(" ")
-            issues.append(ConfigIssue(path, message))
-    return issues
+    if cfg.algorithm.algorithm_type not in catalog.TINKER_ALGORITHMS:
+        return []
+    try:
+        plan = loss_plan(cfg)
+    except AlgorithmError as exc:
+        message = str(exc)
+        path = "algorithm"
+        if message.split(" ", 1)[0].rstrip(":").split(".")[0] in ("algorithm", "explorer", "buffer"):
+            head, _, rest = message.partition(" ")
+            path, message = head.rstrip(":"), rest
+        elif message.startswith("advantage_fn "):
+            path = "algorithm.advantage_fn"
+        return [ConfigIssue(path, message)]
+    warnings.extend(f"algorithm: {note}" for note in plan.notes)
+    return []
 
 
 def check_config(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[str]) -> list[ConfigIssue]:
@@ -160,33 +159,36 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
         if "sync_method" in (raw.get("synchronizer") or {}) and cfg.synchronizer.sync_method == "nccl":
             warnings.append("synchronizer.sync_method 'nccl' becomes 'checkpoint' on Tinker (as in Trinity): "
                             "new weights reach the sampler as saved sampler weights")
-        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo != "sft":
+        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in ("sft", "dpo", "cpt"):
             issues.append(
                 ConfigIssue(
                     "mode",
-                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft; "
+                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft, dpo or cpt; "
                     f"{algo!r} learns from rollouts: use mode 'both'",
                 )
             )
-        if cfg.mode == "both" and algo == "sft":
+        if cfg.mode == "both" and algo in ("sft", "dpo", "cpt"):
             issues.append(
                 ConfigIssue(
                     "algorithm.algorithm_type",
-                    "sft learns from a fixed dataset: set mode: train and "
+                    f"{algo} learns from a fixed dataset: set mode: train and "
                     "buffer.trainer_input.experience_buffer.path",
                 )
             )
-        issues.extend(_check_algorithm_args(cfg))
+        issues.extend(_check_algorithm_args(cfg, warnings))
         _check_tinker_support(cfg, issues, warnings)
         if algo == "grpo" and cfg.algorithm.repeat_times == 1 and cfg.mode == "both":
             warnings.append(
-                "algorithm.repeat_times is 1: grpo compares rollouts of the same task, so a group of one has "
-                "advantage 0 and nothing is learned; use repeat_times >= 2"
+                "algorithm.repeat_times is 1: grpo compares rollouts of the same task, and a group of one has "
+                "no baseline (its advantage is its reward, as in Trinity); use repeat_times >= 2"
             )
-        if algo in support.OWN_PARTS and algo != "sft" and cfg.algorithm.kl_loss_fn_args is None:
+        spec = registry.ALGORITHMS.get(algo)
+        if (spec and not spec.refusal and spec.kl_loss_fn != "none" and cfg.algorithm.kl_loss_fn is None
+                and cfg.algorithm.kl_loss_fn_args is None):
             warnings.append(
-                "algorithm.kl_loss_fn_args is not set: Trinity adds a KL loss (k2, kl_coef 0.001) by default; "
-                "on Tinker this runtime adds none unless kl_loss_fn_args.kl_coef > 0 (k3 estimator)"
+                f"algorithm.kl_loss_fn_args is not set: Trinity adds a KL loss ({spec.kl_loss_fn}, kl_coef 0.001) "
+                "to {algo} by default; on Tinker this runtime adds none unless kl_loss_fn or "
+                "kl_loss_fn_args.kl_coef is set".replace("{algo}", algo)
             )
         if model.lora_configs:
             warnings.append(

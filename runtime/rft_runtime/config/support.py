@@ -24,33 +24,6 @@ HONOURED = "honoured"
 NO_EFFECT = "no effect"
 REFUSED = "refused"
 
-# the policy loss and advantage function each Tinker algorithm runs (Trinity's names for them)
-OWN_PARTS = {
-    "grpo": ("ppo", "grpo"), "rloo": ("ppo", "rloo"), "reinforceplusplus": ("ppo", "reinforceplusplus"),
-    "opmd": ("opmd", "opmd"), "sft": ("sft", None),
-}
-
-
-def _algo(cfg: Any) -> str:
-    return cfg.algorithm.algorithm_type
-
-
-def _own_loss(value: Any, cfg: Any) -> bool:
-    return value is None or value == OWN_PARTS.get(_algo(cfg), (None, None))[0]
-
-
-def _own_advantage(value: Any, cfg: Any) -> bool:
-    return value is None or value == OWN_PARTS.get(_algo(cfg), (None, None))[1]
-
-
-def _kl_estimator(value: Any, cfg: Any) -> bool:
-    return value in (None, "none", "k3", "low_var_kl") or cfg.algorithm.kl_coef == 0
-
-
-def _no_entropy_bonus(value: Any, cfg: Any) -> bool:
-    return not float((value or {}).get("entropy_coef", 0.0) or 0.0)
-
-
 def _one_of(*allowed: Any) -> Callable[[Any, Any], bool]:
     return lambda value, cfg: value in allowed
 
@@ -67,29 +40,11 @@ def _sync_interval(value: Any, cfg: Any) -> bool:
     return value in (None, cfg.synchronizer.sync_interval)
 
 
-def _agg_in_args(value: Any, cfg: Any) -> bool:
-    return (value or {}).get("loss_agg_mode", "token-mean") == "token-mean"
-
-
 # (Trinity dataclass, field) -> (does this value match what the runtime does?, why other values are refused)
 REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
-    ("AlgorithmConfig", "sample_strategy"): (
-        _one_of(None, "default"), "each step trains on that step's fresh rollouts (Trinity's default strategy)"),
-    ("AlgorithmConfig", "advantage_fn"): (
-        _own_advantage, "each algorithm computes its own advantages (grpo: grpo, rloo: rloo, ...)"),
-    ("AlgorithmConfig", "policy_loss_fn"): (
-        _own_loss, "grpo, rloo and reinforceplusplus train with PPO-clip, opmd with opmd's loss, sft with "
-                   "cross-entropy"),
-    ("AlgorithmConfig", "kl_penalty_fn"): (_one_of(None, "none"), "no KL penalty is put into the rewards"),
-    ("AlgorithmConfig", "kl_loss_fn"): (
-        _kl_estimator, "the KL loss term uses the k3 estimator (Trinity's low_var_kl / k3)"),
-    ("AlgorithmConfig", "entropy_loss_fn"): (_one_of(None, "none", "default"), "no entropy term is trained"),
-    ("AlgorithmConfig", "entropy_loss_fn_args"): (_no_entropy_bonus, "no entropy term is trained "
-                                                                     "(entropy_coef must be 0)"),
-    ("AlgorithmConfig", "loss_agg_mode"): (
-        _one_of(None, "token-mean"), "the loss is averaged over all response tokens of the step (token-mean)"),
-    ("AlgorithmConfig", "policy_loss_fn_args"): (
-        _agg_in_args, "the loss is averaged over all response tokens of the step (token-mean)"),
+    # algorithm_type, advantage_fn, policy_loss_fn (+ args), kl_loss_fn (+ args), kl_penalty_fn,
+    # entropy_loss_fn (+ args), loss_agg_mode and sample_strategy are checked by the loss plan
+    # (rft_runtime.algorithms.losses.loss_plan): each is honoured or refused there with its reason.
     ("AlgorithmConfig", "enable_router_replay"): (_one_of(False), "MoE router replay needs the vLLM engines"),
     ("AlgorithmConfig", "bypass_old_logprobs"): (
         _one_of(True), "the sampler's logprobs are the old logprobs of the ratio"),
@@ -131,7 +86,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
 # hand-written fields this runtime does not read on Tinker (the rest of the hand-written ones it honours)
 NO_EFFECT_ON_TINKER = {
     ("OptimizerConfig", "clip_grad"),  # trainer.grad_clip is the clip
-    ("AlgorithmConfig", "sample_strategy_args"),
     ("AlgorithmConfig", "kl_penalty_fn_args"),
     ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
     ("ClusterConfig", "ray_address"), ("ClusterConfig", "node_num"), ("ClusterConfig", "gpu_per_node"),
@@ -140,7 +94,7 @@ NO_EFFECT_ON_TINKER = {
     ("GenerationConfig", "n"),
     ("InferenceModelConfig", "tensor_parallel_size"), ("InferenceModelConfig", "gpu_memory_utilization"),
     ("InferenceModelConfig", "dtype"),
-    ("ExplorerConfig", "name"), ("ExplorerConfig", "auxiliary_models"),
+    ("ExplorerConfig", "name"),
     ("TrainerConfig", "name"), ("TrainerConfig", "enable_preview"), ("TrainerConfig", "save_strategy"),
     ("TrainerConfig", "trainer_config"), ("TrainerConfig", "trainer_config_path"),
     ("TrainerInput", "sft_warmup_dataset"), ("TrainerInput", "sft_warmup_steps"),

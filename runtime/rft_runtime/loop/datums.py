@@ -1,4 +1,4 @@
-"""Training examples in Tinker's shape, and the one client-side loss (KL) the built-in losses lack.
+"""Training examples in Tinker's shape.
 
 A sample of prompt + response becomes one Datum: the model reads tokens[:-1] and is scored on tokens[1:];
 prompt positions carry zero weight / zero advantage, which Tinker's losses treat as masked. Token-mean
@@ -58,28 +58,26 @@ def sft_datum(prompt_ids: list[int], response: list[int], scale: float) -> Any:
     return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)
 
 
-def ppo_kl_loss(clip_low: float, clip_high: float, kl_coef: float):
-    """PPO-clip plus kl_coef x k3 KL to the reference, for forward_backward_custom (one extra pass)."""
-    import torch
+def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: Any,
+               scale: float, mask: list[int]) -> Any:
+    """One rollout for the step's LossPlan. A built-in loss gets the per-token advantage (or, for
+    cross_entropy, weight) times the loss_agg_mode scale and the mask; a client-side loss gets only the
+    tokens and the mask (its inputs stay in the loss function on this machine)."""
+    import tinker
 
-    def loss_fn(data: list[Any], logprobs_list: list[Any]) -> tuple[Any, dict[str, float]]:
-        total = torch.zeros(())
-        kl_sum = 0.0
-        weight_sum = 0.0
-        for datum, logprobs in zip(data, logprobs_list, strict=True):
-            inp = datum.loss_fn_inputs
-            old = inp["logprobs"].to_torch()
-            adv = inp["advantages"].to_torch()
-            ref = inp["ref_logprobs"].to_torch()
-            weight = inp["weights"].to_torch()
-            ratio = torch.exp(logprobs - old)
-            pg = -torch.minimum(ratio * adv, torch.clamp(ratio, clip_low, clip_high) * adv)
-            delta = ref - logprobs
-            # k3 estimator: unbiased and always >= 0 (Schulman), what Trinity calls low_var_kl
-            kl = torch.exp(delta) - delta - 1.0
-            total = total + ((pg + kl_coef * kl) * weight).sum()
-            kl_sum += float((kl.detach() * weight).sum())
-            weight_sum += float(weight.sum())
-        return total, {"kl": kl_sum / weight_sum if weight_sum else 0.0}
-
-    return loss_fn
+    tokens = prompt_ids + response
+    pad = [0.0] * (len(prompt_ids) - 1)
+    keep = [float(m) for m in mask]
+    inputs: dict[str, Any] = {"target_tokens": np.asarray(tokens[1:], dtype=np.int64)}
+    if plan.builtin is None:
+        inputs["weights"] = np.asarray(pad + keep, dtype=np.float32)
+    elif plan.builtin[0] == "cross_entropy":
+        inputs["weights"] = np.asarray(pad + [scale * k for k in keep], dtype=np.float32)
+    else:
+        # one advantage for the whole response, or (distillation) one per token
+        per_token = [advantage] * len(keep) if isinstance(advantage, (int, float)) else list(advantage)
+        f = plan.advantage_factor * scale
+        inputs["logprobs"] = np.asarray(pad + list(logprobs), dtype=np.float32)
+        inputs["advantages"] = np.asarray(pad + [a * f * k for a, k in zip(per_token, keep, strict=True)],
+                                          dtype=np.float32)
+    return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)

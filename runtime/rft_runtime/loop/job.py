@@ -141,20 +141,21 @@ def _make_monitor(cfg: JobConfig, metrics_port: int | None, progress: bool) -> A
 
 
 def _check_client_side_needs(stages: list[JobConfig]) -> None:
-    """Fail before any work when a stage needs a library this machine lacks (torch for a KL term)."""
-    from rft_runtime.algorithms import needs_custom_kl_loss
+    """Fail before any work when a stage's loss runs client-side and this machine lacks torch for it."""
+    from rft_runtime.algorithms import loss_plan
 
-    kl_stages = [s.stage_name or "the job" for s in stages if needs_custom_kl_loss(s)]
-    if not kl_stages:
+    custom = [s.stage_name or "the job" for s in stages if s.algorithm.algorithm_type != "sft" and loss_plan(s).custom]
+    if not custom:
         return
     try:
         import torch  # noqa: F401
     except ImportError:
         raise RunError(
-            f"algorithm.kl_loss_fn_args.kl_coef > 0 ({', '.join(kl_stages)}): the KL term is computed on this "
-            "machine through the tinker SDK's forward_backward_custom, which needs torch, and torch is not "
-            "installed. Install it (`pip install torch==2.13.0`; the CPU build is enough), use the image built "
-            "with WITH_ENGINE=true, or set kl_coef: 0"
+            f"the loss of {', '.join(custom)} is not one of Tinker's built-in losses (a KL or entropy term, or a "
+            "policy loss such as gspo, sapo, topr, sppo, rec): it is computed on this machine through the tinker "
+            "SDK's forward_backward_custom, which needs torch, and torch is not installed. Install it "
+            "(`pip install torch==2.13.0`; the CPU build is enough), use the image built with WITH_ENGINE=true, "
+            "or drop the algorithm.kl_loss_fn_args.kl_coef / entropy term"
         ) from None
 
 

@@ -12,8 +12,11 @@ import queue
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from rft_runtime.algorithms import agg_scales, loss_plan
+from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
 from rft_runtime.config import JobConfig
 from rft_runtime.config.models import StorageConfig
@@ -50,7 +53,16 @@ def make_stream(cfg: JobConfig) -> Any:
     from rft_runtime.data.tasksets import TaskStream, load_rows
 
     source = stage_source(cfg)
-    rows = load_rows(source, require_response=cfg.mode == "train")
+    dpo = cfg.algorithm.algorithm_type == "dpo"
+    rows = load_rows(source, require_response=cfg.mode == "train" and cfg.algorithm.algorithm_type == "sft")
+    if dpo:
+        fmt = source.format
+        for index, row in enumerate(rows):
+            missing = [k for k in (fmt.chosen_key, fmt.rejected_key) if row.get(k) is None]
+            if missing:
+                raise RunError(f"{source.path}: row {index} (0-based) has no {missing[0]!r} value "
+                               "(format.chosen_key / format.rejected_key): dpo trains on a chosen and a rejected "
+                               f"response per prompt; its columns: {', '.join(sorted(row))}")
     batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
     limits = [s for s in (cfg.buffer.total_steps, source.total_steps, cfg.trainer.total_steps) if s]
     stream = TaskStream(
@@ -81,13 +93,28 @@ def make_workflow(cfg: JobConfig) -> Any:
     return get_workflow(name)(fmt, dict(ts.workflow_args or {}), reward_args)
 
 
-def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+def _reply_text(value: Any) -> str:
+    # a chosen / rejected column holds the reply text, or (prompt_type messages) the reply's messages
+    if isinstance(value, list):
+        return "".join(str(m.get("content") or "") for m in value if isinstance(m, dict))
+    return str(value)
+
+
+def _dpo_convo(row: dict[str, Any], fmt: Any) -> Any:
+    # sft_messages reads a conversation ending in the target reply; a dpo row's reply is in chosen/rejected
+    convo = row.get(fmt.messages_key)
+    if isinstance(convo, list):
+        return [*convo, {"role": "assistant", "content": ""}]
+    return convo
+
+
+def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[list[dict[str, str]], str]:
     """Chat messages and target response of one SFT row.
 
     prompt_type messages (Trinity's default): the messages_key column is the conversation and its last
     (assistant) message the target; plaintext: prompt_key / response_key, after format.system_prompt.
     """
-    fmt = cfg.buffer.trainer_input.experience_buffer.format
+    fmt = fmt or cfg.buffer.trainer_input.experience_buffer.format
     if fmt.prompt_type == "messages":
         convo = row.get(fmt.messages_key)
         if (not isinstance(convo, list) or len(convo) < 2 or not all(isinstance(m, dict) for m in convo)
@@ -112,45 +139,94 @@ def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, st
 # ---------------------------------------------------------------- advantages and stats
 
 
-def assign_advantages(cfg: JobConfig, batch: ExploredBatch) -> None:
-    """Advantages of every rollout from its group's rewards (reinforce++ also normalises over the batch)."""
-    from rft_runtime import algorithms
-
-    algo = cfg.algorithm.algorithm_type
-    args = dict(cfg.algorithm.advantage_fn_args or {})
-    for group in batch.groups:
-        advs = algorithms.compute_advantages(algo, [r.reward for r in group], args)
-        for rollout, adv in zip(group, advs, strict=True):
-            rollout.advantage = float(adv)
-    if algo == "reinforceplusplus":
-        # whitened over the batch's tokens, as Trinity's masked_whiten
-        flat = [r for r in batch.rollouts if r.tokens]
-        whitened = algorithms.normalise_batch([r.advantage for r in flat], [float(len(r.tokens)) for r in flat])
-        for rollout, adv in zip(flat, whitened, strict=True):
-            rollout.advantage = float(adv)
+def _token_advantages(rollout: Any) -> list[float]:
+    adv = rollout.advantage
+    return [float(adv)] * len(rollout.tokens) if isinstance(adv, (int, float)) else list(adv)
 
 
-def reward_stats(batch: ExploredBatch) -> dict[str, float]:
-    """reward_mean/std/min/max, accuracy and format_score (when the workflow reports them), lengths."""
+def _loss_mask(rollout: Any) -> list[int]:
+    # the workflow's action mask where it gives one (multi-turn), else every response token
+    mask = getattr(rollout, "loss_mask", None)
+    return list(mask) if mask is not None else [1] * len(rollout.tokens)
+
+
+def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None,
+                      teacher: dict[int, list[float]] | None = None) -> list[Any]:
+    """Set every rollout's advantage from the plan's advantage function over the whole batch; returns the
+    rollouts that stay in the step (an advantage function may drop groups, as grpo's std_threshold).
+    `teacher` holds teacher logprobs fetched by the trainer, by id() of the rollout, for rollouts whose
+    workflow did not put them in info["teacher_logprobs"]."""
+    from rft_runtime.algorithms import Sample, batch_advantages, loss_plan
+
+    plan = plan or loss_plan(cfg)
+    rollouts: list[Any] = []
+    samples = []
+    for g, group in enumerate(batch.groups):
+        for i, r in enumerate(group):
+            mask = _loss_mask(r)
+            n = sum(mask)
+            lps = [lp for lp, k in zip(r.logprobs, mask, strict=False) if k]
+            # multi-turn: a workflow's experiences carry Trinity's eid (run, step) and info (gigpo's anchor
+            # state); a single-turn rollout is run i, step 0 of its task's group
+            eid = getattr(r, "eid", None)
+            run = getattr(eid, "run", None) if eid is not None else getattr(r, "run_id", None)
+            step = getattr(eid, "step", None) if eid is not None else getattr(r, "step", None)
+            info = dict(getattr(r, "info", None) or {})
+            if teacher and id(r) in teacher:
+                info["teacher_logprobs"] = teacher[id(r)]
+            samples.append(Sample(
+                task=g, run=i if run is None else run, reward=float(r.reward), step=int(step or 0), n_tokens=n,
+                mean_logprob=sum(lps) / len(lps) if lps else 0.0, info=info, logprobs=list(r.logprobs)))
+            rollouts.append(r)
+    if plan.advantage_fn is None:  # sft on rollouts (raft): no advantage
+        return rollouts
+    advs = batch_advantages(plan.advantage_fn, samples, plan.advantage_args)
+    kept = []
+    for rollout, adv in zip(rollouts, advs, strict=True):
+        if adv is not None:
+            rollout.advantage = float(adv) if isinstance(adv, (int, float)) else [float(a) for a in adv]
+            kept.append(rollout)
+    return kept
+
+
+def length_stats(prefix: str, lengths: list[int], limit: int | None) -> dict[str, float]:
+    """Trinity's {prefix}/mean, max, min and clip_ratio (the share at the limit) of token lengths."""
+    if not lengths:
+        return {}
+    out = {f"{prefix}/mean": statistics.fmean(lengths), f"{prefix}/max": float(max(lengths)),
+           f"{prefix}/min": float(min(lengths))}
+    out[f"{prefix}/clip_ratio"] = (sum(1 for n in lengths if n >= limit) / len(lengths)) if limit else 0.0
+    return out
+
+
+def reward_stats(batch: ExploredBatch, cfg: JobConfig | None = None) -> dict[str, float]:
+    """Trinity's per-step rollout metrics: critic/rewards and critic/score (the same: no reward penalty),
+    rollout/<metric>/{mean,max,min} of what the workflow reports, lengths, and the entropy estimate."""
     rollouts = batch.rollouts
     out: dict[str, float] = {}
     if not rollouts:
         return out
     rewards = [r.reward for r in rollouts]
-    out["reward_mean"] = statistics.fmean(rewards)
-    out["reward_std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
-    out["reward_min"] = min(rewards)
-    out["reward_max"] = max(rewards)
-    for key in ("accuracy", "format_score"):
+    for group in ("critic/rewards", "critic/score"):
+        out.update({f"{group}/mean": statistics.fmean(rewards), f"{group}/max": max(rewards),
+                    f"{group}/min": min(rewards)})
+    out["critic/rewards/std"] = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
+    names = sorted({k for r in rollouts for k in r.metrics})
+    for key in names:
         vals = [r.metrics[key] for r in rollouts if key in r.metrics]
-        if vals:
-            out[key] = statistics.fmean(vals)
-    lengths = [len(r.tokens) for r in rollouts]
-    out["response_length_mean"] = statistics.fmean(lengths)
-    tokens = sum(lengths)
+        out.update({f"rollout/{key}/mean": statistics.fmean(vals), f"rollout/{key}/max": max(vals),
+                    f"rollout/{key}/min": min(vals)})
+    model = cfg.model if cfg is not None else None
+    out.update(length_stats("response_length", [len(r.tokens) for r in rollouts],
+                            model.max_response_tokens if model else None))
+    out.update(length_stats("prompt_length", [len(r.prompt_ids) for r in rollouts],
+                            model.max_prompt_tokens if model else None))
+    masks = [_loss_mask(r) for r in rollouts]
+    tokens = sum(sum(m) for m in masks)
     if tokens:
         # entropy estimated from the sampled tokens only: E[-log p] (what Tinker makes possible)
-        out["entropy"] = -sum(sum(r.logprobs) for r in rollouts) / tokens
+        out["actor/entropy"] = -sum(lp * k for r, m in zip(rollouts, masks, strict=True)
+                                    for lp, k in zip(r.logprobs, m, strict=False)) / tokens
     return out
 
 
@@ -185,19 +261,16 @@ class StageRunner:
         self.total = stream.total_steps
         self.sync = cfg.synchronizer
         self.algo = cfg.algorithm.algorithm_type
-        self.kl_coef = cfg.algorithm.kl_coef
+        self.plan = loss_plan(cfg)
         self._ref_sampler: Any = None
+        self._teacher_sampler: Any = None
+        self._expert: Any = None
+        self._teacher_generation = -1
         self._ref_generation = -1
         self._last_sampler = sampler_path
         self._rest: Any = None
 
     # ------------------------------------------------------------ trainer side
-
-    def _loss(self) -> tuple[str, dict[str, Any] | None]:
-        from rft_runtime.algorithms import loss_spec
-
-        name, config = loss_spec(self.cfg)
-        return name, (dict(config) if config else None)
 
     def _ref_logprobs(self, rollouts: list[Any]) -> list[list[float]]:
         """Reference (base model) logprobs of each rollout's response tokens, all requests in flight at once."""
@@ -214,27 +287,177 @@ class StageRunner:
             out.append([float(x) if x is not None else 0.0 for x in tail])
         return out
 
+    def _attach_terms(self, work: StepWork, seqs: list[tuple[Any, ...]]) -> None:
+        """Give the step its client-side loss (custom plans) or its metrics from the returned logprobs."""
+        if not work.datums:
+            return
+        try:
+            from rft_runtime.algorithms import terms
+        except ImportError:  # no torch: a built-in loss still trains, without client-side metrics
+            return
+        seq_objs = []
+        for args in seqs:
+            seq = terms.make_seq(*args[:6])
+            seq.expert = len(args) > 6 and bool(args[6])
+            seq_objs.append(seq)
+        plan = self.plan
+        if plan.custom:
+            work.custom_loss = terms.step_loss(plan, seq_objs)
+        else:
+            work.metrics_fn = lambda logprobs: terms.step_metrics(plan, seq_objs, logprobs)
+
+    def _add_expert_data(self, datums: list[Any], seqs: list[tuple[Any, ...]]) -> int:
+        """mix: append the step's expert SFT rows (sample_strategy_args.sft_dataset_name in
+        buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x batch_size x repeat_times) of them,
+        read in a seeded order that cycles over epochs; returns how many were added."""
+        import math as _math
+
+        from rft_runtime.data.tasksets import TaskStream, load_rows
+
+        args = self.cfg.algorithm.sample_strategy_args or {}
+        source = self.cfg.buffer.trainer_input.auxiliary_buffers[args.get("sft_dataset_name", "sft_dataset")]
+        if self._expert is None:
+            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.buffer.batch_size
+                           * self.cfg.algorithm.repeat_times)
+            rows = load_rows(source, require_response=source.format.prompt_type != "messages")
+            if len(rows) < n:
+                raise RunError(f"the expert dataset {source.path} has {len(rows)} rows, fewer than the {n} each mix "
+                               "step takes (expert_data_ratio x batch_size x repeat_times); add rows or lower "
+                               "sample_strategy_args.expert_data_ratio")
+            self._expert = iter(TaskStream(rows, batch_size=n, total_epochs=None, total_steps=self.total + 1,
+                                           seed=self.cfg.explorer.rollout_model.seed))
+        added = 0
+        for task in next(self._expert):
+            messages, response = sft_messages(self.cfg, task.row, source.format)
+            ids = self.encoder.prompt_ids(messages)
+            resp = self.encoder.response_ids(response)
+            limit = self.cfg.model.max_response_tokens
+            resp = resp[:limit] if limit else resp
+            if self.encoder.too_long(ids) or not resp:
+                continue
+            mask = [1] * len(resp)
+            datums.append(D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, 1.0, mask))
+            seqs.append((len(ids) - 1, [0.0] * len(resp), 0.0, mask, 1.0, None, True))
+            added += 1
+        return added
+
+    def _teacher_logprobs(self, rollouts: list[Any]) -> dict[int, list[float]]:
+        """The teacher's (explorer.auxiliary_models[0]) logprob of every response token of the rollouts whose
+        workflow gave none, from a sampling client of the teacher model."""
+        import tinker
+
+        need = [r for r in rollouts if r.tokens and "teacher_logprobs" not in (getattr(r, "info", None) or {})]
+        if not need:
+            return {}
+        if self._teacher_sampler is None or self._teacher_generation != self.conn.generation:
+            path = Path(self.cfg.explorer.auxiliary_models[0].model_path).expanduser()
+            name = str(path.resolve()) if path.is_dir() else str(path)
+            self._teacher_generation = self.conn.generation
+            self._teacher_sampler = self.conn.service.create_sampling_client(base_model=name)
+        futures = [self._teacher_sampler.compute_logprobs(tinker.ModelInput.from_ints(r.prompt_ids + r.tokens))
+                   for r in need]
+        out = {}
+        for r, fut in zip(need, futures, strict=True):
+            tail = fut.result(timeout=self.trainer.call_timeout)[-len(r.tokens):]
+            out[id(r)] = [float(x) if x is not None else 0.0 for x in tail]
+        return out
+
     def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
-        assign_advantages(self.cfg, batch)
-        name, config = self._loss()
-        rollouts = [r for r in batch.rollouts if r.tokens]
-        n_tokens = sum(len(r.tokens) for r in rollouts)
-        scale = 1.0 / n_tokens if n_tokens else 0.0
-        use_kl = self.kl_coef > 0
-        if not use_kl:
-            # a zero advantage masks every token: sending such a rollout would only cost time
-            rollouts = [r for r in rollouts if r.advantage != 0.0]
-        refs = self._ref_logprobs(rollouts) if use_kl and rollouts else [None] * len(rollouts)
-        datums = [D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref)
-                  for r, ref in zip(rollouts, refs, strict=True)]
-        custom = None
-        if use_kl and datums:
-            cfg = config or {}
-            custom = D.ppo_kl_loss(cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2),
-                                   self.kl_coef)
+        plan = self.plan
+        teacher = self._teacher_logprobs(batch.rollouts) if plan.advantage_fn in TOKEN_ADVANTAGE_FNS else None
+        rollouts = [r for r in assign_advantages(self.cfg, batch, plan, teacher) if sum(_loss_mask(r))]
+        masks = [_loss_mask(r) for r in rollouts]
+        lengths = [sum(m) for m in masks]
+        scales = agg_scales(plan.agg_mode, lengths, self.cfg.model.max_response_tokens)
+        keep = list(range(len(rollouts)))
+        if plan.only_policy_gradient():
+            # every term is scaled by the advantage: a zero-advantage rollout would change nothing and only
+            # cost time (the aggregation weights above still count its tokens, as Trinity's do)
+            keep = [i for i in keep if any(a != 0.0 for a in _token_advantages(rollouts[i]))]
+        refs: list[Any] = [None] * len(keep)
+        if plan.uses_reference and keep:
+            refs = self._ref_logprobs([rollouts[i] for i in keep])
+        datums, seqs = [], []
+        for i, ref in zip(keep, refs, strict=True):
+            r = rollouts[i]
+            datums.append(D.loss_datum(plan, r.prompt_ids, r.tokens, r.logprobs, r.advantage, scales[i], masks[i]))
+            seqs.append((len(r.prompt_ids) - 1, r.logprobs, r.advantage, masks[i], scales[i], ref))
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
-        extra = {"response_tokens": float(n_tokens)}
-        return StepWork(step, datums, name, config, lr, custom), extra
+        work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)
+        if plan.is_mix:
+            n_expert = self._add_expert_data(datums, seqs)
+        extra = {"response_tokens": float(sum(len(r.tokens) for r in batch.rollouts))}
+        if plan.is_mix:
+            extra["expert_rows"] = float(n_expert)
+        self._attach_terms(work, seqs)
+        # over the loss-carrying tokens, as Trinity's (masked_select of the token advantages)
+        advs = [a for r, m in zip(rollouts, masks, strict=True) for a, k in zip(_token_advantages(r), m, strict=True)
+                if k]
+        if advs and plan.advantage_fn:
+            extra.update({"critic/advantages/mean": sum(advs) / len(advs), "critic/advantages/max": max(advs),
+                          "critic/advantages/min": min(advs)})
+        return work, extra
+
+    def _cpt_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
+        """Raw text (format.prompt_key) as one sequence each: cross-entropy on every token after the first, as
+        Trinity's CPT formatter (prompt_length 1); model.max_model_len (else prompt + response budgets) cuts
+        a longer text."""
+        fmt = self.cfg.buffer.trainer_input.experience_buffer.format
+        model = self.cfg.model
+        limit = model.max_model_len or ((model.max_prompt_tokens or 0) + (model.max_response_tokens or 0)) or None
+        seqs_ids = []
+        truncated = 0
+        for task in tasks:
+            ids = list(self.encoder.tokenizer(str(task.row[fmt.prompt_key]))["input_ids"])
+            if limit and len(ids) > limit:
+                ids, truncated = ids[:limit], truncated + 1
+            if len(ids) >= 2:
+                seqs_ids.append(ids)
+        lengths = [len(ids) - 1 for ids in seqs_ids]
+        scales = agg_scales(self.plan.agg_mode, lengths, None)
+        datums = [D.loss_datum(self.plan, ids[:1], ids[1:], [0.0] * n, 0.0, sc, [1] * n)
+                  for ids, n, sc in zip(seqs_ids, lengths, scales, strict=True)]
+        extra = {"prompt_tokens": 0.0, "response_tokens": float(sum(lengths)), "truncated_prompts": float(truncated),
+                 "rollouts": 0.0, "failed_rollouts": 0.0, **length_stats("response_length", lengths, limit)}
+        work = StepWork(step, datums, *(self.plan.builtin or ("custom", None)),
+                        lr_at(self.cfg.algorithm.optimizer, step, self.total))
+        self._attach_terms(work, [(0, [0.0] * n, 0.0, [1] * n, sc, None) for n, sc in zip(lengths, scales, strict=True)])
+        return work, extra
+
+    def _dpo_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
+        """Each row's chosen and rejected responses as two datums (chosen first), with the reference model's
+        logprobs for the DPO ratios."""
+        from types import SimpleNamespace
+
+        fmt = self.cfg.buffer.trainer_input.experience_buffer.format
+        pairs = []
+        truncated = 0
+        limit = self.cfg.model.max_response_tokens
+        for task in tasks:
+            messages, _ = sft_messages(self.cfg, {**task.row, fmt.response_key: "",
+                                                  fmt.messages_key: _dpo_convo(task.row, fmt)})
+            ids = self.encoder.prompt_ids(messages)
+            if self.encoder.too_long(ids):
+                truncated += 1
+                continue
+            replies = [self.encoder.response_ids(_reply_text(task.row[k])) for k in (fmt.chosen_key, fmt.rejected_key)]
+            pairs.append((ids, [r[:limit] if limit else r for r in replies]))
+        items = [SimpleNamespace(prompt_ids=ids, tokens=resp) for ids, both in pairs for resp in both]
+        refs = self._ref_logprobs(items) if items else []
+        datums, seqs = [], []
+        for item, ref in zip(items, refs, strict=True):
+            mask = [1] * len(item.tokens)
+            datums.append(D.loss_datum(self.plan, item.prompt_ids, item.tokens, [0.0] * len(mask), 0.0, 1.0, mask))
+            seqs.append((len(item.prompt_ids) - 1, [0.0] * len(mask), 0.0, mask, 1.0, ref))
+        lengths = [len(i.tokens) for i in items]
+        extra = {
+            "prompt_tokens": float(sum(len(ids) for ids, _ in pairs)), "response_tokens": float(sum(lengths)),
+            "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
+            **length_stats("response_length", lengths, limit),
+        }
+        work = StepWork(step, datums, "custom", None, lr_at(self.cfg.algorithm.optimizer, step, self.total))
+        self._attach_terms(work, seqs)
+        return work, extra
 
     def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         pairs = []
@@ -252,15 +475,20 @@ class StageRunner:
             prompt_tokens += len(ids)
             pairs.append((ids, resp))
         n_tokens = sum(len(r) for _, r in pairs)
-        scale = 1.0 / n_tokens if n_tokens else 0.0
-        datums = [D.sft_datum(ids, resp, scale) for ids, resp in pairs]
+        scales = agg_scales(self.plan.agg_mode, [len(r) for _, r in pairs], self.cfg.model.max_response_tokens)
+        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, [1] * len(resp))
+                  for (ids, resp), sc in zip(pairs, scales, strict=True)]
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         extra = {
             "prompt_tokens": float(prompt_tokens), "response_tokens": float(n_tokens),
             "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
-            "response_length_mean": n_tokens / len(pairs) if pairs else 0.0,
+            **length_stats("response_length", [len(r) for _, r in pairs], self.cfg.model.max_response_tokens),
+            **length_stats("prompt_length", [len(i) for i, _ in pairs], self.cfg.model.max_prompt_tokens),
         }
-        return StepWork(step, datums, "cross_entropy", None, lr), extra
+        work = StepWork(step, datums, *(self.plan.builtin or ("custom", None)), lr)
+        self._attach_terms(work, [(len(ids) - 1, [0.0] * len(resp), 0.0, [1] * len(resp), sc, None)
+                                  for (ids, resp), sc in zip(pairs, scales, strict=True)])
+        return work, extra
 
     def _checkpoint(self, step: int, stream_state: dict[str, Any] | None, sampler_path: str | None) -> None:
         label = f"s{self.cfg.stage_index or 0}-step{step:06d}"
@@ -308,20 +536,25 @@ class StageRunner:
             sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
         if sampler_path:
             self._last_sampler = sampler_path
-        extra["policy_loss"] = result.loss
-        if "kl" in result.metrics:
-            extra["kl"] = result.metrics["kl"]
-        extra["time_training_s"] = result.time_training_s
-        extra["lr"] = work.lr
+        # Trinity's names: actor/* from the loss terms, grad_norm and learning_rate from the optimizer step
+        extra.update({k: v for k, v in result.metrics.items() if k.startswith("actor/")})
+        key = "actor/sft_loss" if self.plan.is_sft else "actor/pg_loss"
+        extra.setdefault(key, result.loss)
+        extra["actor/final_loss"] = result.loss
+        if "optim/grad_norm" in result.metrics:
+            extra["grad_norm"] = result.metrics["optim/grad_norm"]
+        extra["learning_rate"] = work.lr
+        extra["time/update_actor"] = result.time_training_s
         return t_sync, sampler_path
 
     def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float,
              stream_state: dict[str, Any] | None) -> None:
         record.update(step=self.step_base + step, total_steps=self.job_total,
-                      explore_step=self.step_base + explore_step, time_step_s=t_step, timestamp=time.time(),
+                      explore_step=self.step_base + explore_step, timestamp=time.time(),
                       # which stage a line belongs to: the plot draws each stage's loss on its own axes
                       stage=stage_label(self.cfg), algorithm=self.algo, stage_step=step,
                       stage_total_steps=self.total)
+        record["time/step"] = t_step
         self.monitor.log_step(record)
         # the checkpoint comes after the step's line: a kill in between makes the resumed run drop that
         # line and redo the step, whereas the other order could lose the line for good
@@ -338,9 +571,11 @@ class StageRunner:
             except StopIteration:
                 break
             stream_state = self.stream.state_dict()
-            work, extra = self._sft_work(step, tasks)
+            make = self._dpo_work if self.plan.is_dpo else self._cpt_work if self.algo == "cpt" else self._sft_work
+            work, extra = make(step, tasks)
             t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
-            record = dict(extra, time_sampling_s=0.0, time_sync_s=t_sync, weight_version_lag=0)
+            record = dict(extra, weight_version_lag=0)
+            record.update({"time/sampling": 0.0, "time/sync": t_sync})
             now = time.monotonic()
             self._log(step, step, record, now - last_end, stream_state)
             last_end = now
@@ -376,15 +611,15 @@ class StageRunner:
                     break
                 work, extra = self._rl_work(step, batch)
                 t_sync, _ = self._finish_step(step, work, extra, batch.stream_state, board)
-                record = reward_stats(batch)
+                record = reward_stats(batch, self.cfg)
                 record.update(extra)
+                record["time/sampling"] = batch.time_sampling_s
+                record["time/sync"] = t_sync + batch.time_sync_s
                 record.update(
                     prompt_tokens=float(batch.prompt_tokens),
                     rollouts=float(len(batch.rollouts)),
                     failed_rollouts=float(batch.failed_rollouts),
                     truncated_prompts=float(batch.truncated_prompts),
-                    time_sampling_s=batch.time_sampling_s,
-                    time_sync_s=t_sync + batch.time_sync_s,
                     weight_version_lag=int(step - 1 - batch.weight_version),
                 )
                 now = time.monotonic()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rft_runtime.backends.errors import BackendError, refusal_error, refused
-from rft_runtime.backends.tinker_client import Connection
+from rft_runtime.backends.tinker_client import Connection, service_url, within
 from rft_runtime.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ class StepWork:
     loss_config: dict[str, Any] | None
     lr: float
     custom_loss: Any = None
+    # Trinity's actor metrics from the logprobs a built-in forward_backward returns (None: not computed)
+    metrics_fn: Any = None
 
 
 @dataclass
@@ -41,6 +43,23 @@ class StepResult:
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)
     time_training_s: float = 0.0
+
+
+def deterministic(exc: BaseException) -> bool:
+    """True for errors raised on this machine that a retry cannot change: the SDK's own argument checks
+    (AssertionError, TypeError, ValueError, e.g. a malformed API key) or a bug in a loss function."""
+    return isinstance(exc, (AssertionError, TypeError, ValueError, AttributeError, KeyError, IndexError,
+                            NotImplementedError, ImportError))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensor_values(value: Any) -> list[float]:
+    # a TensorData from the SDK, or a plain list from a server that sends one
+    data = getattr(value, "data", value)
+    return [float(x) for x in data]
 
 
 class Trainer:
@@ -59,6 +78,7 @@ class Trainer:
         self._recovery_override = recovery_window_s
         # what the trainer is doing now, for the message of a stall the explorer detects
         self.activity = "starting"
+        self._warned_no_loss = False
         self.configure(cfg)
 
     def configure(self, cfg: JobConfig) -> None:
@@ -86,8 +106,10 @@ class Trainer:
                         len(self.redo))
         self.generation = self.conn.generation
         if self.base_state and not self.base_with_optimizer:
-            fut = self.conn.service.create_training_client_from_state(self.base_state)
-            self.client = fut.result(timeout=self.call_timeout)
+            state = self.base_state
+            self.client = within(
+                self.call_timeout, "creating the training client", service_url(self.conn.base_url),
+                lambda: self.conn.service.create_training_client_from_state(state).result(timeout=self.call_timeout))
         else:
             self.client = self.conn.training_client(self.base_state, timeout=self.call_timeout)
         for work in self.redo:
@@ -97,6 +119,8 @@ class Trainer:
         """Run `action` on a live client; on failure reconnect, rebuild, redo, and try again (bounded)."""
         deadline = None
         attempts = 0
+        started = time.monotonic()
+        url = service_url(self.conn.base_url)
         while True:
             try:
                 self.activity = what if not attempts else f"recovering from a failure of {what} (attempt {attempts})"
@@ -110,20 +134,28 @@ class Trainer:
             except Exception as exc:
                 if refused(exc):
                     raise refusal_error(what, exc) from exc
+                if deterministic(exc):
+                    raise BackendError(
+                        f"{what} failed with {type(exc).__name__}: {exc} (server {url}). This error comes from "
+                        "this machine (the SDK or the loss code rejected the request), so retrying cannot "
+                        "change it; the job stops without retrying"
+                    ) from exc
                 attempts += 1
                 now = time.monotonic()
                 deadline = deadline or now + self.recovery_window
                 if now > deadline or attempts > MAX_RECOVERY_ATTEMPTS:
                     source = (f"the saved state {self.base_state}" if self.base_state
                               else "a fresh adapter (no checkpoint had been saved yet)")
+                    why = (f"the recovery window of {self.recovery_window:.0f}s ran out" if now > deadline
+                           else f"{attempts} attempts failed (at most {MAX_RECOVERY_ATTEMPTS} retries)")
                     raise BackendError(
-                        f"{what} failed and the job could not recover within {self.recovery_window:.0f}s "
-                        f"({attempts} attempts): tried reconnecting to {self.conn.base_url or 'the Tinker service'}, "
-                        f"recreating the training client from {source}, and redoing the {len(self.redo)} "
-                        f"step(s) trained since. Last error: {type(exc).__name__}: {exc}"
+                        f"{what} failed and the job gave up after {now - started:.0f}s: {why}. Tried "
+                        f"reconnecting to {url}, recreating the training client from {source}, and redoing "
+                        f"the {len(self.redo)} step(s) trained since. Last error: {type(exc).__name__}: {exc}"
                     ) from exc
-                log.warning("%s failed (%s: %s); reconnecting and rebuilding the training client from %s "
-                            "(attempt %d)", what, type(exc).__name__, exc, self.base_state or "scratch", attempts)
+                log.warning("%s failed (%s: %s); reconnecting to %s and rebuilding the training client from %s "
+                            "(attempt %d)", what, type(exc).__name__, exc, url, self.base_state or "scratch",
+                            attempts)
                 self.client = None
                 self.conn.reconnect(self.generation, deadline)
 
@@ -140,10 +172,25 @@ class Trainer:
         # calls on one client run in submission order: queue the optimizer step before waiting
         opt = self.client.optim_step(tinker.AdamParams(learning_rate=work.lr, **self.adam))
         out = fb.result(timeout=self.call_timeout)
-        opt.result(timeout=self.call_timeout)
-        metrics = {k: float(v) for k, v in (out.metrics or {}).items()}
-        loss = metrics.get("loss:sum", 0.0)
-        return StepResult(loss=loss, metrics=metrics, time_training_s=time.monotonic() - start)
+        opt_out = opt.result(timeout=self.call_timeout)
+        metrics = {k: float(v) for k, v in (out.metrics or {}).items() if _number(v)}
+        if work.metrics_fn is not None:
+            logprobs = [o["logprobs"] for o in (out.loss_fn_outputs or []) if "logprobs" in o]
+            if len(logprobs) == len(work.datums):
+                metrics.update(work.metrics_fn([_tensor_values(lp) for lp in logprobs]))
+        loss = metrics.get("loss:sum")
+        if loss is None:
+            loss = metrics.get("actor/final_loss", metrics.get("actor/pg_loss"))
+            if not self._warned_no_loss:
+                self._warned_no_loss = True
+                log.warning("the server at %s returned no loss metric (loss:sum) from forward_backward; %s",
+                            self.conn.base_url or "the Tinker service",
+                            "the loss is computed on this machine from the logprobs it returned"
+                            if loss is not None else "the logged loss is unknown (no logprobs came back either)")
+        for key, value in (getattr(opt_out, "metrics", None) or {}).items():
+            if _number(value):
+                metrics[f"optim/{key}"] = float(value)
+        return StepResult(loss=float(loss or 0.0), metrics=metrics, time_training_s=time.monotonic() - start)
 
     def train(self, work: StepWork) -> StepResult:
         """Train one step (exactly once, even across a recovery)."""

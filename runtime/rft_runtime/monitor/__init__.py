@@ -2,7 +2,7 @@
 
     from rft_runtime.monitor import Monitor
     mon = Monitor(cfg, job_dir, metrics_port=0)   # 0: a free port; None: no endpoint
-    mon.log_step({"step": 1, "total_steps": 10, "reward_mean": 0.5, ...})
+    mon.log_step({"step": 1, "total_steps": 10, "critic/rewards/mean": 0.5, ...})
     mon.close()                                   # writes <job_dir>/curves.png
 
 Metric names and meanings: docs/metrics.md.

@@ -32,11 +32,17 @@ STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200
 
 @dataclass(frozen=True)
 class GaugeSpec:
-    """A record key exported as a gauge of the last step's value."""
+    """A record key (Trinity's metric name; the first of several present) exported as a gauge of the last
+    step's value."""
 
-    key: str
+    key: str | tuple[str, ...]
     name: str
     doc: str
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The record keys this gauge reads, in order of preference."""
+        return (self.key,) if isinstance(self.key, str) else self.key
 
 
 @dataclass(frozen=True)
@@ -52,20 +58,27 @@ GAUGES = (
     GaugeSpec("step", "rft_train_step", "Train step of the last logged step (1-based, counted across stages)."),
     GaugeSpec("total_steps", "rft_total_steps", "Train steps the whole job will run."),
     GaugeSpec("explore_step", "rft_explore_step", "Explore step whose rollouts the last train step used."),
-    GaugeSpec("reward_mean", "rft_reward_mean", "Mean reward over the last step's rollouts."),
-    GaugeSpec("reward_std", "rft_reward_std", "Standard deviation of the last step's rewards."),
-    GaugeSpec("reward_min", "rft_reward_min", "Lowest reward of the last step."),
-    GaugeSpec("reward_max", "rft_reward_max", "Highest reward of the last step."),
-    GaugeSpec("accuracy", "rft_accuracy", "Mean accuracy the workflow reported for the last step (0..1)."),
-    GaugeSpec("format_score", "rft_format_score", "Mean format score the workflow reported for the last step."),
-    GaugeSpec("policy_loss", "rft_policy_loss", "Policy loss of the last train step."),
-    GaugeSpec("kl", "rft_kl", "KL estimate to the reference model in the last train step."),
-    GaugeSpec("entropy", "rft_entropy", "Entropy estimate (mean negative log-probability per response token)."),
-    GaugeSpec("response_length_mean", "rft_response_length_mean_tokens", "Mean response length, in tokens."),
+    GaugeSpec("critic/rewards/mean", "rft_reward_mean", "Mean reward over the last step's rollouts."),
+    GaugeSpec("critic/rewards/std", "rft_reward_std", "Standard deviation of the last step's rewards."),
+    GaugeSpec("critic/rewards/min", "rft_reward_min", "Lowest reward of the last step."),
+    GaugeSpec("critic/rewards/max", "rft_reward_max", "Highest reward of the last step."),
+    GaugeSpec("rollout/accuracy/mean", "rft_accuracy", "Mean accuracy the workflow reported for the last step (0..1)."),
+    GaugeSpec("rollout/format_score/mean", "rft_format_score", "Mean format score the workflow reported for the last step."),
+    GaugeSpec(("actor/pg_loss", "actor/sft_loss"), "rft_policy_loss",
+              "Policy loss of the last train step (cross-entropy for sft)."),
+    GaugeSpec("actor/pg_clipfrac", "rft_pg_clipfrac", "Share of response tokens whose ratio was clipped."),
+    GaugeSpec("actor/ppo_kl", "rft_ppo_kl", "Approximate KL between the sampler's and the trained policy."),
+    GaugeSpec("actor/kl_loss", "rft_kl", "KL estimate to the reference model in the last train step."),
+    GaugeSpec("actor/entropy", "rft_entropy", "Entropy estimate (mean negative log-probability per response token)."),
+    GaugeSpec("critic/advantages/mean", "rft_advantage_mean", "Mean advantage of the last step's rollouts."),
+    GaugeSpec("critic/advantages/min", "rft_advantage_min", "Lowest advantage of the last step."),
+    GaugeSpec("critic/advantages/max", "rft_advantage_max", "Highest advantage of the last step."),
+    GaugeSpec("grad_norm", "rft_grad_norm", "Gradient norm of the last optimizer step (before clipping)."),
+    GaugeSpec("response_length/mean", "rft_response_length_mean_tokens", "Mean response length, in tokens."),
     GaugeSpec("weight_version_lag", "rft_weight_version_lag",
               "Train steps between the weights that sampled the last batch and the weights it trained."),
-    GaugeSpec("lr", "rft_learning_rate", "Learning rate of the last train step."),
-    GaugeSpec("time_step_s", "rft_last_step_duration_seconds", "Wall time of the last step."),
+    GaugeSpec("learning_rate", "rft_learning_rate", "Learning rate of the last train step."),
+    GaugeSpec("time/step", "rft_last_step_duration_seconds", "Wall time of the last step."),
 )
 
 COUNTERS = (
@@ -76,7 +89,7 @@ COUNTERS = (
     CounterSpec("truncated_prompts", "rft_truncated_prompts", "Prompts longer than max_prompt_tokens."),
 )
 
-PHASE_KEYS = {"sampling": "time_sampling_s", "training": "time_training_s", "sync": "time_sync_s"}
+PHASE_KEYS = {"sampling": "time/sampling", "training": "time/update_actor", "sync": "time/sync"}
 
 
 class _StepConsistentRegistry(CollectorRegistry):
@@ -108,7 +121,7 @@ class Exporter:
         self.host: str | None = None
         labels = [JOB_LABEL]
         reg = self.registry
-        self.gauges = {s.key: Gauge(s.name, s.doc, labels, registry=reg) for s in GAUGES}
+        self.gauges = {s.keys: Gauge(s.name, s.doc, labels, registry=reg) for s in GAUGES}
         self.counters = {s.key: Counter(s.name, s.doc, labels, registry=reg) for s in COUNTERS}
         self.steps = Counter("rft_train_steps", "Train steps completed by this process (rate() = step rate).",
                              labels, registry=reg)
@@ -149,8 +162,8 @@ class Exporter:
         """Update every series from one step record; a gauge whose key is absent is removed, not kept stale."""
         job = self.job_name
         with self._lock:
-            for key, gauge in self.gauges.items():
-                value = as_float(record.get(key))
+            for keys, gauge in self.gauges.items():
+                value = next((v for v in (as_float(record.get(k)) for k in keys) if v is not None), None)
                 if value is None:
                     try:
                         gauge.remove(job)
@@ -166,7 +179,7 @@ class Exporter:
                 value = as_float(record.get(key))
                 if value is not None:
                     self.phase_seconds.labels(job, phase).observe(value)
-            value = as_float(record.get("time_step_s"))
+            value = as_float(record.get("time/step"))
             if value is not None:
                 self.step_seconds.labels(job).observe(value)
             self.steps.labels(job).inc()

@@ -34,7 +34,7 @@ class Segment:
         """SFT stages log a cross-entropy and no reward."""
         if self.algorithm:
             return self.algorithm == "sft"
-        return not any(finite(as_float(r.get("reward_mean"))) for r in self.records)
+        return not any(finite(as_float(r.get("critic/rewards/mean"))) for r in self.records)
 
     @property
     def span(self) -> tuple[float, float]:
@@ -55,11 +55,17 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return xs, ys
 
 
+# metrics.jsonl files written before the runtime took Trinity's metric names (docs/metrics.md has the table)
+LEGACY_KEYS = {"reward_mean": "critic/rewards/mean", "accuracy": "rollout/accuracy/mean",
+               "policy_loss": "actor/pg_loss", "kl": "actor/kl_loss"}
+
+
 def _last_per_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # a file appended to by a run started over can repeat a step; the later line is the one that counts
     by_step: dict[Any, dict[str, Any]] = {}
     for i, rec in enumerate(records):
-        by_step[rec.get("step", f"#{i}")] = rec
+        old = {new: rec[key] for key, new in LEGACY_KEYS.items() if key in rec and new not in rec}
+        by_step[rec.get("step", f"#{i}")] = {**rec, **old} if old else rec
     return sorted(by_step.values(), key=lambda r: as_float(r.get("step")) or 0.0)
 
 
@@ -70,7 +76,7 @@ def segments(records: list[dict[str, Any]]) -> list[Segment]:
         name = rec.get("stage") if isinstance(rec.get("stage"), str) else None
         algo = rec.get("algorithm") if isinstance(rec.get("algorithm"), str) else None
         if name is None:
-            has_reward = finite(as_float(rec.get("reward_mean")))
+            has_reward = finite(as_float(rec.get("critic/rewards/mean")))
             name, algo = ("rl", algo) if has_reward else ("sft", algo or "sft")
         if not out or out[-1].name != name:
             out.append(Segment(name, algo))
@@ -118,13 +124,13 @@ def _draw_rewards(ax: Any, segs: list[Segment], evals: list[dict[str, Any]]) -> 
         return label
 
     for seg in segs:
-        xs, ys = _series(seg.records, "reward_mean")
+        xs, ys = _series(seg.records, "critic/rewards/mean")
         if not xs:
             continue
         w = _window(len(ys))
         ax.plot(xs, ys, color=REWARD_COLOR, alpha=0.25, linewidth=0.8, label=once("reward, each step"))
         ax.plot(xs, smooth(ys, w), color=REWARD_COLOR, linewidth=2.0, label=once(f"reward, mean of {w} steps"))
-        xa, acc = _series(seg.records, "accuracy")
+        xa, acc = _series(seg.records, "rollout/accuracy/mean")
         # a 0/1 accuracy reward makes the two curves identical: drawing both hides the reward
         if xa and (len(acc) != len(ys) or any(abs(a - r) > 1e-9 for a, r in zip(acc, ys, strict=True))):
             ax.plot(xa, smooth(acc, _window(len(acc))), color=ACC_COLOR, linewidth=1.5, linestyle="--",
@@ -166,7 +172,9 @@ def _mark_stages(ax: Any, segs: list[Segment]) -> None:
 
 
 def _draw_loss(ax: Any, seg: Segment) -> None:
-    xs, ys = _series(seg.records, "policy_loss")
+    xs, ys = _series(seg.records, "actor/pg_loss")
+    if not xs:
+        xs, ys = _series(seg.records, "actor/sft_loss")  # sft, cpt and raft log a cross-entropy
     algo = seg.algorithm or ("sft" if seg.is_sft else "policy")
     what = "cross-entropy" if seg.is_sft else f"{algo} loss"
     title = seg.name if seg.name in (algo, "rl", "sft") else f"{seg.name} ({algo})"
@@ -179,7 +187,7 @@ def _draw_loss(ax: Any, seg: Segment) -> None:
         ax.plot(xs, smooth(ys, w), color=LOSS_COLOR, linewidth=1.8, label=f"{what}, mean of {w}")
     else:
         ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
-    xk, kl = _series(seg.records, "kl")
+    xk, kl = _series(seg.records, "actor/kl_loss")
     if xk:
         twin = ax.twinx()
         twin.plot(xk, smooth(kl, _window(len(kl))), color=KL_COLOR, linewidth=1.2, label="kl")

@@ -22,7 +22,8 @@ def _fmt(value: Any) -> str:
 def summary(record: dict[str, Any]) -> dict[str, str]:
     """The few numbers worth a glance: reward, accuracy (when it says more than reward), loss."""
     out: dict[str, str] = {}
-    for key, short in (("reward_mean", "reward"), ("accuracy", "acc"), ("policy_loss", "loss")):
+    for key, short in (("critic/rewards/mean", "reward"), ("rollout/accuracy/mean", "acc"),
+                       ("actor/pg_loss", "loss"), ("actor/sft_loss", "loss")):
         if record.get(key) is not None:
             out[short] = _fmt(record[key])
     if out.get("acc") is not None and out.get("acc") == out.get("reward"):
@@ -78,7 +79,7 @@ class Progress:
         info = summary(record)
         if not self._tty:
             text = " ".join(f"{k}={v}" for k, v in info.items())
-            seconds = record.get("time_step_s")
+            seconds = record.get("time/step")
             if isinstance(seconds, (int, float)):
                 text += f" ({seconds:.2f}s/step)"
             where = f" [{stage} {stage_step}/{stage_total}]" if stage and stage_total else ""

@@ -1,0 +1,328 @@
+"""Policy losses, KL and entropy terms and loss aggregation against values computed by hand; the built-in
+Tinker loss each plan picks gives the same loss and gradient as Trinity's formula; every Trinity algorithm
+type and loss setting is either trained or refused with a reason (none accepted and then ignored)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rft_runtime.algorithms import (
+    AGG_MODES,
+    ALGORITHMS,
+    AlgorithmError,
+    agg_scales,
+    loss_plan,
+)
+from rft_runtime.config import ConfigError, load_config_dict
+from rft_runtime.config.trinity_facts import REGISTRIES
+
+torch = pytest.importorskip("torch")
+from rft_runtime.algorithms import terms  # noqa: E402  (needs torch)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+approx = pytest.approx
+L15 = math.log(1.5)
+
+
+def job(tmp_path, teacher=False, **algorithm):
+    """The Tinker example config with `algorithm` fields set (and a teacher model, and expert data for mix),
+    loaded and validated."""
+    raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
+    raw["checkpoint_root_dir"] = str(tmp_path)
+    raw["algorithm"].update(algorithm)
+    if algorithm.get("algorithm_type") == "mix":
+        raw["buffer"]["trainer_input"]["auxiliary_buffers"] = {"sft_dataset": {
+            "name": "sft_dataset", "storage_type": "file", "path": str(tmp_path / "expert.jsonl")}}
+    if teacher:
+        raw.setdefault("explorer", {})["auxiliary_models"] = [{"model_path": raw["model"]["model_path"]}]
+    return load_config_dict(raw)
+
+
+def run_terms(plan, ratios, adv, ref=None, scale=None):
+    """Loss, metrics and d loss / d logprob of one two-token experience (old logprobs 0, so lp = log r)."""
+    lp = torch.tensor([math.log(r) for r in ratios], requires_grad=True)
+    seq = terms.make_seq(0, [0.0] * len(ratios), adv, [1] * len(ratios),
+                         scale if scale is not None else 1 / len(ratios), ref)
+    loss, metrics = terms.compute_terms(plan, [seq], [lp])
+    loss.backward()
+    return float(loss), metrics, lp.grad.tolist()
+
+
+def plan_of(tmp_path, **algorithm):
+    return loss_plan(job(tmp_path, **algorithm))
+
+
+def test_distillation_needs_a_teacher_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"explorer.auxiliary_models.*on_policy_distill distils from a teacher"):
+        job(tmp_path, algorithm_type="on_policy_distill")
+    assert loss_plan(job(tmp_path, teacher=True, algorithm_type="jsd")).advantage_fn == "jsd"
+
+
+# ---------------------------------------------------------------- policy losses by hand
+
+
+def test_ppo_clips_both_sides_and_dual_clips_negative_advantages(tmp_path):
+    plan = plan_of(tmp_path, algorithm_type="grpo", policy_loss_fn_args={"clip_range": 0.2, "clip_ratio_c": 3.0})
+    assert plan.custom  # dual clip set explicitly: trained client-side
+    # A = 1, ratios 1.5 (clipped at 1.2: no gradient) and 1.0: losses -1.2, -1.0, token mean -1.1
+    loss, m, grad = run_terms(plan, [1.5, 1.0], 1.0)
+    assert loss == approx(-1.1) and m["actor/pg_clipfrac"] == 0.5
+    assert grad == approx([0.0, -0.5])
+    # A = -1, ratio 0.5 (below 0.8: loss 0.8, constant) and 4.0 (loss 4 capped at clip_ratio_c 3, constant)
+    loss, m, grad = run_terms(plan, [0.5, 4.0], -1.0)
+    assert loss == approx(1.9) and grad == approx([0.0, 0.0]) and m["actor/pg_clipfrac"] == 0.5
+    # ppo_kl: mean of old - new logprob
+    assert m["actor/ppo_kl"] == approx(-(math.log(0.5) + math.log(4.0)) / 2)
+
+
+def test_gspo_uses_the_sequence_ratio_for_every_token(tmp_path):
+    # given args start from the constructor's defaults (as in Trinity): clip_range sets both sides
+    plan = plan_of(tmp_path, algorithm_type="gspo", policy_loss_fn_args={"clip_range": 0.2})
+    assert plan.policy_args["clip_range_low"] is None and plan.policy_args["clip_range_high"] is None
+    # ratios 1.1, 1.0: sequence ratio exp(log(1.1) / 2) = 1.048809, inside the clip: loss -s, grad -s / 2 each
+    loss, m, grad = run_terms(plan, [1.1, 1.0], 1.0)
+    assert loss == approx(-1.048809, rel=1e-6) and grad == approx([-0.524404, -0.524404], rel=1e-5)
+    # ratios 1.5, 1.0: sequence ratio 1.224745 > 1.2: both tokens clipped, no gradient
+    loss, m, grad = run_terms(plan, [1.5, 1.0], 1.0)
+    assert loss == approx(-1.2) and grad == approx([0.0, 0.0]) and m["actor/pg_clipfrac"] == 1.0
+
+
+def test_cispo_sapo_topr_sppo_importance_sampling_opmd(tmp_path):
+    # cispo (Trinity defaults: ratio clamped to [0, 1.28]): -A sg(w) logp, w = [1.28, 1.0]
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="cispo", kl_loss_fn="none",
+                                      entropy_loss_fn_args={"entropy_coef": 0.0}), [1.5, 1.0], 1.0)
+    assert loss == approx(-0.5 * 1.28 * L15) and grad == approx([-0.64, -0.5])
+    # with enable_mask_clip, a positive-advantage token whose ratio is over 1.28 carries no loss at all
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="cispo", kl_loss_fn="none",
+                                      policy_loss_fn_args={"enable_mask_clip": True}), [1.5, 1.0], 1.0)
+    assert loss == approx(0.0) and grad == approx([0.0, -0.5])
+    # sapo (tau_pos 1): gate 4 sigmoid(r - 1) = [2.489837, 2.0]
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="sapo"), [1.5, 1.0], 1.0)
+    assert loss == approx(-0.5 * 2.489837 * L15, rel=1e-6) and grad == approx([-1.244919, -1.0], rel=1e-6)
+    # topr, reward -1 <= threshold 0: alpha = clamp(r, 0, 1) = [1, 0.5]; loss -alpha A logp
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="topr"), [1.5, 0.5], -1.0)
+    assert loss == approx(0.5 * (L15 + 0.5 * math.log(0.5))) and grad == approx([0.5, 0.25])
+    # sppo (epsilon 0.3): ratio 1.5 is outside [1/1.3, 1.3], so only the second token has a gradient
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="sppo"), [1.5, 1.0], 1.0)
+    assert loss == approx(0.0) and grad == approx([0.0, -0.5]) and m["actor/pg_clipfrac"] == 0.5
+    # importance_sampling: -A r
+    plan = plan_of(tmp_path, algorithm_type="grpo", policy_loss_fn="importance_sampling")
+    loss, m, grad = run_terms(plan, [1.5, 1.0], 1.0)
+    assert loss == approx(-1.25) and grad == approx([-0.75, -0.5])
+    # opmd (tau 1): -A logp / 2
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="opmd"), [1.5, 1.0], 1.0)
+    assert loss == approx(-0.25 * L15) and grad == approx([-0.25, -0.25])
+
+
+def test_rec_two_side_clip_masks_tokens_outside_the_range(tmp_path):
+    plan = plan_of(tmp_path, algorithm_type="rec", policy_loss_fn_args={"clip_mode": "two-side"})
+    # ratio 1.5 is outside [0.8, 1.2]: masked; token 2 keeps -A logp
+    loss, m, grad = run_terms(plan, [1.5, 1.0], 1.0)
+    assert loss == approx(0.0) and grad == approx([0.0, -0.5]) and m["actor/pg_clipfrac"] == 0.5
+
+
+# ---------------------------------------------------------------- KL, entropy, aggregation
+
+
+@pytest.mark.parametrize("fn, per_token", [
+    ("k1", L15), ("abs", L15), ("k2", 0.5 * L15 ** 2), ("k3", 2 / 3 - 1 + L15), ("low_var_kl", 2 / 3 - 1 + L15),
+    ("corrected_k3", 1.5 * (2 / 3 - 1 + L15)),
+])
+def test_kl_estimators_against_the_reference(tmp_path, fn, per_token):
+    # policy logprob log 1.5 vs reference 0 on token 1, equal on token 2; token mean halves it
+    plan = plan_of(tmp_path, algorithm_type="grpo", kl_loss_fn=fn, kl_loss_fn_args={"kl_coef": 0.1})
+    assert plan.uses_reference and plan.custom
+    loss, m, _ = run_terms(plan, [1.5, 1.0], 0.0, ref=[0.0, 0.0])
+    assert m["actor/kl_loss"] == approx(per_token / 2, rel=1e-6)
+    assert loss == approx(m["actor/pg_loss"] + 0.1 * m["actor/kl_loss"], rel=1e-6)
+
+
+def test_kl_estimator_alone_uses_trinitys_coefficient(tmp_path):
+    assert plan_of(tmp_path, algorithm_type="grpo", kl_loss_fn="k3", kl_loss_fn_args=None).kl_coef == 0.001
+    assert plan_of(tmp_path, algorithm_type="dapo").kl_coef == 0.0
+
+
+def test_entropy_bonus_is_the_sampled_token_estimate_with_a_score_function_gradient(tmp_path):
+    plan = plan_of(tmp_path, algorithm_type="grpo", entropy_loss_fn_args={"entropy_coef": 0.1})
+    lp = [math.log(0.5), math.log(0.25)]
+    loss, m, grad = run_terms(plan, [0.5, 0.25], 0.0)
+    # value: mean -logp; gradient of -coef * H: coef * logp * scale per token
+    assert m["actor/entropy_loss"] == approx(-(lp[0] + lp[1]) / 2)
+    assert loss == approx(-0.1 * m["actor/entropy_loss"])
+    assert grad == approx([0.1 * lp[0] / 2, 0.1 * lp[1] / 2])
+
+
+def test_loss_agg_modes_weight_tokens_as_trinity_aggregates():
+    lengths = [2, 1]
+    assert agg_scales("token-mean", lengths) == approx([1 / 3, 1 / 3])
+    assert agg_scales("seq-mean-token-sum", lengths) == approx([1 / 2, 1 / 2])
+    assert agg_scales("seq-mean-token-mean", lengths) == approx([1 / 4, 1 / 2])
+    assert agg_scales("seq-mean-token-sum-norm", lengths, normalizer=4) == approx([1 / 4, 1 / 4])
+    assert agg_scales("seq-mean-token-sum-norm", lengths) == approx([1 / 2, 1 / 2])  # the longest: 2
+    assert agg_scales("token-mean", [0, 2]) == [0.0, 0.5]
+
+
+# ---------------------------------------------------------------- built-in losses equal Trinity's formula
+
+
+@pytest.mark.parametrize("algorithm, fields", [
+    ("grpo", {}), ("grpo", {"policy_loss_fn": "importance_sampling"}), ("cispo", {"kl_loss_fn": "none"}),
+    ("opmd", {}), ("asymre", {}),
+])
+def test_the_builtin_tinker_loss_gives_trinitys_loss_and_gradient(tmp_path, algorithm, fields):
+    from rft_runtime.engine import losses as engine_losses
+
+    plan = plan_of(tmp_path, algorithm_type=algorithm, **fields)
+    name, config = plan.builtin
+    ratios, adv, scale = [1.1, 0.9, 1.05], -0.7, 1 / 3
+    lp_a = torch.tensor([math.log(r) for r in ratios], requires_grad=True)
+    inputs = {"logprobs": torch.zeros(3), "advantages": torch.full((3,), adv * plan.advantage_factor * scale)}
+    server = engine_losses.token_losses(name, lp_a, inputs, config or {}).sum()
+    server.backward()
+    loss, _, grad = run_terms(plan, ratios, adv, scale=scale)
+    assert float(server) == approx(loss, rel=1e-5, abs=1e-7)
+    assert lp_a.grad.tolist() == approx(grad, rel=1e-5, abs=1e-7)
+
+
+def test_default_ppo_is_one_builtin_pass_and_says_what_it_leaves_out(tmp_path):
+    plan = plan_of(tmp_path, algorithm_type="grpo")
+    assert plan.builtin == ("ppo", approx({"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}))
+    assert any("dual clip" in n for n in plan.notes)
+    assert plan_of(tmp_path, algorithm_type="gspo").custom
+    assert plan_of(tmp_path, algorithm_type="grpo", loss_agg_mode="seq-mean-token-sum").builtin
+
+
+def test_zero_advantage_rollouts_are_skipped_only_when_no_other_term_trains(tmp_path):
+    assert plan_of(tmp_path, algorithm_type="grpo").only_policy_gradient()
+    assert not plan_of(tmp_path, algorithm_type="grpo", kl_loss_fn_args={"kl_coef": 0.01}).only_policy_gradient()
+    assert not plan_of(tmp_path, algorithm_type="grpo",
+                       entropy_loss_fn_args={"entropy_coef": 0.01}).only_policy_gradient()
+    assert not plan_of(tmp_path, algorithm_type="raft").only_policy_gradient()
+
+
+# ---------------------------------------------------------------- every algorithm type: trained or refused
+
+
+def test_every_trinity_algorithm_type_is_in_the_registry():
+    assert set(REGISTRIES["algorithms"]) == set(ALGORITHMS)
+
+
+@pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if s.refusal))
+def test_a_refused_algorithm_names_itself_the_reason_and_an_alternative(tmp_path, algorithm):
+    with pytest.raises(ConfigError) as err:
+        job(tmp_path, algorithm_type=algorithm)
+    text = str(err.value)
+    assert "algorithm.algorithm_type" in text and repr(algorithm) in text
+    assert ALGORITHMS[algorithm].refusal in text
+    assert "use " in ALGORITHMS[algorithm].refusal
+
+
+@pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if not s.refusal and s.schema == "experience"))
+def test_a_trained_algorithm_loads_with_its_own_parts(tmp_path, algorithm):
+    spec = ALGORITHMS[algorithm]
+    plan = loss_plan(job(tmp_path, teacher=True, algorithm_type=algorithm))
+    assert plan.policy_loss == spec.policy_loss_fn and plan.advantage_fn == spec.advantage_fn
+
+
+# ---------------------------------------------------------------- every loss setting: honoured or refused
+
+
+SETTINGS = (
+    [("policy_loss_fn", n) for n in REGISTRIES["policy_loss_fns"]]
+    + [("advantage_fn", n) for n in REGISTRIES["advantage_fns"]]
+    + [("kl_loss_fn", n) for n in REGISTRIES["kl_fns"]]
+    + [("kl_penalty_fn", n) for n in REGISTRIES["kl_fns"]]
+    + [("entropy_loss_fn", n) for n in REGISTRIES["entropy_loss_fns"]]
+    + [("sample_strategy", n) for n in REGISTRIES["sample_strategies"]]
+    + [("loss_agg_mode", n) for n in AGG_MODES]
+)
+
+
+@pytest.mark.parametrize("field, value", SETTINGS)
+def test_every_loss_setting_is_honoured_or_refused_with_its_field(tmp_path, field, value):
+    fields = {field: value}
+    if field == "entropy_loss_fn":
+        fields["entropy_loss_fn_args"] = {"entropy_coef": 0.01}
+    if field == "kl_penalty_fn":
+        fields["kl_penalty_fn_args"] = {"kl_coef": 0.01}
+    try:
+        cfg = job(tmp_path, teacher=True, algorithm_type="grpo", **fields)
+    except ConfigError as exc:
+        text = str(exc)
+        assert f"algorithm.{field}" in text and repr(value) in text, text
+        return
+    plan = loss_plan(cfg)
+    honoured = {
+        "policy_loss_fn": plan.policy_loss, "advantage_fn": plan.advantage_fn, "kl_loss_fn": plan.kl_fn,
+        "loss_agg_mode": plan.agg_mode,
+    }
+    if field in honoured:
+        assert honoured[field] == value
+    elif field == "entropy_loss_fn":
+        assert plan.entropy_coef == (0.0 if value == "none" else 0.01)
+    elif field == "kl_penalty_fn":
+        assert value == "none"  # no penalty: the rewards are the scores, as asked
+    elif field == "sample_strategy":
+        # warmup is Trinity's deprecated alias of default; staleness_control (max_staleness inf) drops nothing
+        assert value in ("default", "warmup", "staleness_control")
+
+
+def test_staleness_control_holds_when_sync_offset_is_within_max_staleness(tmp_path):
+    raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
+    raw["checkpoint_root_dir"] = str(tmp_path)
+    raw["synchronizer"]["sync_offset"] = 1
+    raw["algorithm"].update(sample_strategy="staleness_control", sample_strategy_args={"max_staleness": 1})
+    assert loss_plan(load_config_dict(raw)).policy_loss == "ppo"
+    raw["algorithm"]["sample_strategy_args"] = {"max_staleness": 0}
+    with pytest.raises(ConfigError, match=r"max_staleness: 0 is below synchronizer.sync_offset 1"):
+        load_config_dict(raw)
+
+
+def test_unknown_loss_arguments_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"algorithm.policy_loss_fn_args.*tau_pos not used by gspo"):
+        job(tmp_path, algorithm_type="gspo", policy_loss_fn_args={"tau_pos": 1.0})
+    with pytest.raises(ConfigError, match=r"algorithm.entropy_loss_fn_args.*entropy_cof"):
+        job(tmp_path, algorithm_type="grpo", entropy_loss_fn_args={"entropy_cof": 0.1})
+    with pytest.raises(ConfigError, match=r"algorithm.policy_loss_fn_args.loss_agg_mode"):
+        job(tmp_path, algorithm_type="grpo", policy_loss_fn_args={"loss_agg_mode": "seq-mean-token-sum"})
+    with pytest.raises(AlgorithmError, match="clip_ratio_c must be > 1"):
+        plan = job(tmp_path, algorithm_type="grpo")
+        plan.algorithm.policy_loss_fn_args = {"clip_ratio_c": 1.0}
+        loss_plan(plan)
+
+
+def test_dpo_loss_over_a_pair(tmp_path):
+    from rft_runtime.algorithms.losses import LossPlan
+
+    plan = LossPlan("dpo", None, {}, "dpo", {"beta": 0.1, "label_smoothing": 0.0}, "token-mean")
+    # chosen: policy 2 x log 0.5 vs reference 2 x log 0.25 -> ratio 2 log 2; rejected: equal -> 0
+    chosen = torch.tensor([math.log(0.5)] * 2, requires_grad=True)
+    rejected = torch.tensor([math.log(0.5)], requires_grad=True)
+    seqs = [terms.make_seq(0, [0.0] * 2, 0.0, [1, 1], 1.0, [math.log(0.25)] * 2),
+            terms.make_seq(0, [0.0], 0.0, [1], 1.0, [math.log(0.5)])]
+    loss, m = terms.compute_terms(plan, seqs, [chosen, rejected])
+    loss.backward()
+    z = 2 * math.log(2)
+    assert float(loss) == approx(math.log(1 + math.exp(-0.1 * z)))
+    g = 0.1 / (1 + math.exp(0.1 * z))  # beta * sigmoid(-beta z)
+    assert chosen.grad.tolist() == approx([-g, -g]) and rejected.grad.tolist() == approx([g])
+    assert m["actor/accuracy_mean"] == 1.0 and m["actor/chosen_reward"] == approx(0.1 * z)
+
+
+def test_mix_weighs_the_rollouts_ppo_against_the_expert_sft(tmp_path):
+    from rft_runtime.algorithms.losses import POLICY_LOSSES, LossPlan
+
+    plan = LossPlan("mix", "grpo", {}, "mix", dict(POLICY_LOSSES["mix"]), "token-mean")
+    rollout = torch.zeros(2, requires_grad=True)  # ratio 1 on both tokens, A = 1: ppo loss -1 per token
+    expert = torch.tensor([math.log(0.5)], requires_grad=True)
+    seqs = [terms.make_seq(0, [0.0, 0.0], 1.0, [1, 1], 0.5), terms.make_seq(0, [0.0], 0.0, [1], 1.0)]
+    seqs[1].expert = True
+    loss, m = terms.compute_terms(plan, seqs, [rollout, expert])
+    loss.backward()
+    assert m["actor/pg_loss"] == approx(-1.0) and m["actor/sft_loss"] == approx(math.log(2))
+    assert float(loss) == approx(0.9 * -1.0 + 0.1 * math.log(2))
+    assert rollout.grad.tolist() == approx([-0.45, -0.45]) and expert.grad.tolist() == approx([-0.1])
