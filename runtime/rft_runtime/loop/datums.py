@@ -24,23 +24,29 @@ def _model_input(tokens: list[int]) -> Any:
 
 def rl_datum(
     prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: float, scale: float,
-    ref_logprobs: list[float] | None = None,
+    ref_logprobs: list[float] | None = None, mask: list[int] | None = None,
 ) -> Any:
-    """One rollout for an advantage loss: per-token sampler logprobs and (scaled) advantages."""
+    """One rollout for an advantage loss: per-token sampler logprobs and (scaled) advantages.
+
+    `mask` (one 0/1 per response token; all 1 when None) is the experience's action mask: tokens the model
+    did not produce (tool output, an environment's reply) get zero advantage and zero weight, so they
+    carry no loss.
+    """
     import tinker
 
     tokens = prompt_ids + response
     n_prompt = len(prompt_ids) - 1
+    keep = [1.0] * len(response) if mask is None else [float(m) for m in mask]
     inputs: dict[str, Any] = {
         "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
         "logprobs": np.asarray([0.0] * n_prompt + list(logprobs), dtype=np.float32),
-        "advantages": np.asarray([0.0] * n_prompt + [advantage * scale] * len(response), dtype=np.float32),
+        "advantages": np.asarray([0.0] * n_prompt + [advantage * scale * k for k in keep], dtype=np.float32),
     }
     if ref_logprobs is not None:
         # the custom loss needs its own mask and the unscaled advantage; only target_tokens and weights
         # travel to the server, the rest stays on the client for the loss function
-        inputs["weights"] = np.asarray([0.0] * n_prompt + [scale] * len(response), dtype=np.float32)
-        inputs["advantages"] = np.asarray([0.0] * n_prompt + [advantage] * len(response), dtype=np.float32)
+        inputs["weights"] = np.asarray([0.0] * n_prompt + [scale * k for k in keep], dtype=np.float32)
+        inputs["advantages"] = np.asarray([0.0] * n_prompt + [advantage * k for k in keep], dtype=np.float32)
         inputs["ref_logprobs"] = np.asarray([0.0] * n_prompt + list(ref_logprobs), dtype=np.float32)
     return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)
 

@@ -60,22 +60,6 @@ def make_stream(cfg: JobConfig) -> Any:
     return stream
 
 
-def make_workflow(cfg: JobConfig) -> Any:
-    """The taskset's workflow instance (its own default_workflow_type, else the explorer input's)."""
-    from rft_runtime.workflows import get_workflow
-
-    ts = cfg.buffer.explorer_input.taskset
-    name = ts.default_workflow_type or cfg.buffer.explorer_input.default_workflow_type or "math_workflow"
-    reward_args = dict(ts.reward_fn_args or {})
-    reward_fn = ts.default_reward_fn_type or cfg.buffer.explorer_input.default_reward_fn_type
-    if reward_fn:
-        reward_args.setdefault("reward_fn", reward_fn)
-    fmt = ts.format
-    if fmt.system_prompt is None and cfg.buffer.explorer_input.system_prompt:
-        fmt = fmt.model_copy(update={"system_prompt": cfg.buffer.explorer_input.system_prompt})
-    return get_workflow(name)(fmt, dict(ts.workflow_args or {}), reward_args)
-
-
 def sft_messages(cfg: JobConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     """Chat messages and target response of one SFT row (prompt_key / response_key / system_prompt)."""
     fmt = cfg.buffer.trainer_input.experience_buffer.format
@@ -104,8 +88,8 @@ def assign_advantages(cfg: JobConfig, batch: ExploredBatch) -> None:
             rollout.advantage = float(adv)
     if algo == "reinforceplusplus":
         # whitened over the batch's tokens, as Trinity's masked_whiten
-        flat = [r for r in batch.rollouts if r.tokens]
-        whitened = algorithms.normalise_batch([r.advantage for r in flat], [float(len(r.tokens)) for r in flat])
+        flat = [r for r in batch.rollouts if r.trained_tokens]
+        whitened = algorithms.normalise_batch([r.advantage for r in flat], [float(r.trained_tokens) for r in flat])
         for rollout, adv in zip(flat, whitened, strict=True):
             rollout.advantage = float(adv)
 
@@ -127,10 +111,10 @@ def reward_stats(batch: ExploredBatch) -> dict[str, float]:
             out[key] = statistics.fmean(vals)
     lengths = [len(r.tokens) for r in rollouts]
     out["response_length_mean"] = statistics.fmean(lengths)
-    tokens = sum(lengths)
+    tokens = sum(r.trained_tokens for r in rollouts)
     if tokens:
         # entropy estimated from the sampled tokens only: E[-log p] (what Tinker makes possible)
-        out["entropy"] = -sum(sum(r.logprobs) for r in rollouts) / tokens
+        out["entropy"] = -sum(lp * m for r in rollouts for lp, m in zip(r.logprobs, r.loss_mask, strict=False)) / tokens
     return out
 
 
@@ -197,15 +181,16 @@ class StageRunner:
     def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
         assign_advantages(self.cfg, batch)
         name, config = self._loss()
-        rollouts = [r for r in batch.rollouts if r.tokens]
-        n_tokens = sum(len(r.tokens) for r in rollouts)
+        # token-mean over the tokens that carry loss: the model's own, not spliced-in environment text
+        rollouts = [r for r in batch.rollouts if r.trained_tokens]
+        n_tokens = sum(r.trained_tokens for r in rollouts)
         scale = 1.0 / n_tokens if n_tokens else 0.0
         use_kl = self.kl_coef > 0
         if not use_kl:
             # a zero advantage masks every token: sending such a rollout would only cost time
             rollouts = [r for r in rollouts if r.advantage != 0.0]
         refs = self._ref_logprobs(rollouts) if use_kl and rollouts else [None] * len(rollouts)
-        datums = [D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref)
+        datums = [D.rl_datum(r.prompt_ids, r.tokens, r.logprobs, r.advantage, scale, ref, r.mask)
                   for r, ref in zip(rollouts, refs, strict=True)]
         custom = None
         if use_kl and datums:
@@ -324,8 +309,10 @@ class StageRunner:
         return StageResult(self.total, self.trainer.base_state, self._last_sampler)
 
     def _run_both(self, start_step: int, board: WeightBoard) -> StageResult:
+        from rft_runtime.loop.explorer import check_some_prompt_fits
         from rft_runtime.loop.explorer_thread import ExplorerThread
 
+        check_some_prompt_fits(self.cfg, self.encoder, getattr(self.stream, "rows", []))
         evals = EvalRunner(self.cfg, self.conn, self.encoder, self.cfg.job_dir)
         if evals.sets and start_step == 0 and self.cfg.explorer.eval_on_startup:
             evals.run(self.step_base, board.path)
@@ -364,6 +351,11 @@ class StageRunner:
                     time_sync_s=t_sync + batch.time_sync_s,
                     weight_version_lag=int(step - 1 - batch.weight_version),
                 )
+                if batch.truncated_prompts:
+                    log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
+                                "longest %d tokens) and were skipped, not sampled", self.step_base + step,
+                                batch.truncated_prompts, batch.truncated_prompts + batch.sampled_prompts,
+                                self.cfg.model.max_prompt_tokens, batch.longest_truncated)
                 now = time.monotonic()
                 self._log(step, batch.explore_step, record, now - last_end, batch.stream_state)
                 if evals.due(step, step == self.total):
