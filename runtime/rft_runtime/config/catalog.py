@@ -54,6 +54,6 @@ def known_workflows() -> tuple[str, ...]:
 
 
 def is_import_path(name: str) -> bool:
-    """True for `package.module:Name` (the form user workflows and reward functions take)."""
-    module, sep, attr = name.partition(":")
+    """True for `package.module:Name`, or Trinity's `package.module.Name` (split at the last dot)."""
+    module, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
     return bool(sep and module and attr and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier())
