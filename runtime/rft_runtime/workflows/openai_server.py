@@ -242,6 +242,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError as exc:
                 raise RequestError(400, f"the body is not JSON: {exc}") from exc
             wrapper = self.owner.lookup(route, body.get("model"))
+            if route is None:
+                # the plain route belongs to no rollout: sample with the current weights, record nothing
+                wrapper = wrapper.with_settings(enable_history=False)
             try:
                 self._send(200, completion(wrapper, body))
             except RequestError:
