@@ -269,3 +269,19 @@ def test_a_custom_workflow_whose_prompts_never_fit_fails_on_its_first_step(tmp_p
     with pytest.raises(RunError, match=r"no prompt of explore step 1 .*model.max_prompt_tokens \(5\).*at least \d+"):
         run_job(load_config_dict(cfg), metrics_port=None, progress=False)
     assert not metrics(cfg)
+
+
+@pytest.mark.slow
+def test_a_step_that_skipped_prompts_says_so_in_its_log_line(tmp_path, tiny_model_dir, local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="someskip", steps=1, batch=8, repeat=2)
+    cfg["buffer"]["explorer_input"]["taskset"]["format"]["system_prompt"] = "Solve."
+    cfg["model"]["max_prompt_tokens"] = 60  # the short questions fit, the word problems do not
+    done = subprocess.run(rft("run", "--config", str(write_config(tmp_path / "someskip.yaml", cfg)),
+                              "--no-metrics"), capture_output=True, text=True, env=clean_env(), timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = metrics(cfg)
+    skipped = int(record["truncated_prompts"])
+    assert 0 < skipped < 8
+    step_lines = [line for line in done.stderr.splitlines() if "step 1/1" in line]
+    assert step_lines and f"skipped_prompts={skipped}" in step_lines[-1]
+    assert f"{skipped} of 8 prompts were longer than model.max_prompt_tokens (60" in done.stderr

@@ -23,6 +23,9 @@ def summary(record: dict[str, Any]) -> dict[str, str]:
                        ("time_step_s", "s/step")):
         if record.get(key) is not None:
             out[short] = _fmt(record[key])
+    if record.get("truncated_prompts"):
+        # prompts over model.max_prompt_tokens were not sampled: a step that trained on less says so
+        out["skipped_prompts"] = _fmt(int(record["truncated_prompts"]))
     return out
 
 
