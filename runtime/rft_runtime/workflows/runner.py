@@ -86,6 +86,18 @@ def format_config(cfg: Any, taskset: Any) -> FormatConfig:
     return out
 
 
+def trinity_reward_class(name: str) -> Any:
+    """For a workflow class of an installed trinity-rft: the reward function as Trinity's registry gives it
+    (its SimpleWorkflow insists on a subclass of its own RewardFn); the name unchanged without trinity-rft."""
+    from rft_runtime.workflows.registry import real_trinity_root
+
+    if real_trinity_root() is None:
+        return name
+    from trinity.common.rewards import REWARD_FUNCTIONS
+
+    return REWARD_FUNCTIONS.get(name)
+
+
 class WorkflowRunner:
     """Turns data-layer tasks (index, row) into workflow runs on the given model wrappers."""
 
@@ -127,8 +139,11 @@ class WorkflowRunner:
         key = self.format.reward_fn_key
         if key and isinstance(row, dict) and row.get(key):
             reward_fn = row[key]
+        workflow = self._workflow_for(row)
+        if isinstance(reward_fn, str) and workflow.__module__.startswith("trinity."):
+            reward_fn = trinity_reward_class(reward_fn)
         return Task(
-            workflow=self._workflow_for(row), repeat_times=repeat, format_args=self._copy(self.format),
+            workflow=workflow, repeat_times=repeat, format_args=self._copy(self.format),
             rollout_args=self._copy(self.rollout), workflow_args=self._copy(dict(self.taskset.workflow_args or {})),
             reward_fn_args=self._copy(dict(self.taskset.reward_fn_args or {})), is_eval=self.is_eval,
             reward_fn=reward_fn, raw_task=row, batch_id=explore_step, task_id=slot,
