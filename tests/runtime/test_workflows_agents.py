@@ -285,3 +285,22 @@ def test_a_step_that_skipped_prompts_says_so_in_its_log_line(tmp_path, tiny_mode
     step_lines = [line for line in done.stderr.splitlines() if "step 1/1" in line]
     assert step_lines and f"skipped_prompts={skipped}" in step_lines[-1]
     assert f"{skipped} of 8 prompts were longer than model.max_prompt_tokens (60" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workflow", "workflow_args"), [
+    ("async_math_workflow", {}),
+    ("math_boxed_workflow", {"use_base": True, "with_think": True}),
+    ("async_math_boxed_workflow", {"use_base": True}),
+])
+def test_builtin_trinity_workflows_train(tmp_path, tiny_model_dir, local_engine, workflow, workflow_args):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name=workflow, steps=1, batch=2, repeat=3)
+    cfg["buffer"]["explorer_input"]["default_workflow_type"] = workflow
+    cfg["buffer"]["explorer_input"]["taskset"]["workflow_args"] = workflow_args
+    run_job(load_config_dict(cfg), metrics_port=None, progress=False)
+    (record,) = metrics(cfg)
+    assert record["rollouts"] == 2 * 3 and record["failed_rollouts"] == 0
+    assert record["prompt_tokens"] > 0 and "accuracy" in record
+    if workflow_args.get("with_think"):
+        # the tiny model never writes a <think> block: the boxed format penalty is the whole reward
+        assert record["format_score"] == pytest.approx(-0.1)
