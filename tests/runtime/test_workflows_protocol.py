@@ -278,3 +278,61 @@ def test_the_openai_client_needs_the_setting_trinity_needs(tiny_model_dir):
         model.get_openai_client()
     with pytest.raises(WorkflowError, match="enable_history: true"):
         model.extract_experience_from_history()
+
+
+@pytest.mark.slow
+def test_truncation_follows_trinity(tiny_model_dir, local_engine):
+    import tinker
+    from transformers import AutoTokenizer
+
+    from rft_runtime.workflows import MultiTurnWorkflow, Task
+    from rft_runtime.workflows.experience import as_floats, as_ints
+    from rft_runtime.workflows.model import ModelSettings, ModelWrapper
+
+    service = tinker.ServiceClient(base_url=local_engine.base_url, api_key="tml-local")
+    sampler = service.create_sampling_client(base_model=str(Path(tiny_model_dir).resolve())).result()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = ModelWrapper(sampler, tok, ModelSettings(name="m", max_tokens=50, max_prompt_tokens=40, max_model_len=60),
+                         seed=1)
+    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a" * 30},
+             {"role": "user", "content": "more"}, {"role": "assistant", "content": "b" * 30}]
+    exp = model.convert_messages_to_experience(convo)
+    # cut at max_model_len - 1 tokens, the mask and logprobs cut with it
+    assert exp.truncate_status == "response_truncated" and len(as_ints(exp.tokens)) == 59
+    assert len(as_floats(exp.logprobs)) == len(as_ints(exp.action_mask)) == 59 - exp.prompt_length
+    wf = MultiTurnWorkflow(task=Task(raw_task={}), model=model)
+    assert wf.process_messages_to_experience(convo, reward=1.0).reward == 0.0  # Trinity: a cut game earns 0
+    # a prompt over max_prompt_tokens is not sampled: a masked-out, reward-0 placeholder per requested reply
+    long = [{"role": "user", "content": "x" * 60}]
+    dummies = model.chat(long, n=2)
+    assert [e.truncate_status for e in dummies] == ["prompt_truncated"] * 2
+    assert all(e.reward == 0.0 and not any(as_ints(e.action_mask)) for e in dummies)
+    assert model.calls[-1].truncated and model.calls[-1].prompt_tokens > 40
+    # a reply never runs past max_model_len, whatever max_tokens asks for
+    (reply,) = model.chat([{"role": "user", "content": "y" * 30}], max_tokens=500)
+    assert len(as_ints(reply.tokens)) <= 60
+
+
+def test_trinitys_own_names_are_listed_from_an_installed_package_without_importing_it(tmp_path):
+    wheel = Path("/work/trinity/trinity_rft-0.6.0-py3-none-any.whl")
+    if not wheel.exists():
+        pytest.skip(f"needs the trinity-rft 0.6.0 wheel at {wheel}; runs where it is present")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import json, sys
+        from rft_runtime.workflows import known_workflows, known_reward_fns, trinity_compat
+        print(json.dumps({"workflows": known_workflows(), "rewards": known_reward_fns(),
+                          "stand_in": trinity_compat.install(), "imported": "trinity" in sys.modules}))
+    """)], capture_output=True, text=True, env=clean_env(PYTHONPATH=f"{ROOT / 'runtime'}:{tmp_path / 'site'}"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert {"alfworld_workflow", "frozen_lake_workflow", "agentscope_react_workflow", "math_workflow"} <= \
+        set(out["workflows"])
+    # Trinity registers 37; every built-in name here is one of them, so the union is Trinity's 37
+    assert set(known_workflows()) <= set(out["workflows"]) and len(set(out["workflows"])) == 37
+    assert {"math_dapo_reward", "countdown_reward"} <= set(out["rewards"])
+    # the real package is left alone: no stand-in, and listing imported nothing of it
+    assert out["stand_in"] is False and out["imported"] is False
