@@ -221,23 +221,27 @@ class WorkflowRunner:
 
         async def main() -> None:
             gate = asyncio.Semaphore(max(1, in_flight))
-            with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="workflow") as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="workflow")
 
-                async def one(slot: int, data_task: Any) -> None:
-                    async with gate:
-                        task = self.make_task(data_task.row, slot, explore_step, repeat)
-                        # reproducible per (step, task, run), different across them
-                        seed = base_seed + explore_step * 100_003 + data_task.index * 7_919
-                        await self._run_task(outcomes[slot], task, policy, aux, repeat, seed, pool, timeout)
+            async def one(slot: int, data_task: Any) -> None:
+                async with gate:
+                    task = self.make_task(data_task.row, slot, explore_step, repeat)
+                    # reproducible per (step, task, run), different across them
+                    seed = base_seed + explore_step * 100_003 + data_task.index * 7_919
+                    await self._run_task(outcomes[slot], task, policy, aux, repeat, seed, pool, timeout)
 
-                jobs = [asyncio.ensure_future(one(s, t)) for s, t in enumerate(tasks)]
-                try:
-                    await asyncio.gather(*jobs)
-                except BaseException:
-                    for job in jobs:
-                        job.cancel()
-                    await asyncio.gather(*jobs, return_exceptions=True)
-                    raise
+            jobs = [asyncio.ensure_future(one(s, t)) for s, t in enumerate(tasks)]
+            try:
+                await asyncio.gather(*jobs)
+            except BaseException:
+                for job in jobs:
+                    job.cancel()
+                await asyncio.gather(*jobs, return_exceptions=True)
+                raise
+            finally:
+                # a sync workflow past its timeout, or still running when the sampler failed, cannot be
+                # interrupted: it is left to finish on its own thread, its result unused, and the batch goes on
+                pool.shutdown(wait=False, cancel_futures=True)
 
         asyncio.run(main())
         for outcome in outcomes:
