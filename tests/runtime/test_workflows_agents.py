@@ -304,3 +304,30 @@ def test_builtin_trinity_workflows_train(tmp_path, tiny_model_dir, local_engine,
     if workflow_args.get("with_think"):
         # the tiny model never writes a <think> block: the boxed format penalty is the whole reward
         assert record["format_score"] == pytest.approx(-0.1)
+
+
+@pytest.mark.slow
+def test_workflow_bugs_fail_their_runs_not_the_job(tmp_path, tiny_model_dir, local_engine, plugin_registry, caplog):
+    from workflow_plugins import FLAKY
+
+    from rft_runtime.workflows.plugins import load_plugins
+
+    plugins = tmp_path / "plugins"
+    write_plugin(plugins, "flaky", FLAKY)
+    load_plugins([str(plugins)])
+    rows = [{"question": "q", "kind": k} for k in ("ok", "hang", "raise", "noreward")]
+    cfg = _job(tmp_path, tiny_model_dir, local_engine.base_url, "flaky", rows, tmp_path / "f.jsonl", steps=1,
+               batch=4, repeat=2)
+    cfg["explorer"]["max_timeout"] = 3
+    started = time.monotonic()
+    with caplog.at_level("WARNING"):
+        run_job(load_config_dict(cfg), metrics_port=None, progress=False)
+    (record,) = metrics(cfg)
+    # only the "ok" task's two runs train; the other three tasks' six runs are counted as failed
+    assert record["rollouts"] == 2 and record["failed_rollouts"] == 6
+    text = caplog.text
+    assert "timed out after explorer.max_timeout (3s)" in text
+    assert "KeyError: 'no such board'" in text and "has no reward" in text
+    # each kind of error is logged once, not once per run
+    assert text.count("KeyError: 'no such board'") == 1
+    assert time.monotonic() - started < 120

@@ -144,3 +144,24 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The records a plugin workflow appended."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+# A workflow with bugs: it hangs on some tasks, raises on others, forgets the reward on the rest.
+FLAKY = '''
+import time
+
+from trinity.common.workflows import WORKFLOWS, Workflow
+
+
+@WORKFLOWS.register_module("flaky")
+class Flaky(Workflow):
+    def run(self):
+        kind = self.task.raw_task["kind"]
+        if kind == "hang":
+            time.sleep(8)
+        if kind == "raise":
+            raise KeyError("no such board")
+        (reply,) = self.model.chat([{"role": "user", "content": "go"}], max_tokens=3)
+        if kind == "ok":
+            reply.reward = 1.0
+        return [reply]
+'''

@@ -42,6 +42,10 @@ class ErrorOnce:
                     preview, error)
 
 
+class WorkflowTimeout(Exception):
+    """A workflow run that overran explorer.max_timeout."""
+
+
 def sampling_failure(exc: BaseException) -> bool:
     """True for errors of the sampler or the connection to it, which the loop recovers from."""
     try:
@@ -153,11 +157,16 @@ class WorkflowRunner:
 
     async def _call(self, wf: Any, pool: ThreadPoolExecutor, timeout: float) -> list[Any]:
         if getattr(type(wf), "is_async", False):
-            coro = wf.run_async()
+            future = asyncio.ensure_future(wf.run_async())
         else:
-            coro = asyncio.get_running_loop().run_in_executor(pool, wf.run)
-        result = await asyncio.wait_for(coro, timeout)
-        return list(result or [])
+            future = asyncio.get_running_loop().run_in_executor(pool, wf.run)
+        # asyncio.wait, not wait_for: a TimeoutError the sampler raised inside the workflow must stay
+        # distinguishable from the workflow overrunning explorer.max_timeout
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+        if not done:
+            future.cancel()
+            raise WorkflowTimeout(f"timed out after explorer.max_timeout ({timeout:.0f}s)")
+        return list(future.result() or [])
 
     async def _run_task(self, outcome: TaskOutcome, task: Task, policy: Any, aux: list[Any], repeat: int,
                         seed: int, pool: ThreadPoolExecutor, timeout: float) -> None:
@@ -181,15 +190,18 @@ class WorkflowRunner:
                         raise failure from exc
                     if sampling_failure(exc):
                         raise
-                    text = ("timed out after explorer.max_timeout" if isinstance(exc, TimeoutError)
-                            else f"{type(exc).__name__}: {exc}")
+                    text = str(exc) if isinstance(exc, WorkflowTimeout) else f"{type(exc).__name__}: {exc}"
                     self.workflow_errors(text, outcome.task_index, outcome.row)
                     outcome.errors.append(text)
                     outcome.failed += count
                     continue
-                if not getattr(cls, "can_repeat", False):
-                    for exp in exps:
-                        exp.eid.run = run_id
+                for exp in exps:
+                    eid = getattr(exp, "eid", None)
+                    if eid is not None:
+                        # set by the runner in Trinity too: the explore step and the task's place in the batch
+                        eid.batch, eid.task = task.batch_id, task.task_id
+                        if not getattr(cls, "can_repeat", False):
+                            eid.run = run_id
                 outcome.experiences.extend(exps)
         finally:
             for w in wrappers:
