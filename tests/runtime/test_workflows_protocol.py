@@ -205,6 +205,11 @@ def test_assistant_mask_marks_exactly_the_assistant_turns(tiny_model_dir):
     assert sum(mask) == 2 * (2 + 2)
     with pytest.raises(WorkflowError, match="at least one assistant message"):
         model.assistant_mask(messages[:2])
+    import asyncio
+
+    # Trinity's FrozenLake budgets its turns with this: the prompt chat() would send, header included
+    prompt = tok.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=False)
+    assert asyncio.run(model.get_message_token_len(messages[:2])) == len(tok.encode(prompt, add_special_tokens=False))
 
 
 def test_a_masked_token_gets_neither_advantage_nor_weight():

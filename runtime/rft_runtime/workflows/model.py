@@ -174,6 +174,10 @@ class ModelWrapper:
         """Token ids of a rendered chat prompt (the template writes any BOS itself)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    async def get_message_token_len(self, messages: list[dict]) -> int:
+        """Tokens of the messages as a prompt (with the assistant's turn header), as chat() would send them."""
+        return len(self.encode_text(self.render(messages)))
+
     def decode(self, tokens: list[int]) -> str:
         """Text of sampled tokens, special tokens left out."""
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
