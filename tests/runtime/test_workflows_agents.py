@@ -42,17 +42,17 @@ def _rft_run(config: Path, plugins: Path, timeout: float = 240):
 
 
 @pytest.fixture
-def plugin_registry():
-    """Forget plugin modules and names a test loaded into this process."""
+def plugin_registry(tmp_path):
+    """Forget the plugin modules, the stand-in's registries and the names a test loaded into this process."""
     before = dict(registry._WORKFLOWS)
     path = list(sys.path)
-    mods = set(sys.modules)
     yield
     registry._WORKFLOWS.clear()
     registry._WORKFLOWS.update(before)
     sys.path[:] = path
-    for name in set(sys.modules) - mods:
-        if not name.startswith(("rft_runtime", "tinker", "torch", "transformers", "numpy")):
+    for name, module in list(sys.modules.items()):
+        origin = str(getattr(module, "__file__", "") or "")
+        if name == "trinity" or name.startswith("trinity.") or origin.startswith(str(tmp_path)):
             del sys.modules[name]
 
 

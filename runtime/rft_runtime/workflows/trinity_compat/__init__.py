@@ -49,8 +49,9 @@ def install() -> bool:
         return False
     if not _installed:
         _installed = True
-        if ROOT not in sys.path:
-            sys.path.append(ROOT)
         sys.meta_path.append(_Missing())
+    # checked every time: code that saves and restores sys.path (test runners, embedding apps) may drop it
+    if ROOT not in sys.path:
+        sys.path.append(ROOT)
         importlib.invalidate_caches()
     return True
