@@ -331,3 +331,56 @@ def test_workflow_bugs_fail_their_runs_not_the_job(tmp_path, tiny_model_dir, loc
     # each kind of error is logged once, not once per run
     assert text.count("KeyError: 'no such board'") == 1
     assert time.monotonic() - started < 120
+
+
+# ---------------------------------------------------------------- Trinity's own FrozenLake, unchanged
+
+WHEEL = Path("/work/trinity/trinity_rft-0.6.0-py3-none-any.whl")
+
+
+@pytest.fixture(scope="module")
+def small_engine(tmp_path_factory):
+    """A local engine on the small preset (2048 positions: FrozenLake's system prompt alone is ~1100 tokens
+    with the byte-level tokenizer, more than the tiny preset's context)."""
+    from rft_runtime.engine.launcher import LocalEngine
+    from rft_runtime.engine.model_factory import make_model
+
+    root = tmp_path_factory.mktemp("small-engine")
+    model = make_model(root / "small", preset="small", seed=0)
+    engine = LocalEngine(model, state_dir=root / "state", port=0, api_key="tml-local", log_file=root / "engine.log")
+    engine.start(timeout=120)
+    try:
+        yield model, engine
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow
+def test_trinitys_own_frozen_lake_workflow_trains_unchanged(tmp_path, small_engine):
+    pytest.importorskip("gymnasium", reason="FrozenLake needs gymnasium (the dev extra installs it)")
+    if not WHEEL.exists():
+        pytest.skip(f"needs Trinity's source, taken from the trinity-rft 0.6.0 wheel at {WHEEL}")
+    import zipfile
+
+    model_dir, engine = small_engine
+    plugins = tmp_path / "plugins"
+    # Trinity's files byte for byte, at the path their own imports name
+    with zipfile.ZipFile(WHEEL) as wheel:
+        for name in ("utils.py", "workflow.py"):
+            member = f"trinity/common/workflows/envs/frozen_lake/{name}"
+            target = plugins / member
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(wheel.read(member))
+    cfg = job_dict(tmp_path, model_dir, engine.base_url, name="frozen", steps=1, batch=2, repeat=2)
+    ts = cfg["buffer"]["explorer_input"]["taskset"]
+    ts["path"] = str(write_rows(tmp_path / "data" / "lakes.jsonl", [{"question": "lake", "size": 3, "p": 0.8, "seed": s} for s in range(4)]))
+    ts["workflow_args"] = {"env_max_steps": 4, "agent_max_steps": 2}
+    cfg["buffer"]["explorer_input"]["default_workflow_type"] = \
+        "trinity.common.workflows.envs.frozen_lake.workflow.FrozenLakeWorkflow"
+    # a short reply per turn: the context ends a few tokens after the longest prompt
+    cfg["model"].update(max_prompt_tokens=1350, max_response_tokens=8)
+    done = _rft_run(write_config(tmp_path / "frozen.yaml", cfg), plugins, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = metrics(cfg)
+    assert record["rollouts"] == 2 * 2 and record["failed_rollouts"] == 0
+    assert record["response_tokens"] > 0
