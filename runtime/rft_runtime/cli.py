@@ -26,6 +26,30 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _plugin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin-dir", action="append", default=None, metavar="DIR",
+        help="a folder of your workflows / reward functions (imported first, as `trinity run --plugin-dir`); "
+             "repeatable",
+    )
+
+
+def _load_plugins(args: argparse.Namespace) -> str | None:
+    """Import --plugin-dir (and TRINITY_PLUGIN_DIRS) modules before the config names their workflows."""
+    import os
+
+    if not hasattr(args, "plugin_dir") or not (args.plugin_dir or os.environ.get("TRINITY_PLUGIN_DIRS")):
+        return None
+    from rft_runtime.workflows import WorkflowError
+    from rft_runtime.workflows.plugins import load_plugins
+
+    try:
+        load_plugins(args.plugin_dir)
+    except WorkflowError as exc:
+        return str(exc)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser (cheap: no heavy imports)."""
     p = argparse.ArgumentParser(
@@ -37,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a job config and print a summary (exit 2 on errors)")
     _config_args(v)
+    _plugin_args(v)
     _handler(v, "rft_runtime.config.commands:validate_main")
 
     c = sub.add_parser("config", help="show the resolved config or its JSON schema")
@@ -75,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400)")
     r.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (one log line per step)")
+    _plugin_args(r)
     _handler(r, "rft_runtime.loop.run:run_main")
 
     q = sub.add_parser("quickstart", help="make a tiny model, start the local engine, and train it")
@@ -118,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     target = getattr(args, "_handler", None)
     if target is None:
         parser.print_help()
+        return 2
+    problem = _load_plugins(args)
+    if problem is not None:
+        print(f"rft {args.command}: {problem}", file=sys.stderr)
         return 2
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)

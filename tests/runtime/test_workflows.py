@@ -132,7 +132,7 @@ def user_package(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "scoring.py").write_text(textwrap.dedent("""
-        from rft_runtime.workflows import Score, Workflow
+        from rft_runtime.workflows import Score, SingleTurnWorkflow
 
         def length_reward(response, truth, target=5):
             return -abs(len(response) - target)
@@ -143,7 +143,7 @@ def user_package(tmp_path, monkeypatch):
             def __call__(self, response, **kwargs):
                 return {"hit": float(self.word in response), "row_seen": float("row" in kwargs)}
 
-        class Echo(Workflow):
+        class Echo(SingleTurnWorkflow):
             def messages(self, row):
                 return [{"role": "user", "content": "repeat: " + row["text"]}]
             def score(self, row, response):
@@ -178,8 +178,9 @@ def test_user_workflow_by_import_path(user_package):
     ("nosuchpkg.mod:Thing", r"cannot import workflow 'nosuchpkg.mod:Thing': No module named 'nosuchpkg'.*PYTHONPATH"),
     ("myrewards.scoring:Missing", r"module 'myrewards.scoring' has no 'Missing'.*Echo"),
     ("myrewards.broken:Thing", r"importing module 'myrewards.broken'.*RuntimeError: boom at import"),
-    ("myrewards.scoring:NOT_A_WORKFLOW", r"must be a class with messages\(row\) and score"),
-    ("math_wrkflow", r"unknown workflow 'math_wrkflow'; built-in: math_workflow, simple_workflow"),
+    ("myrewards.scoring:NOT_A_WORKFLOW", r"must be a class with run\(\).*got a int"),
+    ("myrewards.scoring.Missing", r"module 'myrewards.scoring' has no 'Missing'"),
+    ("math_wrkflow", r"unknown workflow 'math_wrkflow'; built-in: simple_workflow, .*math_workflow"),
 ])
 def test_workflow_errors_say_what_failed(user_package, spec, message):
     with pytest.raises(WorkflowError, match=message):

@@ -12,50 +12,11 @@ from typing import Any
 
 import numpy as np
 
-# Tinker losses that read sampler logprobs and per-token advantages.
-ADVANTAGE_LOSSES = ("ppo", "importance_sampling", "cispo", "dro", "stable_reinforce")
-
 
 def _model_input(tokens: list[int]) -> Any:
     import tinker
 
     return tinker.ModelInput.from_ints(tokens)
-
-
-def rl_datum(
-    prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: float, scale: float,
-    ref_logprobs: list[float] | None = None,
-) -> Any:
-    """One rollout for an advantage loss: per-token sampler logprobs and (scaled) advantages."""
-    import tinker
-
-    tokens = prompt_ids + response
-    n_prompt = len(prompt_ids) - 1
-    inputs: dict[str, Any] = {
-        "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-        "logprobs": np.asarray([0.0] * n_prompt + list(logprobs), dtype=np.float32),
-        "advantages": np.asarray([0.0] * n_prompt + [advantage * scale] * len(response), dtype=np.float32),
-    }
-    if ref_logprobs is not None:
-        # the custom loss needs its own mask and the unscaled advantage; only target_tokens and weights
-        # travel to the server, the rest stays on the client for the loss function
-        inputs["weights"] = np.asarray([0.0] * n_prompt + [scale] * len(response), dtype=np.float32)
-        inputs["advantages"] = np.asarray([0.0] * n_prompt + [advantage] * len(response), dtype=np.float32)
-        inputs["ref_logprobs"] = np.asarray([0.0] * n_prompt + list(ref_logprobs), dtype=np.float32)
-    return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)
-
-
-def sft_datum(prompt_ids: list[int], response: list[int], scale: float) -> Any:
-    """One prompt/response pair for cross_entropy: weight only on the response tokens."""
-    import tinker
-
-    tokens = prompt_ids + response
-    n_prompt = len(prompt_ids) - 1
-    inputs = {
-        "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-        "weights": np.asarray([0.0] * n_prompt + [scale] * len(response), dtype=np.float32),
-    }
-    return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)
 
 
 def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: Any,

@@ -28,16 +28,15 @@ def evaluate(
 ) -> EvalResult:
     """Greedy-decode every row with the sampler weights at `sampler_path` (None: the base model)."""
     from rft_runtime.data.tasksets import Task
-    from rft_runtime.loop.stage import make_workflow
 
-    eval_cfg = cfg.model_copy(deep=True)
-    eval_cfg.algorithm.repeat_times = 1
     encoder = encoder or PromptEncoder(conn.tokenizer(), cfg.model)
-    workflow = make_workflow(eval_cfg)
-    explorer = Explorer(eval_cfg, encoder, workflow)
+    explorer = Explorer(cfg, encoder, is_eval=True, conn=conn)
     sampler = conn.sampling_client(sampler_path, timeout=float(cfg.synchronizer.sync_timeout))
     tasks = [Task(i, row, 0) for i, row in enumerate(rows)]
-    batch = explorer.explore(tasks, sampler, explore_step=0, greedy=True)
+    try:
+        batch = explorer.explore(tasks, sampler, explore_step=0, greedy=True, model_path=sampler_path)
+    finally:
+        explorer.close()
     rollouts = batch.rollouts
     if not rollouts:
         return EvalResult(0.0, 0.0, 0, [])

@@ -1,29 +1,33 @@
-"""The explorer: tasks -> prompts -> sampled rollouts -> rewards, with bounded concurrency.
+"""The explorer: asks the taskset's workflow for experiences from each batch of tasks, with the current sampler.
 
-One batch is a list of tasks; each task is sampled `repeat_times` times (one request with num_samples, split
-so that no more than `runner_per_model x engine_num` rollouts are in flight). A workflow or reward that
-raises is the user's bug, not the job's end: it is counted, logged once per kind of error with the task, and
-the rollout is scored as failed (reward 0). Prompts over `max_prompt_tokens` are not sampled (the reference
-turns them into reward-0 dummies) and are counted as truncated prompts.
+What a workflow does with the model (one turn or many, chat or an OpenAI client, a judge) is its own
+business (rft_runtime.workflows); the explorer hands it a model wrapper on the current sampler, collects
+the Experiences and turns them into Rollouts for the trainer: prompt tokens, response tokens, their
+sampler logprobs, and the action mask (1 on the model's own tokens, which alone carry loss). A workflow or
+reward that raises is the user's bug, not the job's end: it is counted and logged once per kind of error.
+Prompts over `max_prompt_tokens` are not sampled (Trinity turns them into reward-0 placeholders, masked
+out) and are counted as truncated prompts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from rft_runtime.config import JobConfig
+from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.prompts import PromptEncoder
+from rft_runtime.workflows.experience import as_floats, as_ints
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Rollout:
-    """One sampled response to one task, with its reward."""
+    """One experience of one task: prompt, response (the model's tokens, and any spliced-in environment
+    text whose mask is 0), the sampler's logprobs, and its reward."""
 
     task_index: int
     prompt_ids: list[int]
@@ -34,6 +38,21 @@ class Rollout:
     metrics: dict[str, float] = field(default_factory=dict)
     failed: bool = False
     advantage: float = 0.0
+    mask: list[int] | None = None
+    # a workflow's Trinity ids (run, step: multi-turn advantages group by them) and info (gigpo's anchor
+    # state, teacher logprobs)
+    eid: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss_mask(self) -> list[int]:
+        """1 for every response token that carries loss."""
+        return self.mask if self.mask is not None else [1] * len(self.tokens)
+
+    @property
+    def trained_tokens(self) -> int:
+        """How many response tokens carry loss."""
+        return sum(self.loss_mask)
 
 
 @dataclass
@@ -49,6 +68,9 @@ class ExploredBatch:
     prompt_tokens: int = 0
     truncated_prompts: int = 0
     failed_rollouts: int = 0
+    # model calls whose prompt was sampled, and the longest prompt that was not
+    sampled_prompts: int = 0
+    longest_truncated: int = 0
 
     @property
     def rollouts(self) -> list[Rollout]:
@@ -56,133 +78,144 @@ class ExploredBatch:
         return [r for g in self.groups for r in g]
 
 
-class ErrorOnce:
-    """Counts user-code errors and logs each distinct one once (with the task), not once per rollout."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.seen: set[str] = set()
-
-    def __call__(self, exc: BaseException, task_index: int, row: Any) -> None:
-        """Record one failure of user code on a task."""
-        key = f"{type(exc).__name__}: {exc}"
-        if key in self.seen:
-            return
-        self.seen.add(key)
-        preview = repr(row)
-        if len(preview) > 300:
-            preview = preview[:300] + "..."
-        log.warning("%s raised on task %d (%s); scored as a failed rollout: %s", self.what, task_index,
-                    preview, key)
-
-
-def sampling_params(cfg: JobConfig, seed: int | None) -> Any:
-    """SamplingParams from the model section, with the taskset's rollout_args taking precedence."""
-    import tinker
-
-    m = cfg.model
-    ra = cfg.buffer.explorer_input.taskset.rollout_args
-    max_tokens = ra.max_tokens or m.max_response_tokens or 512
-    return tinker.SamplingParams(
-        max_tokens=max_tokens,
-        temperature=m.temperature if ra.temperature is None else ra.temperature,
-        top_p=m.top_p if ra.top_p is None else ra.top_p,
-        top_k=m.top_k if ra.top_k is None else ra.top_k,
-        seed=seed,
+def rollout_from_experience(task_index: int, exp: Any, failed: bool) -> Rollout:
+    """A workflow's Experience in the trainer's terms (masked logprobs keep their sampled values)."""
+    tokens = as_ints(exp.tokens)
+    n = int(exp.prompt_length)
+    mask = getattr(exp, "action_mask", None)
+    return Rollout(
+        task_index=task_index, prompt_ids=tokens[:n], tokens=tokens[n:], logprobs=as_floats(exp.logprobs),
+        text=exp.response_text or "", reward=float(exp.reward or 0.0),
+        metrics={k: float(v) for k, v in (exp.metrics or {}).items() if isinstance(v, (int, float))},
+        failed=failed, mask=None if mask is None else as_ints(mask),
+        eid=getattr(exp, "eid", None), info=dict(getattr(exp, "info", None) or {}),
     )
 
 
 class Explorer:
-    """Samples and scores one batch of tasks at a time with a given sampling client."""
+    """Runs one batch of tasks at a time through the taskset's workflow with a given sampling client."""
 
-    def __init__(self, cfg: JobConfig, encoder: PromptEncoder, workflow: Any):
+    def __init__(self, cfg: JobConfig, encoder: PromptEncoder, taskset: Any = None, *, is_eval: bool = False,
+                 conn: Any = None):
+        from rft_runtime.workflows.auxiliary import AuxiliaryModels, check_auxiliary_models
+        from rft_runtime.workflows.runner import WorkflowRunner
+
         self.cfg = cfg
         self.encoder = encoder
-        self.workflow = workflow
-        self.repeat = cfg.algorithm.repeat_times
+        self.taskset = taskset or cfg.buffer.explorer_input.taskset
+        self.runner = WorkflowRunner(cfg, self.taskset, is_eval=is_eval)
+        self.repeat = 1 if is_eval else cfg.algorithm.repeat_times
         self.in_flight = cfg.explorer.runner_per_model * cfg.explorer.rollout_model.engine_num
         self.timeout = float(cfg.explorer.max_timeout)
-        self.workflow_errors = ErrorOnce("the workflow")
-        self.reward_errors = ErrorOnce("the reward")
+        self.server: Any = None
+        if cfg.explorer.rollout_model.enable_openai_api or cfg.explorer.auxiliary_models:
+            from rft_runtime.workflows.openai_server import OpenAIServer
 
-    def _prompt(self, task: Any) -> list[int] | None:
-        try:
-            messages = self.workflow.messages(task.row)
-        except Exception as exc:
-            self.workflow_errors(exc, task.index, task.row)
-            return None
-        return self.encoder.prompt_ids(messages)
+            self.server = OpenAIServer()
+        check_auxiliary_models(list(cfg.explorer.auxiliary_models or []))
+        self.aux = (AuxiliaryModels(cfg, conn, self.server)
+                    if cfg.explorer.auxiliary_models and conn is not None else None)
 
-    def _score(self, task: Any, rollout: Rollout) -> None:
-        try:
-            score = self.workflow.score(task.row, rollout.text)
-            rollout.reward = float(score.reward)
-            rollout.metrics = {k: float(v) for k, v in (getattr(score, "metrics", None) or {}).items()}
-        except Exception as exc:
-            self.reward_errors(exc, task.index, task.row)
-            rollout.reward = 0.0
-            rollout.failed = True
+    def settings(self, greedy: bool) -> Any:
+        """The policy wrapper's settings: the model section, with the taskset's rollout_args first."""
+        from rft_runtime.workflows.model import ModelSettings
 
-    def explore(self, tasks: list[Any], sampler: Any, explore_step: int, greedy: bool = False) -> ExploredBatch:
-        """Sample repeat_times rollouts for every task (at most `in_flight` at once) and score them.
+        m = self.cfg.model
+        ra = self.taskset.rollout_args
+        rm = self.cfg.explorer.rollout_model
+        return ModelSettings(
+            name=m.model_path or m.tinker_base_model or "policy",
+            max_tokens=int(ra.max_tokens or m.max_response_tokens or 512),
+            temperature=m.temperature if ra.temperature is None else ra.temperature,
+            top_p=m.top_p if ra.top_p is None else ra.top_p,
+            top_k=m.top_k if ra.top_k is None else ra.top_k,
+            max_prompt_tokens=m.max_prompt_tokens, max_model_len=m.max_model_len,
+            enable_thinking=m.enable_thinking, enable_history=rm.enable_history,
+            enable_openai_api=rm.enable_openai_api, greedy=greedy, timeout=self.timeout,
+        )
+
+    def policy(self, sampler: Any, *, greedy: bool = False, model_version: int = 0,
+               model_path: str | None = None) -> Any:
+        """The model wrapper workflows get as self.model (cloned per rollout)."""
+        from rft_runtime.workflows.model import ModelWrapper
+
+        return ModelWrapper(sampler, self.encoder.tokenizer, self.settings(greedy), chat_template=self.encoder.template,
+                            model_path=model_path, model_version=model_version, server=self.server)
+
+    def explore(self, tasks: list[Any], sampler: Any, explore_step: int, greedy: bool = False,
+                model_version: int = 0, model_path: str | None = None) -> ExploredBatch:
+        """Run every task's workflow repeat_times (at most `in_flight` at once) and collect the rollouts.
 
         Sampling errors propagate (the caller reconnects and retries the batch); user-code errors do not.
         """
         start = time.monotonic()
+        policy = self.policy(sampler, greedy=greedy, model_version=model_version, model_path=model_path)
+        aux = self.aux.wrappers() if self.aux is not None else []
+        if self.server is not None:
+            self.server.set_models([policy, *aux])
+        outcomes = self.runner.run_batch(
+            tasks, policy, aux, explore_step=explore_step, repeat=self.repeat, in_flight=self.in_flight,
+            timeout=self.timeout, base_seed=self.cfg.explorer.rollout_model.seed,
+        )
         batch = ExploredBatch(explore_step=explore_step, groups=[], weight_version=-1, stream_state={})
-        base_seed = self.cfg.explorer.rollout_model.seed
-        requests: deque[tuple[int, Any, list[int], int, int]] = deque()
-        groups: dict[int, list[Rollout]] = {}
-        for slot, task in enumerate(tasks):
-            ids = self._prompt(task)
-            groups[slot] = []
-            if ids is None:
-                batch.failed_rollouts += self.repeat
-                continue
-            if self.encoder.too_long(ids):
-                batch.truncated_prompts += 1
-                continue
-            batch.prompt_tokens += len(ids) * self.repeat
-            left = self.repeat
-            chunk = 0
-            while left > 0:
-                n = min(left, self.in_flight)
-                requests.append((slot, task, ids, n, chunk))
-                left -= n
-                chunk += 1
-        pending: deque[tuple[int, Any, list[int], Any, int]] = deque()
-        flying = 0
-        params_cache: dict[int, Any] = {}
-        while requests or pending:
-            while requests and (flying == 0 or flying + requests[0][3] <= self.in_flight):
-                slot, task, ids, n, chunk = requests.popleft()
-                # reproducible per (step, task, chunk), different across them
-                seed = base_seed + explore_step * 100_003 + task.index * 7 + chunk
-                if greedy:
-                    params = params_cache.setdefault(0, _greedy(sampling_params(self.cfg, base_seed)))
-                else:
-                    params = sampling_params(self.cfg, seed)
-                import tinker
-
-                fut = sampler.sample(prompt=tinker.ModelInput.from_ints(ids), num_samples=n, sampling_params=params)
-                pending.append((slot, task, ids, fut, n))
-                flying += n
-            slot, task, ids, fut, n = pending.popleft()
-            resp = fut.result(timeout=self.timeout)
-            flying -= n
-            for seq in resp.sequences:
-                tokens = list(seq.tokens)
-                rollout = Rollout(
-                    task_index=task.index, prompt_ids=ids, tokens=tokens,
-                    logprobs=list(seq.logprobs or [0.0] * len(tokens)), text=self.encoder.decode(tokens),
-                )
-                self._score(task, rollout)
-                batch.failed_rollouts += int(rollout.failed)
-                groups[slot].append(rollout)
-        batch.groups = [groups[s] for s in range(len(tasks)) if groups[s]]
+        for outcome in outcomes:
+            batch.failed_rollouts += outcome.failed
+            batch.truncated_prompts += outcome.truncated_prompts
+            batch.prompt_tokens += outcome.prompt_tokens
+            batch.longest_truncated = max(batch.longest_truncated, outcome.longest_truncated)
+            group = [rollout_from_experience(outcome.task_index, e, bool((e.info or {}).get("reward_error")))
+                     for e in outcome.experiences]
+            batch.sampled_prompts += outcome.sampled_prompts
+            if group:
+                batch.groups.append(group)
         batch.time_sampling_s = time.monotonic() - start
         return batch
 
+    def close(self) -> None:
+        """Stop the loopback OpenAI endpoint, if one was started."""
+        if self.server is not None:
+            self.server.close()
 
-def _greedy(params: Any) -> Any:
-    return params.model_copy(update={"temperature": 0.0, "top_k": -1, "top_p": 1.0})
+
+# ---------------------------------------------------------------- prompts that do not fit
+
+
+def prompts_too_long_error(limit: int | None, longest: int, shortest: int | None = None,
+                           where: str = "the taskset") -> RunError:
+    """The job-ending error for a job none of whose prompts fits model.max_prompt_tokens."""
+    span = f"{shortest} to {longest} tokens" if shortest is not None and shortest != longest else f"{longest} tokens"
+    return RunError(
+        f"no prompt of {where} fits model.max_prompt_tokens ({limit}): the prompts are {span} with the chat "
+        f"template and system prompt, and longer prompts are skipped, so every step would train on nothing. "
+        f"Raise model.max_prompt_tokens to at least {longest} (and keep max_prompt_tokens + max_response_tokens "
+        f"within the model's context), or shorten the prompts"
+    )
+
+
+def check_some_prompt_fits(cfg: JobConfig, encoder: PromptEncoder, rows: list[dict[str, Any]]) -> None:
+    """Fail before sampling when the workflow builds its prompt from the row (the single-turn built-ins and
+    their subclasses) and no row's prompt fits max_prompt_tokens. Stops at the first prompt that fits."""
+    from rft_runtime.workflows.runner import WorkflowRunner
+    from rft_runtime.workflows.single_turn import SingleTurnWorkflow
+
+    limit = cfg.model.max_prompt_tokens
+    if limit is None or not rows:
+        return
+    runner = WorkflowRunner(cfg, cfg.buffer.explorer_input.taskset)
+    cls = runner.workflow_cls
+    # only where the prompt is exactly messages(row): a workflow with its own run() may prompt otherwise
+    if not (issubclass(cls, SingleTurnWorkflow) and cls.run is SingleTurnWorkflow.run and not runner.format.workflow_key):
+        return
+    wf = cls(task=runner.make_task({}, 0, 0, 1), model=None)
+    lengths = []
+    for row in rows:
+        wf.reset(runner.make_task(row, 0, 0, 1))
+        try:
+            ids = encoder.prompt_ids(wf.format_messages())
+        except Exception:  # a row the workflow cannot prompt fails later, counted, with its own message
+            continue
+        if len(ids) <= limit:
+            return
+        lengths.append(len(ids))
+    if lengths:
+        raise prompts_too_long_error(limit, max(lengths), min(lengths))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rft_runtime.backends.errors import BackendError, refusal_error, refused
 from rft_runtime.loop.errors import RunError
-from rft_runtime.loop.explorer import ExploredBatch, Explorer
+from rft_runtime.loop.explorer import ExploredBatch, Explorer, prompts_too_long_error
 from rft_runtime.loop.sync import WeightBoard, required_version
 from rft_runtime.loop.trainer import MAX_RECOVERY_ATTEMPTS
 
@@ -25,13 +25,13 @@ class ExplorerThread(threading.Thread):
 
     def __init__(self, runner: StageRunner, board: WeightBoard, out: queue.Queue[Any], start_step: int):
         super().__init__(name="explorer", daemon=True)
-        from rft_runtime.loop.stage import make_workflow
-
         self.runner = runner
         self.board = board
         self.out = out
         self.start_step = start_step
-        self.explorer = Explorer(runner.cfg, runner.encoder, make_workflow(runner.cfg))
+        self.explorer = Explorer(runner.cfg, runner.encoder, conn=runner.conn)
+        # whether any prompt of this stage has fit max_prompt_tokens yet (a job where none does must stop)
+        self._some_prompt_fit = False
         self._stop_event = threading.Event()
         self._sampler: Any = None
         self._sampler_key: tuple[int, str | None] | None = None
@@ -43,6 +43,7 @@ class ExplorerThread(threading.Thread):
         self._stop_event.set()
         self.board.close()
         self.join(timeout=5)
+        self.explorer.close()
 
     def run(self) -> None:
         """Explore steps start_step+1 .. total, honouring the synchronizer's offset."""
@@ -69,6 +70,13 @@ class ExplorerThread(threading.Thread):
         except BaseException as exc:  # handed to the trainer's thread, which raises it
             self.out.put(exc)
 
+    def _check_prompts(self, batch: ExploredBatch) -> None:
+        if batch.sampled_prompts:
+            self._some_prompt_fit = True
+        elif batch.truncated_prompts and not self._some_prompt_fit:
+            raise prompts_too_long_error(self.runner.cfg.model.max_prompt_tokens, batch.longest_truncated,
+                                         where=f"explore step {batch.explore_step} (and none before it)")
+
     def _explore(self, tasks: list[Any], step: int, version: int, path: str | None) -> ExploredBatch:
         conn = self.runner.conn
         timeout = float(self.runner.cfg.synchronizer.sync_timeout)
@@ -85,7 +93,9 @@ class ExplorerThread(threading.Thread):
                     self._sampler = conn.sampling_client(path, timeout=timeout)
                     self._sampler_key = key
                     t_sync += time.monotonic() - t0
-                batch = self.explorer.explore(tasks, self._sampler, step)
+                batch = self.explorer.explore(tasks, self._sampler, step, model_version=max(version, 0),
+                                              model_path=path)
+                self._check_prompts(batch)
                 batch.weight_version = version
                 batch.time_sync_s = t_sync
                 return batch

@@ -159,6 +159,22 @@ def _check_client_side_needs(stages: list[JobConfig]) -> None:
         ) from None
 
 
+def _check_workflows(stages: list[JobConfig]) -> None:
+    """Import every stage's workflow (and auxiliary model settings) before any work, so that a missing or
+    broken one fails the job before the engine starts or a dataset is read."""
+    from rft_runtime.workflows.auxiliary import check_auxiliary_models
+    from rft_runtime.workflows.runner import WorkflowRunner
+
+    for stage in stages:
+        if stage.mode == "train":
+            continue
+        ei = stage.buffer.explorer_input
+        WorkflowRunner(stage, ei.taskset)
+        for ts in ei.eval_tasksets:
+            WorkflowRunner(stage, ts, is_eval=True)
+        check_auxiliary_models(list(stage.explorer.auxiliary_models or []))
+
+
 def run_job(
     cfg: JobConfig, *, metrics_port: int | None = None, progress: bool = True, monitor: Any = None,
     api_key: str | None = None,
@@ -197,6 +213,7 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
     if api_key is None:
         check_api_key(cfg)  # before any work: no dataset download, no engine start
     _check_client_side_needs(stages)
+    _check_workflows(stages)
     job_dir = cfg.job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.continue_from_checkpoint:

@@ -582,8 +582,10 @@ class StageRunner:
         return StageResult(self.total, self.trainer.base_state, self._last_sampler)
 
     def _run_both(self, start_step: int, board: WeightBoard) -> StageResult:
+        from rft_runtime.loop.explorer import check_some_prompt_fits
         from rft_runtime.loop.explorer_thread import ExplorerThread
 
+        check_some_prompt_fits(self.cfg, self.encoder, getattr(self.stream, "rows", []))
         evals = EvalRunner(self.cfg, self.conn, self.encoder, self.cfg.job_dir)
         if evals.sets and start_step == 0 and self.cfg.explorer.eval_on_startup:
             evals.run(self.step_base, board.path)
@@ -622,6 +624,11 @@ class StageRunner:
                     truncated_prompts=float(batch.truncated_prompts),
                     weight_version_lag=int(step - 1 - batch.weight_version),
                 )
+                if batch.truncated_prompts:
+                    log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
+                                "longest %d tokens) and were skipped, not sampled", self.step_base + step,
+                                batch.truncated_prompts, batch.truncated_prompts + batch.sampled_prompts,
+                                self.cfg.model.max_prompt_tokens, batch.longest_truncated)
                 now = time.monotonic()
                 self._log(step, batch.explore_step, record, now - last_end, batch.stream_state)
                 if evals.due(step, step == self.total):

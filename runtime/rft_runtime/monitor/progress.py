@@ -28,6 +28,9 @@ def summary(record: dict[str, Any]) -> dict[str, str]:
             out[short] = _fmt(record[key])
     if out.get("acc") is not None and out.get("acc") == out.get("reward"):
         del out["acc"]  # a 0/1 accuracy reward: the same number twice only crowds the line
+    if record.get("truncated_prompts"):
+        # prompts over model.max_prompt_tokens were not sampled: a step that trained on less says so
+        out["skipped_prompts"] = _fmt(int(record["truncated_prompts"]))
     return out
 
 

@@ -3,6 +3,8 @@ returns a number or a dict of named parts whose sum is the reward (Trinity-RFT's
 
 from __future__ import annotations
 
+import re
+
 from rft_runtime.workflows.answers import is_correct, well_formed
 
 
@@ -11,9 +13,11 @@ def accuracy_reward(response: str, truth: object) -> dict[str, float]:
     return {"accuracy": 1.0 if truth is not None and is_correct(response, truth) else 0.0}
 
 
-def format_reward(response: str, format_score_coef: float = 0.1) -> dict[str, float]:
-    """{"format_score": +coef} for exactly `<think>...</think> <answer>...</answer>`, else -coef."""
-    return {"format_score": format_score_coef if well_formed(response) else -format_score_coef}
+def format_reward(response: str, format_score_coef: float = 0.1, pattern: str | None = None) -> dict[str, float]:
+    """{"format_score": +coef} for exactly `<think>...</think> <answer>...</answer>`, else -coef; with
+    `pattern` (Trinity's FormatReward argument) the response must match that regex (DOTALL, MULTILINE)."""
+    ok = re.match(pattern, response, re.DOTALL | re.MULTILINE) is not None if pattern else well_formed(response)
+    return {"format_score": format_score_coef if ok else -format_score_coef}
 
 
 def math_reward(response: str, truth: object, format_score_coef: float = 0.1) -> dict[str, float]:
@@ -24,3 +28,112 @@ def math_reward(response: str, truth: object, format_score_coef: float = 0.1) ->
 def exact_match_reward(response: str, truth: object) -> dict[str, float]:
     """{"accuracy": 1.0} when the whole response, stripped, is the truth (also stripped)."""
     return {"accuracy": 1.0 if truth is not None and response.strip() == str(truth).strip() else 0.0}
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (braces balanced) or `\\boxed x`, else None."""
+    if "\\boxed " in text:
+        return text.split("\\boxed ")[-1].split("$")[0].strip()
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        start = text.rfind("\\fbox{")
+        if start < 0:
+            return None
+    i = text.index("{", start)
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1:j]
+    return None
+
+
+def _strip_math(text: str) -> str:
+    text = text.strip().strip("$").replace("\\!", "").replace("\\left", "").replace("\\right", "")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace(" ", "")
+    text = text.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\%", "").replace("%", "")
+    return text.rstrip(".")
+
+
+def _boxed_equal(answer: str, truth: str) -> bool:
+    from rft_runtime.workflows.answers import numbers_equal, parse_number
+
+    a, t = _strip_math(answer), _strip_math(truth)
+    if a == t:
+        return True
+    x, y = parse_number(a), parse_number(t)
+    return x is not None and y is not None and a.count("\\") == 0 and numbers_equal(x, y)
+
+
+def think_well_placed(response: str) -> bool:
+    """Exactly one <think> and one </think>, in that order."""
+    return response.count("<think>") == 1 and response.count("</think>") == 1 and \
+        response.find("<think>") < response.find("</think>")
+
+
+def math_boxed_reward(response: str, truth: object, with_think: bool = False,
+                      format_score_coef: float = 0.1) -> dict[str, float]:
+    """Trinity's math_boxed_reward: accuracy 1 when the last \\boxed{} of the response equals the truth's
+    (the truth's own \\boxed{} content when it has one, else the whole truth); format_score
+    -format_score_coef when with_think and the response lacks one well-placed <think></think>, else 0."""
+    accuracy = 0.0
+    given = _last_boxed(response)
+    if given is not None and truth is not None:
+        want = _last_boxed(str(truth))
+        accuracy = 1.0 if _boxed_equal(given, want if want is not None else str(truth)) else 0.0
+    fmt = -(format_score_coef or 0.1) if with_think and not think_well_placed(response) else 0.0
+    return {"accuracy": accuracy, "format_score": fmt}
+
+
+_EQUATION = re.compile(r"<answer>(.*?)</answer>")
+
+
+def countdown_reward(response: str, truth: object) -> dict[str, float]:
+    """Trinity's countdown_reward (TinyZero's rule): the truth is JSON {"target", "numbers"}; the last line's
+    last <answer> holds an equation. score 1 when it uses every number exactly once and equals the target,
+    0.1 when an equation is there but wrong or uses other numbers, 0 without one."""
+    import json
+
+    spec = json.loads(truth) if isinstance(truth, str) else truth
+    if not isinstance(spec, dict) or "target" not in spec or "numbers" not in spec:
+        raise ValueError(f"countdown_reward needs the truth as JSON {{\"target\": N, \"numbers\": [...]}}, got "
+                         f"{truth!r:.100}")
+    found = _EQUATION.findall(response.split("\n")[-1])
+    if not found:
+        return {"score": 0.0}
+    equation = found[-1].strip()
+    used = sorted(int(n) for n in re.findall(r"\d+", equation))
+    if used != sorted(int(n) for n in spec["numbers"]):
+        return {"score": 0.1}
+    if not re.fullmatch(r"[\d+\-*/().\s]+", equation):
+        return {"score": 0.1}
+    try:
+        value = _arith(equation)
+    except (ValueError, ZeroDivisionError, SyntaxError, RecursionError):
+        return {"score": 0.1}
+    return {"score": 1.0 if abs(value - float(spec["target"])) < 1e-5 else 0.1}
+
+
+def _arith(expr: str) -> float:
+    """The value of + - * / ( ) arithmetic, evaluated on its syntax tree (never eval)."""
+    import ast
+    import operator
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        raise ValueError("not arithmetic")
+
+    return walk(ast.parse(expr, mode="eval"))

@@ -1,0 +1,296 @@
+"""Running a batch of tasks through their workflows: the loop asks for experiences, this decides how.
+
+Each task gets a Task (Trinity's fields), a workflow instance and its own clones of the model wrappers;
+a `can_repeat` workflow is asked for all repeat_times runs at once, any other is run repeat_times times.
+Up to `in_flight` workflows run at once on one event loop: async workflows are awaited, sync ones run in
+a thread pool. A workflow that raises is the user's bug: counted, logged once per kind of error, and
+the job goes on. A sampler failure (the server went away, a timeout) is not the user's: it propagates
+so the loop can reconnect and retry the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rft_runtime.workflows.experience import Experience, as_floats, as_ints
+from rft_runtime.workflows.protocol import FormatConfig, GenerationConfig, Task
+from rft_runtime.workflows.registry import get_workflow
+
+log = logging.getLogger(__name__)
+
+
+class ErrorOnce:
+    """Counts user-code errors and logs each distinct one once (with the task), not once per rollout."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.seen: set[str] = set()
+
+    def __call__(self, error: str, task_index: int, row: Any) -> None:
+        """Record one failure of user code on a task."""
+        if error in self.seen:
+            return
+        self.seen.add(error)
+        preview = repr(row)
+        if len(preview) > 300:
+            preview = preview[:300] + "..."
+        log.warning("%s raised on task %d (%s); scored as a failed rollout: %s", self.what, task_index,
+                    preview, error)
+
+
+class WorkflowTimeout(Exception):
+    """A workflow run that overran explorer.max_timeout."""
+
+
+def sampling_failure(exc: BaseException) -> bool:
+    """True for errors of the sampler or the connection to it, which the loop recovers from."""
+    try:
+        import tinker
+
+        if isinstance(exc, tinker.TinkerError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, (TimeoutError, ConnectionError))
+
+
+@dataclass
+class TaskOutcome:
+    """What one task's workflow runs produced."""
+
+    slot: int
+    task_index: int
+    row: Any
+    experiences: list[Experience] = field(default_factory=list)
+    failed: int = 0
+    truncated_prompts: int = 0
+    prompt_tokens: int = 0
+    sampled_prompts: int = 0
+    longest_truncated: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def format_config(cfg: Any, taskset: Any) -> FormatConfig:
+    """The taskset's format as Trinity's FormatConfig (explorer_input's system_prompt / reply_prefix as
+    fallbacks)."""
+    src = taskset.format
+    out = FormatConfig()
+    for name in FormatConfig.__dataclass_fields__:
+        if hasattr(src, name):
+            setattr(out, name, getattr(src, name))
+    ei = cfg.buffer.explorer_input
+    if out.system_prompt is None and ei.system_prompt:
+        out.system_prompt = ei.system_prompt
+    if out.reply_prefix is None and ei.reply_prefix:
+        out.reply_prefix = ei.reply_prefix
+    return out
+
+
+def trinity_reward_class(name: str) -> Any:
+    """For a workflow class of an installed trinity-rft: the reward function as Trinity's registry gives it
+    (its SimpleWorkflow insists on a subclass of its own RewardFn); the name unchanged without trinity-rft."""
+    from rft_runtime.workflows.registry import real_trinity_root
+
+    if real_trinity_root() is None:
+        return name
+    from trinity.common.rewards import REWARD_FUNCTIONS
+
+    return REWARD_FUNCTIONS.get(name)
+
+
+class WorkflowRunner:
+    """Turns data-layer tasks (index, row) into workflow runs on the given model wrappers."""
+
+    def __init__(self, cfg: Any, taskset: Any, *, is_eval: bool = False):
+        from copy import deepcopy
+
+        self.cfg = cfg
+        self.taskset = taskset
+        self.is_eval = is_eval
+        ei = cfg.buffer.explorer_input
+        default = ei.default_eval_workflow_type if is_eval else None
+        self.workflow_name = taskset.default_workflow_type or default or ei.default_workflow_type or "math_workflow"
+        self.workflow_cls = get_workflow(self.workflow_name)
+        self.reward_fn = taskset.default_reward_fn_type or ei.default_reward_fn_type
+        self.format = format_config(cfg, taskset)
+        ra = taskset.rollout_args
+        self.rollout = GenerationConfig(
+            temperature=ra.temperature, top_p=ra.top_p,
+            top_k=cfg.model.top_k if ra.top_k is None else ra.top_k,
+            logprobs=ra.logprobs, max_tokens=ra.max_tokens, n=1,
+        )
+        self._copy = deepcopy
+        self.workflow_errors = ErrorOnce("the workflow")
+        self.reward_errors = ErrorOnce("the reward")
+        self._per_row: dict[str, type] = {}
+
+    def _workflow_for(self, row: dict[str, Any]) -> type:
+        key = self.format.workflow_key
+        name = row.get(key) if key and isinstance(row, dict) else None
+        if not name:
+            return self.workflow_cls
+        if name not in self._per_row:
+            self._per_row[name] = get_workflow(name)
+        return self._per_row[name]
+
+    def make_task(self, row: dict[str, Any], slot: int, explore_step: int, repeat: int) -> Task:
+        """A Trinity Task for one dataset row (its own copies of every mutable part)."""
+        reward_fn = self.reward_fn
+        key = self.format.reward_fn_key
+        if key and isinstance(row, dict) and row.get(key):
+            reward_fn = row[key]
+        workflow = self._workflow_for(row)
+        if isinstance(reward_fn, str) and workflow.__module__.startswith("trinity."):
+            reward_fn = trinity_reward_class(reward_fn)
+        return Task(
+            workflow=workflow, repeat_times=repeat, format_args=self._copy(self.format),
+            rollout_args=self._copy(self.rollout), workflow_args=self._copy(dict(self.taskset.workflow_args or {})),
+            reward_fn_args=self._copy(dict(self.taskset.reward_fn_args or {})), is_eval=self.is_eval,
+            reward_fn=reward_fn, raw_task=row, batch_id=explore_step, task_id=slot,
+        )
+
+    # ------------------------------------------------------------ running
+
+    async def _call(self, wf: Any, pool: ThreadPoolExecutor, timeout: float) -> list[Any]:
+        if getattr(type(wf), "is_async", False):
+            future = asyncio.ensure_future(wf.run_async())
+        else:
+            future = asyncio.get_running_loop().run_in_executor(pool, wf.run)
+        # asyncio.wait, not wait_for: a TimeoutError the sampler raised inside the workflow must stay
+        # distinguishable from the workflow overrunning explorer.max_timeout
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+        if not done:
+            future.cancel()
+            raise WorkflowTimeout(f"timed out after explorer.max_timeout ({timeout:.0f}s)")
+        return list(future.result() or [])
+
+    async def _run_task(self, outcome: TaskOutcome, task: Task, policy: Any, aux: list[Any], repeat: int,
+                        seed: int, pool: ThreadPoolExecutor, timeout: float) -> None:
+        cls = task.workflow
+        runs = [(0, repeat)] if getattr(cls, "can_repeat", False) else [(r, 1) for r in range(repeat)]
+        wrappers: list[Any] = []
+        try:
+            for run_id, count in runs:
+                model = policy.clone_with_isolated_history(seed=seed + run_id * 104_729)
+                helpers = [a.clone_with_isolated_history() for a in aux]
+                wrappers += [model, *helpers]
+                try:
+                    wf = cls(task=task if count == repeat else self._copy_task(task), model=model,
+                             auxiliary_models=helpers or None)
+                    if count == repeat and getattr(cls, "can_repeat", False):
+                        wf.set_repeat_times(repeat, 0)
+                    exps = await self._call(wf, pool, timeout)
+                except Exception as exc:
+                    failure = next((w.sampling_error for w in (model, *helpers) if w.sampling_error), None)
+                    if failure is not None:
+                        raise failure from exc
+                    if sampling_failure(exc):
+                        raise
+                    text = str(exc) if isinstance(exc, WorkflowTimeout) else f"{type(exc).__name__}: {exc}"
+                    self.workflow_errors(text, outcome.task_index, outcome.row)
+                    outcome.errors.append(text)
+                    outcome.failed += count
+                    continue
+                for exp in exps:
+                    eid = getattr(exp, "eid", None)
+                    if eid is not None:
+                        # set by the runner in Trinity too: the explore step and the task's place in the batch
+                        eid.batch, eid.task = task.batch_id, task.task_id
+                        if not getattr(cls, "can_repeat", False):
+                            eid.run = run_id
+                outcome.experiences.extend(exps)
+        finally:
+            for w in wrappers:
+                w.close()
+            self._count_calls(outcome, wrappers[0::1 + len(aux)])
+
+    def _copy_task(self, task: Task) -> Task:
+        # every run of a non-repeatable workflow gets its own copy: workflows may mutate their task
+        return Task(workflow=task.workflow, repeat_times=task.repeat_times, format_args=self._copy(task.format_args),
+                    rollout_args=self._copy(task.rollout_args), workflow_args=self._copy(task.workflow_args),
+                    reward_fn_args=self._copy(task.reward_fn_args), is_eval=task.is_eval, reward_fn=task.reward_fn,
+                    raw_task=task.raw_task, batch_id=task.batch_id, task_id=task.task_id)
+
+    @staticmethod
+    def _count_calls(outcome: TaskOutcome, policies: list[Any]) -> None:
+        for model in policies:
+            for call in model.calls:
+                if call.truncated:
+                    outcome.truncated_prompts += 1
+                    outcome.longest_truncated = max(outcome.longest_truncated, call.prompt_tokens)
+                else:
+                    outcome.sampled_prompts += 1
+                    outcome.prompt_tokens += call.prompt_tokens * call.samples
+
+    def run_batch(self, tasks: list[Any], policy: Any, aux: list[Any], *, explore_step: int, repeat: int,
+                  in_flight: int, timeout: float, base_seed: int) -> list[TaskOutcome]:
+        """Run every task's workflow (at most in_flight at once); outcomes in task order."""
+        outcomes = [TaskOutcome(slot, t.index, t.row) for slot, t in enumerate(tasks)]
+
+        async def main() -> None:
+            gate = asyncio.Semaphore(max(1, in_flight))
+            pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="workflow")
+
+            async def one(slot: int, data_task: Any) -> None:
+                async with gate:
+                    task = self.make_task(data_task.row, slot, explore_step, repeat)
+                    # reproducible per (step, task, run), different across them
+                    seed = base_seed + explore_step * 100_003 + data_task.index * 7_919
+                    await self._run_task(outcomes[slot], task, policy, aux, repeat, seed, pool, timeout)
+
+            jobs = [asyncio.ensure_future(one(s, t)) for s, t in enumerate(tasks)]
+            try:
+                await asyncio.gather(*jobs)
+            except BaseException:
+                for job in jobs:
+                    job.cancel()
+                await asyncio.gather(*jobs, return_exceptions=True)
+                raise
+            finally:
+                # a sync workflow past its timeout, or still running when the sampler failed, cannot be
+                # interrupted: it is left to finish on its own thread, its result unused, and the batch goes on
+                pool.shutdown(wait=False, cancel_futures=True)
+
+        asyncio.run(main())
+        for outcome in outcomes:
+            self._check(outcome)
+        return outcomes
+
+    def _check(self, outcome: TaskOutcome) -> None:
+        """Drop what cannot train (prompt-truncated placeholders, malformed experiences); count failures."""
+        kept = []
+        for exp in outcome.experiences:
+            if getattr(exp, "truncate_status", None) == "prompt_truncated":
+                continue
+            problem = experience_problem(exp)
+            if problem is None and (exp.info or {}).get("reward_error"):
+                self.reward_errors(exp.info["reward_error"], outcome.task_index, outcome.row)
+                outcome.failed += 1
+            elif problem is not None:
+                self.workflow_errors(problem, outcome.task_index, outcome.row)
+                outcome.failed += 1
+                continue
+            kept.append(exp)
+        outcome.experiences = kept
+
+
+def experience_problem(exp: Any) -> str | None:
+    """Why an experience a workflow returned cannot be trained on, or None."""
+    if not hasattr(exp, "tokens") or not hasattr(exp, "prompt_length"):
+        return f"the workflow returned {type(exp).__name__}, not an Experience"
+    n = len(as_ints(exp.tokens)) - int(exp.prompt_length)
+    if n < 0 or exp.prompt_length < 1:
+        return f"an Experience has prompt_length {exp.prompt_length} but {len(as_ints(exp.tokens))} tokens"
+    if exp.reward is None:
+        return "an Experience has no reward (set experience.reward)"
+    if exp.logprobs is None or len(as_floats(exp.logprobs)) != n:
+        got = "none" if exp.logprobs is None else len(as_floats(exp.logprobs))
+        return f"an Experience has {got} logprobs for {n} response tokens"
+    mask = getattr(exp, "action_mask", None)
+    if mask is not None and len(as_ints(mask)) != n:
+        return f"an Experience has an action_mask of {len(as_ints(mask))} for {n} response tokens"
+    return None

@@ -1,0 +1,1 @@
+"""Stand-in for trinity.common.models."""
