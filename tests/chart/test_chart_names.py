@@ -15,7 +15,8 @@ def test_the_readme_release_name_does_not_repeat_in_object_names(helm, render):
     assert RELEASE == "rft"  # the release name the README and docs/install.md use
     deployment = next(d for d in render() if d["kind"] == "Deployment")
     assert deployment["metadata"]["name"] == "rft-operator"
-    assert not [n for n in _names(helm, RELEASE) if "rft-rft" in n]
+    # (the user ClusterRoles rft-rftjob-edit/view have fixed names: the built-in roles aggregate them)
+    assert not [n for n in _names(helm, RELEASE) if "rft-rft-operator" in n]
 
 
 def test_other_release_names_still_prefix_the_chart_name(helm):

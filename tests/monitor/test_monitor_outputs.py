@@ -38,12 +38,13 @@ def _two_stage_records(sft: int = 30, rl: int = 40) -> list[dict]:
     out = []
     for i in range(1, sft + 1):
         out.append({"step": i, "total_steps": sft + rl, "stage": "sft_warmup", "algorithm": "sft",
-                    "stage_step": i, "stage_total_steps": sft, "policy_loss": 5.0 / i})
+                    "stage_step": i, "stage_total_steps": sft, "actor/sft_loss": 5.0 / i})
     for i in range(1, rl + 1):
         reward = float(i % 3 == 0)
         out.append({"step": sft + i, "total_steps": sft + rl, "stage": "grpo", "algorithm": "grpo",
-                    "stage_step": i, "stage_total_steps": rl, "policy_loss": 0.01 * (-1) ** i,
-                    "reward_mean": reward, "accuracy": reward, "reward_min": 0.0, "reward_max": 1.0})
+                    "stage_step": i, "stage_total_steps": rl, "actor/pg_loss": 0.01 * (-1) ** i,
+                    "critic/rewards/mean": reward, "rollout/accuracy/mean": reward, "critic/rewards/min": 0.0,
+                    "critic/rewards/max": 1.0})
     return out
 
 
@@ -112,7 +113,11 @@ def test_plot_smooths_the_reward_draws_no_band_for_01_rewards_and_shows_the_eval
 
 
 def test_plot_of_an_older_file_without_stage_keys_still_splits_sft_from_rl():
-    records = [{k: v for k, v in r.items() if k not in ("stage", "algorithm")} for r in _two_stage_records()]
+    # and with the metric names the runtime wrote before it took Trinity's
+    legacy = {"actor/sft_loss": "policy_loss", "actor/pg_loss": "policy_loss", "critic/rewards/mean": "reward_mean",
+              "rollout/accuracy/mean": "accuracy"}
+    records = [{legacy.get(k, k): v for k, v in r.items() if k not in ("stage", "algorithm")}
+               for r in _two_stage_records()]
     loss_axes = _axes_of(records)[1:]
     assert [ax.get_ylabel() for ax in loss_axes] == ["cross-entropy", "policy loss"]
 
@@ -182,7 +187,7 @@ def test_progress_off_still_logs_one_line_per_step_with_its_stage(tmp_path, cfg,
         with Monitor(cfg, tmp_path, progress=False) as mon:
             mon.start_stage("grpo", 40)
             for rec in _two_stage_records(sft=1, rl=2)[1:]:
-                mon.log_step(dict(rec, time_step_s=1.5))
+                mon.log_step(dict(rec, **{"time/step": 1.5}))
     lines = [r.getMessage() for r in caplog.records if r.name == "rft_runtime.progress"]
     assert lines == ["step 2/3 [grpo 1/2] reward=0 loss=-0.01 (1.50s/step)",
                      "step 3/3 [grpo 2/2] reward=0 loss=0.01 (1.50s/step)"]
@@ -263,7 +268,7 @@ def test_a_terminal_gets_one_named_bar_per_stage_with_a_sane_first_rate():
         "        for i in range(1, n + 1):\n"
         "            time.sleep(0.3)\n"
         "            m.log_step({'step': base + i, 'total_steps': 5, 'stage': name, 'stage_step': i,\n"
-        "                        'stage_total_steps': n, 'reward_mean': 0.123456, 'policy_loss': 0.25})\n"
+        "                        'stage_total_steps': n, 'critic/rewards/mean': 0.123456, 'actor/pg_loss': 0.25})\n"
     )
     screen = _screen_of(code)
     sft = [line for line in screen.splitlines() if line.startswith("sft_warmup")]

@@ -300,7 +300,7 @@ def test_builtin_trinity_workflows_train(tmp_path, tiny_model_dir, local_engine,
     run_job(load_config_dict(cfg), metrics_port=None, progress=False)
     (record,) = metrics(cfg)
     assert record["rollouts"] == 2 * 3 and record["failed_rollouts"] == 0
-    assert record["prompt_tokens"] > 0 and "accuracy" in record
+    assert record["prompt_tokens"] > 0 and "rollout/accuracy/mean" in record
     if workflow_args.get("with_think"):
         # the tiny model never writes a <think> block: the boxed format penalty is the whole reward
         assert record["format_score"] == pytest.approx(-0.1)

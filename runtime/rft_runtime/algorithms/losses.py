@@ -307,11 +307,12 @@ def loss_plan(cfg: Any) -> LossPlan:
                              f"trains on (not {loss_name!r}); use algorithm_type mix")
 
     if loss_name == "dpo" and kl_coef:
-        raise AlgorithmError("algorithm.kl_loss_fn: the dpo loss is already relative to the reference model, and "
-                             "an extra KL term is not trained with it here; set kl_loss_fn: none")
+        raise AlgorithmError("algorithm.kl_loss_fn: on Tinker an extra KL term is not trained beside the dpo loss "
+                             "(which is already relative to the reference model); set kl_loss_fn: none, or train "
+                             "with veRL (model.tinker.enable: false)")
     if loss_name == "dpo" and entropy_coef:
-        raise AlgorithmError("algorithm.entropy_loss_fn_args: no entropy term is trained with the dpo loss; set "
-                             "entropy_coef: 0")
+        raise AlgorithmError("algorithm.entropy_loss_fn_args: on Tinker no entropy term is trained with the dpo "
+                             "loss; set entropy_coef: 0")
     strategy = algo_cfg.sample_strategy or spec.sample_strategy
     sync = getattr(cfg, "synchronizer", None)
     if strategy == "staleness_control" and sync is not None:

@@ -291,10 +291,19 @@ class Connection:
 
 def _finish_service(service: Any, status: str, timeout: float = 10.0) -> None:
     """ServiceClient.close(status): tell the server the session is over and stop its background loops."""
-    try:
-        service.close(status).result(timeout=timeout)
-    except Exception as exc:  # a dead server cannot finish the session; quiesce_sdk stops what is left at exit
-        log.debug("could not finish the Tinker session: %s", exc)
+    def finish() -> None:
+        try:
+            service.close(status).result(timeout=timeout)
+        except Exception as exc:  # a dead server cannot finish the session; quiesce_sdk stops the rest at exit
+            log.debug("could not finish the Tinker session: %s", exc)
+
+    # close() itself waits for the session to exist: where nothing ever answered (a base_url where nothing
+    # listens) it would wait forever, so it gets the same bound from a thread of its own
+    closer = threading.Thread(target=finish, name="tinker-session-close", daemon=True)
+    closer.start()
+    closer.join(timeout)
+    if closer.is_alive():
+        log.debug("the Tinker session was not finished within %.0fs (the server never answered)", timeout)
 
 
 def quiesce_sdk(settle_s: float = 0.2) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -100,6 +101,23 @@ def _yaml_issue(exc: yaml.YAMLError, source: str) -> ConfigIssue:
     return ConfigIssue("", f"invalid YAML in {source} at {where}: {problem}; fix the syntax there")
 
 
+class _TrinityYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 (and OmegaConf, which Trinity loads with) do: `1e-6`
+    is a number, not the string PyYAML's YAML 1.1 rules make of it."""
+
+
+_TrinityYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse one YAML file into a mapping, or raise ConfigError naming the line of a syntax error."""
     path = Path(path)
@@ -108,7 +126,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError([ConfigIssue("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_TrinityYamlLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, str(path))], str(path)) from None
     if data is None:

@@ -26,9 +26,14 @@ ENGINE_ONLY = {"engine_type", "engine_num", "tensor_parallel_size", "gpu_memory_
                "enable_lora", "lora_modules", "base_port", "logprobs"}
 
 
-def check_auxiliary_models(entries: list[dict[str, Any]]) -> None:
+def as_entries(models: Any) -> list[Any]:
+    """explorer.auxiliary_models as mappings of the values that differ from the defaults (what the user set)."""
+    return [m.model_dump(exclude_defaults=True) if hasattr(m, "model_dump") else m for m in (models or [])]
+
+
+def check_auxiliary_models(entries: list[Any]) -> None:
     """Refuse auxiliary model settings this runtime would not honour, naming the field."""
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(as_entries(entries)):
         where = f"explorer.auxiliary_models[{i}]"
         if not isinstance(entry, dict):
             raise WorkflowError(f"{where} must be a mapping with at least model_path")
@@ -56,7 +61,7 @@ class AuxiliaryModels:
         self.cfg = cfg
         self.conn = conn
         self.server = server
-        self.entries = list(cfg.explorer.auxiliary_models or [])
+        self.entries = as_entries(cfg.explorer.auxiliary_models)
         check_auxiliary_models(self.entries)
         self._wrappers: list[ModelWrapper] = []
         self._generation = -1
