@@ -48,8 +48,18 @@ class StepResult:
 def deterministic(exc: BaseException) -> bool:
     """True for errors raised on this machine that a retry cannot change: the SDK's own argument checks
     (AssertionError, TypeError, ValueError, e.g. a malformed API key) or a bug in a loss function."""
-    return isinstance(exc, (AssertionError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-                            NotImplementedError, ImportError))
+    if not isinstance(exc, (AssertionError, TypeError, ValueError, AttributeError, KeyError, IndexError,
+                            NotImplementedError, ImportError)):
+        return False
+    # the SDK wraps what the server answered while it polled a future in a ValueError ("Error retrieving
+    # result: Error code: 404 ... unknown request_id" after an engine restart): the server's word, which a
+    # reconnect can change
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "status_code", None) is not None or str(seen).startswith("Error retrieving result"):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 def _number(value: Any) -> bool:
