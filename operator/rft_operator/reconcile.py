@@ -19,6 +19,7 @@ from rft_operator.builders import (
     spec_hash,
 )
 from rft_operator.jobconfig import ConfigResult
+from rft_operator.podhash import legacy_digests
 from rft_operator.spec import JobSpec
 
 MESSAGE_LIMIT = 2000
@@ -86,6 +87,10 @@ def _ensure(plan: Plan, kind: str, desired: list[dict[str, Any]], observed: list
             plan.patch.append((kind, _name(body), {"data": body["data"]}))
 
 
+def _pod_images(pods: list[dict[str, Any]]) -> set[str]:
+    return {c["image"] for p in pods for c in (p.get("spec") or {}).get("containers") or [] if c.get("image")}
+
+
 def _short(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
@@ -129,10 +134,13 @@ def plan_job(
     new["backend"] = config.cfg.backend
     new["algorithm"] = config.cfg.algorithm.algorithm_type
     digest = spec_hash(spec, config)
+    # digests an older release stored for this very spec: its pods and its finished run stay as they are
+    same = {digest} | legacy_digests(spec, config.text, _pod_images(observed.pods))
     old_phase, old_reason = old.get("phase"), old.get("reason")
     finished = old_phase in st.TERMINAL and old_reason not in (st.INVALID_CONFIG, st.CONFIG_NOT_FOUND)
 
-    if finished and old.get("specHash") == digest:
+    if finished and old.get("specHash") in same:
+        new["specHash"] = digest
         return _finished(plan, job, spec, observed, old, new, now)
     if finished:
         # a new spec after the end is a new run (what a GitOps user who fixes a job expects)
@@ -150,7 +158,7 @@ def plan_job(
     restarted = False
     for pod in observed.pods:
         labels = _labels(pod)
-        if labels.get(ATTEMPT_LABEL) != str(retries) or labels.get(HASH_ANNOTATION) != digest:
+        if labels.get(ATTEMPT_LABEL) != str(retries) or labels.get(HASH_ANNOTATION) not in same:
             restarted |= labels.get(ATTEMPT_LABEL) == str(retries) and not _deleting(pod)
             plan.delete_pod(pod)
         elif not _deleting(pod):

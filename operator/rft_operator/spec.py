@@ -53,6 +53,8 @@ class JobSpec:
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_enabled: bool = True
     progress_deadline_seconds: int | None = None
+    # the spec as the user wrote it: what the pods' digest covers (podhash), never the defaults filled above
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE) -> JobSpec:
@@ -90,4 +92,5 @@ def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE) -> JobS
         metrics_port=int(metrics.get("port") or DEFAULT_METRICS_PORT),
         metrics_enabled=bool(metrics.get("enabled", True)),
         progress_deadline_seconds=spec.get("progressDeadlineSeconds"),
+        raw=dict(spec),
     )
