@@ -49,19 +49,20 @@ SERVICES = Resource("", "v1", "services")
 PVCS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
 
-# (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and pods,
+# (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and children,
 # its finalizer patches on RFTJobs, its warning events), because the service account must allow them as well.
 API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
-    # the controller reads jobs; kopf lists/watches them and patches its finalizer in
-    (RFTJOBS, None): frozenset({"get", "list", "watch", "patch"}),
+    # kopf lists/watches jobs (the reconcile reads them from that watch) and patches its finalizer in
+    (RFTJOBS, None): frozenset({"list", "watch", "patch"}),
     (RFTJOBS, "status"): frozenset({"patch"}),
-    # kopf lists/watches pods (to wake a job's reconcile); the controller lists, creates, deletes them
+    # children: kopf lists/watches each kind once, label-selected (the reconcile reads those caches); the
+    # controller creates and deletes them
     (PODS, None): frozenset({"list", "watch", "create", "delete"}),
-    # get: spec.configFrom; patch: the config changed; delete: ttlSecondsAfterFinished
-    (CONFIGMAPS, None): frozenset({"get", "list", "create", "patch", "delete"}),
-    (SERVICES, None): frozenset({"list", "create", "delete"}),
+    # get: spec.configFrom (the user's ConfigMap, not watched); patch: the config changed; delete: TTL
+    (CONFIGMAPS, None): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    (SERVICES, None): frozenset({"list", "watch", "create", "delete"}),
     # owned claims are created once and only ever removed by garbage collection with their RFTJob
-    (PVCS, None): frozenset({"list", "create"}),
+    (PVCS, None): frozenset({"list", "watch", "create"}),
     (EVENTS, None): frozenset({"create"}),
 }
 

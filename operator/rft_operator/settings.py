@@ -30,6 +30,8 @@ class Settings:
     default_image: str = DEFAULT_IMAGE
     # Seconds the HTTP scrape of a pod may take.
     scrape_timeout_seconds: float = 5.0
+    # A spec.configFrom ConfigMap (the user's, not watched) is read again at most this often.
+    config_from_refresh_seconds: float = 60.0
     # Reconciles running at once (each holds a thread while it waits on the API server or a scrape).
     workers: int = 16
 
@@ -44,5 +46,7 @@ class Settings:
             stall_after_seconds=float(_env("STALL_AFTER_SECONDS", str(cls.stall_after_seconds))),
             default_image=_env("DEFAULT_IMAGE", cls.default_image),
             scrape_timeout_seconds=float(_env("SCRAPE_TIMEOUT_SECONDS", str(cls.scrape_timeout_seconds))),
+            config_from_refresh_seconds=float(_env("CONFIG_FROM_REFRESH_SECONDS",
+                                                   str(cls.config_from_refresh_seconds))),
             workers=int(_env("WORKERS", str(cls.workers))),
         )

@@ -214,8 +214,10 @@ def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, clien
                                         storage={"size": "1Gi"}, ttlSecondsAfterFinished=0))
     client.request("PATCH", "/apis/rft.dev/v1alpha1/namespaces/default/rftjobs/rb",
                    {"spec": {"config": None}}, "application/merge-patch+json")
+    # the first pass may still see the Tinker config the job was created with: wait for the veRL children
+    wait_for(lambda: client.get("services", NS, "rb-head"), 30, "the head Service of the veRL config")
     wait_for(lambda: client.get("pods", NS, "rb-head"), 30, "the pod")
-    assert client.get("services", NS, "rb-head") and client.get("persistentvolumeclaims", NS, "rb-storage")
+    assert client.get("persistentvolumeclaims", NS, "rb-storage")
     client.set_pod_phase(NS, "rb-head", "Running")
     phase_is(client, "rb", "Running")
     config["algorithm"]["optimizer"]["lr"] = 5e-6
