@@ -88,6 +88,34 @@ def load_configuration() -> Any:
     return configuration
 
 
+def cluster_problem(timeout: float = 10.0) -> str | None:
+    """None when the API server answers; else one line saying which server failed and how.
+
+    `/version` is a non-resource URL every client may read (no RBAC rule needed), so a failure here is about
+    configuration or reachability, never about permissions the operator lacks.
+    """
+    try:
+        configuration = load_configuration()
+    except Exception as exc:  # no kubeconfig, a broken one, an exec plugin that fails
+        return f"no usable Kubernetes configuration ({exc}); set KUBECONFIG or run in a pod with a service account"
+    from kubernetes import client
+
+    api = client.ApiClient(configuration)
+    try:
+        request = api.param_serialize("GET", "/version", header_params={"Accept": "application/json"},
+                                      auth_settings=["BearerToken"])
+        response = api.call_api(*request, _request_timeout=timeout)
+        response.read()
+        if response.status >= 400:
+            return f"the Kubernetes API server at {configuration.host} answered /version with {response.status}"
+    except Exception as exc:  # connection refused, DNS, TLS, timeout
+        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:300]
+        return f"cannot reach the Kubernetes API server at {configuration.host}: {reason}"
+    finally:
+        api.close()
+    return None
+
+
 class KubeError(Exception):
     """An API call that failed; `status` is the HTTP status (0 when the server was not reached)."""
 

@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             os.environ[f"RFT_OPERATOR_{var}"] = str(value)
 
+    from rft_operator.kube import cluster_problem
+
+    # kopf would retry an unreachable server forever, which looks like a healthy operator with nothing to do
+    problem = cluster_problem()
+    if problem:
+        print(f"rft-operator: {problem}", file=sys.stderr)
+        return 1
+
     import logging
 
     import kopf

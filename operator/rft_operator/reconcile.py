@@ -287,6 +287,11 @@ def _finish(plan: Plan, job: dict[str, Any], old: dict[str, Any], new: dict[str,
             message: str, stalled: tuple[bool, str, str] | None, now: float) -> Plan:
     generation = (job.get("metadata") or {}).get("generation")
     new.update(phase=phase, reason=reason, message=message)
+    progress = new.get("progress") or {}
+    if progress.get("step") is not None:
+        # a printer column can show one field only, so step and total are joined here
+        total = progress.get("totalSteps")
+        new["steps"] = f"{progress['step']}/{total}" if total else str(progress["step"])
     if generation is not None:
         new["observedGeneration"] = generation
     new["conditions"] = st.build_conditions(phase, reason, message, stalled=stalled,

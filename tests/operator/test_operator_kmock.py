@@ -186,7 +186,8 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     wait_for(lambda: status(client, "pg").get("progress", {}).get("step") == 5, 30, "step 5")
     # what `kubectl get rftjobs` prints: the CRD's printer columns evaluated on the stored object
     columns = printer_columns(client.get("rftjobs", NS, "pg"))
-    assert columns["Phase"] == "Running" and columns["Step"] == 5 and columns["Reward"] == 0.75
+    assert columns["Phase"] == "Running" and columns["Step"] == "5/20" and columns["Reward"] == 0.75
+    assert columns["Started"] == status(client, "pg")["startTime"]
     assert columns["Backend"] == "tinker" and columns["Algorithm"] == "grpo"
     # a step without a reward: status shows none rather than the previous step's
     report(step=6, total=20, reward=None, loss=0.01, age=0)
