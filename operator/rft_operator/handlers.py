@@ -24,6 +24,7 @@ from rft_operator.builders import MANAGED_BY
 from rft_operator.cache import CHILD_KINDS, CHILD_SELECTOR, MANAGED_BY_LABEL, JobCache, child_key, trim_child
 from rft_operator.controller import Controller
 from rft_operator.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
+from rft_operator.leader import LeaseElector, default_namespace
 from rft_operator.metrics import OperatorMetrics
 from rft_operator.reconcile import Observed
 from rft_operator.settings import Settings
@@ -42,6 +43,11 @@ class State:
     metrics_port: int | None = None
     executor: concurrent.futures.ThreadPoolExecutor | None = None
     jobs: JobCache = field(default_factory=JobCache)
+    elector: LeaseElector | None = None
+
+    def leading(self) -> bool:
+        """Whether this replica may reconcile now (always, without leader election)."""
+        return self.elector is None or self.elector.is_leader()
 
 
 STATE = State()
@@ -86,7 +92,15 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.executor = concurrent.futures.ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
     asyncio.get_running_loop().set_default_executor(STATE.executor)
     STATE.jobs = JobCache()
-    STATE.controller = Controller(Kube.from_environment(), ours, metrics, STATE.jobs)
+    kube = Kube.from_environment()
+    STATE.controller = Controller(kube, ours, metrics, STATE.jobs)
+    STATE.elector = None
+    if ours.leader_elect:
+        metrics.set_leader(False)
+        STATE.elector = LeaseElector(kube, ours.lease_namespace or default_namespace(), ours.lease_name,
+                                     lease_seconds=ours.lease_seconds,
+                                     renew_deadline_seconds=ours.renew_deadline_seconds,
+                                     retry_seconds=ours.retry_seconds, on_change=metrics.set_leader).start()
     STATE.wakeups = {}
     STATE.metrics_server, STATE.metrics_port = None, None
     if ours.metrics_port >= 0:
@@ -99,7 +113,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
-    """Stop the metrics server and the reconcile threads (tests start many operators in one process)."""
+    """Hand the Lease over, stop the metrics server and the reconcile threads (tests start many operators)."""
+    if STATE.elector is not None:
+        STATE.elector.stop()
+        STATE.elector = None
     if STATE.metrics_server is not None:
         STATE.metrics_server.shutdown()
         STATE.metrics_server.server_close()
@@ -194,6 +211,11 @@ async def job_daemon(namespace: str, name: str, body: Any, stopped: Any, logger:
     failures = 0
     try:
         while not stopped:
+            if not STATE.leading():
+                # a standby keeps its caches warm and waits; on taking over it reconciles at once anyway
+                wake.clear()
+                await _sleep(wake, stopped, STATE.settings.retry_seconds)
+                continue
             wake.clear()
             controller = STATE.controller
             delay = STATE.settings.resync_seconds

@@ -48,6 +48,7 @@ CONFIGMAPS = Resource("", "v1", "configmaps")
 SERVICES = Resource("", "v1", "services")
 PVCS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
 # (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and children,
 # its finalizer patches on RFTJobs, its warning events), because the service account must allow them as well.
@@ -64,6 +65,12 @@ API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
     # owned claims are created once and only ever removed by garbage collection with their RFTJob
     (PVCS, None): frozenset({"list", "watch", "create"}),
     (EVENTS, None): frozenset({"create"}),
+}
+
+# Leader election (rft_operator.leader), in the operator's own namespace only, on one Lease: kept apart so that
+# RBAC grants it there (rbac.leader_election_rules) and not in every namespace the operator watches.
+LEADER_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
+    (LEASES, None): frozenset({"get", "create", "patch"}),
 }
 
 _METHOD = {"get": "GET", "list": "GET", "create": "POST", "patch": "PATCH", "delete": "DELETE"}
@@ -149,9 +156,11 @@ class Kube:
         body: Any = None,
         subresource: str | None = None,
         params: dict[str, str] | None = None,
+        patch_type: str = "merge",
     ) -> Any:
         """One API call, refused unless API_CALLS allows (resource, subresource, verb)."""
-        allowed = API_CALLS.get((resource, subresource), frozenset())
+        allowed = API_CALLS.get((resource, subresource), frozenset()) | LEADER_CALLS.get((resource, subresource),
+                                                                                         frozenset())
         if verb not in allowed:
             raise PermissionError(
                 f"{verb} on {resource.plural}{'/' + subresource if subresource else ''} is not in API_CALLS; "
@@ -159,7 +168,7 @@ class Kube:
             )
         headers = {"Accept": "application/json"}
         if verb == "patch":
-            headers["Content-Type"] = "application/merge-patch+json"
+            headers["Content-Type"] = f"application/{patch_type}-patch+json"
         elif body is not None:
             headers["Content-Type"] = "application/json"
         path = resource.path(namespace, name, subresource)
@@ -227,7 +236,8 @@ class Kube:
                 return False
             raise
 
-    def patch(self, resource: Resource, namespace: str, name: str, body: dict[str, Any],
-              subresource: str | None = None) -> Any:
-        """JSON merge patch (None values remove keys)."""
-        return self.call("patch", resource, namespace, name, body=body, subresource=subresource)
+    def patch(self, resource: Resource, namespace: str, name: str, body: Any,
+              subresource: str | None = None, patch_type: str = "merge") -> Any:
+        """JSON merge patch (None values remove keys), or with patch_type="json" a JSON patch (a list of ops)."""
+        return self.call("patch", resource, namespace, name, body=body, subresource=subresource,
+                         patch_type=patch_type)

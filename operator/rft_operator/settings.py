@@ -32,6 +32,13 @@ class Settings:
     scrape_timeout_seconds: float = 5.0
     # A spec.configFrom ConfigMap (the user's, not watched) is read again at most this often.
     config_from_refresh_seconds: float = 60.0
+    # Several replicas: only the holder of the Lease `lease_namespace`/`lease_name` reconciles (see leader.py).
+    leader_elect: bool = False
+    lease_name: str = "rft-operator"
+    lease_namespace: str = ""  # empty: the operator pod's own namespace (`default` outside a cluster)
+    lease_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_seconds: float = 2.0
     # Reconciles running at once (each holds a thread while it waits on the API server or a scrape).
     workers: int = 16
 
@@ -49,4 +56,10 @@ class Settings:
             config_from_refresh_seconds=float(_env("CONFIG_FROM_REFRESH_SECONDS",
                                                    str(cls.config_from_refresh_seconds))),
             workers=int(_env("WORKERS", str(cls.workers))),
+            leader_elect=_env("LEADER_ELECT", "false").strip().lower() in ("1", "true", "yes"),
+            lease_name=_env("LEASE_NAME", cls.lease_name),
+            lease_namespace=_env("LEASE_NAMESPACE", cls.lease_namespace),
+            lease_seconds=float(_env("LEASE_SECONDS", str(cls.lease_seconds))),
+            renew_deadline_seconds=float(_env("RENEW_DEADLINE_SECONDS", str(cls.renew_deadline_seconds))),
+            retry_seconds=float(_env("RETRY_SECONDS", str(cls.retry_seconds))),
         )

@@ -107,3 +107,16 @@ def test_rft_operator_without_a_reachable_cluster_exits_with_one_clear_line(tmp_
     result = run_operator({"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and "KUBECONFIG" in lines[0], result.stderr
+
+
+def test_leader_election_rules_are_the_lease_calls_narrowed_to_one_lease():
+    from rft_operator.rbac import leader_election_rules
+
+    rules = leader_election_rules("rft")
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]} in rules
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rft"],
+            "verbs": ["get", "patch"]} in rules
+    granted = {v for r in rules for v in r["verbs"]}
+    assert granted == set(kube.LEADER_CALLS[(kube.LEASES, None)])
+    # the job namespaces' rules never include Leases
+    assert not any("leases" in r["resources"] for r in required_rules())
