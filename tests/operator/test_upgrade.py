@@ -175,3 +175,56 @@ def test_the_digest_covers_the_spec_as_written_and_not_the_defaults():
         assert user_digest({**job["spec"], **other}, config.source) != base, other
     # the config as the user wrote it, not the operator's copy with its own checkpoint root
     assert config.source == job["spec"]["config"] and config.text != ""
+
+
+# ---- the real operator (kopf) against kmock, restarted with another default image
+
+
+def _reconciles():
+    from test_operator_kmock import scrape
+
+    from rft_operator import handlers
+
+    return scrape(handlers.STATE.metrics_port)[("rft_operator_reconciles_total", ())]
+
+
+def _pod_deletions(api_server):
+    return [r for r in list(api_server.emulator)
+            if str(r.method).upper().endswith("DELETE") and "/pods/" in r.url.path]
+
+
+@pytest.mark.parametrize("previous", ["0.1.0", "this release"])
+def test_running_and_finished_jobs_survive_an_operator_restart_with_a_new_default_image(
+        api_server, client, kubeconfig, operator_env, monkeypatch, previous):
+    from kmock_harness import operator_process, wait_for
+    from test_operator_kmock import status
+
+    with monkeypatch.context() as m:
+        if previous == "0.1.0":
+            m.setattr(reconcile, "spec_hash", release_0_1_0.spec_hash)
+            m.setattr(builders, "spec_hash", release_0_1_0.spec_hash)
+        m.setenv("RFT_OPERATOR_DEFAULT_IMAGE", OLD_IMAGE)
+        with operator_process():
+            for name in ("run", "fin"):
+                client.create("rftjobs", "default", rftjob(name))
+            for name in ("run", "fin"):
+                wait_for(lambda name=name: client.get("pods", "default", f"{name}-head"), 30, "the pod")
+                client.set_pod_phase("default", f"{name}-head", "Running")
+            wait_for(lambda: status(client, "fin").get("phase") == "Running", 30, "fin Running")
+            client.set_pod_phase("default", "fin-head", "Succeeded", exit_code=0)
+            wait_for(lambda: status(client, "fin").get("phase") == "Succeeded", 30, "fin Succeeded")
+            wait_for(lambda: status(client, "run").get("phase") == "Running", 30, "run Running")
+    before = {n: status(client, n) for n in ("run", "fin")}
+    assert client.get("pods", "default", "run-head")["spec"]["containers"][0]["image"] == OLD_IMAGE
+
+    for image in (NEW_IMAGE, "mirror.local/rft-runtime:9"):
+        monkeypatch.setenv("RFT_OPERATOR_DEFAULT_IMAGE", image)
+        with operator_process():
+            wait_for(lambda: _reconciles() >= 6, 30, "three passes over both jobs")
+        assert api_server.pod_creations() == 2 and _pod_deletions(api_server) == []
+        for name in ("run", "fin"):
+            now = status(client, name)
+            assert now["phase"] == before[name]["phase"] and now["startTime"] == before[name]["startTime"]
+            assert now.get("completionTime") == before[name].get("completionTime")
+    events = {e["reason"] for e in client.list("events", "default")}
+    assert "SpecChanged" not in events
