@@ -135,8 +135,9 @@ class ApiServer:
 class Client:
     """What a test does with kubectl: plain JSON over HTTP."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float = 10.0):
         self.url = url
+        self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         """One HTTP call; returns the decoded JSON (raises HTTPError on 4xx/5xx)."""
@@ -145,7 +146,7 @@ class Client:
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             text = resp.read().decode()
         return json.loads(text) if text else None
 
