@@ -111,6 +111,9 @@ class Operator:
                      if s.name == "rft_operator_jobs" and s.labels.get("phase") == phase), 0)
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            self.log.close()
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
@@ -161,19 +164,22 @@ def measure(tree: Path, jobs: int, resync: float, window: float, workdir: Path, 
 
     # a server of its own: kmock keeps serving the watches of a stopped client and then blocks on them
     server = ApiServer().start()
+    op = None
     try:
         op = Operator(tree, kubeconfig(server.url, workdir / f"{label}-idle.kubeconfig"), resync,
                       workdir / f"{label}-idle.log")
         wait(op.ready, 120, f"the {label} operator")
         time.sleep(3)
         idle = rss_mb(op.proc.pid)
-        op.stop()
     finally:
+        if op is not None:
+            op.stop()
         server.stop()
 
     server = ApiServer().start()
     client = Client(server.url, timeout=120)  # a loaded machine makes the emulator slow to answer
     config = kubeconfig(server.url, workdir / f"{label}.kubeconfig")
+    op = None
     try:
         for i in range(jobs):
             retried(client.create, "rftjobs", NS, rftjob(f"job-{i}", metrics={"enabled": False}))
@@ -193,10 +199,11 @@ def measure(tree: Path, jobs: int, resync: float, window: float, workdir: Path, 
         time.sleep(window)
         reads, writes = operator_requests(server, mark)
         rss = rss_mb(op.proc.pid)
-        op.stop()
         return {"idle_rss": idle, "rss": rss, "reads": reads / window, "writes": writes / window,
                 "to_pods": to_pods}
     finally:
+        if op is not None:  # also when a wait failed: an operator left running would load the next run
+            op.stop()
         server.stop()
 
 

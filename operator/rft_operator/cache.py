@@ -4,15 +4,16 @@ kopf watches RFTJobs, and the children of every job (pods, services, configmaps,
 server-side label selector; reconciles read from memory. Two things keep memory small and reads correct:
 
 - children are stored trimmed to the fields a reconcile reads (no managedFields, no pod spec beyond images);
-- the operator's own status writes go into `JobCache` at once: the watch event that confirms a write can
-  arrive after a pod's deletion event, and a reconcile that saw the deletion with the old status would
-  recreate the pod of a finished attempt.
+- the operator's own status writes are laid over the watched job (`OwnWrites`) until the watch shows them:
+  the event that confirms a write can arrive after a pod's deletion event, and a reconcile that saw the
+  deletion with the old status would recreate the pod of a finished attempt.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from typing import Any
 
 from rft_operator.builders import JOB_LABEL, MANAGED_BY
@@ -29,18 +30,6 @@ def _resource_version(body: dict[str, Any]) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def newer_or_unknown(incoming: dict[str, Any], current: dict[str, Any] | None) -> bool:
-    """True unless both carry numeric resourceVersions and `incoming` is the older one.
-
-    Kubernetes API servers hand out increasing integers (etcd revisions); a server that does not (or keeps
-    none, like kmock) gets last-writer-wins, which is what it would get without this check.
-    """
-    if current is None:
-        return True
-    new, old = _resource_version(incoming), _resource_version(current)
-    return new is None or old is None or new >= old
 
 
 def trim_child(kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,33 +59,45 @@ def child_key(namespace: str | None, body: dict[str, Any]) -> tuple[str, str] | 
     return (namespace or meta.get("namespace") or "", job)
 
 
-class JobCache:
-    """RFTJobs as the watch last delivered them, or as the operator's own status write returned them."""
+class OwnWrites:
+    """The status the operator last wrote for each job, laid over the watched job until the watch shows it.
 
-    def __init__(self) -> None:
-        self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
+    kopf keeps each job's latest body for its daemon already; this holds only what the watch may not have
+    delivered yet, so memory stays one copy of each job.
+    """
+
+    def __init__(self, expire_seconds: float = 30.0) -> None:
+        self._written: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any], float]] = {}
         self._lock = threading.Lock()
-
-    def observe(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        """A watch event's object (kept unless the cache already holds a newer version)."""
-        with self._lock:
-            if newer_or_unknown(body, self._jobs.get((namespace, name))):
-                self._jobs[(namespace, name)] = body
+        self.expire_seconds = expire_seconds
 
     def wrote(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        """The object after the operator's own write."""
-        self.observe(namespace, name, body)
-
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A private copy of the job (reconciles may annotate it), None when unknown or deleted."""
+        """The job as the operator's own status write left it (the server's answer)."""
+        meta = {"resourceVersion": (body.get("metadata") or {}).get("resourceVersion")}
         with self._lock:
-            body = self._jobs.get((namespace, name))
-        return copy.deepcopy(body) if body is not None else None
+            self._written[(namespace, name)] = ({"metadata": meta}, copy.deepcopy(body.get("status") or {}),
+                                                time.monotonic())
+
+    def apply(self, namespace: str, name: str, job: dict[str, Any]) -> dict[str, Any]:
+        """`job` (a private copy) with the operator's newer status write in place of its status."""
+        with self._lock:
+            entry = self._written.get((namespace, name))
+        if entry is None:
+            return job
+        marker, status, since = entry
+        written, watched = _resource_version(marker), _resource_version(job)
+        if written is not None and watched is not None:
+            seen = watched >= written
+        else:  # a server without numeric versions (kmock): the watch shows the write when it shows its status
+            seen = (job.get("status") or {}) == status
+        if seen or time.monotonic() - since > self.expire_seconds:
+            with self._lock:
+                if self._written.get((namespace, name)) is entry:
+                    del self._written[(namespace, name)]
+            return job
+        return {**job, "status": copy.deepcopy(status)}
 
     def forget(self, namespace: str, name: str) -> None:
         """The job was deleted."""
         with self._lock:
-            self._jobs.pop((namespace, name), None)
-
-    def __len__(self) -> int:
-        return len(self._jobs)
+            self._written.pop((namespace, name), None)

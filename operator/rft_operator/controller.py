@@ -1,6 +1,6 @@
 """The impure shell around `reconcile.plan_job`: take the job and its children from memory, decide, write.
 
-The job and its children come from the watch caches (`rft_operator.cache`); the only reads left are of a
+The job and its children come from the watches (`rft_operator.cache`); the only reads left are of a
 `spec.configFrom` ConfigMap (the user's, not a child: not watched), at most every
 `config_from_refresh_seconds` per ConfigMap.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from rft_operator import kube as k
 from rft_operator import status as st
 from rft_operator.builders import HASH_ANNOTATION, pod_name
-from rft_operator.cache import JobCache
+from rft_operator.cache import OwnWrites
 from rft_operator.jobconfig import ConfigResult, parse_config_text, prepare_config
 from rft_operator.metrics import OperatorMetrics
 from rft_operator.progress import scrape
@@ -42,11 +42,11 @@ class Controller:
     """Reconciles RFTJobs through `Kube`; holds only caches that are safe to lose (scrape times)."""
 
     def __init__(self, kube: k.Kube, settings: Settings, metrics: OperatorMetrics | None = None,
-                 jobs: JobCache | None = None):
+                 writes: OwnWrites | None = None):
         self.kube = kube
         self.settings = settings
         self.metrics = metrics or OperatorMetrics()
-        self.jobs = jobs if jobs is not None else JobCache()
+        self.writes = writes if writes is not None else OwnWrites()
         self._config_maps: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         # the operator's own child writes that the watch caches may not show yet: (ns, job) -> (kind, name) ->
         # (what, when, value); see expect()
@@ -131,13 +131,14 @@ class Controller:
 
     # ---- deciding and writing
 
-    def reconcile(self, namespace: str, name: str, observed: Observed, now: float | None = None) -> Plan | None:
-        """One full pass for one job from the cached job and `observed` children; None once it is deleted."""
+    def reconcile(self, namespace: str, name: str, job: dict[str, Any], observed: Observed,
+                  now: float | None = None) -> Plan | None:
+        """One pass for the watched `job` (a private copy) and its `observed` children; None once it is deleted."""
         started = time.monotonic()
         self.metrics.reconciles.inc()
         try:
-            job = self.jobs.get(namespace, name)
-            if job is None or job.get("metadata", {}).get("deletionTimestamp"):
+            job = self.writes.apply(namespace, name, job)
+            if job.get("metadata", {}).get("deletionTimestamp"):
                 return None
             job["metadata"].setdefault("namespace", namespace)
             observed = self.with_own_writes(namespace, name, observed)
@@ -168,7 +169,7 @@ class Controller:
             answer = self.kube.patch(k.RFTJOBS, ns, name, {"status": patch}, subresource="status")
             if not (isinstance(answer, dict) and answer.get("metadata")):
                 answer = {**job, "status": plan.status}  # a server that answers without the object
-            self.jobs.wrote(ns, name, answer)
+            self.writes.wrote(ns, name, answer)
         for kind, child in plan.delete:
             self.kube.delete(RESOURCES[kind], ns, child)
             self.expect(ns, name, kind, child, "gone")
@@ -270,4 +271,4 @@ class Controller:
             self.metrics.forget_job(namespace, name)
             self._scraped.pop((namespace, name), None)
             self._expected.pop((namespace, name), None)
-        self.jobs.forget(namespace, name)
+        self.writes.forget(namespace, name)

@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from rft_operator.builders import MANAGED_BY
-from rft_operator.cache import CHILD_KINDS, CHILD_SELECTOR, MANAGED_BY_LABEL, JobCache, child_key, trim_child
+from rft_operator.cache import CHILD_KINDS, CHILD_SELECTOR, MANAGED_BY_LABEL, child_key, trim_child
 from rft_operator.controller import Controller
 from rft_operator.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
 from rft_operator.leader import LeaseElector, default_namespace
@@ -42,7 +42,6 @@ class State:
     metrics_server: Any = None
     metrics_port: int | None = None
     executor: concurrent.futures.ThreadPoolExecutor | None = None
-    jobs: JobCache = field(default_factory=JobCache)
     elector: LeaseElector | None = None
 
     def leading(self) -> bool:
@@ -91,9 +90,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # too few when many jobs wait on slow scrapes at once
     STATE.executor = concurrent.futures.ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
     asyncio.get_running_loop().set_default_executor(STATE.executor)
-    STATE.jobs = JobCache()
     kube = Kube.from_environment()
-    STATE.controller = Controller(kube, ours, metrics, STATE.jobs)
+    STATE.controller = Controller(kube, ours, metrics)
     STATE.elector = None
     if ours.leader_elect:
         metrics.set_leader(False)
@@ -133,20 +131,16 @@ def _wake(namespace: str | None, name: str | None) -> None:
 
 
 def _plain(body: Any) -> dict[str, Any]:
-    """A kopf body as a plain dict the cache and the reconcile threads can own."""
+    """A kopf body as a plain dict a reconcile thread can own."""
     return {k: copy.deepcopy(dict(v) if hasattr(v, "keys") else v) for k, v in dict(body).items()}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def job_event(type: str, namespace: str, name: str, body: Any, **_: Any) -> None:
-    """Keep the job's latest version in memory; a change wakes its daemon, a deletion drops its series."""
+    """A spec or status change wakes the job's daemon; a deletion drops its metric series."""
     ns = namespace or body.get("metadata", {}).get("namespace", "")
-    if type == "DELETED":
-        if STATE.controller is not None:
-            STATE.controller.forget(ns, name)
-        STATE.jobs.forget(ns, name)
-    else:
-        STATE.jobs.observe(ns, name, _plain(body))
+    if type == "DELETED" and STATE.controller is not None:
+        STATE.controller.forget(ns, name)
     _wake(ns, name)
 
 
@@ -206,8 +200,6 @@ async def job_daemon(namespace: str, name: str, body: Any, stopped: Any, logger:
     ns = namespace or body.get("metadata", {}).get("namespace", "")
     key = (ns, name)
     wake = STATE.wakeups.setdefault(key, asyncio.Event())
-    if STATE.jobs.get(ns, name) is None:
-        STATE.jobs.observe(ns, name, _plain(body))
     failures = 0
     try:
         while not stopped:
@@ -221,7 +213,8 @@ async def job_daemon(namespace: str, name: str, body: Any, stopped: Any, logger:
             delay = STATE.settings.resync_seconds
             try:
                 assert controller is not None, "the operator has not started"
-                plan = await asyncio.to_thread(controller.reconcile, ns, name, _observed(key, kwargs))
+                # kopf keeps `body` current with the watch: a copy of it is the job as the cluster has it now
+                plan = await asyncio.to_thread(controller.reconcile, ns, name, _plain(body), _observed(key, kwargs))
                 failures = 0
                 if plan is None:
                     break
