@@ -189,11 +189,11 @@ def measure(tree: Path, jobs: int, resync: float, window: float, workdir: Path, 
 
         # progress is read from the request log and the operator's /metrics: listing 500 pods from a busy
         # emulator over HTTP takes longer than the operator takes to create them
-        wait(lambda: server.pod_creations(NS) >= jobs, 60 + jobs, f"{jobs} pods")
+        wait(lambda: server.pod_creations(NS) >= jobs, 120 + 5 * jobs, f"{jobs} pods")
         to_pods = time.monotonic() - started
         for i in range(jobs):
             retried(client.set_pod_phase, NS, f"job-{i}-head", "Running")
-        wait(lambda: op.jobs_in("Running") >= jobs, 60 + jobs, f"{jobs} jobs Running")
+        wait(lambda: op.jobs_in("Running") >= jobs, 120 + 5 * jobs, f"{jobs} jobs Running")
         time.sleep(min(resync, 10))  # the last status writes' own events settle
         mark = server.request_count()
         time.sleep(window)
@@ -221,21 +221,25 @@ def main() -> int:
 
     logging.disable(logging.INFO)  # kmock's access log
     workdir = Path(tempfile.mkdtemp(prefix="rft-bench-operator-"))
+    print(f"{args.jobs} RFTJobs (Running), resync {args.resync:.0f}s, steady-state window {args.window:.0f}s, kmock")
+    print(f"{'operator':<18} {'reads/s':>8} {'writes/s':>9} {'RSS MB':>7} {'idle RSS':>9} {'per job KB':>11} "
+          f"{'to pods s':>10}", flush=True)
+
+    def show(name: str, r: dict[str, float]) -> None:
+        per_job = (r["rss"] - r["idle_rss"]) * 1024 / max(args.jobs, 1)
+        print(f"{name:<18} {r['reads']:>8.2f} {r['writes']:>9.2f} {r['rss']:>7.1f} {r['idle_rss']:>9.1f} "
+              f"{per_job:>11.1f} {r['to_pods']:>10.1f}", flush=True)
+
+    rows = []
     try:
-        rows = [("this tree", measure(ROOT, args.jobs, args.resync, args.window, workdir, "new"))]
+        rows.append(("this tree", measure(ROOT, args.jobs, args.resync, args.window, workdir, "new")))
+        show(*rows[-1])
         if not args.no_baseline:
             tree, rev = baseline_tree(args.baseline_rev, workdir)
             rows.append((f"baseline {rev}", measure(tree, args.jobs, args.resync, args.window, workdir, "old")))
+            show(*rows[-1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    print(f"\n{args.jobs} RFTJobs (Running), resync {args.resync:.0f}s, steady-state window {args.window:.0f}s, kmock")
-    print(f"{'operator':<18} {'reads/s':>8} {'writes/s':>9} {'RSS MB':>7} {'idle RSS':>9} {'per job KB':>11} "
-          f"{'to pods s':>10}")
-    for name, r in rows:
-        per_job = (r["rss"] - r["idle_rss"]) * 1024 / max(args.jobs, 1)
-        print(f"{name:<18} {r['reads']:>8.2f} {r['writes']:>9.2f} {r['rss']:>7.1f} {r['idle_rss']:>9.1f} "
-              f"{per_job:>11.1f} {r['to_pods']:>10.1f}")
     if len(rows) == 2:
         new, old = rows[0][1], rows[1][1]
         reqs_new, reqs_old = new["reads"] + new["writes"], old["reads"] + old["writes"]
