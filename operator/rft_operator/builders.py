@@ -5,13 +5,13 @@ Nothing here calls the API; `reconcile` compares these with what exists.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 from rft_operator import podtemplate
 from rft_operator.jobconfig import ConfigResult
 from rft_operator.kube import GROUP, KIND, VERSION
+from rft_operator.podhash import user_digest
 from rft_operator.spec import API_KEY_ENV, CONFIG_DIR, CONFIG_FILE, DEFAULT_GPU_RESOURCE, MOUNT_ROOT, JobSpec
 
 JOB_LABEL = "rft.dev/job"
@@ -98,36 +98,8 @@ def pod_name(job_name: str, role: str, index: int = 0) -> str:
 
 
 def spec_hash(spec: JobSpec, config: ConfigResult) -> str:
-    """A digest of everything that shapes the pods; when it changes, the pods are recreated.
-
-    Fields added after v0.1 enter the digest only when set, so a job that does not use them keeps its hash
-    (and its pods) across an operator upgrade.
-    """
-    relevant = {
-        "config": config.text,
-        "image": spec.image,
-        "pull": spec.image_pull_policy,
-        "resources": spec.resources,
-        "env": spec.env,
-        "envFrom": spec.env_from,
-        "nodeSelector": spec.node_selector,
-        "tolerations": spec.tolerations,
-        "affinity": spec.affinity,
-        "priority": spec.priority_class_name,
-        "sa": spec.service_account_name,
-        "secret": spec.api_key_secret,
-        "storage": [spec.storage.existing_claim, spec.storage.size],
-        "metrics": [spec.metrics_port, spec.metrics_enabled],
-    }
-    added = {
-        "podTemplate": spec.pod_template,
-        "roleTemplates": spec.role_templates,
-        "gpus": [spec.gpu_resource, spec.gpus_per_node]
-        if spec.gpus_per_node is not None or spec.gpu_resource != DEFAULT_GPU_RESOURCE else None,
-    }
-    relevant.update({k: v for k, v in added.items() if v})
-    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    """The digest on the pods: what the user asked for, never the operator's defaults (see podhash)."""
+    return user_digest(spec.raw, config.source)
 
 
 def build_configmap(job: dict[str, Any], config: ConfigResult) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class ConfigResult:
     text: str = ""
     pod_env: dict[str, str] = field(default_factory=dict)
     issues: list[str] = field(default_factory=list)
+    # the config exactly as the user gave it (before the operator's additions): what the pods' digest covers
+    source: Any = None
 
     @property
     def valid(self) -> bool:
@@ -88,7 +90,7 @@ def prepare_config(config: Any, spec: JobSpec, *, job_name: str, namespace: str)
         shipped.setdefault("cluster", {})
         shipped["cluster"] = {**(shipped.get("cluster") or {}), "ray_address": "auto"}
     text = yaml.safe_dump(shipped, sort_keys=False, allow_unicode=True)
-    return ConfigResult(cfg=cfg, shipped=shipped, text=text, pod_env=pod_env)
+    return ConfigResult(cfg=cfg, shipped=shipped, text=text, pod_env=pod_env, source=copy.deepcopy(config))
 
 
 def parse_config_text(text: str, where: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -48,21 +48,29 @@ CONFIGMAPS = Resource("", "v1", "configmaps")
 SERVICES = Resource("", "v1", "services")
 PVCS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
-# (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and pods,
+# (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and children,
 # its finalizer patches on RFTJobs, its warning events), because the service account must allow them as well.
 API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
-    # the controller reads jobs; kopf lists/watches them and patches its finalizer in
-    (RFTJOBS, None): frozenset({"get", "list", "watch", "patch"}),
+    # kopf lists/watches jobs (the reconcile reads them from that watch) and patches its finalizer in
+    (RFTJOBS, None): frozenset({"list", "watch", "patch"}),
     (RFTJOBS, "status"): frozenset({"patch"}),
-    # kopf lists/watches pods (to wake a job's reconcile); the controller lists, creates, deletes them
+    # children: kopf lists/watches each kind once, label-selected (the reconcile reads those caches); the
+    # controller creates and deletes them
     (PODS, None): frozenset({"list", "watch", "create", "delete"}),
-    # get: spec.configFrom; patch: the config changed; delete: ttlSecondsAfterFinished
-    (CONFIGMAPS, None): frozenset({"get", "list", "create", "patch", "delete"}),
-    (SERVICES, None): frozenset({"list", "create", "delete"}),
+    # get: spec.configFrom (the user's ConfigMap, not watched); patch: the config changed; delete: TTL
+    (CONFIGMAPS, None): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    (SERVICES, None): frozenset({"list", "watch", "create", "delete"}),
     # owned claims are created once and only ever removed by garbage collection with their RFTJob
-    (PVCS, None): frozenset({"list", "create"}),
+    (PVCS, None): frozenset({"list", "watch", "create"}),
     (EVENTS, None): frozenset({"create"}),
+}
+
+# Leader election (rft_operator.leader), in the operator's own namespace only, on one Lease: kept apart so that
+# RBAC grants it there (rbac.leader_election_rules) and not in every namespace the operator watches.
+LEADER_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
+    (LEASES, None): frozenset({"get", "create", "patch"}),
 }
 
 _METHOD = {"get": "GET", "list": "GET", "create": "POST", "patch": "PATCH", "delete": "DELETE"}
@@ -85,6 +93,34 @@ def load_configuration() -> Any:
         path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         config.load_kube_config(config_file=path.split(os.pathsep)[0], client_configuration=configuration)
     return configuration
+
+
+def cluster_problem(timeout: float = 10.0) -> str | None:
+    """None when the API server answers; else one line saying which server failed and how.
+
+    `/version` is a non-resource URL every client may read (no RBAC rule needed), so a failure here is about
+    configuration or reachability, never about permissions the operator lacks.
+    """
+    try:
+        configuration = load_configuration()
+    except Exception as exc:  # no kubeconfig, a broken one, an exec plugin that fails
+        return f"no usable Kubernetes configuration ({exc}); set KUBECONFIG or run in a pod with a service account"
+    from kubernetes import client
+
+    api = client.ApiClient(configuration)
+    try:
+        request = api.param_serialize("GET", "/version", header_params={"Accept": "application/json"},
+                                      auth_settings=["BearerToken"])
+        response = api.call_api(*request, _request_timeout=timeout)
+        response.read()
+        if response.status >= 400:
+            return f"the Kubernetes API server at {configuration.host} answered /version with {response.status}"
+    except Exception as exc:  # connection refused, DNS, TLS, timeout
+        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:300]
+        return f"cannot reach the Kubernetes API server at {configuration.host}: {reason}"
+    finally:
+        api.close()
+    return None
 
 
 class KubeError(Exception):
@@ -120,9 +156,11 @@ class Kube:
         body: Any = None,
         subresource: str | None = None,
         params: dict[str, str] | None = None,
+        patch_type: str = "merge",
     ) -> Any:
         """One API call, refused unless API_CALLS allows (resource, subresource, verb)."""
-        allowed = API_CALLS.get((resource, subresource), frozenset())
+        allowed = API_CALLS.get((resource, subresource), frozenset()) | LEADER_CALLS.get((resource, subresource),
+                                                                                         frozenset())
         if verb not in allowed:
             raise PermissionError(
                 f"{verb} on {resource.plural}{'/' + subresource if subresource else ''} is not in API_CALLS; "
@@ -130,7 +168,7 @@ class Kube:
             )
         headers = {"Accept": "application/json"}
         if verb == "patch":
-            headers["Content-Type"] = "application/merge-patch+json"
+            headers["Content-Type"] = f"application/{patch_type}-patch+json"
         elif body is not None:
             headers["Content-Type"] = "application/json"
         path = resource.path(namespace, name, subresource)
@@ -198,7 +236,8 @@ class Kube:
                 return False
             raise
 
-    def patch(self, resource: Resource, namespace: str, name: str, body: dict[str, Any],
-              subresource: str | None = None) -> Any:
-        """JSON merge patch (None values remove keys)."""
-        return self.call("patch", resource, namespace, name, body=body, subresource=subresource)
+    def patch(self, resource: Resource, namespace: str, name: str, body: Any,
+              subresource: str | None = None, patch_type: str = "merge") -> Any:
+        """JSON merge patch (None values remove keys), or with patch_type="json" a JSON patch (a list of ops)."""
+        return self.call("patch", resource, namespace, name, body=body, subresource=subresource,
+                         patch_type=patch_type)

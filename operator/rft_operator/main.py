@@ -24,7 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scrape a running job's metrics at most this often")
     p.add_argument("--stall-after-seconds", type=float, default=None,
                    help="Stalled=True after this long without a new step")
-    p.add_argument("--default-image", default=None, help="runtime image when spec.image is empty")
+    p.add_argument("--default-image", default=None,
+                   help="runtime image when spec.image is empty (reaches a job when its pods are next created)")
+    p.add_argument("--config-from-refresh-seconds", type=float, default=None,
+                   help="read a spec.configFrom ConfigMap again at most this often (default 60)")
+    p.add_argument("--leader-elect", action="store_true", default=None,
+                   help="run several replicas: only the holder of a coordination.k8s.io Lease reconciles")
+    p.add_argument("--lease-name", default=None, help="the Lease's name (default rft-operator)")
+    p.add_argument("--lease-namespace", default=None,
+                   help="the Lease's namespace (default: the operator pod's own namespace)")
     p.add_argument("--default-verl-image", default=None,
                    help="image of veRL jobs when spec.image is empty (RFT_OPERATOR_DEFAULT_VERL_IMAGE)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -37,10 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     for flag, var in (("metrics_host", "METRICS_HOST"), ("metrics_port", "METRICS_PORT"),
                       ("resync_seconds", "RESYNC_SECONDS"), ("progress_interval_seconds", "PROGRESS_INTERVAL_SECONDS"),
                       ("stall_after_seconds", "STALL_AFTER_SECONDS"), ("default_image", "DEFAULT_IMAGE"),
-                      ("default_verl_image", "DEFAULT_VERL_IMAGE")):
+                      ("default_verl_image", "DEFAULT_VERL_IMAGE"),
+                      ("config_from_refresh_seconds", "CONFIG_FROM_REFRESH_SECONDS"),
+                      ("leader_elect", "LEADER_ELECT"), ("lease_name", "LEASE_NAME"),
+                      ("lease_namespace", "LEASE_NAMESPACE")):
         value = getattr(args, flag)
         if value is not None:
             os.environ[f"RFT_OPERATOR_{var}"] = str(value)
+
+    from rft_operator.kube import cluster_problem
+
+    # kopf would retry an unreachable server forever, which looks like a healthy operator with nothing to do
+    problem = cluster_problem()
+    if problem:
+        print(f"rft-operator: {problem}", file=sys.stderr)
+        return 1
 
     import logging
 
@@ -52,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespaces = args.namespace or []
     kopf.run(
-        standalone=True,  # one replica (Recreate strategy): no peering objects, no RBAC for them
+        # kopf's peering stays off: several replicas coordinate through a Lease instead (rft_operator.leader)
+        standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=args.liveness or None,

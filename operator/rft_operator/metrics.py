@@ -37,6 +37,11 @@ class OperatorMetrics:
             "rft_operator_reconcile_duration_seconds", "Time one reconciliation took.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=self.registry,
         )
+        self.leader = Gauge(
+            "rft_operator_leader", "1 on the replica that reconciles (holds the Lease, or runs alone), else 0.",
+            registry=self.registry,
+        )
+        self.leader.set(1)
         for phase in st.PHASES:
             self.jobs.labels(phase=phase).set(0)
 
@@ -71,6 +76,15 @@ class OperatorMetrics:
                 except KeyError:
                     pass
             self._recount()
+
+    def set_leader(self, leader: bool) -> None:
+        """A standby reports no jobs: summed over replicas, the job series count each job once."""
+        self.leader.set(1 if leader else 0)
+        if not leader:
+            with self._lock:
+                keys = list(self._phases)
+            for namespace, name in keys:
+                self.forget_job(namespace, name)
 
     def _recount(self) -> None:
         counts = dict.fromkeys(st.PHASES, 0)

@@ -22,6 +22,7 @@ from rft_operator.builders import (
     spec_issues,
 )
 from rft_operator.jobconfig import ConfigResult
+from rft_operator.podhash import legacy_digests
 from rft_operator.spec import JobSpec
 
 MESSAGE_LIMIT = 2000
@@ -89,6 +90,10 @@ def _ensure(plan: Plan, kind: str, desired: list[dict[str, Any]], observed: list
             plan.patch.append((kind, _name(body), {"data": body["data"]}))
 
 
+def _pod_images(pods: list[dict[str, Any]]) -> set[str]:
+    return {c["image"] for p in pods for c in (p.get("spec") or {}).get("containers") or [] if c.get("image")}
+
+
 def _short(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
@@ -140,11 +145,14 @@ def plan_job(
         return _finish(plan, job, old, new, st.FAILED, st.INVALID_SPEC,
                        _short("invalid spec: " + "; ".join(refused)), stalled, now)
     digest = spec_hash(spec, config)
+    # digests an older release stored for this very spec: its pods and its finished run stay as they are
+    same = {digest} | legacy_digests(spec, config.text, _pod_images(observed.pods))
     old_phase, old_reason = old.get("phase"), old.get("reason")
     finished = old_phase in st.TERMINAL and old_reason not in (st.INVALID_CONFIG, st.CONFIG_NOT_FOUND,
                                                                st.INVALID_SPEC)
 
-    if finished and old.get("specHash") == digest:
+    if finished and old.get("specHash") in same:
+        new["specHash"] = digest
         return _finished(plan, job, spec, observed, old, new, now)
     if old_phase == st.FAILED and old_reason == st.INVALID_SPEC and old.get("specHash") == digest:
         # the API server refused this spec's pods (Controller.refuse_pod): only a new spec tries again
@@ -165,7 +173,7 @@ def plan_job(
     restarted = False
     for pod in observed.pods:
         labels = _labels(pod)
-        if labels.get(ATTEMPT_LABEL) != str(retries) or labels.get(HASH_ANNOTATION) != digest:
+        if labels.get(ATTEMPT_LABEL) != str(retries) or labels.get(HASH_ANNOTATION) not in same:
             restarted |= labels.get(ATTEMPT_LABEL) == str(retries) and not _deleting(pod)
             plan.delete_pod(pod)
         elif not _deleting(pod):
@@ -310,6 +318,11 @@ def _finish(plan: Plan, job: dict[str, Any], old: dict[str, Any], new: dict[str,
             message: str, stalled: tuple[bool, str, str] | None, now: float) -> Plan:
     generation = (job.get("metadata") or {}).get("generation")
     new.update(phase=phase, reason=reason, message=message)
+    progress = new.get("progress") or {}
+    if progress.get("step") is not None:
+        # a printer column can show one field only, so step and total are joined here
+        total = progress.get("totalSteps")
+        new["steps"] = f"{progress['step']}/{total}" if total else str(progress["step"])
     if generation is not None:
         new["observedGeneration"] = generation
     new["conditions"] = st.build_conditions(phase, reason, message, stalled=stalled,

@@ -32,6 +32,15 @@ class Settings:
     default_verl_image: str = DEFAULT_VERL_IMAGE
     # Seconds the HTTP scrape of a pod may take.
     scrape_timeout_seconds: float = 5.0
+    # A spec.configFrom ConfigMap (the user's, not watched) is read again at most this often.
+    config_from_refresh_seconds: float = 60.0
+    # Several replicas: only the holder of the Lease `lease_namespace`/`lease_name` reconciles (see leader.py).
+    leader_elect: bool = False
+    lease_name: str = "rft-operator"
+    lease_namespace: str = ""  # empty: the operator pod's own namespace (`default` outside a cluster)
+    lease_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_seconds: float = 2.0
     # Reconciles running at once (each holds a thread while it waits on the API server or a scrape).
     workers: int = 16
 
@@ -47,5 +56,13 @@ class Settings:
             default_image=_env("DEFAULT_IMAGE", cls.default_image),
             default_verl_image=_env("DEFAULT_VERL_IMAGE", cls.default_verl_image),
             scrape_timeout_seconds=float(_env("SCRAPE_TIMEOUT_SECONDS", str(cls.scrape_timeout_seconds))),
+            config_from_refresh_seconds=float(_env("CONFIG_FROM_REFRESH_SECONDS",
+                                                   str(cls.config_from_refresh_seconds))),
             workers=int(_env("WORKERS", str(cls.workers))),
+            leader_elect=_env("LEADER_ELECT", "false").strip().lower() in ("1", "true", "yes"),
+            lease_name=_env("LEASE_NAME", cls.lease_name),
+            lease_namespace=_env("LEASE_NAMESPACE", cls.lease_namespace),
+            lease_seconds=float(_env("LEASE_SECONDS", str(cls.lease_seconds))),
+            renew_deadline_seconds=float(_env("RENEW_DEADLINE_SECONDS", str(cls.renew_deadline_seconds))),
+            retry_seconds=float(_env("RETRY_SECONDS", str(cls.retry_seconds))),
         )

@@ -66,6 +66,8 @@ class JobSpec:
     # spec.gpus: the extended resource veRL pods request, and how many (None: cluster.gpu_per_node)
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     gpus_per_node: int | None = None
+    # the spec as the user wrote it: what the pods' digest covers (podhash), never the defaults filled above
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE,
@@ -112,4 +114,5 @@ def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE,
         role_templates={role: roles[role] for role in ROLES if roles.get(role)},
         gpu_resource=gpus.get("resourceName") or DEFAULT_GPU_RESOURCE,
         gpus_per_node=gpus.get("perNode"),
+        raw=dict(spec),
     )

@@ -1,7 +1,7 @@
 """Refresh the chart's copies from their sources: `python tests/chart/sync_chart.py`.
 
 Helm cannot read files outside the chart, so the chart carries copies: the CRD (crds/), the dashboards and alert
-rules (monitoring/), and the RBAC rules (rft_operator.rbac.required_rules()). The chart tests fail when a copy
+rules (monitoring/), and the RBAC rules (rft_operator.rbac.required_rules() and leader_election_rules()). The chart tests fail when a copy
 is stale and name this script.
 """
 
@@ -27,6 +27,20 @@ def rules_text() -> str:
     return RULES_HEADER + yaml.safe_dump(required_rules(), default_flow_style=None, sort_keys=False)
 
 
+LEADER_HEADER = """\
+# Generated from rft_operator.rbac.leader_election_rules() by tests/chart/sync_chart.py: the Lease rules of the
+# leader-election Role; templates/rbac.yaml names the release's own Lease in resourceNames.
+"""
+
+
+def leader_rules_text() -> str:
+    """files/rbac-leader-rules.yaml as it must read for the operator's current code."""
+    from rft_operator.rbac import leader_election_rules
+
+    return LEADER_HEADER + yaml.safe_dump(leader_election_rules("RFT_LEASE_NAME"), default_flow_style=None,
+                                          sort_keys=False)
+
+
 def main() -> None:
     """Copy crds/rftjob.yaml and monitoring/* into the chart and regenerate the RBAC rules."""
     (FILES / "crds").mkdir(parents=True, exist_ok=True)
@@ -39,6 +53,7 @@ def main() -> None:
         if source.suffix in (".json", ".yaml", ".yml"):
             shutil.copy2(source, monitoring / source.name)
     (FILES / "rbac-rules.yaml").write_text(rules_text())
+    (FILES / "rbac-leader-rules.yaml").write_text(leader_rules_text())
     print(f"refreshed {FILES.relative_to(REPO)}")
 
 

@@ -57,7 +57,7 @@ def cluster_helm(tmp_path):
 
 
 def _allowed(api_client, sa: str, namespace: str, group: str, resource: str, verb: str,
-             subresource: str = "") -> bool:
+             subresource: str = "", where: str = "some-team", name: str = "") -> bool:
     from kubernetes import client
 
     review = client.AuthorizationV1Api(api_client).create_subject_access_review({
@@ -65,7 +65,7 @@ def _allowed(api_client, sa: str, namespace: str, group: str, resource: str, ver
         "spec": {"user": f"system:serviceaccount:{namespace}:{sa}",
                  "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
                  "resourceAttributes": {"group": group, "resource": resource, "subresource": subresource,
-                                        "verb": verb, "namespace": "some-team"}}})
+                                        "verb": verb, "namespace": where, "name": name}}})
     return bool(review.status.allowed)
 
 
@@ -103,6 +103,16 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
                                        ("rft.dev", "rftjobs", "create", ""), ("apps", "deployments", "create", ""),
                                        ("rbac.authorization.k8s.io", "clusterroles", "create", "")):
         assert not _allowed(api_client, sa, namespace, group, resource, verb, sub), (resource, verb, sub)
+
+    # leader election: the release's own Lease in the release namespace, and nothing else
+    lease = "rft-rft-operator"
+    for verb in ("get", "patch"):
+        assert _allowed(api_client, sa, namespace, "coordination.k8s.io", "leases", verb, where=namespace,
+                        name=lease), verb
+        assert not _allowed(api_client, sa, namespace, "coordination.k8s.io", "leases", verb, where=namespace,
+                            name="kube-scheduler"), verb
+    assert _allowed(api_client, sa, namespace, "coordination.k8s.io", "leases", "create", where=namespace)
+    assert not _allowed(api_client, sa, namespace, "coordination.k8s.io", "leases", "patch", name=lease)
 
     if crd_preexists:
         pytest.skip("the RFTJob CRD existed before the test: not upgrading or uninstalling a CRD it did not install")

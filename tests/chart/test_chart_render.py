@@ -78,9 +78,19 @@ def test_deployment_shape(render):
     objects = render()
     deployment = one(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # two replicas, one acting at a time (leader election): a rolling update never has zero operators
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
+    lease_env = {e["name"]: e for e in container["env"]}
+    assert lease_env["RFT_OPERATOR_LEADER_ELECT"]["value"] == "true"
+    assert lease_env["RFT_OPERATOR_LEASE_NAMESPACE"]["value"] == NAMESPACE
+    assert lease_env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    timings = [float(lease_env[f"RFT_OPERATOR_{k}"]["value"]) for k in ("RETRY_SECONDS",
+                                                                         "RENEW_DEADLINE_SECONDS", "LEASE_SECONDS")]
+    assert timings == sorted(timings) and len(set(timings)) == 3  # retry < renew deadline < lease
+    assert pod["affinity"]["podAntiAffinity"]
     assert container["command"] == ["rft-operator"]
     assert "--all-namespaces" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -125,9 +135,13 @@ def test_operator_env_is_read_by_the_operator(render, monkeypatch):
     assert settings.metrics_host == "0.0.0.0"
     # veRL jobs default to the GPU image of the same version (jobDefaults.verlImage overrides it)
     assert settings.default_verl_image == settings.default_image + "-verl"
+    assert settings.leader_elect and settings.lease_namespace == NAMESPACE
+    assert settings.retry_seconds < settings.renew_deadline_seconds < settings.lease_seconds
     read = {f"RFT_OPERATOR_{n}" for n in ("METRICS_HOST", "METRICS_PORT", "RESYNC_SECONDS", "DEFAULT_IMAGE",
                                          "DEFAULT_VERL_IMAGE", "PROGRESS_INTERVAL_SECONDS", "STALL_AFTER_SECONDS",
-                                         "SCRAPE_TIMEOUT_SECONDS")}
+                                         "SCRAPE_TIMEOUT_SECONDS", "LEADER_ELECT", "LEASE_NAME",
+                                         "LEASE_NAMESPACE", "LEASE_SECONDS", "RENEW_DEADLINE_SECONDS",
+                                         "RETRY_SECONDS")}
     assert set(ours) <= read
 
 
@@ -153,7 +167,8 @@ def test_values_schema_rejects_bad_values(helm, values_file):
         ({"rbac": {"scope": "everywhere"}}, "scope"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"metrics": {"port": 70000}}, "port"),
-        ({"replicaCount": 2}, "replicaCount"),
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"leaderElection": {"leaseSeconds": 1}}, "leaseSeconds"),
         ({"securityContext": {"allowPrivilegeEscalation": True, "runAsNonRoot": True,
                               "capabilities": {"drop": ["ALL"]}}}, "allowPrivilegeEscalation"),
         ({"resources": {"limits": {"memory": "lots"}}}, "memory"),
@@ -184,7 +199,38 @@ def test_rbac_equals_the_operators_api_calls(render):
                                   "name": role["metadata"]["name"]}
     sa = one(objects, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}]
-    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
+    # the only namespaced grant: the Lease of leader election, in the release namespace
+    assert [r["metadata"]["namespace"] for r in by_kind(objects, "Role")] == [NAMESPACE]
+    assert all(r["metadata"]["name"].endswith("-leader-election") for r in by_kind(objects, "Role"))
+
+
+def job_roles(objects, kind="Role"):
+    return [r for r in by_kind(objects, kind) if not r["metadata"]["name"].endswith("-leader-election")]
+
+
+def test_leader_election_role_is_the_code_s_lease_rules_on_the_release_s_lease(render):
+    from rft_operator.rbac import leader_election_rules
+
+    objects = render()
+    lease = {e["name"]: e.get("value") for e in one(objects, "Deployment")["spec"]["template"]["spec"]
+             ["containers"][0]["env"]}["RFT_OPERATOR_LEASE_NAME"]
+    (role,) = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert _normalise(role["rules"]) == _normalise(leader_election_rules(lease))
+    (binding,) = [b for b in by_kind(objects, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"] == NAMESPACE
+    single = render({"replicaCount": 1, "leaderElection": {"enabled": False}})
+    assert not by_kind(single, "Role")
+    deployment = one(single, "Deployment")["spec"]
+    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    with pytest.raises(HelmError, match="leaderElection"):
+        render({"replicaCount": 2, "leaderElection": {"enabled": False}})
+
+
+def test_rbac_leader_rules_file_is_generated_from_the_code():
+    from sync_chart import leader_rules_text
+
+    assert (CHART / "files" / "rbac-leader-rules.yaml").read_text() == leader_rules_text(), \
+        "run `python tests/chart/sync_chart.py`"
 
 
 @pytest.mark.parametrize("name,namespaces", [("namespaced", [NAMESPACE]),
@@ -195,11 +241,11 @@ def test_rbac_namespaced_mode_grants_nothing_cluster_wide(render, name, namespac
     objects = render(VALUE_SETS[name])
     # the only cluster-scoped roles are the users' aggregated ones, bound to no one (rbac.userRoles.create)
     assert all(_aggregated(r) for r in by_kind(objects, "ClusterRole")) and not by_kind(objects, "ClusterRoleBinding")
-    roles = by_kind(objects, "Role")
+    roles = job_roles(objects)
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     for role in roles:
         assert _normalise(role["rules"]) == _normalise(required_rules()), _fix_hint(required_rules())
-    bindings = by_kind(objects, "RoleBinding")
+    bindings = job_roles(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for binding in bindings:
         assert binding["subjects"][0]["namespace"] == NAMESPACE

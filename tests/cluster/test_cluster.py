@@ -91,7 +91,7 @@ def test_tinker_job_gets_one_gpu_free_pod_with_the_key_from_the_secret(apis, nam
                               headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
     assert code == 200
     columns = [c["name"] for c in table["columnDefinitions"]]
-    assert {"Phase", "Backend", "Algorithm", "Step", "Reward", "Age"} <= set(columns)
+    assert {"Phase", "Backend", "Algorithm", "Step", "Reward", "Started", "Age"} <= set(columns)
     row = next(r for r in table["rows"] if r["object"]["metadata"]["name"] == "tk")
     assert row["cells"][columns.index("Backend")] == "tinker"
 

@@ -52,6 +52,7 @@ def operator_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         "RFT_OPERATOR_PROGRESS_INTERVAL_SECONDS": "0.5",
         "RFT_OPERATOR_STALL_AFTER_SECONDS": "3600",
         "RFT_OPERATOR_SCRAPE_TIMEOUT_SECONDS": "2",
+        "RFT_OPERATOR_CONFIG_FROM_REFRESH_SECONDS": "1",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -13,8 +13,30 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+
+
+def _emulator_class() -> Any:
+    import kmock
+
+    class Emulator(kmock.KubernetesEmulator):
+        """kmock, plus a uid on every object created without one, as every API server assigns.
+
+        kopf keys its indexes by (namespace, name, uid): without uids a pod and a Service of the same name
+        (`<job>-head`) would evict each other from the operator's caches, which no real cluster can cause.
+        """
+
+        async def _handle(self, request: Any) -> Any:
+            data = getattr(request, "data", None)
+            if request.resource is not None and request.action == kmock.action.CREATE and isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                if isinstance(meta, dict) and not meta.get("uid"):
+                    meta["uid"] = str(uuid.uuid4())
+            return await super()._handle(request)
+
+    return Emulator
 
 
 class ApiServer:
@@ -41,7 +63,7 @@ class ApiServer:
         import kmock
 
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        async with _emulator_class()() as emulator, kmock.Server(emulator) as server:
             emulator.resources.load_bundled()
             self.emulator = emulator
             emulator.resources["rft.dev/v1alpha1/rftjobs"] = kmock.ResourceInfo(
@@ -63,6 +85,19 @@ class ApiServer:
     def pod_creations(self, namespace: str = "default") -> int:
         """How many times anyone POSTed a pod (the tests never do, so: the operator)."""
         return len(self.emulator[f"post /api/v1/namespaces/{namespace}/pods"])
+
+    def request_count(self) -> int:
+        """How many requests the server has seen so far (a mark for `operator_requests`)."""
+        return len(list(self.emulator))
+
+    def operator_requests(self, since: int = 0) -> list[str]:
+        """'METHOD path' of every request after mark `since` that is neither the tests' own nor a watch."""
+        out = []
+        for request in list(self.emulator)[since:]:
+            if request.headers.get("User-Agent", "").startswith("Python-urllib") or request.params.get("watch"):
+                continue
+            out.append(f"{str(request.method).upper().split('.')[-1]} {request.url.path}")
+        return out
 
     def operator_calls(self) -> set[tuple[str, str, str]]:
         """(API group, resource[/subresource], verb) of every request not made by the tests' own client."""
@@ -100,8 +135,9 @@ class ApiServer:
 class Client:
     """What a test does with kubectl: plain JSON over HTTP."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float = 10.0):
         self.url = url
+        self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         """One HTTP call; returns the decoded JSON (raises HTTPError on 4xx/5xx)."""
@@ -110,7 +146,7 @@ class Client:
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             text = resp.read().decode()
         return json.loads(text) if text else None
 

@@ -85,7 +85,8 @@ def test_crd_shape_for_users():
     assert crd["metadata"]["name"] == "rftjobs.rft.dev" and spec["scope"] == "Namespaced"
     assert "rftj" in spec["names"]["shortNames"] and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns["Phase"] == ".status.phase" and columns["Step"] == ".status.progress.step"
+    assert columns["Phase"] == ".status.phase" and columns["Step"] == ".status.steps"
+    assert columns["Started"] == ".status.startTime"
     assert columns["Reward"] == ".status.progress.rewardMean" and "Backend" in columns and "Algorithm" in columns
     assert "Age" in columns
 
@@ -128,6 +129,7 @@ def test_the_status_schema_holds_every_key_the_operator_writes():
     world.set_phase("s-head", "Succeeded", 0)
     world.step(T0 + 3)
     world.step(T0 + 4)
+    assert world.job["status"]["steps"] == "1/2"
     status_schema = schema_of(crdgen.crd())["properties"]["status"]
     for key, value in world.job["status"].items():
         assert key in status_schema["properties"], key

@@ -188,7 +188,8 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     wait_for(lambda: status(client, "pg").get("progress", {}).get("step") == 5, 30, "step 5")
     # what `kubectl get rftjobs` prints: the CRD's printer columns evaluated on the stored object
     columns = printer_columns(client.get("rftjobs", NS, "pg"))
-    assert columns["Phase"] == "Running" and columns["Step"] == 5 and columns["Reward"] == 0.75
+    assert columns["Phase"] == "Running" and columns["Step"] == "5/20" and columns["Reward"] == 0.75
+    assert columns["Started"] == status(client, "pg")["startTime"]
     assert columns["Backend"] == "tinker" and columns["Algorithm"] == "grpo"
     # a step without a reward: status shows none rather than the previous step's
     report(step=6, total=20, reward=None, loss=0.01, age=0)
@@ -216,8 +217,10 @@ def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, clien
                                         storage={"size": "1Gi"}, ttlSecondsAfterFinished=0))
     client.request("PATCH", "/apis/rft.dev/v1alpha1/namespaces/default/rftjobs/rb",
                    {"spec": {"config": None}}, "application/merge-patch+json")
+    # the first pass may still see the Tinker config the job was created with: wait for the veRL children
+    wait_for(lambda: client.get("services", NS, "rb-head"), 30, "the head Service of the veRL config")
     wait_for(lambda: client.get("pods", NS, "rb-head"), 30, "the pod")
-    assert client.get("services", NS, "rb-head") and client.get("persistentvolumeclaims", NS, "rb-storage")
+    assert client.get("persistentvolumeclaims", NS, "rb-storage")
     client.set_pod_phase(NS, "rb-head", "Running")
     phase_is(client, "rb", "Running")
     config["algorithm"]["optimizer"]["lr"] = 5e-6

@@ -95,5 +95,5 @@ def test_status_progress_follows_a_real_rft_run(client, running_operator, tiny_m
     client.set_pod_phase(NS, "e2e-head", "Succeeded", exit_code=0)
     st = phase_is(client, "e2e", "Succeeded")
     columns = printer_columns(client.get("rftjobs", NS, "e2e"))
-    assert columns["Phase"] == "Succeeded" and columns["Step"] == max(seen)
+    assert columns["Phase"] == "Succeeded" and columns["Step"] == f"{max(seen)}/{STEPS}"
     assert st["progress"]["step"] == max(seen)

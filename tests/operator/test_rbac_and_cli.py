@@ -76,3 +76,47 @@ def test_rft_manifest_output_reads_the_same_in_kubernetes_yaml(tmp_path):
     result = run_rft("manifest", "--config", str(src), "--name", "quoted")
     assert result.returncode == 0, result.stderr
     assert "'n': 4" in result.stdout  # bare n: would be read as the key false by kubectl
+
+
+def run_operator(env_overrides, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "-c", "import sys; from rft_operator.main import main; sys.exit(main())",
+                           "--metrics-port", "-1", "--liveness", ""], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+
+
+def test_rft_operator_without_a_reachable_cluster_exits_with_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    result = run_operator({"KUBECONFIG": str(config)}, tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "cannot reach" in lines[0], result.stderr
+    result = run_operator({"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "KUBECONFIG" in lines[0], result.stderr
+
+
+def test_leader_election_rules_are_the_lease_calls_narrowed_to_one_lease():
+    from rft_operator.rbac import leader_election_rules
+
+    rules = leader_election_rules("rft")
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]} in rules
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rft"],
+            "verbs": ["get", "patch"]} in rules
+    granted = {v for r in rules for v in r["verbs"]}
+    assert granted == set(kube.LEADER_CALLS[(kube.LEASES, None)])
+    # the job namespaces' rules never include Leases
+    assert not any("leases" in r["resources"] for r in required_rules())
