@@ -218,7 +218,7 @@ def test_math_rm_workflow_grades_with_the_auxiliary_reward_model(tmp_path, tiny_
     (record,) = metrics(cfg)
     assert record["rollouts"] == 4 and record["failed_rollouts"] == 0
     # a random tiny grader never writes <score>N</score>: every grade is a parse error, reward 0
-    assert record["reward_mean"] == 0.0
+    assert record["critic/rewards/mean"] == 0.0
 
 
 def test_math_rm_workflow_without_a_reward_model_says_what_to_configure(tmp_path, tiny_model_dir):
@@ -303,7 +303,7 @@ def test_builtin_trinity_workflows_train(tmp_path, tiny_model_dir, local_engine,
     assert record["prompt_tokens"] > 0 and "rollout/accuracy/mean" in record
     if workflow_args.get("with_think"):
         # the tiny model never writes a <think> block: the boxed format penalty is the whole reward
-        assert record["format_score"] == pytest.approx(-0.1)
+        assert record["rollout/format_score/mean"] == pytest.approx(-0.1)
 
 
 @pytest.mark.slow
