@@ -98,6 +98,13 @@ def _short(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
+def _delete_unfinished(plan: Plan, current: dict[str, Any]) -> None:
+    """Delete the pods of an ending job that have not finished; finished pods are left as they are."""
+    for pod in current.values():
+        if st.pod_phase(pod) not in ("Succeeded", "Failed"):
+            plan.delete_pod(pod)
+
+
 def plan_job(
     job: dict[str, Any],
     spec: JobSpec,
@@ -202,9 +209,7 @@ def plan_job(
 
     if head is not None and st.pod_phase(head) == "Succeeded":
         phase, reason, message = st.SUCCEEDED, st.COMPLETED, "the runtime finished"
-        for pod in current.values():
-            if st.pod_phase(pod) not in ("Succeeded", "Failed"):
-                plan.delete_pod(pod)
+        _delete_unfinished(plan, current)
         new["completionTime"] = new["completionTime"] or st.timestamp(now)
     elif failed:
         bad = next((p for p in failed if st.pod_refused(p, CONTAINER)), failed[0])
@@ -213,9 +218,7 @@ def plan_job(
             # the runtime refused to start (exit 2): the same pod would fail the same way, so no retry
             phase, reason = st.FAILED, st.RUNTIME_REFUSED
             message = f"{why}; not retried (the runtime refuses this spec or image)"
-            for pod in current.values():
-                if st.pod_phase(pod) not in ("Succeeded", "Failed"):
-                    plan.delete_pod(pod)
+            _delete_unfinished(plan, current)
             new["completionTime"] = st.timestamp(now)
         elif retries < spec.backoff_limit:
             new["retries"] = retries + 1
@@ -226,16 +229,12 @@ def plan_job(
         else:
             phase, reason = st.FAILED, st.BACKOFF_LIMIT
             message = f"{why}; backoffLimit {spec.backoff_limit} reached"
-            for pod in current.values():
-                if st.pod_phase(pod) not in ("Succeeded", "Failed"):
-                    plan.delete_pod(pod)
+            _delete_unfinished(plan, current)
             new["completionTime"] = st.timestamp(now)
     elif deadline is not None and start is not None and now - start >= deadline:
         phase, reason = st.FAILED, st.DEADLINE
         message = f"activeDeadlineSeconds {deadline} passed"
-        for pod in current.values():
-            if st.pod_phase(pod) not in ("Succeeded", "Failed"):
-                plan.delete_pod(pod)
+        _delete_unfinished(plan, current)
         new["completionTime"] = st.timestamp(now)
     else:
         present = {_name(p) for p in observed.pods}
