@@ -231,7 +231,9 @@ def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, clien
              20, "the restarted pod")
     client.set_pod_phase(NS, "rb-head", "Succeeded", exit_code=0)
     wait_for(lambda: status(client, "rb").get("cleanedUp"), 30, "the TTL cleanup")
-    assert client.get("pods", NS, "rb-head") is None and client.get("services", NS, "rb-head") is None
+    # the status is written before the deletes it announces (one pass), so the children go just after it
+    wait_for(lambda: client.get("pods", NS, "rb-head") is None and client.get("services", NS, "rb-head") is None,
+             10, "the pod and the Service removed by the TTL cleanup")
     assert client.get("rftjobs", NS, "rb")["status"]["phase"] == "Succeeded"
 
     allowed = {(g, r, v) for rule in required_rules() for g in rule["apiGroups"] for r in rule["resources"]
