@@ -24,11 +24,13 @@ PODS_RUNNING = "PodsRunning"
 COMPLETED = "Completed"
 SUSPENDED_REASON = "Suspended"
 SPEC_CHANGED = "SpecChanged"
+WORKER_RESTARTED = "WorkerRestarted"
+WORKER_RECREATED = "WorkerRecreated"
 NO_PROGRESS = "NoProgress"
 PROGRESSING = "Progressing"
 
 CONDITION_TYPES = ("Ready", "Complete", "Failed", "Suspended", "Stalled")
-WARNING_REASONS = {INVALID_CONFIG, INVALID_SPEC, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS,
+WARNING_REASONS = {WORKER_RESTARTED, INVALID_CONFIG, INVALID_SPEC, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS,
                    RUNTIME_REFUSED}
 # The runtime's exit status for a job it refuses to start (bad config, an image without what the backend
 # needs): the same pod would fail the same way again, so it is not retried.
@@ -137,6 +139,23 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return f"Unschedulable: {cond.get('message', '')}".rstrip(": ")
     return None
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """Running, and not marked unready by the kubelet (a pod without conditions yet counts by its phase)."""
+    if pod_phase(pod) != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    ready = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+    return ready is None or ready.get("status") == "True"
+
+
+def pod_finished_at(pod: dict[str, Any], container: str) -> float | None:
+    """When the container ended (its terminated state's finishedAt), None when the kubelet did not say."""
+    term = _terminated(pod, container) or _terminated(pod, None) or {}
+    try:
+        return parse_time(term.get("finishedAt"))
+    except ValueError:
+        return None
 
 
 def pod_gated_by_kueue(pod: dict[str, Any]) -> bool:
