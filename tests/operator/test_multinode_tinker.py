@@ -12,7 +12,7 @@ import subprocess
 
 import kubernetes_validate
 import pytest
-from rftjob_bodies import rftjob, seed
+from rftjob_bodies import example, rftjob, seed
 
 from rft_operator.builders import NO_RAY_TINKER, NO_TRINITY_WORKER, build_pods, desired_children, spec_issues
 from rft_operator.jobconfig import prepare_config
@@ -84,6 +84,14 @@ def test_node_num_3_is_a_ray_head_and_two_cpu_workers_joining_it_over_the_head_s
     assert 6379 in [p["port"] for p in svc["spec"]["ports"]]
     # the key reaches every pod only as a Secret reference
     assert all(env_of(p).get("TINKER_API_KEY") is None for p in out["pods"])
+
+
+def test_the_example_is_a_head_and_two_bigger_workers():
+    out = children(example("rftjob-tinker-multinode.yaml"))
+    head, *workers = out["pods"]
+    assert len(workers) == 2 and out["services"][0]["metadata"]["name"] == "gsm8k-tinker-multinode-head"
+    assert runtime(head)["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
+    assert all(runtime(w)["resources"]["limits"] == {"cpu": "8", "memory": "16Gi"} for w in workers)
 
 
 @pytest.mark.parametrize("nodes", [0, 1])
