@@ -30,7 +30,7 @@ NO_PROGRESS = "NoProgress"
 PROGRESSING = "Progressing"
 
 CONDITION_TYPES = ("Ready", "Complete", "Failed", "Suspended", "Stalled")
-WARNING_REASONS = {WORKER_RESTARTED, INVALID_CONFIG, INVALID_SPEC, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS,
+WARNING_REASONS = {INVALID_CONFIG, INVALID_SPEC, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS,
                    RUNTIME_REFUSED}
 # The runtime's exit status for a job it refuses to start (bad config, an image without what the backend
 # needs): the same pod would fail the same way again, so it is not retried.
@@ -150,12 +150,18 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 
 
 def pod_finished_at(pod: dict[str, Any], container: str) -> float | None:
-    """When the container ended (its terminated state's finishedAt), None when the kubelet did not say."""
+    """When the container ended (its terminated state's finishedAt, else when the pod's Ready condition last
+    changed), None when the kubelet said neither."""
     term = _terminated(pod, container) or _terminated(pod, None) or {}
-    try:
-        return parse_time(term.get("finishedAt"))
-    except ValueError:
-        return None
+    ready = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+    for text in (term.get("finishedAt"), ready.get("lastTransitionTime")):
+        try:
+            when = parse_time(text)
+        except ValueError:
+            continue
+        if when is not None:
+            return when
+    return None
 
 
 def pod_gated_by_kueue(pod: dict[str, Any]) -> bool:

@@ -286,3 +286,14 @@ def test_the_job_runs_on_its_head_while_workers_are_pending_and_they_show_as_the
     plan = world.step(T0 + 3)
     assert world.status["phase"] == "Succeeded" and "workers" not in world.status
     assert ("pods", "pw-worker-1") in plan.delete
+
+
+def test_the_backoff_counts_from_the_container_end_or_else_the_ready_condition():
+    from rft_operator.status import pod_finished_at
+
+    term = {"name": "rft", "state": {"terminated": {"exitCode": 1, "finishedAt": timestamp(T0)}}}
+    ready = {"type": "Ready", "status": "False", "lastTransitionTime": timestamp(T0 + 7)}
+    assert pod_finished_at({"status": {"containerStatuses": [term], "conditions": [ready]}}, "rft") == T0
+    # an evicted pod may carry no container state: its Ready condition turned False when it stopped
+    assert pod_finished_at({"status": {"phase": "Failed", "conditions": [ready]}}, "rft") == T0 + 7
+    assert pod_finished_at({"status": {"phase": "Failed"}}, "rft") is None
