@@ -438,6 +438,9 @@ def spec_issues(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> lis
     elif spec.gpus_per_node is not None or spec.gpu_resource != DEFAULT_GPU_RESOURCE:
         issues.append("spec.gpus applies to veRL jobs only (a Tinker job trains through the Tinker API); "
                       "remove it")
+    if multi_node_tinker(config) and any(e.get("name") == RAY_ADDRESS_ENV for e in spec.env):
+        issues.append(f"spec.env {RAY_ADDRESS_ENV}: a job with cluster.node_num > 1 runs its own Ray cluster over its "
+                      "pods; remove it, or set cluster.node_num to 1 to join the Ray cluster it names from one pod")
     roles = pod_roles(spec, config)
     if "worker" in spec.role_templates and not any(role == "worker" for role, _ in roles):
         issues.append("spec.roleTemplates.worker: this job has no worker pods (a job with spec.config "

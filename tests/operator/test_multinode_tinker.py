@@ -100,6 +100,9 @@ def test_node_num_0_or_1_stays_the_single_pod_without_ray_or_service(nodes):
     (pod,) = out["pods"]
     assert runtime(pod)["command"][:2] == ["rft", "run"] and "RAY_ADDRESS" not in env_of(pod)
     assert out["services"] == []
+    # one pod may join a Ray cluster that runs elsewhere (a KubeRay RayCluster): the user's RAY_ADDRESS stays
+    external = children(rftjob("ext", tinker_config(nodes), env=[{"name": "RAY_ADDRESS", "value": "rc-head:6379"}]))
+    assert env_of(external["pods"][0])["RAY_ADDRESS"] == "rc-head:6379"
 
 
 def test_worker_templates_reach_the_workers_only_and_kueue_counts_every_pod():
@@ -122,6 +125,8 @@ def test_worker_templates_reach_the_workers_only_and_kueue_counts_every_pod():
         {"name": "rft", "env": [{"name": "RAY_ADDRESS", "value": "elsewhere:6379"}]}]}}}),
      "spec.roleTemplates.worker.spec.containers[rft].env[RAY_ADDRESS]"),
     (rftjob("gp", tinker_config(2), gpus={"perNode": 1}), "spec.gpus applies to veRL jobs only"),
+    (rftjob("ex", tinker_config(2), env=[{"name": "RAY_ADDRESS", "value": "raycluster-head:6379"}]),
+     "spec.env RAY_ADDRESS"),
 ])
 def test_shapes_that_cannot_work_are_refused_naming_the_field(job, field):
     spec, config = shaped(job)
