@@ -215,17 +215,16 @@ def plan_job(
     workers = [_name(p) for p in children["pods"] if _labels(p).get(ROLE_LABEL) == "worker"]
     # a multi-node Tinker job's workers only run Ray: one that ends is replaced alone while the head keeps
     # training (the runtime re-runs what its runners had in flight). A veRL job's pods hold its GPU placement
-    # together, so any failure retries the whole job as before.
-    spare = multi_node_tinker(config)
+    # together, so any failure retries the whole job as before. So does a queued one: Kueue lets a failed pod
+    # of a group go only once a replacement with another name exists, and a worker's name is reused.
+    spare = multi_node_tinker(config) and not _labels(job).get(KUEUE_QUEUE)
     ended = [current[n] for n in workers if spare and n in current
              and st.pod_phase(current[n]) in ("Failed", "Succeeded") and not st.pod_refused(current[n], CONTAINER)]
     ended_names = {_name(p) for p in ended}
     failed = [p for p in current.values() if st.pod_phase(p) == "Failed" and _name(p) not in ended_names]
     start = st.parse_time(new["startTime"])
     deadline = spec.active_deadline_seconds
-    # a replacement worker that Kueue holds back does not make a running job queued again
-    queued = (head is not None and st.pod_gated_by_kueue(head)) if spare else \
-        any(st.pod_gated_by_kueue(p) for p in current.values())
+    queued = any(st.pod_gated_by_kueue(p) for p in current.values())
     # not started while Kueue holds the pods (as a Job it keeps suspended): the deadline starts at admission.
     # A queued job's pods are gated from their creation on, so the clock does not start when they are created.
     unstarted = queued or (bool(_labels(job).get(KUEUE_QUEUE)) and not current)

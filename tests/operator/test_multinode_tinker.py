@@ -265,6 +265,18 @@ def test_a_failed_head_retries_the_whole_job_as_before():
     assert {b["metadata"]["labels"]["rft.dev/attempt"] for _, b in plan.create} == {"1"}
 
 
+def test_a_queued_job_retries_every_pod_when_a_worker_fails():
+    # Kueue frees a failed pod of a group only once its replacement, under another name, exists
+    job = rftjob("qw", tinker_config(2))
+    job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    world = World(job)
+    running(world, T0)
+    world.set_phase("qw-worker-1", "Failed", exit_code=1)
+    plan = world.step(T0 + 5)
+    assert sorted(plan.delete) == [("pods", "qw-head"), ("pods", "qw-worker-1")]
+    assert world.status["retries"] == 1 and "workerRestarts" not in world.status
+
+
 def test_a_verl_worker_failure_still_retries_every_pod():
     config = seed("verl-lora.yaml")
     config["cluster"] = {"node_num": 2, "gpu_per_node": 4}
