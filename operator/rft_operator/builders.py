@@ -6,6 +6,7 @@ Nothing here calls the API; `reconcile` compares these with what exists.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from rft_operator import podtemplate
@@ -21,6 +22,7 @@ HASH_ANNOTATION = "rft.dev/spec-hash"
 MANAGED_BY = "rft-operator"
 RAY_GCS_PORT = 6379
 RAY_DASHBOARD_PORT = 8265
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
 CONTAINER = "rft"
 # A fixed non-root identity: the runtime image runs as this user, and fsGroup lets it write the claim.
 RUN_AS = 1000
@@ -79,7 +81,7 @@ def configmap_name(job_name: str) -> str:
 
 
 def service_name(job_name: str) -> str:
-    """The headless Service in front of a veRL job's Ray head."""
+    """The headless Service in front of the Ray head of a job with a Ray cluster (see `runs_ray`)."""
     return f"{job_name}-head"
 
 
@@ -153,7 +155,7 @@ def build_service(job: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def _env(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[dict[str, Any]]:
+def _env(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str) -> list[dict[str, Any]]:
     meta = job["metadata"]
     env: list[dict[str, Any]] = [
         {"name": "RFT_JOB_NAME", "value": meta["name"]},
@@ -166,6 +168,11 @@ def _env(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[dict[
         {"name": "HF_HOME", "value": f"{MOUNT_ROOT}/hf-cache"},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(config.pod_env.items())]
+    if multi_node_tinker(config):
+        # the runtime on the head joins the Ray the pod's own `ray start --head` runs (the runtime's interface:
+        # RAY_ADDRESS set means "join this cluster"); on a worker it points the ray CLI (`ray status`) at the head
+        env.append({"name": RAY_ADDRESS_ENV, "value": f"127.0.0.1:{RAY_GCS_PORT}" if role == "head"
+                    else f"{service_name(meta['name'])}:{RAY_GCS_PORT}"})
     if spec.api_key_secret:
         # the key only ever travels as a Secret reference; its value is never read by the operator
         env.append({
@@ -178,6 +185,21 @@ def _env(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[dict[
 def _user_env(spec: JobSpec, ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
     taken = {e["name"] for e in ours}
     return [e for e in spec.env if e.get("name") not in taken]
+
+
+def node_count(config: ConfigResult) -> int:
+    """The job's pods: cluster.node_num, Trinity's own count of Ray nodes (0, its "detect", is one pod)."""
+    return config.cfg.cluster.node_num or 1
+
+
+def multi_node_tinker(config: ConfigResult) -> bool:
+    """A Tinker job spread over several CPU pods: a head (trainer and driver) and Ray workers (runners)."""
+    return config.cfg.backend == "tinker" and node_count(config) > 1
+
+
+def runs_ray(config: ConfigResult) -> bool:
+    """The pods form a Ray cluster the operator starts: every veRL job, and multi-node Tinker jobs."""
+    return config.cfg.backend == "verl" or multi_node_tinker(config)
 
 
 def pod_image(spec: JobSpec, config: ConfigResult) -> str:
@@ -212,10 +234,20 @@ def _resources(spec: JobSpec, config: ConfigResult) -> dict[str, Any]:
 def _command(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str) -> list[str]:
     run = ["rft", "run", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--no-progress"]
     run += ["--metrics-port", str(spec.metrics_port)] if spec.metrics_enabled else ["--no-metrics"]
-    if config.cfg.backend == "tinker":
-        return run
-    _, gpus = verl_shape(spec, config)
     head = f"{service_name(job['metadata']['name'])}:{RAY_GCS_PORT}"
+    if config.cfg.backend == "tinker":
+        if not multi_node_tinker(config):
+            return run
+        # the same image runs head and workers: without ray (an image built without the runtime extra) both
+        # say so and exit 2, which the operator does not retry, instead of looping on "ray: not found"
+        check = f"if ! command -v ray >/dev/null 2>&1; then echo {shlex.quote(NO_RAY_TINKER)} >&2; exit 2; fi; "
+        if role == "head":
+            return ["sh", "-c", check + f"ray start --head --port={RAY_GCS_PORT} --num-gpus=0 "
+                    f"--dashboard-host=0.0.0.0 --disable-usage-stats && exec {' '.join(run)}"]
+        # as veRL workers: retry until the head answers (its Service publishes the address before it is ready)
+        return ["sh", "-c", check + f"until ray start --address={head} --num-gpus=0 --disable-usage-stats "
+                "--block; do sleep 5; done"]
+    _, gpus = verl_shape(spec, config)
     if role == "head":
         # without Trinity, `rft run` itself says which image is needed and exits 2 (no retry), instead of
         # `ray` failing as "not found" or Ray starting for nothing
@@ -227,13 +259,16 @@ def _command(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str
     else:
         # workers retry until the head answers: the head Service publishes the address before it is ready
         script = (
-            f"if ! command -v ray >/dev/null 2>&1; then echo '{NO_TRINITY_WORKER}' >&2; exit 2; fi; "
+            f"if ! command -v ray >/dev/null 2>&1; then echo {shlex.quote(NO_TRINITY_WORKER)} >&2; exit 2; fi; "
             f"until ray start --address={head} --num-gpus={gpus} --disable-usage-stats --block; "
             "do sleep 5; done"
         )
     return ["sh", "-c", script]
 
 
+NO_RAY_TINKER = ("rft: this image has no ray (a Tinker job with cluster.node_num > 1 runs a Ray cluster over its pods: "
+                 "use an image with the runtime extra, which includes ray[default]: the operator's --default-image, "
+                 "or spec.image)")
 NO_TRINITY_WORKER = ("rft worker: this image has no ray (the veRL backend needs an image with trinity-rft and "
                      "its vllm extra: the operator's --default-verl-image, or spec.image)")
 
@@ -253,7 +288,7 @@ def _kueue(job: dict[str, Any], spec: JobSpec, config: ConfigResult, attempt: in
     # group is unretriable so that Kueue frees its quota as soon as its pods end (the operator, not Kueue,
     # replaces failed pods). At most 50 + 1 + 5 + 1 + 6 characters, within a label value's 63.
     labels[KUEUE_GROUP] = f"{meta['name']}-{attempt}-{digest[:6]}"
-    count = verl_shape(spec, config)[0] if config.cfg.backend == "verl" else 1
+    count = len(pod_roles(spec, config))
     return labels, {KUEUE_TOTAL: str(count), KUEUE_RETRIABLE: "false"}
 
 
@@ -267,22 +302,28 @@ def _base_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: st
     ports = []
     if spec.metrics_enabled:
         ports.append({"name": "metrics", "containerPort": spec.metrics_port})
-    if config.cfg.backend == "verl" and role == "head":
+    if role == "worker" and config.cfg.backend == "tinker":
+        ports = []  # a Tinker worker runs only Ray (its runners report through the head's /metrics)
+    if runs_ray(config) and role == "head":
         ports += [{"name": "gcs", "containerPort": RAY_GCS_PORT},
                   {"name": "dashboard", "containerPort": RAY_DASHBOARD_PORT}]
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
               {"name": "job-dir", "mountPath": MOUNT_ROOT}]
     claim = claim_name(job, spec)
+    if role == "worker" and config.cfg.backend == "tinker":
+        # a Tinker worker keeps nothing (checkpoints and metrics are the head's): a ReadWriteOnce claim mounted
+        # on pods of several nodes would keep all but one of them from ever starting
+        claim = None
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": configmap_name(job_name)}},
         {"name": "job-dir", "persistentVolumeClaim": {"claimName": claim}} if claim
         else {"name": "job-dir", "emptyDir": {}},
     ]
-    if config.cfg.backend == "verl":
+    if runs_ray(config):
         # Ray's object store lives in shared memory; the container default of 64 MiB is far too small
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-    ours = _env(job, spec, config)
+    ours = _env(job, spec, config, role)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": pod_image(spec, config),
@@ -355,7 +396,7 @@ def _templates(spec: JobSpec, role: str) -> list[tuple[str, dict[str, Any] | Non
 
 def build_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: str, index: int,
               attempt: int, digest: str) -> dict[str, Any]:
-    """One runtime pod: the head (the only pod of a Tinker job) or a veRL worker, templates merged in."""
+    """One runtime pod: the head (the only pod of a single-node job) or a worker, templates merged in."""
     base, _ = _base_pod(job, spec, config, role, index, attempt, digest)
     pod = base
     for _, template in _templates(spec, role):
@@ -377,11 +418,9 @@ def build_pod(job: dict[str, Any], spec: JobSpec, config: ConfigResult, role: st
 
 
 def pod_roles(spec: JobSpec, config: ConfigResult) -> list[tuple[str, int]]:
-    """(role, index) of every pod: the head, and for veRL cluster.node_num - 1 workers."""
-    roles = [("head", 0)]
-    if config.cfg.backend == "verl":
-        roles += [("worker", i) for i in range(1, verl_shape(spec, config)[0])]
-    return roles
+    """(role, index) of every pod: the head, and cluster.node_num - 1 workers (both backends)."""
+    nodes = verl_shape(spec, config)[0] if config.cfg.backend == "verl" else node_count(config)
+    return [("head", 0)] + [("worker", i) for i in range(1, nodes)]
 
 
 def spec_issues(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> list[str]:
@@ -399,11 +438,14 @@ def spec_issues(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> lis
     elif spec.gpus_per_node is not None or spec.gpu_resource != DEFAULT_GPU_RESOURCE:
         issues.append("spec.gpus applies to veRL jobs only (a Tinker job trains through the Tinker API); "
                       "remove it")
+    if multi_node_tinker(config) and any(e.get("name") == RAY_ADDRESS_ENV for e in spec.env):
+        issues.append(f"spec.env {RAY_ADDRESS_ENV}: a job with cluster.node_num > 1 runs its own Ray cluster over its "
+                      "pods; remove it, or set cluster.node_num to 1 to join the Ray cluster it names from one pod")
     roles = pod_roles(spec, config)
     if "worker" in spec.role_templates and not any(role == "worker" for role, _ in roles):
-        issues.append("spec.roleTemplates.worker: this job has no worker pods (Tinker jobs and veRL jobs with "
-                      "cluster.node_num 1 run one pod, the head); move it to spec.podTemplate or "
-                      "spec.roleTemplates.head")
+        issues.append("spec.roleTemplates.worker: this job has no worker pods (a job with spec.config "
+                      "cluster.node_num 0 or 1 runs one pod, the head); set cluster.node_num to the number of pods, "
+                      "or move the template to spec.podTemplate or spec.roleTemplates.head")
     checked: set[str] = set()
     for role, index in roles:
         if role in checked:
@@ -416,7 +458,8 @@ def spec_issues(job: dict[str, Any], spec: JobSpec, config: ConfigResult) -> lis
 
 
 def build_pods(job: dict[str, Any], spec: JobSpec, config: ConfigResult, attempt: int) -> list[dict[str, Any]]:
-    """Tinker: one pod and no GPU. veRL: cluster.node_num pods (a Ray head and workers), each with GPUs."""
+    """cluster.node_num pods (a Ray head and workers; one pod when it is 0 or 1): with GPUs on veRL, none on
+    Tinker."""
     digest = spec_hash(spec, config)
     return [build_pod(job, spec, config, role, index, attempt, digest) for role, index in pod_roles(spec, config)]
 
@@ -429,7 +472,7 @@ def desired_children(job: dict[str, Any], spec: JobSpec, config: ConfigResult, *
     claim = build_claim(job, spec)
     if claim:
         out["persistentvolumeclaims"].append(claim)
-    if config.cfg.backend == "verl":
+    if runs_ray(config):
         out["services"].append(build_service(job, spec))
     if with_pods:
         out["pods"] = build_pods(job, spec, config, attempt)

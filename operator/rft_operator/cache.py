@@ -43,6 +43,10 @@ def trim_child(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         containers = ((body.get("spec") or {}).get("containers")) or []
         # the images tell which default image an older release resolved (podhash.legacy_digests)
         keep["spec"] = {"containers": [{"name": c.get("name"), "image": c.get("image")} for c in containers]}
+        gates = (body.get("spec") or {}).get("schedulingGates")
+        if gates:
+            # Kueue's admission gate: while it is on the job is WaitingForAdmission and its deadline waits
+            keep["spec"]["schedulingGates"] = copy.deepcopy(list(gates))
         if body.get("status") is not None:
             keep["status"] = copy.deepcopy(dict(body["status"]))
     elif kind == "configmaps":

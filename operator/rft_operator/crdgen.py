@@ -316,7 +316,7 @@ def spec_schema() -> dict[str, Any]:
                     "accessModes": {"type": "array", "items": {"type": "string", "enum": [
                         "ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]},
                         "description": "Access modes of the owned claim (default ReadWriteOnce; "
-                                       "multi-node veRL jobs need ReadWriteMany)."},
+                                       "multi-node veRL jobs need ReadWriteMany; Tinker workers mount none)."},
                 },
             },
             "suspend": {"type": "boolean", "description": "true removes the pods and keeps storage; false resumes."},
@@ -332,10 +332,10 @@ def spec_schema() -> dict[str, Any]:
             "roleTemplates": {
                 "type": "object",
                 "description": "Per-role templates, merged after spec.podTemplate: head (every job's first pod) "
-                               "and worker (veRL jobs with cluster.node_num > 1).",
+                               "and worker (jobs with cluster.node_num > 1, veRL or Tinker).",
                 "properties": {
                     "head": pod_template_schema("Merged onto the head pod."),
-                    "worker": pod_template_schema("Merged onto each veRL worker pod."),
+                    "worker": pod_template_schema("Merged onto each worker pod."),
                 },
             },
             "gpus": {
@@ -388,6 +388,11 @@ def status_schema() -> dict[str, Any]:
             "startTime": _str("When the pods of the current run were first created.", format="date-time"),
             "completionTime": _str("When the job succeeded or failed.", format="date-time"),
             "retries": _int("Pod failures retried so far.", 0),
+            "workers": _str("Ready worker pods of the total, e.g. 2/3 (kubectl get's Workers column); only on "
+                            "jobs with cluster.node_num > 1, while they run."),
+            "readyWorkers": _int("Worker pods running and ready.", 0),
+            "workerRestarts": _int("Worker pods of a multi-node Tinker job replaced alone after they ended, this "
+                                   "run.", 0),
             "specHash": _str("Digest of the spec the pods run."),
             "steps": _str("Training steps done of the total, e.g. 12/78 (kubectl get's Step column)."),
             "cleanedUp": {"type": "boolean", "description": "Children removed by ttlSecondsAfterFinished."},
@@ -430,8 +435,11 @@ def crd() -> dict[str, Any]:
                     {"name": "Algorithm", "type": "string", "jsonPath": ".status.algorithm"},
                     {"name": "Step", "type": "string", "jsonPath": ".status.steps"},
                     {"name": "Reward", "type": "number", "jsonPath": ".status.progress.rewardMean"},
+                    {"name": "Workers", "type": "string", "jsonPath": ".status.workers"},
                     {"name": "Started", "type": "date", "jsonPath": ".status.startTime"},
                     {"name": "Retries", "type": "integer", "jsonPath": ".status.retries", "priority": 1},
+                    {"name": "Worker-Restarts", "type": "integer", "jsonPath": ".status.workerRestarts",
+                     "priority": 1},
                     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],

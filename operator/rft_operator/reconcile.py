@@ -16,7 +16,9 @@ from rft_operator.builders import (
     CONTAINER,
     HASH_ANNOTATION,
     KUEUE_QUEUE,
+    ROLE_LABEL,
     desired_children,
+    multi_node_tinker,
     pod_name,
     spec_hash,
     spec_issues,
@@ -27,6 +29,17 @@ from rft_operator.spec import JobSpec
 
 MESSAGE_LIMIT = 2000
 KINDS = ("configmaps", "services", "persistentvolumeclaims", "pods")
+# the wait before a failed worker's replacement: none the first time, then doubling up to the limit, so that a
+# worker that fails at once (out of memory, a bad node) does not become a loop of pod creations
+WORKER_BACKOFF_SECONDS = 10.0
+WORKER_BACKOFF_LIMIT_SECONDS = 300.0
+
+
+def worker_backoff(restarts: int) -> float:
+    """Seconds between a worker's end and its replacement, after `restarts` replacements in this run."""
+    if restarts <= 0:
+        return 0.0
+    return min(WORKER_BACKOFF_SECONDS * 2 ** min(restarts - 1, 16), WORKER_BACKOFF_LIMIT_SECONDS)
 
 
 @dataclass
@@ -129,6 +142,7 @@ def plan_job(
         "algorithm": old.get("algorithm"),
         "progress": progress if progress is not None else old.get("progress"),
         "cleanedUp": old.get("cleanedUp"),
+        "workerRestarts": old.get("workerRestarts"),
     }
     phase, reason, message = st.PENDING, st.CREATING, ""
     stalled: tuple[bool, str, str] | None = None
@@ -166,7 +180,8 @@ def plan_job(
         return _finished(plan, job, spec, observed, old, new, now)
     if finished:
         # a new spec after the end is a new run (what a GitOps user who fixes a job expects)
-        new.update(retries=0, startTime=None, completionTime=None, cleanedUp=None, progress=None)
+        new.update(retries=0, startTime=None, completionTime=None, cleanedUp=None, progress=None,
+                   workerRestarts=None)
         plan.events.append(("Normal", st.SPEC_CHANGED, "spec changed after the job ended: starting a new run"))
     new["specHash"] = digest
     retries = new["retries"]
@@ -197,7 +212,16 @@ def plan_job(
                        "suspended: pods removed, storage kept", stalled, now)
 
     head = current.get(pod_name(meta["name"], "head"))
-    failed = [p for p in current.values() if st.pod_phase(p) == "Failed"]
+    workers = [_name(p) for p in children["pods"] if _labels(p).get(ROLE_LABEL) == "worker"]
+    # a multi-node Tinker job's workers only run Ray: one that ends is replaced alone while the head keeps
+    # training (the runtime re-runs what its runners had in flight). A veRL job's pods hold its GPU placement
+    # together, so any failure retries the whole job as before. So does a queued one: Kueue lets a failed pod
+    # of a group go only once a replacement with another name exists, and a worker's name is reused.
+    spare = multi_node_tinker(config) and not _labels(job).get(KUEUE_QUEUE)
+    ended = [current[n] for n in workers if spare and n in current
+             and st.pod_phase(current[n]) in ("Failed", "Succeeded") and not st.pod_refused(current[n], CONTAINER)]
+    ended_names = {_name(p) for p in ended}
+    failed = [p for p in current.values() if st.pod_phase(p) == "Failed" and _name(p) not in ended_names]
     start = st.parse_time(new["startTime"])
     deadline = spec.active_deadline_seconds
     queued = any(st.pod_gated_by_kueue(p) for p in current.values())
@@ -239,19 +263,34 @@ def plan_job(
     else:
         present = {_name(p) for p in observed.pods}
         missing = [p for p in children["pods"] if _name(p) not in present]
+        head_running = head is not None and st.pod_phase(head) == "Running"
         for pod in missing:
             plan.create.append(("pods", pod))
+            if spare and head_running and _name(pod) in workers:
+                plan.events.append(("Normal", st.WORKER_RECREATED,
+                                    f"worker pod {_name(pod)} was gone: created it again; the head keeps running"))
+        waiting = _replace_workers(plan, new, ended, now) if spare else []
         if new["startTime"] is None and not unstarted:
             new["startTime"] = st.timestamp(now)
             start = now
         wanted = [_name(p) for p in children["pods"]]
-        if all(n in current and st.pod_phase(current[n]) == "Running" for n in wanted):
+        ready = sum(1 for n in workers if n in current and st.pod_ready(current[n]))
+        if workers:
+            # one field for the printer column, one to compute with
+            new["workers"], new["readyWorkers"] = f"{ready}/{len(workers)}", ready
+        everything = all(n in current and st.pod_phase(current[n]) == "Running" for n in wanted)
+        if everything or (spare and head_running):
             phase, reason, message = st.RUNNING, st.PODS_RUNNING, f"{len(wanted)} pod(s) running"
+            if not everything:
+                problems = [f"{n}: {st.pod_problem(current[n])}" for n in workers
+                            if n in current and st.pod_problem(current[n])]
+                message = "; ".join([f"the head is running, {ready} of {len(workers)} workers ready",
+                                     *waiting, *problems])
             if spec.metrics_enabled:  # without the endpoint there is no progress to miss
                 stalled = _stall(plan, new, start, now, spec.progress_deadline_seconds or stall_after)
         else:
-            problems = [f"{n}: {st.pod_problem(current[n])}" for n in wanted
-                        if n in current and st.pod_problem(current[n])]
+            problems = waiting + [f"{n}: {st.pod_problem(current[n])}" for n in wanted
+                                  if n in current and st.pod_problem(current[n])]
             phase = st.PENDING
             reason = st.CREATING if missing or len(current) < len(wanted) else st.PODS_PENDING
             if queued:
@@ -262,6 +301,32 @@ def plan_job(
         if deadline is not None and start is not None:
             plan.wake_in(start + deadline - now)
     return _finish(plan, job, old, new, phase, reason, _short(message), stalled, now)
+
+
+def _replace_workers(plan: Plan, new: dict[str, Any], ended: list[dict[str, Any]], now: float) -> list[str]:
+    """Delete the workers that ended (to be created again once gone), each after its backoff; counted in
+    status.workerRestarts. Returns what waits for its backoff, for the status message."""
+    restarts = int(new.get("workerRestarts") or 0)
+    waiting = []
+    for pod in ended:
+        how = "failed" if st.pod_phase(pod) == "Failed" else "ended"
+        why = f"worker pod {_name(pod)} {how}: {st.pod_failure(pod, CONTAINER)}"
+        ended_at = st.pod_finished_at(pod, CONTAINER)
+        due = None if ended_at is None else ended_at + worker_backoff(restarts)
+        if due is not None and now < due:
+            plan.wake_in(due - now)
+            # a time, not a countdown: the message (and so the status) stays the same until then
+            waiting.append(f"{why}; replacing it at {st.timestamp(due)} (backoff after {restarts} restarts)")
+            continue
+        # counted in the same status write that precedes the delete (at most once more if the operator stops
+        # between the two: the pod is then seen failed again)
+        restarts += 1
+        plan.delete_pod(pod)
+        plan.events.append(("Warning", st.WORKER_RESTARTED,
+                            f"{why}; replacing it (worker restart {restarts}), the head keeps running"))
+    if restarts:
+        new["workerRestarts"] = restarts
+    return waiting
 
 
 def compute_status(job: dict[str, Any], spec: JobSpec, config: ConfigResult, observed: Observed, *, now: float,

@@ -24,6 +24,8 @@ PODS_RUNNING = "PodsRunning"
 COMPLETED = "Completed"
 SUSPENDED_REASON = "Suspended"
 SPEC_CHANGED = "SpecChanged"
+WORKER_RESTARTED = "WorkerRestarted"
+WORKER_RECREATED = "WorkerRecreated"
 NO_PROGRESS = "NoProgress"
 PROGRESSING = "Progressing"
 
@@ -136,6 +138,29 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return f"Unschedulable: {cond.get('message', '')}".rstrip(": ")
+    return None
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """Running, and not marked unready by the kubelet (a pod without conditions yet counts by its phase)."""
+    if pod_phase(pod) != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    ready = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+    return ready is None or ready.get("status") == "True"
+
+
+def pod_finished_at(pod: dict[str, Any], container: str) -> float | None:
+    """When the container ended (its terminated state's finishedAt, else when the pod's Ready condition last
+    changed), None when the kubelet said neither."""
+    term = _terminated(pod, container) or _terminated(pod, None) or {}
+    ready = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+    for text in (term.get("finishedAt"), ready.get("lastTransitionTime")):
+        try:
+            when = parse_time(text)
+        except ValueError:
+            continue
+        if when is not None:
+            return when
     return None
 
 

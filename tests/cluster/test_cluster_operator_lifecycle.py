@@ -115,6 +115,53 @@ def test_running_and_finished_jobs_survive_an_operator_restart_with_a_new_defaul
     assert "SpecChanged" not in reasons
 
 
+def test_a_multi_node_tinker_job_is_a_head_and_cpu_workers_and_a_failed_worker_is_replaced_alone(
+        apis, namespace, running_operator):
+    custom, core = apis
+    body = job("mn")
+    body["spec"]["config"]["cluster"] = {"node_num": 3}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    names = ["mn-head", "mn-worker-1", "mn-worker-2"]
+    pods = {n: wait_for(lambda n=n: core.read_namespaced_pod(n, namespace), 60, f"pod {n}") for n in names}
+    svc = core.read_namespaced_service("mn-head", namespace)
+    assert svc.spec.cluster_ip == "None" and svc.spec.selector == {"rft.dev/job": "mn", "rft.dev/role": "head"}
+    for pod in pods.values():
+        rft = pod.spec.containers[0]
+        asked = {**(rft.resources.limits or {}), **(rft.resources.requests or {})} if rft.resources else {}
+        assert not [r for r in asked if "gpu" in r.lower()], asked
+        assert "--num-gpus=0" in rft.command[2]
+    env = {e.name: e.value for e in pods["mn-head"].spec.containers[0].env}
+    assert env["RAY_ADDRESS"] == "127.0.0.1:6379"
+    for name in names[1:]:
+        rft = pods[name].spec.containers[0]
+        assert "ray start --address=mn-head:6379" in rft.command[2]
+        assert {e.name: e.value for e in rft.env}["RAY_ADDRESS"] == "mn-head:6379"
+
+    for name in names:
+        set_phase(core, namespace, name, "Running")
+    wait_for(lambda: job_status(custom, namespace, "mn").get("workers") == "2/2", 60, "2/2 workers ready")
+    code, table = raw_request(custom.api_client, "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+                              headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+    assert code == 200
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    row = next(r for r in table["rows"] if r["object"]["metadata"]["name"] == "mn")
+    assert row["cells"][columns.index("Workers")] == "2/2"
+
+    head_uid, old_uid = pods["mn-head"].metadata.uid, pods["mn-worker-1"].metadata.uid
+    set_phase(core, namespace, "mn-worker-1", "Failed")
+    fresh = wait_for(lambda: (lambda p: p if p.metadata.uid != old_uid else None)(
+        core.read_namespaced_pod("mn-worker-1", namespace)), 60, "the replacement of mn-worker-1")
+    assert fresh.metadata.labels["rft.dev/attempt"] == "0"
+    head = core.read_namespaced_pod("mn-head", namespace)
+    assert head.metadata.uid == head_uid and head.status.phase == "Running"
+    st = job_status(custom, namespace, "mn")
+    assert st["phase"] == "Running" and st["workerRestarts"] == 1 and st.get("retries", 0) == 0
+    wait_for(lambda: job_status(custom, namespace, "mn").get("workers") == "1/2", 60, "1/2 workers ready")
+    events = wait_for(lambda: [e for e in core.list_namespaced_event(namespace).items
+                               if e.involved_object.name == "mn" and e.reason == "WorkerRestarted"], 30, "the event")
+    assert events[0].type == "Warning" and "mn-worker-1" in events[0].message
+
+
 # ---- steady-state requests, counted by the API server itself
 
 READ_WRITE_VERBS = ["get", "list", "create", "update", "patch", "delete", "deletecollection"]

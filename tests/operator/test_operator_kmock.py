@@ -308,3 +308,63 @@ def test_a_pod_the_api_server_refuses_fails_the_job_with_the_servers_message(api
     time.sleep(3)  # three resyncs: the same spec is not tried again
     assert api_server.pod_creations() == posts == 1
     assert status(client, "typo")["reason"] == "InvalidSpec"
+
+
+def test_a_multi_node_tinker_job_is_a_head_and_cpu_workers_and_a_failed_worker_is_replaced_alone(
+        api_server, client, running_operator):
+    config = seed("tinker.yaml")
+    config["cluster"] = {"node_num": 3}
+    client.create("rftjobs", NS, rftjob("mn", config))
+    names = ["mn-head", "mn-worker-1", "mn-worker-2"]
+    pods = {n: wait_for(lambda n=n: client.get("pods", NS, n), 30, f"pod {n}") for n in names}
+    assert client.get("services", NS, "mn-head")["spec"]["selector"]["rft.dev/role"] == "head"
+    for pod in pods.values():
+        rft = pod["spec"]["containers"][0]
+        assert "gpu" not in str(rft.get("resources")).lower() and "--num-gpus=0" in rft["command"][2]
+    head_env = {e["name"]: e.get("value") for e in pods["mn-head"]["spec"]["containers"][0]["env"]}
+    assert head_env["RAY_ADDRESS"] == "127.0.0.1:6379"
+    for name in names[1:]:
+        rft = pods[name]["spec"]["containers"][0]
+        assert "ray start --address=mn-head:6379" in rft["command"][2]
+        assert {"name": "RAY_ADDRESS", "value": "mn-head:6379"} in rft["env"]
+
+    def workers(shown):
+        return wait_for(lambda: printer_columns(client.get("rftjobs", NS, "mn"))["Workers"] == shown, 30,
+                        f"the Workers column to show {shown}")
+
+    workers("0/2")
+    client.set_pod_phase(NS, "mn-head", "Running")
+    phase_is(client, "mn", "Running")  # the head trains while its workers start
+    client.set_pod_phase(NS, "mn-worker-1", "Running")
+    workers("1/2")
+    client.set_pod_phase(NS, "mn-worker-2", "Running")
+    workers("2/2")
+    head_uid = client.get("pods", NS, "mn-head")["metadata"]["uid"]
+    old_uid = client.get("pods", NS, "mn-worker-1")["metadata"]["uid"]
+    client.set_pod_phase(NS, "mn-worker-1", "Failed", exit_code=137)
+    fresh = wait_for(lambda: (lambda p: p if p and p["metadata"]["uid"] != old_uid else None)(
+        client.get("pods", NS, "mn-worker-1")), 30, "the replacement of mn-worker-1")
+    assert fresh.get("status") is None and fresh["metadata"]["labels"]["rft.dev/attempt"] == "0"
+    head = client.get("pods", NS, "mn-head")
+    assert head["metadata"]["uid"] == head_uid and head["status"]["phase"] == "Running"
+    st = status(client, "mn")
+    assert st["phase"] == "Running" and st["workerRestarts"] == 1 and st["retries"] == 0
+    workers("1/2")
+    wait_for(lambda: ("Warning", "WorkerRestarted") in events_for(client, "mn"), 10, "the WorkerRestarted event")
+    restarted = next(e for e in client.list("events", NS) if e["reason"] == "WorkerRestarted")
+    assert "mn-worker-1" in restarted["message"] and "exit code 137" in restarted["message"]
+    # a worker deleted by someone else (a drain, kubectl delete) comes back too
+    gone_uid = client.get("pods", NS, "mn-worker-2")["metadata"]["uid"]
+    client.delete("pods", NS, "mn-worker-2")
+    wait_for(lambda: (lambda p: p and p["metadata"]["uid"] != gone_uid)(client.get("pods", NS, "mn-worker-2")),
+             30, "mn-worker-2 created again")
+    wait_for(lambda: ("Normal", "WorkerRecreated") in events_for(client, "mn"), 10, "the WorkerRecreated event")
+    assert client.get("pods", NS, "mn-head")["metadata"]["uid"] == head_uid
+    assert api_server.pod_creations() == 5
+
+
+def test_a_worker_template_on_a_single_node_tinker_job_is_refused_naming_cluster_node_num(client, running_operator):
+    client.create("rftjobs", NS, rftjob("nowk", roleTemplates={"worker": {"metadata": {"labels": {"a": "b"}}}}))
+    st = phase_is(client, "nowk", "Failed", "InvalidSpec")
+    assert "spec.roleTemplates.worker" in st["message"] and "cluster.node_num" in st["message"]
+    assert client.get("pods", NS, "nowk-head") is None

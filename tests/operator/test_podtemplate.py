@@ -320,6 +320,20 @@ def test_a_job_whose_pods_kueue_holds_is_waiting_for_admission_and_its_deadline_
     assert world.job["status"]["phase"] == "Running" and world.job["status"]["startTime"]
 
 
+def test_the_watch_cache_keeps_the_kueue_gate_the_decisions_read():
+    from rft_operator.cache import trim_child
+    from rft_operator.status import pod_gated_by_kueue, pod_problem
+
+    _, _, pods = pods_of(rftjob("gate", verl_config(1, 1)))
+    pod = {**pods[0], "status": {"phase": "Pending"}}
+    pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "team-a"
+    pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    cached = trim_child("pods", pod)  # what the running operator's index holds of the pod
+    assert pod_gated_by_kueue(cached) and "queue team-a" in pod_problem(cached)
+    del pod["spec"]["schedulingGates"]
+    assert not pod_gated_by_kueue(trim_child("pods", pod))
+
+
 def test_a_runtime_that_refuses_to_start_fails_the_job_at_once_with_its_message():
     world = World(rftjob("noimg", verl_config(1, 1), backoffLimit=3))
     world.step(T0)
