@@ -231,9 +231,20 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
     _say_how_it_resumes(cfg, [s for i, s in enumerate(stages) if streams[i] is not None], done_upto,
                         lost_upto, job_total)
 
-    own_monitor = monitor is None
-    mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
+    from rft_runtime.loop import ray_runners
+
+    explores = any(s.mode != "train" for s in stages)
+    ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
+    try:
+        own_monitor = monitor is None
+        mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
+    except BaseException:
+        if ray_session is not None:
+            ray_session.close()
+        raise
     conn = Connection(cfg, job_dir, api_key=api_key)
+    if ray_session is not None:
+        conn.engine_host = ray_session.engine_host()
     result = JobResult(job_dir, 0, None, None, getattr(mon, "port", None))
     try:
         tokenizer = None
@@ -298,4 +309,8 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
             if own_monitor:
                 mon.close()
         finally:
-            conn.close()
+            try:
+                conn.close()
+            finally:
+                if ray_session is not None:
+                    ray_session.close()
