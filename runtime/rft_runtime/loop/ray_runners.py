@@ -76,6 +76,19 @@ def explorer_uses_ray(cfg: Any) -> bool:
     return named is not None
 
 
+def runners_where(cfg: Any) -> str:
+    """Where the job's workflow runners will run, for `rft validate`."""
+    n = cfg.explorer.runner_per_model * cfg.explorer.rollout_model.engine_num
+    try:
+        on_ray = explorer_uses_ray(cfg)
+    except RunError as exc:
+        return f"refused: {exc}"
+    if not on_ray:
+        return f"{n}, in this process ({MODE_VAR}=1 or RAY_ADDRESS puts them on Ray)"
+    named = cluster_named(cfg)
+    return f"{n} Ray actors ({named or MODE_VAR + '=1'})"
+
+
 def active() -> RaySession | None:
     """The job's Ray session, when its explorer runs on Ray."""
     return _active
