@@ -111,7 +111,7 @@ def cluster() -> Iterator[SimpleNamespace]:
 
 
 def _job(root: Path, model_dir: Path, base_url: str, name: str, *, steps: int = 2, runners: int = 2,
-         burn_s: float = 0.0, fail: bool = True) -> dict[str, Any]:
+         burn_s: float = 0.0, fail: bool = True, workflow: str = "ray_probe") -> dict[str, Any]:
     data = root / "data" / f"{name}.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps({"question": f"what is {i} + {i}?", "answer": f"#### {2 * i}",
@@ -126,7 +126,7 @@ def _job(root: Path, model_dir: Path, base_url: str, name: str, *, steps: int = 
         "buffer": {"batch_size": 4, "total_steps": steps, "explorer_input": {
             "taskset": {"path": str(data), "workflow_args": {"burn_s": burn_s},
                         "format": {"prompt_key": "question", "response_key": "answer"}},
-            "default_workflow_type": "ray_probe"}},
+            "default_workflow_type": workflow}},
         "explorer": {"runner_per_model": runners, "max_retry_times": 2,
                      "rollout_model": {"engine_num": 1, "seed": 3}},
         "trainer": {"save_interval": 0},
@@ -142,19 +142,23 @@ def _plugins(root: Path) -> Path:
     return folder
 
 
-def _start(cfg: dict[str, Any], root: Path, plugins: Path, address: str | None) -> Any:
+def _start(cfg: dict[str, Any], root: Path, plugins: Path, address: str | None, *, by_path: bool = False) -> Any:
+    """`rft run` in the background; the workflow's folder given as --plugin-dir, or (by_path) only on this
+    process's PYTHONPATH, for a workflow named `module.Class`."""
     import subprocess
 
     env = clean_env(RAY_AUTH_MODE="disabled")
+    if by_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
     env.pop("RAY_ADDRESS", None)
     env.pop("RFT_RAY", None)
     if address:
         env["RAY_ADDRESS"] = address
     config = write_config(root / f"{cfg['name']}.yaml", cfg)
     log = open(root / f"{cfg['name']}.log", "w")  # noqa: SIM115 - closed by _finish
-    proc = subprocess.Popen(rft("run", "--config", str(config), "--no-progress", "--no-metrics",
-                                "--plugin-dir", str(plugins)), stdout=log, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    extra = [] if by_path else ["--plugin-dir", str(plugins)]
+    proc = subprocess.Popen(rft("run", "--config", str(config), "--no-progress", "--no-metrics", *extra),
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     proc.log_file = log
     return proc
 
@@ -186,10 +190,11 @@ def _runner_actors(address: str, name: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def ray_run(cluster, tiny_model_dir, tmp_path_factory) -> SimpleNamespace:
-    """One two-step job on the cluster (the local engine started by the job itself, at the node's address)."""
+    """One two-step job on the cluster (the local engine started by the job itself, at the node's address),
+    its workflow named by import path from a folder only `rft run` has on its PYTHONPATH."""
     root = tmp_path_factory.mktemp("ray-job")
-    cfg = _job(root, tiny_model_dir, "local", "on-ray")
-    out = _finish(_start(cfg, root, _plugins(root), cluster.address), root, "on-ray")
+    cfg = _job(root, tiny_model_dir, "local", "on-ray", workflow="ray_probe_wf.RayProbe")
+    out = _finish(_start(cfg, root, _plugins(root), cluster.address, by_path=True), root, "on-ray")
     return SimpleNamespace(root=root, cfg=cfg, out=out, records=_metrics(root, "on-ray"))
 
 
@@ -219,8 +224,8 @@ def test_a_raising_workflow_is_counted_once_and_the_job_goes_on(ray_run):
 def test_the_same_job_in_process_samples_the_same_batches(ray_run, tiny_model_dir, tmp_path_factory):
     # the seed of each rollout comes from its explore step and row, never from which runner ran it
     root = tmp_path_factory.mktemp("in-process")
-    cfg = _job(root, tiny_model_dir, "local", "in-process")
-    _finish(_start(cfg, root, _plugins(root), None), root, "in-process")
+    cfg = _job(root, tiny_model_dir, "local", "in-process", workflow="ray_probe_wf.RayProbe")
+    _finish(_start(cfg, root, _plugins(root), None, by_path=True), root, "in-process")
     keys = ["rollouts", "failed_rollouts", "critic/rewards/mean", "critic/rewards/min", "critic/rewards/max",
             "critic/rewards/std", "response_tokens", "prompt_tokens"]
     local = [{k: r.get(k) for k in keys} for r in _metrics(root, "in-process")]
