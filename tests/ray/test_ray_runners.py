@@ -35,7 +35,8 @@ PROBE = '''
 import os
 import time
 
-from trinity.common.workflows import WORKFLOWS, Workflow
+from rft_runtime.workflows import Workflow
+from rft_runtime.workflows.registry import register_workflow
 
 
 def burn(seconds):
@@ -45,7 +46,6 @@ def burn(seconds):
         pass
 
 
-@WORKFLOWS.register_module("ray_probe")
 class RayProbe(Workflow):
     """One chat turn; rows marked fail raise; the reward is a deterministic function of the reply."""
 
@@ -59,6 +59,9 @@ class RayProbe(Workflow):
             exp.reward = float(sum(int(t) for t in list(exp.tokens)[exp.prompt_length:]) % 5)
             exp.metrics = {"pid": float(os.getpid())}
         return exps
+
+
+register_workflow("ray_probe", RayProbe)  # the name the --plugin-dir jobs use
 '''
 
 

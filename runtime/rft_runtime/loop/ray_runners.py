@@ -169,9 +169,12 @@ class RaySession:
             try:
                 ray.init(address=address, **common)
             except Exception as exc:
+                hint = ("no Ray cluster runs on this machine: set RAY_ADDRESS to the head's address, or "
+                        "`ray start --head` first" if address == "auto" else
+                        f"check that its head is up (`ray status --address {address}`)")
                 raise RunError(f"could not join the Ray cluster at {address} ({named or 'RAY_ADDRESS'}): "
-                               f"{type(exc).__name__}: {exc}. Check that its head is up (`ray status --address "
-                               f"{address}`), or unset it to run without a cluster") from exc
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; {hint}, "
+                               "or unset it to run the workflows in this process") from exc
             why = f"joined the Ray cluster at {address} ({named})"
         else:
             try:
