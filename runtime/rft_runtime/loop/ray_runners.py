@@ -453,7 +453,9 @@ class RunnerPool:
                         outcome, node = ray.get(ref)
                     except Exception as exc:
                         if not _actor_died(exc):
-                            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+                            # the runner's own exception (a sampler failure: the loop reconnects and retries the
+                            # batch, or a refusal that ends the job), without Ray's wrapping and remote traceback
+                            cause = getattr(exc, "cause", None) or exc
                             log.warning("task %d (row %d) of explore step %d failed on %s: %s", slot,
                                         tasks[slot].index, explore_step, self._where(a),
                                         f"{type(cause).__name__}: {cause}".splitlines()[0])
