@@ -57,7 +57,7 @@ class RayProbe(Workflow):
         burn(float(self.task.workflow_args.get("burn_s", 0)))
         for exp in exps:
             exp.reward = float(sum(int(t) for t in list(exp.tokens)[exp.prompt_length:]) % 5)
-            exp.metrics = {"pid": float(os.getpid())}
+            exp.metrics = {"pid": float(os.getpid()), "tagged": float(os.environ.get("PROBE_TAG") == "on")}
         return exps
 
 
@@ -130,7 +130,7 @@ def _job(root: Path, model_dir: Path, base_url: str, name: str, *, steps: int = 
             "taskset": {"path": str(data), "workflow_args": {"burn_s": burn_s},
                         "format": {"prompt_key": "question", "response_key": "answer"}},
             "default_workflow_type": workflow}},
-        "explorer": {"runner_per_model": runners, "max_retry_times": 2,
+        "explorer": {"runner_per_model": runners, "max_retry_times": 2, "env_vars": {"PROBE_TAG": "on"},
                      "rollout_model": {"engine_num": 1, "seed": 3}},
         "trainer": {"save_interval": 0},
         "monitor": {"monitor_type": "none"},
@@ -213,6 +213,8 @@ def test_runners_run_on_both_nodes_of_the_cluster(cluster, ray_run):
     # the rollouts came from two processes (the two actors), not from the driver
     pids = {r["rollout/pid/min"] for r in ray_run.records} | {r["rollout/pid/max"] for r in ray_run.records}
     assert len(pids) >= 2
+    # explorer.env_vars is the runners' environment, as in Trinity
+    assert all(r["rollout/tagged/min"] == 1.0 for r in ray_run.records)
 
 
 def test_a_raising_workflow_is_counted_once_and_the_job_goes_on(ray_run):
@@ -238,7 +240,9 @@ def test_the_same_job_in_process_samples_the_same_batches(ray_run, tiny_model_di
     # and the same training, up to the engine's float rounding
     assert [r["actor/pg_loss"] for r in _metrics(root, "in-process")] == pytest.approx(
         [r["actor/pg_loss"] for r in ray_run.records], abs=1e-6)
+    # one process ran every rollout, and explorer.env_vars was its environment
     assert all(r["rollout/pid/min"] == r["rollout/pid/max"] for r in _metrics(root, "in-process"))
+    assert all(r["rollout/tagged/min"] == 1.0 for r in _metrics(root, "in-process"))
 
 
 def test_killing_the_worker_raylet_mid_step_loses_no_rollout(cluster, tiny_model_dir, local_engine,

@@ -103,11 +103,19 @@ NO_EFFECT_ON_TINKER = {
 }
 
 
+# fields only Trinity's facts define (no hand-written model) that this runtime honours all the same
+HONOURED_FROM_FACTS = {
+    ("ExplorerConfig", "env_vars"),  # the workflow runners' environment (Ray actors, or this process)
+}
+
+
 def treatment(trinity_class: str, field: str) -> str:
     """honoured, no effect or refused (refused: for values other than the one the runtime matches)."""
     key = (trinity_class, field)
     if key in REFUSED_ON_TINKER:
         return REFUSED
+    if key in HONOURED_FROM_FACTS:
+        return HONOURED
     if key in NO_EFFECT_ON_TINKER or key in FROM_FACTS:
         return NO_EFFECT
     return HONOURED

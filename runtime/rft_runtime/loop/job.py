@@ -198,6 +198,21 @@ def run_job(
         raise
 
 
+def _set_env(values: dict[str, Any]) -> dict[str, str | None]:
+    """Set environment variables; returns what they were, for _restore_env."""
+    saved = {str(k): os.environ.get(str(k)) for k in values}
+    os.environ.update({str(k): str(v) for k, v in values.items()})
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _first_missing(path: Path) -> Path | None:
     """The outermost directory of `path` that does not exist yet (None when it all exists)."""
     missing = None
@@ -235,6 +250,9 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
 
     explores = any(s.mode != "train" for s in stages)
     ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
+    # explorer.env_vars, Trinity's environment of the workflow runners: the Ray actors get it from the
+    # session's runtime_env; in process the runners are this process, for the job's duration
+    saved_env = {} if ray_session is not None else _set_env(getattr(cfg.explorer, "env_vars", None) or {})
     try:
         own_monitor = monitor is None
         mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
@@ -312,5 +330,6 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
             try:
                 conn.close()
             finally:
+                _restore_env(saved_env)
                 if ray_session is not None:
                     ray_session.close()

@@ -161,8 +161,11 @@ class RaySession:
         # the runners run this process's rft_runtime and user code, whatever the nodes have installed
         runtime_env = {"py_modules": [str(Path(rft_runtime.__file__).parent), *_user_code_paths(cfg)],
                        "excludes": ["__pycache__", "*.pyc"],
+                       # explorer.env_vars: Trinity's environment of its runner actors
                        "env_vars": {"TINKER_TELEMETRY": os.environ.get("TINKER_TELEMETRY", "0"),
-                                    "TOKENIZERS_PARALLELISM": "false"}}
+                                    "TOKENIZERS_PARALLELISM": "false",
+                                    **{str(k): str(v) for k, v in
+                                       (getattr(cfg.explorer, "env_vars", None) or {}).items()}}}
         common = {"runtime_env": runtime_env, "logging_level": logging.WARNING, "configure_logging": False}
         started = False
         if named or address != "auto":
