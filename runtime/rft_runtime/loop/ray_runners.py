@@ -394,7 +394,8 @@ class RunnerPool:
             # together on one node. So Ray does not restart one (its node may be gone): the pool replaces it
             num_cpus=0, max_restarts=0, max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            max_concurrency=2,  # where() and close() answer while a task runs
+            # one call at a time: a runner's workflows share its sampler and its loopback OpenAI endpoint
+            max_concurrency=1,
         ).remote(self.cfg, [self._tokenizer], self.conn.base_url, self.conn.api_key, self.conn.base_model(),
                  self._plugins, i)
 
@@ -438,52 +439,69 @@ class RunnerPool:
             pending = deque(range(len(tasks)))
             idle = deque(range(self.size))
             running: dict[Any, tuple[int, int, float]] = {}
-            while pending or running:
-                while pending and idle:
-                    slot, a = pending.popleft(), idle.popleft()
-                    ref = self.actors[a].run.remote(slot, tasks[slot], explore_step, repeat, greedy, version, path,
-                                                    generation)
-                    running[ref] = (slot, a, time.monotonic())
-                done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                if self._closed.is_set():
-                    raise RunError("the workflow runners were stopped")
-                if not done:
-                    self._check_overdue(running, tasks, explore_step)
-                    continue
-                for ref in done:
-                    slot, a, _ = running.pop(ref)
+            try:
+                self._dispatch(tasks, results, tries, pending, idle, running, explore_step, repeat, greedy,
+                               version, path, generation)
+            except BaseException:
+                for ref in running:  # the batch is retried or the job ends: drop what has not started
                     try:
-                        outcome, node = ray.get(ref)
-                    except Exception as exc:
-                        if not _actor_died(exc):
-                            # the runner's own exception (a sampler failure: the loop reconnects and retries the
-                            # batch, or a refusal that ends the job), without Ray's wrapping and remote traceback
-                            cause = getattr(exc, "cause", None) or exc
-                            log.warning("task %d (row %d) of explore step %d failed on %s: %s", slot,
-                                        tasks[slot].index, explore_step, self._where(a),
-                                        f"{type(cause).__name__}: {cause}".splitlines()[0])
-                            raise cause from None
-                        tries[slot] += 1
-                        if tries[slot] > self.retries:
-                            raise RunError(
-                                f"task {slot} (row {tasks[slot].index}) of explore step {explore_step}: its runner "
-                                f"died {tries[slot]} times (explorer.max_retry_times: {self.retries}); the last "
-                                f"was {self._where(a)}: {type(exc).__name__}: {exc}") from exc
-                        log.warning("%s went away while running task %d (row %d) of explore step %d (%s); a new "
-                                    "runner takes its place and the task runs again (try %d of %d)", self._where(a),
-                                    slot, tasks[slot].index, explore_step, type(exc).__name__.split("(")[0],
-                                    tries[slot] + 1, self.retries + 1)
-                        self._replace(a)
-                        pending.appendleft(slot)
-                        idle.append(a)
-                        continue
-                    self.nodes[a] = node
-                    results[slot] = outcome
-                    idle.append(a)
+                        ray.cancel(ref)
+                    except Exception:  # noqa: S110 - finished or gone meanwhile
+                        pass
+                raise
             for outcome in results:
                 for kind, text in outcome.user_errors:
                     runner.log_user_error(kind, text, outcome)
             return results
+
+    def _dispatch(self, tasks: list[Any], results: list[Any], tries: list[int], pending: deque[int],
+                  idle: deque[int], running: dict[Any, tuple[int, int, float]], explore_step: int, repeat: int,
+                  greedy: bool, version: int, path: str | None, generation: int) -> None:
+        """Hand tasks to idle runners until every one has its outcome (the body of run_batch)."""
+        import ray
+
+        while pending or running:
+            while pending and idle:
+                slot, a = pending.popleft(), idle.popleft()
+                ref = self.actors[a].run.remote(slot, tasks[slot], explore_step, repeat, greedy, version, path,
+                                                generation)
+                running[ref] = (slot, a, time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            if self._closed.is_set():
+                raise RunError("the workflow runners were stopped")
+            if not done:
+                self._check_overdue(running, tasks, explore_step)
+                continue
+            for ref in done:
+                slot, a, _ = running.pop(ref)
+                try:
+                    outcome, node = ray.get(ref)
+                except Exception as exc:
+                    if not _actor_died(exc):
+                        # the runner's own exception (a sampler failure: the loop reconnects and retries the
+                        # batch, or a refusal that ends the job), without Ray's wrapping and remote traceback
+                        cause = getattr(exc, "cause", None) or exc
+                        log.warning("task %d (row %d) of explore step %d failed on %s: %s", slot,
+                                    tasks[slot].index, explore_step, self._where(a),
+                                    f"{type(cause).__name__}: {cause}".splitlines()[0])
+                        raise cause from None
+                    tries[slot] += 1
+                    if tries[slot] > self.retries:
+                        raise RunError(
+                            f"task {slot} (row {tasks[slot].index}) of explore step {explore_step}: its runner "
+                            f"died {tries[slot]} times (explorer.max_retry_times: {self.retries}); the last "
+                            f"was {self._where(a)}: {type(exc).__name__}: {exc}") from exc
+                    log.warning("%s went away while running task %d (row %d) of explore step %d (%s); a new "
+                                "runner takes its place and the task runs again (try %d of %d)", self._where(a),
+                                slot, tasks[slot].index, explore_step, type(exc).__name__.split("(")[0],
+                                tries[slot] + 1, self.retries + 1)
+                    self._replace(a)
+                    pending.appendleft(slot)
+                    idle.append(a)
+                    continue
+                self.nodes[a] = node
+                results[slot] = outcome
+                idle.append(a)
 
     def _check_overdue(self, running: dict[Any, tuple[int, int, float]], tasks: list[Any], step: int) -> None:
         now = time.monotonic()
