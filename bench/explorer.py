@@ -35,13 +35,14 @@ from trinity.common.workflows import WORKFLOWS, Workflow
 
 @WORKFLOWS.register_module("bench_cpu_reward")
 class BenchCpuReward(Workflow):
-    """One short chat turn, then a reward that spends workflow_args["burn_ms"] of CPU time."""
+    """One short chat turn, then a reward that spends workflow_args["burn_ms"] of its thread's CPU time
+    (thread_time: process_time would count the other runners' threads too and end early)."""
 
     def run(self):
         exps = self.model.chat([{"role": "user", "content": self.task.raw_task["question"]}], max_tokens=4)
-        end = time.process_time() + float(self.task.workflow_args.get("burn_ms", 0)) / 1000
+        end = time.thread_time() + float(self.task.workflow_args.get("burn_ms", 0)) / 1000
         x = 0
-        while time.process_time() < end:
+        while time.thread_time() < end:
             x += 1
         for exp in exps:
             exp.reward = float(x % 2)
@@ -71,8 +72,9 @@ def config(root: Path, model_dir: Path, base_url: str, runners: int, burn_ms: fl
     })
 
 
-def measure(cfg, batches: int, batch: int) -> list[float]:
-    """Rollouts/s of `batches` explore steps after a warm-up one (which also starts any Ray runners)."""
+def measure(cfg, batches: int, batch: int) -> tuple[list[float], float]:
+    """Rollouts/s of `batches` explore steps after a warm-up one (which also starts any Ray runners), and the
+    warm-up step's seconds."""
     from rft_runtime.backends.tinker_client import Connection
     from rft_runtime.data.tasksets import Task
     from rft_runtime.loop.explorer import Explorer
@@ -84,6 +86,7 @@ def measure(cfg, batches: int, batch: int) -> list[float]:
         explorer = Explorer(cfg, encoder, conn=conn)
         sampler = conn.sampling_client(None, timeout=120)
         rates = []
+        warmup = 0.0
         try:
             for step in range(batches + 1):
                 tasks = [Task(index=(step * batch + i) % 64, row={"question": f"{i} + {i}?", "answer": str(2 * i)},
@@ -94,9 +97,11 @@ def measure(cfg, batches: int, batch: int) -> list[float]:
                 assert out.failed_rollouts == 0 and len(out.rollouts) == batch * cfg.algorithm.repeat_times
                 if step:
                     rates.append(len(out.rollouts) / dt)
+                else:
+                    warmup = dt
         finally:
             explorer.close()
-        return rates
+        return rates, warmup
     finally:
         conn.close()
 
@@ -136,16 +141,22 @@ def main() -> int:
     cluster.add_node(num_cpus=max(1, cores - half))
     cluster.wait_for_nodes()
     results: dict[tuple[str, int, float], float] = {}
+    warmups: dict[tuple[str, int, float], float] = {}
+    session_s: list[float] = []
     try:
         runner_counts = [int(n) for n in args.runners.split(",")]
         plan = [(burn, n) for n in runner_counts for burn in (args.burn_ms,)] + [(0.0, max(runner_counts))]
         for burn, n in plan:
             cfg = config(root, model_dir, engine.base_url, n, burn, args)
-            results[("in-process", n, burn)] = statistics.median(measure(cfg, args.batches, args.batch))
+            rates, warmups[("in-process", n, burn)] = measure(cfg, args.batches, args.batch)
+            results[("in-process", n, burn)] = statistics.median(rates)
             os.environ["RAY_ADDRESS"] = cluster.address
+            t0 = time.perf_counter()
             session = ray_runners.RaySession.open(cfg)
+            session_s.append(time.perf_counter() - t0)
             try:
-                results[("ray", n, burn)] = statistics.median(measure(cfg, args.batches, args.batch))
+                rates, warmups[("ray", n, burn)] = measure(cfg, args.batches, args.batch)
+                results[("ray", n, burn)] = statistics.median(rates)
             finally:
                 session.close()
                 os.environ.pop("RAY_ADDRESS", None)
@@ -171,6 +182,10 @@ def main() -> int:
     print(f"\ncheap reward (0 ms), {n} runners: in-process {cheap_in * 1000:.1f} ms/rollout, Ray "
           f"{cheap_ray * 1000:.1f} ms/rollout: Ray costs {(cheap_ray - cheap_in) * 1000:+.1f} ms per rollout "
           f"({cheap_ray / cheap_in:.2f}x)")
+    starts = ", ".join(f"{k[1]} runners {warmups[('ray',) + k[1:]] - warmups[('in-process',) + k[1:]]:.1f} s"
+                       for k in sorted(warmups) if k[0] == "ray" and k[2] == args.burn_ms)
+    print(f"Ray start-up: joining the cluster {statistics.median(session_s):.1f} s (median), then starting the "
+          f"runners (first step on Ray minus first step in process): {starts}")
     return 0
 
 

@@ -41,8 +41,8 @@ from rft_runtime.workflows.registry import register_workflow
 
 def burn(seconds):
     """Spend `seconds` of this process's CPU time (a CPU-heavy reward stand-in)."""
-    end = time.process_time() + seconds
-    while time.process_time() < end:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 
