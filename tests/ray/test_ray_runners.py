@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 from test_run_support import clean_env, rft, write_config  # noqa: E402
 
 ray = pytest.importorskip("ray", reason="ray is in the runtime extra (pip install -e '.[runtime]'); CI has it")
+pytestmark = pytest.mark.slow  # real jobs on a real cluster
 
 ROWS = 8
 FAILING = {3, 6}  # rows whose workflow raises (the same error text for both)
