@@ -152,6 +152,9 @@ class Connection:
         self.service: Any = None
         self.generation = 0
         self._lock = threading.Lock()
+        # where the local engine listens: loopback, or this node's address when Ray runners on other nodes
+        # sample from it (set by the job before open())
+        self.engine_host = "127.0.0.1"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -177,7 +180,7 @@ class Connection:
         state_dir = self.job_dir / "engine-state"
         self.engine = LocalEngine(
             model_dir, state_dir=state_dir, port=0, api_key=LOCAL_API_KEY,
-            log_file=self.job_dir / "engine.log",
+            log_file=self.job_dir / "engine.log", host=self.engine_host,
         )
         try:
             self.engine.start(timeout=120)

@@ -163,6 +163,10 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
             url = stage.model.tinker.base_url
             where = "Tinker service" if url is None else ("local engine" if url == "local" else url)
             backend = f"tinker ({where}, LoRA rank {stage.model.tinker.rank})"
+            if stage.mode != "train":
+                from rft_runtime.loop.ray_runners import runners_where
+
+                rows.append((f"{prefix}workflow runners", runners_where(stage)))
         else:
             backend = f"verl ({stage.cluster.node_num} node(s) x {stage.cluster.gpu_per_node} GPU)"
         rows.append((f"{prefix}backend", backend))

@@ -247,9 +247,12 @@ class ModelConfig(Section):
 class ClusterConfig(Section):
     """Resources of the job (what the veRL backend asks Kubernetes for)."""
 
-    ray_address: str = Field("auto", description="Ray cluster to join; the operator sets it for veRL pods.")
-    node_num: int = Field(0, ge=0, description="Nodes (pods) of a veRL job; 0: as Trinity, detect (the "
-                                               "operator makes one node).")
+    ray_address: str = Field("auto", description="Ray cluster to join (RAY_ADDRESS wins); on Tinker, not "
+                                                 "'auto' puts the workflow runners on it; 'auto': a local "
+                                                 "`ray start` cluster, else one started in-process.")
+    node_num: int = Field(0, ge=0, description="Nodes (pods) of the job; 0: as Trinity, detect (the operator "
+                                               "makes one node). On Tinker, >1 runs the workflow runners "
+                                               "on Ray over that many nodes (CPU pods).")
     gpu_per_node: int = Field(0, ge=0, description="GPUs per node; 0: as Trinity, detect (the operator asks "
                                                    "for the GPUs the explorer and trainer need).")
 
@@ -378,9 +381,12 @@ class ExplorerConfig(Section):
     """The side that runs workflows and produces rollouts."""
 
     name: str = "explorer"
-    runner_per_model: int = Field(8, ge=1, description="Concurrent workflow runners per engine.")
+    runner_per_model: int = Field(8, ge=1, description="Concurrent workflow runners per engine (Ray actors "
+                                                       "when the explorer runs on Ray).")
     max_timeout: int = Field(1800, ge=1, description="Seconds a rollout may take before it fails.")
-    max_retry_times: int = Field(2, ge=0, description="Retries of a failed rollout.")
+    max_retry_times: int = Field(2, ge=0, description="Times a task is run again when its Ray runner died "
+                                                      "(a workflow that raises is a failed rollout, not "
+                                                      "retried).")
     eval_interval: int = Field(100, ge=1, description="Steps between evaluations on eval_tasksets.")
     eval_on_startup: bool = Field(True, description="Evaluate before the first step.")
     rollout_model: RolloutModelConfig = Field(default_factory=RolloutModelConfig)

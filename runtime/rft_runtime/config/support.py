@@ -88,7 +88,8 @@ NO_EFFECT_ON_TINKER = {
     ("OptimizerConfig", "clip_grad"),  # trainer.grad_clip is the clip
     ("AlgorithmConfig", "kl_penalty_fn_args"),
     ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
-    ("ClusterConfig", "ray_address"), ("ClusterConfig", "node_num"), ("ClusterConfig", "gpu_per_node"),
+    # ray_address and node_num place the workflow runners on Ray (rft_runtime.loop.ray_runners)
+    ("ClusterConfig", "gpu_per_node"),
     ("TasksetConfig", "index"), ("TasksetConfig", "enable_progress_bar"), ("TasksetConfig", "is_eval"),
     ("ExperienceBufferConfig", "index"), ("ExperienceBufferConfig", "enable_progress_bar"),
     ("GenerationConfig", "n"),
@@ -102,11 +103,19 @@ NO_EFFECT_ON_TINKER = {
 }
 
 
+# fields only Trinity's facts define (no hand-written model) that this runtime honours all the same
+HONOURED_FROM_FACTS = {
+    ("ExplorerConfig", "env_vars"),  # the workflow runners' environment (Ray actors, or this process)
+}
+
+
 def treatment(trinity_class: str, field: str) -> str:
     """honoured, no effect or refused (refused: for values other than the one the runtime matches)."""
     key = (trinity_class, field)
     if key in REFUSED_ON_TINKER:
         return REFUSED
+    if key in HONOURED_FROM_FACTS:
+        return HONOURED
     if key in NO_EFFECT_ON_TINKER or key in FROM_FACTS:
         return NO_EFFECT
     return HONOURED

@@ -33,11 +33,13 @@ class EngineStartError(RuntimeError):
 
 
 class LocalEngine:
-    """A `rft engine serve` child process bound to 127.0.0.1."""
+    """A `rft engine serve` child process bound to 127.0.0.1 (or `host`: a node address Ray runners on other
+    machines can reach)."""
 
     def __init__(self, model_dir: str | Path, state_dir: str | Path | None = None, port: int = 0,
                  api_key: str | None = LOCAL_API_KEY, log_file: str | Path | None = None,
-                 log_level: str = "info", extra_args: list[str] | None = None):
+                 log_level: str = "info", extra_args: list[str] | None = None, host: str = "127.0.0.1"):
+        self.host = host
         self.model_dir = Path(model_dir).expanduser().resolve()
         # a folder of our own only for what the caller did not place: it outlives restarts, not close()
         self._own_tmp = tempfile.mkdtemp(prefix="rft-engine-") if not (state_dir and log_file) else None
@@ -53,8 +55,8 @@ class LocalEngine:
 
     @property
     def base_url(self) -> str:
-        """http://127.0.0.1:PORT (valid once started)."""
-        return f"http://127.0.0.1:{self.port}"
+        """http://HOST:PORT (valid once started)."""
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -64,7 +66,7 @@ class LocalEngine:
     def command(self, port_file: Path) -> list[str]:
         """The command line of the child process."""
         cmd = [sys.executable, "-m", "rft_runtime.cli", "engine", "serve", "--model", str(self.model_dir),
-               "--host", "127.0.0.1", "--port", str(self.port), "--state-dir", str(self.state_dir),
+               "--host", self.host, "--port", str(self.port), "--state-dir", str(self.state_dir),
                "--port-file", str(port_file), "--log-level", self.log_level]
         if self.api_key:
             cmd += ["--api-key", self.api_key]

@@ -102,6 +102,7 @@ class Explorer:
 
         self.cfg = cfg
         self.encoder = encoder
+        self.conn = conn
         self.taskset = taskset or cfg.buffer.explorer_input.taskset
         self.runner = WorkflowRunner(cfg, self.taskset, is_eval=is_eval)
         self.repeat = 1 if is_eval else cfg.algorithm.repeat_times
@@ -115,6 +116,15 @@ class Explorer:
         check_auxiliary_models(list(cfg.explorer.auxiliary_models or []))
         self.aux = (AuxiliaryModels(cfg, conn, self.server)
                     if cfg.explorer.auxiliary_models and conn is not None else None)
+        self.pool: Any = None
+
+    def _runner_pool(self) -> Any:
+        """The Ray runner actors, when the job's explorer runs on Ray (evaluation stays in this process)."""
+        from rft_runtime.loop import ray_runners
+
+        if self.pool is None and not self.runner.is_eval and self.conn is not None and ray_runners.active():
+            self.pool = ray_runners.RunnerPool(self.cfg, self.encoder, self.conn, self.in_flight)
+        return self.pool
 
     def settings(self, greedy: bool) -> Any:
         """The policy wrapper's settings: the model section, with the taskset's rollout_args first."""
@@ -149,14 +159,19 @@ class Explorer:
         Sampling errors propagate (the caller reconnects and retries the batch); user-code errors do not.
         """
         start = time.monotonic()
-        policy = self.policy(sampler, greedy=greedy, model_version=model_version, model_path=model_path)
-        aux = self.aux.wrappers() if self.aux is not None else []
-        if self.server is not None:
-            self.server.set_models([policy, *aux])
-        outcomes = self.runner.run_batch(
-            tasks, policy, aux, explore_step=explore_step, repeat=self.repeat, in_flight=self.in_flight,
-            timeout=self.timeout, base_seed=self.cfg.explorer.rollout_model.seed,
-        )
+        pool = self._runner_pool()
+        if pool is not None:
+            outcomes = pool.run_batch(tasks, explore_step=explore_step, repeat=self.repeat, greedy=greedy,
+                                      version=model_version, path=model_path, runner=self.runner)
+        else:
+            policy = self.policy(sampler, greedy=greedy, model_version=model_version, model_path=model_path)
+            aux = self.aux.wrappers() if self.aux is not None else []
+            if self.server is not None:
+                self.server.set_models([policy, *aux])
+            outcomes = self.runner.run_batch(
+                tasks, policy, aux, explore_step=explore_step, repeat=self.repeat, in_flight=self.in_flight,
+                timeout=self.timeout, base_seed=self.cfg.explorer.rollout_model.seed,
+            )
         batch = ExploredBatch(explore_step=explore_step, groups=[], weight_version=-1, stream_state={})
         for outcome in outcomes:
             batch.failed_rollouts += outcome.failed
@@ -172,7 +187,10 @@ class Explorer:
         return batch
 
     def close(self) -> None:
-        """Stop the loopback OpenAI endpoint, if one was started."""
+        """Stop the Ray runners and the loopback OpenAI endpoint, where there are."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         if self.server is not None:
             self.server.close()
 

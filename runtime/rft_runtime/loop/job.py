@@ -198,6 +198,21 @@ def run_job(
         raise
 
 
+def _set_env(values: dict[str, Any]) -> dict[str, str | None]:
+    """Set environment variables; returns what they were, for _restore_env."""
+    saved = {str(k): os.environ.get(str(k)) for k in values}
+    os.environ.update({str(k): str(v) for k, v in values.items()})
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _first_missing(path: Path) -> Path | None:
     """The outermost directory of `path` that does not exist yet (None when it all exists)."""
     missing = None
@@ -231,9 +246,23 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
     _say_how_it_resumes(cfg, [s for i, s in enumerate(stages) if streams[i] is not None], done_upto,
                         lost_upto, job_total)
 
-    own_monitor = monitor is None
-    mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
+    from rft_runtime.loop import ray_runners
+
+    explores = any(s.mode != "train" for s in stages)
+    ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
+    # explorer.env_vars, Trinity's environment of the workflow runners: the Ray actors get it from the
+    # session's runtime_env; in process the runners are this process, for the job's duration
+    saved_env = {} if ray_session is not None else _set_env(getattr(cfg.explorer, "env_vars", None) or {})
+    try:
+        own_monitor = monitor is None
+        mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
+    except BaseException:
+        if ray_session is not None:
+            ray_session.close()
+        raise
     conn = Connection(cfg, job_dir, api_key=api_key)
+    if ray_session is not None:
+        conn.engine_host = ray_session.engine_host()
     result = JobResult(job_dir, 0, None, None, getattr(mon, "port", None))
     try:
         tokenizer = None
@@ -298,4 +327,9 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
             if own_monitor:
                 mon.close()
         finally:
-            conn.close()
+            try:
+                conn.close()
+            finally:
+                _restore_env(saved_env)
+                if ray_session is not None:
+                    ray_session.close()

@@ -17,6 +17,9 @@ from pathlib import Path
 from rft_runtime.workflows.base import WorkflowError
 
 ENV_VAR = "TRINITY_PLUGIN_DIRS"
+# (folder, module names) of every plugin folder loaded in this process: Ray runners on other nodes get the
+# same files and import the same modules (rft_runtime.loop.ray_runners)
+LOADED: list[tuple[Path, list[str]]] = []
 
 
 def plugin_dirs(given: list[str] | None) -> list[Path]:
@@ -38,7 +41,7 @@ def load_plugins(given: list[str] | None) -> list[str]:
     if not dirs:
         return []
     trinity_compat.install()
-    loaded = []
+    loaded: list[str] = []
     for folder in dirs:
         if not folder.is_dir():
             raise WorkflowError(f"--plugin-dir {folder}: {'is not a folder' if folder.exists() else 'does not exist'}")
@@ -54,4 +57,6 @@ def load_plugins(given: list[str] | None) -> list[str]:
             except Exception as exc:
                 raise WorkflowError(f"plugin {file} failed to import: {type(exc).__name__}: {exc}") from exc
             loaded.append(name)
+        if folder not in [f for f, _ in LOADED]:
+            LOADED.append((folder, [f.stem for f in sorted(folder.glob("*.py")) if not f.name.startswith("__")]))
     return loaded

@@ -24,15 +24,20 @@ log = logging.getLogger(__name__)
 
 
 class ErrorOnce:
-    """Counts user-code errors and logs each distinct one once (with the task), not once per rollout."""
+    """Counts user-code errors and logs each distinct one once (with the task), not once per rollout.
 
-    def __init__(self, what: str):
+    A quiet one (in a Ray runner actor) logs nothing: the driver replays the outcome's user_errors into its
+    own, so an error is logged once per job, not once per actor.
+    """
+
+    def __init__(self, what: str, quiet: bool = False):
         self.what = what
+        self.quiet = quiet
         self.seen: set[str] = set()
 
     def __call__(self, error: str, task_index: int, row: Any) -> None:
         """Record one failure of user code on a task."""
-        if error in self.seen:
+        if error in self.seen or self.quiet:
             return
         self.seen.add(error)
         preview = repr(row)
@@ -72,6 +77,8 @@ class TaskOutcome:
     sampled_prompts: int = 0
     longest_truncated: int = 0
     errors: list[str] = field(default_factory=list)
+    # ("workflow" | "reward", message) of every user-code error, for the driver's ErrorOnce
+    user_errors: list[tuple[str, str]] = field(default_factory=list)
 
 
 def format_config(cfg: Any, taskset: Any) -> FormatConfig:
@@ -105,7 +112,7 @@ def trinity_reward_class(name: str) -> Any:
 class WorkflowRunner:
     """Turns data-layer tasks (index, row) into workflow runs on the given model wrappers."""
 
-    def __init__(self, cfg: Any, taskset: Any, *, is_eval: bool = False):
+    def __init__(self, cfg: Any, taskset: Any, *, is_eval: bool = False, quiet: bool = False):
         from copy import deepcopy
 
         self.cfg = cfg
@@ -124,8 +131,8 @@ class WorkflowRunner:
             logprobs=ra.logprobs, max_tokens=ra.max_tokens, n=1,
         )
         self._copy = deepcopy
-        self.workflow_errors = ErrorOnce("the workflow")
-        self.reward_errors = ErrorOnce("the reward")
+        self.workflow_errors = ErrorOnce("the workflow", quiet)
+        self.reward_errors = ErrorOnce("the reward", quiet)
         self._per_row: dict[str, type] = {}
 
     def _workflow_for(self, row: dict[str, Any]) -> type:
@@ -191,7 +198,7 @@ class WorkflowRunner:
                     if sampling_failure(exc):
                         raise
                     text = str(exc) if isinstance(exc, WorkflowTimeout) else f"{type(exc).__name__}: {exc}"
-                    self.workflow_errors(text, outcome.task_index, outcome.row)
+                    self._user_error("workflow", text, outcome)
                     outcome.errors.append(text)
                     outcome.failed += count
                     continue
@@ -227,9 +234,15 @@ class WorkflowRunner:
                     outcome.prompt_tokens += call.prompt_tokens * call.samples
 
     def run_batch(self, tasks: list[Any], policy: Any, aux: list[Any], *, explore_step: int, repeat: int,
-                  in_flight: int, timeout: float, base_seed: int) -> list[TaskOutcome]:
-        """Run every task's workflow (at most in_flight at once); outcomes in task order."""
-        outcomes = [TaskOutcome(slot, t.index, t.row) for slot, t in enumerate(tasks)]
+                  in_flight: int, timeout: float, base_seed: int,
+                  slots: list[int] | None = None) -> list[TaskOutcome]:
+        """Run every task's workflow (at most in_flight at once); outcomes in task order.
+
+        `slots`: each task's place in the whole batch (Task.task_id), when this is a part of it (a Ray runner
+        runs one task of the batch at a time); by default their order here.
+        """
+        places = list(range(len(tasks))) if slots is None else list(slots)
+        outcomes = [TaskOutcome(place, t.index, t.row) for place, t in zip(places, tasks, strict=True)]
 
         async def main() -> None:
             gate = asyncio.Semaphore(max(1, in_flight))
@@ -237,7 +250,7 @@ class WorkflowRunner:
 
             async def one(slot: int, data_task: Any) -> None:
                 async with gate:
-                    task = self.make_task(data_task.row, slot, explore_step, repeat)
+                    task = self.make_task(data_task.row, places[slot], explore_step, repeat)
                     # reproducible per (step, task, run), different across them
                     seed = base_seed + explore_step * 100_003 + data_task.index * 7_919
                     await self._run_task(outcomes[slot], task, policy, aux, repeat, seed, pool, timeout)
@@ -260,6 +273,14 @@ class WorkflowRunner:
             self._check(outcome)
         return outcomes
 
+    def _user_error(self, kind: str, text: str, outcome: TaskOutcome) -> None:
+        outcome.user_errors.append((kind, text))
+        self.log_user_error(kind, text, outcome)
+
+    def log_user_error(self, kind: str, text: str, outcome: TaskOutcome) -> None:
+        """Count and log (once per distinct message) a user-code error of kind "workflow" or "reward"."""
+        (self.reward_errors if kind == "reward" else self.workflow_errors)(text, outcome.task_index, outcome.row)
+
     def _check(self, outcome: TaskOutcome) -> None:
         """Drop what cannot train (prompt-truncated placeholders, malformed experiences); count failures."""
         kept = []
@@ -268,10 +289,10 @@ class WorkflowRunner:
                 continue
             problem = experience_problem(exp)
             if problem is None and (exp.info or {}).get("reward_error"):
-                self.reward_errors(exp.info["reward_error"], outcome.task_index, outcome.row)
+                self._user_error("reward", exp.info["reward_error"], outcome)
                 outcome.failed += 1
             elif problem is not None:
-                self.workflow_errors(problem, outcome.task_index, outcome.row)
+                self._user_error("workflow", problem, outcome)
                 outcome.failed += 1
                 continue
             kept.append(exp)
