@@ -73,6 +73,13 @@ def test_installs_the_project_with_both_entry_points():
     assert "download.pytorch.org/whl/cpu" in build
 
 
+def test_the_runtime_image_has_the_ray_that_multi_node_tinker_pods_start():
+    # a multi-node Tinker job's head and worker pods run `ray start` in this image (builders._command)
+    runtime = PYPROJECT["project"]["optional-dependencies"]["runtime"]
+    assert any(re.match(r"ray\[default\]", d) for d in runtime), runtime
+    assert 'extras="runtime,operator"' in _instructions(_stages()[0])
+
+
 def _build_context(dest: Path) -> None:
     """Copy what `docker build .` would send, honouring .dockerignore's allow-list."""
     patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()
