@@ -6,21 +6,19 @@ The pure half: what pods the job gets (builders) and what the operator decides a
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 
 import kubernetes_validate
 import pytest
 from rftjob_bodies import example, rftjob, seed
+from test_reconcile import T0, World
 
 from rft_operator.builders import NO_RAY_TINKER, NO_TRINITY_WORKER, build_pods, desired_children, spec_issues
 from rft_operator.jobconfig import prepare_config
-from rft_operator.reconcile import Observed, plan_job, worker_backoff
+from rft_operator.reconcile import worker_backoff
 from rft_operator.spec import parse_spec
 from rft_operator.status import timestamp
-
-T0 = 1_800_000_000.0
 
 
 def tinker_config(nodes):
@@ -155,47 +153,6 @@ def test_every_pod_script_parses_and_without_ray_names_the_image_and_exits_2(job
                          env={**os.environ, "PATH": str(tmp_path)})
     assert ran.returncode == 2, (ran.stdout, ran.stderr)
     assert ran.stderr.strip() == (NO_RAY_TINKER if job == "sh-t" else NO_TRINITY_WORKER)
-
-
-class World:
-    """A multi-node job and its children as a cluster would hold them; `step` runs one reconcile, applied."""
-
-    def __init__(self, job):
-        self.job = job
-        self.objects = {"pods": {}, "configmaps": {}, "services": {}, "persistentvolumeclaims": {}}
-        self.events = []
-        self.uid = 0
-
-    def step(self, now):
-        spec, config = shaped(self.job)
-        observed = Observed(**{k: [copy.deepcopy(o) for o in v.values()] for k, v in self.objects.items()})
-        plan = plan_job(self.job, spec, config, observed, now=now)
-        self.job["status"] = plan.status
-        for kind, name in plan.delete:
-            self.objects[kind].pop(name, None)
-        for kind, body in plan.create:
-            self.uid += 1
-            body = copy.deepcopy(body)
-            body["metadata"]["uid"] = f"uid-{self.uid}"
-            self.objects[kind].setdefault(body["metadata"]["name"], body)
-        self.events += plan.events
-        return plan
-
-    def set_phase(self, name, phase, exit_code=None, finished=None):
-        status = {"phase": phase, "podIP": "10.0.0.9"}
-        if exit_code is not None:
-            term = {"exitCode": exit_code, "reason": "Error"}
-            if finished is not None:
-                term["finishedAt"] = timestamp(finished)
-            status["containerStatuses"] = [{"name": "rft", "state": {"terminated": term}}]
-        self.objects["pods"][name]["status"] = status
-
-    def uid_of(self, name):
-        return self.objects["pods"][name]["metadata"]["uid"]
-
-    @property
-    def status(self):
-        return self.job["status"]
 
 
 def running(world, now):

@@ -10,6 +10,7 @@ from rftjob_bodies import rftjob, seed
 from rft_operator.jobconfig import prepare_config
 from rft_operator.reconcile import Observed, plan_job, status_patch
 from rft_operator.spec import parse_spec
+from rft_operator.status import timestamp
 
 T0 = 1_800_000_000.0
 
@@ -22,6 +23,7 @@ class World:
         self.objects = {"pods": {}, "configmaps": {}, "services": {}, "persistentvolumeclaims": {}}
         self.events = []
         self.pod_creates = 0
+        self.uids = 0
 
     def observed(self):
         return Observed(**{k: [copy.deepcopy(o) for o in v.values()] for k, v in self.objects.items()})
@@ -39,18 +41,32 @@ class World:
         for kind, name in plan.delete:
             self.objects[kind].pop(name, None)
         for kind, body in plan.create:
-            self.objects[kind].setdefault(body["metadata"]["name"], copy.deepcopy(body))
+            # the server gives every object a uid: a re-created pod is told apart by it
+            self.uids += 1
+            body = copy.deepcopy(body)
+            body["metadata"]["uid"] = f"uid-{self.uids}"
+            self.objects[kind].setdefault(body["metadata"]["name"], body)
             self.pod_creates += kind == "pods"
         for kind, name, body in plan.patch:
             self.objects[kind][name].update(body)
         self.events += plan.events
         return plan
 
-    def set_phase(self, name, phase, exit_code=None):
+    def set_phase(self, name, phase, exit_code=None, finished=None):
         status = {"phase": phase, "podIP": "10.0.0.9"}
         if exit_code is not None:
-            status["containerStatuses"] = [{"state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}]
+            term = {"exitCode": exit_code, "reason": "Error"}
+            if finished is not None:
+                term["finishedAt"] = timestamp(finished)
+            status["containerStatuses"] = [{"name": "rft", "state": {"terminated": term}}]
         self.objects["pods"][name]["status"] = status
+
+    def uid_of(self, name):
+        return self.objects["pods"][name]["metadata"]["uid"]
+
+    @property
+    def status(self):
+        return self.job["status"]
 
     def cond(self, ctype):
         return next(c for c in self.job["status"]["conditions"] if c["type"] == ctype)
