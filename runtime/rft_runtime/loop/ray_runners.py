@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -377,9 +377,7 @@ class RunnerPool:
             self.close()
             raise RunError(f"the {size} workflow runners (explorer.runner_per_model x rollout_model.engine_num) "
                            f"did not start on Ray (waited up to {ACTOR_START_S:.0f}s): {type(exc).__name__}: {exc}") from exc
-        by_node: dict[str, int] = {}
-        for n in self.nodes:
-            by_node[n["ip"] + " " + n["node_id"][:8]] = by_node.get(n["ip"] + " " + n["node_id"][:8], 0) + 1
+        by_node = Counter(f"{n['ip']} {n['node_id'][:8]}" for n in self.nodes)
         log.info("%d workflow runners on %d Ray node(s): %s", size, len(by_node),
                  ", ".join(f"{k} x{v}" for k, v in sorted(by_node.items())))
 
