@@ -75,12 +75,22 @@ class OwnWrites:
         self._lock = threading.Lock()
         self.expire_seconds = expire_seconds
 
-    def wrote(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        """The job as the operator's own status write left it (the server's answer)."""
-        meta = {"resourceVersion": (body.get("metadata") or {}).get("resourceVersion")}
+    def wrote(self, namespace: str, name: str, body: dict[str, Any], before: str | None = None) -> None:
+        """The job as the operator's own status write left it (the server's answer); `before` is the
+        resourceVersion of the job the write was made from.
+
+        A server bumps the resourceVersion on every write. One that answered with the version the job already
+        had (kmock keeps whatever the client sent) cannot tell an old watched job from the written one by
+        version, so such a write is confirmed by its status instead.
+        """
+        version = (body.get("metadata") or {}).get("resourceVersion")
         with self._lock:
-            self._written[(namespace, name)] = ({"metadata": meta}, copy.deepcopy(body.get("status") or {}),
-                                                time.monotonic())
+            previous = self._written.get((namespace, name))
+            older = {before, previous[0]["metadata"]["resourceVersion"] if previous else None} - {None}
+            if version in older:
+                version = None
+            self._written[(namespace, name)] = ({"metadata": {"resourceVersion": version}},
+                                                copy.deepcopy(body.get("status") or {}), time.monotonic())
 
     def apply(self, namespace: str, name: str, job: dict[str, Any]) -> dict[str, Any]:
         """`job` (a private copy) with the operator's newer status write in place of its status."""
@@ -92,7 +102,7 @@ class OwnWrites:
         written, watched = _resource_version(marker), _resource_version(job)
         if written is not None and watched is not None:
             seen = watched >= written
-        else:  # a server without numeric versions (kmock): the watch shows the write when it shows its status
+        else:  # a server without numeric or bumped versions: the watch shows the write when it shows its status
             seen = (job.get("status") or {}) == status
         if seen or time.monotonic() - since > self.expire_seconds:
             with self._lock:

@@ -178,7 +178,7 @@ class Controller:
             answer = self.kube.patch(k.RFTJOBS, ns, name, {"status": patch}, subresource="status")
             if not (isinstance(answer, dict) and answer.get("metadata")):
                 answer = {**job, "status": plan.status}  # a server that answers without the object
-            self.writes.wrote(ns, name, answer)
+            self.writes.wrote(ns, name, answer, before=meta.get("resourceVersion"))
         for kind, child in plan.delete:
             self.kube.delete(RESOURCES[kind], ns, child)
             self.expect(ns, name, kind, child, "gone")
@@ -219,7 +219,7 @@ class Controller:
                                      subresource="status")
             if not (isinstance(answer, dict) and answer.get("metadata")):
                 answer = {**job, "status": new}
-            self.writes.wrote(meta["namespace"], meta["name"], answer)
+            self.writes.wrote(meta["namespace"], meta["name"], answer, before=meta.get("resourceVersion"))
         plan.status = new
         for etype, reason, text in st.transition_events(old, new):
             self.post_event(job, etype, reason, text, now)
