@@ -222,26 +222,28 @@ def test_a_failed_head_retries_the_whole_job_as_before():
     assert {b["metadata"]["labels"]["rft.dev/attempt"] for _, b in plan.create} == {"1"}
 
 
-def test_a_queued_job_retries_every_pod_when_a_worker_fails():
+def _queued_tinker_job():
     # Kueue frees a failed pod of a group only once its replacement, under another name, exists
     job = rftjob("qw", tinker_config(2))
     job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
-    world = World(job)
-    running(world, T0)
-    world.set_phase("qw-worker-1", "Failed", exit_code=1)
-    plan = world.step(T0 + 5)
-    assert sorted(plan.delete) == [("pods", "qw-head"), ("pods", "qw-worker-1")]
-    assert world.status["retries"] == 1 and "workerRestarts" not in world.status
+    return job
 
 
-def test_a_verl_worker_failure_still_retries_every_pod():
+def _verl_job():
     config = seed("verl-lora.yaml")
     config["cluster"] = {"node_num": 2, "gpu_per_node": 4}
-    world = World(rftjob("vw", config))
+    return rftjob("vw", config)
+
+
+@pytest.mark.parametrize("make_job", [_queued_tinker_job, _verl_job], ids=["queued-tinker", "verl"])
+def test_a_worker_failure_retries_every_pod_where_one_worker_cannot_be_replaced_alone(make_job):
+    job = make_job()
+    name = job["metadata"]["name"]
+    world = World(job)
     running(world, T0)
-    world.set_phase("vw-worker-1", "Failed", exit_code=1)
+    world.set_phase(f"{name}-worker-1", "Failed", exit_code=1)
     plan = world.step(T0 + 5)
-    assert sorted(plan.delete) == [("pods", "vw-head"), ("pods", "vw-worker-1")]
+    assert sorted(plan.delete) == [("pods", f"{name}-head"), ("pods", f"{name}-worker-1")]
     assert world.status["retries"] == 1 and "workerRestarts" not in world.status
 
 
