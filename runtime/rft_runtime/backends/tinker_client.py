@@ -319,9 +319,10 @@ def quiesce_sdk(settle_s: float = 0.2) -> None:
     polling, so this runs at exit (atexit) while threads can still finish: cancelling a request drops it on
     the Rust side, and once the loop is stopped nothing sends another.
     """
-    try:
-        from tinker.lib import internal_client_holder as holders
-    except ImportError:
+    # only an SDK that was imported can have a loop running; importing it here, at exit, would import torch
+    # while the interpreter shuts down (its atexit hooks then fail, and its finalizers run on torn-down modules)
+    holders = sys.modules.get("tinker.lib.internal_client_holder")
+    if holders is None:
         return
     single = getattr(holders, "_internal_client_holder_thread_singleton", None)
     loop = single.loop_if_started() if single is not None else None
