@@ -66,14 +66,12 @@ def test_a_missing_api_key_is_one_message_and_no_traceback(tmp_path):
     _no_traceback(proc.stderr)
 
 
-def test_a_missing_taskset_file_is_one_message_and_no_traceback(tmp_path):
+def test_a_missing_taskset_file_is_one_message_and_no_traceback(tmp_path, tiny_model_dir):
     # torch imported at exit left its Library finalizers to run on torn-down modules ("Exception ignored in")
-    model = tmp_path / "model"
-    model.mkdir()
     config = tmp_path / "job.yaml"
     config.write_text(
         "algorithm: {algorithm_type: grpo, repeat_times: 2}\n"
-        f"model: {{model_path: {model}, tinker: {{enable: true, base_url: local}}}}\n"
+        f"model: {{model_path: {tiny_model_dir}, tinker: {{enable: true, base_url: local}}}}\n"
         "buffer:\n"
         "  batch_size: 1\n"
         "  total_steps: 1\n"
