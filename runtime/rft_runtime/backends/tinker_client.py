@@ -22,6 +22,7 @@ from typing import Any
 
 from rft_runtime.backends.errors import BackendError
 from rft_runtime.config import API_KEY_VARS, JobConfig, tinker_api_key
+from rft_runtime.config.local_model import MAKE_MODEL_HINT, local_model_problem, model_field
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,19 @@ def local_model_dir(cfg: JobConfig) -> Path:
     name = cfg.model.tinker_base_model
     if not name:
         raise BackendError("model.model_path (or model.tinker.base_model) must name the model to train")
+    found = local_model_problem(cfg) if cfg.model.tinker.base_url == "local" else None
+    if found is not None:
+        raise BackendError(found[0])
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise BackendError(
-            f"model.tinker.base_url is 'local', so the model must be a local directory, but {name!r} is not "
-            "one; make one with `rft engine make-model DIR` or point model_path at a downloaded model"
-        )
+        raise BackendError(f"{model_field(cfg)}: {name!r} is not a model directory; {MAKE_MODEL_HINT}")
     return path.resolve()
+
+
+def check_local_model(cfg: JobConfig) -> None:
+    """With base_url 'local', fail before any work (no dataset download) unless the model is a local directory."""
+    if cfg.model.tinker.enable and cfg.model.tinker.base_url == "local":
+        local_model_dir(cfg)
 
 
 def healthy(base_url: str, timeout: float = 2.0) -> bool:
@@ -319,9 +326,10 @@ def quiesce_sdk(settle_s: float = 0.2) -> None:
     polling, so this runs at exit (atexit) while threads can still finish: cancelling a request drops it on
     the Rust side, and once the loop is stopped nothing sends another.
     """
-    try:
-        from tinker.lib import internal_client_holder as holders
-    except ImportError:
+    # only an SDK that was imported can have a loop running; importing it here, at exit, would import torch
+    # while the interpreter shuts down (its atexit hooks then fail, and its finalizers run on torn-down modules)
+    holders = sys.modules.get("tinker.lib.internal_client_holder")
+    if holders is None:
         return
     single = getattr(holders, "_internal_client_holder_thread_singleton", None)
     loop = single.loop_if_started() if single is not None else None

@@ -11,6 +11,7 @@ import yaml
 
 from rft_runtime.config.errors import ConfigError
 from rft_runtime.config.loader import load_config
+from rft_runtime.config.local_model import model_checks
 from rft_runtime.config.models import JobConfig, StorageConfig
 
 EXIT_INVALID = 2
@@ -205,6 +206,9 @@ def validate_main(args: Any) -> int:
     if cfg is None:
         return EXIT_INVALID
     problems, data_warnings = data_checks(cfg) if not cfg.partial else ([], [])
+    if not cfg.partial:
+        model_problems, model_warnings = model_checks(cfg)
+        problems, data_warnings = model_problems + problems, model_warnings + data_warnings
     for warning in [*cfg.warnings, *data_warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     if problems:

@@ -129,8 +129,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_TrinityYamlLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, str(path))], str(path)) from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        # not even a fragment: usually the wrong file, or one that was truncated
+        raise ConfigError([ConfigIssue("", f"{path} is empty (not one setting in it): a job config names at least "
+                                           "model.model_path and buffer.explorer_input.taskset, an overlay at "
+                                           "least one key")], str(path))
     if not isinstance(data, dict):
         raise ConfigError(
             [ConfigIssue("", f"the top level of {path} must be a mapping of sections, got {type(data).__name__}")],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rft_runtime.backends.tinker_client import Connection, check_api_key
+from rft_runtime.backends.tinker_client import Connection, check_api_key, check_local_model
 from rft_runtime.config import JobConfig
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
@@ -227,6 +227,7 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
          api_key: str | None) -> JobResult:
     if api_key is None:
         check_api_key(cfg)  # before any work: no dataset download, no engine start
+    check_local_model(cfg)  # likewise: a hub name with base_url local would otherwise fail after the data loads
     _check_client_side_needs(stages)
     _check_workflows(stages)
     job_dir = cfg.job_dir

@@ -30,6 +30,14 @@ def _get(obj: Any, dotted: str, default: Any = None) -> Any:
     return default if obj is None else obj
 
 
+def _set_in_config(section: Any, field: str) -> bool:
+    """Whether the config itself set `field` of `section` (not a default); True when that cannot be told."""
+    if isinstance(section, dict):
+        return field in section
+    fields_set = getattr(section, "model_fields_set", None)
+    return True if fields_set is None else field in fields_set
+
+
 class Monitor:
     """Per-step metrics of one job: JSON lines, a Prometheus endpoint, a progress bar, optional trackers."""
 
@@ -55,6 +63,7 @@ class Monitor:
             _get(cfg, "monitor.monitor_type", "none"),
             {"project": _get(cfg, "project"), "group": _get(cfg, "group"), "name": _get(cfg, "name")},
             _get(cfg, "monitor.monitor_args"), str(self.job_dir), _resolved(cfg),
+            requested=_set_in_config(_get(cfg, "monitor"), "monitor_type"),
         )
         backend = _get(cfg, "backend")
         if backend is not None:

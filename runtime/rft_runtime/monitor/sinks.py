@@ -111,8 +111,12 @@ class SwanlabSink(Sink):
 
 
 def open_sinks(monitor_type: Any, names: dict[str, str | None], args: dict[str, Any] | None,
-               job_dir: str, config: dict[str, Any] | None) -> list[Sink]:
-    """The trackers monitor_type asks for that can start; one warning for each that cannot."""
+               job_dir: str, config: dict[str, Any] | None, *, requested: bool = True) -> list[Sink]:
+    """The trackers monitor_type asks for that can start; one warning for each that cannot.
+
+    `requested=False` is Trinity's default monitor_type, which the config did not set: it is used when its
+    package is installed, and its absence is no news to a user who never asked for it (a debug line only).
+    """
     kinds = monitor_type if isinstance(monitor_type, (list, tuple)) else [monitor_type]
     sinks: list[Sink] = []
     for kind in kinds:
@@ -133,6 +137,10 @@ def open_sinks(monitor_type: Any, names: dict[str, str | None], args: dict[str, 
                 log.warning("monitor_type %r is not one of %s; metrics go to metrics.jsonl and Prometheus only",
                             kind, ", ".join(KNOWN))
         except ImportError as exc:
+            if not requested:
+                log.debug("monitor_type %s (the default, not set in the config): the %s package is not "
+                          "installed (%s); no %s files are written", kind, kind, exc, kind)
+                continue
             log.warning("monitor_type %s: the %s package is not installed (%s); metrics go to metrics.jsonl "
                         "and Prometheus only (pip install %s to use it)", kind, kind, exc, kind)
         except Exception as exc:  # a tracker that cannot log in must not stop training
