@@ -105,6 +105,8 @@ BROKEN = [
      "cosine"),
     ({"set": {"algorithm.repeat_times": 0}}, "algorithm.repeat_times", "greater"),
     ({"set": {"algorithm.algorithm_type": "grpoo"}}, "algorithm.algorithm_type", "grpo"),
+    # two letters swapped is one typo: grpo, not gspo (two letters differ)
+    ({"set": {"algorithm.algorithm_type": "gpro"}}, "algorithm.algorithm_type", "did you mean 'grpo'"),
     ({"set": {"algorithm.algorithm_type": "ppo"}}, "algorithm.algorithm_type", "Supported on Tinker"),
     ({"set": {"algorithm.algorithm_type": "on_policy_distill"}}, "explorer.auxiliary_models", "teacher"),
     ({"set": {"algorithm.kl_loss_fn_args.kl_coef": -0.1}}, "algorithm.kl_loss_fn_args.kl_coef", ">= 0"),

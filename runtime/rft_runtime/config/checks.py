@@ -11,14 +11,8 @@ from urllib.parse import urlsplit
 
 from rft_runtime.algorithms import registry
 from rft_runtime.config import catalog, support
-from rft_runtime.config.errors import ConfigIssue
-from rft_runtime.config.loader import _short, suggest
+from rft_runtime.config.errors import ConfigIssue, did_you_mean, short
 from rft_runtime.config.models import JobConfig, TasksetConfig
-
-
-def _suggest(name: str, choices: tuple[str, ...]) -> str:
-    hint = suggest(name, choices)
-    return f"did you mean '{hint}'? " if hint else ""
 
 
 def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...], ours: tuple[str, ...],
@@ -36,7 +30,7 @@ def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...
             f"runtime runs: {', '.join(ours)}; or give your own as '{form}'")))
         return
     issues.append(ConfigIssue(path, (
-        f"unknown {what} {name!r}; {_suggest(name, runnable)}known: {', '.join(runnable)}; "
+        f"unknown {what} {name!r}; {did_you_mean(name, runnable)}known: {', '.join(runnable)}; "
         f"or give your own as '{form}'"), soft=True))
 
 
@@ -57,7 +51,7 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
             accepts, why = rule
             if not accepts(value, cfg):
                 issues.append(ConfigIssue(path, (
-                    f"{_short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
+                    f"{short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
                     "remove it, or train with veRL (model.tinker.enable: false)")))
         elif support.treatment(owner, name) == support.NO_EFFECT:
             # what is inside an idle field is idle too; lora_configs has a warning of its own
@@ -118,7 +112,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
         issues.append(
             ConfigIssue(
                 "algorithm.algorithm_type",
-                f"unknown algorithm {algo!r}; {_suggest(algo, catalog.KNOWN_ALGORITHMS)}"
+                f"unknown algorithm {algo!r}; {did_you_mean(algo, catalog.KNOWN_ALGORITHMS)}"
                 f"Trinity-RFT knows: {', '.join(catalog.KNOWN_ALGORITHMS)}",
                 soft=True,
             )

@@ -8,7 +8,6 @@ sees all problems of a file in one go instead of fixing them one run at a time.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 import types
 import typing
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rft_runtime.config.errors import ConfigError, ConfigIssue
+from rft_runtime.config.errors import ConfigError, ConfigIssue, did_you_mean, short, suggest
 from rft_runtime.config.models import JobConfig
 
 _MAX_ROUNDS = 8
@@ -37,11 +36,6 @@ def format_path(loc: Sequence[Any]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -82,13 +76,6 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
         if not current:
             return None
     return current[0] if current else None
-
-
-def suggest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest valid name to a misspelt one, if any is close."""
-    lowered = {c.lower(): c for c in choices}
-    hit = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[hit[0]] if hit else None
 
 
 # ---------------------------------------------------------------- YAML and interpolation
@@ -247,15 +234,15 @@ def _issue_from_error(err: dict[str, Any], prefix: tuple[Any, ...]) -> tuple[Con
         expected = err.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
         hint = suggest(str(value), choices) if isinstance(value, str) else None
-        msg = f"{_short(value)} is not a valid choice; use one of: {', '.join(choices)}"
+        msg = f"{short(value)} is not a valid choice; use one of: {', '.join(choices)}"
         if hint:
-            msg = f"{_short(value)} is not a valid choice; did you mean '{hint}'? (one of: {', '.join(choices)})"
+            msg = f"{short(value)} is not a valid choice; did you mean '{hint}'? (one of: {', '.join(choices)})"
         return ConfigIssue(path, msg), loc
     if kind == "missing":
         return ConfigIssue(path, "is required; add it"), loc
     text = err["msg"]
     text = text[0].lower() + text[1:] if text else kind
-    return ConfigIssue(path, f"{text}, got {_short(value)}"), loc
+    return ConfigIssue(path, f"{text}, got {short(value)}"), loc
 
 
 def validate_structure(
@@ -362,7 +349,7 @@ def _check_stage(
 
     where = f"stages[{index}]"
     if not isinstance(stage, dict):
-        return [ConfigIssue(where, f"a stage must be a mapping with stage_name and sections, got {_short(stage)}")]
+        return [ConfigIssue(where, f"a stage must be a mapping with stage_name and sections, got {short(stage)}")]
     issues: list[ConfigIssue] = []
     if not stage.get("stage_name"):
         issues.append(ConfigIssue(f"{where}.stage_name", "is required; name each stage"))
@@ -370,8 +357,7 @@ def _check_stage(
 
     for key in stage:
         if key not in STAGE_KEYS:
-            hint = suggest(str(key), STAGE_KEYS)
-            did = f"did you mean '{hint}'? " if hint else ""
+            did = did_you_mean(str(key), STAGE_KEYS)
             issues.append(ConfigIssue(f"{where}.{key}", f"a stage cannot set '{key}'; {did}a stage holds: "
                                                          f"{', '.join(STAGE_KEYS)}"))
     merged = _stage_data(base, stage)
