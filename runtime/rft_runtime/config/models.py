@@ -578,7 +578,7 @@ class JobConfig(Section):
         """
         if not self.stages:
             return [self]
-        base = self.model_dump(mode="json", exclude_unset=True)
+        base = self.model_dump(mode="json")
         out = []
         for index, stage in enumerate(self.stages):
             merged = stage_data(base, stage)
