@@ -107,8 +107,8 @@ def _our_field(path: str):
     """(section class, field info) of a Trinity field path in our models."""
     from pydantic import BaseModel
 
-    from rft_runtime.config.loader import _unwrap
     from rft_runtime.config.models import JobConfig
+    from rft_runtime.config.paths import unwrap
 
     cls: type[BaseModel] = JobConfig
     parts = path.replace("[]", "").split(".")
@@ -120,7 +120,7 @@ def _our_field(path: str):
             return cls, None
         if i == len(parts) - 1:
             return cls, field
-        inner = [c for c in _unwrap(field.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
+        inner = [c for c in unwrap(field.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
         assert inner, f"{path}: {part} is not a section here"
         cls = inner[0]
     raise AssertionError(path)
@@ -247,7 +247,7 @@ def test_valid_trinity_keys_load_and_only_unknown_ones_get_a_suggestion(key, val
 
 @pytest.mark.parametrize(("change", "path"), [
     ({"kl_penalty_fn": "k3"}, "algorithm.kl_penalty_fn"),
-    ({"policy_loss_fn": "mix_chord"}, "algorithm.policy_loss_fn"),
+    ({"advantage_fn": "remax"}, "algorithm.advantage_fn"),
 ])
 def test_what_would_train_differently_on_tinker_is_refused_with_the_reason(change, path):
     with pytest.raises(ConfigError) as info:

@@ -34,7 +34,7 @@ def job(tmp_path, teacher=False, **algorithm):
     raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
     raw["checkpoint_root_dir"] = str(tmp_path)
     raw["algorithm"].update(algorithm)
-    if algorithm.get("algorithm_type") == "mix":
+    if algorithm.get("algorithm_type") in ("mix", "mix_chord"):
         raw["buffer"]["trainer_input"]["auxiliary_buffers"] = {"sft_dataset": {
             "name": "sft_dataset", "storage_type": "file", "path": str(tmp_path / "expert.jsonl")}}
     if teacher:
@@ -221,7 +221,7 @@ def test_a_refused_algorithm_names_itself_the_reason_and_an_alternative(tmp_path
     assert "use " in ALGORITHMS[algorithm].refusal
 
 
-@pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if not s.refusal and s.schema == "experience"))
+@pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if not s.refusal and s.data == "rollouts"))
 def test_a_trained_algorithm_loads_with_its_own_parts(tmp_path, algorithm):
     spec = ALGORITHMS[algorithm]
     plan = loss_plan(job(tmp_path, teacher=True, algorithm_type=algorithm))

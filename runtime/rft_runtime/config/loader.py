@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import re
-import types
-import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from rft_runtime.config.errors import ConfigError, ConfigIssue, did_you_mean, short, suggest
 from rft_runtime.config.layers import deep_merge, stage_data
 from rft_runtime.config.models import STAGE_KEYS, JobConfig
+from rft_runtime.config.paths import unwrap
 
 _MAX_ROUNDS = 8
 
@@ -39,25 +38,6 @@ def format_path(loc: Sequence[Any]) -> str:
     return out
 
 
-def _unwrap(annotation: Any) -> list[Any]:
-    """The classes inside Optional / list / dict / union annotations."""
-    origin = typing.get_origin(annotation)
-    if origin is None:
-        return [annotation]
-    out: list[Any] = []
-    args = typing.get_args(annotation)
-    if origin in (list, tuple, set, Sequence):
-        for a in args:
-            out.extend(_unwrap(a))
-    elif origin is dict:
-        if len(args) == 2:
-            out.extend(_unwrap(args[1]))
-    elif origin in (typing.Union, types.UnionType):
-        for a in args:
-            out.extend(_unwrap(a))
-    return out
-
-
 def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     """The config section class found by following `loc` from JobConfig (None past free-form dicts)."""
     current: list[Any] = [JobConfig]
@@ -69,7 +49,7 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
             if isinstance(cls, type) and issubclass(cls, BaseModel):
                 field = cls.model_fields.get(part)
                 if field is not None:
-                    nxt.extend(_unwrap(field.annotation))
+                    nxt.extend(unwrap(field.annotation))
                 else:
                     # a key of a dict[str, Section] field: stay on the dict's value class
                     nxt.append(cls)
