@@ -13,12 +13,9 @@ No torch here: the validator, the catalog and the operator read it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from rft_runtime.config.errors import ConfigIssue
-
-if TYPE_CHECKING:
-    from rft_runtime.algorithms.losses import LossPlan
 
 # what a step trains on: the explorer's rollouts, or a dataset of responses (sft), of chosen/rejected
 # pairs (dpo) or of raw text (cpt)
@@ -42,13 +39,14 @@ class Algorithm:
     refusal: ClassVar[str | None] = None
 
     @classmethod
-    def check(cls, cfg: Any, plan: LossPlan) -> list[ConfigIssue]:
+    def check(cls, cfg: Any, plan: Any) -> list[ConfigIssue]:
         """Problems of this algorithm in `cfg` (a JobConfig, or its algorithm section) that its parts'
-        own checks do not see, each at its field; [] when it trains as configured."""
+        own checks do not see, each at its field; [] when it trains as configured. `plan` is the LossPlan
+        its parts make (algorithms.losses, which imports this module)."""
         return []
 
     @classmethod
-    def warnings(cls, cfg: Any, plan: LossPlan) -> list[str]:
+    def warnings(cls, cfg: Any, plan: Any) -> list[str]:
         """What the user should know about how this config trains (shown by `rft validate`)."""
         return []
 

@@ -99,8 +99,8 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
     buffer = cfg.buffer
     backend = cfg.backend
 
-    # --- algorithm
-    if algo not in catalog.KNOWN_ALGORITHMS:
+    # --- algorithm (Trinity's, or one a file in rft_runtime/algorithms/types adds for Tinker)
+    if algo not in catalog.KNOWN_ALGORITHMS and not (backend == "tinker" and algo in catalog.TINKER_ALGORITHMS):
         issues.append(
             ConfigIssue(
                 "algorithm.algorithm_type",
