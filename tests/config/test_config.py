@@ -315,3 +315,14 @@ def test_config_reference_doc_matches_the_models():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
     assert doc.read_text() == render(), "docs/config.md is stale: python -m rft_runtime.config.reference > docs/config.md"
+
+
+def test_dpo_columns_are_honoured_not_listed_as_idle(tmp_path):
+    data = seed("tinker.yaml")
+    data["mode"] = "train"
+    data["algorithm"] = {"algorithm_type": "dpo", "kl_loss_fn": "k1", "kl_loss_fn_args": {"kl_coef": 0.1}}
+    data["buffer"]["trainer_input"] = {"experience_buffer": {
+        "name": "pairs", "storage_type": "file", "path": str(tmp_path / "pairs.jsonl"),
+        "format": {"prompt_type": "plaintext", "chosen_key": "good", "rejected_key": "bad"}}}
+    cfg = load_config_dict(data)
+    assert not any("chosen_key" in w or "rejected_key" in w for w in cfg.warnings), cfg.warnings
