@@ -584,7 +584,6 @@ class JobConfig(Section):
             merged = stage_data(base, stage)
             merged["stages"] = []
             stage_cfg = JobConfig.model_validate(merged)
-            stage_cfg.checkpoint_root_dir = self.checkpoint_root_dir
             stage_cfg._stage_name = str(stage.get("stage_name") or f"stage{index}")
             stage_cfg._stage_index = index
             stage_cfg._warnings = self.warnings
