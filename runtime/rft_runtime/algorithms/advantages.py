@@ -410,8 +410,8 @@ def check_advantage_args(name: str, args: Mapping[str, Any] | None) -> dict[str,
         why = ADVANTAGE_REFUSALS.get(name)
         if why:
             raise AlgorithmError(f"{name!r} cannot run on Tinker: {why}", JOB.algorithm.advantage_fn)
-        raise AlgorithmError(f"{name!r} is not an advantage function this runtime computes: "
-                             f"{', '.join(ADVANTAGE_FNS)}", JOB.algorithm.advantage_fn)
+        raise AlgorithmError(f"unknown advantage_fn {name!r}; this runtime computes {', '.join(ADVANTAGE_FNS)}",
+                             JOB.algorithm.advantage_fn)
     defaults = ADVANTAGE_FNS[name][1]
     unknown = sorted(set(args or {}) - set(defaults))
     if unknown:
