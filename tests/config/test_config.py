@@ -34,13 +34,13 @@ def test_tinker_seed_resolves_to_documented_values(tmp_path, monkeypatch):
     monkeypatch.delenv("TRINITY_CHECKPOINT_ROOT_DIR", raising=False)
     cfg = load_config(EXAMPLES / "tinker.yaml")
     assert cfg.backend == "tinker"
-    assert cfg.trainer.trainer_type == "tinker"
+    assert cfg.resolved_dict()["trainer"]["trainer_type"] == "tinker"
     t = cfg.model.tinker
     assert (t.rank, t.seed, t.train_mlp, t.train_attn, t.train_unembed) == (32, None, True, True, True)
     assert cfg.model.tinker_base_model == "meta-llama/Llama-3.2-3B"
     assert cfg.algorithm.algorithm_type == "grpo" and cfg.algorithm.repeat_times == 8
     assert cfg.algorithm.optimizer.lr == pytest.approx(1e-5)
-    assert cfg.model.max_model_len == 1024 + 2048
+    assert cfg.model.context_len == cfg.resolved_dict()["model"]["max_model_len"] == 1024 + 2048
     assert cfg.train_batch_size == 96 * 8
     assert (cfg.synchronizer.sync_interval, cfg.synchronizer.sync_offset) == (1, 1)
     # a relative root is resolved against the working directory; the job dir is root/project/group/name
@@ -62,7 +62,7 @@ def test_snippet_overlays_defaults_and_a_verl_config():
     cfg = load_config([EXAMPLES / "verl-lora.yaml", EXAMPLES / "tinker-snippet.yaml"])
     assert cfg.backend == "tinker"
     assert cfg.model.tinker_base_model == cfg.model.model_path == "meta-llama/Llama-3.2-3B"
-    assert cfg.synchronizer.sync_method == "checkpoint"
+    assert cfg.sync_method == cfg.resolved_dict()["synchronizer"]["sync_method"] == "checkpoint"
     ignored = [w for w in cfg.warnings if "lora_configs" in w]
     assert len(ignored) == 1
 
@@ -105,6 +105,8 @@ BROKEN = [
      "cosine"),
     ({"set": {"algorithm.repeat_times": 0}}, "algorithm.repeat_times", "greater"),
     ({"set": {"algorithm.algorithm_type": "grpoo"}}, "algorithm.algorithm_type", "grpo"),
+    # two letters swapped is one typo: grpo, not gspo (two letters differ)
+    ({"set": {"algorithm.algorithm_type": "gpro"}}, "algorithm.algorithm_type", "did you mean 'grpo'"),
     ({"set": {"algorithm.algorithm_type": "ppo"}}, "algorithm.algorithm_type", "Supported on Tinker"),
     ({"set": {"algorithm.algorithm_type": "on_policy_distill"}}, "explorer.auxiliary_models", "teacher"),
     ({"set": {"algorithm.kl_loss_fn_args.kl_coef": -0.1}}, "algorithm.kl_loss_fn_args.kl_coef", ">= 0"),
@@ -223,9 +225,11 @@ def test_a_stage_that_moves_the_model_moves_what_derives_from_it():
     data["stages"] = [{"stage_name": "a"},
                       {"stage_name": "b", "model": {"model_path": "/models/other", "max_response_tokens": 10}}]
     a, b = load_config_dict(data).stage_configs()
-    assert (a.model.tinker_base_model, a.model.max_model_len) == ("meta-llama/Llama-3.2-3B", 3072)
-    assert (b.model.tinker_base_model, b.model.max_model_len) == ("/models/other", 1034)
-    assert b.trainer.trainer_type == "tinker" and b.synchronizer.sync_method == "checkpoint"
+    assert (a.model.tinker_base_model, a.model.context_len) == ("meta-llama/Llama-3.2-3B", 3072)
+    assert (b.model.tinker_base_model, b.model.context_len) == ("/models/other", 1034)
+    assert b.backend == "tinker" and b.sync_method == "checkpoint"
+    # nothing derived was written into the job's config: a stage derives its own
+    assert b.model.max_model_len is None and b.model.tinker.base_model is None
 
 
 @pytest.mark.parametrize("var", ["TRINITY_API_KEY", "TINKER_API_KEY"])
@@ -311,3 +315,14 @@ def test_config_reference_doc_matches_the_models():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
     assert doc.read_text() == render(), "docs/config.md is stale: python -m rft_runtime.config.reference > docs/config.md"
+
+
+def test_dpo_columns_are_honoured_not_listed_as_idle(tmp_path):
+    data = seed("tinker.yaml")
+    data["mode"] = "train"
+    data["algorithm"] = {"algorithm_type": "dpo", "kl_loss_fn": "k1", "kl_loss_fn_args": {"kl_coef": 0.1}}
+    data["buffer"]["trainer_input"] = {"experience_buffer": {
+        "name": "pairs", "storage_type": "file", "path": str(tmp_path / "pairs.jsonl"),
+        "format": {"prompt_type": "plaintext", "chosen_key": "good", "rejected_key": "bad"}}}
+    cfg = load_config_dict(data)
+    assert not any("chosen_key" in w or "rejected_key" in w for w in cfg.warnings), cfg.warnings

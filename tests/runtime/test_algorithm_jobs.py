@@ -22,15 +22,28 @@ def reward(response):
 '''
 
 
-def run_job(tmp_path: Path, cfg: dict) -> list[dict]:
-    """Run `cfg` with the varying reward to the end; its metrics records."""
-    (tmp_path / "lenreward.py").write_text(REWARD_MODULE)
+CONSTANT_REWARD_MODULE = '''
+def reward(response):
+    """The same for every response: every group's rewards are equal, so every advantage is 0."""
+    return {"accuracy": 1.0}
+'''
+
+
+def run_job(tmp_path: Path, cfg: dict, reward: str = REWARD_MODULE) -> list[dict]:
+    """Run `cfg` with the varying reward (or `reward`'s) to the end; its metrics records."""
+    run_job_cli(tmp_path, cfg, reward)
+    return metrics(cfg)
+
+
+def run_job_cli(tmp_path: Path, cfg: dict, reward: str = REWARD_MODULE):
+    """Run `cfg` with the reward module `reward` to the end; the finished `rft run`."""
+    (tmp_path / "lenreward.py").write_text(reward)
     cfg["buffer"]["explorer_input"]["default_workflow_type"] = "simple_workflow"
     cfg["buffer"]["explorer_input"]["default_reward_fn_type"] = "lenreward:reward"
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
     res = run_cli(write_config(tmp_path / f"{cfg['name']}.yaml", cfg), env=clean_env(PYTHONPATH=path))
     assert res.returncode == 0, res.stderr[-3000:]
-    return metrics(cfg)
+    return res
 
 
 COMMON = ["critic/rewards/mean", "critic/advantages/mean", "response_length/mean", "rollout/accuracy/mean",
@@ -135,3 +148,67 @@ def test_mix_adds_expert_sft_data_to_every_rl_step(tmp_path, tiny_model_dir, loc
     # ceil(0.25 x 2 tasks x 4 rollouts) = 2 expert rows a step, with their own cross-entropy term
     assert all(r["expert_rows"] == 2 and r["actor/sft_loss"] > 0 for r in records)
     assert all("actor/pg_loss" in r and "actor/pg_clipfrac" in r and r["grad_norm"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_mix_chord_schedules_mu_and_weighs_the_expert_tokens(tmp_path, tiny_model_dir, local_engine):
+    from tests.runtime.test_run_support import write_sft
+
+    expert = write_sft(tmp_path / "expert.jsonl", n=16)
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="chord", steps=3,
+                   algorithm__algorithm_type="mix_chord", algorithm__sample_strategy_args={"expert_data_ratio": 0.25},
+                   algorithm__policy_loss_fn_args={"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.5,
+                                                   "mu_valley": 0.1, "clip_range": 0.2})
+    cfg["buffer"]["trainer_input"] = {"auxiliary_buffers": {"sft_dataset": {
+        "name": "sft_dataset", "storage_type": "file", "path": str(expert), "format": {"prompt_type": "plaintext"}}}}
+    records = run_job(tmp_path, cfg)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    # CHORD's schedule over the steps: warm-up to the peak at step 2, then cosine decay towards the valley
+    assert [r["actor/mu"] for r in records] == pytest.approx([0.25, 0.5, 0.3])
+    assert all(r["expert_rows"] == 2 and r["actor/expert/sft_phi_loss"] > 0 for r in records)
+    assert all("actor/usual/pg_loss" in r and r["grad_norm"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_dpo_trains_a_kl_term_against_the_reference(tmp_path, tiny_model_dir, local_engine):
+    import json
+
+    rows = [{"prompt": f"{i}+1=?", "chosen": f"{i + 1}", "rejected": f"{i + 2} or so"} for i in range(8)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Trinity's dpo_humanlike example: k1 with kl_coef 0.1
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="dpokl", mode="train", steps=3, batch=4,
+                   repeat=1, algorithm__algorithm_type="dpo", algorithm__optimizer={"lr": 1e-2},
+                   algorithm__kl_loss_fn="k1", algorithm__kl_loss_fn_args={"kl_coef": 0.1})
+    cfg["buffer"]["trainer_input"] = {"experience_buffer": {
+        "name": "pairs", "storage_type": "file", "path": str(data), "format": {"prompt_type": "plaintext"}}}
+    res = run_cli(write_config(tmp_path / "dpokl.yaml", cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["actor/kl_coef"] == 0.1 for r in records)
+    # step 1 trains from the reference weights (KL 0); then the policy has moved away from it
+    assert records[0]["actor/kl_loss"] == pytest.approx(0.0, abs=1e-5)
+    assert records[-1]["actor/kl_loss"] != pytest.approx(0.0, abs=1e-5)
+    assert all(r["actor/final_loss"] == pytest.approx(r["actor/dpo_loss"] + 0.1 * r["actor/kl_loss"], rel=1e-4)
+               for r in records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.05])
+def test_a_batch_of_zero_advantages_still_takes_the_optimizer_step(tmp_path, tiny_model_dir, local_engine,
+                                                                   entropy_coef):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name=f"zero{entropy_coef}", steps=2,
+                   algorithm__entropy_loss_fn_args={"entropy_coef": entropy_coef})
+    res = run_job_cli(tmp_path, cfg, CONSTANT_REWARD_MODULE)
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["critic/advantages/max"] == 0 == r["critic/advantages/min"] for r in records)
+    # the optimizer step ran (its grad_norm is logged), as in Trinity
+    assert all("grad_norm" in r for r in records), sorted(records[0])
+    if entropy_coef:
+        # the entropy term trains whatever the advantages
+        assert all(r["grad_norm"] > 0 and "actor/entropy_loss" in r for r in records)
+    else:
+        assert all(r["grad_norm"] == 0 for r in records)
+        assert res.stderr.count("every advantage is 0") == 2, res.stderr[-3000:]

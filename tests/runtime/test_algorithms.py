@@ -34,7 +34,7 @@ def job(tmp_path, teacher=False, **algorithm):
     raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
     raw["checkpoint_root_dir"] = str(tmp_path)
     raw["algorithm"].update(algorithm)
-    if algorithm.get("algorithm_type") == "mix":
+    if algorithm.get("algorithm_type") in ("mix", "mix_chord"):
         raw["buffer"]["trainer_input"]["auxiliary_buffers"] = {"sft_dataset": {
             "name": "sft_dataset", "storage_type": "file", "path": str(tmp_path / "expert.jsonl")}}
     if teacher:
@@ -221,7 +221,7 @@ def test_a_refused_algorithm_names_itself_the_reason_and_an_alternative(tmp_path
     assert "use " in ALGORITHMS[algorithm].refusal
 
 
-@pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if not s.refusal and s.schema == "experience"))
+@pytest.mark.parametrize("algorithm", sorted(n for n, s in ALGORITHMS.items() if not s.refusal and s.data == "rollouts"))
 def test_a_trained_algorithm_loads_with_its_own_parts(tmp_path, algorithm):
     spec = ALGORITHMS[algorithm]
     plan = loss_plan(job(tmp_path, teacher=True, algorithm_type=algorithm))
@@ -326,3 +326,125 @@ def test_mix_weighs_the_rollouts_ppo_against_the_expert_sft(tmp_path):
     assert m["actor/pg_loss"] == approx(-1.0) and m["actor/sft_loss"] == approx(math.log(2))
     assert float(loss) == approx(0.9 * -1.0 + 0.1 * math.log(2))
     assert rollout.grad.tolist() == approx([-0.45, -0.45]) and expert.grad.tolist() == approx([-0.1])
+
+
+# ---------------------------------------------------------------- CHORD (mix_chord), sft_is, sft_phi
+
+
+def test_chord_mu_warms_up_linearly_then_decays_by_cosine_to_the_valley():
+    from rft_runtime.algorithms.policy_losses import mu_at
+
+    args = {"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.5, "mu_valley": 0.1}
+    # Trinity's trainer counts steps from 1: warm-up step/2 * 0.5, then 0.1 + 0.4 * (1 + cos(pi k / 2)) / 2
+    assert [mu_at(args, s) for s in range(1, 6)] == approx([0.25, 0.5, 0.3, 0.1, 0.1])
+    # Trinity's defaults: no warm-up, no decay, mu 0.1 throughout
+    flat = {"mu_warmup_steps": 0, "mu_decay_steps": 0, "mu_peak": 0.1, "mu_valley": 0.1}
+    assert [mu_at(flat, s) for s in (1, 50)] == approx([0.1, 0.1])
+
+
+def test_mix_chord_weighs_the_expert_tokens_by_phi_at_the_scheduled_mu(tmp_path):
+    plan = plan_of(tmp_path, algorithm_type="mix_chord",
+                   policy_loss_fn_args={"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.5, "mu_valley": 0.1,
+                                        "clip_range": 0.2})
+    assert plan.is_mix and plan.custom and plan.policy_args["enable_phi_function"] is True
+    rollout = torch.zeros(2, requires_grad=True)  # ratio 1, A = 1: ppo loss -1 per token
+    expert = torch.tensor([math.log(0.5), math.log(0.25)], requires_grad=True)
+    seqs = [terms.make_seq(0, [0.0, 0.0], 1.0, [1, 1], 0.5), terms.make_seq(0, [0.0, 0.0], 0.0, [1, 1], 0.5)]
+    seqs[1].expert = True
+    loss, m = terms.compute_terms(plan, seqs, [rollout, expert], step=3)
+    loss.backward()
+    # step 3: mu 0.3; sft_phi per token -lp * p (1 - p): 0.25 log 2 and 0.1875 log 4, token mean
+    phi = (0.25 * math.log(2) + 0.1875 * math.log(4)) / 2
+    assert m["actor/mu"] == approx(0.3) and m["actor/expert/sft_phi_loss"] == approx(phi)
+    assert float(loss) == approx(0.7 * -1.0 + 0.3 * phi)
+    assert rollout.grad.tolist() == approx([-0.35, -0.35])
+    assert expert.grad.tolist() == approx([-0.3 * 0.25 / 2, -0.3 * 0.1875 / 2])
+
+
+def test_mix_chord_without_phi_is_mix_with_a_scheduled_mu(tmp_path):
+    plan = plan_of(tmp_path, algorithm_type="mix_chord",
+                   policy_loss_fn_args={"enable_phi_function": False, "clip_range": 0.2, "mu_peak": 0.4,
+                                        "mu_valley": 0.4})
+    expert = torch.tensor([math.log(0.5)], requires_grad=True)
+    seq = terms.make_seq(0, [0.0], 0.0, [1], 1.0)
+    seq.expert = True
+    loss, m = terms.compute_terms(plan, [seq], [expert], step=1)
+    assert float(loss) == approx(0.4 * math.log(2)) and m["actor/expert/sft_loss"] == approx(math.log(2))
+
+
+def test_mix_chord_given_args_need_a_clip_range_as_trinitys_constructor_does(tmp_path):
+    with pytest.raises(ConfigError, match=r"algorithm.policy_loss_fn_args: needs clip_range"):
+        plan_of(tmp_path, algorithm_type="mix_chord", policy_loss_fn_args={"mu_peak": 0.2})
+    with pytest.raises(ConfigError, match=r"algorithm.policy_loss_fn_args.mu_warmup_steps: must be a whole number"):
+        plan_of(tmp_path, algorithm_type="mix_chord", policy_loss_fn_args={"mu_warmup_steps": -1, "clip_range": 0.2})
+
+
+def test_sft_is_and_sft_phi_reweight_the_cross_entropy(tmp_path):
+    lp = [math.log(0.5), math.log(0.25)]
+    loss, m, grad = run_terms(plan_of(tmp_path, algorithm_type="raft", policy_loss_fn="sft_is"), [0.5, 0.25], 0.0)
+    assert m["actor/sft_is_loss"] == approx(-(0.5 * lp[0] + 0.25 * lp[1]) / 2) and grad == approx([-0.25, -0.125])
+    plan = plan_of(tmp_path, algorithm_type="raft", policy_loss_fn="sft_phi", policy_loss_fn_args={"cutoff_prob": 0.4})
+    loss, m, grad = run_terms(plan, [0.5, 0.25], 0.0)
+    # the first token is above the cutoff: its logprob is clamped at log 0.4 and carries no gradient
+    assert loss == approx(-(0.25 * math.log(0.4) + 0.1875 * lp[1]) / 2) and grad == approx([0.0, -0.1875 / 2])
+
+
+def test_mix_trains_no_kl_term_and_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"algorithm.kl_loss_fn_args.kl_coef: mix trains no KL term on Tinker"):
+        plan_of(tmp_path, algorithm_type="mix", kl_loss_fn="k2", kl_loss_fn_args={"kl_coef": 0.1})
+    assert plan_of(tmp_path, algorithm_type="mix_chord", kl_loss_fn_args={"kl_coef": 0.0}).kl_coef == 0.0
+
+
+# ---------------------------------------------------------------- dpo with a KL term
+
+
+def dpo_job(tmp_path, **algorithm):
+    raw = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
+    raw["checkpoint_root_dir"] = str(tmp_path)
+    raw["mode"] = "train"
+    raw["algorithm"] = {"algorithm_type": "dpo", **algorithm}
+    raw["buffer"]["trainer_input"] = {"experience_buffer": {"name": "pairs", "storage_type": "file",
+                                                            "path": str(tmp_path / "pairs.jsonl")}}
+    return load_config_dict(raw)
+
+
+def test_dpo_trains_trinitys_kl_term_beside_the_pair_loss(tmp_path):
+    plan = loss_plan(dpo_job(tmp_path, kl_loss_fn="k1", kl_loss_fn_args={"kl_coef": 0.1}))
+    assert (plan.kl_fn, plan.kl_coef, plan.is_dpo, plan.custom) == ("k1", 0.1, True, True)
+    # the dpo_humanlike example's pair; the KL term is token-mean over both replies' tokens
+    chosen = torch.tensor([math.log(0.5)] * 2, requires_grad=True)
+    rejected = torch.tensor([math.log(0.5)], requires_grad=True)
+    seqs = [terms.make_seq(0, [0.0] * 2, 0.0, [1, 1], 1 / 3, [math.log(0.25)] * 2),
+            terms.make_seq(0, [0.0], 0.0, [1], 1 / 3, [math.log(0.5)])]
+    loss, m = terms.compute_terms(plan, seqs, [chosen, rejected])
+    loss.backward()
+    z = 2 * math.log(2)
+    kl = 2 * math.log(2) / 3  # k1: lp - ref, log 2 on each chosen token, 0 on the rejected one
+    assert m["actor/dpo_loss"] == approx(math.log(1 + math.exp(-0.1 * z)))
+    assert m["actor/kl_loss"] == approx(kl) and m["actor/kl_coef"] == 0.1
+    assert float(loss) == approx(m["actor/dpo_loss"] + 0.1 * kl)
+    g = 0.1 / (1 + math.exp(0.1 * z))
+    assert chosen.grad.tolist() == approx([-g + 0.1 / 3] * 2) and rejected.grad.tolist() == approx([g + 0.1 / 3])
+
+
+def test_dpo_kl_defaults_follow_trinity_and_say_where_they_differ(tmp_path):
+    # kl_coef alone: Trinity's dpo estimator k2
+    assert loss_plan(dpo_job(tmp_path, kl_loss_fn_args={"kl_coef": 0.05})).kl_fn == "k2"
+    # nothing set: no KL term here, and validate says that Trinity would add one
+    cfg = dpo_job(tmp_path)
+    assert loss_plan(cfg).kl_coef == 0.0
+    assert any("Trinity adds a KL loss (k2, kl_coef 0.001) to dpo" in w for w in cfg.warnings)
+    # none: Trinity replaces it with k2 on dpo; here it means none, and validate says so
+    assert any("Trinity replaces it with k2 on dpo" in w for w in dpo_job(tmp_path, kl_loss_fn="none").warnings)
+
+
+# ---------------------------------------------------------------- what validate says about ppo's dual clip
+
+
+def test_the_dual_clip_is_only_warned_about_when_the_user_sets_it(tmp_path):
+    # a default grpo config does not warn about a setting nobody wrote (the note is logged at run start)
+    assert not any("clip_ratio_c" in w for w in job(tmp_path, algorithm_type="grpo").warnings)
+    # set explicitly, it is trained client-side, and validate says what that costs
+    cfg = job(tmp_path, algorithm_type="grpo", policy_loss_fn_args={"clip_range": 0.2, "clip_ratio_c": 3.0})
+    assert loss_plan(cfg).custom
+    assert any("clip_ratio_c 3.0: the ppo loss runs on this machine" in w for w in cfg.warnings), cfg.warnings

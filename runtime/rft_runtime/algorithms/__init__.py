@@ -1,5 +1,6 @@
-"""RL maths on plain data: Trinity-RFT's algorithm types (registry), their advantages (advantages) and the
-loss plan each config trains with (losses); the torch terms of the loss are in algorithms.terms.
+"""RL maths on plain data: Trinity-RFT's algorithm types (one class each in algorithms/types, found by
+registry), their parts (advantages, policy_losses) and the loss plan each config trains with (losses);
+the torch terms of the loss are in algorithms.terms.
 
     from rft_runtime.algorithms import compute_advantages, loss_plan
     compute_advantages("grpo", [1.0, 0.0, 1.0, 0.0])   # one task's group -> [0.866, -0.866, ...]
@@ -12,17 +13,18 @@ from rft_runtime.algorithms.advantages import (
     ADVANTAGE_ALGORITHMS,
     ADVANTAGE_FNS,
     ADVANTAGE_REFUSALS,
-    AlgorithmError,
     Sample,
     batch_advantages,
     check_advantage_args,
     compute_advantages,
     normalise_batch,
+    register_advantage,
 )
+from rft_runtime.algorithms.base import DATASET_KINDS, Algorithm, DataKind, register
+from rft_runtime.algorithms.errors import AlgorithmError
 from rft_runtime.algorithms.losses import (
     AGG_MODES,
     KL_FNS,
-    POLICY_LOSS_REFUSALS,
     POLICY_LOSSES,
     LossPlan,
     agg_scales,
@@ -31,11 +33,13 @@ from rft_runtime.algorithms.losses import (
     loss_spec,
     needs_custom_kl_loss,
 )
-from rft_runtime.algorithms.registry import ALGORITHMS, AlgorithmSpec, algorithm_spec, register
+from rft_runtime.algorithms.policy_losses import POLICY_LOSS_PARTS, PolicyLoss, register_policy_loss
+from rft_runtime.algorithms.registry import ALGORITHMS, algorithm_spec
 
 __all__ = [
-    "AGG_MODES", "ALGORITHMS", "ADVANTAGE_ALGORITHMS", "ADVANTAGE_FNS", "ADVANTAGE_REFUSALS", "KL_FNS",
-    "POLICY_LOSSES", "POLICY_LOSS_REFUSALS", "AlgorithmError", "AlgorithmSpec", "LossPlan", "Sample",
-    "agg_scales", "algorithm_spec", "batch_advantages", "check_advantage_args", "compute_advantages", "kl_coef",
-    "loss_plan", "loss_spec", "needs_custom_kl_loss", "normalise_batch", "register",
+    "AGG_MODES", "ALGORITHMS", "ADVANTAGE_ALGORITHMS", "ADVANTAGE_FNS", "ADVANTAGE_REFUSALS", "DATASET_KINDS",
+    "KL_FNS", "POLICY_LOSSES", "POLICY_LOSS_PARTS", "Algorithm", "AlgorithmError", "DataKind", "LossPlan",
+    "PolicyLoss", "Sample", "agg_scales", "algorithm_spec", "batch_advantages", "check_advantage_args",
+    "compute_advantages", "kl_coef", "loss_plan", "loss_spec", "needs_custom_kl_loss", "normalise_batch",
+    "register", "register_advantage", "register_policy_loss",
 ]

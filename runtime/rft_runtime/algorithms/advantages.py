@@ -15,9 +15,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class AlgorithmError(ValueError):
-    """An algorithm or algorithm argument this runtime cannot use; the message names it."""
+from rft_runtime.algorithms.errors import AlgorithmError
+from rft_runtime.config.paths import JOB
 
 
 @dataclass
@@ -386,6 +385,11 @@ ADVANTAGE_FNS: dict[str, tuple[Callable[..., Advantages], dict[str, Any]]] = {
 TOKEN_ADVANTAGE_FNS = ("on_policy_distill", "jsd")
 ADVANTAGE_ALGORITHMS = tuple(ADVANTAGE_FNS)
 
+
+def register_advantage(name: str, fn: Callable[..., Advantages], defaults: dict[str, Any]) -> None:
+    """Make `name` an advantage_fn the config accepts: fn(samples, **args) with Trinity-style defaults."""
+    ADVANTAGE_FNS[name] = (fn, dict(defaults))
+
 # Trinity advantage functions that cannot run here, and why (with what to use instead)
 ADVANTAGE_REFUSALS = {
     "ppo": "GAE needs a critic's value estimates, and Tinker trains only the policy's LoRA adapter; use grpo",
@@ -405,20 +409,23 @@ def check_advantage_args(name: str, args: Mapping[str, Any] | None) -> dict[str,
     if name not in ADVANTAGE_FNS:
         why = ADVANTAGE_REFUSALS.get(name)
         if why:
-            raise AlgorithmError(f"advantage_fn {name!r} cannot run on Tinker: {why}")
-        raise AlgorithmError(f"unknown advantage_fn {name!r}; this runtime computes "
-                             f"{', '.join(ADVANTAGE_ALGORITHMS)}")
+            raise AlgorithmError(f"{name!r} cannot run on Tinker: {why}", JOB.algorithm.advantage_fn)
+        raise AlgorithmError(f"unknown advantage_fn {name!r}; this runtime computes {', '.join(ADVANTAGE_FNS)}",
+                             JOB.algorithm.advantage_fn)
     defaults = ADVANTAGE_FNS[name][1]
     unknown = sorted(set(args or {}) - set(defaults))
     if unknown:
-        raise AlgorithmError(f"algorithm.advantage_fn_args: {', '.join(unknown)} not used by {name} "
-                             f"(accepted: {', '.join(defaults) or 'none'})")
+        raise AlgorithmError(f"{', '.join(unknown)} not used by {name} (accepted: {', '.join(defaults) or 'none'})",
+                             JOB.algorithm.advantage_fn_args)
     merged = dict(defaults)
     merged.update({k: v for k, v in (args or {}).items()})
     # validate the values now: run the function on a trivial batch
     probe = {"teacher_logprobs": [-1.0]}
-    ADVANTAGE_FNS[name][0]([Sample("t", 0, 0.0, info=probe, logprobs=[-1.0]),
-                            Sample("t", 1, 1.0, info=probe, logprobs=[-2.0])], **merged)
+    try:
+        ADVANTAGE_FNS[name][0]([Sample("t", 0, 0.0, info=probe, logprobs=[-1.0]),
+                                Sample("t", 1, 1.0, info=probe, logprobs=[-2.0])], **merged)
+    except AlgorithmError as exc:
+        raise exc.at(JOB.algorithm.advantage_fn_args) from None
     return merged
 
 

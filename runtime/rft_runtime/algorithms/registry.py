@@ -1,99 +1,52 @@
-"""One table of Trinity-RFT 0.6's algorithm types: what each is made of (Trinity's defaults) and, for the
-ones that cannot run on Tinker, why and what to use instead. The catalog, the validator and the trainer
-all read it, so adding an algorithm is one `register` call (plus its maths, if new).
-
-    @register("grpo", advantage_fn="grpo", policy_loss_fn="ppo")
+"""The algorithm types: every file in algorithms/types registers its own (`@register`), so adding an
+algorithm is one file there. The catalog, the validator, the loss plan and the loop read them from here.
 
 No torch here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import pkgutil
 
-from rft_runtime.algorithms.advantages import AlgorithmError
+from rft_runtime.algorithms import types as _types
+from rft_runtime.algorithms.base import ALGORITHMS, DATASET_KINDS, Algorithm, register
+from rft_runtime.algorithms.errors import AlgorithmError
+from rft_runtime.config.paths import JOB
+from rft_runtime.config.trinity_facts import REGISTRIES
 
+for _module in pkgutil.iter_modules(_types.__path__):
+    importlib.import_module(f"{_types.__name__}.{_module.name}")
 
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """An algorithm type with Trinity's default parts; `refusal` set when Tinker cannot train it."""
-
-    name: str
-    advantage_fn: str | None = None
-    policy_loss_fn: str = "ppo"
-    kl_loss_fn: str = "k2"
-    entropy_loss_fn: str = "default"
-    sample_strategy: str = "default"
-    # what it learns from: rollouts ("experience"), or a dataset ("sft", "cpt", "dpo")
-    schema: str = "experience"
-    refusal: str | None = None
-    # multi-turn runs: the advantage broadcasts over the steps of a run (step_wise_grpo, gigpo)
-    multi_step: bool = False
+__all__ = ["ALGORITHMS", "Algorithm", "algorithm_spec", "dataset_algorithms", "register", "tinker_algorithms",
+           "tinker_refusals"]
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {}
+def _in_trinity_order(names: list[str]) -> tuple[str, ...]:
+    # rollout algorithms before dataset ones, each in Trinity's registration order, then any only here
+    order = {name: i for i, name in enumerate(REGISTRIES["algorithms"])}
+    return tuple(sorted(names, key=lambda n: (ALGORITHMS[n].data != "rollouts", order.get(n, len(order)), n)))
 
 
-def register(name: str, **parts: object) -> AlgorithmSpec:
-    """Add algorithm `name` (Trinity's registered name) with its parts; returns its spec."""
-    spec = AlgorithmSpec(name=name, **parts)  # type: ignore[arg-type]
-    ALGORITHMS[name] = spec
-    return spec
-
-
-# ---- trained on Tinker (parts are Trinity 0.6's default_config of each algorithm)
-register("grpo", advantage_fn="grpo")
-register("dapo", advantage_fn="grpo", kl_loss_fn="none")
-register("reinforceplusplus", advantage_fn="reinforceplusplus")
-register("rloo", advantage_fn="rloo")
-register("opmd", advantage_fn="opmd", policy_loss_fn="opmd")
-register("asymre", advantage_fn="asymre", policy_loss_fn="opmd", kl_loss_fn="none", entropy_loss_fn="none")
-register("topr", advantage_fn="reinforce", policy_loss_fn="topr")
-register("cispo", advantage_fn="grpo", policy_loss_fn="cispo")
-register("gspo", advantage_fn="grpo", policy_loss_fn="gspo")
-register("sapo", advantage_fn="grpo", policy_loss_fn="sapo")
-register("sppo", advantage_fn="opmd", policy_loss_fn="sppo", kl_loss_fn="none", entropy_loss_fn="none")
-register("rec", advantage_fn="rec", policy_loss_fn="rec")
-register("raft", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none")
-register("multi_step_grpo", advantage_fn="step_wise_grpo", multi_step=True)
-register("gigpo", advantage_fn="gigpo", multi_step=True)
-register("sft", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none", schema="sft")
-# continued pre-training: cross-entropy on every token of raw text after the first (Trinity's prompt_length 1)
-register("cpt", policy_loss_fn="sft", kl_loss_fn="none", entropy_loss_fn="none", schema="cpt")
-# Trinity forces a k2 KL loss on dpo only so that its trainer computes reference logprobs; the DPO loss
-# reads them itself here, so no KL term is added unless asked for
-register("dpo", policy_loss_fn="dpo", kl_loss_fn="none", entropy_loss_fn="none", schema="dpo")
-# the teacher is explorer.auxiliary_models[0]; its logprobs come from the workflow
-# (info["teacher_logprobs"]) or, when it gives none, from the teacher's sampler here
-register("on_policy_distill", advantage_fn="on_policy_distill", kl_loss_fn="none", entropy_loss_fn="none")
-register("jsd", advantage_fn="jsd", kl_loss_fn="none", entropy_loss_fn="none")
-
-# ---- refused on Tinker, each with the reason and an alternative
-register("ppo", advantage_fn="ppo", schema="experience",
-         refusal="it trains a critic (value model) for GAE advantages, and Tinker trains only the policy's LoRA "
-                 "adapter; use grpo (a group baseline instead of a critic) or the veRL backend")
-register("grpo_verl", advantage_fn="grpo_verl",
-         refusal="it is veRL's own batch-tensor GRPO implementation; use grpo (the same maths per task group)")
-register("mix", advantage_fn="grpo", policy_loss_fn="mix", sample_strategy="mix", entropy_loss_fn="mix")
-register("mix_chord", advantage_fn="grpo", policy_loss_fn="mix_chord", sample_strategy="mix",
-         entropy_loss_fn="mix",
-         refusal="CHORD's weighting of the expert data (sft_is / sft_phi, its mu schedule) is not implemented on "
-                 "Tinker yet; use mix (expert SFT data with a fixed mu), or the veRL backend")
-
-
-def algorithm_spec(name: str) -> AlgorithmSpec:
-    """The spec of algorithm `name`; an AlgorithmError for a name Trinity does not register."""
+def algorithm_spec(name: str) -> type[Algorithm]:
+    """The algorithm type `name`; an AlgorithmError for a name no file in algorithms/types registers."""
     try:
         return ALGORITHMS[name]
     except KeyError:
-        raise AlgorithmError(f"unknown algorithm {name!r}; Trinity-RFT knows: {', '.join(ALGORITHMS)}") from None
+        raise AlgorithmError(f"unknown algorithm {name!r}; Trinity-RFT knows: {', '.join(_in_trinity_order(list(ALGORITHMS)))}",
+                             JOB.algorithm.algorithm_type) from None
 
 
 def tinker_algorithms() -> tuple[str, ...]:
     """The algorithm types this runtime trains on Tinker."""
-    return tuple(n for n, s in ALGORITHMS.items() if not s.refusal)
+    return _in_trinity_order([n for n, a in ALGORITHMS.items() if not a.refusal])
 
 
 def tinker_refusals() -> dict[str, str]:
     """Algorithm type -> why it cannot run on Tinker (with an alternative)."""
-    return {n: s.refusal for n, s in ALGORITHMS.items() if s.refusal}
+    return {n: ALGORITHMS[n].refusal or "" for n in _in_trinity_order([n for n, a in ALGORITHMS.items() if a.refusal])}
+
+
+def dataset_algorithms() -> tuple[str, ...]:
+    """The algorithm types that learn from a fixed dataset (sft, dpo, cpt) rather than from rollouts."""
+    return _in_trinity_order([n for n, a in ALGORITHMS.items() if a.data in DATASET_KINDS])

@@ -12,13 +12,15 @@ server returns none).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rft_runtime.algorithms.losses import LossPlan, clip_bounds
+from rft_runtime.algorithms.losses import LossPlan, agg_scales
+from rft_runtime.algorithms.policy_losses import clip_bounds, mu_at
 
 
 @dataclass
@@ -154,11 +156,27 @@ def _sft(lp, old, a, m, args):
     return -lp, None
 
 
+def _sft_is(lp, old, a, m, args):
+    # cross-entropy weighted by the token's probability (no gradient through the weight)
+    return -lp * torch.exp(lp).detach(), None
+
+
+def _sft_phi(lp, old, a, m, args):
+    # cross-entropy weighted by phi = p (1 - p), which lowers the weight of tokens the model is already sure
+    # or hopeless about; with cutoff_prob < 1 a token above it carries no gradient (its logprob is clamped)
+    p = torch.exp(lp).detach()
+    cutoff = float(args.get("cutoff_prob", 1.0))
+    if cutoff < 1.0:
+        lp = torch.clamp(lp, max=math.log(cutoff))
+    return -lp * (p * (1 - p)), None
+
+
 POLICY_TERMS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
     "ppo": _ppo, "gspo": _gspo, "cispo": _cispo, "sapo": _sapo, "topr": _topr, "sppo": _sppo,
-    "importance_sampling": _importance_sampling, "opmd": _opmd, "rec": _rec, "sft": _sft,
-    "dpo": _sft,  # placeholder: dpo is a loss over pairs, computed by dpo_terms
-    "mix": _ppo,  # placeholder: mix splits the step, computed by mix_terms
+    "importance_sampling": _importance_sampling, "opmd": _opmd, "rec": _rec, "sft": _sft, "sft_is": _sft_is,
+    "sft_phi": _sft_phi,
+    # dpo (a loss over pairs) and mix / mix_chord (a loss over two parts of the step) are dpo_terms and
+    # mix_terms below
 }
 
 
@@ -202,8 +220,6 @@ def _pg_scales(plan: LossPlan, seqs: Sequence[Seq]) -> list[float]:
     # rec aggregates its own way, whatever loss_agg_mode says (Trinity's masked_mean, or per sequence)
     if plan.policy_loss != "rec":
         return [s.scale for s in seqs]
-    from rft_runtime.algorithms.losses import agg_scales
-
     mode = "seq-mean-token-mean" if plan.policy_args["clip_mode"] == "gspo-one-side" else "token-mean"
     return agg_scales(mode, [int(s.mask.sum()) for s in seqs])
 
@@ -230,20 +246,20 @@ def dpo_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tens
         "actor/chosen_reward": beta * float(chosen.detach().mean()),
         "actor/rejected_reward": beta * float(rejected.detach().mean()),
         "actor/accuracy_mean": float((chosen.detach() > rejected.detach()).float().mean()),
-        "actor/final_loss": float(loss.detach()),
     }
     return loss, metrics
 
 
-def mix_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor]
+def mix_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor], step: int = 0
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """MIX: (1 - mu) x PPO-clip over the rollouts + mu x cross-entropy over the expert data, each aggregated
-    over its own part (grpo_loss_agg_mode / sft_loss_agg_mode, else loss_agg_mode), as Trinity's mix loss;
-    an entropy bonus counts the rollouts only (entropy_loss_fn mix)."""
-    from rft_runtime.algorithms.losses import agg_scales
-
+    over its own part (grpo_loss_agg_mode / sft_loss_agg_mode, else loss_agg_mode), as Trinity's mix loss.
+    mix_chord (CHORD): mu follows its schedule at train step `step` (policy_losses.mu_at), and with
+    enable_phi_function the expert tokens' cross-entropy is weighted by p (1 - p) (sft_phi)."""
     args = plan.policy_args
-    mu = float(args["mu"])
+    chord = plan.policy_loss == "mix_chord"
+    mu = mu_at(args, step) if chord else float(args["mu"])
+    expert_fn, expert_name = (_sft_phi, "sft_phi_loss") if chord and args["enable_phi_function"] else (_sft, "sft_loss")
     # Trinity's mix builds its ppo loss from the clip ranges alone: the rest are PPOPolicyLossFn's defaults
     ppo_args = {"clip_ratio_c": 3.0, "enable_sequence_masking": False, "delta_sequence_masking": 0.1,
                 "fallback_to_policy_gradient": False, "clip_range": args["clip_range"],
@@ -252,7 +268,7 @@ def mix_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tens
     for seq, full in zip(seqs, logprobs, strict=True):
         parts[seq.expert].append((seq, full[seq.start: seq.start + len(seq.old)].float()))
     total = torch.zeros(())
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"actor/mu": mu} if chord else {}
     for expert, items in parts.items():
         if not items:
             continue
@@ -261,57 +277,70 @@ def mix_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tens
         term = torch.zeros(())
         clipped = tokens = 0.0
         for (seq, lp), scale in zip(items, scales, strict=True):
-            loss_t, clip_t = (_sft if expert else _ppo)(lp, seq.old, seq.adv, seq.mask, ppo_args)
+            loss_t, clip_t = (expert_fn if expert else _ppo)(lp, seq.old, seq.adv, seq.mask, ppo_args)
             term = term + scale * (loss_t * seq.mask).sum()
             tokens += float(seq.mask.sum())
             if clip_t is not None:
                 clipped += float((clip_t.float() * seq.mask).sum())
         if expert:
             total = total + mu * term
-            metrics["actor/sft_loss"] = metrics["actor/expert/sft_loss"] = float(term.detach())
+            metrics["actor/sft_loss"] = metrics[f"actor/expert/{expert_name}"] = float(term.detach())
         else:
             total = total + (1 - mu) * term
             metrics["actor/pg_loss"] = metrics["actor/usual/pg_loss"] = float(term.detach())
             metrics["actor/pg_clipfrac"] = clipped / tokens if tokens else 0.0
-            if plan.entropy_coef:
-                ent = sum(seq.scale * (entropy_terms(lp) * seq.mask).sum() for seq, lp in items)
-                total = total - plan.entropy_coef * ent
-                metrics["actor/entropy_loss"] = float(ent.detach())
-    metrics["actor/final_loss"] = float(total.detach())
     return total, metrics
 
 
-def compute_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor]
+def _policy_terms(plan: LossPlan, seqs: Sequence[Seq], lps: Sequence[torch.Tensor]
                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The step's loss (differentiable in `logprobs`, one tensor per datum) and Trinity's actor metrics."""
-    if plan.is_dpo:
-        return dpo_terms(plan, seqs, logprobs)
-    if plan.is_mix:
-        return mix_terms(plan, seqs, logprobs)
-    fn = POLICY_TERMS[plan.policy_loss]
-    pg_scales = _pg_scales(plan, seqs)
-    pg = kl = ent = torch.zeros(())
+    """A per-token policy loss aggregated over the step, with its clip fraction and approximate KL."""
+    fn = POLICY_TERMS.get(plan.policy_loss) or plan.loss.term
+    if fn is None:
+        raise ValueError(f"policy loss {plan.policy_loss!r} has no torch term (algorithms.terms.POLICY_TERMS, or "
+                         "PolicyLoss.term)")
+    pg = torch.zeros(())
     clipped = tokens = ppo_kl = 0.0
-    for seq, full, pg_scale in zip(seqs, logprobs, pg_scales, strict=True):
-        lp = full[seq.start: seq.start + len(seq.old)].float()
+    for seq, lp, pg_scale in zip(seqs, lps, _pg_scales(plan, seqs), strict=True):
         m = seq.mask
         loss_t, clip_t = fn(lp, seq.old, seq.adv, m, plan.policy_args)
         pg = pg + pg_scale * (loss_t * m).sum()
-        if plan.uses_reference and seq.ref is not None:
-            kl = kl + seq.scale * (kl_terms(plan.kl_fn, lp, seq.ref, seq.old) * m).sum()
-        if plan.entropy_coef:
-            ent = ent + seq.scale * (entropy_terms(lp) * m).sum()
-        n = float(m.sum())
-        tokens += n
+        tokens += float(m.sum())
         if clip_t is not None:
             clipped += float((clip_t.float() * m).sum())
         ppo_kl += float(((seq.old - lp.detach()) * m).sum())
-    total = pg + plan.kl_coef * kl - plan.entropy_coef * ent
     metrics = {"actor/pg_loss": float(pg.detach()), "actor/ppo_kl": ppo_kl / tokens if tokens else 0.0}
-    if plan.policy_loss != "sft":
+    if plan.loss.needs_advantage:
         metrics["actor/pg_clipfrac"] = clipped / tokens if tokens else 0.0
+    else:  # sft_loss, sft_is_loss, sft_phi_loss (Trinity's names)
+        metrics[f"actor/{plan.policy_loss}_loss"] = float(pg.detach())
+    return pg, metrics
+
+
+def compute_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.Tensor], step: int = 0
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The step's loss (differentiable in `logprobs`, one tensor per datum) and Trinity's actor metrics:
+    pg_loss + kl_coef * kl_loss - entropy_coef * entropy_loss. `step` is the stage's train step (1-based),
+    which mix_chord's mu schedule reads."""
+    lps = [full[seq.start: seq.start + len(seq.old)].float() for seq, full in zip(seqs, logprobs, strict=True)]
+    if plan.is_dpo:
+        total, metrics = dpo_terms(plan, seqs, logprobs)
+    elif plan.is_mix:
+        total, metrics = mix_terms(plan, seqs, logprobs, step)
     else:
-        metrics["actor/sft_loss"] = float(pg.detach())
+        total, metrics = _policy_terms(plan, seqs, lps)
+    kl = ent = torch.zeros(())
+    for seq, lp in zip(seqs, lps, strict=True):
+        if seq.expert:  # the KL and entropy terms are over the rollouts (entropy_loss_fn mix)
+            continue
+        if plan.uses_reference and seq.ref is not None:
+            # dpo's replies were not sampled: their old logprobs are the policy's own at the step (one
+            # update per batch, as in veRL), which only corrected_k3 reads
+            old = lp.detach() if plan.is_dpo else seq.old
+            kl = kl + seq.scale * (kl_terms(plan.kl_fn, lp, seq.ref, old) * seq.mask).sum()
+        if plan.entropy_coef:
+            ent = ent + seq.scale * (entropy_terms(lp) * seq.mask).sum()
+    total = total + plan.kl_coef * kl - plan.entropy_coef * ent
     if plan.uses_reference:
         metrics["actor/kl_loss"] = float(kl.detach())
         metrics["actor/kl_coef"] = plan.kl_coef
@@ -321,19 +350,19 @@ def compute_terms(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[torch.
     return total, metrics
 
 
-def step_loss(plan: LossPlan, seqs: Sequence[Seq]) -> Callable[[list[Any], list[torch.Tensor]],
-                                                              tuple[torch.Tensor, dict[str, float]]]:
-    """The loss function for forward_backward_custom over datums aligned with `seqs`."""
+def step_loss(plan: LossPlan, seqs: Sequence[Seq], step: int = 0
+              ) -> Callable[[list[Any], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]:
+    """The loss function for forward_backward_custom over datums aligned with `seqs`, at train step `step`."""
 
     def loss_fn(data: list[Any], logprobs_list: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return compute_terms(plan, seqs, logprobs_list)
+        return compute_terms(plan, seqs, logprobs_list, step)
 
     return loss_fn
 
 
-def step_metrics(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[Any]) -> dict[str, float]:
+def step_metrics(plan: LossPlan, seqs: Sequence[Seq], logprobs: Sequence[Any], step: int = 0) -> dict[str, float]:
     """Trinity's actor metrics from the logprobs a built-in forward_backward returned."""
     with torch.no_grad():
         tensors = [torch.as_tensor(lp, dtype=torch.float32) for lp in logprobs]
-        _, metrics = compute_terms(plan, seqs, tensors)
+        _, metrics = compute_terms(plan, seqs, tensors, step)
     return metrics

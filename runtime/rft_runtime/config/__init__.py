@@ -5,7 +5,8 @@
 """
 
 from rft_runtime.config.errors import ConfigError, ConfigIssue
-from rft_runtime.config.loader import deep_merge, load_config, load_config_dict, read_layers, read_yaml
+from rft_runtime.config.layers import deep_merge
+from rft_runtime.config.loader import load_config, load_config_dict, read_layers, read_yaml
 from rft_runtime.config.models import JobConfig
 from rft_runtime.config.secrets import API_KEY_VARS, redact, tinker_api_key
 

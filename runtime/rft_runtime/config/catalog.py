@@ -19,14 +19,14 @@ TINKER_MODES = ("both", "train")
 
 # Every algorithm Trinity-RFT 0.6 registers: a veRL job may use any of them.
 KNOWN_ALGORITHMS = REGISTRIES["algorithms"]
-# What trains on Tinker, and why the rest cannot, come from the algorithm registry
-# (rft_runtime.algorithms.registry): one `register` call per Trinity algorithm type.
+# What trains on Tinker, and why the rest cannot, come from the algorithm types (rft_runtime.algorithms.types,
+# one class each, read by rft_runtime.algorithms.registry).
 TINKER_ALGORITHMS = _registry.tinker_algorithms()
-# Algorithms that learn from a fixed dataset rather than from rollouts.
-OFFLINE_ALGORITHMS = ("sft", "dpo", "cpt")
+# Algorithms that learn from a fixed dataset rather than from rollouts (their data kind).
+OFFLINE_ALGORITHMS = _registry.dataset_algorithms()
 # Why each algorithm Trinity knows cannot run on Tinker here, with what to use instead (shown to the user).
 TINKER_REFUSALS = _registry.tinker_refusals()
-TINKER_REFUSAL_DEFAULT = "it is not in this runtime's algorithm registry (rft_runtime.algorithms.registry)"
+TINKER_REFUSAL_DEFAULT = "no file in rft_runtime/algorithms/types registers it"
 
 MONITOR_TYPES = ("tensorboard", "wandb", "mlflow", "swanlab", "none")
 SYNC_METHODS = ("nccl", "checkpoint", "memory")

@@ -9,16 +9,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from rft_runtime.algorithms import registry
 from rft_runtime.config import catalog, support
-from rft_runtime.config.errors import ConfigIssue
-from rft_runtime.config.loader import _short, suggest
+from rft_runtime.config.errors import ConfigIssue, did_you_mean, short
 from rft_runtime.config.models import JobConfig, TasksetConfig
-
-
-def _suggest(name: str, choices: tuple[str, ...]) -> str:
-    hint = suggest(name, choices)
-    return f"did you mean '{hint}'? " if hint else ""
 
 
 def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...], ours: tuple[str, ...],
@@ -36,7 +29,7 @@ def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...
             f"runtime runs: {', '.join(ours)}; or give your own as '{form}'")))
         return
     issues.append(ConfigIssue(path, (
-        f"unknown {what} {name!r}; {_suggest(name, runnable)}known: {', '.join(runnable)}; "
+        f"unknown {what} {name!r}; {did_you_mean(name, runnable)}known: {', '.join(runnable)}; "
         f"or give your own as '{form}'"), soft=True))
 
 
@@ -57,7 +50,7 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
             accepts, why = rule
             if not accepts(value, cfg):
                 issues.append(ConfigIssue(path, (
-                    f"{_short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
+                    f"{short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
                     "remove it, or train with veRL (model.tinker.enable: false)")))
         elif support.treatment(owner, name) == support.NO_EFFECT:
             # what is inside an idle field is idle too; lora_configs has a warning of its own
@@ -69,10 +62,10 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
         warnings.append(f"no effect on the Tinker backend: {', '.join(paths)}")
 
 
-def _check_algorithm_args(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
+def _check_algorithm(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
     """Every algorithm setting the runtime would reject at its first step (unknown arguments, losses and
-    settings Tinker cannot train), found at load time by building the loss plan; its notes (where the
-    trained loss differs from Trinity's) become warnings."""
+    settings Tinker cannot train, what the algorithm type checks itself), found at load time by building the
+    loss plan (rft_runtime.algorithms.losses); its warnings are the file's."""
     from rft_runtime.algorithms import AlgorithmError, loss_plan
 
     if cfg.algorithm.algorithm_type not in catalog.TINKER_ALGORITHMS:
@@ -80,15 +73,8 @@ def _check_algorithm_args(cfg: JobConfig, warnings: list[str]) -> list[ConfigIss
     try:
         plan = loss_plan(cfg)
     except AlgorithmError as exc:
-        message = str(exc)
-        path = "algorithm"
-        if message.split(" ", 1)[0].rstrip(":").split(".")[0] in ("algorithm", "explorer", "buffer"):
-            head, _, rest = message.partition(" ")
-            path, message = head.rstrip(":"), rest
-        elif message.startswith("advantage_fn "):
-            path = "algorithm.advantage_fn"
-        return [ConfigIssue(path, message)]
-    warnings.extend(f"algorithm: {note}" for note in plan.notes)
+        return [i if i.path else ConfigIssue("algorithm", i.message) for i in exc.issues]
+    warnings.extend(plan.warnings)
     return []
 
 
@@ -113,12 +99,12 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
     buffer = cfg.buffer
     backend = cfg.backend
 
-    # --- algorithm
-    if algo not in catalog.KNOWN_ALGORITHMS:
+    # --- algorithm (Trinity's, or one a file in rft_runtime/algorithms/types adds for Tinker)
+    if algo not in catalog.KNOWN_ALGORITHMS and not (backend == "tinker" and algo in catalog.TINKER_ALGORITHMS):
         issues.append(
             ConfigIssue(
                 "algorithm.algorithm_type",
-                f"unknown algorithm {algo!r}; {_suggest(algo, catalog.KNOWN_ALGORITHMS)}"
+                f"unknown algorithm {algo!r}; {did_you_mean(algo, catalog.KNOWN_ALGORITHMS)}"
                 f"Trinity-RFT knows: {', '.join(catalog.KNOWN_ALGORITHMS)}",
                 soft=True,
             )
@@ -159,15 +145,15 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
         if "sync_method" in (raw.get("synchronizer") or {}) and cfg.synchronizer.sync_method == "nccl":
             warnings.append("synchronizer.sync_method 'nccl' becomes 'checkpoint' on Tinker (as in Trinity): "
                             "new weights reach the sampler as saved sampler weights")
-        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in ("sft", "dpo", "cpt"):
+        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in catalog.OFFLINE_ALGORITHMS:
             issues.append(
                 ConfigIssue(
                     "mode",
-                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type sft, dpo or cpt; "
-                    f"{algo!r} learns from rollouts: use mode 'both'",
+                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type "
+                    f"{' or '.join(catalog.OFFLINE_ALGORITHMS)}; {algo!r} learns from rollouts: use mode 'both'",
                 )
             )
-        if cfg.mode == "both" and algo in ("sft", "dpo", "cpt"):
+        if cfg.mode == "both" and algo in catalog.OFFLINE_ALGORITHMS:
             issues.append(
                 ConfigIssue(
                     "algorithm.algorithm_type",
@@ -175,21 +161,8 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
                     "buffer.trainer_input.experience_buffer.path",
                 )
             )
-        issues.extend(_check_algorithm_args(cfg, warnings))
+        issues.extend(_check_algorithm(cfg, warnings))
         _check_tinker_support(cfg, issues, warnings)
-        if algo == "grpo" and cfg.algorithm.repeat_times == 1 and cfg.mode == "both":
-            warnings.append(
-                "algorithm.repeat_times is 1: grpo compares rollouts of the same task, and a group of one has "
-                "no baseline (its advantage is its reward, as in Trinity); use repeat_times >= 2"
-            )
-        spec = registry.ALGORITHMS.get(algo)
-        if (spec and not spec.refusal and spec.kl_loss_fn != "none" and cfg.algorithm.kl_loss_fn is None
-                and cfg.algorithm.kl_loss_fn_args is None):
-            warnings.append(
-                f"algorithm.kl_loss_fn_args is not set: Trinity adds a KL loss ({spec.kl_loss_fn}, kl_coef 0.001) "
-                "to {algo} by default; on Tinker this runtime adds none unless kl_loss_fn or "
-                "kl_loss_fn_args.kl_coef is set".replace("{algo}", algo)
-            )
         if model.lora_configs:
             warnings.append(
                 "model.lora_configs is ignored with model.tinker.enable: true; "

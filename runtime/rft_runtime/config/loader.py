@@ -8,10 +8,7 @@ sees all problems of a file in one go instead of fixing them one run at a time.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
-import types
-import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rft_runtime.config.errors import ConfigError, ConfigIssue
-from rft_runtime.config.models import JobConfig
+from rft_runtime.config.errors import ConfigError, ConfigIssue, did_you_mean, short, suggest
+from rft_runtime.config.layers import deep_merge, stage_data
+from rft_runtime.config.models import STAGE_KEYS, JobConfig
+from rft_runtime.config.paths import unwrap
 
 _MAX_ROUNDS = 8
 
@@ -39,30 +38,6 @@ def format_path(loc: Sequence[Any]) -> str:
     return out
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _unwrap(annotation: Any) -> list[Any]:
-    """The classes inside Optional / list / dict / union annotations."""
-    origin = typing.get_origin(annotation)
-    if origin is None:
-        return [annotation]
-    out: list[Any] = []
-    args = typing.get_args(annotation)
-    if origin in (list, tuple, set, Sequence):
-        for a in args:
-            out.extend(_unwrap(a))
-    elif origin is dict:
-        if len(args) == 2:
-            out.extend(_unwrap(args[1]))
-    elif origin in (typing.Union, types.UnionType):
-        for a in args:
-            out.extend(_unwrap(a))
-    return out
-
-
 def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     """The config section class found by following `loc` from JobConfig (None past free-form dicts)."""
     current: list[Any] = [JobConfig]
@@ -74,7 +49,7 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
             if isinstance(cls, type) and issubclass(cls, BaseModel):
                 field = cls.model_fields.get(part)
                 if field is not None:
-                    nxt.extend(_unwrap(field.annotation))
+                    nxt.extend(unwrap(field.annotation))
                 else:
                     # a key of a dict[str, Section] field: stay on the dict's value class
                     nxt.append(cls)
@@ -82,13 +57,6 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
         if not current:
             return None
     return current[0] if current else None
-
-
-def suggest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest valid name to a misspelt one, if any is close."""
-    lowered = {c.lower(): c for c in choices}
-    hit = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[hit[0]] if hit else None
 
 
 # ---------------------------------------------------------------- YAML and interpolation
@@ -140,17 +108,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             str(path),
         )
     return data
-
-
-def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """`overlay` on top of `base`: mappings merge key by key, anything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _walk(obj: Any, loc: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], Any]]:
@@ -250,15 +207,15 @@ def _issue_from_error(err: dict[str, Any], prefix: tuple[Any, ...]) -> tuple[Con
         expected = err.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
         hint = suggest(str(value), choices) if isinstance(value, str) else None
-        msg = f"{_short(value)} is not a valid choice; use one of: {', '.join(choices)}"
+        msg = f"{short(value)} is not a valid choice; use one of: {', '.join(choices)}"
         if hint:
-            msg = f"{_short(value)} is not a valid choice; did you mean '{hint}'? (one of: {', '.join(choices)})"
+            msg = f"{short(value)} is not a valid choice; did you mean '{hint}'? (one of: {', '.join(choices)})"
         return ConfigIssue(path, msg), loc
     if kind == "missing":
         return ConfigIssue(path, "is required; add it"), loc
     text = err["msg"]
     text = text[0].lower() + text[1:] if text else kind
-    return ConfigIssue(path, f"{text}, got {_short(value)}"), loc
+    return ConfigIssue(path, f"{text}, got {short(value)}"), loc
 
 
 def validate_structure(
@@ -286,35 +243,16 @@ def validate_structure(
 
 
 def _finish(cfg: JobConfig, base_dir: Path | None) -> JobConfig:
-    """Fill the values Trinity derives: absolute root dir, base model, context length, trainer type."""
+    """Make checkpoint_root_dir absolute (a relative one is against `base_dir`, else the working directory).
+
+    Values Trinity derives from others (tinker.base_model, max_model_len, the sync method and trainer type
+    on Tinker, a taskset's prompt_type) are not written in: the models derive them (`ModelConfig.context_len`,
+    `JobConfig.sync_method`, ...), so a stage that changes what they derive from changes them too.
+    """
     root = Path(cfg.checkpoint_root_dir or ".").expanduser()
     if not root.is_absolute():
         root = (base_dir or Path.cwd()) / root
     cfg.checkpoint_root_dir = str(root.resolve())
-    m = cfg.model
-    derived = cfg._derived
-    if m.tinker.enable and m.tinker.base_model is None and m.model_path:
-        m.tinker.base_model = m.model_path
-        derived.add("model.tinker.base_model")
-    if m.max_model_len is None and m.max_prompt_tokens and m.max_response_tokens:
-        m.max_model_len = m.max_prompt_tokens + m.max_response_tokens
-        derived.add("model.max_model_len")
-    if m.tinker.enable:
-        if "sync_method" not in cfg.synchronizer.model_fields_set or cfg.synchronizer.sync_method == "nccl":
-            # as Trinity does: Tinker has no NCCL group to broadcast weights over
-            cfg.synchronizer.sync_method = "checkpoint"
-            derived.add("synchronizer.sync_method")
-        cfg.trainer.trainer_type = "tinker"
-        derived.add("trainer.trainer_type")
-    inputs = cfg.buffer.explorer_input
-    tasksets = [("taskset", inputs.taskset)]
-    tasksets += [(f"{key}.{i}", ts) for key in ("tasksets", "eval_tasksets") for i, ts in enumerate(getattr(inputs, key))]
-    for where, ts in tasksets:
-        if "prompt_type" not in ts.format.model_fields_set:
-            # Trinity reads prompt_type for SFT/DPO data only; its workflows read a task by prompt_key
-            ts.format.prompt_type = "plaintext"
-            ts.format.model_fields_set.discard("prompt_type")
-            derived.add(f"buffer.explorer_input.{where}.format.prompt_type")
     return cfg
 
 
@@ -352,12 +290,6 @@ def _load(data: dict[str, Any], source: str | None, partial: bool, base_dir: Pat
     return cfg
 
 
-def _stage_data(base: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
-    merged = {k: v for k, v in base.items() if k != "stages"}
-    overlay = {k: v for k, v in stage.items() if k != "stage_name"}
-    return deep_merge(merged, overlay)
-
-
 def _check_stage(
     base: dict[str, Any], stage: Any, index: int, partial: bool, warnings: list[str], seen: list[ConfigIssue]
 ) -> list[ConfigIssue]:
@@ -365,19 +297,16 @@ def _check_stage(
 
     where = f"stages[{index}]"
     if not isinstance(stage, dict):
-        return [ConfigIssue(where, f"a stage must be a mapping with stage_name and sections, got {_short(stage)}")]
+        return [ConfigIssue(where, f"a stage must be a mapping with stage_name and sections, got {short(stage)}")]
     issues: list[ConfigIssue] = []
     if not stage.get("stage_name"):
         issues.append(ConfigIssue(f"{where}.stage_name", "is required; name each stage"))
-    from rft_runtime.config.models import STAGE_KEYS
-
     for key in stage:
         if key not in STAGE_KEYS:
-            hint = suggest(str(key), STAGE_KEYS)
-            did = f"did you mean '{hint}'? " if hint else ""
+            did = did_you_mean(str(key), STAGE_KEYS)
             issues.append(ConfigIssue(f"{where}.{key}", f"a stage cannot set '{key}'; {did}a stage holds: "
                                                          f"{', '.join(STAGE_KEYS)}"))
-    merged = _stage_data(base, stage)
+    merged = stage_data(base, stage)
     cfg, structural = validate_structure(merged)
     for issue in structural:
         # problems in keys the stage sets are the stage's; the rest were already reported for the base
@@ -391,27 +320,6 @@ def _check_stage(
             if moved not in seen and moved not in issues:
                 issues.append(moved)
     return issues
-
-
-def expand_stages(cfg: JobConfig) -> list[JobConfig]:
-    """The stages of a loaded config as complete configs, in order (the config itself without stages)."""
-    if not cfg.stages:
-        return [cfg]
-    # values the loader derived are dropped before merging, so that e.g. a stage's model_path also moves
-    # tinker.base_model and max_model_len the way it would in a config of its own
-    base = cfg.model_dump(mode="json", exclude_unset=False)
-    for dotted in cfg._derived:
-        _delete(base, [int(p) if p.isdigit() else p for p in dotted.split(".")])
-    out = []
-    for index, stage in enumerate(cfg.stages):
-        merged = _stage_data(base, stage)
-        merged["stages"] = []
-        stage_cfg = _finish(JobConfig.model_validate(merged), None)
-        stage_cfg._stage_name = str(stage.get("stage_name") or f"stage{index}")
-        stage_cfg._stage_index = index
-        stage_cfg._warnings = cfg.warnings
-        out.append(stage_cfg)
-    return out
 
 
 # ---------------------------------------------------------------- public API

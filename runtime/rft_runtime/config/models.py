@@ -23,9 +23,11 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, create_model, model_validator
 
 from rft_runtime.config import trinity_facts as facts
+from rft_runtime.config.layers import stage_data
+from rft_runtime.config.secrets import redact
 
 Mode = Literal["both", "explore", "train", "bench", "serve", "colocate"]
 MonitorType = Literal["tensorboard", "wandb", "mlflow", "swanlab", "none"]
@@ -239,6 +241,15 @@ class ModelConfig(Section):
         """The model Tinker trains: tinker.base_model, else model_path."""
         return self.tinker.base_model or self.model_path or None
 
+    @property
+    def context_len(self) -> int | None:
+        """The context limit: max_model_len, else max_prompt_tokens + max_response_tokens (Trinity's default)."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        if self.max_prompt_tokens and self.max_response_tokens:
+            return self.max_prompt_tokens + self.max_response_tokens
+        return None
+
 
 # ---------------------------------------------------------------- cluster
 
@@ -312,6 +323,19 @@ class TasksetConfig(StorageConfig):
     default_workflow_type: str | None = None
     default_reward_fn_type: str | None = None
     is_eval: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plaintext_unless_asked(cls, data: Any) -> Any:
+        # Trinity reads prompt_type for SFT/DPO data only and its workflows read a task by prompt_key: a
+        # taskset's format is plaintext unless it says messages
+        if isinstance(data, dict):
+            fmt = data.get("format")
+            if fmt is None:
+                data = {**data, "format": {"prompt_type": "plaintext"}}
+            elif isinstance(fmt, dict) and "prompt_type" not in fmt:
+                data = {**data, "format": {**fmt, "prompt_type": "plaintext"}}
+        return data
 
 
 @trinity("ExperienceBufferConfig")
@@ -474,8 +498,6 @@ class JobConfig(Section):
     _stage_name: str | None = PrivateAttr(None)
     _stage_index: int | None = PrivateAttr(None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
-    # dotted paths of the values the loader derived (not set by the user): stages derive their own
-    _derived: set[str] = PrivateAttr(default_factory=set)
     # True when only the keys the files set were checked (a fragment such as the tinker snippet)
     _partial: bool = PrivateAttr(False)
 
@@ -503,6 +525,15 @@ class JobConfig(Section):
     def backend(self) -> Literal["tinker", "verl"]:
         """tinker when model.tinker.enable, else verl."""
         return "tinker" if self.model.tinker.enable else "verl"
+
+    @property
+    def sync_method(self) -> str:
+        """How new weights reach the explorer: synchronizer.sync_method, except that on Tinker, which has no
+        NCCL group, nccl (Trinity's default) becomes checkpoint, as Trinity does."""
+        method = self.synchronizer.sync_method
+        if self.backend == "tinker" and ("sync_method" not in self.synchronizer.model_fields_set or method == "nccl"):
+            return "checkpoint"
+        return method
 
     @property
     def logging_level(self) -> str:
@@ -540,16 +571,35 @@ class JobConfig(Section):
         return nodes, max(1, -(-need // nodes))
 
     def stage_configs(self) -> list[JobConfig]:
-        """One validated config per stage (just this one when there are no stages)."""
-        from rft_runtime.config.loader import expand_stages
+        """One validated config per stage, in order (just this one when there are no stages).
 
-        return expand_stages(self)
+        Each stage is what the user wrote for the job with the stage's sections laid over it: values that
+        derive from others (see `sync_method`, `ModelConfig.context_len`) derive again from the stage's own.
+        """
+        if not self.stages:
+            return [self]
+        base = self.model_dump(mode="json")
+        out = []
+        for index, stage in enumerate(self.stages):
+            merged = stage_data(base, stage)
+            merged["stages"] = []
+            stage_cfg = JobConfig.model_validate(merged)
+            stage_cfg._stage_name = str(stage.get("stage_name") or f"stage{index}")
+            stage_cfg._stage_index = index
+            stage_cfg._warnings = self.warnings
+            out.append(stage_cfg)
+        return out
 
     def resolved_dict(self) -> dict[str, Any]:
-        """The resolved config as plain data, secrets redacted (what `rft config show` prints)."""
-        from rft_runtime.config.secrets import redact
-
-        return redact(self.model_dump(mode="json"))
+        """The resolved config as plain data, secrets redacted (what `rft config show` prints): the values
+        Trinity derives from others are shown as they are used."""
+        data = self.model_dump(mode="json")
+        data["model"]["max_model_len"] = self.model.context_len
+        data["synchronizer"]["sync_method"] = self.sync_method
+        if self.backend == "tinker":
+            data["model"]["tinker"]["base_model"] = self.model.tinker_base_model
+            data["trainer"]["trainer_type"] = "tinker"
+        return redact(data)
 
 
 # Trinity's StageConfig: what a `stages` entry may hold (this runtime also takes `model` there)

@@ -106,6 +106,7 @@ NO_EFFECT_ON_TINKER = {
 # fields only Trinity's facts define (no hand-written model) that this runtime honours all the same
 HONOURED_FROM_FACTS = {
     ("ExplorerConfig", "env_vars"),  # the workflow runners' environment (Ray actors, or this process)
+    ("FormatConfig", "chosen_key"), ("FormatConfig", "rejected_key"),  # dpo's replies
 }
 
 

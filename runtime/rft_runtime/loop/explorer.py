@@ -139,7 +139,7 @@ class Explorer:
             temperature=m.temperature if ra.temperature is None else ra.temperature,
             top_p=m.top_p if ra.top_p is None else ra.top_p,
             top_k=m.top_k if ra.top_k is None else ra.top_k,
-            max_prompt_tokens=m.max_prompt_tokens, max_model_len=m.max_model_len,
+            max_prompt_tokens=m.max_prompt_tokens, max_model_len=m.context_len,
             enable_thinking=m.enable_thinking, enable_history=rm.enable_history,
             enable_openai_api=rm.enable_openai_api, greedy=greedy, timeout=self.timeout,
         )

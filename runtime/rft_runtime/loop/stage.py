@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rft_runtime.algorithms import agg_scales, loss_plan
+from rft_runtime.algorithms import agg_scales, algorithm_spec, loss_plan
 from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
 from rft_runtime.config import JobConfig
@@ -53,9 +53,9 @@ def make_stream(cfg: JobConfig) -> Any:
     from rft_runtime.data.tasksets import TaskStream, load_rows
 
     source = stage_source(cfg)
-    dpo = cfg.algorithm.algorithm_type == "dpo"
-    rows = load_rows(source, require_response=cfg.mode == "train" and cfg.algorithm.algorithm_type == "sft")
-    if dpo:
+    data = algorithm_spec(cfg.algorithm.algorithm_type).data
+    rows = load_rows(source, require_response=cfg.mode == "train" and data == "sft")
+    if data == "dpo":
         fmt = source.format
         for index, row in enumerate(rows):
             missing = [k for k in (fmt.chosen_key, fmt.rejected_key) if row.get(k) is None]
@@ -269,6 +269,10 @@ class StageRunner:
         self._ref_generation = -1
         self._last_sampler = sampler_path
         self._rest: Any = None
+        # the step builder of each dataset kind (mode train); rollouts are _rl_work's
+        self._dataset_steps = {"sft": self._sft_work, "dpo": self._dpo_work, "cpt": self._cpt_work}
+        for note in self.plan.notes:
+            log.info("%s: %s", stage_label(cfg), note)
 
     # ------------------------------------------------------------ trainer side
 
@@ -302,9 +306,9 @@ class StageRunner:
             seq_objs.append(seq)
         plan = self.plan
         if plan.custom:
-            work.custom_loss = terms.step_loss(plan, seq_objs)
+            work.custom_loss = terms.step_loss(plan, seq_objs, work.step)
         else:
-            work.metrics_fn = lambda logprobs: terms.step_metrics(plan, seq_objs, logprobs)
+            work.metrics_fn = lambda logprobs: terms.step_metrics(plan, seq_objs, logprobs, work.step)
 
     def _add_expert_data(self, datums: list[Any], seqs: list[tuple[Any, ...]]) -> int:
         """mix: append the step's expert SFT rows (sample_strategy_args.sft_dataset_name in
@@ -374,6 +378,15 @@ class StageRunner:
             # every term is scaled by the advantage: a zero-advantage rollout would change nothing and only
             # cost time (the aggregation weights above still count its tokens, as Trinity's do)
             keep = [i for i in keep if any(a != 0.0 for a in _token_advantages(rollouts[i]))]
+            if rollouts and not keep:
+                # no gradient at all, but Trinity still takes the optimizer step (Adam's moments and weight
+                # decay move the weights): so does this step, on the whole batch
+                keep = list(range(len(rollouts)))
+                log.info("step %d: every advantage is 0 (e.g. each group's rewards are equal): the loss has no "
+                         "gradient; the optimizer step is still taken, as in Trinity", self.step_base + step)
+        if not rollouts:
+            log.info("step %d: no experience is left to train on (every rollout failed or was dropped): no "
+                     "optimizer step", self.step_base + step)
         refs: list[Any] = [None] * len(keep)
         if plan.uses_reference and keep:
             refs = self._ref_logprobs([rollouts[i] for i in keep])
@@ -444,12 +457,14 @@ class StageRunner:
             pairs.append((ids, [r[:limit] if limit else r for r in replies]))
         items = [SimpleNamespace(prompt_ids=ids, tokens=resp) for ids, both in pairs for resp in both]
         refs = self._ref_logprobs(items) if items else []
-        datums, seqs = [], []
-        for item, ref in zip(items, refs, strict=True):
-            mask = [1] * len(item.tokens)
-            datums.append(D.loss_datum(self.plan, item.prompt_ids, item.tokens, [0.0] * len(mask), 0.0, 1.0, mask))
-            seqs.append((len(item.prompt_ids) - 1, [0.0] * len(mask), 0.0, mask, 1.0, ref))
         lengths = [len(i.tokens) for i in items]
+        # the dpo loss sums each reply's tokens; a KL or entropy term is aggregated over all replies' tokens
+        scales = agg_scales(self.plan.agg_mode, lengths, limit)
+        datums, seqs = [], []
+        for item, ref, scale in zip(items, refs, scales, strict=True):
+            mask = [1] * len(item.tokens)
+            datums.append(D.loss_datum(self.plan, item.prompt_ids, item.tokens, [0.0] * len(mask), 0.0, scale, mask))
+            seqs.append((len(item.prompt_ids) - 1, [0.0] * len(mask), 0.0, mask, scale, ref))
         extra = {
             "prompt_tokens": float(sum(len(ids) for ids, _ in pairs)), "response_tokens": float(sum(lengths)),
             "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
@@ -571,8 +586,7 @@ class StageRunner:
             except StopIteration:
                 break
             stream_state = self.stream.state_dict()
-            make = self._dpo_work if self.plan.is_dpo else self._cpt_work if self.algo == "cpt" else self._sft_work
-            work, extra = make(step, tasks)
+            work, extra = self._dataset_steps[self.plan.data](step, tasks)
             t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
             record = dict(extra, weight_version_lag=0)
             record.update({"time/sampling": 0.0, "time/sync": t_sync})

@@ -77,7 +77,7 @@ class AuxiliaryModels:
             max_tokens=int(pick("max_response_tokens", m.max_response_tokens or 512)),
             temperature=float(pick("temperature", m.temperature)), top_p=float(pick("top_p", m.top_p)),
             top_k=int(pick("top_k", m.top_k)), max_prompt_tokens=pick("max_prompt_tokens", m.max_prompt_tokens),
-            max_model_len=pick("max_model_len", m.max_model_len), enable_thinking=entry.get("enable_thinking"),
+            max_model_len=pick("max_model_len", m.context_len), enable_thinking=entry.get("enable_thinking"),
             # Trinity: auxiliary models never record history, and always offer the OpenAI API
             enable_history=False, enable_openai_api=True, timeout=float(self.cfg.explorer.max_timeout),
         )
