@@ -20,7 +20,7 @@ MAKE_MODEL_HINT = (
 
 def model_field(cfg: JobConfig) -> str:
     """The dotted field that names the trained model: tinker.base_model when the config set it, else model_path."""
-    if cfg.model.tinker.base_model and "model.tinker.base_model" not in cfg._derived:
+    if cfg.model.tinker.base_model:
         return "model.tinker.base_model"
     return "model.model_path"
 
