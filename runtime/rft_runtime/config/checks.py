@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from rft_runtime.algorithms import registry
 from rft_runtime.config import catalog, support
+from rft_runtime.config.data_checks import check_data_features
 from rft_runtime.config.errors import ConfigIssue
 from rft_runtime.config.loader import _short, suggest
 from rft_runtime.config.models import JobConfig, TasksetConfig
@@ -177,6 +178,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
             )
         issues.extend(_check_algorithm_args(cfg, warnings))
         _check_tinker_support(cfg, issues, warnings)
+        issues.extend(check_data_features(cfg, warnings))
         if algo == "grpo" and cfg.algorithm.repeat_times == 1 and cfg.mode == "both":
             warnings.append(
                 "algorithm.repeat_times is 1: grpo compares rollouts of the same task, and a group of one has "
