@@ -243,9 +243,10 @@ def operator_problem(name: str, args: dict[str, Any]) -> str | None:
     return None
 
 
-def build_operator(name: str, args: dict[str, Any]) -> Any:
-    """The operator `name` built with `args` (a DataError naming what is wrong otherwise)."""
+def build_operator(name: str, args: dict[str, Any], **runtime: Any) -> Any:
+    """The operator `name` built with the user's `args` (a DataError naming what is wrong otherwise) plus
+    what the runtime hands it (data_juicer's work_dir)."""
     problem = operator_problem(name, args)
     if problem is not None:
         raise DataError(problem)
-    return OPERATORS[name](**args)
+    return OPERATORS[name](**args, **runtime)

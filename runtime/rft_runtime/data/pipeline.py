@@ -140,11 +140,9 @@ class ExperiencePipeline:
             return None
         ops = []
         for i, op in enumerate(ep.operators):
-            args = dict(op.args)
-            if op.name == "data_juicer":
-                args["work_dir"] = cfg.job_dir / "data_juicer"
+            runtime = {"work_dir": cfg.job_dir / "data_juicer"} if op.name == "data_juicer" else {}
             try:
-                built = build_operator(op.name, args)
+                built = build_operator(op.name, dict(op.args), **runtime)
             except DataError as exc:
                 raise DataError(f"{_operators_path(i)}: {exc}") from exc
             if hasattr(built, "decode"):
