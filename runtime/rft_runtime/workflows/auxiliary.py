@@ -7,6 +7,7 @@ ModelWrapper surface) and `self.auxiliary_models[i]` (an OpenAI client). Its wei
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ def check_auxiliary_models(entries: list[Any]) -> None:
             raise WorkflowError(f"{where} must be a mapping with at least model_path")
         if not entry.get("model_path"):
             raise WorkflowError(f"{where}.model_path is required: the Tinker base model to sample from")
+        if entry.get("engine_type") == "external":
+            # the endpoint's address is read when the first batch runs: a missing one should stop the job now
+            var = (entry.get("external_model_config") or {}).get("base_url_env", "OPENAI_BASE_URL")
+            if not os.environ.get(var):
+                raise WorkflowError(f"{where}.external_model_config.base_url_env: set the environment variable "
+                                    f"{var} to the OpenAI-compatible endpoint's address")
         unknown = sorted(set(entry) - HONOURED - ENGINE_ONLY)
         if unknown:
             raise WorkflowError(f"{where}.{unknown[0]} is not an auxiliary model setting this runtime knows; "
