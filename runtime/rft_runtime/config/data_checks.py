@@ -61,6 +61,10 @@ def _selectors(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -
     from rft_runtime.data.selectors import SELECTORS
 
     ei = cfg.buffer.explorer_input
+    for i, ts in enumerate(ei.eval_tasksets):
+        if any(s is not None and "selector_type" in s.model_fields_set for s in (ts.data_selector, ts.task_selector)):
+            warnings.append(f"buffer.explorer_input.eval_tasksets[{i}].data_selector has no effect: an eval taskset "
+                            "is read whole, in file order")
     stores: list[tuple[str, Any]] = [("buffer.explorer_input.taskset", ei.taskset),
                                      ("buffer.trainer_input.experience_buffer", cfg.buffer.trainer_input.experience_buffer)]
     for path, store in stores:

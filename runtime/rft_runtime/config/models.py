@@ -449,6 +449,8 @@ class TaskPipelineConfig(Section):
                                                                                  "quality and usage_frequency "
                                                                                  "in each task's priority.")
     top_k: int = Field(-1, description="Keep this many tasks of highest priority; -1: all.")
+    output: TasksetConfig | None = Field(None, description="Where the tasks go (its path, a folder); null: "
+                                                           "buffer.explorer_input.taskset.")
 
 
 @trinity("DataProcessorConfig")
