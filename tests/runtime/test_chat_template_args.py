@@ -140,6 +140,7 @@ def test_the_loopback_endpoint_hands_chat_template_kwargs_to_the_template(thinki
         assert prompts[True] == prompts[False] + THINK_BLOCK
     finally:
         server.close()
+        service.close("success").result(timeout=30)
 
 
 @pytest.mark.slow
@@ -186,6 +187,7 @@ def test_an_external_model_is_evaluated_through_its_openai_endpoint(tmp_path, th
     finally:
         conn.close()
         server.close()
+        service.close("success").result(timeout=30)
     assert result.tasks == 3 and len(requests) == 3
     # greedy evaluation, and the job's enable_thinking travelled in the request as vLLM takes it
     assert all(r["temperature"] == 0.0 and r["chat_template_kwargs"] == {"enable_thinking": False}
