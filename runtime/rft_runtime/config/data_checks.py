@@ -20,6 +20,7 @@ _EP = "data_processor.experience_pipeline"
 def _pipelines(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -> None:
     from rft_runtime.data import juicer
     from rft_runtime.data.operators import operator_problem
+    from rft_runtime.data.pipeline import task_pipeline_target
 
     dp = cfg.data_processor
     juicer_paths = []
@@ -41,10 +42,9 @@ def _pipelines(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -
     tp = dp.task_pipeline
     if tp is not None and cfg.mode in ("both", "explore", "train"):
         juicer_paths.append("data_processor.task_pipeline")
-        target = tp.output or cfg.buffer.explorer_input.taskset
+        where, target = task_pipeline_target(cfg)
         if not target.path:
-            issues.append(ConfigIssue("buffer.explorer_input.taskset.path", "the task pipeline writes its tasks "
-                                                                            "into this folder: set it"))
+            issues.append(ConfigIssue(f"{where}.path", "the task pipeline writes its tasks into this folder: set it"))
         if not tp.operators and not tp.config_path:
             issues.append(ConfigIssue("data_processor.task_pipeline.operators", "give Data-Juicer operators, or "
                                                                                "config_path"))

@@ -450,7 +450,8 @@ class TaskPipelineConfig(Section):
                                                                                  "in each task's priority.")
     top_k: int = Field(-1, description="Keep this many tasks of highest priority; -1: all.")
     output: TasksetConfig | None = Field(None, description="Where the tasks go (its path, a folder); null: "
-                                                           "buffer.explorer_input.taskset.")
+                                                           "buffer.explorer_input.taskset (mode train: "
+                                                           "buffer.trainer_input.experience_buffer).")
 
 
 @trinity("DataProcessorConfig")
@@ -458,7 +459,8 @@ class DataProcessorConfig(Section):
     """Data pipelines: tasks before the job, experiences between explorer and trainer."""
 
     task_pipeline: TaskPipelineConfig | None = Field(None, description="Writes <taskset path>/output.jsonl "
-                                                                       "before the first step.")
+                                                                       "(task_pipeline.output's) before the first "
+                                                                       "step.")
     experience_pipeline: ExperiencePipelineConfig = Field(default_factory=ExperiencePipelineConfig)
 
 

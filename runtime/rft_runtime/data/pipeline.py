@@ -24,7 +24,7 @@ from typing import Any
 
 from rft_runtime.data import juicer
 from rft_runtime.data.errors import DataError
-from rft_runtime.data.operators import SELECTOR_METRIC, build_operator
+from rft_runtime.data.operators import SELECTOR_METRIC, build_operator, operator_problem
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,19 @@ def preflight(stages: list[Any]) -> None:
         if stage.mode == "train":
             continue
         for i, op in enumerate(stage.data_processor.experience_pipeline.operators):
-            from rft_runtime.data.operators import operator_problem
-
             problem = operator_problem(op.name, dict(op.args))
             if problem is not None:
                 raise DataError(f"{_operators_path(i)}: {problem}")
+
+
+def task_pipeline_target(cfg: Any) -> tuple[str, Any]:
+    """(config path, section) of where a stage's task pipeline writes: task_pipeline.output, else (as in
+    Trinity) the taskset, or in mode train the dataset the trainer reads."""
+    if cfg.data_processor.task_pipeline.output is not None:
+        return "data_processor.task_pipeline.output", cfg.data_processor.task_pipeline.output
+    if cfg.mode == "train":
+        return "buffer.trainer_input.experience_buffer", cfg.buffer.trainer_input.experience_buffer
+    return "buffer.explorer_input.taskset", cfg.buffer.explorer_input.taskset
 
 
 def run_task_pipelines(stages: list[Any], resuming: bool) -> None:
@@ -70,10 +78,9 @@ def run_task_pipelines(stages: list[Any], resuming: bool) -> None:
         tp = stage.data_processor.task_pipeline
         if tp is None or stage.mode not in ("both", "explore", "train"):
             continue
-        target = tp.output or stage.buffer.explorer_input.taskset
+        where, target = task_pipeline_target(stage)
         if not target.path:
-            raise DataError("data_processor.task_pipeline writes its tasks into the taskset's path: set "
-                            "buffer.explorer_input.taskset.path (a folder)")
+            raise DataError(f"data_processor.task_pipeline writes its tasks into {where}.path: set it (a folder)")
         out = juicer.output_file(target.path)
         if out.exists():
             if resuming:

@@ -19,8 +19,6 @@ from rft_runtime.workflows.base import WorkflowError
 from rft_runtime.workflows.experience import Experience
 from rft_runtime.workflows.model import CallRecord, ModelSettings, _plain_messages
 
-_PASSED = ("n", "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop", "tools")
-
 
 def endpoint(ext: Any, where: str) -> tuple[str, str]:
     """(base URL ending in /v1, API key) of an external_model config, read from its environment variables."""
@@ -116,9 +114,13 @@ class ExternalModel:
 
     def _request(self, messages: list[dict], kwargs: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
+
+        def given(key: str, default: Any) -> Any:
+            return default if kwargs.get(key) is None else kwargs[key]
+
         body: dict[str, Any] = {"model": self.model_name, "messages": _plain_messages(messages),
-                                "temperature": 0.0 if s.greedy else kwargs.get("temperature", s.temperature),
-                                "top_p": kwargs.get("top_p", s.top_p),
+                                "temperature": 0.0 if s.greedy else given("temperature", s.temperature),
+                                "top_p": given("top_p", s.top_p),
                                 "max_tokens": kwargs.get("max_tokens") or kwargs.get("max_completion_tokens")
                                 or s.max_tokens}
         body.update({k: kwargs[k] for k in ("n", "seed", "stop", "tools") if kwargs.get(k) is not None})
