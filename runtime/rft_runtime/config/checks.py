@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rft_runtime.config import catalog, support
+from rft_runtime.config.data_checks import check_data_features
 from rft_runtime.config.errors import ConfigIssue, did_you_mean, short
 from rft_runtime.config.models import JobConfig, TasksetConfig
 
@@ -163,6 +164,7 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
             )
         issues.extend(_check_algorithm(cfg, warnings))
         _check_tinker_support(cfg, issues, warnings)
+        issues.extend(check_data_features(cfg, warnings))
         if model.lora_configs:
             warnings.append(
                 "model.lora_configs is ignored with model.tinker.enable: true; "

@@ -191,6 +191,20 @@ class AlgorithmConfig(Section):
 # ---------------------------------------------------------------- model
 
 
+@trinity("ExternalModelConfig")
+class ExternalModelConfig(Section):
+    """An OpenAI-compatible endpoint standing in for a model (its address and key come from the environment)."""
+
+    enable: bool = Field(False, description="model.external_model: in mode bench (the only mode Trinity allows "
+                                            "it in) the eval tasksets are rolled out against the endpoint "
+                                            "instead of the Tinker sampler.")
+    base_url_env: str = Field("OPENAI_BASE_URL", description="Environment variable holding the endpoint's "
+                                                             "address (with or without a trailing /v1).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding its API key (unset: "
+                                                           "'EMPTY').")
+    model_name: str | None = Field(None, description="Required: the model name sent to the endpoint.")
+
+
 @trinity("TinkerConfig")
 class TinkerConfig(Section):
     """Train behind the Tinker API: the pods need no GPU."""
@@ -232,9 +246,14 @@ class ModelConfig(Section):
     max_model_len: int | None = Field(None, ge=1, description="Context limit; default prompt + response.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Longer prompts become reward-0 rollouts.")
     max_response_tokens: int | None = Field(None, ge=1, description="Generation budget per rollout.")
-    enable_thinking: bool | None = None
+    enable_thinking: bool | None = Field(
+        None, description="Passed to the chat template as enable_thinking (Qwen3-style templates switch the "
+                          "thinking block with it); null: not passed. Rollouts (explorer.rollout_model's wins), "
+                          "auxiliary models and SFT data take it unless they set their own.")
     lora_configs: list[LoraConfig] | None = Field(None, description="veRL LoRA adapters; ignored with Tinker.")
     tinker: TinkerConfig = Field(default_factory=TinkerConfig)
+    external_model: ExternalModelConfig = Field(default_factory=ExternalModelConfig,
+                                                description="An OpenAI-compatible endpoint as the policy (mode bench).")
 
     @property
     def tinker_base_model(self) -> str | None:
@@ -284,6 +303,10 @@ class FormatConfig(Section):
     messages_key: str = Field("message", description="Column with the conversation (prompt_type messages).")
     system_prompt_key: str | None = Field(None, description="Column with a per-row system prompt.")
     system_prompt: str | None = Field(None, description="System prompt put before every task.")
+    enable_thinking: bool | None = Field(
+        None, description="An SFT dataset's (mode train): passed to the chat template, null: model.enable_thinking. "
+                          "As in Trinity, a taskset's and a DPO dataset's are not read (rollouts take "
+                          "explorer.rollout_model / model.enable_thinking).")
 
 
 @trinity("GenerationConfig")
@@ -295,6 +318,24 @@ class RolloutArgs(Section):
     top_k: int | None = Field(None, ge=-1, description="null: model.top_k.")
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, description="Set by algorithm.repeat_times; do not set.")
+
+
+@trinity("DataSelectorConfig")
+class DataSelectorConfig(Section):
+    """Which rows each batch reads (Trinity's data selectors, rft_runtime.data.selectors)."""
+
+    selector_type: str | None = Field(
+        "sequential", description="Not set: this runtime's default, a seeded order reshuffled each epoch. "
+                                  "sequential: file order; shuffle: a new permutation each epoch (seed); random: "
+                                  "a random batch each step; offline_easy2hard: by feature_keys, highest first; "
+                                  "difficulty_based: tasks whose predicted pass rate is nearest "
+                                  "kwargs.target_reward, learned from the pass_rate_calculator operator.")
+    seed: int = Field(42, description="Seed of shuffle, random and difficulty_based.")
+    feature_keys: list[str] = Field(default_factory=list, description="Columns a selector orders by "
+                                                                      "(difficulty_based: exactly two pass rates "
+                                                                      "of reference models).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="difficulty_based: m, lamb, rho, "
+                                                                     "adaptive_rho, target_reward, tau, do_sample.")
 
 
 class StorageConfig(Section):
@@ -323,6 +364,10 @@ class TasksetConfig(StorageConfig):
     default_workflow_type: str | None = None
     default_reward_fn_type: str | None = None
     is_eval: bool = False
+    data_selector: DataSelectorConfig = Field(default_factory=DataSelectorConfig,
+                                              description="Which rows each step reads (a training taskset's).")
+    task_selector: DataSelectorConfig | None = Field(None, description="Trinity's older name of data_selector; "
+                                                                       "wins when set.")
 
     @model_validator(mode="before")
     @classmethod
@@ -343,6 +388,8 @@ class ExperienceBufferConfig(StorageConfig):
     """What the trainer reads: the rollout queue, or (mode train) a dataset."""
 
     storage_type: StorageType = "queue"
+    data_selector: DataSelectorConfig = Field(default_factory=DataSelectorConfig,
+                                              description="Which rows each step reads (a dataset in mode train).")
 
 
 @trinity("ExplorerInput")
@@ -386,6 +433,61 @@ class BufferConfig(Section):
     trainer_input: TrainerInput = Field(default_factory=TrainerInput)
 
 
+# ---------------------------------------------------------------- data pipelines
+
+
+@trinity("OperatorConfig")
+class OperatorConfig(Section):
+    """One operator of a pipeline: its registered name and the keyword arguments it is built with."""
+
+    name: str = Field("", description="Experience operators: reward_filter, reward_std_filter, "
+                                      "dapo_dynamic_sampling, mask_response_truncated, invalid_reward_filter, "
+                                      "reward_shaping_mapper, pass_rate_calculator, data_juicer; task "
+                                      "pipelines: a Data-Juicer operator.")
+    args: dict[str, Any] = Field(default_factory=dict, description="The operator's arguments.")
+
+
+@trinity("ExperiencePipelineConfig")
+class ExperiencePipelineConfig(Section):
+    """What happens to each explore step's experiences before the trainer reads them."""
+
+    operators: list[OperatorConfig] = Field(default_factory=list, description="Applied in order to every "
+                                                                              "explore step's experiences.")
+    save_input: bool = Field(True, description="With operators: keep the experiences that entered the "
+                                               "pipeline (input_save_path).")
+    input_save_path: str | None = Field(None, description="A .jsonl file or a sqlite:/// URL; null: "
+                                                          "sqlite:///<job dir>/buffer/explorer_output.db.")
+
+
+@trinity("TaskPipelineConfig")
+class TaskPipelineConfig(Section):
+    """Data-Juicer over raw task files before the job starts; its output is the taskset (needs py-data-juicer)."""
+
+    operators: list[OperatorConfig] = Field(default_factory=list, description="Data-Juicer operators, in order.")
+    num_process: int = Field(4, ge=1, description="Processes Data-Juicer uses.")
+    config_path: str | None = Field(None, description="A Data-Juicer config file; when set, operators and "
+                                                      "num_process are not read.")
+    inputs: list[str] = Field(default_factory=list, description="Local task files (jsonl, json, parquet, csv).")
+    target_fields: list[str] = Field(default_factory=list, description="Text columns the operators read.")
+    priority_weights: dict[str, float] = Field(default_factory=dict, description="Weights of difficulty, "
+                                                                                 "quality and usage_frequency "
+                                                                                 "in each task's priority.")
+    top_k: int = Field(-1, description="Keep this many tasks of highest priority; -1: all.")
+    output: TasksetConfig | None = Field(None, description="Where the tasks go (its path, a folder); null: "
+                                                           "buffer.explorer_input.taskset (mode train: "
+                                                           "buffer.trainer_input.experience_buffer).")
+
+
+@trinity("DataProcessorConfig")
+class DataProcessorConfig(Section):
+    """Data pipelines: tasks before the job, experiences between explorer and trainer."""
+
+    task_pipeline: TaskPipelineConfig | None = Field(None, description="Writes <taskset path>/output.jsonl "
+                                                                       "(task_pipeline.output's) before the first "
+                                                                       "step.")
+    experience_pipeline: ExperiencePipelineConfig = Field(default_factory=ExperiencePipelineConfig)
+
+
 # ---------------------------------------------------------------- explorer / trainer
 
 
@@ -398,6 +500,16 @@ class RolloutModelConfig(Section):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     dtype: str = "bfloat16"
     seed: int = Field(42, description="Sampling seed of rollouts (and of the taskset's order).")
+    enable_thinking: bool | None = Field(None, description="The chat template's enable_thinking for this "
+                                                           "model's prompts; null: model.enable_thinking.")
+    chat_template: str | None = Field(None, description="Jinja chat template of this model's prompts; null: "
+                                                        "model.custom_chat_template, else the tokenizer's.")
+    engine_type: str = Field("vllm", description="An auxiliary model's 'external': an OpenAI-compatible endpoint "
+                                                 "(external_model_config) instead of a Tinker sampler of "
+                                                 "model_path; other values: the Tinker sampler.")
+    external_model_config: ExternalModelConfig = Field(
+        default_factory=ExternalModelConfig, description="With engine_type external: the endpoint (its enable "
+                                                         "is not read).")
 
 
 @trinity("ExplorerConfig")
@@ -479,6 +591,8 @@ class JobConfig(Section):
     ray_namespace: str = Field("", description="Ray namespace of a veRL job.")
     log_level: str | None = Field(None, description="Older spelling of log.level; wins when set.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="The RL algorithm.")
+    data_processor: DataProcessorConfig = Field(default_factory=DataProcessorConfig,
+                                                description="Task and experience pipelines.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model, prompting, Tinker.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Nodes and GPUs (veRL).")
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="Batching and datasets.")
@@ -619,4 +733,6 @@ DEFAULT_DIFFERENCES = {
     "LoRAConfig.target_modules": "a list of module names is accepted as well as a string",
     "LoRAConfig.exclude_modules": "a list of module names is accepted as well as a string",
     "stages": "a list of mappings (stage_name plus sections) merged onto the top-level config",
+    "DataSelectorConfig.selector_type": "not set: a seeded order reshuffled every epoch (Trinity's not-set means "
+                                        "sequential); any value set, sequential included, is Trinity's selector",
 }

@@ -52,9 +52,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("OptimizerConfig", "optimizer_type"): (_one_of("adam", "adamw"), "Tinker trains with Adam(W) only"),
     ("ModelConfig", "repetition_penalty"): (_one_of(1.0), "Tinker's sampler has no repetition penalty"),
     ("ModelConfig", "min_response_tokens"): (_one_of(0), "Tinker's sampler has no minimum length"),
-    ("ModelConfig", "enable_thinking"): (
-        _one_of(None, False), "the chat template is applied without enable_thinking"),
-    ("ExternalModelConfig", "enable"): (_one_of(False), "rollouts come from the Tinker sampler"),
     ("FormatConfig", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
     ("FormatConfig", "image_key"): (_unset, "multi-modal tasks are not supported"),
     ("FormatConfig", "video_key"): (_unset, "multi-modal tasks are not supported"),
@@ -63,11 +60,7 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("FormatConfig", "enable_concatenated_multi_turn"): (_one_of(False), "SFT trains on the last reply only"),
     ("FormatConfig", "chat_template"): (_unset, "the chat template is model.custom_chat_template's or the "
                                                 "tokenizer's"),
-    ("FormatConfig", "enable_thinking"): (
-        _one_of(None, False), "the chat template is applied without enable_thinking"),
     ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
-    ("DataSelectorConfig", "selector_type"): (
-        _one_of(None, "sequential", "shuffle", "random"), "tasks come in a seeded order, reshuffled each epoch"),
     ("ReplayBufferConfig", "enable"): (_one_of(False), "experiences are trained on once, without replay"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
     ("ExplorerInput", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
@@ -79,8 +72,9 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
                           "explorer run ahead"),
     ("SynchronizerConfig", "explorer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
     ("SynchronizerConfig", "trainer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
-    ("DataProcessorConfig", "task_pipeline"): (_unset, "data pipelines run only in Trinity (the veRL backend)"),
-    ("ExperiencePipelineConfig", "operators"): (_unset, "data pipelines run only in Trinity (the veRL backend)"),
+    # data pipelines, selectors and external models: rft_runtime.config.data_checks says what is refused there
+    ("ExperiencePipelineConfig", "inputs"): (_unset, "the experience pipeline reads the explorer's experiences "
+                                                     "only, no extra input buffers"),
 }
 
 # hand-written fields this runtime does not read on Tinker (the rest of the hand-written ones it honours)

@@ -29,9 +29,11 @@ def evaluate(
     """Greedy-decode every row with the sampler weights at `sampler_path` (None: the base model)."""
     from rft_runtime.data.tasksets import Task
 
-    encoder = encoder or PromptEncoder(conn.tokenizer(), cfg.model)
+    encoder = encoder or PromptEncoder.for_stage(conn.tokenizer(), cfg)
     explorer = Explorer(cfg, encoder, is_eval=True, conn=conn)
-    sampler = conn.sampling_client(sampler_path, timeout=float(cfg.synchronizer.sync_timeout))
+    # an external model (mode bench) answers from its own endpoint: no Tinker sampler is made
+    sampler = None if cfg.model.external_model.enable else conn.sampling_client(
+        sampler_path, timeout=float(cfg.synchronizer.sync_timeout))
     tasks = [Task(i, row, 0) for i, row in enumerate(rows)]
     try:
         batch = explorer.explore(tasks, sampler, explore_step=0, greedy=True, model_path=sampler_path)

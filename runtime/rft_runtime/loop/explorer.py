@@ -71,6 +71,8 @@ class ExploredBatch:
     # model calls whose prompt was sampled, and the longest prompt that was not
     sampled_prompts: int = 0
     longest_truncated: int = 0
+    # explorer-side metrics of the step for its record (the experience pipeline's)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def rollouts(self) -> list[Rollout]:
@@ -88,8 +90,16 @@ def rollout_from_experience(task_index: int, exp: Any, failed: bool) -> Rollout:
         text=exp.response_text or "", reward=float(exp.reward or 0.0),
         metrics={k: float(v) for k, v in (exp.metrics or {}).items() if isinstance(v, (int, float))},
         failed=failed, mask=None if mask is None else as_ints(mask),
-        eid=getattr(exp, "eid", None), info=dict(getattr(exp, "info", None) or {}),
+        eid=getattr(exp, "eid", None), info=_info(exp),
     )
+
+
+def _info(exp: Any) -> dict[str, Any]:
+    info = dict(getattr(exp, "info", None) or {})
+    # what the experience operators read besides info (mask_response_truncated)
+    if getattr(exp, "truncate_status", None):
+        info.setdefault("truncate_status", exp.truncate_status)
+    return info
 
 
 class Explorer:
@@ -140,7 +150,7 @@ class Explorer:
             top_p=m.top_p if ra.top_p is None else ra.top_p,
             top_k=m.top_k if ra.top_k is None else ra.top_k,
             max_prompt_tokens=m.max_prompt_tokens, max_model_len=m.context_len,
-            enable_thinking=m.enable_thinking, enable_history=rm.enable_history,
+            enable_thinking=self.encoder.enable_thinking, enable_history=rm.enable_history,
             enable_openai_api=rm.enable_openai_api, greedy=greedy, timeout=self.timeout,
         )
 
@@ -148,6 +158,16 @@ class Explorer:
                model_path: str | None = None) -> Any:
         """The model wrapper workflows get as self.model (cloned per rollout)."""
         from rft_runtime.workflows.model import ModelWrapper
+
+        ext = self.cfg.model.external_model
+        if ext.enable:
+            # mode bench with model.external_model: the endpoint stands in for the Tinker sampler
+            from dataclasses import replace
+
+            from rft_runtime.workflows.external import ExternalModel
+
+            return ExternalModel(ext, replace(self.settings(greedy), name=str(ext.model_name)),
+                                 where="model.external_model", tokenizer=self.encoder.tokenizer)
 
         return ModelWrapper(sampler, self.encoder.tokenizer, self.settings(greedy), chat_template=self.encoder.template,
                             model_path=model_path, model_version=model_version, server=self.server)

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rft_runtime.backends.errors import BackendError, refusal_error, refused
+from rft_runtime.data.pipeline import ExperiencePipeline
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.explorer import ExploredBatch, Explorer, prompts_too_long_error
 from rft_runtime.loop.sync import WeightBoard, required_version
@@ -30,6 +31,8 @@ class ExplorerThread(threading.Thread):
         self.out = out
         self.start_step = start_step
         self.explorer = Explorer(runner.cfg, runner.encoder, conn=runner.conn)
+        # data_processor.experience_pipeline: between the explorer and the trainer (None: not configured)
+        self.pipeline = ExperiencePipeline.for_stage(runner.cfg, runner.stream, runner.encoder.decode)
         # whether any prompt of this stage has fit max_prompt_tokens yet (a job where none does must stop)
         self._some_prompt_fit = False
         self._stop_event = threading.Event()
@@ -66,6 +69,8 @@ class ExplorerThread(threading.Thread):
                 stream_state = self.runner.stream.state_dict()
                 batch = self._explore(tasks, step, version, path)
                 batch.stream_state = stream_state
+                if self.pipeline is not None:
+                    self.pipeline.apply(batch)
                 self.out.put(batch)
         except BaseException as exc:  # handed to the trainer's thread, which raises it
             self.out.put(exc)

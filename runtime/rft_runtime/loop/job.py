@@ -18,6 +18,7 @@ from typing import Any
 
 from rft_runtime.backends.tinker_client import Connection, check_api_key, check_local_model
 from rft_runtime.config import JobConfig
+from rft_runtime.data import pipeline
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
@@ -230,11 +231,13 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
     check_local_model(cfg)  # likewise: a hub name with base_url local would otherwise fail after the data loads
     _check_client_side_needs(stages)
     _check_workflows(stages)
+    pipeline.preflight(stages)
     job_dir = cfg.job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.continue_from_checkpoint:
         _start_over(job_dir)
     book = Bookkeeping.load(job_dir)
+    pipeline.run_task_pipelines(stages, resuming=book.latest is not None)
 
     streams = [None if str(i) in book.finished_stages else make_stream(s) for i, s in enumerate(stages)]
     totals = [
@@ -271,7 +274,7 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
             # local tokenizer: chat templates are checked before the engine starts or anything trains
             tokenizer = conn.tokenizer()
             for stage in stages:
-                PromptEncoder(tokenizer, stage.model)
+                PromptEncoder.for_stage(tokenizer, stage)
         conn.open()
         trainer = Trainer(stages[0], conn)
         step_base = 0
@@ -304,7 +307,7 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
                 trainer.start(None)
             if tokenizer is None:
                 tokenizer = conn.tokenizer(trainer.client)
-            encoder = PromptEncoder(tokenizer, stage.model)
+            encoder = PromptEncoder.for_stage(tokenizer, stage)
             board = WeightBoard(start_step, None)
             if start_step or prev_state:
                 board.publish(start_step, trainer.save_sampler(f"s{index}-resume{start_step:06d}"))

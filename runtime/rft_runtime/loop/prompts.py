@@ -5,33 +5,57 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rft_runtime.config.models import ModelConfig
+from rft_runtime.config.models import JobConfig, ModelConfig
 from rft_runtime.loop.errors import RunError
 
 
 class PromptEncoder:
-    """Applies the job's chat template (custom_chat_template, chat_template_path, or the tokenizer's)."""
+    """Applies the job's chat template (custom_chat_template, chat_template_path, or the tokenizer's) with
+    the arguments Trinity passes it: add_generation_prompt, and enable_thinking when it is set."""
 
-    def __init__(self, tokenizer: Any, model_cfg: ModelConfig):
+    def __init__(self, tokenizer: Any, model_cfg: ModelConfig, *, chat_template: str | None = None,
+                 enable_thinking: bool | None = None):
         self.tokenizer = tokenizer
-        template = model_cfg.custom_chat_template
+        template = chat_template or model_cfg.custom_chat_template
         if not template and model_cfg.chat_template_path:
             template = Path(model_cfg.chat_template_path).expanduser().read_text()
         # passed per call rather than set on the tokenizer, which stages with other templates share
         self.template = template or None
-        self.source = ("model.custom_chat_template" if model_cfg.custom_chat_template
+        self.source = ("explorer.rollout_model.chat_template" if chat_template
+                       else "model.custom_chat_template" if model_cfg.custom_chat_template
                        else "model.chat_template_path" if template else "the tokenizer's chat template")
+        self.enable_thinking = model_cfg.enable_thinking if enable_thinking is None else enable_thinking
         self.max_prompt_tokens = model_cfg.max_prompt_tokens
         # a template that cannot render should stop the job now, not after the first batch was drawn
         self.prompt_ids([{"role": "system", "content": "check"}, {"role": "user", "content": "check"}])
         eos = tokenizer.eos_token_id
         self.eos_id: int | None = eos[0] if isinstance(eos, list) else eos
 
+    @classmethod
+    def for_stage(cls, tokenizer: Any, cfg: JobConfig) -> PromptEncoder:
+        """The encoder of a stage, with Trinity's precedence: rollouts take explorer.rollout_model's template
+        and enable_thinking over the model's; an SFT dataset takes its format.enable_thinking, and a DPO
+        dataset none (Trinity's DPO formatter does not pass it)."""
+        if cfg.mode == "train":
+            fmt = cfg.buffer.trainer_input.experience_buffer.format
+            if cfg.algorithm.algorithm_type == "dpo":
+                return cls(tokenizer, cfg.model.model_copy(update={"enable_thinking": None}))
+            return cls(tokenizer, cfg.model, enable_thinking=fmt.enable_thinking)
+        rm = cfg.explorer.rollout_model
+        return cls(tokenizer, cfg.model, chat_template=rm.chat_template, enable_thinking=rm.enable_thinking)
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """The arguments every prompt is rendered with besides the messages."""
+        kwargs: dict[str, Any] = {"chat_template": self.template}
+        if self.enable_thinking is not None:
+            kwargs["enable_thinking"] = self.enable_thinking
+        return kwargs
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the messages followed by the assistant's turn header."""
         try:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                                      add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      **self.template_kwargs())
         except Exception as exc:  # jinja errors come in many types; all mean the same to the user
             raise RunError(f"{self.source} could not render the prompt: {type(exc).__name__}: {exc}") from exc
         # the template writes BOS itself when the model wants one; encoding must not add a second

@@ -272,7 +272,7 @@ class RunnerActor:
         self.runner_id = runner_id
         self.conn = _RunnerConnection(base_url, api_key, base_model)
         tokenizer = ray.get(tokenizer_box[0])
-        self.explorer = Explorer(cfg, PromptEncoder(tokenizer, cfg.model), conn=self.conn)
+        self.explorer = Explorer(cfg, PromptEncoder.for_stage(tokenizer, cfg), conn=self.conn)
         self.explorer.runner.workflow_errors.quiet = self.explorer.runner.reward_errors.quiet = True
         self._sampler: Any = None
         self._key: tuple[int, str | None] | None = None

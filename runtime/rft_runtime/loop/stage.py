@@ -50,6 +50,7 @@ def stage_source(cfg: JobConfig) -> StorageConfig:
 
 def make_stream(cfg: JobConfig) -> Any:
     """The stage's TaskStream: seeded order, drop-last batches, epochs and step limits from the config."""
+    from rft_runtime.data.selectors import SelectorStream, chosen_selector
     from rft_runtime.data.tasksets import TaskStream, load_rows
 
     source = stage_source(cfg)
@@ -68,6 +69,10 @@ def make_stream(cfg: JobConfig) -> Any:
     stream = TaskStream(
         rows, batch_size=batch_size, total_epochs=source.total_epochs or cfg.buffer.total_epochs,
         total_steps=min(limits) if limits else None, seed=cfg.explorer.rollout_model.seed,
+    ) if chosen_selector(source) is None else SelectorStream(
+        # data_selector.selector_type set: Trinity's selectors pick each batch (rft_runtime.data.selectors)
+        rows, batch_size, chosen_selector(source), source.total_epochs or cfg.buffer.total_epochs,
+        min(limits) if limits else None,
     )
     if not stream.total_steps:
         raise RunError(
@@ -629,6 +634,7 @@ class StageRunner:
                 t_sync, _ = self._finish_step(step, work, extra, batch.stream_state, board)
                 record = reward_stats(batch, self.cfg)
                 record.update(extra)
+                record.update(batch.metrics)
                 record["time/sampling"] = batch.time_sampling_s
                 record["time/sync"] = t_sync + batch.time_sync_s
                 record.update(

@@ -158,10 +158,12 @@ class ModelWrapper:
             kwargs["enable_thinking"] = self.settings.enable_thinking
         return kwargs
 
-    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
-        """The prompt text: a final assistant message is continued, otherwise the assistant's turn starts."""
+    def render(self, messages: list[dict], tools: list[dict] | None = None,
+               template_kwargs: dict[str, Any] | None = None) -> str:
+        """The prompt text: a final assistant message is continued, otherwise the assistant's turn starts.
+        `template_kwargs` (a request's chat_template_kwargs, as vLLM takes them) go to the template too."""
         messages = _plain_messages(messages)
-        kwargs = self._template_kwargs(tools)
+        kwargs = {**self._template_kwargs(tools), **(template_kwargs or {})}
         try:
             if messages and messages[-1]["role"] == "assistant":
                 return self.tokenizer.apply_chat_template(messages, continue_final_message=True, **kwargs)
@@ -290,13 +292,13 @@ class ModelWrapper:
     def chat(self, messages: list[dict], **kwargs: Any) -> list[Experience]:
         """Sample `n` replies (kwarg, default 1) to a conversation; one Experience per reply."""
         tools = kwargs.pop("tools", None)
-        ids = self.encode_text(self.render(messages, tools))
+        ids = self.encode_text(self.render(messages, tools, kwargs.pop("chat_template_kwargs", None)))
         return self._record(self.sample_ids(ids, messages=messages, tools=tools, **kwargs))
 
     async def chat_async(self, messages: list[dict], **kwargs: Any) -> list[Experience]:
         """chat, for async workflows."""
         tools = kwargs.pop("tools", None)
-        ids = self.encode_text(self.render(messages, tools))
+        ids = self.encode_text(self.render(messages, tools, kwargs.pop("chat_template_kwargs", None)))
         return self._record(await self.sample_ids_async(ids, messages=messages, tools=tools, **kwargs))
 
     def _prompt_ids(self, prompt: str) -> list[int]:

@@ -51,6 +51,9 @@ def completion(wrapper: Any, body: dict[str, Any]) -> dict[str, Any]:
     kwargs = {k: body[k] for k in _SAMPLING_KEYS if body.get(k) is not None}
     if body.get("tools"):
         kwargs["tools"] = body["tools"]
+    if isinstance(body.get("chat_template_kwargs"), dict):
+        # vLLM's extension (extra_body={"chat_template_kwargs": {"enable_thinking": False}}): to the template
+        kwargs["chat_template_kwargs"] = body["chat_template_kwargs"]
     before = len(wrapper.calls)
     try:
         exps = wrapper.chat(messages, **kwargs)
