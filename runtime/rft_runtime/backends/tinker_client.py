@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rft_runtime.backends.errors import BackendError
 from rft_runtime.config import API_KEY_VARS, JobConfig, tinker_api_key
@@ -76,6 +78,25 @@ def healthy(base_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+# How long a server may refuse connections (not answer slowly: refuse) before a wait for it ends, and how
+# often that is checked. A server started beside the job (a sidecar, a pod that comes up late) gets a minute.
+UNREACHABLE_GRACE_S = 60.0
+PROBE_EVERY_S = 2.0
+
+
+def listening(url: str, timeout: float = 2.0) -> bool:
+    """True when something accepts a TCP connection at the URL's host and port (whatever it then answers)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def service_url(base_url: str | None) -> str:
     """The URL the SDK talks to: base_url, else $TINKER_BASE_URL, else the Tinker service's."""
     if base_url:
@@ -102,7 +123,26 @@ def within(timeout: float, what: str, url: str, fn: Any) -> Any:
 
     worker = threading.Thread(target=call, name=f"tinker: {what}", daemon=True)
     worker.start()
-    worker.join(timeout)
+    end = time.monotonic() + timeout
+    # a server that may be slow gets the whole timeout, but one where nothing listens at all (connection
+    # refused, a name that does not resolve) is not waited on for an hour: the SDK would retry it silently
+    grace = min(timeout, UNREACHABLE_GRACE_S)
+    unreachable_since: float | None = None
+    while worker.is_alive() and time.monotonic() < end:
+        worker.join(min(PROBE_EVERY_S, max(0.0, end - time.monotonic())))
+        if not worker.is_alive() or not url.startswith("http"):
+            continue
+        now = time.monotonic()
+        if listening(url):
+            unreachable_since = None
+        elif unreachable_since is None:
+            unreachable_since = now
+        elif now - unreachable_since >= grace:
+            raise BackendError(
+                f"{what}: nothing listens at {url} (no connection for {now - unreachable_since:.0f}s: refused, "
+                "or the name does not resolve). Check model.tinker.base_url (or TINKER_BASE_URL) and that the "
+                "server is running"
+            )
     if worker.is_alive():
         if url.startswith("http"):
             answer = ("it answers GET /api/v1/healthz, so the server is up but did not finish the request"
@@ -219,7 +259,12 @@ class Connection:
             status = "errored" if sys.exc_info()[0] is not None else "success"
         service, self.service = self.service, None
         if service is not None:
-            _finish_service(service, status)
+            url = service_url(self.base_url)
+            if url.startswith("http") and not listening(url):
+                # nobody to tell: finishing would only wait out its bound (quiesce_sdk stops the SDK at exit)
+                log.debug("not finishing the Tinker session: nothing listens at %s", url)
+            else:
+                _finish_service(service, status)
         self._stop_engine()
 
     def __enter__(self) -> Connection:
