@@ -20,9 +20,9 @@ from workflow_plugins import GUESS_GAME, JUDGED, OPENAI_AGENT, read_log, write_p
 from rft_runtime.config import load_config_dict
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.job import run_job
-from rft_runtime.workflows import registry
+from rft_runtime.workflows import registry, trinity_compat
 
-pytestmark = pytest.mark.skipif(registry.real_trinity_root() is not None,
+pytestmark = pytest.mark.skipif(trinity_compat.real_trinity_root() is not None,
                                 reason="trinity-rft is installed here; these tests check the runtime without it")
 
 

@@ -20,10 +20,11 @@ from rft_runtime.workflows import (
     known_reward_fns,
     known_workflows,
     registry,
+    trinity_compat,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-no_trinity = pytest.mark.skipif(registry.real_trinity_root() is not None,
+no_trinity = pytest.mark.skipif(trinity_compat.real_trinity_root() is not None,
                                 reason="trinity-rft is installed here; these check the runtime without it")
 
 
@@ -86,7 +87,7 @@ def test_trinity_imports_resolve_to_the_runtimes_classes_once_a_workflow_is_load
     out = json.loads(done.stdout)
     assert out["same"] and out["flow"] and out["reward"] and out["got"]
     assert out["score"] == {"hit": 1.5}
-    assert "trinity-rft is not installed" in out["missing"] and "pip install trinity-rft" in out["missing"]
+    assert "trinity-rft is not installed" in out["missing"] and "pip install 'rft-platform[trinity]'" in out["missing"]
 
 
 # ---------------------------------------------------------------- plugin folders and import paths
