@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 from rft_runtime.config.errors import ConfigError
 from rft_runtime.config.loader import load_config
 from rft_runtime.config.models import JobConfig, StorageConfig
+from rft_runtime.config.workflow_checks import load_named
 
 EXIT_INVALID = 2
 
@@ -205,6 +207,10 @@ def validate_main(args: Any) -> int:
     if cfg is None:
         return EXIT_INVALID
     problems, data_warnings = data_checks(cfg) if not cfg.partial else ([], [])
+    if not cfg.partial:
+        loaded, load_warnings = load_named(cfg, bool(getattr(args, "plugin_dir", None) or
+                                                     os.environ.get("TRINITY_PLUGIN_DIRS")))
+        problems, data_warnings = [*problems, *loaded], [*data_warnings, *load_warnings]
     for warning in [*cfg.warnings, *data_warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     if problems:

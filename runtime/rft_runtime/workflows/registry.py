@@ -178,12 +178,14 @@ def load_object(spec: str, what: str) -> Any:
     return getattr(module, attr)
 
 
-def unknown_name_message(what: str, name: str, known: tuple[str, ...]) -> str:
-    """Why `name` is not a workflow / reward function, and the two ways to name one of your own."""
-    from difflib import get_close_matches
+def unknown_name_message(what: str, name: str, known: tuple[str, ...], suggestion: str | None = None) -> str:
+    """Why `name` is not a workflow / reward function, and the two ways to name one of your own
+    (`suggestion`: the closest known name, when the caller has its own rule for it)."""
+    if suggestion is None:
+        from difflib import get_close_matches
 
-    close = get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+        suggestion = next(iter(get_close_matches(name, known, n=1)), None)
+    hint = f"did you mean {suggestion!r}? " if suggestion else ""
     form = "ClassName" if what == "workflow" else "function_name"
     deco = "WORKFLOWS" if what == "workflow" else "REWARD_FUNCTIONS"
     return (f"unknown {what} {name!r}; {hint}known: {', '.join(known)}. To use your own, name it by import "
