@@ -357,4 +357,8 @@ def experience_problem(exp: Any) -> str | None:
     mask = getattr(exp, "action_mask", None)
     if mask is not None and len(as_ints(mask)) != n:
         return f"an Experience has an action_mask of {len(as_ints(mask))} for {n} response tokens"
+    chunks = (getattr(exp, "info", None) or {}).get("prompt_chunks") or []
+    if any(getattr(c, "type", "") == "image" and getattr(c, "expected_tokens", None) is None for c in chunks):
+        return ("an image's token count is unknown (the model's processor could not be loaded with transformers), "
+                "so its reply cannot be lined up with the prompt to train on")
     return None
