@@ -67,6 +67,8 @@ def text_content(content: Any) -> str:
 
 
 def _plain_messages(messages: list[dict]) -> list[dict]:
+    from rft_runtime.workflows.tool_calls import for_template
+
     out = []
     for m in messages:
         if not isinstance(m, dict) or "role" not in m:
@@ -74,7 +76,7 @@ def _plain_messages(messages: list[dict]) -> list[dict]:
         msg = dict(m)
         msg["content"] = text_content(m.get("content"))
         out.append(msg)
-    return out
+    return for_template(out)
 
 
 class ModelWrapper:
