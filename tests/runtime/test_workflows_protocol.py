@@ -19,7 +19,6 @@ from rft_runtime.workflows import (
     get_reward_fn,
     known_reward_fns,
     known_workflows,
-    registry,
     trinity_compat,
 )
 
