@@ -163,6 +163,7 @@ def load_object(spec: str, what: str) -> Any:
                 return load_object(ours, what)
     try:
         module = importlib.import_module(module_name)
+        trinity_compat.settle()
     except ImportError as exc:
         raise WorkflowError(
             f"cannot import {what} {spec!r}: {exc}. Install the package that holds it, put its folder "

@@ -129,7 +129,9 @@ def reward_class(reward: Any, workflow: type) -> Any:
         from trinity.common.rewards import RewardFn as TrinityRewardFn
 
         if isinstance(reward, str) and reward in REWARD_FUNCTIONS._default_mapping:
-            return REWARD_FUNCTIONS.get(reward)
+            found = REWARD_FUNCTIONS.get(reward)
+            trinity_compat.settle()
+            return found
         return as_reward_class(resolve_reward_fn(reward), TrinityRewardFn)
     return as_reward_class(resolve_reward_fn(reward), RewardFn)
 
@@ -330,6 +332,9 @@ class WorkflowRunner:
         for exp in outcome.experiences:
             if getattr(exp, "truncate_status", None) == "prompt_truncated":
                 continue
+            if self.is_eval and getattr(exp, "reward", 0.0) is None:
+                # an evaluation workflow may only record metrics (Trinity's math_eval_workflow): nothing trains
+                exp.reward = 0.0
             problem = experience_problem(exp)
             if problem is None and (exp.info or {}).get("reward_error"):
                 self._user_error("reward", exp.info["reward_error"], outcome)

@@ -65,12 +65,15 @@ class SingleTurnWorkflow(Workflow):
                         reward_fn_args=args, reward_fn=reward_fn, raw_task={})
         super().__init__(task=task, model=model, auxiliary_models=auxiliary_models)
         self.repeat_times = 1
-        self.reset(task)
+        # the base attributes first: a subclass written for Trinity overrides reset() and sets only its own
+        SingleTurnWorkflow.reset(self, task)
+        if type(self).reset is not SingleTurnWorkflow.reset:
+            self.reset(task)
 
     def reset(self, task: Task) -> None:
         """Take a new task (its row, format, arguments and reward function)."""
         self.task = task
-        self.format = task.format_args
+        self.format = self.format_args = task.format_args
         self.workflow_args = dict(task.workflow_args or {})
         self.reward_fn_args = dict(task.reward_fn_args or {})
         self.prompt_key = self.format.prompt_key or "prompt"
@@ -78,6 +81,9 @@ class SingleTurnWorkflow(Workflow):
         self.system_prompt = self.format.system_prompt or self.default_system_prompt
         self.reply_prefix = self.format.reply_prefix
         self.raw_task = task.raw_task or {}
+        # plain attributes, as Trinity's (its workflows assign them in their own reset)
+        self.task_desc = self.raw_task.get(self.prompt_key)
+        self.truth = self.raw_task.get(self.response_key)
         self._reward_fn: Any = None
 
     def set_repeat_times(self, repeat_times: int, run_id_base: int) -> None:
@@ -90,16 +96,6 @@ class SingleTurnWorkflow(Workflow):
     def rollout_args(self) -> dict[str, Any]:
         """The taskset's rollout_args as model.chat() keyword arguments."""
         return asdict(self.task.rollout_args)
-
-    @property
-    def task_desc(self) -> Any:
-        """The row's prompt column."""
-        return self.raw_task.get(self.prompt_key)
-
-    @property
-    def truth(self) -> Any:
-        """The row's reference answer (format.response_key), or None."""
-        return self.raw_task.get(self.response_key)
 
     # ------------------------------------------------------------ prompts
 
@@ -161,6 +157,11 @@ class SingleTurnWorkflow(Workflow):
                                     "buffer.explorer_input.default_reward_fn_type")
             self._reward_fn = get_reward_fn(spec, self.reward_fn_args)
         return self._reward_fn
+
+    @reward_fn.setter
+    def reward_fn(self, value: Any) -> None:
+        # Trinity's workflows set their reward function instance themselves
+        self._reward_fn = value
 
     def score(self, row: dict[str, Any], response: str, **extra: Any) -> Score:
         """The response's Score from the reward function (`extra`: Trinity's response_token and info)."""

@@ -16,7 +16,6 @@ from collections import Counter
 from typing import Any
 
 from rft_runtime.workflows.experience import Experience
-from rft_runtime.workflows.protocol import Task
 from rft_runtime.workflows.single_turn import SingleTurnWorkflow
 
 TOOL_PROMPT = """# Tool
@@ -98,10 +97,6 @@ class ToolCallWorkflow(SingleTurnWorkflow):
     (0 with a logged error when the row has none)."""
 
     is_async = True
-
-    def reset(self, task: Task) -> None:
-        """Take the task (its row is the whole prompt)."""
-        super().reset(task)
 
     def format_messages(self) -> list[dict[str, str]]:
         """The Tool-N1 messages of the row."""

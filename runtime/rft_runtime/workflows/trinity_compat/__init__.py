@@ -103,6 +103,14 @@ def trinity_registered(kind: str) -> dict[str, Any]:
     return dict(getattr(registry, "modules", None) or {})
 
 
+def settle() -> None:
+    """After importing an installed trinity-rft's modules: take the vLLM shim's modules out of sys.modules."""
+    if real_trinity_root() is not None:
+        from rft_runtime.workflows.trinity_compat import vllm_stub
+
+        vllm_stub.forget()
+
+
 def install() -> bool:
     """Make `import trinity...` work for workflow code; True when the stand-in is in use (idempotent)."""
     global _installed

@@ -8,8 +8,9 @@ fails without vLLM.
 
 The shim is a finder on sys.meta_path that answers only (1) for the vLLM modules Trinity imports, (2) when
 vLLM is not installed and (3) when the import comes from a `trinity.` module. Each name it hands out is a
-placeholder that raises, saying why, if anything ever calls or instantiates it. The installed wheel's
-files are not touched: uninstalling the runtime (or installing vLLM) leaves Trinity exactly as shipped.
+placeholder that raises, saying why, if anything ever calls or instantiates it; once Trinity's module is
+imported the shim's modules leave sys.modules again (`forget`), so `import vllm` elsewhere fails as before.
+The installed wheel's files are not touched: installing vLLM leaves Trinity exactly as shipped.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def vllm_installed() -> bool:
         finally:
             sys.meta_path.append(_finder)
     return importlib.util.find_spec("vllm") is not None
+
+
+def forget() -> None:
+    """Drop the shim's modules from sys.modules once Trinity's modules hold the names they imported, so that
+    `import vllm` elsewhere in the process still fails as it should."""
+    for name in [n for n, m in sys.modules.items() if getattr(m, MARKER, False)]:
+        del sys.modules[name]
 
 
 def install() -> bool:
