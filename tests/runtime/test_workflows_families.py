@@ -303,3 +303,118 @@ class FlakyOnce(MathWorkflow):
     assert done.returncode == 0, done.stderr[-3000:]
     assert [(r["rollouts"], r["failed_rollouts"]) for r in metrics(cfg)] == [(4, 0), (4, 0)]
     assert len(os.listdir(marks)) == 4  # every task failed its first try
+
+
+# ---------------------------------------------------------------- tools and images on the loopback endpoint
+
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>"
+    "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n"
+    "{% for c in m.tool_calls %}<tool_call>\n{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
+    "\n</tool_call>{% endfor %}<|im_end|>\n{% elif m.role == 'tool' %}<|im_start|>user\n<tool_response>"
+    "{{ m.content }}</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ADD = {"type": "function", "function": {"name": "add", "description": "add two numbers",
+                                        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+
+
+def test_a_tool_calling_agent_through_the_openai_client(tiny_model_dir, local_engine):
+    """The tiny model is first taught (cross-entropy, a few dozen steps) to answer with a Hermes tool call, so
+    that a real sampled reply holds one; the agent then runs a tool round through the official client."""
+    import numpy as np
+    import openai
+    import tinker
+    from transformers import AutoTokenizer
+
+    from rft_runtime.workflows.model import ModelSettings, ModelWrapper
+    from rft_runtime.workflows.openai_server import OpenAIServer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    service = tinker.ServiceClient(base_url=local_engine.base_url, api_key="tml-local")
+    base = str(Path(tiny_model_dir).resolve())
+    server = OpenAIServer()
+    settings = ModelSettings(name="policy", max_tokens=80, enable_history=True, enable_openai_api=True,
+                             temperature=0.0)
+    question = [{"role": "user", "content": "add"}]
+    teacher = ModelWrapper(None, tok, settings, chat_template=TOOL_TEMPLATE)
+    prompt, _ = teacher.chat_prompt(question, [ADD])
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call><|im_end|>'
+    target = tok.encode(call, add_special_tokens=False)
+    ids = prompt + target
+    datum = tinker.Datum(model_input=tinker.ModelInput.from_ints(ids[:-1]), loss_fn_inputs={
+        "target_tokens": np.asarray(ids[1:], dtype=np.int64),
+        "weights": np.asarray([0.0] * (len(prompt) - 1) + [1.0] * len(target), dtype=np.float32)})
+    trainer = service.create_lora_training_client(base_model=base, rank=16)
+    for _ in range(60):
+        trainer.forward_backward([datum], "cross_entropy").result()
+        trainer.optim_step(tinker.AdamParams(learning_rate=4e-3)).result()
+    sampler = trainer.save_weights_and_get_sampling_client(name="tool-caller")
+    policy = ModelWrapper(sampler, tok, settings, chat_template=TOOL_TEMPLATE, server=server)
+    server.set_models([policy])
+    try:
+        rollout = policy.clone_with_isolated_history()
+        client = rollout.get_openai_client()
+        first = client.chat.completions.create(model="policy", messages=question, tools=[ADD], tool_choice="auto")
+        choice = first.choices[0]
+        assert choice.finish_reason == "tool_calls", choice.message.content
+        (tool_call,) = choice.message.tool_calls
+        assert tool_call.function.name == "add" and json.loads(tool_call.function.arguments) == {"a": 2}
+        # the tool's answer goes back as a tool message; the template renders the call and the result
+        follow = [*question, choice.message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": tool_call.id, "content": "3"}]
+        second = client.chat.completions.create(model="policy", messages=follow, tools=[ADD])
+        assert second.choices[0].message.role == "assistant"
+        # what trains is exactly what was sampled, the tool-call text included
+        recorded = rollout.extract_experience_from_history()
+        assert [list(map(int, e.tokens[e.prompt_length:])) for e in recorded] == \
+            [first.choices[0].model_extra["token_ids"], second.choices[0].model_extra["token_ids"]]
+        assert tok.decode(recorded[0].tokens[recorded[0].prompt_length:]).startswith("<tool_call>")
+        with pytest.raises(openai.BadRequestError, match="forces a tool call"):
+            client.chat.completions.create(model="policy", messages=question, tools=[ADD], tool_choice="required")
+    finally:
+        server.close()
+
+
+VL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+    "{% for p in m.content %}{% if p.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}"
+    "{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_images_reach_the_sampler_as_image_chunks_and_the_local_engine_says_why_it_refuses(
+        tmp_path, tiny_model_dir, local_engine):
+    import io
+
+    import tinker
+    from PIL import Image
+    from transformers import AutoTokenizer
+
+    from rft_runtime.workflows import WorkflowError
+    from rft_runtime.workflows.model import ModelSettings, ModelWrapper
+    from rft_runtime.workflows.multimodal import mm_message
+
+    picture = tmp_path / "dot.png"
+    Image.new("RGB", (8, 8), "red").save(picture)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]})
+    messages = [{"role": "system", "content": "Look."}, mm_message("What colour is <image> here?", [str(picture)], [])]
+    service = tinker.ServiceClient(base_url=local_engine.base_url, api_key="tml-local")
+    sampler = service.create_sampling_client(base_model=str(Path(tiny_model_dir).resolve())).result()
+    model = ModelWrapper(sampler, tok, ModelSettings(name="policy", max_tokens=4), chat_template=VL_TEMPLATE)
+    ids, chunks = model.chat_prompt(messages)
+    assert [c.type for c in chunks] == ["encoded_text", "image", "encoded_text"]
+    assert Image.open(io.BytesIO(chunks[1].data)).size == (8, 8) and chunks[1].format == "png"
+    # the image sits where the template put it: between the vision markers, after "What colour is "
+    before = tok.decode(chunks[0].tokens)
+    assert before.endswith("What colour is <|vision_start|>") and tok.decode(chunks[2].tokens).startswith("<|vision_end|>")
+    assert len(ids) == len(chunks[0].tokens) + 1 + len(chunks[2].tokens)  # the processor cannot size it here
+    with pytest.raises(tinker.TinkerError, match="this engine serves text models"):
+        model.chat(messages)
+    # a text model's own template writes nothing for an image: said at once
+    text_only = ModelWrapper(sampler, tok, ModelSettings(name="policy", max_tokens=4))
+    with pytest.raises(WorkflowError, match="not a vision-language model's template"):
+        text_only.chat(messages)

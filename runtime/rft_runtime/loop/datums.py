@@ -43,6 +43,6 @@ def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: 
         inputs["advantages"] = np.asarray(pad + [a * f * k for a, k in zip(per_token, keep, strict=True)],
                                           dtype=np.float32)
     if prompt_chunks:
-        tail = [tinker.EncodedTextChunk(tokens=response[:-1])] if len(response) > 1 else []
+        tail = [tinker.types.EncodedTextChunk(tokens=response[:-1])] if len(response) > 1 else []
         return tinker.Datum(model_input=tinker.ModelInput(chunks=[*prompt_chunks, *tail]), loss_fn_inputs=inputs)
     return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)

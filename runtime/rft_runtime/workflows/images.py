@@ -82,26 +82,34 @@ def template_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
-def placeholder(render: Any) -> str:
-    """What the chat template writes for one image, found by rendering a message with and without one."""
+def placeholder(render: Any, tokenizer: Any) -> str:
+    """What the chat template writes for one image, found by rendering a message with and without one; it
+    must hold a special token of the tokenizer (a text model's template writes the part's text, or nothing)."""
     with_image = render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "@"}]}])
     without = render([{"role": "user", "content": [{"type": "text", "text": "@"}]}])
     start = next((i for i, (a, b) in enumerate(zip(with_image, without, strict=False)) if a != b), len(without))
     extra = len(with_image) - len(without)
-    if extra <= 0:
-        raise WorkflowError("the chat template writes nothing for an image part: this is not a vision-language "
-                            "model's template (images need a vision-language base model)")
-    return with_image[start:start + extra]
+    marker = with_image[start:start + extra] if extra > 0 else ""
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    if not marker or not special & set(tokenizer.encode(marker, add_special_tokens=False)):
+        raise WorkflowError("the chat template writes no image token for an image part: this is not a "
+                            "vision-language model's template (images need a vision-language base model)")
+    return marker
 
 
 @functools.cache
 def _processor(model: str) -> Any:
-    try:
-        from transformers import AutoProcessor
+    from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(model)
-    except Exception:  # no processor for this model here: the count stays unknown
-        return None
+    # a local folder or the Hugging Face cache first; the Hub only for a name that can be one ("org/model")
+    for offline in (True, False):
+        if not offline and (Path(model).expanduser().exists() or "/" not in model):
+            break
+        try:
+            return AutoProcessor.from_pretrained(model, local_files_only=offline)
+        except Exception:  # no processor for this model here: the count stays unknown
+            continue
+    return None
 
 
 def image_token_count(model: str, data: bytes) -> int | None:
@@ -142,7 +150,7 @@ def image_prompt(tokenizer: Any, text: str, marker: str, images: list[Any], mode
 
     def text_chunk(tokens: list[int]) -> None:
         if tokens:
-            chunks.append(tinker.EncodedTextChunk(tokens=tokens))
+            chunks.append(tinker.types.EncodedTextChunk(tokens=tokens))
             ids.extend(tokens)
 
     for i, piece in enumerate(pieces):
@@ -152,14 +160,14 @@ def image_prompt(tokenizer: Any, text: str, marker: str, images: list[Any], mode
         data, fmt = image_bytes(images[i])
         count = image_token_count(model, data)
         text_chunk(before)
-        chunks.append(tinker.ImageChunk(data=data, format=fmt, expected_tokens=count))
+        chunks.append(tinker.types.ImageChunk(data=data, format=fmt, expected_tokens=count))
         ids.extend([pad_id] * (count or 1))
         text_chunk(after)
     # adjacent text chunks are one chunk to the server: merge them
     merged: list[Any] = []
     for chunk in chunks:
         if merged and chunk.type == "encoded_text" and merged[-1].type == "encoded_text":
-            merged[-1] = tinker.EncodedTextChunk(tokens=[*merged[-1].tokens, *chunk.tokens])
+            merged[-1] = tinker.types.EncodedTextChunk(tokens=[*merged[-1].tokens, *chunk.tokens])
         else:
             merged.append(chunk)
     return merged, ids

@@ -312,7 +312,7 @@ class ModelWrapper:
                 raise WorkflowError(f"the chat template could not render a message with an image: "
                                     f"{type(exc).__name__}: {exc}") from exc
 
-        marker = images.placeholder(lambda msgs: render(msgs, add_generation_prompt=True))
+        marker = images.placeholder(lambda msgs: render(msgs, add_generation_prompt=True), self.tokenizer)
         final = messages[-1].get("role") == "assistant" if messages else False
         text = render(messages, continue_final_message=True) if final else render(messages, add_generation_prompt=True)
         chunks, ids = images.image_prompt(self.tokenizer, text, marker, pics, self._model_path)
