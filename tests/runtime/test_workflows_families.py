@@ -350,7 +350,8 @@ def test_a_tool_calling_agent_through_the_openai_client(tiny_model_dir, local_en
     for _ in range(60):
         trainer.forward_backward([datum], "cross_entropy").result()
         trainer.optim_step(tinker.AdamParams(learning_rate=4e-3)).result()
-    sampler = trainer.save_weights_and_get_sampling_client(name="tool-caller")
+    sampler = trainer.save_weights_and_get_sampling_client()
+    sampler = sampler.result() if hasattr(sampler, "result") else sampler
     policy = ModelWrapper(sampler, tok, settings, chat_template=TOOL_TEMPLATE, server=server)
     server.set_models([policy])
     try:
