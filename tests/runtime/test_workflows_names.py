@@ -280,3 +280,54 @@ def test_one_split_import_path_rule():
 
     assert catalog.split_import_path is split_import_path
     assert registry.split_import_path is split_import_path
+
+
+@no_trinity
+def test_trinitys_guru_math_benchmark_validates_with_its_reward_plugin(tmp_path):
+    """benchmark/config/guru_math-template.yaml names math_boxed_reward_naive_dapo, which Trinity's benchmark
+    registers from a plugin (Trinity 0.6's registry does not hold it): with such a plugin it is valid on Tinker."""
+    example = ROOT.parent / "shared" / "trinity-examples" / "benchmark" / "config" / "guru_math-template.yaml"
+    if not example.exists():
+        pytest.skip(f"{example} is not beside the repo (it is in CI)")
+    plugins = tmp_path / "plugins"
+    write_plugin(plugins, "guru_rewards", '''
+from trinity.common.rewards import REWARD_FUNCTIONS
+from trinity.common.rewards.math_reward import MathBoxedRewardFn
+
+
+@REWARD_FUNCTIONS.register_module("math_boxed_reward_naive_dapo")
+class NaiveDapo(MathBoxedRewardFn):
+    def __call__(self, response, truth=None, **kwargs):
+        from trinity.common.rewards.naive_dapo_score import compute_score
+
+        return {"accuracy": compute_score(response, truth)[0], "format_score": 0.0}
+''')
+    env = clean_env(**{v: str(tmp_path / v.lower()) for v in ("TRINITY_TASKSET_PATH", "TRINITY_MODEL_PATH",
+                                                              "TRINITY_CHECKPOINT_ROOT_DIR")})
+    args = rft("validate", "-c", str(example), "-c", str(ROOT.parent / "shared" / "seeds" / "tinker-snippet.yaml"))
+    without = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert "unknown reward function 'math_boxed_reward_naive_dapo'" in without.stderr
+    done = subprocess.run([*args, "--plugin-dir", str(plugins)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert "math_boxed_reward_naive_dapo" not in done.stderr, done.stderr
+
+
+def test_a_reply_prefix_starts_the_models_reply(tiny_model_dir):
+    """format.reply_prefix (or explorer_input.reply_prefix) is the start of the assistant's turn, continued by
+    the model, as Trinity's workflows send it; a Tinker config may set it."""
+    from transformers import AutoTokenizer
+
+    from rft_runtime.config import load_config_dict
+    from rft_runtime.workflows.model import ModelSettings, ModelWrapper
+    from rft_runtime.workflows.runner import WorkflowRunner
+
+    cfg = job_dict(Path("/tmp"), tiny_model_dir, DEAD)
+    cfg["buffer"]["explorer_input"]["reply_prefix"] = "<think>"
+    job = load_config_dict(cfg)
+    runner = WorkflowRunner(job, job.buffer.explorer_input.taskset)
+    wf = runner.workflow_cls(task=runner.make_task({"question": "1+1?", "answer": "2"}, 0, 0, 1), model=None)
+    messages = wf.format_messages()
+    assert messages[-1] == {"role": "assistant", "content": "<think>"}
+    model = ModelWrapper(None, AutoTokenizer.from_pretrained(str(tiny_model_dir)), ModelSettings(name="m"))
+    ids, _ = model.chat_prompt(messages)
+    assert model.tokenizer.decode(ids).endswith("<|im_start|>assistant\n<think>")

@@ -55,7 +55,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("ModelConfig", "enable_thinking"): (
         _one_of(None, False), "the chat template is applied without enable_thinking"),
     ("ExternalModelConfig", "enable"): (_one_of(False), "rollouts come from the Tinker sampler"),
-    ("FormatConfig", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
     # image_key: a taskset's images reach the sampler as image chunks (rft_runtime.workflows.images); a
     # dataset's (SFT, DPO, expert data) are refused in rft_runtime.config.workflow_checks
     ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
@@ -69,7 +68,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
         _one_of(None, "sequential", "shuffle", "random"), "tasks come in a seeded order, reshuffled each epoch"),
     ("ReplayBufferConfig", "enable"): (_one_of(False), "experiences are trained on once, without replay"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
-    ("ExplorerInput", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
     ("BufferConfig", "train_batch_size"): (
         _train_batch, "each step trains on one explorer batch: batch_size x repeat_times experiences"),
     ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
