@@ -165,7 +165,9 @@ class WorkflowRunner:
         self.workflow_errors = ErrorOnce("the workflow", quiet)
         self.reward_errors = ErrorOnce("the reward", quiet)
         self._per_row: dict[str, type] = {}
-        self._rewards: dict[tuple[Any, type], Any] = {}
+        # the taskset's reward function is resolved now, so that a bad name stops the job before step 1
+        self._rewards: dict[tuple[Any, type], Any] = {
+            (self.reward_fn, self.workflow_cls): reward_class(self.reward_fn, self.workflow_cls)}
 
     def _workflow_for(self, row: dict[str, Any]) -> type:
         key = self.format.workflow_key
