@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 from typing import Any
 
@@ -156,7 +155,7 @@ def load_object(spec: str, what: str) -> Any:
     if module_name == "trinity" or module_name.startswith("trinity."):
         standing_in = trinity_compat.install()
         ours = _OURS_BY_TRINITY_PATH.get(f"{module_name}.{attr}") if standing_in else None
-        if ours is not None and importlib.util.find_spec(module_name.split(".")[0]) is not None:
+        if ours is not None:
             try:
                 importlib.import_module(module_name)
             except ImportError:  # not in the stand-in nor a plugin folder: this runtime's implementation
