@@ -336,23 +336,6 @@ def test_workflow_bugs_fail_their_runs_not_the_job(tmp_path, tiny_model_dir, loc
 
 # ---------------------------------------------------------------- Trinity's own FrozenLake, unchanged
 
-@pytest.fixture(scope="module")
-def small_engine(tmp_path_factory):
-    """A local engine on the small preset (2048 positions: FrozenLake's system prompt alone is ~1100 tokens
-    with the byte-level tokenizer, more than the tiny preset's context)."""
-    from rft_runtime.engine.launcher import LocalEngine
-    from rft_runtime.engine.model_factory import make_model
-
-    root = tmp_path_factory.mktemp("small-engine")
-    model = make_model(root / "small", preset="small", seed=0)
-    engine = LocalEngine(model, state_dir=root / "state", port=0, api_key="tml-local", log_file=root / "engine.log")
-    engine.start(timeout=120)
-    try:
-        yield model, engine
-    finally:
-        engine.stop()
-
-
 @pytest.mark.slow
 def test_trinitys_own_frozen_lake_workflow_trains_unchanged(tmp_path, small_engine):
     pytest.importorskip("gymnasium", reason="FrozenLake needs gymnasium (the dev extra installs it)")

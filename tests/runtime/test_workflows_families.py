@@ -46,23 +46,6 @@ def _trained(cfg: dict, steps: int = 2) -> list[dict]:
     return records
 
 
-@pytest.fixture(scope="module")
-def small_engine(tmp_path_factory):
-    """A local engine on the small preset (2048 positions: FrozenLake's system prompt alone is ~900 tokens
-    with the byte-level tokenizer, more than the tiny preset's context)."""
-    from rft_runtime.engine.launcher import LocalEngine
-    from rft_runtime.engine.model_factory import make_model
-
-    root = tmp_path_factory.mktemp("small-engine")
-    model = make_model(root / "small", preset="small", seed=0)
-    engine = LocalEngine(model, state_dir=root / "state", port=0, api_key="tml-local", log_file=root / "engine.log")
-    engine.start(timeout=120)
-    try:
-        yield model, engine
-    finally:
-        engine.stop()
-
-
 def test_math_eval_workflow_grades_the_boxed_answer(tmp_path, tiny_model_dir, local_engine):
     rows = [{"question": f"What is {a} + {a}?", "answer": str(2 * a)} for a in range(4)]
     cfg = _job(tmp_path, tiny_model_dir, local_engine.base_url, "async_math_eval_workflow", rows=rows, repeat=2)

@@ -110,24 +110,6 @@ def test_trinitys_on_policy_distillation_class_gives_the_teachers_logprobs(tmp_p
     assert abs(records[0]["rollout/kl_divergence/mean"]) < 1e-2
 
 
-@pytest.fixture(scope="module")
-def small_engine(tmp_path_factory):
-    """A local engine on the small preset (2048 positions), for Trinity's long prompts."""
-    from rft_runtime.engine.launcher import LocalEngine
-    from rft_runtime.engine.model_factory import make_model
-
-    if trinity_python() is None:
-        pytest.skip(HOW)
-    root = tmp_path_factory.mktemp("small-engine")
-    model = make_model(root / "small", preset="small", seed=0)
-    engine = LocalEngine(model, state_dir=root / "state", port=0, api_key="tml-local", log_file=root / "engine.log")
-    engine.start(timeout=120)
-    try:
-        yield model, engine
-    finally:
-        engine.stop()
-
-
 @needs_wheel
 @pytest.mark.slow
 def test_trinitys_frozen_lake_and_ruler_classes_train(tmp_path, small_engine):
