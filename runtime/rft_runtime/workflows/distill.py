@@ -6,16 +6,15 @@ scores the same tokens, and the trainer's advantage is teacher logprob - student
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from typing import Any
 
 from rft_runtime.workflows.base import WorkflowError
 from rft_runtime.workflows.experience import Experience, as_floats, as_ints, make_seq
-from rft_runtime.workflows.protocol import Task, Workflow
-from rft_runtime.workflows.single_turn import BOXED_PROMPT, EVAL_SYSTEM_PROMPT
+from rft_runtime.workflows.protocol import Task
+from rft_runtime.workflows.single_turn import BOXED_PROMPT, EVAL_SYSTEM_PROMPT, SingleTurnWorkflow
 
 
-class OnPolicyDistillWorkflow(Workflow):
+class OnPolicyDistillWorkflow(SingleTurnWorkflow):
     """The student answers the task's prompt (system prompt, prompt column, reply prefix from the taskset's
     format); each reply's teacher logprobs go to experience.teacher_logprobs (what the distillation
     advantage reads). The reward is 0 (compute_reward can say otherwise); metric kl_divergence, the sum of
@@ -23,48 +22,18 @@ class OnPolicyDistillWorkflow(Workflow):
     at the sampler's temperature on Tinker)."""
 
     is_async = True
-    can_reset = True
-    can_repeat = True
 
     def __init__(self, *, task: Task, model: Any, auxiliary_models: list[Any] | None = None):
         super().__init__(task=task, model=model, auxiliary_models=auxiliary_models)
-        self.reset(task)
+        self.temperature = task.workflow_args.get("temperature", 1.0)
+
+    @property
+    def teacher_model(self) -> Any:
+        """explorer.auxiliary_models[0]: the teacher."""
         if not self.auxiliary_model_wrappers:
             raise WorkflowError("on-policy distillation needs a teacher: name it in explorer.auxiliary_models (the "
                                 "first entry's model_path is the teacher's Tinker base model)")
-        self.teacher_model = self.auxiliary_model_wrappers[0]
-        self.temperature = task.workflow_args.get("temperature", 1.0)
-
-    def reset(self, task: Task) -> None:
-        """Take a new task (no reward function: the teacher is the signal)."""
-        self.task = task
-        self.format_args = task.format_args
-        self.system_prompt = task.format_args.system_prompt
-        self.reply_prefix = task.format_args.reply_prefix
-        self.raw_task = task.raw_task or {}
-        self.task_desc = task.task_desc
-        self.truth = task.truth
-
-    def set_repeat_times(self, repeat_times: int, run_id_base: int) -> None:
-        """Sample repeat_times replies in one request."""
-        self.repeat_times = repeat_times
-        self.task.rollout_args.n = repeat_times
-        self.run_id_base = run_id_base
-
-    @property
-    def rollout_args(self) -> dict[str, Any]:
-        """The taskset's rollout_args."""
-        return asdict(self.task.rollout_args)
-
-    def format_messages(self) -> list[dict[str, str]]:
-        """System prompt (if any), the prompt column, the reply prefix (if any)."""
-        if self.task_desc is None:
-            raise WorkflowError(f"the task has no {self.format_args.prompt_key!r} value (format.prompt_key)")
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": str(self.task_desc)})
-        if self.reply_prefix:
-            messages.append({"role": "assistant", "content": self.reply_prefix})
-        return messages
+        return self.auxiliary_model_wrappers[0]
 
     def compute_reward(self, response: Experience) -> float:
         """The reward of a reply: 0 here (the advantage comes from the teacher)."""
