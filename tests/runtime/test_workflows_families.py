@@ -38,6 +38,9 @@ def _judge(cfg: dict, model_dir: Path, **settings) -> dict:
     return cfg
 
 
+SUMS = [{"question": f"{a} + {a} = ?", "answer": str(2 * a)} for a in range(4)]
+
+
 def _trained(cfg: dict, steps: int = 2) -> list[dict]:
     run_job(load_config_dict(cfg), metrics_port=None, progress=False)
     records = metrics(cfg)
@@ -46,15 +49,29 @@ def _trained(cfg: dict, steps: int = 2) -> list[dict]:
     return records
 
 
+@pytest.mark.parametrize(("workflow", "needs"), [
+    ("simple_workflow", None), ("async_simple_workflow", None), ("math_workflow", None),
+    ("async_math_workflow", None), ("math_boxed_workflow", None), ("async_math_boxed_workflow", None),
+    ("math_eval_workflow", None), ("math_rm_workflow", "judge"), ("async_math_rm_workflow", "judge"),
+    ("on_policy_distill_workflow", "teacher"),
+])
+def test_each_single_turn_name_trains_two_steps(tmp_path, tiny_model_dir, local_engine, workflow, needs):
+    """The rest of the registered names with no environment, each through two training steps."""
+    cfg = _job(tmp_path, tiny_model_dir, local_engine.base_url, workflow, rows=SUMS)
+    if needs:
+        _judge(cfg, tiny_model_dir)
+    if needs == "teacher":
+        cfg["algorithm"]["algorithm_type"] = "on_policy_distill"
+    records = _trained(cfg)
+    assert all(r["rollouts"] == 4 for r in records)
+
+
 def test_math_eval_workflow_grades_the_boxed_answer(tmp_path, tiny_model_dir, local_engine):
     rows = [{"question": f"What is {a} + {a}?", "answer": str(2 * a)} for a in range(4)]
     cfg = _job(tmp_path, tiny_model_dir, local_engine.base_url, "async_math_eval_workflow", rows=rows, repeat=2)
     records = _trained(cfg)
     # one reply per run (Trinity's fixed evaluation sampling), graded: accuracy is logged for every step
     assert all(r["rollouts"] == 4 and "rollout/accuracy/mean" in r for r in records)
-
-
-SUMS = [{"question": f"{a} + {a} = ?", "answer": str(2 * a)} for a in range(4)]
 
 
 @pytest.mark.parametrize("workflow", ["math_ruler_workflow", "async_math_ruler_workflow"])
