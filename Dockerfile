@@ -5,6 +5,7 @@
 #
 #   docker build -t ghcr.io/rft-platform/rft-runtime:0.1.0 .
 #   docker build --build-arg WITH_ENGINE=true -t ghcr.io/rft-platform/rft-runtime:0.1.0-engine .
+#   docker build --build-arg WITH_TRINITY=true -t ghcr.io/rft-platform/rft-runtime:0.1.0-trinity .
 #
 # The base is pinned to an exact Python patch release and Debian release. For byte-for-byte reproducible builds
 # pin the digest too: PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest from
@@ -20,6 +21,9 @@ FROM ${PYTHON_IMAGE} AS build
 # WITH_ENGINE=true adds it with torch 2.13.0 (`rft quickstart` and `rft engine` then work in the image). veRL
 # jobs need the CUDA image of Dockerfile.verl (docs/install.md).
 ARG WITH_ENGINE=false
+# WITH_TRINITY=true adds trinity-rft 0.6.0 (the `trinity` extra: Trinity's own workflow and reward classes run on
+# this runtime, and the workflows bound to an environment need it), with the same CPU torch: no vLLM, no GPU.
+ARG WITH_TRINITY=false
 ARG TORCH_VERSION=2.13.0
 # Where pip looks is the builder's to say, as pip is configured on their machine; no address is written here.
 # TORCH_INDEX_URL: the index torch alone comes from; PyTorch's CPU wheel index gives the CPU build the engine
@@ -40,7 +44,7 @@ ENV PATH=/opt/rft/bin:$PATH
 WORKDIR /src
 # torch (the largest piece) goes in before the sources are copied, so code edits reuse that layer.
 COPY pyproject.toml README.md ./
-RUN if [ "$WITH_ENGINE" = "true" ]; then \
+RUN if [ "$WITH_ENGINE" = "true" ] || [ "$WITH_TRINITY" = "true" ]; then \
       pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"; \
     fi
 COPY runtime ./runtime
@@ -48,8 +52,11 @@ COPY operator ./operator
 # A regular (not editable) install: the final image carries the installed packages, not /src.
 RUN extras="runtime,operator"; \
     if [ "$WITH_ENGINE" = "true" ]; then extras="$extras,engine"; fi; \
+    if [ "$WITH_TRINITY" = "true" ]; then extras="$extras,trinity"; fi; \
     pip install ".[${extras}]" \
     && rft --help >/dev/null \
+    && if [ "$WITH_TRINITY" = "true" ]; then python -c "import rft_runtime.workflows.registry as r; \
+r.get_workflow('trinity.common.workflows.eval_workflow.MathEvalWorkflow')"; fi \
     && rft-operator --help >/dev/null \
     && find /opt/rft -name '__pycache__' -prune -exec rm -rf {} +
 # The engine image also carries the quickstart's tiny random model and task data, so the operator can be

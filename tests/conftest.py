@@ -71,6 +71,26 @@ def local_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         engine.stop()
 
 
+@pytest.fixture(scope="session")
+def small_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
+    """(model dir, started LocalEngine) on the small preset: 2048 positions, for workflows whose prompts
+    outgrow the tiny one's 1024 (FrozenLake's rules, a judge's prompt holding every reply, Tool-N1's)."""
+    from rft_runtime.engine.launcher import LocalEngine
+    from rft_runtime.engine.model_factory import make_model
+
+    root = tmp_path_factory.mktemp("small-engine")
+    model = make_model(root / "small", preset="small", seed=0)
+    engine = LocalEngine(model, state_dir=root / "state", port=0, api_key="tml-local", log_file=root / "engine.log")
+    try:
+        engine.start(timeout=120)
+        _SHARED.append(engine)
+        yield model, engine
+    finally:
+        if engine in _SHARED:
+            _SHARED.remove(engine)
+        engine.stop()
+
+
 _SHARED: list = []
 
 

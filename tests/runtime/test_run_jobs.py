@@ -4,6 +4,7 @@ a GSM8K-format file through math_workflow, and the missing-API-key message."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -155,16 +156,27 @@ def test_gsm8k_file_through_math_workflow_scores_every_rollout(tmp_path, tiny_mo
 
 @pytest.mark.slow
 def test_reward_errors_are_counted_not_fatal(tmp_path, tiny_model_dir, local_engine, monkeypatch):
+    # the reward breaks on the word problems (their answers show the working, "<<...>>"), not on the others
     (tmp_path / "user_rewards.py").write_text(
-        "def broken(response, truth):\n    raise ValueError('a bug in the user reward')\n")
+        "def broken(response, truth):\n    if '<<' in truth:\n        raise ValueError('a bug in the user reward')\n"
+        "    return 0.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="bad-reward", steps=2, batch=2,
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, name="bad-reward", steps=2, batch=8,
                    repeat=2)
     cfg["buffer"]["explorer_input"]["default_reward_fn_type"] = "user_rewards:broken"
     _run(cfg)
     records = metrics(cfg)
-    assert [r["failed_rollouts"] for r in records] == [4, 4]
+    # a batch of 8 from the seeded shuffle holds some of each: those replies count as failed, the job goes on
+    assert len(records) == 2 and all(0 < r["failed_rollouts"] < 16 for r in records)
     assert all(r["critic/rewards/mean"] == 0 for r in records)
+    # when every rollout of a step fails, the job is broken, not done: it stops with the first failure
+    (tmp_path / "user_rewards.py").write_text(
+        "def broken(response, truth):\n    raise ValueError('a bug in the user reward')\n")
+    monkeypatch.delitem(sys.modules, "user_rewards", raising=False)
+    cfg["name"] = "all-bad-reward"
+    with pytest.raises(RunError, match="every rollout of explore step 1 failed.*ValueError: a bug in the user reward"):
+        _run(cfg)
+    assert not metrics(cfg)
 
 
 @pytest.mark.slow

@@ -180,7 +180,8 @@ def test_user_workflow_by_import_path(user_package):
     ("myrewards.broken:Thing", r"importing module 'myrewards.broken'.*RuntimeError: boom at import"),
     ("myrewards.scoring:NOT_A_WORKFLOW", r"must be a class with run\(\).*got a int"),
     ("myrewards.scoring.Missing", r"module 'myrewards.scoring' has no 'Missing'"),
-    ("math_wrkflow", r"unknown workflow 'math_wrkflow'; built-in: simple_workflow, .*math_workflow"),
+    ("math_wrkflow", r"unknown workflow 'math_wrkflow'; did you mean 'math_workflow'\? known: simple_workflow, "
+                     r".*'my_module.ClassName'.*--plugin-dir"),
 ])
 def test_workflow_errors_say_what_failed(user_package, spec, message):
     with pytest.raises(WorkflowError, match=message):

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 import tinker
 from test_run_support import GSM8K_ROWS, clean_env, job_dict, metrics, rft, write_config
+from trinity_wheel import HOW, trinity_package
 from workflow_plugins import GUESS_GAME, JUDGED, OPENAI_AGENT, read_log, write_plugin, write_rows
 
 from rft_runtime.config import load_config_dict
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.job import run_job
-from rft_runtime.workflows import registry
+from rft_runtime.workflows import registry, trinity_compat
 
-pytestmark = pytest.mark.skipif(registry.real_trinity_root() is not None,
+pytestmark = pytest.mark.skipif(trinity_compat.real_trinity_root() is not None,
                                 reason="trinity-rft is installed here; these tests check the runtime without it")
 
 
@@ -335,42 +336,19 @@ def test_workflow_bugs_fail_their_runs_not_the_job(tmp_path, tiny_model_dir, loc
 
 # ---------------------------------------------------------------- Trinity's own FrozenLake, unchanged
 
-WHEEL = Path("/work/trinity/trinity_rft-0.6.0-py3-none-any.whl")
-
-
-@pytest.fixture(scope="module")
-def small_engine(tmp_path_factory):
-    """A local engine on the small preset (2048 positions: FrozenLake's system prompt alone is ~1100 tokens
-    with the byte-level tokenizer, more than the tiny preset's context)."""
-    from rft_runtime.engine.launcher import LocalEngine
-    from rft_runtime.engine.model_factory import make_model
-
-    root = tmp_path_factory.mktemp("small-engine")
-    model = make_model(root / "small", preset="small", seed=0)
-    engine = LocalEngine(model, state_dir=root / "state", port=0, api_key="tml-local", log_file=root / "engine.log")
-    engine.start(timeout=120)
-    try:
-        yield model, engine
-    finally:
-        engine.stop()
-
-
 @pytest.mark.slow
 def test_trinitys_own_frozen_lake_workflow_trains_unchanged(tmp_path, small_engine):
     pytest.importorskip("gymnasium", reason="FrozenLake needs gymnasium (the dev extra installs it)")
-    if not WHEEL.exists():
-        pytest.skip(f"needs Trinity's source, taken from the trinity-rft 0.6.0 wheel at {WHEEL}")
-    import zipfile
-
+    source = trinity_package()
+    if source is None:
+        pytest.skip(f"needs Trinity's files, taken from the real trinity-rft install: {HOW}")
     model_dir, engine = small_engine
     plugins = tmp_path / "plugins"
     # Trinity's files byte for byte, at the path their own imports name
-    with zipfile.ZipFile(WHEEL) as wheel:
-        for name in ("utils.py", "workflow.py"):
-            member = f"trinity/common/workflows/envs/frozen_lake/{name}"
-            target = plugins / member
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(wheel.read(member))
+    for name in ("utils.py", "workflow.py"):
+        target = plugins / "trinity" / "common" / "workflows" / "envs" / "frozen_lake" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((source / "common" / "workflows" / "envs" / "frozen_lake" / name).read_bytes())
     cfg = job_dict(tmp_path, model_dir, engine.base_url, name="frozen", steps=1, batch=2, repeat=2)
     ts = cfg["buffer"]["explorer_input"]["taskset"]
     ts["path"] = str(write_rows(tmp_path / "data" / "lakes.jsonl", [{"question": "lake", "size": 3, "p": 0.8, "seed": s} for s in range(4)]))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_run_support import clean_env, job_dict, rft, write_config
+from trinity_wheel import HOW, trinity_package
 from workflow_plugins import GUESS_GAME, write_plugin
 
 from rft_runtime.workflows import (
@@ -19,11 +20,11 @@ from rft_runtime.workflows import (
     get_reward_fn,
     known_reward_fns,
     known_workflows,
-    registry,
+    trinity_compat,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-no_trinity = pytest.mark.skipif(registry.real_trinity_root() is not None,
+no_trinity = pytest.mark.skipif(trinity_compat.real_trinity_root() is not None,
                                 reason="trinity-rft is installed here; these check the runtime without it")
 
 
@@ -86,7 +87,7 @@ def test_trinity_imports_resolve_to_the_runtimes_classes_once_a_workflow_is_load
     out = json.loads(done.stdout)
     assert out["same"] and out["flow"] and out["reward"] and out["got"]
     assert out["score"] == {"hit": 1.5}
-    assert "trinity-rft is not installed" in out["missing"] and "pip install trinity-rft" in out["missing"]
+    assert "trinity-rft is not installed" in out["missing"] and "pip install 'rft-platform[trinity]'" in out["missing"]
 
 
 # ---------------------------------------------------------------- plugin folders and import paths
@@ -327,13 +328,12 @@ def test_truncation_follows_trinity(tiny_model_dir, local_engine):
 
 
 def test_trinitys_own_names_are_listed_from_an_installed_package_without_importing_it(tmp_path):
-    wheel = Path("/work/trinity/trinity_rft-0.6.0-py3-none-any.whl")
-    if not wheel.exists():
-        pytest.skip(f"needs the trinity-rft 0.6.0 wheel at {wheel}; runs where it is present")
-    import zipfile
+    source = trinity_package()
+    if source is None:
+        pytest.skip(f"needs trinity-rft's files, from its real install: {HOW}")
+    import shutil
 
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(tmp_path / "site")
+    shutil.copytree(source, tmp_path / "site" / "trinity")
     done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import json, sys
         from rft_runtime.workflows import known_workflows, known_reward_fns, trinity_compat
@@ -344,8 +344,8 @@ def test_trinitys_own_names_are_listed_from_an_installed_package_without_importi
     out = json.loads(done.stdout)
     assert {"alfworld_workflow", "frozen_lake_workflow", "agentscope_react_workflow", "math_workflow"} <= \
         set(out["workflows"])
-    # Trinity registers 37; every built-in name here is one of them, so the union is Trinity's 37
-    assert set(known_workflows()) <= set(out["workflows"]) and len(set(out["workflows"])) == 37
+    # Trinity registers 37; every name known here is one of them, so the union is Trinity's 37
+    assert set(known_workflows()) == set(out["workflows"]) and len(set(out["workflows"])) == 37
     assert {"math_dapo_reward", "countdown_reward"} <= set(out["rewards"])
     # the real package is left alone: no stand-in, and listing imported nothing of it
     assert out["stand_in"] is False and out["imported"] is False

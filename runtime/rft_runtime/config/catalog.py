@@ -7,10 +7,11 @@ runtime's own registries hold.
 
 from __future__ import annotations
 
-import keyword
-
 from rft_runtime.algorithms import registry as _registry
 from rft_runtime.config.trinity_facts import REGISTRIES
+
+# one rule for what names user code, shared with the workflow registry (re-exported for the validator)
+from rft_runtime.import_paths import is_import_path, split_import_path  # noqa: F401
 
 MODES = ("both", "explore", "train", "bench", "serve", "colocate")
 # What this runtime runs itself on the Tinker backend. The veRL backend hands the whole job to
@@ -53,20 +54,3 @@ def known_reward_fns() -> tuple[str, ...]:
     from rft_runtime.workflows import known_reward_fns as registry
 
     return tuple(registry())
-
-
-def split_import_path(name: str) -> tuple[str, str] | None:
-    """(module, attribute) of `package.module:Name` or `package.module.Name` (split on the last dot, as
-    Trinity does); None when `name` is not an import path."""
-    if ":" in name:
-        module, _, attr = name.partition(":")
-    else:
-        module, _, attr = name.rpartition(".")
-    parts = module.split(".") if module else []
-    ok = parts and all(p.isidentifier() and not keyword.iskeyword(p) for p in parts)
-    return (module, attr) if ok and attr.isidentifier() else None
-
-
-def is_import_path(name: str) -> bool:
-    """True for `package.module:Name` and `package.module.Name` (the forms user code takes)."""
-    return split_import_path(name) is not None

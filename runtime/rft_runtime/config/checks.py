@@ -9,36 +9,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from rft_runtime.config import catalog, support
+from rft_runtime.config import catalog, support, workflow_checks
 from rft_runtime.config.data_checks import check_data_features
-from rft_runtime.config.errors import ConfigIssue, did_you_mean, short
-from rft_runtime.config.models import JobConfig, TasksetConfig
-
-
-def _check_named(path: str, name: str | None, what: str, trinity: tuple[str, ...], ours: tuple[str, ...],
-                 backend: str, issues: list[ConfigIssue]) -> None:
-    """A workflow or reward name: Trinity's (veRL), this runtime's (Tinker) or an import path (both)."""
-    if name is None or catalog.is_import_path(name):
-        return
-    runnable = ours if backend == "tinker" else tuple(dict.fromkeys((*trinity, *ours)))
-    if name in runnable:
-        return
-    form = "package.module.ClassName" if what == "workflow" else "package.module.function"
-    if backend == "tinker" and name in trinity:
-        issues.append(ConfigIssue(path, (
-            f"{what} {name!r} is Trinity-RFT's and runs only in Trinity (the veRL backend); on Tinker this "
-            f"runtime runs: {', '.join(ours)}; or give your own as '{form}'")))
-        return
-    issues.append(ConfigIssue(path, (
-        f"unknown {what} {name!r}; {did_you_mean(name, runnable)}known: {', '.join(runnable)}; "
-        f"or give your own as '{form}'"), soft=True))
-
-
-def _check_storage(path: str, store: TasksetConfig, backend: str, issues: list[ConfigIssue]) -> None:
-    _check_named(f"{path}.default_workflow_type", store.default_workflow_type, "workflow",
-                 catalog.TRINITY_WORKFLOWS, catalog.known_workflows(), backend, issues)
-    _check_named(f"{path}.default_reward_fn_type", store.default_reward_fn_type, "reward function",
-                 catalog.TRINITY_REWARD_FNS, catalog.known_reward_fns(), backend, issues)
+from rft_runtime.config.errors import ConfigIssue, did_you_mean, short, suggest
+from rft_runtime.config.models import JobConfig
 
 
 def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -> None:
@@ -53,7 +27,7 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
                 issues.append(ConfigIssue(path, (
                     f"{short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
                     "remove it, or train with veRL (model.tinker.enable: false)")))
-        elif support.treatment(owner, name) == support.NO_EFFECT:
+        elif support.treatment(owner, name, path) == support.NO_EFFECT:
             # what is inside an idle field is idle too; lora_configs has a warning of its own
             if not any(path.startswith((f"{p}.", f"{p}[")) for p in roots):
                 roots.append(path)
@@ -200,18 +174,10 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
             )
         )
 
-    # --- workflows and reward functions of the tasksets
+    # --- workflows and reward functions of the tasksets, and what the named workflows need
+    issues += workflow_checks.check_workflows(cfg, warnings, suggest)
     explorer_input = buffer.explorer_input
-    for key in ("default_workflow_type", "default_eval_workflow_type"):
-        _check_named(f"buffer.explorer_input.{key}", getattr(explorer_input, key), "workflow",
-                     catalog.TRINITY_WORKFLOWS, catalog.known_workflows(), backend, issues)
-    _check_named("buffer.explorer_input.default_reward_fn_type", explorer_input.default_reward_fn_type,
-                 "reward function", catalog.TRINITY_REWARD_FNS, catalog.known_reward_fns(), backend, issues)
-    _check_storage("buffer.explorer_input.taskset", explorer_input.taskset, backend, issues)
-    for i, ts in enumerate(explorer_input.tasksets):
-        _check_storage(f"buffer.explorer_input.tasksets[{i}]", ts, backend, issues)
     for i, ts in enumerate(explorer_input.eval_tasksets):
-        _check_storage(f"buffer.explorer_input.eval_tasksets[{i}]", ts, backend, issues)
         if not ts.path:
             issues.append(ConfigIssue(f"buffer.explorer_input.eval_tasksets[{i}].path", _NO_PATH, soft=True))
 
@@ -233,7 +199,8 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
         tasksets = [explorer_input.taskset, *explorer_input.tasksets]
         if not any(ts.path for ts in tasksets):
             issues.append(ConfigIssue("buffer.explorer_input.taskset.path", _NO_PATH, soft=True))
-        has_workflow = explorer_input.default_workflow_type or any(ts.default_workflow_type for ts in tasksets)
+        has_workflow = explorer_input.default_workflow_type or any(ts.default_workflow_type or ts.format.workflow_key
+                                                                    for ts in tasksets)
         if not has_workflow and algo not in catalog.OFFLINE_ALGORITHMS:
             issues.append(
                 ConfigIssue(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from rft_runtime.config.errors import ConfigError
 from rft_runtime.config.loader import load_config
 from rft_runtime.config.local_model import model_checks
 from rft_runtime.config.models import JobConfig, StorageConfig
+from rft_runtime.config.workflow_checks import load_named
 
 EXIT_INVALID = 2
 
@@ -208,7 +210,10 @@ def validate_main(args: Any) -> int:
     problems, data_warnings = data_checks(cfg) if not cfg.partial else ([], [])
     if not cfg.partial:
         model_problems, model_warnings = model_checks(cfg)
-        problems, data_warnings = model_problems + problems, model_warnings + data_warnings
+        loaded, load_warnings = load_named(cfg, bool(getattr(args, "plugin_dir", None) or
+                                                     os.environ.get("TRINITY_PLUGIN_DIRS")))
+        problems = [*model_problems, *problems, *loaded]
+        data_warnings = [*model_warnings, *data_warnings, *load_warnings]
     for warning in [*cfg.warnings, *data_warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     if problems:

@@ -520,9 +520,9 @@ class ExplorerConfig(Section):
     runner_per_model: int = Field(8, ge=1, description="Concurrent workflow runners per engine (Ray actors "
                                                        "when the explorer runs on Ray).")
     max_timeout: int = Field(1800, ge=1, description="Seconds a rollout may take before it fails.")
-    max_retry_times: int = Field(2, ge=0, description="Times a task is run again when its Ray runner died "
-                                                      "(a workflow that raises is a failed rollout, not "
-                                                      "retried).")
+    max_retry_times: int = Field(2, ge=0, description="Times a workflow run is run again when it raised or "
+                                                      "overran max_timeout (or its Ray runner died) before "
+                                                      "it counts as a failed rollout.")
     eval_interval: int = Field(100, ge=1, description="Steps between evaluations on eval_tasksets.")
     eval_on_startup: bool = Field(True, description="Evaluate before the first step.")
     rollout_model: RolloutModelConfig = Field(default_factory=RolloutModelConfig)

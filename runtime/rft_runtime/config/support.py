@@ -52,18 +52,15 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("OptimizerConfig", "optimizer_type"): (_one_of("adam", "adamw"), "Tinker trains with Adam(W) only"),
     ("ModelConfig", "repetition_penalty"): (_one_of(1.0), "Tinker's sampler has no repetition penalty"),
     ("ModelConfig", "min_response_tokens"): (_one_of(0), "Tinker's sampler has no minimum length"),
-    ("FormatConfig", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
-    ("FormatConfig", "image_key"): (_unset, "multi-modal tasks are not supported"),
-    ("FormatConfig", "video_key"): (_unset, "multi-modal tasks are not supported"),
-    ("FormatConfig", "workflow_key"): (_unset, "every task of a taskset runs the taskset's workflow"),
-    ("FormatConfig", "reward_fn_key"): (_unset, "every task of a taskset uses the taskset's reward function"),
+    # image_key: a taskset's images reach the sampler as image chunks (rft_runtime.workflows.images); a
+    # dataset's (SFT, DPO, expert data) are refused in rft_runtime.config.workflow_checks
+    ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
     ("FormatConfig", "enable_concatenated_multi_turn"): (_one_of(False), "SFT trains on the last reply only"),
     ("FormatConfig", "chat_template"): (_unset, "the chat template is model.custom_chat_template's or the "
                                                 "tokenizer's"),
     ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
     ("ReplayBufferConfig", "enable"): (_one_of(False), "experiences are trained on once, without replay"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
-    ("ExplorerInput", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
     ("BufferConfig", "train_batch_size"): (
         _train_batch, "each step trains on one explorer batch: batch_size x repeat_times experiences"),
     ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
@@ -104,13 +101,19 @@ HONOURED_FROM_FACTS = {
 }
 
 
-def treatment(trinity_class: str, field: str) -> str:
-    """honoured, no effect or refused (refused: for values other than the one the runtime matches)."""
+def treatment(trinity_class: str, field: str, path: str = "") -> str:
+    """honoured, no effect or refused (refused: for values other than the one the runtime matches); `path`
+    tells an auxiliary model's settings (its own sampling client) from the policy's engine settings."""
     key = (trinity_class, field)
     if key in REFUSED_ON_TINKER:
         return REFUSED
     if key in HONOURED_FROM_FACTS:
         return HONOURED
+    if path.startswith("explorer.auxiliary_models["):
+        from rft_runtime.workflows.auxiliary import HONOURED as AUXILIARY_HONOURED
+
+        if field in AUXILIARY_HONOURED:
+            return HONOURED
     if key in NO_EFFECT_ON_TINKER or key in FROM_FACTS:
         return NO_EFFECT
     return HONOURED

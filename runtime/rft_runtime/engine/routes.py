@@ -374,7 +374,9 @@ def asample(svc: Service, body: bytes) -> Answer:
     tokens: list[int] = []
     for chunk in (req.get("prompt") or {}).get("chunks") or []:
         if chunk.get("type", "encoded_text") != "encoded_text":
-            raise HTTPError(400, f"only token (encoded_text) prompt chunks are supported, got {chunk.get('type')!r}")
+            raise HTTPError(400, f"only token (encoded_text) prompt chunks are supported, got {chunk.get('type')!r}: "
+                                 "this engine serves text models; images need a vision-language base model on "
+                                 "the Tinker service")
         tokens.extend(int(t) for t in chunk.get("tokens") or [])
     _check_tokens(svc, tokens, "prompt")
     for unsupported in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):

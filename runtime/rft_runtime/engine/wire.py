@@ -62,7 +62,8 @@ def decode_forward_backward(body: bytes) -> dict[str, Any]:
         tokens: list[int] = []
         for chunk in d.model_input:
             if chunk.WhichOneof("chunk") != "encoded_text":
-                raise WireError(f"datum {i}: only token (encoded_text) chunks are supported by this engine")
+                raise WireError(f"datum {i}: only token (encoded_text) chunks are supported by this engine, which "
+                                "serves text models (images need a vision-language base model on the Tinker service)")
             tokens.extend(np.frombuffer(chunk.encoded_text.tokens, dtype=np.int32).tolist())
         inputs = {name: _tensor(t, name) for name, t in d.loss_fn_inputs.items()}
         data.append({"tokens": tokens, "inputs": inputs})

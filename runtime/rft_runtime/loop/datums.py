@@ -20,10 +20,11 @@ def _model_input(tokens: list[int]) -> Any:
 
 
 def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: list[float], advantage: Any,
-               scale: float, mask: list[int]) -> Any:
+               scale: float, mask: list[int], prompt_chunks: list[Any] | None = None) -> Any:
     """One rollout for the step's LossPlan. A built-in loss gets the per-token advantage (or, for
     cross_entropy, weight) times the loss_agg_mode scale and the mask; a client-side loss gets only the
-    tokens and the mask (its inputs stay in the loss function on this machine)."""
+    tokens and the mask (its inputs stay in the loss function on this machine). `prompt_chunks`: the prompt
+    with its images (a vision-language rollout), whose lengths prompt_ids stand in for."""
     import tinker
 
     tokens = prompt_ids + response
@@ -41,4 +42,7 @@ def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: 
         inputs["logprobs"] = np.asarray(pad + list(logprobs), dtype=np.float32)
         inputs["advantages"] = np.asarray(pad + [a * f * k for a, k in zip(per_token, keep, strict=True)],
                                           dtype=np.float32)
+    if prompt_chunks:
+        tail = [tinker.types.EncodedTextChunk(tokens=response[:-1])] if len(response) > 1 else []
+        return tinker.Datum(model_input=tinker.ModelInput(chunks=[*prompt_chunks, *tail]), loss_fn_inputs=inputs)
     return tinker.Datum(model_input=_model_input(tokens[:-1]), loss_fn_inputs=inputs)

@@ -198,12 +198,14 @@ class Explorer:
             batch.truncated_prompts += outcome.truncated_prompts
             batch.prompt_tokens += outcome.prompt_tokens
             batch.longest_truncated = max(batch.longest_truncated, outcome.longest_truncated)
-            group = [rollout_from_experience(outcome.task_index, e, bool((e.info or {}).get("reward_error")))
-                     for e in outcome.experiences]
+            for experiences in outcome.groups():
+                batch.groups.append([rollout_from_experience(outcome.task_index, e,
+                                                             bool((e.info or {}).get("reward_error")))
+                                     for e in experiences])
             batch.sampled_prompts += outcome.sampled_prompts
-            if group:
-                batch.groups.append(group)
         batch.time_sampling_s = time.monotonic() - start
+        if batch.failed_rollouts and all(r.failed for r in batch.rollouts):
+            raise RunError(all_failed_message(outcomes, batch, explore_step, self.runner.workflow_name))
         return batch
 
     def close(self) -> None:
@@ -213,6 +215,13 @@ class Explorer:
             self.pool = None
         if self.server is not None:
             self.server.close()
+
+
+def all_failed_message(outcomes: list[Any], batch: ExploredBatch, explore_step: int, workflow: str) -> str:
+    """Why a step in which every rollout failed stops the job: the count and the first failure's message."""
+    first = next((text for o in outcomes for _, text in o.user_errors), "no message")
+    return (f"every rollout of explore step {explore_step} failed ({batch.failed_rollouts} failed, none trained; "
+            f"workflow {workflow!r}, each run tried 1 + explorer.max_retry_times times); the first failure: {first}")
 
 
 # ---------------------------------------------------------------- prompts that do not fit

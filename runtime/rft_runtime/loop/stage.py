@@ -398,7 +398,8 @@ class StageRunner:
         datums, seqs = [], []
         for i, ref in zip(keep, refs, strict=True):
             r = rollouts[i]
-            datums.append(D.loss_datum(plan, r.prompt_ids, r.tokens, r.logprobs, r.advantage, scales[i], masks[i]))
+            datums.append(D.loss_datum(plan, r.prompt_ids, r.tokens, r.logprobs, r.advantage, scales[i], masks[i],
+                                       r.info.get("prompt_chunks")))
             seqs.append((len(r.prompt_ids) - 1, r.logprobs, r.advantage, masks[i], scales[i], ref))
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)

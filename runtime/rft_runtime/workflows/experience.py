@@ -171,3 +171,37 @@ class Experience:
     def __repr__(self) -> str:
         return (f"Experience(eid={self.eid}, tokens={len(self.tokens)}, prompt_length={self.prompt_length}, "
                 f"reward={self.reward}, truncate_status={self.truncate_status})")
+
+
+_FIELDS = ("tokens", "logprobs", "reward", "token_level_reward", "advantages", "returns", "truncate_status", "info",
+           "metrics", "prompt_length", "response_text", "prompt_text", "action_mask", "messages", "tools", "chosen",
+           "rejected", "chosen_messages", "rejected_messages", "multi_modal_inputs", "teacher_logprobs",
+           "routed_experts", "custom_fields")
+
+
+def to_runtime_experience(exp: Any) -> Any:
+    """An Experience of this runtime for what a workflow returned: itself when it already is one; a copy of
+    the fields of any other Experience-like object (trinity-rft's, with torch tensors, masks and its EID).
+    Teacher logprobs (on-policy distillation) are also put in info["teacher_logprobs"], where the trainer
+    reads them. Anything without tokens is returned unchanged, for the runner to report."""
+    if not isinstance(exp, Experience):
+        if not hasattr(exp, "tokens") or not hasattr(exp, "prompt_length"):
+            return exp
+        values = {name: getattr(exp, name) for name in _FIELDS if hasattr(exp, name)}
+        if values.get("action_mask") is None and values.get("truncate_status") != "prompt_truncated":
+            values.pop("action_mask", None)
+        eid = getattr(exp, "eid", None)
+        if eid is not None and not isinstance(eid, EID):
+            values["eid"] = EID(batch=getattr(eid, "batch", ""), task=getattr(eid, "task", ""),
+                                run=int(getattr(eid, "run", 0) or 0), step=int(getattr(eid, "step", 0) or 0),
+                                suffix=str(getattr(eid, "suffix", "") or uuid.uuid4().hex[:6]))
+        values["info"] = dict(values.get("info") or {})
+        values["metrics"] = dict(values.get("metrics") or {})
+        try:
+            exp = Experience(**values)
+        except (TypeError, ValueError):
+            return exp  # the runner names what is wrong with it
+    teacher = exp.teacher_logprobs
+    if teacher is not None and "teacher_logprobs" not in exp.info:
+        exp.info["teacher_logprobs"] = as_floats(teacher)
+    return exp

@@ -67,6 +67,8 @@ def text_content(content: Any) -> str:
 
 
 def _plain_messages(messages: list[dict]) -> list[dict]:
+    from rft_runtime.workflows.tool_calls import for_template
+
     out = []
     for m in messages:
         if not isinstance(m, dict) or "role" not in m:
@@ -74,7 +76,7 @@ def _plain_messages(messages: list[dict]) -> list[dict]:
         msg = dict(m)
         msg["content"] = text_content(m.get("content"))
         out.append(msg)
-    return out
+    return for_template(out)
 
 
 class ModelWrapper:
@@ -239,7 +241,7 @@ class ModelWrapper:
                 for _ in range(n)]
 
     def _experiences(self, prompt_ids: list[int], response: Any, messages: list[dict] | None,
-                     tools: list[dict] | None) -> list[Experience]:
+                     tools: list[dict] | None, chunks: list[Any] | None = None) -> list[Experience]:
         prompt_text = self.tokenizer.decode(prompt_ids)
         out = []
         for seq in response.sequences:
@@ -253,6 +255,9 @@ class ModelWrapper:
                 info={"stop_reason": str(getattr(seq, "stop_reason", "") or "")},
             )
             exp.info["model_version"] = self._model_version
+            if chunks:
+                # the prompt with its images, for the trainer's datum (prompt_ids hold the image tokens' places)
+                exp.info["prompt_chunks"] = chunks
             out.append(exp)
         return out
 
@@ -261,45 +266,74 @@ class ModelWrapper:
             self.history.extend(exps)
         return exps
 
-    def sample_ids(self, prompt_ids: list[int], messages: list[dict] | None = None, tools: list[dict] | None = None,
-                   **kwargs: Any) -> list[Experience]:
-        """Sample from token ids (the core of chat and generate)."""
+    @staticmethod
+    def _model_input(prompt_ids: list[int], chunks: list[Any] | None) -> Any:
         import tinker
 
+        return tinker.ModelInput(chunks=chunks) if chunks else tinker.ModelInput.from_ints(prompt_ids)
+
+    def sample_ids(self, prompt_ids: list[int], messages: list[dict] | None = None, tools: list[dict] | None = None,
+                   chunks: list[Any] | None = None, **kwargs: Any) -> list[Experience]:
+        """Sample from token ids (the core of chat and generate); `chunks`: the same prompt with its images."""
         params, n = self._params(kwargs, len(prompt_ids))
         if self._too_long(prompt_ids):
             self.calls.append(CallRecord(len(prompt_ids), n, True))
             return self._dummies(prompt_ids, n)
         self.calls.append(CallRecord(len(prompt_ids), n, False))
-        fut = self.sampler.sample(prompt=tinker.ModelInput.from_ints(prompt_ids), num_samples=n,
-                                  sampling_params=params)
-        return self._experiences(prompt_ids, fut.result(timeout=self.settings.timeout), messages, tools)
+        fut = self.sampler.sample(prompt=self._model_input(prompt_ids, chunks), num_samples=n, sampling_params=params)
+        return self._experiences(prompt_ids, fut.result(timeout=self.settings.timeout), messages, tools, chunks)
 
     async def sample_ids_async(self, prompt_ids: list[int], messages: list[dict] | None = None,
-                               tools: list[dict] | None = None, **kwargs: Any) -> list[Experience]:
+                               tools: list[dict] | None = None, chunks: list[Any] | None = None,
+                               **kwargs: Any) -> list[Experience]:
         """sample_ids, awaiting the sampler instead of blocking a thread."""
-        import tinker
-
         params, n = self._params(kwargs, len(prompt_ids))
         if self._too_long(prompt_ids):
             self.calls.append(CallRecord(len(prompt_ids), n, True))
             return self._dummies(prompt_ids, n)
         self.calls.append(CallRecord(len(prompt_ids), n, False))
-        response = await self.sampler.sample(prompt=tinker.ModelInput.from_ints(prompt_ids), num_samples=n,
+        response = await self.sampler.sample(prompt=self._model_input(prompt_ids, chunks), num_samples=n,
                                              sampling_params=params)
-        return self._experiences(prompt_ids, response, messages, tools)
+        return self._experiences(prompt_ids, response, messages, tools, chunks)
+
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> tuple[list[int], list[Any] | None]:
+        """(token ids, image chunks or None) of a conversation as a prompt; images in message content become
+        image chunks (rft_runtime.workflows.images), which a vision-language base model samples from.
+        `template_kwargs` (a request's chat_template_kwargs) go to the template, as in render()."""
+        from rft_runtime.workflows import images
+
+        if not images.has_images(messages):
+            return self.encode_text(self.render(messages, tools, template_kwargs)), None
+        pics = [images.image_of(p) for m in messages if isinstance(m.get("content"), list)
+                for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image", "image_url")]
+        kwargs = {**self._template_kwargs(tools), **(template_kwargs or {})}
+
+        def render(msgs: list[dict], **more: Any) -> str:
+            try:
+                return self.tokenizer.apply_chat_template(images.template_messages(msgs), **kwargs, **more)
+            except Exception as exc:  # jinja raises many types
+                raise WorkflowError(f"the chat template could not render a message with an image: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+
+        marker = images.placeholder(lambda msgs: render(msgs, add_generation_prompt=True), self.tokenizer)
+        final = messages[-1].get("role") == "assistant" if messages else False
+        text = render(messages, continue_final_message=True) if final else render(messages, add_generation_prompt=True)
+        chunks, ids = images.image_prompt(self.tokenizer, text, marker, pics, self._model_path)
+        return ids, chunks
 
     def chat(self, messages: list[dict], **kwargs: Any) -> list[Experience]:
         """Sample `n` replies (kwarg, default 1) to a conversation; one Experience per reply."""
         tools = kwargs.pop("tools", None)
-        ids = self.encode_text(self.render(messages, tools, kwargs.pop("chat_template_kwargs", None)))
-        return self._record(self.sample_ids(ids, messages=messages, tools=tools, **kwargs))
+        ids, chunks = self.chat_prompt(messages, tools, kwargs.pop("chat_template_kwargs", None))
+        return self._record(self.sample_ids(ids, messages=messages, tools=tools, chunks=chunks, **kwargs))
 
     async def chat_async(self, messages: list[dict], **kwargs: Any) -> list[Experience]:
         """chat, for async workflows."""
         tools = kwargs.pop("tools", None)
-        ids = self.encode_text(self.render(messages, tools, kwargs.pop("chat_template_kwargs", None)))
-        return self._record(await self.sample_ids_async(ids, messages=messages, tools=tools, **kwargs))
+        ids, chunks = self.chat_prompt(messages, tools, kwargs.pop("chat_template_kwargs", None))
+        return self._record(await self.sample_ids_async(ids, messages=messages, tools=tools, chunks=chunks,
+                                                        **kwargs))
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         # raw prompts are tokenized as Trinity does (the tokenizer's own special-token rule)

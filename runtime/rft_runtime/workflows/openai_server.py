@@ -9,7 +9,10 @@
 agent that only speaks OpenAI (in this process or another one handed `base_url` and `api_key`) produces
 experiences with the exact token ids and logprobs the sampler returned. Each choice carries `token_ids`
 and the response `prompt_token_ids`, as vLLM's `return_token_ids` does, so clients can record them too.
-Streaming and tool-call parsing are not offered: a request asking for a stream gets a 400 saying so.
+Tool calls work as vLLM's auto tool choice does: `tools` go into the chat template, and the calls the model
+writes come back as `tool_calls` (finish_reason "tool_calls"), read in the format the template teaches
+(rft_runtime.workflows.tool_calls). Streaming, and a tool_choice that forces a call (it needs guided
+decoding), are not offered: such a request gets a 400 saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 from rft_runtime.workflows.base import WorkflowError
 from rft_runtime.workflows.experience import as_floats, as_ints
+from rft_runtime.workflows.tool_calls import parse as parse_tool_calls
+from rft_runtime.workflows.tool_calls import style_of
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,20 @@ def completion(wrapper: Any, body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stream"):
         raise RequestError(400, "streaming is not supported by this endpoint; call without stream=true")
     kwargs = {k: body[k] for k in _SAMPLING_KEYS if body.get(k) is not None}
-    if body.get("tools"):
-        kwargs["tools"] = body["tools"]
+    choice = body.get("tool_choice")
+    if choice not in (None, "auto", "none"):
+        raise RequestError(400, f"tool_choice {choice!r} forces a tool call, which needs guided decoding; this "
+                                "endpoint offers 'auto' (the model decides) and 'none'")
+    tools = body.get("tools") if choice != "none" else None
+    if tools:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("function") for t in tools):
+            raise RequestError(400, "'tools' must be a list of {type: function, function: {name, parameters}}")
+        kwargs["tools"] = tools
     if isinstance(body.get("chat_template_kwargs"), dict):
         # vLLM's extension (extra_body={"chat_template_kwargs": {"enable_thinking": False}}): to the template
         kwargs["chat_template_kwargs"] = body["chat_template_kwargs"]
+    style = style_of(getattr(wrapper, "chat_template", None) or getattr(wrapper.tokenizer, "chat_template", None)
+                     if tools else None)
     before = len(wrapper.calls)
     try:
         exps = wrapper.chat(messages, **kwargs)
@@ -75,10 +89,16 @@ def completion(wrapper: Any, body: dict[str, Any]) -> dict[str, Any]:
         reason = exp.info.get("stop_reason") or "stop"
         content = [{"token": tok.decode([t]), "logprob": lp, "bytes": list(tok.decode([t]).encode("utf-8")),
                     "top_logprobs": []} for t, lp in zip(ids, lps, strict=False)]
+        message: dict[str, Any] = {"role": "assistant", "content": exp.response_text or ""}
+        calls: list[dict[str, Any]] = []
+        if tools:
+            message["content"], calls = parse_tool_calls(exp.response_text or "", style)
+            if calls:
+                message["tool_calls"] = calls
         choices.append({
             "index": i,
-            "message": {"role": "assistant", "content": exp.response_text or ""},
-            "finish_reason": "length" if reason == "length" else "stop",
+            "message": message,
+            "finish_reason": "length" if reason == "length" else "tool_calls" if calls else "stop",
             "logprobs": {"content": content},
             "token_ids": ids,
         })

@@ -98,6 +98,40 @@ class RewardFn:
         raise NotImplementedError
 
 
+def as_reward_class(fn: Any, base: type = RewardFn) -> type:
+    """A reward function as Trinity's reward class (a `base` subclass constructed with reward_fn_args and
+    called with keyword arguments): what Task.reward_fn holds, whatever the name resolved to."""
+    if isinstance(fn, type):
+        return fn
+    from rft_runtime.workflows.base import call_reward_fn
+
+    def __init__(self: Any, **args: Any) -> None:
+        import inspect
+
+        from rft_runtime.workflows.base import WorkflowError
+
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(args) - set(params))
+            if unknown:
+                raise WorkflowError(f"reward function {getattr(fn, '__name__', fn)!r} does not accept "
+                                    f"reward_fn_args {unknown}; it takes: {', '.join(params)}")
+        self.args = args
+
+    def __call__(self: Any, *positional: Any, **kwargs: Any) -> Any:
+        if positional:  # Trinity's math_rm style: (experience, messages, ground_truth=...)
+            names = ("response", "messages")
+            kwargs = {**dict(zip(names, positional, strict=False)), **kwargs}
+            if hasattr(kwargs.get("response"), "response_text"):
+                kwargs["response"] = kwargs["response"].response_text
+            kwargs.setdefault("truth", kwargs.get("ground_truth"))
+        return call_reward_fn(fn, **{**kwargs, **self.args})
+
+    name = getattr(fn, "__name__", "reward")
+    return type(name, (base,), {"__init__": __init__, "__call__": __call__, "__doc__": fn.__doc__,
+                                "__module__": getattr(fn, "__module__", __name__), "function": staticmethod(fn)})
+
+
 class _LazyClients(list):
     """OpenAI clients of the auxiliary models, made on first use (the openai package is then needed)."""
 

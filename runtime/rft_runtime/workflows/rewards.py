@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from rft_runtime.workflows.answers import is_correct, well_formed
+from rft_runtime.workflows.math_grading import equivalent, last_boxed, normalise
 
 
 def accuracy_reward(response: str, truth: object) -> dict[str, float]:
@@ -28,27 +29,6 @@ def math_reward(response: str, truth: object, format_score_coef: float = 0.1) ->
 def exact_match_reward(response: str, truth: object) -> dict[str, float]:
     """{"accuracy": 1.0} when the whole response, stripped, is the truth (also stripped)."""
     return {"accuracy": 1.0 if truth is not None and response.strip() == str(truth).strip() else 0.0}
-
-
-def _last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} (braces balanced) or `\\boxed x`, else None."""
-    if "\\boxed " in text:
-        return text.split("\\boxed ")[-1].split("$")[0].strip()
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        start = text.rfind("\\fbox{")
-        if start < 0:
-            return None
-    i = text.index("{", start)
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j]
-    return None
 
 
 def _strip_math(text: str) -> str:
@@ -80,9 +60,9 @@ def math_boxed_reward(response: str, truth: object, with_think: bool = False,
     (the truth's own \\boxed{} content when it has one, else the whole truth); format_score
     -format_score_coef when with_think and the response lacks one well-placed <think></think>, else 0."""
     accuracy = 0.0
-    given = _last_boxed(response)
+    given = last_boxed(response)
     if given is not None and truth is not None:
-        want = _last_boxed(str(truth))
+        want = last_boxed(str(truth))
         accuracy = 1.0 if _boxed_equal(given, want if want is not None else str(truth)) else 0.0
     fmt = -(format_score_coef or 0.1) if with_think and not think_well_placed(response) else 0.0
     return {"accuracy": accuracy, "format_score": fmt}
@@ -137,3 +117,29 @@ def _arith(expr: str) -> float:
         raise ValueError("not arithmetic")
 
     return walk(ast.parse(expr, mode="eval"))
+
+
+def math_dapo_reward(response: str, truth: object, response_token: object = None,
+                     enable_overlong_penalty: bool | None = None, penalty_factor: float | None = None,
+                     max_response_length: int | None = None, cache_length: int | None = None) -> dict[str, float]:
+    """Trinity's math_dapo_reward (DAPO's rule): accuracy +1 when the last \\boxed{} answer after the
+    reasoning (`</think>`) equals the truth, else -1; with enable_overlong_penalty, format_score is DAPO's
+    overlong shaping: 0 up to max_response_length - cache_length response tokens, falling linearly to
+    -penalty_factor at max_response_length, and -penalty_factor beyond."""
+    tail = str(response).split("</think>")[-1]
+    boxed = last_boxed(tail)
+    correct = boxed is not None and truth is not None and equivalent(normalise(boxed), str(truth))
+    fmt = 0.0
+    if enable_overlong_penalty:
+        if max_response_length is None or cache_length is None or penalty_factor is None:
+            raise ValueError("math_dapo_reward with enable_overlong_penalty needs reward_fn_args max_response_length, "
+                             "cache_length and penalty_factor")
+        if max_response_length <= cache_length:
+            raise ValueError("math_dapo_reward: reward_fn_args.max_response_length must be greater than cache_length")
+        length = len(response_token) if response_token is not None else 0  # type: ignore[arg-type]
+        expected = max_response_length - cache_length
+        if length > max_response_length:
+            fmt = -float(penalty_factor)
+        elif length >= expected:
+            fmt = (expected - length) / cache_length * float(penalty_factor)
+    return {"accuracy": 1.0 if correct else -1.0, "format_score": fmt}

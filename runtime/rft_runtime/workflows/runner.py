@@ -3,9 +3,11 @@
 Each task gets a Task (Trinity's fields), a workflow instance and its own clones of the model wrappers;
 a `can_repeat` workflow is asked for all repeat_times runs at once, any other is run repeat_times times.
 Up to `in_flight` workflows run at once on one event loop: async workflows are awaited, sync ones run in
-a thread pool. A workflow that raises is the user's bug: counted, logged once per kind of error, and
-the job goes on. A sampler failure (the server went away, a timeout) is not the user's: it propagates
-so the loop can reconnect and retry the batch.
+a thread pool. A workflow run that raises or overruns explorer.max_timeout is run again, up to
+explorer.max_retry_times times (Trinity's rule); after that it is the user's bug: counted, logged once per
+kind of error, and the job goes on. A sampler failure (the server went away, a timeout) is not the user's:
+it propagates so the loop can reconnect and retry the batch. Experiences come back as this runtime's
+Experience whatever class the workflow built them with (trinity-rft's own, when its classes run here).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from rft_runtime.workflows.experience import Experience, as_floats, as_ints
-from rft_runtime.workflows.protocol import FormatConfig, GenerationConfig, Task
-from rft_runtime.workflows.registry import get_workflow
+from rft_runtime.workflows import requirements, trinity_compat
+from rft_runtime.workflows.base import WorkflowError
+from rft_runtime.workflows.experience import Experience, as_floats, as_ints, to_runtime_experience
+from rft_runtime.workflows.protocol import FormatConfig, GenerationConfig, RewardFn, Task, as_reward_class
+from rft_runtime.workflows.registry import get_workflow, resolve_reward_fn
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,15 @@ class TaskOutcome:
     # ("workflow" | "reward", message) of every user-code error, for the driver's ErrorOnce
     user_errors: list[tuple[str, str]] = field(default_factory=list)
 
+    def groups(self) -> list[list[Experience]]:
+        """The experiences grouped by their task id (eid.task), in order: one group unless the workflow set a
+        task id of its own (math_trainable_ruler's "<task>-ruler" judgements), as Trinity groups them."""
+        out: dict[Any, list[Experience]] = {}
+        for exp in self.experiences:
+            eid = getattr(exp, "eid", None)
+            out.setdefault(getattr(eid, "task", None), []).append(exp)
+        return list(out.values())
+
 
 def format_config(cfg: Any, taskset: Any) -> FormatConfig:
     """The taskset's format as Trinity's FormatConfig (explorer_input's system_prompt / reply_prefix as
@@ -97,16 +110,30 @@ def format_config(cfg: Any, taskset: Any) -> FormatConfig:
     return out
 
 
-def trinity_reward_class(name: str) -> Any:
-    """For a workflow class of an installed trinity-rft: the reward function as Trinity's registry gives it
-    (its SimpleWorkflow insists on a subclass of its own RewardFn); the name unchanged without trinity-rft."""
-    from rft_runtime.workflows.registry import real_trinity_root
+def is_trinity_class(cls: Any) -> bool:
+    """Whether a class is (or derives from) one of an installed trinity-rft's own, not the stand-in's."""
+    if trinity_compat.real_trinity_root() is None:
+        return False
+    return any(c.__module__.split(".")[0] == "trinity" for c in getattr(cls, "__mro__", ()))
 
-    if real_trinity_root() is None:
-        return name
-    from trinity.common.rewards import REWARD_FUNCTIONS
 
-    return REWARD_FUNCTIONS.get(name)
+def reward_class(reward: Any, workflow: type) -> Any:
+    """Task.reward_fn as Trinity's workflows take it: a reward class (constructed with reward_fn_args), for a
+    registered name, an import path or a function; None stays None. For a trinity-rft workflow class the
+    names resolve in trinity-rft's own registry, and the class derives from its RewardFn, which its
+    SimpleWorkflow insists on."""
+    if reward is None:
+        return None
+    if is_trinity_class(workflow):
+        from trinity.common.rewards import REWARD_FUNCTIONS
+        from trinity.common.rewards import RewardFn as TrinityRewardFn
+
+        if isinstance(reward, str) and reward in REWARD_FUNCTIONS._default_mapping:
+            found = REWARD_FUNCTIONS.get(reward)
+            trinity_compat.settle()
+            return found
+        return as_reward_class(resolve_reward_fn(reward), TrinityRewardFn)
+    return as_reward_class(resolve_reward_fn(reward), RewardFn)
 
 
 class WorkflowRunner:
@@ -122,6 +149,10 @@ class WorkflowRunner:
         default = ei.default_eval_workflow_type if is_eval else None
         self.workflow_name = taskset.default_workflow_type or default or ei.default_workflow_type or "math_workflow"
         self.workflow_cls = get_workflow(self.workflow_name)
+        missing = requirements.missing_packages(self.workflow_name)
+        if missing:
+            raise WorkflowError(requirements.install_hint(self.workflow_name, missing))
+        self.retries = int(cfg.explorer.max_retry_times)
         self.reward_fn = taskset.default_reward_fn_type or ei.default_reward_fn_type
         self.format = format_config(cfg, taskset)
         ra = taskset.rollout_args
@@ -134,6 +165,9 @@ class WorkflowRunner:
         self.workflow_errors = ErrorOnce("the workflow", quiet)
         self.reward_errors = ErrorOnce("the reward", quiet)
         self._per_row: dict[str, type] = {}
+        # the taskset's reward function is resolved now, so that a bad name stops the job before step 1
+        self._rewards: dict[tuple[Any, type], Any] = {
+            (self.reward_fn, self.workflow_cls): reward_class(self.reward_fn, self.workflow_cls)}
 
     def _workflow_for(self, row: dict[str, Any]) -> type:
         key = self.format.workflow_key
@@ -151,8 +185,10 @@ class WorkflowRunner:
         if key and isinstance(row, dict) and row.get(key):
             reward_fn = row[key]
         workflow = self._workflow_for(row)
-        if isinstance(reward_fn, str) and workflow.__module__.startswith("trinity."):
-            reward_fn = trinity_reward_class(reward_fn)
+        key = (reward_fn, workflow)
+        if key not in self._rewards:
+            self._rewards[key] = reward_class(reward_fn, workflow)
+        reward_fn = self._rewards[key]
         return Task(
             workflow=workflow, repeat_times=repeat, format_args=self._copy(self.format),
             rollout_args=self._copy(self.rollout), workflow_args=self._copy(dict(self.taskset.workflow_args or {})),
@@ -182,34 +218,45 @@ class WorkflowRunner:
         wrappers: list[Any] = []
         try:
             for run_id, count in runs:
-                model = policy.clone_with_isolated_history(seed=seed + run_id * 104_729)
-                helpers = [a.clone_with_isolated_history() for a in aux]
-                wrappers += [model, *helpers]
-                try:
-                    wf = cls(task=task if count == repeat else self._copy_task(task), model=model,
-                             auxiliary_models=helpers or None)
-                    if count == repeat and getattr(cls, "can_repeat", False):
-                        wf.set_repeat_times(repeat, 0)
-                    exps = await self._call(wf, pool, timeout)
-                except Exception as exc:
-                    failure = next((w.sampling_error for w in (model, *helpers) if w.sampling_error), None)
-                    if failure is not None:
-                        raise failure from exc
-                    if sampling_failure(exc):
-                        raise
-                    text = str(exc) if isinstance(exc, WorkflowTimeout) else f"{type(exc).__name__}: {exc}"
-                    self._user_error("workflow", text, outcome)
-                    outcome.errors.append(text)
-                    outcome.failed += count
-                    continue
-                for exp in exps:
-                    eid = getattr(exp, "eid", None)
-                    if eid is not None:
-                        # set by the runner in Trinity too: the explore step and the task's place in the batch
-                        eid.batch, eid.task = task.batch_id, task.task_id
+                for attempt in range(self.retries + 1):
+                    model = policy.clone_with_isolated_history(seed=seed + run_id * 104_729 + attempt * 7)
+                    helpers = [a.clone_with_isolated_history() for a in aux]
+                    wrappers += [model, *helpers]
+                    try:
+                        wf = cls(task=task if count == repeat else self._copy_task(task), model=model,
+                                 auxiliary_models=helpers or None)
+                        if count == repeat and getattr(cls, "can_repeat", False):
+                            wf.set_repeat_times(repeat, 0)
+                        exps = [to_runtime_experience(e) for e in await self._call(wf, pool, timeout)]
+                    except Exception as exc:
+                        failure = next((w.sampling_error for w in (model, *helpers) if w.sampling_error), None)
+                        if failure is not None:
+                            raise failure from exc
+                        if sampling_failure(exc):
+                            raise
+                        if attempt < self.retries:
+                            log.debug("workflow run %d of task %s failed (try %d of %d), running it again: %s",
+                                      run_id, task.task_id, attempt + 1, self.retries + 1, exc)
+                            continue
+                        text = str(exc) if isinstance(exc, WorkflowTimeout) else f"{type(exc).__name__}: {exc}"
+                        if self.retries:
+                            text += f" (tried {self.retries + 1} times: explorer.max_retry_times {self.retries})"
+                        self._user_error("workflow", text, outcome)
+                        outcome.errors.append(text)
+                        outcome.failed += count
+                        break
+                    for eid in (getattr(e, "eid", None) for e in exps):
+                        if eid is None:
+                            continue
+                        # set by the runner in Trinity too: the explore step, and the task's place in the batch
+                        # unless the workflow named a task of its own
+                        eid.batch = task.batch_id
+                        if eid.task in ("", None):
+                            eid.task = task.task_id
                         if not getattr(cls, "can_repeat", False):
                             eid.run = run_id
-                outcome.experiences.extend(exps)
+                    outcome.experiences.extend(exps)
+                    break
         finally:
             for w in wrappers:
                 w.close()
@@ -287,6 +334,9 @@ class WorkflowRunner:
         for exp in outcome.experiences:
             if getattr(exp, "truncate_status", None) == "prompt_truncated":
                 continue
+            if self.is_eval and getattr(exp, "reward", 0.0) is None:
+                # an evaluation workflow may only record metrics (Trinity's math_eval_workflow): nothing trains
+                exp.reward = 0.0
             problem = experience_problem(exp)
             if problem is None and (exp.info or {}).get("reward_error"):
                 self._user_error("reward", exp.info["reward_error"], outcome)
@@ -314,4 +364,8 @@ def experience_problem(exp: Any) -> str | None:
     mask = getattr(exp, "action_mask", None)
     if mask is not None and len(as_ints(mask)) != n:
         return f"an Experience has an action_mask of {len(as_ints(mask))} for {n} response tokens"
+    chunks = (getattr(exp, "info", None) or {}).get("prompt_chunks") or []
+    if any(getattr(c, "type", "") == "image" and getattr(c, "expected_tokens", None) is None for c in chunks):
+        return ("an image's token count is unknown (the model's processor could not be loaded with transformers), "
+                "so its reply cannot be lined up with the prompt to train on")
     return None

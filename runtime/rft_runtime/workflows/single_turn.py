@@ -1,13 +1,12 @@
 """Single-turn workflows: one prompt from the row, `repeat_times` replies, each scored by a reward function.
 
-The built-ins simple_workflow, math_workflow, math_boxed_workflow and their async_ twins are these, as is
-math_rm_workflow (scored by a reward model among explorer.auxiliary_models). A subclass only needs
+The built-ins simple_workflow, math_workflow, math_boxed_workflow, math_eval_workflow and their async_
+twins are these (the judged ones, scored by another model, are in `judged`). A subclass only needs
 `messages(row)` and/or `score(row, response)`; run() does the sampling through `self.model`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from typing import Any
 
@@ -66,12 +65,15 @@ class SingleTurnWorkflow(Workflow):
                         reward_fn_args=args, reward_fn=reward_fn, raw_task={})
         super().__init__(task=task, model=model, auxiliary_models=auxiliary_models)
         self.repeat_times = 1
-        self.reset(task)
+        # the base attributes first: a subclass written for Trinity overrides reset() and sets only its own
+        SingleTurnWorkflow.reset(self, task)
+        if type(self).reset is not SingleTurnWorkflow.reset:
+            self.reset(task)
 
     def reset(self, task: Task) -> None:
         """Take a new task (its row, format, arguments and reward function)."""
         self.task = task
-        self.format = task.format_args
+        self.format = self.format_args = task.format_args
         self.workflow_args = dict(task.workflow_args or {})
         self.reward_fn_args = dict(task.reward_fn_args or {})
         self.prompt_key = self.format.prompt_key or "prompt"
@@ -79,6 +81,9 @@ class SingleTurnWorkflow(Workflow):
         self.system_prompt = self.format.system_prompt or self.default_system_prompt
         self.reply_prefix = self.format.reply_prefix
         self.raw_task = task.raw_task or {}
+        # plain attributes, as Trinity's (its workflows assign them in their own reset)
+        self.task_desc = self.raw_task.get(self.prompt_key)
+        self.truth = self.raw_task.get(self.response_key)
         self._reward_fn: Any = None
 
     def set_repeat_times(self, repeat_times: int, run_id_base: int) -> None:
@@ -91,16 +96,6 @@ class SingleTurnWorkflow(Workflow):
     def rollout_args(self) -> dict[str, Any]:
         """The taskset's rollout_args as model.chat() keyword arguments."""
         return asdict(self.task.rollout_args)
-
-    @property
-    def task_desc(self) -> Any:
-        """The row's prompt column."""
-        return self.raw_task.get(self.prompt_key)
-
-    @property
-    def truth(self) -> Any:
-        """The row's reference answer (format.response_key), or None."""
-        return self.raw_task.get(self.response_key)
 
     # ------------------------------------------------------------ prompts
 
@@ -163,10 +158,15 @@ class SingleTurnWorkflow(Workflow):
             self._reward_fn = get_reward_fn(spec, self.reward_fn_args)
         return self._reward_fn
 
-    def score(self, row: dict[str, Any], response: str) -> Score:
-        """The response's Score from the reward function."""
+    @reward_fn.setter
+    def reward_fn(self, value: Any) -> None:
+        # Trinity's workflows set their reward function instance themselves
+        self._reward_fn = value
+
+    def score(self, row: dict[str, Any], response: str, **extra: Any) -> Score:
+        """The response's Score from the reward function (`extra`: Trinity's response_token and info)."""
         result = call_reward_fn(self.reward_fn, response=response, truth=row.get(self.response_key),
-                                prompt=row.get(self.prompt_key), row=row)
+                                prompt=row.get(self.prompt_key), row=row, **extra)
         return as_score(result)
 
     def _scored(self, experiences: list[Experience]) -> list[Experience]:
@@ -176,7 +176,8 @@ class SingleTurnWorkflow(Workflow):
                 exp.reward = 0.0
                 continue
             try:
-                score = self.score(self.raw_task, exp.response_text or "")
+                score = self.score(self.raw_task, exp.response_text or "",
+                                   response_token=exp.tokens[exp.prompt_length:], info=exp.info)
             except Exception as exc:  # the user's reward bug fails this reply, not the batch
                 exp.reward = 0.0
                 exp.info["reward_error"] = f"{type(exc).__name__}: {exc}"
@@ -245,11 +246,11 @@ class MathBoxedWorkflow(SingleTurnWorkflow):
         head = f"System:{self.system_prompt}\n" if self.system_prompt else ""
         return f"{head}User:\n{self.prompt_text(self.raw_task)}\nAssistant:\n"
 
-    def score(self, row: dict[str, Any], response: str) -> Score:
+    def score(self, row: dict[str, Any], response: str, **extra: Any) -> Score:
         """math_boxed_reward with this workflow's with_think and format_score_coef."""
         result = call_reward_fn(self.reward_fn, response=response, truth=row.get(self.response_key),
                                 prompt=row.get(self.prompt_key), row=row, with_think=self.with_think,
-                                format_score_coef=self.format_score_coef)
+                                format_score_coef=self.format_score_coef, **extra)
         return as_score(result)
 
     def run(self) -> list[Experience]:
@@ -269,63 +270,56 @@ class AsyncMathBoxedWorkflow(AsyncSingleTurnWorkflow, MathBoxedWorkflow):
         return await super().run_async()
 
 
-RM_PROMPT = (
-    "You grade answers to math problems.\nProblem:\n{question}\nReference answer:\n{truth}\n"
-    "Student answer:\n{response}\nHow correct is the student answer? Reply with only a score from 0 to 10 "
-    "inside <score></score> tags."
-)
-_SCORE = re.compile(r"<score>\s*(-?\d+(?:\.\d+)?)\s*</score>")
+EVAL_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
-class MathRMWorkflow(MathWorkflow):
-    """math_rm_workflow: the reward comes from a reward model, the first of explorer.auxiliary_models,
-    asked to grade each reply 0..10 (workflow_args rm_prompt, with {question}, {truth}, {response}).
-    reward = score / 10; metrics rm_score, and rm_parse_error when the grader's reply had no score."""
+class MathEvalWorkflow(SingleTurnWorkflow):
+    """Trinity's math_eval_workflow (Qwen2.5-Math's evaluation): the row's `question` column plus "Please
+    reason step by step, and put your final answer within \\boxed{}." under "You are a helpful assistant.",
+    sampled at temperature 0.6, top_p 0.8; metric accuracy (the boxed answer against format.response_key,
+    compared as text, number or expression). The reward is left at 0: it is an evaluation workflow."""
 
-    def _grader(self) -> Any:
-        if not self.auxiliary_model_wrappers:
-            raise WorkflowError("math_rm_workflow scores with a reward model: name one in "
-                                "explorer.auxiliary_models (model_path of a Tinker base model)")
-        return self.auxiliary_model_wrappers[0]
+    can_reset = False
+    can_repeat = False
 
-    def _rm_messages(self, response: str) -> list[dict[str, str]]:
-        template = self.workflow_args.get("rm_prompt") or RM_PROMPT
-        return [{"role": "user", "content": template.format(question=self.task_desc, truth=self.truth,
-                                                            response=response)}]
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        """Qwen2.5-Math's prompt for the row's `question`."""
+        if "question" not in row:
+            raise WorkflowError("math_eval_workflow reads the task's 'question' column; its columns: "
+                                f"{', '.join(sorted(row))}")
+        return [{"role": "system", "content": EVAL_SYSTEM_PROMPT},
+                {"role": "user", "content": f"{row['question']}\n{BOXED_PROMPT}"}]
 
-    def _rm_score(self, reply: str) -> Score:
-        found = _SCORE.findall(reply)
-        if not found:
-            return Score(0.0, {"rm_score": 0.0, "rm_parse_error": 1.0})
-        value = min(max(float(found[-1]), 0.0), 10.0) / 10.0
-        return Score(value, {"rm_score": value, "rm_parse_error": 0.0})
+    def format_messages(self) -> list[dict[str, str]]:
+        """This task's messages (no reply prefix: the evaluation prompt is fixed)."""
+        return self.messages(self.raw_task)
 
-    def score(self, row: dict[str, Any], response: str) -> Score:
-        """The reward model's grade of the response."""
-        (reply,) = self._grader().chat(self._rm_messages(response), n=1)
-        return self._rm_score(reply.response_text or "")
+    @property
+    def rollout_args(self) -> dict[str, Any]:
+        """Trinity's fixed evaluation sampling: temperature 0.6, top_p 0.8, one reply per run."""
+        return {"temperature": 0.6, "top_p": 0.8, "n": 1}
+
+    def _graded(self, experiences: list[Experience]) -> list[Experience]:
+        from rft_runtime.workflows.math_grading import verify_math_answer
+
+        for exp in experiences:
+            exp.reward = 0.0 if exp.reward is None else exp.reward
+            if exp.response_text is None or self.truth is None:
+                continue
+            accuracy, _ = verify_math_answer(exp.response_text, self.truth)
+            exp.metrics["accuracy"] = accuracy
+        return experiences
+
+    def run(self) -> list[Experience]:
+        """One reply, graded."""
+        return self._graded(self.model.chat(self.format_messages(), **self.rollout_args))
 
 
-class AsyncMathRMWorkflow(AsyncSingleTurnWorkflow, MathRMWorkflow):
-    """math_rm_workflow, sampled and graded with chat_async."""
+class AsyncMathEvalWorkflow(MathEvalWorkflow):
+    """math_eval_workflow, sampled with chat_async."""
+
+    is_async = True
 
     async def run_async(self) -> list[Experience]:
-        """Sample, then grade every reply concurrently."""
-        import asyncio
-
-        exps = await self.model.chat_async(self.format_messages(), **self.rollout_args)
-        grader = self._grader()
-
-        async def grade(exp: Experience) -> None:
-            if exp.truncate_status == "prompt_truncated":
-                exp.reward = 0.0
-                return
-            (reply,) = await grader.chat_async(self._rm_messages(exp.response_text or ""), n=1)
-            score = self._rm_score(reply.response_text or "")
-            exp.reward = score.reward
-            exp.metrics.update(score.metrics)
-
-        await asyncio.gather(*[grade(e) for e in exps])
-        for i, exp in enumerate(exps):
-            exp.eid.run = i + self.run_id_base
-        return exps
+        """One reply, graded."""
+        return self._graded(await self.model.chat_async(self.format_messages(), **self.rollout_args))

@@ -3,7 +3,9 @@ known to this runtime's registry (and so to `rft validate` / `rft run`)."""
 
 from typing import Any
 
-from rft_runtime.workflows import registry as _registry
+from rft_runtime.workflows.trinity_compat import HOOKS
+
+_KINDS = {"workflows": "workflows", "reward_functions": "reward_functions"}
 
 
 class Registry:
@@ -30,10 +32,8 @@ class Registry:
             return self._modules[module_key]
         if module_key is None:
             return None
-        if self._name == "workflows":
-            return _registry.get_workflow(module_key)
-        if self._name == "reward_functions":
-            return _registry._resolve(_registry._REWARD_FNS, "rewards", module_key, "reward function")
+        if self._name in _KINDS:
+            return HOOKS["resolve"](_KINDS[self._name], module_key)
         raise KeyError(f"{module_key!r} is not registered in {self._name}")
 
     def _register_module(self, module_name: str | None = None, module_cls: Any = None, force: bool = False) -> None:
@@ -42,10 +42,8 @@ class Registry:
             raise KeyError(f"{name} is already registered in {self._name}")
         self._modules[name] = module_cls
         module_cls._name = name
-        if self._name == "workflows":
-            _registry.register_workflow(name, module_cls)
-        elif self._name == "reward_functions":
-            _registry.register_reward_fn(name, module_cls)
+        if self._name in _KINDS:
+            HOOKS["register"](_KINDS[self._name], name, module_cls)
 
     def register_module(self, module_name: str | None = None, module_cls: Any = None, force: bool = False,
                         lazy: bool = False) -> Any:
