@@ -77,22 +77,6 @@ def make_stream(cfg: JobConfig) -> Any:
     return stream
 
 
-def make_workflow(cfg: JobConfig) -> Any:
-    """The taskset's workflow instance (its own default_workflow_type, else the explorer input's)."""
-    from rft_runtime.workflows import get_workflow
-
-    ts = cfg.buffer.explorer_input.taskset
-    name = ts.default_workflow_type or cfg.buffer.explorer_input.default_workflow_type or "math_workflow"
-    reward_args = dict(ts.reward_fn_args or {})
-    reward_fn = ts.default_reward_fn_type or cfg.buffer.explorer_input.default_reward_fn_type
-    if reward_fn:
-        reward_args.setdefault("reward_fn", reward_fn)
-    fmt = ts.format
-    if fmt.system_prompt is None and cfg.buffer.explorer_input.system_prompt:
-        fmt = fmt.model_copy(update={"system_prompt": cfg.buffer.explorer_input.system_prompt})
-    return get_workflow(name)(fmt, dict(ts.workflow_args or {}), reward_args)
-
-
 def _reply_text(value: Any) -> str:
     # a chosen / rejected column holds the reply text, or (prompt_type messages) the reply's messages
     if isinstance(value, list):
@@ -308,8 +292,8 @@ class StageRunner:
 
     def _add_expert_data(self, datums: list[Any], seqs: list[tuple[Any, ...]]) -> int:
         """mix: append the step's expert SFT rows (sample_strategy_args.sft_dataset_name in
-        buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x batch_size x repeat_times) of them,
-        read in a seeded order that cycles over epochs; returns how many were added."""
+        buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x train_batch_size) of them (Trinity's
+        mix sample strategy), read in a seeded order that cycles over epochs; returns how many were added."""
         import math as _math
 
         from rft_runtime.data.tasksets import TaskStream, load_rows
@@ -317,12 +301,11 @@ class StageRunner:
         args = self.cfg.algorithm.sample_strategy_args or {}
         source = self.cfg.buffer.trainer_input.auxiliary_buffers[args.get("sft_dataset_name", "sft_dataset")]
         if self._expert is None:
-            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.buffer.batch_size
-                           * self.cfg.algorithm.repeat_times)
+            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.train_batch_size)
             rows = load_rows(source, require_response=source.format.prompt_type != "messages")
             if len(rows) < n:
                 raise RunError(f"the expert dataset {source.path} has {len(rows)} rows, fewer than the {n} each mix "
-                               "step takes (expert_data_ratio x batch_size x repeat_times); add rows or lower "
+                               "step takes (expert_data_ratio x train_batch_size); add rows or lower "
                                "sample_strategy_args.expert_data_ratio")
             self._expert = iter(TaskStream(rows, batch_size=n, total_epochs=None, total_steps=self.total + 1,
                                            seed=self.cfg.explorer.rollout_model.seed))
