@@ -275,13 +275,22 @@ def test_what_the_runtime_does_is_accepted_when_written_out():
     assert cfg.algorithm.kl_coef == 0.01
 
 
-def test_sync_style_other_than_fixed_is_refused_on_tinker():
+@pytest.mark.parametrize(("written", "read"), [("dynamic_by_explorer", "explorer_driven"),
+                                                ("Dynamic_By_Trainer", "trainer_driven"), ("fully_async", "fully_async")])
+def test_every_sync_style_loads_on_tinker_under_trinitys_names(written, read):
     data = _tinker_job()
-    data["synchronizer"]["sync_style"] = "dynamic_by_explorer"  # Trinity's old name, read as it reads it
+    data["synchronizer"]["sync_style"] = written  # Trinity's old names, case-insensitive, read as it reads them
+    assert load_config_dict(data).synchronizer.sync_style == read
+
+
+def test_fully_async_with_eval_tasksets_is_refused_as_trinity_does():
+    data = _tinker_job()
+    data["synchronizer"]["sync_style"] = "fully_async"
+    data["buffer"]["explorer_input"]["eval_tasksets"] = [{"name": "e", "path": "openai/gsm8k"}]
     with pytest.raises(ConfigError) as info:
         load_config_dict(data)
     assert [i.path for i in info.value.issues] == ["synchronizer.sync_style"]
-    assert "explorer_driven" in info.value.issues[0].message
+    assert "eval" in info.value.issues[0].message
 
 
 # ---------------------------------------------------------------- defaults and modes

@@ -32,14 +32,6 @@ def _unset(value: Any, cfg: Any) -> bool:
     return value in (None, "", [], {}, False, 0, 0.0)
 
 
-def _train_batch(value: Any, cfg: Any) -> bool:
-    return cfg.mode == "train" or value in (0, cfg.buffer.batch_size * cfg.algorithm.repeat_times)
-
-
-def _sync_interval(value: Any, cfg: Any) -> bool:
-    return value in (None, cfg.synchronizer.sync_interval)
-
-
 # (Trinity dataclass, field) -> (does this value match what the runtime does?, why other values are refused)
 REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
     # algorithm_type, advantage_fn, policy_loss_fn (+ args), kl_loss_fn (+ args), kl_penalty_fn,
@@ -68,17 +60,9 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
     ("DataSelectorConfig", "selector_type"): (
         _one_of(None, "sequential", "shuffle", "random"), "tasks come in a seeded order, reshuffled each epoch"),
-    ("ReplayBufferConfig", "enable"): (_one_of(False), "experiences are trained on once, without replay"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
     ("ExplorerInput", "reply_prefix"): (_unset, "no reply prefix is put after the prompt"),
-    ("BufferConfig", "train_batch_size"): (
-        _train_batch, "each step trains on one explorer batch: batch_size x repeat_times experiences"),
     ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
-    ("SynchronizerConfig", "sync_style"): (
-        _one_of("fixed"), "weights are synced every sync_interval steps (fixed); sync_offset lets the "
-                          "explorer run ahead"),
-    ("SynchronizerConfig", "explorer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
-    ("SynchronizerConfig", "trainer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
     ("DataProcessorConfig", "task_pipeline"): (_unset, "data pipelines run only in Trinity (the veRL backend)"),
     ("ExperiencePipelineConfig", "operators"): (_unset, "data pipelines run only in Trinity (the veRL backend)"),
 }

@@ -1,0 +1,71 @@
+"""The loop's rules on Tinker: modes, sync styles, train_batch_size and the replay buffer.
+
+What Trinity 0.6's Tinker mode runs, this runtime runs: every mode but colocate (a veRL layout of one GPU),
+every sync style, a train_batch_size of its own, and the replay buffer. What is left to refuse is what
+Trinity refuses too, or what cannot mean anything here; each issue names the field and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rft_runtime.config.catalog import OFFLINE_ALGORITHMS, TINKER_ALGORITHMS
+from rft_runtime.config.errors import ConfigIssue
+
+# the priority functions Trinity 0.6 registers, with the arguments each takes (rft_runtime.buffers.replay)
+PRIORITY_FN_ARGS = {
+    "linear_decay": ("decay",),
+    "decay_limit_randomization": ("decay", "use_count_limit", "sigma"),
+}
+# modes that train nothing: each is a job of its own, not a stage of one
+ROLE_MODES = ("explore", "bench", "serve")
+
+
+def check_tinker_loop(cfg: Any) -> list[ConfigIssue]:
+    """Every problem of the mode, synchronizer and buffer settings of a Tinker job."""
+    issues: list[ConfigIssue] = []
+    algo = cfg.algorithm.algorithm_type
+    offline = algo in OFFLINE_ALGORITHMS
+    if cfg.mode == "colocate":
+        issues.append(ConfigIssue("mode", "mode 'colocate' puts veRL's explorer and trainer on one GPU; on Tinker "
+                                          "there is no GPU to share: use 'both'"))
+    elif cfg.mode == "both" and offline:
+        issues.append(ConfigIssue("algorithm.algorithm_type", f"{algo} learns from a fixed dataset: set mode: "
+                                                              "train and buffer.trainer_input.experience_buffer.path"))
+    elif cfg.mode == "explore" and offline:
+        issues.append(ConfigIssue("mode", f"mode 'explore' makes rollouts for a trainer, and {algo} learns from a "
+                                          "fixed dataset: use mode train with its dataset"))
+    elif cfg.mode == "train" and not offline and algo in TINKER_ALGORITHMS:
+        eb = cfg.buffer.trainer_input.experience_buffer
+        if eb.storage_type == "file" and eb.path and not str(eb.path).endswith((".jsonl", ".json")):
+            issues.append(ConfigIssue(
+                "buffer.trainer_input.experience_buffer.path",
+                f"mode train with {algo} trains on the experiences a mode-explore job writes, and a file of them "
+                "is a .jsonl; for a database use storage_type: sql and a SQLAlchemy URL"))
+    for i, stage in enumerate(cfg.stages or []):
+        if isinstance(stage, dict) and stage.get("mode") in ROLE_MODES:
+            issues.append(ConfigIssue(f"stages[{i}].mode", f"mode {stage['mode']!r} runs as a job of its own (it "
+                                                           "trains nothing), not as a stage: give it its own config"))
+    if cfg.mode == "bench" and not cfg.buffer.explorer_input.eval_tasksets:
+        issues.append(ConfigIssue("buffer.explorer_input.eval_tasksets", "mode bench scores checkpoints on the eval "
+                                                                         "tasksets: add at least one", soft=True))
+    if cfg.synchronizer.sync_style == "fully_async" and cfg.buffer.explorer_input.eval_tasksets \
+            and cfg.mode in ("both", "explore"):
+        issues.append(ConfigIssue("synchronizer.sync_style", "fully_async does not evaluate eval_tasksets (Trinity "
+                                                             "refuses the pair too): remove the eval tasksets, or "
+                                                             "use explorer_driven"))
+    replay = cfg.buffer.trainer_input.experience_buffer.replay_buffer
+    if replay is not None and replay.enable:
+        where = "buffer.trainer_input.experience_buffer.replay_buffer"
+        takes = PRIORITY_FN_ARGS.get(replay.priority_fn)
+        if takes is None:
+            issues.append(ConfigIssue(f"{where}.priority_fn", f"unknown priority function {replay.priority_fn!r}; "
+                                                              f"Trinity 0.6 has {', '.join(PRIORITY_FN_ARGS)}"))
+        else:
+            unknown = sorted(set(replay.priority_fn_args or {}) - set(takes))
+            if unknown:
+                issues.append(ConfigIssue(f"{where}.priority_fn_args", f"{replay.priority_fn} takes "
+                                                                       f"{', '.join(takes)}, not {', '.join(unknown)}"))
+        if replay.reuse_cooldown_time is not None and replay.reuse_cooldown_time < 0:
+            issues.append(ConfigIssue(f"{where}.reuse_cooldown_time", "must be >= 0 seconds, or null for no reuse"))
+    return issues
