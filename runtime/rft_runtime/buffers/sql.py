@@ -6,7 +6,8 @@ explore, or a mode-both job's queue with a path), another reads (mode train) at 
 process, as Trinity's SQL storage does:
 
 - every experience is a row; the trainer takes a batch of unread rows, newest first (Trinity orders by
-  `consumed, id desc`), and counts each read in `consumed`. With the replay buffer on, rows may be read
+  `consumed, id desc`; a queue whose path is a URL hands them out in order), and counts each read in
+  `consumed`. With the replay buffer on, rows may be read
   again, the least read first; once every writer has finished, only unread rows are handed out.
 - writers register in a second table and mark themselves finished, so a reader knows when no more rows are
   coming (Trinity learns this from its Ray actor's reference count).
@@ -64,7 +65,7 @@ class SqlStore:
     """The rows and writers tables of one buffer name in one database."""
 
     def __init__(self, url: str, name: str, *, retries: int = 3, retry_interval: float = 1.0,
-                 where: str = "buffer.trainer_input.experience_buffer"):
+                 where: str = "buffer.trainer_input.experience_buffer", fifo: bool = False):
         try:
             import sqlalchemy as sa
         except ImportError:
@@ -75,6 +76,9 @@ class SqlStore:
         self.url = url
         self.shown = _redact(url)
         self.where = where
+        # a queue hands rows out in the order they came (Trinity's queue keeps its database as a record
+        # only); sql storage, newest first
+        self.fifo = fifo
         self.retries = max(1, int(retries))
         self.retry_interval = float(retry_interval)
         if url.startswith("sqlite:///"):
@@ -171,7 +175,8 @@ class SqlStore:
     # ------------------------------------------------------------ readers
 
     def take(self, n: int, *, reuse: bool) -> list[dict[str, Any]] | None:
-        """n experiences (unread first, newest first), each counted as read; None when fewer are there."""
+        """n experiences (unread first; newest first, or oldest with fifo), each counted as read; None when
+        fewer are there."""
         sa = self.sa
         rows = self.rows
 
@@ -179,7 +184,7 @@ class SqlStore:
             query = sa.select(rows.c.id, rows.c.consumed, rows.c.record)
             if not reuse:
                 query = query.where(rows.c.consumed == 0)
-            query = query.order_by(rows.c.consumed.asc(), rows.c.id.desc()).limit(n)
+            query = query.order_by(rows.c.consumed.asc(), rows.c.id.asc() if self.fifo else rows.c.id.desc()).limit(n)
             if conn.dialect.name != "sqlite":
                 query = query.with_for_update()
             found = conn.execute(query).all()
@@ -190,7 +195,7 @@ class SqlStore:
             out = []
             for row in found:
                 record = json.loads(row.record)
-                record["use_count"] = int(row.consumed)
+                record["use_count"] = int(row.consumed) + 1  # times read, this time included (as the replay pool)
                 out.append(record)
             return out
 

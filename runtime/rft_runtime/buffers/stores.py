@@ -60,5 +60,6 @@ def open_store(store: Any, job_dir: Path, where: str = WHERE) -> ExperienceStore
             raise StorageError(f"{where}.path: storage_type file needs a .jsonl path, got the URL {path!r}; "
                                "set storage_type: sql for a database")
         return SqlStore(path, buffer_name(store), retries=int(getattr(store, "max_retry_times", 3) or 1),
-                        retry_interval=float(getattr(store, "max_retry_interval", 1) or 0), where=where)
+                        retry_interval=float(getattr(store, "max_retry_interval", 1) or 0), where=where,
+                        fifo=True)
     return JsonlStore(Path(path).expanduser(), where=where)

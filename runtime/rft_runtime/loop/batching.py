@@ -54,12 +54,25 @@ def rollouts_per_step(cfg: JobConfig, is_mix: bool) -> int:
     return n
 
 
-def train_steps(cfg: JobConfig, explore_steps: int, is_mix: bool) -> int:
-    """Train steps of a mode-both stage whose explorer runs `explore_steps` steps."""
+def train_steps(cfg: JobConfig, explore_steps: int, is_mix: bool) -> int | None:
+    """Train steps of a mode-both stage whose explorer runs `explore_steps` steps (None: not known ahead,
+    as with the replay buffer and no trainer.total_steps, which reuses experiences as long as it explores)."""
     if not counts_experiences(cfg):
         return explore_steps
+    if replay_on(cfg):
+        return cfg.trainer.total_steps or None
     made = explore_steps * cfg.explore_batch_size // rollouts_per_step(cfg, is_mix)
     return min(made, cfg.trainer.total_steps) if cfg.trainer.total_steps else made
+
+
+def check_schedule(cfg: JobConfig, total: int | None) -> None:
+    """A learning-rate schedule that needs the number of steps cannot run when it is not known."""
+    opt = cfg.algorithm.optimizer
+    if total is None and (opt.lr_scheduler_type != "constant" or
+                          (opt.lr_warmup_steps < 0 and opt.lr_warmup_steps_ratio > 0)):
+        raise RunError("algorithm.optimizer's learning-rate schedule needs the number of train steps, which this "
+                       "job does not know ahead (it trains until the explorer's experiences run out): set "
+                       "trainer.total_steps")
 
 
 def make_batcher(cfg: JobConfig) -> Batcher:

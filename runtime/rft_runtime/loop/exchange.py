@@ -57,6 +57,7 @@ class TrainBatch:
     stream_state: dict[str, Any] | None
     # the groups still held when this batch was cut (train_batch_size / replay): a checkpoint keeps them
     held: list[list[dict[str, Any]]] = field(default_factory=list)
+    uses: list[int] | None = None  # replay: times each experience has been taken, this time included
 
 
 def _merge(batches: list[ExploredBatch], rollouts: list[Rollout], versions: list[int]) -> ExploredBatch:
@@ -278,4 +279,5 @@ class Exchange:
         self._groups = len(held)
         self._cond.notify_all()
         newest = max((int(item["explore_step"]) for item in items), default=0)
-        return TrainBatch(rollouts, explored, versions, newest, self._stream_state, held)
+        uses = [int(item["use_count"]) for item in items] if self.batcher.pool is not None else None
+        return TrainBatch(rollouts, explored, versions, newest, self._stream_state, held, uses)

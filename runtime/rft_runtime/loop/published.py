@@ -49,9 +49,10 @@ def latest(job_dir: Path) -> tuple[int, str | None]:
         return 0, None
 
 
-def set_status(job_dir: Path, status: str, step: int) -> None:
-    """Say what the trainer is doing (training, waiting for experiences, stopped)."""
-    _write(job_dir / STATUS, json.dumps({"status": status, "step": step, "time": time.time(),
+def set_status(job_dir: Path, status: str, step: int, seen: int | None = None) -> None:
+    """Say what the trainer is doing (training, waiting for experiences, stopped); `seen`: how many
+    experiences the buffer held when it last looked, so an explorer can tell whether it is really starved."""
+    _write(job_dir / STATUS, json.dumps({"status": status, "step": step, "seen": seen, "time": time.time(),
                                          "who": f"{socket.gethostname()}:{os.getpid()}"}))
 
 

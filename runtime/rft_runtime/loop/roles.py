@@ -95,7 +95,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
                          trainer=None)
     check_some_prompt_fits(cfg, encoder, getattr(stream, "rows", []))
     stop = threading.Event()
-    weights = PublishedWeights(cfg, cfg.job_dir, stop)
+    weights = PublishedWeights(cfg, cfg.job_dir, stop, buffer_count=store.count)
     evals = EvalRunner(cfg, rt.conn, encoder, here)
     if evals.sets and stream.step == 0 and cfg.explorer.eval_on_startup:
         evals.run(0, weights.path)

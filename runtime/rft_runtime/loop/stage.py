@@ -23,10 +23,12 @@ from rft_runtime.config.models import StorageConfig
 from rft_runtime.loop import datums as D
 from rft_runtime.loop import published
 from rft_runtime.loop.batching import (
+    check_schedule,
     counts_experiences,
     drop_leftover,
     load_leftover,
     make_batcher,
+    replay_on,
     rollouts_per_step,
     save_leftover,
     train_steps,
@@ -288,6 +290,7 @@ class StageRunner:
         self._checkpointed = -1
         self._last_state: tuple[Any, Any] = (None, None)
         # the learning-rate schedule's length (0 when the number of steps is not known: a constant lr)
+        check_schedule(cfg, self.total)
         self.lr_total = self.total or 0
 
     # ------------------------------------------------------------ trainer side
@@ -652,7 +655,7 @@ class StageRunner:
         return StageResult(self.total, self.trainer.base_state, self._last_sampler)
 
     def _step_record(self, step: int, batch: ExploredBatch, extra: dict[str, float], t_sync: float,
-                     trained: int, versions: list[int]) -> dict[str, Any]:
+                     trained: int, versions: list[int], uses: list[int] | None = None) -> dict[str, Any]:
         record = reward_stats(batch, self.cfg)
         record.update(extra)
         record["time/sampling"] = batch.time_sampling_s
@@ -668,6 +671,9 @@ class StageRunner:
             record.update({"sample/model_version/mean": sum(versions) / len(versions),
                            "sample/model_version/min": float(min(versions)),
                            "sample/model_version/max": float(max(versions))})
+        if uses:
+            # replay: how often the step's experiences have been trained on, this time included
+            record.update({"sample/use_count/mean": sum(uses) / len(uses), "sample/use_count/max": float(max(uses))})
         if batch.truncated_prompts:
             log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
                         "longest %d tokens) and were skipped, not sampled", self.step_base + step,
@@ -733,7 +739,7 @@ class StageRunner:
                 work, extra = self._rl_work(step, got.rollouts, got.explored)
                 t_sync, _ = self._finish_step(step, work, extra, exchange)
                 trained = len(got.rollouts) if self.counts else len(got.explored.rollouts)
-                record = self._step_record(step, got.explored, extra, t_sync, trained, got.versions)
+                record = self._step_record(step, got.explored, extra, t_sync, trained, got.versions, got.uses)
                 now = time.monotonic()
                 self._log(step, got.explore_step, record, now - last_end, got.stream_state,
                           got.held if self.counts else None)
@@ -758,8 +764,8 @@ class StageRunner:
         last_end = time.monotonic()
         try:
             while self.total is None or step < self.total:
-                published.set_status(job_dir, published.WAITING, self.step_base + step)
-                records = feed.take(step + 1)
+                records = feed.take(step + 1, lambda seen, at=self.step_base + step: published.set_status(
+                    job_dir, published.WAITING, at, seen))
                 if records is None:
                     break
                 published.set_status(job_dir, published.TRAINING, self.step_base + step)
@@ -773,7 +779,8 @@ class StageRunner:
                 t_sync, _ = self._finish_step(step, work, extra, None)
                 if step % interval == 0 and self._published_step != step:
                     t_sync += self._publish(step, None)[0]
-                record = self._step_record(step, explored, extra, t_sync, len(rollouts), versions)
+                uses = [int(r.get("use_count") or 1) for r in records] if replay_on(self.cfg) else None
+                record = self._step_record(step, explored, extra, t_sync, len(rollouts), versions, uses)
                 record["time/sampling"] = feed.last_wait_s
                 now = time.monotonic()
                 self._log(step, explored.explore_step, record, now - last_end, feed.state_dict(), feed.held())

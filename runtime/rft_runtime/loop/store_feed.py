@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rft_runtime.buffers import Batcher, open_store
 from rft_runtime.config import JobConfig
-from rft_runtime.loop.batching import load_leftover, make_batcher, replay_on
+from rft_runtime.loop.batching import check_schedule, load_leftover, make_batcher, replay_on
 from rft_runtime.loop.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,7 @@ class StoreFeed:
         self.reuse = replay_on(cfg) and sql_replay
         self.batcher: Batcher | None = make_batcher(cfg) if replay_on(cfg) and not sql_replay else None
         self.total_steps = cfg.trainer.total_steps or cfg.buffer.total_steps or eb.total_steps
-        opt = cfg.algorithm.optimizer
-        if self.total_steps is None and (opt.lr_scheduler_type != "constant" or
-                                         (opt.lr_warmup_steps < 0 and opt.lr_warmup_steps_ratio > 0)):
-            raise RunError("algorithm.optimizer's learning-rate schedule needs the number of steps, which a mode "
-                           "train job reading another job's experiences does not know: set trainer.total_steps")
+        check_schedule(cfg, self.total_steps)
         self.last_wait_s = 0.0
         self.stop_event = threading.Event()
         self._done_logged = False
@@ -69,12 +66,14 @@ class StoreFeed:
         self._fill()
         return self.batcher.take(self.n)
 
-    def take(self, step: int) -> list[dict[str, Any]] | None:
-        """n experiences for train step `step`; None when the writers are done and fewer are left."""
+    def take(self, step: int, waiting: Callable[[int], None] | None = None) -> list[dict[str, Any]] | None:
+        """n experiences for train step `step`; None when the writers are done and fewer are left.
+        `waiting(seen)` is told, each time it looks in vain, how many experiences the buffer holds."""
         start = time.monotonic()
         deadline = start + self.timeout
         seen = -1
         while True:
+            total = self.store.count()
             got = self._try()
             if got is not None:
                 self.last_wait_s = time.monotonic() - start
@@ -90,6 +89,8 @@ class StoreFeed:
                 seen, deadline = have, time.monotonic() + self.timeout
                 log.info("train step %d waits for %d experiences in %s (%d there)", step, self.n,
                          self.store.describe(), have)
+            if waiting is not None:
+                waiting(total)
             if time.monotonic() > deadline:
                 raise RunError(
                     f"no new experience reached {self.store.describe()} for buffer.trainer_input.experience_buffer"

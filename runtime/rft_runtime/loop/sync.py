@@ -34,12 +34,13 @@ class PublishedWeights:
 
     At each sync point (every explorer_sync_interval explore steps after sync_offset) the explorer takes the
     newest weights; with sync_style fixed or trainer_driven it first waits for weights newer than its own
-    while that trainer is training (not while it waits for experiences, or has stopped), as Trinity's
-    explorer waits on its synchronizer. fully_async takes the newest weights every step, explorer_driven at
+    while that trainer is training or has not yet looked at the experiences written since (not while it
+    waits for more than there are, or has stopped), as Trinity's explorer waits on its synchronizer. fully_async takes the newest weights every step, explorer_driven at
     its sync points, neither waiting.
     """
 
-    def __init__(self, cfg: Any, job_dir: Path, stop_event: threading.Event | None = None):
+    def __init__(self, cfg: Any, job_dir: Path, stop_event: threading.Event | None = None,
+                 buffer_count: Callable[[], int] | None = None):
         sync = cfg.synchronizer
         self.style = sync.sync_style
         self.offset = sync.sync_offset
@@ -47,6 +48,7 @@ class PublishedWeights:
         self.timeout = float(sync.sync_timeout)
         self.job_dir = job_dir
         self.stop_event = stop_event or threading.Event()
+        self.buffer_count = buffer_count  # experiences in the buffer the trainer reads
         self.version, self.path = published.latest(job_dir)
 
     def latest(self) -> tuple[int, str | None]:
@@ -67,10 +69,13 @@ class PublishedWeights:
             return self.version, self.path
         current = self.version
         deadline = time.monotonic() + self.timeout
+        written = self.buffer_count() if self.buffer_count is not None else None
         while self.latest()[0] <= current:
             state = published.status(self.job_dir)
-            if state.get("status") != published.TRAINING:
-                break  # a trainer that waits for experiences or has stopped makes no new weights
+            if state.get("status") not in (published.TRAINING, published.WAITING):
+                break  # no trainer, or it has stopped: no new weights will come
+            if state.get("status") == published.WAITING and (written is None or (state.get("seen") or 0) >= written):
+                break  # it has seen everything written and still waits for more: it cannot make new weights
             if time.monotonic() > deadline:
                 raise RunError(
                     f"the trainer stalled: the explorer waited more than synchronizer.sync_timeout "
