@@ -35,7 +35,7 @@ def missing() -> str | None:
         import psycopg  # noqa: F401
         import sqlalchemy  # noqa: F401
     except ImportError as exc:
-        return f"{exc.name} is not installed: pip install 'rft-platform[sql]' (CI installs it)"
+        return f"{exc.name} is not installed: pip install -e '.[runtime]' (CI installs it)"
     if os.geteuid() == 0:
         try:
             import pwd

@@ -10,6 +10,7 @@ import threading
 import pytest
 from test_run_support import job_dict, job_dir, metrics
 
+from rft_runtime.buffers.sql import SqlStore
 from rft_runtime.config import load_config_dict
 from rft_runtime.loop.exchange import SYNC_REQUESTED, Exchange, Explored
 from rft_runtime.loop.explorer import ExploredBatch, Rollout
@@ -28,8 +29,10 @@ def _published(cfg) -> list[int]:
 def test_train_batch_size_takes_that_many_experiences_while_the_explorer_keeps_its_batch(
         tmp_path, tiny_model_dir, local_engine):
     # 3 explore steps of 2 tasks x 4 rollouts = 24 experiences, 6 per train step: 4 train steps
+    record = f"sqlite:///{tmp_path / 'record.db'}"
     cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=3, name="tbs",
-                   buffer__train_batch_size=6, save_interval=2)
+                   buffer__train_batch_size=6, save_interval=2,
+                   buffer__trainer_input__experience_buffer={"name": "exp", "storage_type": "queue", "path": record})
     result = _run(cfg)
     records = metrics(cfg)
     assert result.steps == 4 and [r["step"] for r in records] == [1, 2, 3, 4]
@@ -42,6 +45,8 @@ def test_train_batch_size_takes_that_many_experiences_while_the_explorer_keeps_i
     # a checkpoint keeps what was explored and not yet trained: after step 2, the rest of explore step 2
     kept = job_dir(cfg) / book["history"][0]["stream_state"]["rft_leftover"]
     assert sum(len(json.loads(line)) for line in kept.read_text().splitlines()) == 16 - 12
+    # a queue that names a path keeps a record of every experience there, as Trinity's does
+    assert SqlStore(record, "exp").count() == 24
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """An experience buffer in a SQL database (Trinity's `storage_type: sql`, or a queue whose path is a URL).
 
 Any SQLAlchemy URL works: `sqlite:///buffer.db` with Python's own sqlite3, `postgresql://` with psycopg
-(v3; `pip install 'rft-platform[sql]'`), others with the driver their URL names. One job writes (mode
-explore, or a mode-both job's queue with a path), another reads (mode train) at the same time from another
-process, as Trinity's SQL storage does:
+(v3; both come with `pip install 'rft-platform[runtime]'`), others with the driver their URL names. One
+job writes (mode explore, or a mode-both job's queue that names a path, as a record), another reads (mode
+train) at the same time from another process, as Trinity's SQL storage does:
 
 - every experience is a row; the trainer takes a batch of unread rows, newest first (Trinity orders by
   `consumed, id desc`; a queue whose path is a URL hands them out in order), and counts each read in
@@ -71,7 +71,7 @@ class SqlStore:
         except ImportError:
             raise StorageError(
                 f"{where}.path is a database URL ({_redact(url)}), which needs SQLAlchemy: "
-                "pip install 'rft-platform[sql]' (SQLAlchemy and the psycopg driver for PostgreSQL)") from None
+                "pip install 'rft-platform[runtime]' (SQLAlchemy, and psycopg for PostgreSQL)") from None
         self.sa = sa
         self.url = url
         self.shown = _redact(url)
@@ -90,7 +90,7 @@ class SqlStore:
                                            **({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}))
         except ImportError as exc:
             raise StorageError(f"{where}.path {self.shown}: the database driver is not installed ({exc}); for "
-                               "PostgreSQL: pip install 'rft-platform[sql]'") from None
+                               "PostgreSQL: pip install 'rft-platform[runtime]' (psycopg)") from None
         except Exception as exc:
             raise StorageError(f"{where}.path {self.shown} is not a usable database URL: {exc}") from None
         if self.engine.dialect.name == "sqlite":

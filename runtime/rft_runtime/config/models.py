@@ -341,7 +341,9 @@ class ExperienceBufferConfig(StorageConfig):
                                                    "waits (the replay pool drops its lowest priority instead).")
     max_read_timeout: float = Field(1800, gt=0, description="Seconds a mode-train job waits for a new "
                                                             "experience before it stops with an error.")
-    replay_buffer: ReplayBufferConfig | None = Field(default_factory=ReplayBufferConfig)
+    replay_buffer: ReplayBufferConfig | None = Field(
+        default_factory=ReplayBufferConfig, description="Reuse experiences by priority (see its section); null or "
+                                                        "enable false: each is trained on once.")
     max_retry_times: int = Field(3, ge=0, description="Attempts of a database operation (sql).")
     max_retry_interval: int = Field(1, ge=0, description="Seconds between those attempts.")
 

@@ -17,6 +17,8 @@ from typing import Any
 from rft_runtime.algorithms import agg_scales, loss_plan
 from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
+from rft_runtime.buffers import open_store
+from rft_runtime.buffers.sql import is_database_url
 from rft_runtime.config import JobConfig
 from rft_runtime.config.catalog import OFFLINE_ALGORITHMS
 from rft_runtime.config.models import StorageConfig
@@ -709,8 +711,22 @@ class StageRunner:
                               "use_count": int(r.get("use_count", 0)), "explore_step": int(r.get("explore_step", 0))}
                              for r in group])
 
+        # a queue that names a path keeps a record of every experience there, as Trinity's queue does
+        eb = self.cfg.buffer.trainer_input.experience_buffer
+        record_to = None
+        if eb.path and (is_database_url(eb.path) or str(eb.path).endswith((".jsonl", ".json"))):
+            record_to = open_store(eb, self.cfg.job_dir)
+        elif eb.path:
+            log.warning("buffer.trainer_input.experience_buffer.path %s is neither a database URL nor a .jsonl file: "
+                        "the queue keeps no record of its experiences (as Trinity's)", eb.path)
+        writer = record_to.register_writer() if record_to is not None else None
+
         def deliver(batch: ExploredBatch) -> None:
-            exchange.put(Explored(batch, self.advantaged(batch)))
+            rollouts = self.advantaged(batch)
+            if record_to is not None:
+                record_to.write([to_record(r, explore_step=batch.explore_step, model_version=max(batch.weight_version, 0))
+                                 for r in rollouts])
+            exchange.put(Explored(batch, rollouts))
 
         explorer = ExplorerThread(
             self.cfg, self.conn, self.encoder, self.stream, first_step=self.stream.step + 1,
@@ -749,6 +765,9 @@ class StageRunner:
         finally:
             exchange.close()
             explorer.stop()
+            if record_to is not None:
+                record_to.finish_writer(writer)
+                record_to.close()
         self._end_early(step, f"the explorer finished and fewer than {self.per_step} experiences were left "
                               "(rollouts that failed, or groups an advantage function dropped, make fewer)")
         return StageResult(step, self.trainer.base_state, self._last_sampler)
