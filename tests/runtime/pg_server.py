@@ -68,7 +68,7 @@ class PostgresServer:
             self._as = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *cmd: str) -> None:
-        subprocess.run([*self._as, *cmd], check=True, capture_output=True, timeout=120)
+        subprocess.run([*self._as, *cmd], check=True, capture_output=True, timeout=120, cwd=self.root)
 
     def start(self, timeout: float = 60) -> PostgresServer:
         data = self.root / "data"

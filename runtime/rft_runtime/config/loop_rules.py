@@ -69,3 +69,34 @@ def check_tinker_loop(cfg: Any) -> list[ConfigIssue]:
         if replay.reuse_cooldown_time is not None and replay.reuse_cooldown_time < 0:
             issues.append(ConfigIssue(f"{where}.reuse_cooldown_time", "must be >= 0 seconds, or null for no reuse"))
     return issues
+
+
+def summary_rows(stage: Any, prefix: str = "") -> list[tuple[str, str]] | None:
+    """`rft validate`'s batch and steps lines for a Tinker stage whose batches are not simply a dataset's
+    (None: the usual lines apply)."""
+    if stage.backend != "tinker":
+        return None
+    b = stage.buffer
+    eb = b.trainer_input.experience_buffer
+    where = f"the {eb.storage_type} buffer at {eb.path or '<job dir>/buffer/' + (eb.name or 'experience_buffer')}"
+    caps = " (trainer.total_steps caps it)" if stage.trainer.total_steps else ""
+    if stage.mode == "train" and stage.algorithm.algorithm_type not in OFFLINE_ALGORITHMS:
+        return [(f"{prefix}batch", f"{stage.train_batch_size} experiences per step from {where}, which a "
+                                   "mode-explore job writes"),
+                (f"{prefix}steps", f"{stage.trainer.total_steps} steps" if stage.trainer.total_steps else
+                 "until the explore jobs have finished and less than a batch is left")]
+    if stage.mode == "bench":
+        return [(f"{prefix}scores", f"the checkpoints in the job directory on "
+                                    f"{len(b.explorer_input.eval_tasksets)} eval taskset(s)")]
+    if stage.mode == "serve":
+        return [(f"{prefix}serves", f"http://{stage.explorer.listen_address}:{stage.explorer.proxy_port}/v1 with "
+                                    "the newest weights published in the job directory")]
+    if stage.mode == "explore":
+        return [(f"{prefix}batch", f"{b.batch_size} tasks x {stage.algorithm.repeat_times} rollouts per step, "
+                                   f"written to {where}")]
+    replay = eb.replay_buffer is not None and eb.replay_buffer.enable
+    if stage.mode == "both" and (b.train_batch_size or replay):
+        how = " by replay priority" if replay else ""
+        return [(f"{prefix}batch", f"{b.batch_size} tasks x {stage.algorithm.repeat_times} rollouts per explore "
+                                   f"step; each train step takes {stage.train_batch_size} experiences{how}{caps}")]
+    return None
