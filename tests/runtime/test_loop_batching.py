@@ -50,7 +50,7 @@ def test_train_batch_size_takes_that_many_experiences_while_the_explorer_keeps_i
 
 
 @pytest.mark.slow
-def test_replay_buffer_trains_on_experiences_again_newest_weights_first(tmp_path, tiny_model_dir, local_engine):
+def test_replay_buffer_trains_on_experiences_again(tmp_path, tiny_model_dir, local_engine):
     # 2 explore steps make 16 experiences; 4 train steps of 8 take 32: every one is reused
     cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=2, name="replay",
                    buffer__train_batch_size=8, trainer__total_steps=4,
@@ -64,6 +64,20 @@ def test_replay_buffer_trains_on_experiences_again_newest_weights_first(tmp_path
     assert records[0]["sample/use_count/max"] == 1  # the first batch is new
     assert max(r["sample/use_count/max"] for r in records) >= 2
     assert sum(r["rollouts"] for r in records) == 32
+
+
+@pytest.mark.slow
+def test_replay_without_total_steps_trains_until_the_explorer_is_done_and_the_pool_empty(
+        tmp_path, tiny_model_dir, local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=2, name="replay-open",
+                   buffer__train_batch_size=8,
+                   buffer__trainer_input__experience_buffer={
+                       "storage_type": "queue", "replay_buffer": {"enable": True, "reuse_cooldown_time": None}})
+    result = _run(cfg)
+    records = metrics(cfg)
+    # no reuse without a cooldown time: the 16 experiences are 2 steps, then the job ends by itself
+    assert result.steps == 2 and [r["rollouts"] for r in records] == [8, 8]
+    assert all(r["sample/use_count/max"] == 1 for r in records) and records[-1]["total_steps"] is None
 
 
 @pytest.mark.slow
@@ -160,3 +174,20 @@ def test_fully_async_never_waits():
     assert ex.weights_for(7, 1) == (0, None)
     ex.publish(3, "tinker://w3")
     assert ex.weights_for(8, 1) == (3, "tinker://w3")
+
+
+@pytest.mark.slow
+def test_a_resumed_train_batch_size_job_trains_each_experience_once(tmp_path, tiny_model_dir, local_engine):
+    cfg = job_dict(tmp_path, tiny_model_dir, local_engine.base_url, steps=3, name="tbs-resume",
+                   buffer__train_batch_size=6, save_interval=2)
+    _run(cfg)
+    # what a kill right after the step-2 checkpoint leaves: that checkpoint the latest, steps 3-4 to redo
+    path = job_dir(cfg) / "checkpoint.json"
+    book = json.loads(path.read_text())
+    book["latest"], book["history"], book["finished_stages"] = book["history"][0], book["history"][:1], {}
+    path.write_text(json.dumps(book))
+    result = _run(cfg)
+    records = metrics(cfg)
+    # the explored-but-untrained experiences came back from the checkpoint: steps 3-4 have their 12
+    assert result.steps == 4 and [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["rollouts"] for r in records] == [6, 6, 6, 6]

@@ -74,7 +74,7 @@ def _keep_metrics_upto(job_dir: Path, last_step: int) -> int:
 
 
 def _say_how_it_resumes(cfg: JobConfig, stages: list[JobConfig], done_upto: int, lost_upto: int,
-                        job_total: int) -> None:
+                        job_total: int | None) -> None:
     """Tell the user where the run starts and, when it starts over, why (never silently)."""
     job_dir = cfg.job_dir
     if lost_upto > done_upto:
@@ -84,7 +84,7 @@ def _say_how_it_resumes(cfg: JobConfig, stages: list[JobConfig], done_upto: int,
             "%s: the last run reached step %d, but %s (trainer.save_interval is %d), so steps %d-%d are "
             "trained again", job_dir, lost_upto, why, cfg.trainer.save_interval, done_upto + 1, lost_upto)
     elif done_upto:
-        log.info("resuming %s after step %d of %d", job_dir, done_upto, job_total)
+        log.info("resuming %s after step %d of %s", job_dir, done_upto, job_total or "?")
     if not cfg.continue_from_checkpoint:
         return
     unsaved = [s for s in stages if not s.trainer.save_interval and (s.buffer.total_steps or 0) != 1]
@@ -170,10 +170,11 @@ def _check_workflows(stages: list[JobConfig]) -> None:
     from rft_runtime.workflows.runner import WorkflowRunner
 
     for stage in stages:
-        if stage.mode == "train":
+        if stage.mode in ("train", "serve"):
             continue
         ei = stage.buffer.explorer_input
-        WorkflowRunner(stage, ei.taskset)
+        if stage.mode != "bench":  # bench reads only the eval tasksets
+            WorkflowRunner(stage, ei.taskset)
         for ts in ei.eval_tasksets:
             WorkflowRunner(stage, ts, is_eval=True)
         check_auxiliary_models(list(stage.explorer.auxiliary_models or []))

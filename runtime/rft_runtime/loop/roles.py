@@ -46,7 +46,8 @@ def files_dir(cfg: JobConfig) -> Path:
 def run_role(cfg: JobConfig, rt: Any) -> Any:
     """Run the job's mode (explore, bench or serve) with an open Runtime; returns a JobResult."""
     if rt.tokenizer is None:
-        rt.tokenizer = rt.conn.tokenizer()
+        # a hub model's tokenizer comes through the SDK; these modes have no training client, so a sampler's
+        rt.tokenizer = rt.conn.sampling_client(None, timeout=float(cfg.synchronizer.sync_timeout)).get_tokenizer()
     encoder = PromptEncoder(rt.tokenizer, cfg.model)
     return {"explore": _explore, "bench": _bench, "serve": _serve}[cfg.mode](cfg, rt, encoder)
 

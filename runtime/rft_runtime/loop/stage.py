@@ -744,7 +744,7 @@ class StageRunner:
         last_end = time.monotonic()
         step = start_step
         try:
-            while step < self.total:
+            while self.total is None or step < self.total:
                 got = exchange.take(step + 1, explorer_activity)
                 if got is SYNC_REQUESTED:
                     self._answer_sync(exchange, step)

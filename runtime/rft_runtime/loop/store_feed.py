@@ -44,11 +44,6 @@ class StoreFeed:
         self.stop_event = threading.Event()
         self._done_logged = False
 
-    @property
-    def step(self) -> int:
-        """Not a task stream: no explore position."""
-        return 0
-
     def _fill(self) -> None:
         # pull every experience written since into the replay pool, one group per task of an explore step
         assert self.batcher is not None
