@@ -7,7 +7,7 @@ experiences into train batches, through the replay pool (`ReplayPool`) when repl
 from rft_runtime.buffers.batcher import Batcher
 from rft_runtime.buffers.errors import StorageError
 from rft_runtime.buffers.replay import PRIORITY_FNS, ReplayPool, priority_fn
-from rft_runtime.buffers.stores import ExperienceStore, default_path, open_store
+from rft_runtime.buffers.stores import ExperienceStore, can_hold, default_path, open_store
 
-__all__ = ["PRIORITY_FNS", "Batcher", "ExperienceStore", "ReplayPool", "StorageError", "default_path",
+__all__ = ["PRIORITY_FNS", "Batcher", "ExperienceStore", "ReplayPool", "StorageError", "can_hold", "default_path",
            "open_store", "priority_fn"]

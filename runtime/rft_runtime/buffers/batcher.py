@@ -29,6 +29,12 @@ class Batcher:
         held = self.pool.experiences if self.pool is not None else self._fifo_size
         return held + len(self._partial)
 
+    @property
+    def groups(self) -> int:
+        """Groups held (a split group's rest counts as one; cooling groups are not counted)."""
+        held = len(self.pool) if self.pool is not None else len(self._fifo)
+        return held + (1 if self._partial else 0)
+
     def add(self, group: Group) -> bool:
         """Offer a group; False when the replay pool turned it away."""
         if not group:

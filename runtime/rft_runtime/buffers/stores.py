@@ -46,6 +46,11 @@ def default_path(store: Any, job_dir: Path) -> str:
     return str(job_dir / "buffer" / f"{name}.jsonl")
 
 
+def can_hold(path: str) -> bool:
+    """Whether a path names a place experiences can be kept: a SQLAlchemy URL or a .jsonl (.json) file."""
+    return is_database_url(path) or str(path).endswith((".jsonl", ".json"))
+
+
 def open_store(store: Any, job_dir: Path, where: str = WHERE) -> ExperienceStore:
     """The store the experience buffer `store` (an ExperienceBufferConfig) names."""
     path = store.path or default_path(store, job_dir)

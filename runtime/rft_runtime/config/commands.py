@@ -175,7 +175,7 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
         rows.append((f"{prefix}base model", str(stage.model.tinker_base_model)))
         b = stage.buffer
         loop_rows = loop_rules.summary_rows(stage, prefix)
-        if loop_rows is not None and not (stage.mode == "both" or stage.mode == "explore"):
+        if loop_rows is not None and stage.mode in ("train", "bench", "serve"):
             rows.extend(loop_rows)
             continue
         if stage.mode == "train":

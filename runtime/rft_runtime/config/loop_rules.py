@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rft_runtime.buffers.replay import PRIORITY_FNS
 from rft_runtime.config.catalog import OFFLINE_ALGORITHMS, TINKER_ALGORITHMS
 from rft_runtime.config.errors import ConfigIssue
 
-# the priority functions Trinity 0.6 registers, with the arguments each takes (rft_runtime.buffers.replay)
-PRIORITY_FN_ARGS = {
-    "linear_decay": ("decay",),
-    "decay_limit_randomization": ("decay", "use_count_limit", "sigma"),
-}
-# modes that train nothing: each is a job of its own, not a stage of one
+# modes that train nothing: each is a job of its own, not a stage of one, keeping its files in a folder of
+# the job directory (rft_runtime.loop.roles)
 ROLE_MODES = ("explore", "bench", "serve")
 
 
@@ -57,10 +54,11 @@ def check_tinker_loop(cfg: Any) -> list[ConfigIssue]:
     replay = cfg.buffer.trainer_input.experience_buffer.replay_buffer
     if replay is not None and replay.enable:
         where = "buffer.trainer_input.experience_buffer.replay_buffer"
-        takes = PRIORITY_FN_ARGS.get(replay.priority_fn)
+        fn = PRIORITY_FNS.get(replay.priority_fn)
+        takes = tuple(fn.defaults) if fn is not None else None
         if takes is None:
             issues.append(ConfigIssue(f"{where}.priority_fn", f"unknown priority function {replay.priority_fn!r}; "
-                                                              f"Trinity 0.6 has {', '.join(PRIORITY_FN_ARGS)}"))
+                                                              f"Trinity 0.6 has {', '.join(PRIORITY_FNS)}"))
         else:
             unknown = sorted(set(replay.priority_fn_args or {}) - set(takes))
             if unknown:

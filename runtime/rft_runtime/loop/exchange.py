@@ -203,7 +203,7 @@ class Exchange:
                          "explore_step": batch.explore_step})
                 for group in groups.values():
                     self.batcher.add(group)
-                self._groups = len(self.batcher.held())
+                self._groups = self.batcher.groups
             self._cond.notify_all()
 
     def finish(self) -> None:
@@ -276,7 +276,7 @@ class Exchange:
         since, self._since = self._since, []
         explored = _merge(since, rollouts, versions)
         held = [[dict(item) for item in group] for group in self.batcher.held()]
-        self._groups = len(held)
+        self._groups = self.batcher.groups
         self._cond.notify_all()
         newest = max((int(item["explore_step"]) for item in items), default=0)
         uses = [int(item["use_count"]) for item in items] if self.batcher.pool is not None else None

@@ -20,6 +20,7 @@ from typing import Any
 
 from rft_runtime.backends.tinker_client import Connection, check_api_key
 from rft_runtime.config import JobConfig
+from rft_runtime.config.loop_rules import ROLE_MODES
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
@@ -31,8 +32,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
-# modes that train nothing: they keep their files in a folder of the job directory (see roles)
-ROLE_MODES = ("explore", "bench", "serve")
+
 
 
 @dataclass

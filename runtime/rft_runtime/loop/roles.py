@@ -157,7 +157,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
 
 def _bench_weights(cfg: JobConfig, conn: Any, entry: Any) -> str:
     """Sampler weights of a checkpoint: those published for its step, else saved from its state now."""
-    _, path = _published_at(cfg.job_dir, entry.global_step)
+    path = _published_at(cfg.job_dir, entry.global_step)
     if path:
         return path
     state = entry.state_path
@@ -167,11 +167,11 @@ def _bench_weights(cfg: JobConfig, conn: Any, entry: Any) -> str:
         timeout=float(cfg.synchronizer.sync_timeout)).path
 
 
-def _published_at(job_dir: Path, step: int) -> tuple[int, str | None]:
+def _published_at(job_dir: Path, step: int) -> str | None:
     try:
-        return step, (job_dir / f"global_step_{step}" / published.SAMPLER).read_text().strip() or None
+        return (job_dir / f"global_step_{step}" / published.SAMPLER).read_text().strip() or None
     except OSError:
-        return step, None
+        return None
 
 
 def _bench(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:

@@ -17,8 +17,7 @@ from typing import Any
 from rft_runtime.algorithms import agg_scales, loss_plan
 from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
-from rft_runtime.buffers import open_store
-from rft_runtime.buffers.sql import is_database_url
+from rft_runtime.buffers import can_hold, open_store
 from rft_runtime.config import JobConfig
 from rft_runtime.config.catalog import OFFLINE_ALGORITHMS
 from rft_runtime.config.models import StorageConfig
@@ -580,7 +579,7 @@ class StageRunner:
     def _publish(self, step: int, exchange: Any) -> tuple[float, str]:
         t0 = time.monotonic()
         sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
-        self._last_sampler = self._published = sampler_path
+        self._last_sampler = sampler_path
         self._published_step = step
         # Trinity's files too: a serve, bench or mode-explore job in another process follows them
         published.publish(self.cfg.job_dir, self.step_base + step, sampler_path)
@@ -714,7 +713,7 @@ class StageRunner:
         # a queue that names a path keeps a record of every experience there, as Trinity's queue does
         eb = self.cfg.buffer.trainer_input.experience_buffer
         record_to = None
-        if eb.path and (is_database_url(eb.path) or str(eb.path).endswith((".jsonl", ".json"))):
+        if eb.path and can_hold(eb.path):
             record_to = open_store(eb, self.cfg.job_dir)
         elif eb.path:
             log.warning("buffer.trainer_input.experience_buffer.path %s is neither a database URL nor a .jsonl file: "
