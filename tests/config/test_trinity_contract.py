@@ -473,3 +473,29 @@ def test_max_checkpoints_to_keep_0_keeps_all_as_in_trinity(keep, left):
                                                state_path=f"tinker://s{step}", sampler_path=None,
                                                stream_state=None), keep)
     assert len(book.history) == left and len(dropped) == 4 - left
+
+
+@pytest.mark.parametrize(("section", "key", "value", "path"), [
+    ("buffer.trainer_input.experience_buffer", "capacity", 0, "buffer.trainer_input.experience_buffer.capacity"),
+    ("synchronizer", "explorer_sync_interval", 0, "synchronizer.explorer_sync_interval"),
+    ("explorer", "proxy_port", 70000, "explorer.proxy_port"),
+])
+def test_loop_fields_trinity_leaves_unbounded_are_checked_on_tinker(section, key, value, path):
+    data = _tinker_job()
+    node = data
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    node[key] = value
+    with pytest.raises(ConfigError) as info:
+        load_config_dict(data)
+    assert [i.path for i in info.value.issues] == [path]
+
+
+def test_the_replay_buffer_is_checked_with_the_priority_functions_trinity_has():
+    data = _tinker_job()
+    data["buffer"]["trainer_input"]["experience_buffer"]["replay_buffer"] = {
+        "enable": True, "priority_fn": "linear_decay", "priority_fn_args": {"decay": 1.0, "sigma": 0.5}}
+    with pytest.raises(ConfigError) as info:
+        load_config_dict(data)
+    assert [i.path for i in info.value.issues] == ["buffer.trainer_input.experience_buffer.replay_buffer.priority_fn_args"]
+    assert "takes decay, not sigma" in info.value.issues[0].message

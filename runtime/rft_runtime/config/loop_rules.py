@@ -51,7 +51,23 @@ def check_tinker_loop(cfg: Any) -> list[ConfigIssue]:
         issues.append(ConfigIssue("synchronizer.sync_style", "fully_async does not evaluate eval_tasksets (Trinity "
                                                              "refuses the pair too): remove the eval tasksets, or "
                                                              "use explorer_driven"))
-    replay = cfg.buffer.trainer_input.experience_buffer.replay_buffer
+    eb = cfg.buffer.trainer_input.experience_buffer
+    # Trinity's dataclasses type these fields without bounds; the loop needs them in range
+    bounds = [("buffer.trainer_input.experience_buffer.capacity", eb.capacity, 1, ">= 1"),
+              ("buffer.trainer_input.experience_buffer.max_read_timeout", eb.max_read_timeout, 1e-9, "> 0 seconds"),
+              ("buffer.trainer_input.experience_buffer.max_retry_times", eb.max_retry_times, 0, ">= 0"),
+              ("buffer.trainer_input.experience_buffer.max_retry_interval", eb.max_retry_interval, 0, ">= 0 seconds"),
+              ("synchronizer.explorer_sync_interval", cfg.synchronizer.explorer_sync_interval, 1, ">= 1, or null"),
+              ("synchronizer.trainer_sync_interval", cfg.synchronizer.trainer_sync_interval, 1, ">= 1, or null"),
+              ("explorer.service_status_check_interval", cfg.explorer.service_status_check_interval, 1,
+               ">= 1 second"),
+              ("explorer.proxy_port", cfg.explorer.proxy_port, 0, "a port, 0-65535")]
+    for path, value, low, what in bounds:
+        if value is not None and value < low:
+            issues.append(ConfigIssue(path, f"must be {what}, got {value!r}"))
+    if cfg.explorer.proxy_port > 65535:
+        issues.append(ConfigIssue("explorer.proxy_port", f"must be a port, 0-65535, got {cfg.explorer.proxy_port}"))
+    replay = eb.replay_buffer
     if replay is not None and replay.enable:
         where = "buffer.trainer_input.experience_buffer.replay_buffer"
         fn = PRIORITY_FNS.get(replay.priority_fn)

@@ -314,38 +314,11 @@ class TasksetConfig(StorageConfig):
     is_eval: bool = False
 
 
-@trinity("ReplayBufferConfig")
-class ReplayBufferConfig(Section):
-    """Trinity's replay buffer: experiences are taken by priority and may be trained on again."""
-
-    enable: bool = Field(False, description="Take experiences by priority and reuse them (queue: the priority pool "
-                                            "below; sql: rows are read again, the least read first).")
-    priority_fn: str = Field("linear_decay", description="linear_decay (model_version - decay x use_count) or "
-                                                         "decay_limit_randomization (the same plus noise of sd "
-                                                         "sigma; reused only while use_count < use_count_limit).")
-    reuse_cooldown_time: float | None = Field(None, description="Seconds before a taken group of experiences may "
-                                                                "be taken again; null: never reused.")
-    priority_fn_args: dict[str, Any] = Field(default_factory=lambda: {"decay": 2.0},
-                                             description="Arguments of priority_fn (decay; use_count_limit, "
-                                                         "sigma).")
-
-
 @trinity("ExperienceBufferConfig")
 class ExperienceBufferConfig(StorageConfig):
     """What the trainer reads: the rollout queue, or (mode train) a dataset."""
 
-    storage_type: StorageType = Field(
-        "queue", description="queue (in one job; between an explore and a train job, kept at path), sql (a "
-                             "SQLAlchemy URL at path) or file (a .jsonl at path; for sft/dpo/cpt a dataset).")
-    capacity: int = Field(10000, ge=1, description="Groups of experiences the queue holds before the explorer "
-                                                   "waits (the replay pool drops its lowest priority instead).")
-    max_read_timeout: float = Field(1800, gt=0, description="Seconds a mode-train job waits for a new "
-                                                            "experience before it stops with an error.")
-    replay_buffer: ReplayBufferConfig | None = Field(
-        default_factory=ReplayBufferConfig, description="Reuse experiences by priority (see its section); null or "
-                                                        "enable false: each is trained on once.")
-    max_retry_times: int = Field(3, ge=0, description="Attempts of a database operation (sql).")
-    max_retry_interval: int = Field(1, ge=0, description="Seconds between those attempts.")
+    storage_type: StorageType = "queue"
 
 
 @trinity("ExplorerInput")
@@ -381,9 +354,8 @@ class BufferConfig(Section):
     """Batching and the data the job reads."""
 
     batch_size: int = Field(1, ge=1, description="Tasks per explorer step.")
-    train_batch_size: int = Field(0, ge=0, description="Experiences each train step takes from the buffer "
-                                                       "(the explorer keeps batch_size); 0: batch_size x "
-                                                       "repeat_times, one explore step's whole output.")
+    train_batch_size: int = Field(0, ge=0, description="Experiences per train step; 0: batch_size x "
+                                                       "repeat_times.")
     total_epochs: int = Field(1, ge=1, description="Passes over the taskset.")
     total_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
     explorer_input: ExplorerInput = Field(default_factory=ExplorerInput)
@@ -416,13 +388,7 @@ class ExplorerConfig(Section):
                                                       "(a workflow that raises is a failed rollout, not "
                                                       "retried).")
     eval_interval: int = Field(100, ge=1, description="Steps between evaluations on eval_tasksets.")
-    eval_on_startup: bool = Field(True, description="Evaluate before the first step (mode bench: score the "
-                                                    "base model too).")
-    bench_on_latest_checkpoint: bool = Field(False, description="Mode bench scores only the newest checkpoint.")
-    proxy_port: int = Field(8010, ge=0, le=65535, description="Port of mode serve's OpenAI-compatible endpoint.")
-    listen_address: str = Field("0.0.0.0", description="Address mode serve's endpoint listens on.")
-    service_status_check_interval: int = Field(60, ge=1, description="Seconds between mode serve's looks for "
-                                                                      "newer weights.")
+    eval_on_startup: bool = Field(True, description="Evaluate before the first step.")
     rollout_model: RolloutModelConfig = Field(default_factory=RolloutModelConfig)
     auxiliary_models: list[RolloutModelConfig] = Field(default_factory=list)
 
@@ -459,16 +425,8 @@ class SynchronizerConfig(Section):
 
     sync_method: SyncMethod = Field("nccl", description="nccl, checkpoint or memory; on Tinker checkpoint "
                                                         "or memory (nccl becomes checkpoint, as in Trinity).")
-    sync_style: SyncStyle = Field(
-        "fixed", description="fixed and trainer_driven (the same without NCCL, as in Trinity): the explorer waits "
-                             "for each interval's weights; explorer_driven: the explorer asks every "
-                             "explorer_sync_interval steps and takes what the trainer has; fully_async: never "
-                             "waits, takes the newest weights each step.")
+    sync_style: SyncStyle = "fixed"
     sync_interval: int = Field(1, ge=1, description="Train steps between weight syncs.")
-    explorer_sync_interval: int | None = Field(None, ge=1, description="Explore steps between the explorer's "
-                                                                       "syncs; null: sync_interval.")
-    trainer_sync_interval: int | None = Field(None, ge=1, description="Train steps between the trainer's saves "
-                                                                      "of sampler weights; null: sync_interval.")
     sync_offset: int = Field(0, ge=0, description="How many steps the explorer may run ahead of the trainer.")
     sync_timeout: int = Field(3600, ge=1, description="Seconds either side may wait for the other.")
 
@@ -487,9 +445,7 @@ class LogConfig(Section):
 class JobConfig(Section):
     """A Trinity-RFT job: every section, with Trinity's defaults."""
 
-    mode: Mode = Field("both", description="both (explore and train); train (a dataset, or the experiences a "
-                                           "mode-explore job writes); explore; bench (score checkpoints); serve "
-                                           "(an OpenAI endpoint); colocate (veRL only).")
+    mode: Mode = Field("both", description="both, train, explore, bench, serve or colocate.")
     project: str = Field("Trinity-RFT", min_length=1, description="First level of the job directory.")
     group: str = Field("", description="Second level of the job directory.")
     name: str = Field("rft", min_length=1, description="The job's name: last level of the job directory.")

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rft_runtime.config.loop_fields import NOTES as LOOP_NOTES
 from rft_runtime.config.models import FROM_FACTS, Section
 
 HONOURED = "honoured"
@@ -90,7 +91,7 @@ NO_EFFECT_ON_TINKER = {
 # fields only Trinity's facts define (no hand-written model) that this runtime honours all the same
 HONOURED_FROM_FACTS = {
     ("ExplorerConfig", "env_vars"),  # the workflow runners' environment (Ray actors, or this process)
-}
+} | set(LOOP_NOTES)  # synchronisation, batching, replay, modes and buffers (rft_runtime.loop)
 
 
 def treatment(trinity_class: str, field: str) -> str:
