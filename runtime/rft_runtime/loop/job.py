@@ -313,7 +313,9 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
         files_dir.mkdir(parents=True, exist_ok=True)
         with _runtime(cfg, stages, files_dir, metrics_port=metrics_port, progress=progress, monitor=monitor,
                       api_key=api_key) as rt:
-            return roles.run_role(cfg, rt)
+            done = roles.run_role(cfg, rt)
+            return JobResult(cfg.job_dir, done.steps, None, done.sampler_path, getattr(rt.monitor, "port", None),
+                             already_finished=done.already_finished, summary=done.summary)
     _check_client_side_needs(stages)
     _check_workflows(stages)
     job_dir = cfg.job_dir

@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ def files_dir(cfg: JobConfig) -> Path:
     return cfg.job_dir / name
 
 
-def run_role(cfg: JobConfig, rt: Any) -> Any:
-    """Run the job's mode (explore, bench or serve) with an open Runtime; returns a JobResult."""
+def run_role(cfg: JobConfig, rt: Any) -> RoleResult:
+    """Run the job's mode (explore, bench or serve) with an open Runtime."""
     if rt.tokenizer is None:
         # a hub model's tokenizer comes through the SDK; these modes have no training client, so a sampler's
         rt.tokenizer = rt.conn.sampling_client(None, timeout=float(cfg.synchronizer.sync_timeout)).get_tokenizer()
@@ -52,12 +53,15 @@ def run_role(cfg: JobConfig, rt: Any) -> Any:
     return {"explore": _explore, "bench": _bench, "serve": _serve}[cfg.mode](cfg, rt, encoder)
 
 
-def _result(cfg: JobConfig, rt: Any, steps: int, sampler: str | None, summary: str,
-            done_already: bool = False) -> Any:
-    from rft_runtime.loop.job import JobResult
+@dataclass
+class RoleResult:
+    """How a mode that trains nothing ended (loop.job makes its JobResult of it)."""
 
-    return JobResult(cfg.job_dir, steps, None, sampler, getattr(rt.monitor, "port", None),
-                     already_finished=done_already, summary=summary)
+    steps: int
+    sampler_path: str | None
+    summary: str
+    already_finished: bool = False
+
 
 
 # ---------------------------------------------------------------- explore
@@ -88,8 +92,8 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
     total = stream.total_steps
     store_where = f"{cfg.buffer.trainer_input.experience_buffer.storage_type} buffer"
     if stream.step >= total:
-        return _result(cfg, rt, total, None, f"done already: all {total} explore steps were explored earlier "
-                                         f"(state in {state_path})", done_already=True)
+        return RoleResult(total, None, f"done already: all {total} explore steps were explored earlier "
+                                         f"(state in {state_path})", already_finished=True)
     store = open_store(cfg.buffer.trainer_input.experience_buffer, cfg.job_dir)
     mon = rt.monitor
     runner = StageRunner(cfg, rt.conn, mon, None, step_base=0, job_total=total, stream=stream, encoder=encoder,
@@ -147,7 +151,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
         store.close()
     if failure:
         raise failure[0]
-    return _result(cfg, rt, stream.step, weights.path,
+    return RoleResult(stream.step, weights.path,
                    f"done: {stream.step} explore steps, {written} experiences written to {store.describe()}; "
                    f"explorer metrics in {here / 'metrics.jsonl'}")
 
@@ -202,7 +206,7 @@ def _bench(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
         path = None if entry is None else _bench_weights(cfg, rt.conn, entry)
         runner.run(step, path)
         scored += 1
-    return _result(cfg, rt, scored, None, f"done: scored {scored} checkpoint(s) on "
+    return RoleResult(scored, None, f"done: scored {scored} checkpoint(s) on "
                                       f"{len(runner.sets)} eval taskset(s); results in {runner.path}")
 
 
@@ -249,4 +253,4 @@ def _serve(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
             signal.signal(sig, handler)
         server.close()
         explorer.close()
-    return _result(cfg, rt, 0, path, f"done: served the weights of step {max(version, 0)} until stopped")
+    return RoleResult(0, path, f"done: served the weights of step {max(version, 0)} until stopped")
