@@ -111,7 +111,7 @@ BROKEN = [
     ({"set": {"algorithm.algorithm_type": "on_policy_distill"}}, "explorer.auxiliary_models", "teacher"),
     ({"set": {"algorithm.kl_loss_fn_args.kl_coef": -0.1}}, "algorithm.kl_loss_fn_args.kl_coef", ">= 0"),
     ({"set": {"mode": "bth"}}, "mode", "both"),
-    ({"set": {"mode": "explore"}}, "mode", "Tinker"),
+    ({"set": {"mode": "colocate"}}, "mode", "Tinker"),
     ({"set": {"monitor.monitor_type": "wandbb"}}, "monitor.monitor_type", "wandb"),
     ({"set": {"model.tinker.rnak": 8}}, "model.tinker.rnak", "rank"),
     ({"set": {"model.tinker.rank": 0}}, "model.tinker.rank", "greater"),

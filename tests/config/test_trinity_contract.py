@@ -290,13 +290,22 @@ def test_what_the_runtime_does_is_accepted_when_written_out():
     assert cfg.algorithm.kl_coef == 0.01
 
 
-def test_sync_style_other_than_fixed_is_refused_on_tinker():
+@pytest.mark.parametrize(("written", "read"), [("dynamic_by_explorer", "explorer_driven"),
+                                                ("Dynamic_By_Trainer", "trainer_driven"), ("fully_async", "fully_async")])
+def test_every_sync_style_loads_on_tinker_under_trinitys_names(written, read):
     data = _tinker_job()
-    data["synchronizer"]["sync_style"] = "dynamic_by_explorer"  # Trinity's old name, read as it reads it
+    data["synchronizer"]["sync_style"] = written  # Trinity's old names, case-insensitive, read as it reads them
+    assert load_config_dict(data).synchronizer.sync_style == read
+
+
+def test_fully_async_with_eval_tasksets_is_refused_as_trinity_does():
+    data = _tinker_job()
+    data["synchronizer"]["sync_style"] = "fully_async"
+    data["buffer"]["explorer_input"]["eval_tasksets"] = [{"name": "e", "path": "openai/gsm8k"}]
     with pytest.raises(ConfigError) as info:
         load_config_dict(data)
     assert [i.path for i in info.value.issues] == ["synchronizer.sync_style"]
-    assert "explorer_driven" in info.value.issues[0].message
+    assert "eval" in info.value.issues[0].message
 
 
 # ---------------------------------------------------------------- defaults and modes
@@ -479,3 +488,29 @@ def test_max_checkpoints_to_keep_0_keeps_all_as_in_trinity(keep, left):
                                                state_path=f"tinker://s{step}", sampler_path=None,
                                                stream_state=None), keep)
     assert len(book.history) == left and len(dropped) == 4 - left
+
+
+@pytest.mark.parametrize(("section", "key", "value", "path"), [
+    ("buffer.trainer_input.experience_buffer", "capacity", 0, "buffer.trainer_input.experience_buffer.capacity"),
+    ("synchronizer", "explorer_sync_interval", 0, "synchronizer.explorer_sync_interval"),
+    ("explorer", "proxy_port", 70000, "explorer.proxy_port"),
+])
+def test_loop_fields_trinity_leaves_unbounded_are_checked_on_tinker(section, key, value, path):
+    data = _tinker_job()
+    node = data
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    node[key] = value
+    with pytest.raises(ConfigError) as info:
+        load_config_dict(data)
+    assert [i.path for i in info.value.issues] == [path]
+
+
+def test_the_replay_buffer_is_checked_with_the_priority_functions_trinity_has():
+    data = _tinker_job()
+    data["buffer"]["trainer_input"]["experience_buffer"]["replay_buffer"] = {
+        "enable": True, "priority_fn": "linear_decay", "priority_fn_args": {"decay": 1.0, "sigma": 0.5}}
+    with pytest.raises(ConfigError) as info:
+        load_config_dict(data)
+    assert [i.path for i in info.value.issues] == ["buffer.trainer_input.experience_buffer.replay_buffer.priority_fn_args"]
+    assert "takes decay, not sigma" in info.value.issues[0].message

@@ -40,8 +40,10 @@ def test_a_verl_job_without_trinity_says_which_image_to_use(tmp_path):
     assert "trinity-rft" in res.stderr and "model.tinker.enable: true" in res.stderr
 
 
-def test_a_kl_job_without_torch_fails_before_any_work(tmp_path):
+def test_a_kl_job_without_torch_fails_before_any_work(tmp_path, tiny_model_dir):
     data = yaml.safe_load((EXAMPLES / "tinker.yaml").read_text())
+    # a model the local engine could serve, were torch there
+    data["model"]["model_path"] = data["model"]["tinker"]["base_model"] = str(tiny_model_dir)
     data["algorithm"]["kl_loss_fn_args"]["kl_coef"] = 0.01
     data["checkpoint_root_dir"] = str(tmp_path / "ckpt")
     data["model"]["tinker"]["base_url"] = "local"

@@ -16,7 +16,7 @@ from rft_runtime.import_paths import is_import_path, split_import_path  # noqa: 
 MODES = ("both", "explore", "train", "bench", "serve", "colocate")
 # What this runtime runs itself on the Tinker backend. The veRL backend hands the whole job to
 # `trinity run`, so every Trinity mode is accepted there.
-TINKER_MODES = ("both", "train")
+TINKER_MODES = ("both", "train", "explore", "bench", "serve")
 
 # Every algorithm Trinity-RFT 0.6 registers: a veRL job may use any of them.
 KNOWN_ALGORITHMS = REGISTRIES["algorithms"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from rft_runtime.config import catalog, support, workflow_checks
+from rft_runtime.config import catalog, loop_rules, support, workflow_checks
 from rft_runtime.config.data_checks import check_data_features
 from rft_runtime.config.errors import ConfigIssue, did_you_mean, short, suggest
 from rft_runtime.config.models import JobConfig
@@ -109,33 +109,10 @@ def _check(cfg: JobConfig, raw: dict[str, Any], partial: bool, warnings: list[st
                     "or set model.tinker.enable: false to train with veRL on GPUs",
                 )
             )
-        if cfg.mode not in catalog.TINKER_MODES:
-            issues.append(
-                ConfigIssue(
-                    "mode",
-                    f"mode {cfg.mode!r} is not available on the Tinker backend; use 'both' "
-                    "(explore and train) or 'train' (with algorithm_type sft)",
-                )
-            )
+        issues.extend(loop_rules.check_tinker_loop(cfg))
         if "sync_method" in (raw.get("synchronizer") or {}) and cfg.synchronizer.sync_method == "nccl":
             warnings.append("synchronizer.sync_method 'nccl' becomes 'checkpoint' on Tinker (as in Trinity): "
                             "new weights reach the sampler as saved sampler weights")
-        if cfg.mode == "train" and algo in catalog.TINKER_ALGORITHMS and algo not in catalog.OFFLINE_ALGORITHMS:
-            issues.append(
-                ConfigIssue(
-                    "mode",
-                    f"mode 'train' on Tinker trains from a dataset and needs algorithm_type "
-                    f"{' or '.join(catalog.OFFLINE_ALGORITHMS)}; {algo!r} learns from rollouts: use mode 'both'",
-                )
-            )
-        if cfg.mode == "both" and algo in catalog.OFFLINE_ALGORITHMS:
-            issues.append(
-                ConfigIssue(
-                    "algorithm.algorithm_type",
-                    f"{algo} learns from a fixed dataset: set mode: train and "
-                    "buffer.trainer_input.experience_buffer.path",
-                )
-            )
         issues.extend(_check_algorithm(cfg, warnings))
         _check_tinker_support(cfg, issues, warnings)
         issues.extend(check_data_features(cfg, warnings))

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from rft_runtime.config import loop_rules
 from rft_runtime.config.errors import ConfigError
 from rft_runtime.config.loader import load_config
 from rft_runtime.config.local_model import model_checks
@@ -176,6 +177,10 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
         rows.append((f"{prefix}algorithm", a.algorithm_type))
         rows.append((f"{prefix}base model", str(stage.model.tinker_base_model)))
         b = stage.buffer
+        loop_rows = loop_rules.summary_rows(stage, prefix)
+        if loop_rows is not None and stage.mode in ("train", "bench", "serve"):
+            rows.extend(loop_rows)
+            continue
         if stage.mode == "train":
             store = b.trainer_input.experience_buffer
             rows.append((f"{prefix}batch", f"{stage.train_batch_size} examples per step"))
@@ -183,7 +188,7 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
             per_epoch = n // stage.train_batch_size if n else None
         else:
             store = b.explorer_input.taskset
-            rows.append((f"{prefix}batch", f"{b.batch_size} tasks x {a.repeat_times} rollouts"))
+            rows.extend(loop_rows or [(f"{prefix}batch", f"{b.batch_size} tasks x {a.repeat_times} rollouts")])
             n = _count_local_rows(store)
             per_epoch = n // b.batch_size if n else None
         limits = [s for s in (b.total_steps, store.total_steps, stage.trainer.total_steps) if s]

@@ -660,9 +660,14 @@ class JobConfig(Section):
         return Path(self.checkpoint_root_dir or ".").absolute() / self.project / self.group / self.name
 
     @property
+    def explore_batch_size(self) -> int:
+        """Experiences one explorer step makes: batch_size tasks x repeat_times rollouts each."""
+        return self.buffer.batch_size * self.algorithm.repeat_times
+
+    @property
     def train_batch_size(self) -> int:
-        """Experiences per train step."""
-        return self.buffer.train_batch_size or self.buffer.batch_size * self.algorithm.repeat_times
+        """Experiences per train step: buffer.train_batch_size, else one explorer step's (Trinity's default)."""
+        return self.buffer.train_batch_size or self.explore_batch_size
 
     def gpu_shape(self) -> tuple[int, int]:
         """(nodes, GPUs per node) a veRL job asks for; 0 in cluster means "what the job needs", on one node.

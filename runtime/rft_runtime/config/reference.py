@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from rft_runtime.config import catalog, support
+from rft_runtime.config.loop_fields import NOTES as LOOP_NOTES
 from rft_runtime.config.models import DEFAULT_DIFFERENCES, STAGE_KEYS, JobConfig, Section
 from rft_runtime.config.trinity_facts import TRINITY_VERSION
 
@@ -100,6 +101,12 @@ def _on_tinker(cls: type[Section], name: str) -> str:
     return kind
 
 
+def _meaning(cls: type[Section], name: str, description: str | None) -> str:
+    # the field's description, then what the loop does with it on Tinker (kept out of the CRD: loop_fields)
+    note = LOOP_NOTES.get((_title(cls), name))
+    return " ".join(t for t in (description, note) if t)
+
+
 def _sections() -> list[tuple[type[Section], list[str]]]:
     """Every section class once, in breadth-first order from the top level, with the paths it sits at."""
     order: list[type[Section]] = []
@@ -162,7 +169,7 @@ def render() -> str:
         lines.append("| --- | --- | --- | --- | --- |")
         for name, field in cls.model_fields.items():
             lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
-                         f"{_on_tinker(cls, name)} | {field.description or ''} |")
+                         f"{_on_tinker(cls, name)} | {_meaning(cls, name, field.description)} |")
         lines.append("")
     return "\n".join(lines)
 

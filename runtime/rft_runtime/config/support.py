@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rft_runtime.config.loop_fields import NOTES as LOOP_NOTES
 from rft_runtime.config.models import FROM_FACTS, Section
 
 HONOURED = "honoured"
@@ -30,14 +31,6 @@ def _one_of(*allowed: Any) -> Callable[[Any, Any], bool]:
 
 def _unset(value: Any, cfg: Any) -> bool:
     return value in (None, "", [], {}, False, 0, 0.0)
-
-
-def _train_batch(value: Any, cfg: Any) -> bool:
-    return cfg.mode == "train" or value in (0, cfg.buffer.batch_size * cfg.algorithm.repeat_times)
-
-
-def _sync_interval(value: Any, cfg: Any) -> bool:
-    return value in (None, cfg.synchronizer.sync_interval)
 
 
 # (Trinity dataclass, field) -> (does this value match what the runtime does?, why other values are refused)
@@ -59,16 +52,8 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("FormatConfig", "chat_template"): (_unset, "the chat template is model.custom_chat_template's or the "
                                                 "tokenizer's"),
     ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
-    ("ReplayBufferConfig", "enable"): (_one_of(False), "experiences are trained on once, without replay"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
-    ("BufferConfig", "train_batch_size"): (
-        _train_batch, "each step trains on one explorer batch: batch_size x repeat_times experiences"),
     ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
-    ("SynchronizerConfig", "sync_style"): (
-        _one_of("fixed"), "weights are synced every sync_interval steps (fixed); sync_offset lets the "
-                          "explorer run ahead"),
-    ("SynchronizerConfig", "explorer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
-    ("SynchronizerConfig", "trainer_sync_interval"): (_sync_interval, "both sides sync every sync_interval"),
     # data pipelines, selectors and external models: rft_runtime.config.data_checks says what is refused there
     ("ExperiencePipelineConfig", "inputs"): (_unset, "the experience pipeline reads the explorer's experiences "
                                                      "only, no extra input buffers"),
@@ -98,7 +83,7 @@ NO_EFFECT_ON_TINKER = {
 HONOURED_FROM_FACTS = {
     ("ExplorerConfig", "env_vars"),  # the workflow runners' environment (Ray actors, or this process)
     ("FormatConfig", "chosen_key"), ("FormatConfig", "rejected_key"),  # dpo's replies
-}
+} | set(LOOP_NOTES)  # synchronisation, batching, replay, modes and buffers (rft_runtime.loop)
 
 
 def treatment(trinity_class: str, field: str, path: str = "") -> str:

@@ -12,25 +12,28 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rft_runtime.backends.tinker_client import Connection, check_api_key, check_local_model
 from rft_runtime.config import JobConfig
+from rft_runtime.config.loop_rules import ROLE_MODES
 from rft_runtime.data import pipeline
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.prompts import PromptEncoder
-from rft_runtime.loop.stage import StageRunner, make_stream, stage_label
-from rft_runtime.loop.sync import WeightBoard
+from rft_runtime.loop.stage import StageRunner, make_stream, stage_label, stage_steps
 from rft_runtime.loop.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
+
 
 
 @dataclass
@@ -43,6 +46,7 @@ class JobResult:
     sampler_path: str | None
     metrics_port: int | None
     already_finished: bool = False  # an earlier run finished it; this one trained nothing
+    summary: str | None = None  # what `rft run` prints for a mode that trains nothing (explore, bench, serve)
 
 
 def _keep_metrics_upto(job_dir: Path, last_step: int) -> int:
@@ -71,7 +75,7 @@ def _keep_metrics_upto(job_dir: Path, last_step: int) -> int:
 
 
 def _say_how_it_resumes(cfg: JobConfig, stages: list[JobConfig], done_upto: int, lost_upto: int,
-                        job_total: int) -> None:
+                        job_total: int | None) -> None:
     """Tell the user where the run starts and, when it starts over, why (never silently)."""
     job_dir = cfg.job_dir
     if lost_upto > done_upto:
@@ -81,7 +85,7 @@ def _say_how_it_resumes(cfg: JobConfig, stages: list[JobConfig], done_upto: int,
             "%s: the last run reached step %d, but %s (trainer.save_interval is %d), so steps %d-%d are "
             "trained again", job_dir, lost_upto, why, cfg.trainer.save_interval, done_upto + 1, lost_upto)
     elif done_upto:
-        log.info("resuming %s after step %d of %d", job_dir, done_upto, job_total)
+        log.info("resuming %s after step %d of %s", job_dir, done_upto, job_total or "?")
     if not cfg.continue_from_checkpoint:
         return
     unsaved = [s for s in stages if not s.trainer.save_interval and (s.buffer.total_steps or 0) != 1]
@@ -96,8 +100,8 @@ def _say_how_it_resumes(cfg: JobConfig, stages: list[JobConfig], done_upto: int,
 
 def _finished(cfg: JobConfig, stages: list[JobConfig]) -> JobResult | None:
     """The result of a job whose every stage already ran to the end in this job directory, else None."""
-    if not cfg.continue_from_checkpoint or not (cfg.job_dir / BOOK_FILE).exists():
-        return None
+    if cfg.mode in ROLE_MODES or not cfg.continue_from_checkpoint or not (cfg.job_dir / BOOK_FILE).exists():
+        return None  # the modes that train nothing keep their own state (loop.roles)
     book = Bookkeeping.load(cfg.job_dir)
     done = [book.finished_stages.get(str(i)) for i in range(len(stages))]
     if not all(done):
@@ -111,9 +115,10 @@ def _remove_if_left_empty(created: Path | None, job_dir: Path) -> None:
     """A run that failed before training anything leaves no directories behind (only those it created)."""
     if created is None or not job_dir.exists():
         return
-    keep = [job_dir / METRICS_FILE, job_dir / BOOK_FILE]
-    if any(p.exists() and p.stat().st_size for p in keep):
-        return  # it trained something: the files say how far it got
+    keep = [job_dir / METRICS_FILE, job_dir / BOOK_FILE, *job_dir.glob(f"*/{METRICS_FILE}"),
+            *job_dir.glob("buffer/*")]
+    if any(p.is_file() and p.stat().st_size for p in keep):
+        return  # it trained or explored something: the files say how far it got
     shutil.rmtree(job_dir, ignore_errors=True)
     path = job_dir.parent
     while path != created.parent and path.exists() and not any(path.iterdir()):
@@ -134,11 +139,10 @@ def _start_over(job_dir: Path) -> None:
                  "kept as %s", job_dir, ", ".join(kept))
 
 
-def _make_monitor(cfg: JobConfig, metrics_port: int | None, progress: bool) -> Any:
+def _make_monitor(cfg: JobConfig, files_dir: Path, metrics_port: int | None, progress: bool) -> Any:
     from rft_runtime.monitor import Monitor
 
-    mon = Monitor(cfg, cfg.job_dir, metrics_port=metrics_port, progress=progress)
-    return mon
+    return Monitor(cfg, files_dir, metrics_port=metrics_port, progress=progress)
 
 
 def _check_client_side_needs(stages: list[JobConfig]) -> None:
@@ -167,10 +171,11 @@ def _check_workflows(stages: list[JobConfig]) -> None:
     from rft_runtime.workflows.runner import WorkflowRunner
 
     for stage in stages:
-        if stage.mode == "train":
+        if stage.mode in ("train", "serve"):
             continue
         ei = stage.buffer.explorer_input
-        WorkflowRunner(stage, ei.taskset)
+        if stage.mode != "bench":  # bench reads only the eval tasksets
+            WorkflowRunner(stage, ei.taskset)
         for ts in ei.eval_tasksets:
             WorkflowRunner(stage, ts, is_eval=True)
         check_auxiliary_models(list(stage.explorer.auxiliary_models or []))
@@ -224,11 +229,95 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+@dataclass
+class Runtime:
+    """What a running job holds: its monitor, its connection, and the tokenizer once known."""
+
+    monitor: Any
+    conn: Connection
+    tokenizer: Any = None
+
+
+@contextmanager
+def _runtime(cfg: JobConfig, stages: list[JobConfig], files_dir: Path, *, metrics_port: int | None,
+             progress: bool, monitor: Any, api_key: str | None) -> Iterator[Runtime]:
+    """Ray runners (when asked for), explorer.env_vars, the monitor and the connection for the job's
+    duration, each undone in reverse order whatever happens."""
+    from rft_runtime.loop import ray_runners
+
+    explores = any(s.mode not in ("train", "bench", "serve") for s in stages)
+    ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
+    # explorer.env_vars, Trinity's environment of the workflow runners: the Ray actors get it from the
+    # session's runtime_env; in process the runners are this process, for the job's duration
+    saved_env = {} if ray_session is not None else _set_env(getattr(cfg.explorer, "env_vars", None) or {})
+    own_monitor = monitor is None
+    try:
+        mon = monitor if monitor is not None else _make_monitor(cfg, files_dir, metrics_port, progress)
+    except BaseException:
+        _restore_env(saved_env)
+        if ray_session is not None:
+            ray_session.close()
+        raise
+    conn = Connection(cfg, cfg.job_dir, api_key=api_key)
+    if ray_session is not None:
+        conn.engine_host = ray_session.engine_host()
+    try:
+        rt = Runtime(mon, conn)
+        if Path(cfg.model.tinker_base_model or "").expanduser().is_dir():
+            # local tokenizer: chat templates are checked before the engine starts or anything trains
+            rt.tokenizer = conn.tokenizer()
+            for stage in stages:
+                PromptEncoder.for_stage(rt.tokenizer, stage)
+        _check_engine_not_shared(cfg)
+        conn.open()
+        yield rt
+    finally:
+        try:
+            if own_monitor:
+                mon.close()
+        finally:
+            try:
+                conn.close()
+            finally:
+                _restore_env(saved_env)
+                if ray_session is not None:
+                    ray_session.close()
+
+
+def _check_engine_not_shared(cfg: JobConfig) -> None:
+    """Two jobs of one job directory (mode explore and mode train, Trinity's way of running them apart)
+    cannot each start the local engine there: the second would stop the first's. Say what to do instead."""
+    if cfg.model.tinker.base_url != "local" or cfg.mode not in ("explore", "train"):
+        return
+    pid_file = cfg.job_dir / "engine.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return
+    raise RunError(
+        f"another job's local engine (pid {pid}) runs in {cfg.job_dir}: a mode-{cfg.mode} job and the job it "
+        "exchanges experiences and weights with must share one engine, since tinker:// weights live in the "
+        "engine that saved them. Start one (`rft engine serve --model DIR`) and set model.tinker.base_url to "
+        "its URL in both configs")
+
+
 def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, progress: bool, monitor: Any,
          api_key: str | None) -> JobResult:
     if api_key is None:
         check_api_key(cfg)  # before any work: no dataset download, no engine start
     check_local_model(cfg)  # likewise: a hub name with base_url local would otherwise fail after the data loads
+    if cfg.mode in ROLE_MODES:
+        from rft_runtime.loop import roles
+
+        _check_workflows(stages)
+        files_dir = roles.files_dir(cfg)
+        files_dir.mkdir(parents=True, exist_ok=True)
+        with _runtime(cfg, stages, files_dir, metrics_port=metrics_port, progress=progress, monitor=monitor,
+                      api_key=api_key) as rt:
+            done = roles.run_role(cfg, rt)
+            return JobResult(cfg.job_dir, done.steps, None, done.sampler_path, getattr(rt.monitor, "port", None),
+                             already_finished=done.already_finished, summary=done.summary)
     _check_client_side_needs(stages)
     _check_workflows(stages)
     pipeline.preflight(stages)
@@ -241,41 +330,20 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
 
     streams = [None if str(i) in book.finished_stages else make_stream(s) for i, s in enumerate(stages)]
     totals = [
-        int(book.finished_stages[str(i)]["steps"]) if stream is None else stream.total_steps
+        int(book.finished_stages[str(i)]["steps"]) if stream is None else stage_steps(stages[i], stream)
         for i, stream in enumerate(streams)
     ]
-    job_total = sum(totals)
+    job_total = None if None in totals else sum(totals)
     done_upto = book.latest.global_step if book.latest else 0
     lost_upto = _keep_metrics_upto(job_dir, done_upto)
     _say_how_it_resumes(cfg, [s for i, s in enumerate(stages) if streams[i] is not None], done_upto,
                         lost_upto, job_total)
 
-    from rft_runtime.loop import ray_runners
-
-    explores = any(s.mode != "train" for s in stages)
-    ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
-    # explorer.env_vars, Trinity's environment of the workflow runners: the Ray actors get it from the
-    # session's runtime_env; in process the runners are this process, for the job's duration
-    saved_env = {} if ray_session is not None else _set_env(getattr(cfg.explorer, "env_vars", None) or {})
-    try:
-        own_monitor = monitor is None
-        mon = monitor if monitor is not None else _make_monitor(cfg, metrics_port, progress)
-    except BaseException:
-        if ray_session is not None:
-            ray_session.close()
-        raise
-    conn = Connection(cfg, job_dir, api_key=api_key)
-    if ray_session is not None:
-        conn.engine_host = ray_session.engine_host()
-    result = JobResult(job_dir, 0, None, None, getattr(mon, "port", None))
-    try:
-        tokenizer = None
-        if Path(cfg.model.tinker_base_model or "").expanduser().is_dir():
-            # local tokenizer: chat templates are checked before the engine starts or anything trains
-            tokenizer = conn.tokenizer()
-            for stage in stages:
-                PromptEncoder.for_stage(tokenizer, stage)
-        conn.open()
+    result = JobResult(job_dir, 0, None, None, None)
+    with _runtime(cfg, stages, job_dir, metrics_port=metrics_port, progress=progress, monitor=monitor,
+                  api_key=api_key) as rt:
+        mon, conn = rt.monitor, rt.conn
+        result.metrics_port = getattr(mon, "port", None)
         trainer = Trainer(stages[0], conn)
         step_base = 0
         prev_state: str | None = None
@@ -287,53 +355,49 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
                 step_base += totals[index]
                 continue
             if stage.stage_name:
-                log.info("stage %d/%d: %s (%s, %d steps)", index + 1, len(stages), stage.stage_name,
-                         stage.algorithm.algorithm_type, stream.total_steps)
+                log.info("stage %d/%d: %s (%s, %s steps)", index + 1, len(stages), stage.stage_name,
+                         stage.algorithm.algorithm_type, totals[index] or "?")
             if hasattr(mon, "set_info"):
                 mon.set_info(backend=stage.backend, algorithm=stage.algorithm.algorithm_type,
                              base_model=stage.model.tinker_base_model)
             trainer.configure(stage)
             latest = book.latest
             start_step = 0
+            resume_state = None
             if latest is not None and latest.stage_index == index:
                 trainer.start(latest.state_path, with_optimizer=True)
                 if latest.stream_state:
                     stream.load_state_dict(latest.stream_state)
+                    resume_state = latest.stream_state
                 start_step = latest.stage_step
             elif prev_state:
                 # a new stage keeps the weights but not the optimizer: its lr and algorithm may differ
                 trainer.start(prev_state, with_optimizer=False)
             else:
                 trainer.start(None)
-            if tokenizer is None:
-                tokenizer = conn.tokenizer(trainer.client)
-            encoder = PromptEncoder.for_stage(tokenizer, stage)
-            board = WeightBoard(start_step, None)
+            if rt.tokenizer is None:
+                rt.tokenizer = conn.tokenizer(trainer.client)
+            encoder = PromptEncoder.for_stage(rt.tokenizer, stage)
+            start_weights: tuple[int, str | None] = (start_step, None)
             if start_step or prev_state:
-                board.publish(start_step, trainer.save_sampler(f"s{index}-resume{start_step:06d}"))
+                start_weights = (start_step, trainer.save_sampler(f"s{index}-resume{start_step:06d}"))
             if hasattr(mon, "start_stage"):
-                mon.start_stage(stage_label(stage), stream.total_steps, start_step)
+                mon.start_stage(stage_label(stage), totals[index], start_step)
             runner = StageRunner(stage, conn, mon, book, step_base=step_base, job_total=job_total,
-                                 stream=stream, encoder=encoder, trainer=trainer, sampler_path=board.path)
-            res = runner.run(start_step, board)
+                                 stream=stream, encoder=encoder, trainer=trainer, sampler_path=start_weights[1],
+                                 resume_state=resume_state)
+            try:
+                res = runner.run(start_step, start_weights)
+            finally:
+                if hasattr(stream, "close"):
+                    stream.close()
             prev_state, prev_sampler = res.state_path, res.sampler_path
             book.finished_stages[str(index)] = {
-                "name": stage.stage_name, "steps": totals[index], "state_path": prev_state,
+                "name": stage.stage_name, "steps": res.steps, "state_path": prev_state,
                 "sampler_path": prev_sampler,
             }
             book.save(job_dir)
-            step_base += totals[index]
+            step_base += res.steps
         result.steps = step_base
         result.state_path, result.sampler_path = prev_state, prev_sampler
         return result
-    finally:
-        try:
-            if own_monitor:
-                mon.close()
-        finally:
-            try:
-                conn.close()
-            finally:
-                _restore_env(saved_env)
-                if ray_session is not None:
-                    ray_session.close()

@@ -70,6 +70,7 @@ def run_main(args: Any) -> int:
     """Load the config, run every stage, and say where the results are; exit 1 on a job error."""
     from rft_runtime.algorithms import AlgorithmError
     from rft_runtime.backends.errors import BackendError
+    from rft_runtime.buffers import StorageError
     from rft_runtime.config import ConfigError, load_config
     from rft_runtime.data import DataError
     from rft_runtime.loop.errors import RunError
@@ -90,9 +91,12 @@ def run_main(args: Any) -> int:
     try:
         result = run_job(cfg, metrics_port=metrics_port_from_args(args),
                          progress=not getattr(args, "no_progress", False))
-    except (BackendError, RunError, DataError, WorkflowError, AlgorithmError) as exc:
+    except (BackendError, RunError, DataError, WorkflowError, AlgorithmError, StorageError) as exc:
         print(f"rft run: {exc}", file=sys.stderr)
         return 1
+    if result.summary:
+        print(result.summary)
+        return 0
     if result.already_finished:
         print(f"done already: an earlier run finished all {result.steps} steps in {result.job_dir}; nothing "
               "to train (set continue_from_checkpoint: false, or another name, to train again)")

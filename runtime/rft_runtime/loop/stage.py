@@ -8,7 +8,6 @@ notes), saves sampler weights every sync_interval steps and a checkpoint every s
 from __future__ import annotations
 
 import logging
-import queue
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,16 +17,32 @@ from typing import Any
 from rft_runtime.algorithms import agg_scales, algorithm_spec, loss_plan
 from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
+from rft_runtime.buffers import can_hold, open_store
 from rft_runtime.config import JobConfig
+from rft_runtime.config.catalog import OFFLINE_ALGORITHMS
 from rft_runtime.config.models import StorageConfig
 from rft_runtime.loop import datums as D
+from rft_runtime.loop import published
+from rft_runtime.loop.batching import (
+    check_schedule,
+    counts_experiences,
+    drop_leftover,
+    load_leftover,
+    make_batcher,
+    replay_on,
+    rollouts_per_step,
+    save_leftover,
+    train_steps,
+)
 from rft_runtime.loop.checkpoints import Bookkeeping, CheckpointEntry
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.evaluate import EvalRunner
+from rft_runtime.loop.exchange import SYNC_REQUESTED, Exchange, Explored
 from rft_runtime.loop.explorer import ExploredBatch
 from rft_runtime.loop.prompts import PromptEncoder
+from rft_runtime.loop.records import from_record, to_record
 from rft_runtime.loop.schedule import lr_at
-from rft_runtime.loop.sync import WeightBoard
+from rft_runtime.loop.store_feed import StoreFeed
 from rft_runtime.loop.trainer import StepWork, Trainer
 
 log = logging.getLogger(__name__)
@@ -48,11 +63,22 @@ def stage_source(cfg: JobConfig) -> StorageConfig:
     return cfg.buffer.explorer_input.taskset
 
 
+def stage_steps(cfg: JobConfig, stream: Any) -> int | None:
+    """Train steps of the stage: one per explore step, or (train_batch_size, replay) as many as the explored
+    experiences fill; None when a mode-train stage reads another job's experiences until they end."""
+    if cfg.mode == "both":
+        return train_steps(cfg, stream.total_steps, loss_plan(cfg).is_mix)
+    return stream.total_steps
+
+
 def make_stream(cfg: JobConfig) -> Any:
-    """The stage's TaskStream: seeded order, drop-last batches, epochs and step limits from the config."""
+    """The stage's TaskStream: seeded order, drop-last batches, epochs and step limits from the config; in
+    mode train on rollouts, the StoreFeed of the experience buffer another job writes."""
     from rft_runtime.data.selectors import SelectorStream, chosen_selector
     from rft_runtime.data.tasksets import TaskStream, load_rows
 
+    if cfg.mode == "train" and cfg.algorithm.algorithm_type not in OFFLINE_ALGORITHMS:
+        return StoreFeed(cfg, rollouts_per_step(cfg, loss_plan(cfg).is_mix))
     source = stage_source(cfg)
     data = algorithm_spec(cfg.algorithm.algorithm_type).data
     rows = load_rows(source, require_response=cfg.mode == "train" and data == "sft")
@@ -65,7 +91,9 @@ def make_stream(cfg: JobConfig) -> Any:
                                "(format.chosen_key / format.rejected_key): dpo trains on a chosen and a rejected "
                                f"response per prompt; its columns: {', '.join(sorted(row))}")
     batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
-    limits = [s for s in (cfg.buffer.total_steps, source.total_steps, cfg.trainer.total_steps) if s]
+    # trainer.total_steps caps the explorer too when each train step is one explore step
+    capped = cfg.trainer.total_steps if cfg.mode == "train" or not counts_experiences(cfg) else None
+    limits = [s for s in (cfg.buffer.total_steps, source.total_steps, capped) if s]
     stream = TaskStream(
         rows, batch_size=batch_size, total_epochs=source.total_epochs or cfg.buffer.total_epochs,
         total_steps=min(limits) if limits else None, seed=cfg.explorer.rollout_model.seed,
@@ -80,22 +108,6 @@ def make_stream(cfg: JobConfig) -> Any:
             "lower buffer.batch_size or add rows"
         )
     return stream
-
-
-def make_workflow(cfg: JobConfig) -> Any:
-    """The taskset's workflow instance (its own default_workflow_type, else the explorer input's)."""
-    from rft_runtime.workflows import get_workflow
-
-    ts = cfg.buffer.explorer_input.taskset
-    name = ts.default_workflow_type or cfg.buffer.explorer_input.default_workflow_type or "math_workflow"
-    reward_args = dict(ts.reward_fn_args or {})
-    reward_fn = ts.default_reward_fn_type or cfg.buffer.explorer_input.default_reward_fn_type
-    if reward_fn:
-        reward_args.setdefault("reward_fn", reward_fn)
-    fmt = ts.format
-    if fmt.system_prompt is None and cfg.buffer.explorer_input.system_prompt:
-        fmt = fmt.model_copy(update={"system_prompt": cfg.buffer.explorer_input.system_prompt})
-    return get_workflow(name)(fmt, dict(ts.workflow_args or {}), reward_args)
 
 
 def _reply_text(value: Any) -> str:
@@ -252,7 +264,8 @@ class StageRunner:
 
     def __init__(
         self, cfg: JobConfig, conn: Connection, monitor: Any, book: Bookkeeping, *, step_base: int,
-        job_total: int, stream: Any, encoder: PromptEncoder, trainer: Trainer, sampler_path: str | None = None,
+        job_total: int | None, stream: Any, encoder: PromptEncoder, trainer: Trainer | None,
+        sampler_path: str | None = None, resume_state: dict[str, Any] | None = None,
     ):
         self.cfg = cfg
         self.conn = conn
@@ -263,7 +276,7 @@ class StageRunner:
         self.stream = stream
         self.encoder = encoder
         self.trainer = trainer
-        self.total = stream.total_steps
+        self.total = stage_steps(cfg, stream)
         self.sync = cfg.synchronizer
         self.algo = cfg.algorithm.algorithm_type
         self.plan = loss_plan(cfg)
@@ -274,6 +287,17 @@ class StageRunner:
         self._ref_generation = -1
         self._last_sampler = sampler_path
         self._rest: Any = None
+        # batching, sync and modes: whether steps take train_batch_size experiences (else one explore step's),
+        # how many from the explorer, and what was last published and checkpointed
+        self.counts = counts_experiences(cfg)
+        self.per_step = getattr(stream, "n", None) or self._per_step()
+        self.resume_state = resume_state
+        self._published_step = -1
+        self._checkpointed = -1
+        self._last_state: tuple[Any, Any] = (None, None)
+        # the learning-rate schedule's length (0 when the number of steps is not known: a constant lr)
+        check_schedule(cfg, self.total)
+        self.lr_total = self.total or 0
         # the step builder of each dataset kind (mode train); rollouts are _rl_work's
         self._dataset_steps = {"sft": self._sft_work, "dpo": self._dpo_work, "cpt": self._cpt_work}
         for note in self.plan.notes:
@@ -317,8 +341,8 @@ class StageRunner:
 
     def _add_expert_data(self, datums: list[Any], seqs: list[tuple[Any, ...]]) -> int:
         """mix: append the step's expert SFT rows (sample_strategy_args.sft_dataset_name in
-        buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x batch_size x repeat_times) of them,
-        read in a seeded order that cycles over epochs; returns how many were added."""
+        buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x train_batch_size) of them (Trinity's
+        mix sample strategy), read in a seeded order that cycles over epochs; returns how many were added."""
         import math as _math
 
         from rft_runtime.data.tasksets import TaskStream, load_rows
@@ -326,12 +350,11 @@ class StageRunner:
         args = self.cfg.algorithm.sample_strategy_args or {}
         source = self.cfg.buffer.trainer_input.auxiliary_buffers[args.get("sft_dataset_name", "sft_dataset")]
         if self._expert is None:
-            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.buffer.batch_size
-                           * self.cfg.algorithm.repeat_times)
+            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.train_batch_size)
             rows = load_rows(source, require_response=source.format.prompt_type != "messages")
             if len(rows) < n:
                 raise RunError(f"the expert dataset {source.path} has {len(rows)} rows, fewer than the {n} each mix "
-                               "step takes (expert_data_ratio x batch_size x repeat_times); add rows or lower "
+                               "step takes (expert_data_ratio x train_batch_size); add rows or lower "
                                "sample_strategy_args.expert_data_ratio")
             self._expert = iter(TaskStream(rows, batch_size=n, total_epochs=None, total_steps=self.total + 1,
                                            seed=self.cfg.explorer.rollout_model.seed))
@@ -367,14 +390,22 @@ class StageRunner:
                    for r in need]
         out = {}
         for r, fut in zip(need, futures, strict=True):
-            tail = fut.result(timeout=self.trainer.call_timeout)[-len(r.tokens):]
+            tail = fut.result(timeout=float(self.cfg.synchronizer.sync_timeout))[-len(r.tokens):]
             out[id(r)] = [float(x) if x is not None else 0.0 for x in tail]
         return out
 
-    def _rl_work(self, step: int, batch: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
+    def advantaged(self, batch: ExploredBatch) -> list[Any]:
+        """The batch's rollouts with their advantages, computed over the explore step's groups on the explorer's
+        side as Trinity's experience pipeline does (so a buffer or a replay keeps them); rollouts an
+        advantage function drops are left out."""
         plan = self.plan
         teacher = self._teacher_logprobs(batch.rollouts) if plan.advantage_fn in TOKEN_ADVANTAGE_FNS else None
-        rollouts = [r for r in assign_advantages(self.cfg, batch, plan, teacher) if sum(_loss_mask(r))]
+        return assign_advantages(self.cfg, batch, plan, teacher)
+
+    def _rl_work(self, step: int, rollouts: list[Any], explored: ExploredBatch) -> tuple[StepWork, dict[str, float]]:
+        """A train step on rollouts whose advantages are set; `explored` is what the metrics describe."""
+        plan = self.plan
+        rollouts = [r for r in rollouts if sum(_loss_mask(r))]
         masks = [_loss_mask(r) for r in rollouts]
         lengths = [sum(m) for m in masks]
         scales = agg_scales(plan.agg_mode, lengths, self.cfg.model.max_response_tokens)
@@ -401,11 +432,11 @@ class StageRunner:
             datums.append(D.loss_datum(plan, r.prompt_ids, r.tokens, r.logprobs, r.advantage, scales[i], masks[i],
                                        r.info.get("prompt_chunks")))
             seqs.append((len(r.prompt_ids) - 1, r.logprobs, r.advantage, masks[i], scales[i], ref))
-        lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
+        lr = lr_at(self.cfg.algorithm.optimizer, step, self.lr_total)
         work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)
         if plan.is_mix:
             n_expert = self._add_expert_data(datums, seqs)
-        extra = {"response_tokens": float(sum(len(r.tokens) for r in batch.rollouts))}
+        extra = {"response_tokens": float(sum(len(r.tokens) for r in explored.rollouts))}
         if plan.is_mix:
             extra["expert_rows"] = float(n_expert)
         self._attach_terms(work, seqs)
@@ -511,17 +542,27 @@ class StageRunner:
                                   for (ids, resp), sc in zip(pairs, scales, strict=True)])
         return work, extra
 
-    def _checkpoint(self, step: int, stream_state: dict[str, Any] | None, sampler_path: str | None) -> None:
+    # ------------------------------------------------------------ checkpoints (batching, sync and modes below)
+
+    def _checkpoint(self, step: int, stream_state: dict[str, Any] | None, sampler_path: str | None,
+                    held: list[list[dict[str, Any]]] | None = None) -> None:
         label = f"s{self.cfg.stage_index or 0}-step{step:06d}"
         state = self.trainer.save_state(label)
+        if held is not None:
+            # train_batch_size / replay: what was explored but not trained (or is kept for replay) is part of
+            # the checkpoint, so a resumed run neither loses nor repeats experiences
+            stream_state = dict(stream_state or {}, rft_leftover=save_leftover(
+                self.cfg.job_dir, label, [[self._as_record(item) for item in group] for group in held]))
         entry = CheckpointEntry(
             stage_index=self.cfg.stage_index or 0, stage_step=step, global_step=self.step_base + step,
             state_path=state, sampler_path=sampler_path, stream_state=stream_state,
         )
         dropped = self.book.record(entry, self.cfg.trainer.max_checkpoints_to_keep)
         self.book.save(self.cfg.job_dir)
+        self._checkpointed = step
         for old in dropped:
             self._delete_checkpoint(old.state_path)
+            drop_leftover(self.cfg.job_dir, old.stream_state)
 
     def _delete_checkpoint(self, path: str) -> None:
         import tinker
@@ -533,30 +574,49 @@ class StageRunner:
         except Exception as exc:  # the bookkeeping no longer points at it; leaving the files is harmless
             log.info("could not delete old checkpoint %s: %s", path, exc)
 
+    def _per_step(self) -> int:
+        """Experiences from the explorer per train step (explore steps' worth when one is taken whole)."""
+        return rollouts_per_step(self.cfg, self.plan.is_mix) if self.counts else self.cfg.explore_batch_size
+
+    @staticmethod
+    def _as_record(item: dict[str, Any]) -> dict[str, Any]:
+        # an Exchange item ({"rollout", "model_version", "use_count", "explore_step"}) or already a record
+        if "rollout" not in item:
+            return item
+        return to_record(item["rollout"], explore_step=int(item["explore_step"]),
+                         model_version=int(item["model_version"]), use_count=int(item["use_count"]))
+
     # ------------------------------------------------------------ run
 
-    def run(self, start_step: int, board: WeightBoard) -> StageResult:
-        """Train steps start_step+1 .. total; returns the final state and sampler paths."""
+    def run(self, start_step: int, start_weights: tuple[int, str | None]) -> StageResult:
+        """Train steps start_step+1 .. total (fewer when the experiences run out); returns the final state and
+        sampler paths. start_weights: the (version, sampler path) the explorer starts from."""
+        if self.cfg.mode == "train" and isinstance(self.stream, StoreFeed):
+            return self._run_train_experiences(start_step)
         if self.cfg.mode == "train":
             return self._run_train(start_step)
-        return self._run_both(start_step, board)
+        return self._run_both(start_step, start_weights)
+
+    def _publish(self, step: int, exchange: Any) -> tuple[float, str]:
+        t0 = time.monotonic()
+        sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
+        self._last_sampler = sampler_path
+        self._published_step = step
+        # Trinity's files too: a serve, bench or mode-explore job in another process follows them
+        published.publish(self.cfg.job_dir, self.step_base + step, sampler_path)
+        if exchange is not None:
+            exchange.publish(step, sampler_path)
+        return time.monotonic() - t0, sampler_path
 
     def _finish_step(self, step: int, work: StepWork, extra: dict[str, float],
-                     stream_state: dict[str, Any] | None, board: WeightBoard | None) -> tuple[float, str | None]:
-        """Train the step, then save sampler weights (every sync_interval and at the end)."""
+                     exchange: Any) -> tuple[float, str | None]:
+        """Train the step, then save sampler weights when the synchronizer says so, and at the end."""
         result = self.trainer.train(work)
         t_sync = 0.0
         sampler_path = None
         last = step == self.total
-        if board is not None and (step % self.sync.sync_interval == 0 or last):
-            t0 = time.monotonic()
-            sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
-            board.publish(step, sampler_path)
-            t_sync = time.monotonic() - t0
-        elif board is None and last:
-            sampler_path = self.trainer.save_sampler(f"s{self.cfg.stage_index or 0}-sampler{step:06d}")
-        if sampler_path:
-            self._last_sampler = sampler_path
+        if last or (exchange is not None and exchange.publishes_at(step)):
+            t_sync, sampler_path = self._publish(step, exchange)
         # Trinity's names: actor/* from the loss terms, grad_norm and learning_rate from the optimizer step
         extra.update({k: v for k, v in result.metrics.items() if k.startswith("actor/")})
         key = "actor/sft_loss" if self.plan.is_sft else "actor/pg_loss"
@@ -569,7 +629,7 @@ class StageRunner:
         return t_sync, sampler_path
 
     def _log(self, step: int, explore_step: int, record: dict[str, Any], t_step: float,
-             stream_state: dict[str, Any] | None) -> None:
+             stream_state: dict[str, Any] | None, held: list[list[dict[str, Any]]] | None = None) -> None:
         record.update(step=self.step_base + step, total_steps=self.job_total,
                       explore_step=self.step_base + explore_step, timestamp=time.time(),
                       # which stage a line belongs to: the plot draws each stage's loss on its own axes
@@ -581,7 +641,21 @@ class StageRunner:
         # line and redo the step, whereas the other order could lose the line for good
         save_every = self.cfg.trainer.save_interval
         if step == self.total or (save_every and step % save_every == 0):
-            self._checkpoint(step, stream_state, self._last_sampler)
+            self._checkpoint(step, stream_state, self._last_sampler, held)
+        self._last_state = (stream_state, held)
+
+    def _end_early(self, step: int, why: str) -> None:
+        """A stage whose experiences ran out before its expected last step: final weights and checkpoint."""
+        if step and self.total is not None and step < self.total:
+            log.warning("%s ended after train step %d of %d: %s", stage_label(self.cfg), self.step_base + step,
+                        self.step_base + self.total, why)
+        if not step:
+            return
+        if self._published_step != step:
+            self._publish(step, None)
+        if self._checkpointed != step:
+            stream_state, held = self._last_state
+            self._checkpoint(step, stream_state, self._last_sampler, held)
 
     def _run_train(self, start_step: int) -> StageResult:
         it = iter(self.stream)
@@ -593,7 +667,7 @@ class StageRunner:
                 break
             stream_state = self.stream.state_dict()
             work, extra = self._dataset_steps[self.plan.data](step, tasks)
-            t_sync, _ = self._finish_step(step, work, extra, stream_state, None)
+            t_sync, _ = self._finish_step(step, work, extra, None)
             record = dict(extra, weight_version_lag=0)
             record.update({"time/sampling": 0.0, "time/sync": t_sync})
             now = time.monotonic()
@@ -601,60 +675,157 @@ class StageRunner:
             last_end = now
         return StageResult(self.total, self.trainer.base_state, self._last_sampler)
 
-    def _run_both(self, start_step: int, board: WeightBoard) -> StageResult:
+    def _step_record(self, step: int, batch: ExploredBatch, extra: dict[str, float], t_sync: float,
+                     trained: int, versions: list[int], uses: list[int] | None = None) -> dict[str, Any]:
+        record = reward_stats(batch, self.cfg)
+        record.update(extra)
+        record.update(batch.metrics)  # the experience pipeline's
+        record["time/sampling"] = batch.time_sampling_s
+        record["time/sync"] = t_sync + batch.time_sync_s
+        record.update(
+            prompt_tokens=float(batch.prompt_tokens),
+            rollouts=float(trained),
+            failed_rollouts=float(batch.failed_rollouts),
+            truncated_prompts=float(batch.truncated_prompts),
+            weight_version_lag=int(step - 1 - (min(versions) if versions else batch.weight_version)),
+        )
+        if versions and self.counts:
+            record.update({"sample/model_version/mean": sum(versions) / len(versions),
+                           "sample/model_version/min": float(min(versions)),
+                           "sample/model_version/max": float(max(versions))})
+        if uses:
+            # replay: how often the step's experiences have been trained on, this time included
+            record.update({"sample/use_count/mean": sum(uses) / len(uses), "sample/use_count/max": float(max(uses))})
+        if batch.truncated_prompts:
+            log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
+                        "longest %d tokens) and were skipped, not sampled", self.step_base + step,
+                        batch.truncated_prompts, batch.truncated_prompts + batch.sampled_prompts,
+                        self.cfg.model.max_prompt_tokens, batch.longest_truncated)
+        return record
+
+    def _answer_sync(self, exchange: Exchange, step: int) -> None:
+        """explorer_driven: the explorer asks for weights; give it those of the last trained step, if new."""
+        if step > self._published_step:
+            self._publish(step, exchange)
+        else:
+            exchange.nothing_new()
+
+    def _run_both(self, start_step: int, start_weights: tuple[int, str | None]) -> StageResult:
         from rft_runtime.loop.explorer import check_some_prompt_fits
         from rft_runtime.loop.explorer_thread import ExplorerThread
 
         check_some_prompt_fits(self.cfg, self.encoder, getattr(self.stream, "rows", []))
+        version, path = start_weights
+        self._published_step = start_step
         evals = EvalRunner(self.cfg, self.conn, self.encoder, self.cfg.job_dir)
         if evals.sets and start_step == 0 and self.cfg.explorer.eval_on_startup:
-            evals.run(self.step_base, board.path)
-        batches: queue.Queue[Any] = queue.Queue()
-        explorer = ExplorerThread(self, board, batches, start_step)
+            evals.run(self.step_base, path)
+        batcher = make_batcher(self.cfg) if self.counts else None
+        exchange = Exchange(self.cfg, start_version=version, start_path=path, batcher=batcher,
+                            batch_experiences=self.per_step,
+                            capacity=int(self.cfg.buffer.trainer_input.experience_buffer.capacity))
+        leftover = (self.resume_state or {}).get("rft_leftover") if start_step else None
+        if leftover and batcher is not None:
+            for group in load_leftover(self.cfg.job_dir, leftover):
+                batcher.add([{"rollout": from_record(r), "model_version": int(r.get("model_version", 0)),
+                              "use_count": int(r.get("use_count", 0)), "explore_step": int(r.get("explore_step", 0))}
+                             for r in group])
+
+        # a queue that names a path keeps a record of every experience there, as Trinity's queue does
+        eb = self.cfg.buffer.trainer_input.experience_buffer
+        record_to = None
+        if eb.path and can_hold(eb.path):
+            record_to = open_store(eb, self.cfg.job_dir)
+        elif eb.path:
+            log.warning("buffer.trainer_input.experience_buffer.path %s is neither a database URL nor a .jsonl file: "
+                        "the queue keeps no record of its experiences (as Trinity's)", eb.path)
+        writer = record_to.register_writer() if record_to is not None else None
+
+        def deliver(batch: ExploredBatch) -> None:
+            rollouts = self.advantaged(batch)
+            if record_to is not None:
+                record_to.write([to_record(r, explore_step=batch.explore_step, model_version=max(batch.weight_version, 0))
+                                 for r in rollouts])
+            exchange.put(Explored(batch, rollouts))
+
+        explorer = ExplorerThread(
+            self.cfg, self.conn, self.encoder, self.stream, first_step=self.stream.step + 1,
+            last_step=self.stream.total_steps, weights_for=exchange.weights_for, latest=exchange.latest,
+            deliver=deliver, finish=exchange.finish, fail=exchange.fail,
+            recovery_window=self.trainer.recovery_window, trainer_activity=lambda: self.trainer.activity)
+
+        def explorer_activity() -> str:
+            down = ""
+            if self.conn.base_url and not healthy(self.conn.base_url):
+                down = f"; the server at {self.conn.base_url} does not answer /api/v1/healthz"
+            return f"{explorer.activity}{down}"
+
         explorer.start()
-        timeout = float(self.sync.sync_timeout)
         last_end = time.monotonic()
+        step = start_step
         try:
-            for step in range(start_step + 1, self.total + 1):
-                try:
-                    batch = batches.get(timeout=timeout)
-                except queue.Empty:
-                    down = ""
-                    if self.conn.base_url and not healthy(self.conn.base_url):
-                        down = f"; the server at {self.conn.base_url} does not answer /api/v1/healthz"
-                    raise RunError(
-                        f"the explorer stalled: the trainer waited more than synchronizer.sync_timeout "
-                        f"({timeout:.0f}s) for the rollouts of step {step}; the explorer was {explorer.activity}"
-                        f"{down}"
-                    ) from None
-                if isinstance(batch, BaseException):
-                    raise batch
-                if batch is None:
+            while self.total is None or step < self.total:
+                got = exchange.take(step + 1, explorer_activity)
+                if got is SYNC_REQUESTED:
+                    self._answer_sync(exchange, step)
+                    continue
+                if got is None:
                     break
-                work, extra = self._rl_work(step, batch)
-                t_sync, _ = self._finish_step(step, work, extra, batch.stream_state, board)
-                record = reward_stats(batch, self.cfg)
-                record.update(extra)
-                record.update(batch.metrics)
-                record["time/sampling"] = batch.time_sampling_s
-                record["time/sync"] = t_sync + batch.time_sync_s
-                record.update(
-                    prompt_tokens=float(batch.prompt_tokens),
-                    rollouts=float(len(batch.rollouts)),
-                    failed_rollouts=float(batch.failed_rollouts),
-                    truncated_prompts=float(batch.truncated_prompts),
-                    weight_version_lag=int(step - 1 - batch.weight_version),
-                )
-                if batch.truncated_prompts:
-                    log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
-                                "longest %d tokens) and were skipped, not sampled", self.step_base + step,
-                                batch.truncated_prompts, batch.truncated_prompts + batch.sampled_prompts,
-                                self.cfg.model.max_prompt_tokens, batch.longest_truncated)
+                step += 1
+                work, extra = self._rl_work(step, got.rollouts, got.explored)
+                t_sync, _ = self._finish_step(step, work, extra, exchange)
+                trained = len(got.rollouts) if self.counts else len(got.explored.rollouts)
+                record = self._step_record(step, got.explored, extra, t_sync, trained, got.versions, got.uses)
                 now = time.monotonic()
-                self._log(step, batch.explore_step, record, now - last_end, batch.stream_state)
+                self._log(step, got.explore_step, record, now - last_end, got.stream_state,
+                          got.held if self.counts else None)
                 if evals.due(step, step == self.total):
                     evals.run(self.step_base + step, self._last_sampler)
                 last_end = now
         finally:
+            exchange.close()
             explorer.stop()
-        return StageResult(self.total, self.trainer.base_state, self._last_sampler)
+            if record_to is not None:
+                record_to.finish_writer(writer)
+                record_to.close()
+        self._end_early(step, f"the explorer finished and fewer than {self.per_step} experiences were left "
+                              "(rollouts that failed, or groups an advantage function dropped, make fewer)")
+        return StageResult(step, self.trainer.base_state, self._last_sampler)
+
+    def _run_train_experiences(self, start_step: int) -> StageResult:
+        """mode train on rollouts: train_batch_size experiences per step from the buffer another job (mode
+        explore) writes; sampler weights are published in the job directory every trainer_sync_interval."""
+        feed = self.stream
+        interval = self.sync.trainer_sync_interval or self.sync.sync_interval
+        job_dir = self.cfg.job_dir
+        self._published_step = start_step
+        step = start_step
+        last_end = time.monotonic()
+        try:
+            while self.total is None or step < self.total:
+                records = feed.take(step + 1, lambda seen, at=self.step_base + step: published.set_status(
+                    job_dir, published.WAITING, at, seen))
+                if records is None:
+                    break
+                published.set_status(job_dir, published.TRAINING, self.step_base + step)
+                step += 1
+                rollouts = [from_record(r) for r in records]
+                versions = [int(r.get("model_version") or 0) for r in records]
+                explored = ExploredBatch(explore_step=max(int(r.get("explore_step") or 0) for r in records),
+                                         groups=[rollouts], weight_version=min(versions), stream_state={})
+                explored.failed_rollouts = sum(1 for r in rollouts if r.failed)
+                work, extra = self._rl_work(step, rollouts, explored)
+                t_sync, _ = self._finish_step(step, work, extra, None)
+                if step % interval == 0 and self._published_step != step:
+                    t_sync += self._publish(step, None)[0]
+                uses = [int(r.get("use_count") or 1) for r in records] if replay_on(self.cfg) else None
+                record = self._step_record(step, explored, extra, t_sync, len(rollouts), versions, uses)
+                record["time/sampling"] = feed.last_wait_s
+                now = time.monotonic()
+                self._log(step, explored.explore_step, record, now - last_end, feed.state_dict(), feed.held())
+                last_end = now
+            self._end_early(step, f"the explorer finished and fewer than {feed.n} experiences were left in "
+                                  f"{feed.store.describe()}")
+        finally:
+            published.set_status(job_dir, published.STOPPED, self.step_base + step)
+        return StageResult(step, self.trainer.base_state, self._last_sampler)

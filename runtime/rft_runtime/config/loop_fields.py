@@ -1,0 +1,53 @@
+"""What the loop's fields do on Tinker, for docs/config.md: synchronisation, batching, replay, modes, buffers.
+
+Most of these fields come from Trinity's facts (config.models), so the CRD carries no schema for them and
+stays under the API server's size limit; their meaning on Tinker is written here instead, and
+config.reference puts it in the reference beside any description the model has. Every key is a field this
+runtime honours (config.support counts them as honoured).
+"""
+
+from __future__ import annotations
+
+NOTES: dict[tuple[str, str], str] = {
+    ("Config", "mode"): (
+        "On Tinker: both; train (a dataset for sft/dpo/cpt, else the experiences a mode-explore job writes to the "
+        "experience buffer); explore (writes them); bench (scores checkpoints); serve (an OpenAI endpoint); not "
+        "colocate. See docs/loop.md."),
+    ("BufferConfig", "train_batch_size"): (
+        "Each train step takes exactly this many experiences from the buffer while the explorer keeps batch_size; "
+        "0 with no replay buffer: each train step takes one explore step's experiences, whatever survived."),
+    ("SynchronizerConfig", "sync_style"): (
+        "fixed and trainer_driven (the same without NCCL, as in Trinity): the explorer waits for each interval's "
+        "weights; explorer_driven: it asks every explorer_sync_interval steps and goes on with what the trainer "
+        "has; fully_async: it never waits, taking the newest weights each step."),
+    ("SynchronizerConfig", "explorer_sync_interval"): "Explore steps between the explorer's syncs; null: "
+                                                      "sync_interval.",
+    ("SynchronizerConfig", "trainer_sync_interval"): "Train steps between the trainer's saves of sampler weights "
+                                                     "(not with explorer_driven: it saves when asked); null: "
+                                                     "sync_interval.",
+    ("ExperienceBufferConfig", "storage_type"): (
+        "queue: in one job; between an explore and a train job, kept at path (a SQLAlchemy URL or .jsonl; none: "
+        "<job dir>/buffer/NAME.jsonl). sql: a SQLAlchemy URL (SQLite, PostgreSQL, ...). file: a .jsonl (for "
+        "sft/dpo/cpt, a dataset)."),
+    ("ExperienceBufferConfig", "path"): "Mode both with a queue: where a record of every experience is kept.",
+    ("ExperienceBufferConfig", "capacity"): "Groups of experiences the queue holds before the explorer waits; "
+                                            "the replay pool drops its lowest priority instead.",
+    ("ExperienceBufferConfig", "max_read_timeout"): "Seconds a mode-train job waits for a new experience before "
+                                                    "it stops with an error.",
+    ("ExperienceBufferConfig", "replay_buffer"): "Reuse experiences by priority (see its section).",
+    ("ExperienceBufferConfig", "max_retry_times"): "Attempts of a database operation (sql).",
+    ("ExperienceBufferConfig", "max_retry_interval"): "Seconds between those attempts.",
+    ("ReplayBufferConfig", "enable"): "Take experiences by priority and reuse them (a queue: the priority pool; "
+                                      "sql: rows are read again, the least read first).",
+    ("ReplayBufferConfig", "priority_fn"): "linear_decay (model_version - decay x use_count) or "
+                                           "decay_limit_randomization (the same plus noise of sd sigma; reused "
+                                           "only while use_count < use_count_limit).",
+    ("ReplayBufferConfig", "reuse_cooldown_time"): "Seconds before a taken group may be taken again; null: never "
+                                                   "reused.",
+    ("ReplayBufferConfig", "priority_fn_args"): "Arguments of priority_fn: decay; use_count_limit and sigma.",
+    ("ExplorerConfig", "eval_on_startup"): "Mode bench: score the base model too.",
+    ("ExplorerConfig", "bench_on_latest_checkpoint"): "Mode bench scores only the newest checkpoint.",
+    ("ExplorerConfig", "proxy_port"): "Port of mode serve's OpenAI-compatible endpoint (0: any free one).",
+    ("ExplorerConfig", "listen_address"): "Address mode serve's endpoint listens on.",
+    ("ExplorerConfig", "service_status_check_interval"): "Seconds between mode serve's looks for newer weights.",
+}
