@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def example(name: str, job: str) -> dict:
-    body = yaml.safe_load((ROOT / "examples" / name).read_text())
+    body = yaml.safe_load((ROOT / "examples" / "rftjobs" / name).read_text())
     body["metadata"] = {"name": job}
     return body
 
@@ -35,16 +35,16 @@ def test_the_api_server_rejects_malformed_rftjobs_with_422(apis, namespace):
 
     custom, _ = apis
     cases = []
-    body = example("rftjob-tinker.yaml", "bad-batch")
+    body = example("tinker.yaml", "bad-batch")
     body["spec"]["config"]["buffer"]["batch_size"] = "lots"
     cases.append(body)
-    body = example("rftjob-tinker.yaml", "bad-backoff")
+    body = example("tinker.yaml", "bad-backoff")
     body["spec"]["backoffLimit"] = -1
     cases.append(body)
-    body = example("rftjob-tinker.yaml", "both-sources")
+    body = example("tinker.yaml", "both-sources")
     body["spec"]["configFrom"] = {"configMapKeyRef": {"name": "x"}}
     cases.append(body)
-    body = example("rftjob-tinker.yaml", "a" * 60)
+    body = example("tinker.yaml", "a" * 60)
     cases.append(body)
     for body in cases:
         with pytest.raises(ApiException) as info:
@@ -54,7 +54,7 @@ def test_the_api_server_rejects_malformed_rftjobs_with_422(apis, namespace):
 
 def test_status_is_a_subresource_the_main_resource_cannot_write(apis, namespace):
     custom, _ = apis
-    body = example("rftjob-tinker.yaml", "sub")
+    body = example("tinker.yaml", "sub")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sub",
                                           {"status": {"phase": "Running"}})
@@ -67,7 +67,7 @@ def test_status_is_a_subresource_the_main_resource_cannot_write(apis, namespace)
 
 def test_tinker_job_gets_one_gpu_free_pod_with_the_key_from_the_secret(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "tk")
+    body = example("tinker.yaml", "tk")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     pod = wait_for(lambda: core.read_namespaced_pod("tk-head", namespace), 60, "the pod")
     container = pod.spec.containers[0]
@@ -98,7 +98,7 @@ def test_tinker_job_gets_one_gpu_free_pod_with_the_key_from_the_secret(apis, nam
 
 def test_verl_job_asks_for_gpus_and_gets_a_headless_service(apis, namespace, running_operator):
     custom, core = apis
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example("rftjob-verl.yaml", "vl"))
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example("verl.yaml", "vl"))
     pod = wait_for(lambda: core.read_namespaced_pod("vl-head", namespace), 60, "the pod")
     assert str(pod.spec.containers[0].resources.limits["nvidia.com/gpu"]) == "8"
     svc = wait_for(lambda: core.read_namespaced_service("vl-head", namespace), 60, "the service")
@@ -107,7 +107,7 @@ def test_verl_job_asks_for_gpus_and_gets_a_headless_service(apis, namespace, run
 
 def test_invalid_config_fails_with_a_warning_event_and_no_children(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "bad")
+    body = example("tinker.yaml", "bad")
     body["spec"]["config"]["algorithm"]["algorithm_type"] = "no-such-algorithm"
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(job_status(custom, namespace, "bad")),
@@ -121,7 +121,7 @@ def test_invalid_config_fails_with_a_warning_event_and_no_children(apis, namespa
 
 def test_suspend_resume_and_garbage_collection_after_delete(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "gc")
+    body = example("tinker.yaml", "gc")
     body["spec"].pop("storage")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     wait_for(lambda: core.read_namespaced_pod("gc-head", namespace), 60, "the pod")
@@ -143,7 +143,7 @@ def test_suspend_resume_and_garbage_collection_after_delete(apis, namespace, run
 
 def test_server_side_apply_of_the_example_is_accepted(apis, namespace):
     custom, _ = apis
-    body = copy.deepcopy(example("rftjob-tinker.yaml", "ssa"))
+    body = copy.deepcopy(example("tinker.yaml", "ssa"))
     body["metadata"]["namespace"] = namespace
     code, answer = raw_request(custom.api_client, "PATCH",
                                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/ssa",
@@ -161,7 +161,7 @@ def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_
     core.create_namespaced_persistent_volume_claim(namespace, {
         "metadata": {"name": "tasks"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
-    body = example("rftjob-tinker.yaml", "tpl")
+    body = example("tinker.yaml", "tpl")
     body["spec"]["podTemplate"] = {
         "metadata": {"annotations": {"example.com/owner": "team-rl"}},
         "spec": {"volumes": [{"name": "tasks", "persistentVolumeClaim": {"claimName": "tasks"}}],
@@ -176,7 +176,7 @@ def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_
     assert runtime.command[:2] == ["rft", "run"] and [c.name for c in pod.spec.containers] == ["rft", "sidecar"]
     assert pod.metadata.annotations["example.com/owner"] == "team-rl"
 
-    bad = example("rftjob-tinker.yaml", "tpl-bad")
+    bad = example("tinker.yaml", "tpl-bad")
     bad["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "rft", "command": ["sleep", "infinity"]}]}}
     with pytest.raises(ApiException) as info:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, bad)
@@ -185,7 +185,7 @@ def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_
 
 def test_a_pod_the_api_server_refuses_fails_the_job_with_invalid_spec(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "typo")
+    body = example("tinker.yaml", "typo")
     # a sidecar without an image passes the CRD (the PodSpec is not spelled out there) but not pod validation
     body["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "sidecar"}]}}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)

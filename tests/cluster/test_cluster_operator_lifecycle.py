@@ -20,7 +20,7 @@ OLD_IMAGE, NEW_IMAGE = "ghcr.io/rft-platform/rft-runtime:0.1.0", "registry.inval
 
 
 def job(name: str, **spec) -> dict:
-    body = yaml.safe_load((ROOT / "examples" / "rftjob-tinker.yaml").read_text())
+    body = yaml.safe_load((ROOT / "examples" / "rftjobs" / "tinker.yaml").read_text())
     body["metadata"] = {"name": name}
     body["spec"].pop("storage", None)
     body["spec"].pop("image", None)  # the operator's default image applies

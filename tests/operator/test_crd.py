@@ -91,9 +91,9 @@ def test_crd_shape_for_users():
     assert "Age" in columns
 
 
-@pytest.mark.parametrize("example", ["rftjob-tinker.yaml", "rftjob-verl.yaml"])
+@pytest.mark.parametrize("example", ["tinker.yaml", "verl.yaml"])
 def test_examples_are_accepted_and_wrap_the_seeds(example):
-    body = yaml.safe_load((ROOT / "examples" / example).read_text())
+    body = yaml.safe_load((ROOT / "examples" / "rftjobs" / example).read_text())
     validate(body)
     seed = yaml.safe_load((ROOT / "examples" / ("tinker.yaml" if "tinker" in example else "verl-lora.yaml")).read_text())
     assert body["spec"]["config"] == seed
@@ -110,7 +110,7 @@ def test_examples_are_accepted_and_wrap_the_seeds(example):
     (("spec", "storage", "size"), "lots"),
 ])
 def test_malformed_rftjobs_are_rejected_by_the_schema(where, value):
-    body = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "rftjob-tinker.yaml").read_text()))
+    body = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "rftjobs" / "tinker.yaml").read_text()))
     node = body
     for key in where[:-1]:
         node = node.setdefault(key, {})

@@ -42,7 +42,7 @@ def free_port():
 
 def test_tinker_job_runs_to_success_with_pods_created_once_across_operator_restarts(
         api_server, client, kubeconfig, operator_env):
-    body = example("rftjob-tinker.yaml")
+    body = example("tinker.yaml")
     name = body["metadata"]["name"]
     with operator_process():
         client.create("rftjobs", NS, body)
@@ -115,7 +115,7 @@ def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, runnin
 
 
 def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator):
-    body = example("rftjob-verl.yaml")
+    body = example("verl.yaml")
     name = body["metadata"]["name"]
     client.create("rftjobs", NS, body)
     pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 30, "the head pod")

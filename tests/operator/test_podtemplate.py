@@ -367,7 +367,7 @@ def test_the_platform_example_makes_valid_pods_the_crd_admits():
     import yaml
     from rftjob_bodies import ROOT
 
-    job = yaml.safe_load((ROOT / "examples" / "rftjob-verl-platform.yaml").read_text())
+    job = yaml.safe_load((ROOT / "examples" / "rftjobs" / "verl-platform.yaml").read_text())
     job["metadata"].update(namespace="default", uid="u-1")
     job["spec"].pop("configFrom")
     job["spec"]["config"] = seed("verl-lora.yaml")  # what the ConfigMap of the example's comment holds
