@@ -207,8 +207,23 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
 
 
 def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, client, running_operator):
-    """A job that uses every feature (configFrom, veRL Service, owned claim, spec change, TTL cleanup)."""
+    """Jobs that use every feature (configFrom, veRL Service, owned claim, spec change, TTL cleanup, a runtime,
+    a RayCluster to join, an earlier release's finalizer to remove)."""
+    from rft_operator.controller import LEGACY_FINALIZER
     from rft_operator.rbac import required_rules
+
+    client.create("clusterrftruntimes", NS, {"metadata": {"name": "cpu", "uid": "rt-1"},
+                                            "spec": {"nodeSelector": {"pool": "cpu"}}})
+    client.create("rayclusters", NS, {"metadata": {"name": "rc", "namespace": NS, "uid": "rc-1"},
+                                      "spec": {"headGroupSpec": {}}, "status": {"state": "ready"}})
+    old = rftjob("old")
+    old["metadata"]["finalizers"] = [LEGACY_FINALIZER]
+    client.create("rftjobs", NS, old)
+    client.create("rftjobs", NS, rftjob("joins", rayClusterRef={"name": "rc"}, runtimeRef={"name": "cpu"}))
+    wait_for(lambda: not client.get("rftjobs", NS, "old")["metadata"].get("finalizers"), 30,
+             "the earlier release's finalizer to go")
+    pod = wait_for(lambda: client.get("pods", NS, "joins-head"), 30, "the pod that joins the RayCluster")
+    assert pod["spec"]["nodeSelector"] == {"pool": "cpu"}
 
     config = seed("verl-lora.yaml")
     client.create("configmaps", NS, {"metadata": {"name": "src", "namespace": NS},
