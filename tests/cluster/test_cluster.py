@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import json
 
 import pytest
-import yaml
-from cluster_harness import GROUP, PLURAL, VERSION, operator_for, raw_request, wait_for
+from cluster_harness import GROUP, PLURAL, VERSION, example, operator_for, raw_request, wait_for
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def example(name: str, job: str) -> dict:
-    body = yaml.safe_load((ROOT / "examples" / "rftjobs" / name).read_text())
-    body["metadata"] = {"name": job}
-    return body
-
-
-@pytest.fixture()
-def apis(api_client):
-    from kubernetes import client
-
-    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
 def job_status(custom, ns, name):
@@ -44,12 +29,36 @@ def test_the_api_server_rejects_malformed_rftjobs_with_422(apis, namespace):
     body = example("tinker.yaml", "both-sources")
     body["spec"]["configFrom"] = {"configMapKeyRef": {"name": "x"}}
     cases.append(body)
-    body = example("tinker.yaml", "a" * 60)
+    body = example("tinker.yaml", "a" * 51)
     cases.append(body)
-    for body in cases:
+    paths = ["spec.config.buffer.batch_size", "spec.backoffLimit", "spec", "metadata.name"]
+    for body, path in zip(cases, paths, strict=True):
         with pytest.raises(ApiException) as info:
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         assert info.value.status == 422, (body["metadata"]["name"], info.value.body)
+        # every error names its field (the API server's own line about skipped CEL rules aside)
+        assert f"{path}:" in info.value.body, info.value.body
+    assert "metadata.name: Too long: may not be longer than 50" in info.value.body
+
+
+@pytest.mark.parametrize("where", [("buffer", "bach_size"), ("algorithm", "optimizer", "learning_rate"),
+                                   ("explorer", "rollout_model", "gpu_memory_utilisation")])
+def test_an_unknown_key_in_the_config_is_refused_at_apply_with_its_path(apis, namespace, where):
+    """Under strict field validation (kubectl's default since 1.27) the server refuses an unknown key; a
+    client that asks for none gets it pruned, with a warning."""
+    from kubernetes.client.exceptions import ApiException
+
+    custom, _ = apis
+    body = example("tinker.yaml", "typo")
+    node = body["spec"]["config"]
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = 1
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict")
+    assert info.value.status == 400
+    message = json.loads(info.value.body)["message"]
+    assert f'unknown field "spec.config.{".".join(where)}"' in message, message
 
 
 def test_status_is_a_subresource_the_main_resource_cannot_write(apis, namespace):
