@@ -6,7 +6,7 @@ server-side label selector; reconciles read from memory. Three things keep memor
 - a job is kept as compact JSON of what a reconcile reads (`JobStore`: no managedFields, no last-applied
   annotation), parsed again for each pass, which also gives each pass a private copy;
 - children are stored trimmed to the fields a reconcile reads (no managedFields, no pod spec beyond images, a
-  ConfigMap's data as its digest);
+  ConfigMap's data as its digest), packed as compact JSON too;
 - the operator's own status writes are laid over the watched job (`OwnWrites`) until the watch shows them:
   the event that confirms a write can arrive after a pod's deletion event, and a reconcile that saw the
   deletion with the old status would recreate the pod of a finished attempt.
@@ -14,7 +14,6 @@ server-side label selector; reconciles read from memory. Three things keep memor
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import threading
@@ -92,7 +91,7 @@ def trim_child(kind: str, body: Any) -> dict[str, Any]:
     """The child as a reconcile reads it: identity, labels and deletion, plus per-kind state."""
     meta = body.get("metadata") or {}
     keep: dict[str, Any] = {
-        "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "uid", "resourceVersion", "labels",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels",
                                                           "deletionTimestamp") if meta.get(k) is not None},
     }
     if kind == "pods":
@@ -108,6 +107,17 @@ def trim_child(kind: str, body: Any) -> dict[str, Any]:
     elif kind == "configmaps":
         keep["dataDigest"] = data_digest({"data": dict(body.get("data") or {})})
     return keep
+
+
+def pack(obj: Any) -> bytes:
+    """An object kept for long as one compact block: a few long-lived bytes objects instead of many small
+    dicts and strings, which would pin the Python allocator's arenas that the watch's transient bodies use."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def unpack(blob: bytes) -> Any:
+    """A private copy of what `pack` kept."""
+    return json.loads(blob)
 
 
 def child_key(namespace: str | None, body: Any) -> tuple[str, str] | None:
@@ -133,14 +143,18 @@ class JobStore:
     def put(self, key: tuple[str, str], body: Any) -> None:
         """Keep the job as the watch delivered it (trimmed)."""
         job = trim_job(body)
-        self._jobs[key] = json.dumps(job, separators=(",", ":")).encode()
+        self._jobs[key] = pack(job)
         ref = (job["spec"].get("runtimeRef") or {}).get("name") or ""
         self._runtime[key] = (ref, (job.get("status") or {}).get("phase") or "")
 
     def get(self, key: tuple[str, str]) -> dict[str, Any] | None:
         """A private copy of the job, None once it is gone."""
         raw = self._jobs.get(key)
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else unpack(raw)
+
+    def raw(self, key: tuple[str, str]) -> bytes | None:
+        """The job as kept (`unpack` makes it a dict), None once it is gone."""
+        return self._jobs.get(key)
 
     def forget(self, key: tuple[str, str]) -> None:
         """The job was deleted."""
@@ -180,8 +194,9 @@ class OwnWrites:
             older = {before, previous[0]["metadata"]["resourceVersion"] if previous else None} - {None}
             if version in older:
                 version = None
+            # packed: hundreds of these live for seconds while a burst of jobs is created
             self._written[(namespace, name)] = ({"metadata": {"resourceVersion": version}},
-                                                copy.deepcopy(body.get("status") or {}), time.monotonic())
+                                                pack(body.get("status") or {}), time.monotonic())
 
     def apply(self, namespace: str, name: str, job: dict[str, Any]) -> dict[str, Any]:
         """`job` (a private copy) with the operator's newer status write in place of its status."""
@@ -194,13 +209,13 @@ class OwnWrites:
         if written is not None and watched is not None:
             seen = watched >= written
         else:  # a server without numeric or bumped versions: the watch shows the write when it shows its status
-            seen = (job.get("status") or {}) == status
+            seen = (job.get("status") or {}) == unpack(status)
         if seen or time.monotonic() - since > self.expire_seconds:
             with self._lock:
                 if self._written.get((namespace, name)) is entry:
                     del self._written[(namespace, name)]
             return job
-        return {**job, "status": copy.deepcopy(status)}
+        return {**job, "status": unpack(status)}
 
     def forget(self, namespace: str, name: str) -> None:
         """The job was deleted."""

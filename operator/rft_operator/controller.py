@@ -19,7 +19,7 @@ from rft_operator import kube as k
 from rft_operator import raycluster
 from rft_operator import status as st
 from rft_operator.builders import HASH_ANNOTATION, pod_name, ray_cluster_service, spec_hash
-from rft_operator.cache import OwnWrites, data_digest
+from rft_operator.cache import OwnWrites, data_digest, pack, trim_child, unpack
 from rft_operator.jobconfig import ConfigCache, ConfigResult, parse_config_text
 from rft_operator.metrics import OperatorMetrics
 from rft_operator.progress import scrape
@@ -282,14 +282,15 @@ class Controller:
                 # CRD): the job fails with the server's reason instead of retrying the same pod forever
                 self.refuse_pod(job, plan, body, exc, now)
                 return
-            self.expect(ns, name, kind, body["metadata"]["name"], "present", body)
+            # what the watch's index will hold of it, packed: a burst of jobs keeps hundreds of these for seconds
+            self.expect(ns, name, kind, body["metadata"]["name"], "present", pack(trim_child(kind, body)))
             if created and kind == "pods":
                 log.info("created pod %s/%s (spec %s)", ns, body["metadata"]["name"],
                          body["metadata"]["labels"][HASH_ANNOTATION])
         for kind, child, body in plan.patch:
             self.kube.patch(RESOURCES[kind], ns, child, body)
             if "data" in body:
-                self.expect(ns, name, kind, child, "data", body["data"])
+                self.expect(ns, name, kind, child, "data", data_digest(body))
         if not status_first:
             self.write_status(job, plan.status)
         for etype, reason, message in plan.events:
@@ -349,7 +350,7 @@ class Controller:
                 settled.append((kind, child))
             elif what == "present":
                 if current is None:
-                    items.append(value)
+                    items.append(unpack(value))
                 else:
                     settled.append((kind, child))
             elif what == "gone":
@@ -359,10 +360,10 @@ class Controller:
                     meta = {**current["metadata"], "deletionTimestamp": st.timestamp(time.time())}
                     items[index] = {**current, "metadata": meta}
             elif what == "data" and current is not None:
-                if data_digest(current) == data_digest({"data": value}):
+                if data_digest(current) == value:
                     settled.append((kind, child))
                 else:
-                    items[index] = {"metadata": current["metadata"], "data": value}
+                    items[index] = {"metadata": current["metadata"], "dataDigest": value}
         if settled:
             with self._lock:
                 mine = self._expected.get((namespace, job)) or {}

@@ -30,7 +30,9 @@ from rft_operator.cache import (
     MANAGED_BY_LABEL,
     JobStore,
     child_key,
+    pack,
     trim_child,
+    unpack,
 )
 from rft_operator.connection import load_connection
 from rft_operator.controller import Controller
@@ -60,6 +62,8 @@ class State:
     metrics_port: int | None = None
     executor: concurrent.futures.ThreadPoolExecutor | None = None
     elector: LeaseElector | None = None
+    # failed passes in a row, by job: the backoff before the next
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 STATE = State()
@@ -91,6 +95,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.scanning.disabled = True
     settings.watching.server_timeout = 60
+    # kopf keeps a task per object that had an event until it idles this long, holding that object's last
+    # event (a parsed RFTJob is some 60 KB of small objects): at the default 5 s a burst of 500 new jobs keeps
+    # ~2000 of them alive at once, and the allocator's arenas they spread over stay allocated for good.
+    # Every handler here is an event handler that returns at once, so a short idle loses nothing.
+    settings.queueing.idle_timeout = 0.5
     for kind in CHILD_KINDS:
         # server-side: without it kopf would stream every pod and ConfigMap of the cluster and filter here
         settings.watching.label_selectors["v1", kind] = CHILD_SELECTOR
@@ -106,6 +115,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.jobs = JobStore()
     STATE.runtimes = RuntimeStore()
     STATE.indexes = {}
+    STATE.failures = {}
     STATE.queue = WorkQueue()
     STATE.controller = Controller(kube, ours, metrics, runtimes=STATE.runtimes)
     STATE.elector = None
@@ -172,6 +182,7 @@ async def job_event(type: str, namespace: str, name: str, body: Any, **kwargs: A
     key = (namespace or body.get("metadata", {}).get("namespace", ""), name)
     if type == "DELETED":
         STATE.jobs.forget(key)
+        STATE.failures.pop(key, None)
         if STATE.queue is not None:
             STATE.queue.forget(key)
         if STATE.controller is not None:
@@ -199,9 +210,9 @@ async def runtime_event(type: str, name: str, body: Any, **kwargs: Any) -> None:
 _CHILD_FILTER = {MANAGED_BY_LABEL: MANAGED_BY}
 
 
-def _index(kind: str, namespace: str | None, body: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+def _index(kind: str, namespace: str | None, body: Any) -> dict[tuple[str, str], bytes] | None:
     key = child_key(namespace, body)
-    return {key: trim_child(kind, body)} if key else None
+    return {key: pack(trim_child(kind, body))} if key else None
 
 
 @kopf.index("", "v1", "pods", labels=_CHILD_FILTER)
@@ -240,29 +251,34 @@ for _kind in CHILD_KINDS:
     kopf.on.event("", "v1", _kind, labels=_CHILD_FILTER, id=f"wake-on-{_kind}")(_child_event)
 
 
-def _observed(key: tuple[str, str]) -> Observed:
-    """The job's children from the indexes, as lists the reconcile thread owns (taken in the loop thread)."""
+def _children(key: tuple[str, str]) -> dict[str, list[bytes]]:
+    """The job's children as the indexes hold them (taken in the loop thread, which alone changes them)."""
     indexes = STATE.indexes
-    return Observed(**{kind: list(indexes[index].get(key, ())) if index in indexes else [] for kind, index in (
+    return {kind: list(indexes[index].get(key, ())) if index in indexes else [] for kind, index in (
         ("pods", "rft_pods"), ("services", "rft_services"), ("configmaps", "rft_configmaps"),
-        ("persistentvolumeclaims", "rft_claims"))})
+        ("persistentvolumeclaims", "rft_claims"))}
+
+
+def _reconcile(controller: Controller, key: tuple[str, str], job: bytes, children: dict[str, list[bytes]]) -> Any:
+    """One reconcile in a worker thread, on private copies of the job and its children."""
+    observed = Observed(**{kind: [unpack(blob) for blob in blobs] for kind, blobs in children.items()})
+    return controller.reconcile(key[0], key[1], unpack(job), observed)
 
 
 async def _worker(queue: WorkQueue) -> None:
     """Take due jobs from the queue and reconcile each in a thread, until the operator stops."""
     loop = asyncio.get_running_loop()
-    failures: dict[tuple[str, str], int] = {}
+    failures = STATE.failures
     while True:
         key = await queue.get()
         next_in: float | None = STATE.settings.resync_seconds
         try:
-            job = STATE.jobs.get(key)
+            job = STATE.jobs.raw(key)
             controller = STATE.controller
             if job is None or controller is None:
                 next_in = None
                 continue
-            plan = await loop.run_in_executor(STATE.executor, controller.reconcile, key[0], key[1], job,
-                                              _observed(key))
+            plan = await loop.run_in_executor(STATE.executor, _reconcile, controller, key, job, _children(key))
             failures.pop(key, None)
             if plan is None:
                 next_in = None  # being deleted: its DELETED event ends it

@@ -220,8 +220,10 @@ class Kube:
         subresource: str | None = None,
         params: dict[str, str] | None = None,
         patch_type: str = "merge",
+        answer: bool = True,
     ) -> Any:
-        """One API call, refused unless API_CALLS allows (resource, subresource, verb)."""
+        """One API call, refused unless API_CALLS allows (resource, subresource, verb); its answer decoded
+        (`answer=False`: None, the object the server sends back is not parsed)."""
         allowed = API_CALLS.get((resource, subresource), frozenset()) | LEADER_CALLS.get((resource, subresource),
                                                                                          frozenset())
         if verb not in allowed:
@@ -239,6 +241,8 @@ class Kube:
             path += "?" + urlencode(params)
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         status, reason, raw = self.request(_METHOD[verb], path, data, headers)
+        if 200 <= status < 300 and not answer:
+            return None
         text = raw.decode("utf-8") if raw else ""
         if not 200 <= status < 300:
             message = text
@@ -275,7 +279,7 @@ class Kube:
     def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> bool:
         """Create; False when it already exists (a replayed event or a restart, not an error)."""
         try:
-            self.call("create", resource, namespace, body=body)
+            self.call("create", resource, namespace, body=body, answer=False)
             return True
         except KubeError as exc:
             if exc.status == 409:
@@ -285,7 +289,7 @@ class Kube:
     def delete(self, resource: Resource, namespace: str, name: str) -> bool:
         """Delete in the background; False when it was already gone."""
         try:
-            self.call("delete", resource, namespace, name, body={"propagationPolicy": "Background"})
+            self.call("delete", resource, namespace, name, body={"propagationPolicy": "Background"}, answer=False)
             return True
         except KubeError as exc:
             if exc.status == 404:
