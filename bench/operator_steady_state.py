@@ -22,9 +22,9 @@ What is measured, per operator (this tree, and `--baseline-rev` when given, each
   seconds (watches left out: they are long-lived streams): reads/s (get, list) and writes/min (create,
   update, patch, delete);
 - RSS at steady state, its peak, and "Connection pool is full" warnings in the operator's log.
-`--profile-memory` runs this tree once more under tracemalloc and prints where the Python heap goes at steady
-state, by the first frame outside the standard library (tracemalloc itself inflates RSS: its run's RSS is
-not a figure). It also prints what the operator's imports cost, module by module.
+`--profile-memory` also prints where this tree's operator keeps its memory at steady state (in the same run:
+its structures walked and sized, kopf's per-object memories, the allocator's in-use and free-but-kept bytes,
+the Python objects by type) and what its imports cost, module by module.
 Targets (issue 22): N=500 pods in < 30 s, RSS < 100 MB, 0 reads/s and 0 writes/min at steady state, no pool
 warnings. The machine's load (uptime) is printed with each run: timings on a busy machine are not figures.
 """
@@ -58,29 +58,96 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 POOL_WARNING = "Connection pool is full"
 EXAMPLE = ROOT / "examples" / "rftjobs" / "tinker.yaml"
 
-# Runs the operator; with RFT_BENCH_HEAP set, traces allocations and writes a summary on SIGUSR1.
+# Runs the operator as `rft-operator` does; with RFT_BENCH_HEAP set, SIGUSR1 writes where its memory is:
+# the sizes of the operator's own structures and kopf's per-object memories (objects walked, nothing traced),
+# the allocator's view (glibc mallinfo2: in use vs free-but-kept), and the Python objects by type.
 LAUNCHER = r"""
 import os, signal, sys
 out = os.environ.get("RFT_BENCH_HEAP")
 if out:
-    import tracemalloc
-    tracemalloc.start(25)
     def _dump(*_):
-        import json, sysconfig
-        stdlib = (sysconfig.get_paths()["stdlib"], "<frozen", "<string>", "<unknown>")
-        groups = {}
-        snap = tracemalloc.take_snapshot()
-        for stat in snap.statistics("traceback"):
-            frame = next((f for f in stat.traceback if not f.filename.startswith(stdlib)
-                          and "tracemalloc" not in f.filename), stat.traceback[0])
-            name = frame.filename
-            for marker in ("site-packages/", "/operator/", "/runtime/"):
-                if marker in name:
-                    name = name.split(marker, 1)[1]
-                    break
-            groups[name] = groups.get(name, 0) + stat.size
+        import ctypes, gc, json
+        def deep(obj, seen=None):
+            seen = set() if seen is None else seen
+            if id(obj) in seen:
+                return 0
+            seen.add(id(obj))
+            size = sys.getsizeof(obj)
+            if isinstance(obj, dict):
+                size += sum(deep(k, seen) + deep(v, seen) for k, v in list(obj.items()))
+            elif isinstance(obj, (list, tuple, set, frozenset)):
+                size += sum(deep(v, seen) for v in list(obj))
+            elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+                size += deep(vars(obj), seen)
+            elif hasattr(obj, "__slots__"):
+                size += sum(deep(getattr(obj, s), seen) for s in obj.__slots__ if hasattr(obj, s))
+            return size
+        from rft_operator import handlers
+        state = handlers.STATE
+        garbage = gc.collect()  # what reference cycles held until now
+        parts = {
+            "job store (compact JSON of every RFTJob)": deep(state.jobs),
+            "child indexes (trimmed pods, ConfigMaps, Services, claims)": sum(deep(i) for i in state.indexes.values()),
+            "work queue": deep(state.queue),
+            "config cache": deep(state.controller.configs) if state.controller else 0,
+            "own-write expectations": deep(state.controller._expected) + deep(state.controller.writes)
+            if state.controller else 0,
+            "operator metrics (per-job series)": deep(state.controller.metrics) if state.controller else 0,
+        }
+        memories = [o for o in gc.get_objects() if type(o).__name__ == "ResourceMemories"]
+        parts["kopf per-object memories"] = sum(deep(m) for m in memories)
+        counts = {}
+        for o in gc.get_objects():
+            name = type(o).__name__
+            n, s = counts.get(name, (0, 0))
+            counts[name] = (n + 1, s + sys.getsizeof(o))
+        malloc = {}
+        try:
+            class Info(ctypes.Structure):
+                _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = Info
+            info = libc.mallinfo2()
+            malloc = {"in use": info.uordblks + info.hblkhd, "free but kept": info.fordblks,
+                      "arenas": info.arena, "mmapped": info.hblkhd}
+        except (OSError, AttributeError):
+            pass
+        top = sorted(counts.items(), key=lambda kv: -kv[1][1])[:12]
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        try:  # pymalloc's own arenas (Python's small objects): allocated vs used, from _debugmallocstats
+            import re, tempfile
+            with tempfile.TemporaryFile() as tmp:
+                saved = os.dup(2)
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    sys._debugmallocstats()
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                tmp.seek(0)
+                text = tmp.read().decode("ascii", "replace")
+            def grab(label):
+                m = re.search(re.escape(label) + r"\s*=\s*([\d,]+)", text)
+                return int(m.group(1).replace(",", "")) if m else 0
+            malloc["pymalloc arenas"] = grab("# arenas allocated current") * 1024 * 1024  # 1 MiB each (3.10+)
+            malloc["pymalloc in use"] = grab("# bytes in allocated blocks")
+            unused = re.search(r"([\d,]+) unused pools \* ([\d,]+) bytes", text)
+            malloc["pymalloc free in pools"] = grab("# bytes in available blocks") + (
+                int(unused.group(1).replace(",", "")) * int(unused.group(2).replace(",", "")) if unused else 0)
+        except Exception:
+            pass
+        try:  # what the allocator could give back: RSS before and after glibc's malloc_trim
+            before = rss()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            malloc["trim gives back"] = before - rss()
+        except (OSError, AttributeError):
+            pass
         with open(out, "w") as fh:
-            json.dump({"total": sum(groups.values()), "by_file": groups}, fh)
+            json.dump({"parts": parts, "malloc": malloc, "types": top, "cyclic garbage": garbage}, fh)
     signal.signal(signal.SIGUSR1, _dump)
 from rft_operator.main import main
 sys.exit(main())
@@ -94,9 +161,11 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 out = [("python", rss())]
-for name in sys.argv[1:]:
-    __import__(name)
-    out.append((name, rss()))
+from rft_operator.main import without_optional_clients  # as rft-operator imports kopf
+with without_optional_clients():
+    for name in sys.argv[1:]:
+        __import__(name)
+        out.append((name, rss()))
 print(json.dumps(out))
 """
 IMPORT_STEPS = ["yaml", "pydantic", "aiohttp", "prometheus_client", "kopf", "rft_runtime.config",
@@ -381,9 +450,11 @@ def measure(tree: Path, args: argparse.Namespace, workdir: Path, label: str, hea
         wait(lambda: counter.done_at is not None, 120 + args.jobs, f"{args.jobs} pods", every=0.2)
         out["to_pods"] = counter.done_at - started
         out["load_pods"] = load()
+        out["rss_pods"] = rss_mb(op.proc.pid)
 
         set_running(cluster, [f"{n}-head" for n in names])
         wait(lambda: op.jobs_in("Running") >= args.jobs, 120 + args.jobs, f"{args.jobs} jobs Running", every=2)
+        out["rss_running"] = rss_mb(op.proc.pid)
         quiet_for(cluster, 5, 120 + args.jobs)
         mark = cluster.audit_mark()
         time.sleep(args.window)
@@ -403,7 +474,8 @@ def measure(tree: Path, args: argparse.Namespace, workdir: Path, label: str, hea
         if heap is not None:
             os.kill(op.proc.pid, signal.SIGUSR1)
             wait(lambda: heap.exists() and heap.stat().st_size > 0, 120, "the heap summary")
-            time.sleep(1)
+            wait(lambda: _complete_json(heap), 30, "the heap summary to be written")
+            out["heap"] = json.loads(heap.read_text())
         out["load_end"] = load()
         return out
     finally:
@@ -413,6 +485,14 @@ def measure(tree: Path, args: argparse.Namespace, workdir: Path, label: str, hea
             op.stop()
         if plane is not None:
             plane.stop()
+
+
+def _complete_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except ValueError:
+        return False
 
 
 def baseline_tree(rev: str, into: Path) -> tuple[Path, str]:
@@ -448,8 +528,8 @@ def main() -> int:
     args = p.parse_args()
     if args.kubeconfig and not (args.operator_kubeconfig and args.audit_log):
         p.error("--kubeconfig needs --operator-kubeconfig and --audit-log")
-    if args.kubeconfig and (args.baseline_rev or args.profile_memory):
-        p.error("a cluster of your own is measured once: leave out --baseline-rev and --profile-memory")
+    if args.kubeconfig and args.baseline_rev:
+        p.error("a cluster of your own is measured once: leave out --baseline-rev")
 
     workdir = Path(tempfile.mkdtemp(prefix="rft-bench-operator-"))
     print(f"{args.jobs} RFTJobs ({EXAMPLE.relative_to(ROOT)}), resync {args.resync:.0f}s, steady-state window "
@@ -464,12 +544,15 @@ def main() -> int:
               f"{r['idle_rss']:>6.1f} {per_job:>7.1f} {r['reads']:>8.2f} {r['writes']:>10.2f} "
               f"{r['pool_warnings']:>9} {r['finalizers']:>10}  {r['load_start']} / {r['load_pods']} / "
               f"{r['load_end']}", flush=True)
+        print(f"{'':<16} RSS {r['idle_rss']:.1f} MB idle, {r['rss_pods']:.1f} MB once the pods were created, "
+              f"{r['rss_running']:.1f} MB once every job ran, {r['rss']:.1f} MB at steady state")
         if r["requests"]:
             print(f"{'':<16} requests at steady state: {', '.join(r['requests'])}")
 
     rows: list[tuple[str, dict[str, Any]]] = []
     try:
-        rows.append(("this tree", measure(ROOT, args, workdir, "new")))
+        heap = workdir / "heap.json" if args.profile_memory else None
+        rows.append(("this tree", measure(ROOT, args, workdir, "new", heap=heap)))
         print(header)
         show(*rows[-1])
         if args.baseline_rev:
@@ -488,18 +571,26 @@ def main() -> int:
             print(f"new/baseline: to pods {new['to_pods'] / old['to_pods']:.2f}, RSS {new['rss'] / old['rss']:.2f}, "
                   f"idle RSS {new['idle_rss'] / old['idle_rss']:.2f}")
         if args.profile_memory:
-            heap = workdir / "heap.json"
             print("\nwhere the memory goes (this tree):")
             costs = import_costs(ROOT)
+            print(f"  bare interpreter: {costs[0][1]:.1f} MB; imports, as rft-operator makes them:")
             for (name, rss), (_, before) in zip(costs[1:], costs[:-1], strict=True):
-                print(f"  import {name:<24} +{rss - before:6.1f} MB  (RSS {rss:.1f} MB)")
-            print(f"  (bare interpreter: {costs[0][1]:.1f} MB)")
-            r = measure(ROOT, args, workdir, "heap", heap=heap)
-            summary = json.loads(heap.read_text())
-            print(f"  Python heap at steady state with {args.jobs} jobs (tracemalloc, by the first frame outside the "
-                  f"standard library): {summary['total'] / 2**20:.1f} MB; RSS under tracing {r['rss']:.1f} MB")
-            for name, size in sorted(summary["by_file"].items(), key=lambda kv: -kv[1])[:20]:
-                print(f"    {size / 2**20:7.2f} MB  {size / max(args.jobs, 1) / 1024:6.1f} KB/job  {name}")
+                print(f"    {name:<24} +{rss - before:6.1f} MB  (RSS {rss:.1f} MB)")
+            summary = new["heap"]
+            print(f"  at steady state with {args.jobs} jobs (RSS {new['rss']:.1f} MB):")
+            for part, size in summary["parts"].items():
+                print(f"    {size / 2**20:7.2f} MB  {size / max(args.jobs, 1) / 1024:6.1f} KB/job  {part}")
+            if summary["malloc"]:
+                m = summary["malloc"]
+                print(f"    allocator (main arena): {m['in use'] / 2**20:.1f} MB in use, {m['free but kept'] / 2**20:.1f} MB "
+                      f"freed but kept ({m['arenas'] / 2**20:.1f} MB in arenas, {m['mmapped'] / 2**20:.1f} MB mmapped); "
+                      f"malloc_trim(0) would give back {m.get('trim gives back', 0) / 2**20:.1f} MB of RSS")
+                print(f"    pymalloc (Python's small objects): {m.get('pymalloc arenas', 0) / 2**20:.1f} MB of arenas, "
+                      f"{m.get('pymalloc in use', 0) / 2**20:.1f} MB in objects, {m.get('pymalloc free in pools', 0) / 2**20:.1f} "
+                      "MB free inside them")
+            print(f"    objects in reference cycles collected at the dump: {summary.get('cyclic garbage', 0)}")
+            print("    Python objects by type (count, shallow MB): " + ", ".join(
+                f"{name} {n} {size / 2**20:.1f}" for name, (n, size) in summary["types"]))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
