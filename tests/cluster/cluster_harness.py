@@ -79,6 +79,29 @@ def operator_for(namespace: str, **extra_env: str) -> Iterator[Any]:
     assert runner.exit_code == 0, runner.output
 
 
+def install_crd(api_client: Any, body: dict[str, Any]) -> bool:
+    """Create a CRD unless one of that name exists (an installed one is left as it is); wait until it serves.
+    True when this call created it."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api_client)
+    created = True
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        created = False
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+
+    wait_for(established, 60, f"the CRD {body['metadata']['name']} to be established")
+    return created
+
+
 def reconciles() -> float:
     """rft_operator_reconciles_total of the operator running in this process, from its /metrics."""
     import urllib.request

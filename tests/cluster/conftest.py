@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_harness import GROUP, ROOT, RUNTIMES, VERSION, Kube, operator_for, wait_for
+from cluster_harness import GROUP, ROOT, RUNTIMES, VERSION, Kube, install_crd, operator_for
 
 WHERE = ("they run in CI, where .ci/run starts the ../shared/k8s control plane when its binaries are built "
          "(../shared/k8s/build.sh), or against any cluster KUBECONFIG names")
@@ -43,29 +43,6 @@ def api_client() -> Any:
     return api
 
 
-def _install(api_client: Any, body: dict[str, Any]) -> bool:
-    """Create a CRD unless one of that name exists (an installed one is left as it is); wait until it serves.
-    True when this call created it."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(api_client)
-    created = True
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        created = False
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
-
-    wait_for(established, 60, f"the CRD {body['metadata']['name']} to be established")
-    return created
-
-
 @pytest.fixture(scope="session")
 def crd_installed(api_client: Any) -> None:
     """The CRDs of crds/ (RFTJob, ClusterRFTRuntime), and no default runtime the tests did not make (it would
@@ -73,7 +50,7 @@ def crd_installed(api_client: Any) -> None:
     from kubernetes import client
 
     for path in sorted((ROOT / "crds").glob("*.yaml")):
-        _install(api_client, yaml.safe_load(path.read_text()))
+        install_crd(api_client, yaml.safe_load(path.read_text()))
     from rft_operator.runtimes import DEFAULT_ANNOTATION
 
     runtimes = client.CustomObjectsApi(api_client).list_cluster_custom_object(GROUP, VERSION, RUNTIMES)["items"]

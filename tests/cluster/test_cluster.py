@@ -202,3 +202,48 @@ def test_a_pod_the_api_server_refuses_fails_the_job_with_invalid_spec(apis, name
                   60, "Failed")
     assert st["reason"] == "InvalidSpec" and "image" in st["message"]
     assert core.list_namespaced_pod(namespace, label_selector="rft.dev/job=typo").items == []
+
+
+def _example_docs() -> list[dict]:
+    import yaml
+    from cluster_harness import ROOT
+
+    return [doc for path in sorted((ROOT / "examples" / "rftjobs").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_every_rftjob_example_is_applied_as_is_with_strict_field_validation(apis, namespace):
+    """What `kubectl apply --server-side -f examples/rftjobs/` sends, one object at a time."""
+    custom, _ = apis
+    docs = _example_docs()
+    assert len(docs) >= 5 and all(d["kind"] == "RFTJob" for d in docs)
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        code, answer = raw_request(custom.api_client, "PATCH",
+                                   f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
+                                   headers={"Content-Type": "application/apply-patch+yaml"},
+                                   params=[("fieldManager", "kubectl"), ("fieldValidation", "Strict")], body=doc)
+        assert code in (200, 201), (name, answer)
+    stored = {j["metadata"]["name"]: j for j in custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                                      PLURAL)["items"]}
+    assert {d["metadata"]["name"] for d in docs} == set(stored)
+    for doc in docs:  # nothing pruned: every key of every example is in the schema
+        assert stored[doc["metadata"]["name"]]["spec"] == doc["spec"]
+
+
+def test_kubectl_apply_on_the_rftjob_examples_folder_applies_every_file(api_client, namespace):
+    import os
+    import shutil
+    import subprocess
+
+    from cluster_harness import ROOT
+
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("no kubectl on PATH; the test above sends what it would, through the API")
+    proc = subprocess.run([kubectl, "--kubeconfig", os.environ["KUBECONFIG"].split(os.pathsep)[0], "-n", namespace,
+                           "apply", "-f", str(ROOT / "examples" / "rftjobs")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    created = sorted(line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" created"))
+    assert created == sorted(f"rftjob.rft.dev/{d['metadata']['name']}" for d in _example_docs()), proc.stdout

@@ -6,8 +6,6 @@ phase through the pods/status subresource, so nothing here needs a schedulable n
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import yaml
 from cluster_harness import (
@@ -236,12 +234,17 @@ def test_at_steady_state_the_operator_sends_no_reads_or_writes(api_client, apis,
             wait_for(lambda i=i: core.read_namespaced_pod(f"quiet-{i}-head", namespace), 60, "the pods")
             wait_for(lambda i=i: job_status(custom, namespace, f"quiet-{i}").get("reason") == "PodsPending", 60,
                      "the jobs to settle (PodsPending: no node matches)")
-        time.sleep(6)  # the last writes' own watch events come back and are reconciled
+        def quiet() -> bool:
+            """No request counted over three more passes: the last writes' own watch events came back."""
+            before, passes = _dispatched(api_client, flow), reconciles()
+            wait_for(lambda: reconciles() >= passes + 3, 30, "three passes")
+            return _dispatched(api_client, flow) == before
+
+        wait_for(quiet, 60, "the operator's writes to settle")
         settled = _dispatched(api_client, flow)
         if settled <= start:
             pytest.skip("this API server's /metrics does not count the operator's requests (several API servers "
                         "behind a load balancer); the kmock test checks the same in CI")
         passes = reconciles()
-        time.sleep(12)  # six resyncs of three jobs
-        assert reconciles() - passes >= 3 * 3, "the window did not cover the resyncs"
+        wait_for(lambda: reconciles() >= passes + 3 * 3, 60, "three resyncs of the three jobs")
         assert _dispatched(api_client, flow) == settled, "reads or writes at steady state"
