@@ -79,7 +79,9 @@ def test_a_configmap_created_after_its_job_makes_it_run_and_it_is_never_failed(k
     assert ("Failed", "ConfigNotFound") not in phases and not [p for p in phases if p[0] == "Failed"], phases
     assert phases[0] == (None, None) or phases[0][0] == "Pending"
     assert ("Pending", "WaitingForConfigMap") in phases and phases[-1] == ("Running", "PodsRunning"), phases
-    events = {e.reason: e for e in kube.events("late")}
+    # events follow the status write that they report
+    events = wait_for(lambda: (lambda found: found if "PodsRunning" in found else None)(
+        {e.reason: e for e in kube.events("late")}), what="the event of the transition to Running")
     assert events["WaitingForConfigMap"].message.startswith("Pending: waiting for ConfigMap late-config")
     assert events["PodsRunning"].message.startswith("Pending -> Running: 1 pod(s) running")
 
@@ -100,11 +102,12 @@ def test_a_failed_job_stays_failed_until_its_spec_changes_and_events_say_what_ch
     # fixing the spec is a new run
     kube.patch("bad", {"spec": {"config": {"algorithm": {"algorithm_type": "grpo"}}}})
     wait_for(lambda: kube.pod("bad-head"), what="the pod of the fixed job")
-    assert kube.status("bad")["phase"] == "Pending"
+    kube.wait_phase("bad", "Pending")
+    transitions = wait_for(lambda: [e.message for e in kube.events("bad", "PodsPending")],
+                           what="the event of the new run's transition")
+    assert transitions[0].startswith("Failed -> Pending: waiting for 1 pod(s) to run")
     assert [e.message for e in kube.events("bad", "SpecChanged")] == [
         "spec changed after the job ended: starting a new run"]
-    transitions = [e.message for e in kube.events("bad", "PodsPending")]
-    assert transitions and transitions[0].startswith("Failed -> Pending: waiting for 1 pod(s) to run")
     # no event names a transition from a phase to itself ("Pending -> Pending")
     assert not [e.message for e in kube.events("bad") if re.match(r"^(\w+) -> \1\b", e.message)]
 
@@ -113,8 +116,9 @@ def test_a_failed_job_stays_failed_until_its_spec_changes_and_events_say_what_ch
     kube.wait_phase("bad", "Running")
     uid = kube.pod("bad-head").metadata.uid
     kube.patch("bad", {"spec": {"image": "registry.invalid/rft-runtime:9"}})
-    wait_for(lambda: kube.pods("bad") and kube.pods("bad")[0].metadata.uid != uid, what="the new pod")
-    (changed,) = [e for e in kube.events("bad", "SpecChanged") if "image" in e.message]
+    wait_for(lambda: [p for p in kube.pods("bad") if p.metadata.uid != uid], what="the new pod")
+    (changed,) = wait_for(lambda: [e for e in kube.events("bad", "SpecChanged") if "image" in e.message],
+                          what="the event of the image change")
     assert changed.message.endswith("to registry.invalid/rft-runtime:9: restarting the pods with the new image")
     assert "spec.image changed from" in changed.message
 

@@ -44,6 +44,14 @@ def runtimes(api_client: Any, crd_installed: None) -> Iterator[Callable[..., str
                 pass
 
 
+def operator_sees(check: Callable[[Any], bool]) -> None:
+    """Wait until the operator (running in this process) has the runtimes `check` wants: its watch of them is
+    a stream of its own, so a job created right after a change to a runtime may otherwise be seen first."""
+    from rft_operator import handlers
+
+    wait_for(lambda: check(handlers.STATE.runtimes), what="the operator to see the runtime's change")
+
+
 def rft(pod: Any) -> Any:
     return next(c for c in pod.spec.containers if c.name == "rft")
 
@@ -81,6 +89,7 @@ def test_a_job_takes_its_runtimes_values_under_its_own_and_a_runtime_edit_restar
     uid = pod.metadata.uid
     kube.custom.patch_cluster_custom_object(GROUP, VERSION, RUNTIMES, platform,
                                             {"spec": {"image": "registry.invalid/rft-runtime:platform-2"}})
+    operator_sees(lambda s: s.get(platform).spec.get("image") == "registry.invalid/rft-runtime:platform-2")
     passes = reconciles()
     wait_for(lambda: reconciles() >= passes + 3, what="three passes after the runtime's edit")
     (still,) = kube.pods("uses")
@@ -105,6 +114,7 @@ def test_the_default_runtime_and_a_runtime_that_comes_later(kube, runtimes, runn
 
     default = runtimes({"image": "registry.invalid/rft-runtime:default", "gpus": {"resourceName": "amd.com/gpu"}},
                        default=True)
+    operator_sees(lambda s: getattr(s.default(), "name", None) == default)
     kube.create(job("plain"))
     pod = wait_for(lambda: kube.pod("plain-head"), what="the pod of a job that names no runtime")
     assert rft(pod).image == "registry.invalid/rft-runtime:default"
