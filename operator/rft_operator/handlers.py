@@ -55,6 +55,8 @@ class State:
     settings: Settings = field(default_factory=Settings)
     jobs: JobStore = field(default_factory=JobStore)
     runtimes: RuntimeStore = field(default_factory=RuntimeStore)
+    # the runtimes index changed since `runtimes` was taken from it
+    runtimes_stale: bool = True
     queue: WorkQueue | None = None
     indexes: dict[str, Any] = field(default_factory=dict)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -114,6 +116,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = Kube.from_environment()
     STATE.jobs = JobStore()
     STATE.runtimes = RuntimeStore()
+    STATE.runtimes_stale = True
     STATE.indexes = {}
     STATE.failures = {}
     STATE.queue = WorkQueue()
@@ -166,8 +169,8 @@ async def cleanup(**_: Any) -> None:
 def _remember_indexes(kwargs: dict[str, Any]) -> None:
     # kopf hands every handler its live indexes; the workers, which are not handlers, read them from here
     if not STATE.indexes:
-        STATE.indexes = {name: kwargs[name] for name in ("rft_pods", "rft_services", "rft_configmaps", "rft_claims")
-                         if name in kwargs}
+        STATE.indexes = {name: kwargs[name] for name in ("rft_pods", "rft_services", "rft_configmaps", "rft_claims",
+                                                         "rft_runtimes") if name in kwargs}
 
 
 def _wake(key: tuple[str, str], delay: float = 0.0) -> None:
@@ -192,17 +195,23 @@ async def job_event(type: str, namespace: str, name: str, body: Any, **kwargs: A
     _wake(key)
 
 
+@kopf.index(GROUP, VERSION, RUNTIME_PLURAL)
+async def rft_runtimes(name: str, body: Any, **_: Any) -> Any:
+    """Every ClusterRFTRuntime: an index, so that kopf has them all before any job is reconciled (a job
+    created while the operator was down must get the default runtime's values, not the operator's)."""
+    meta = body.get("metadata") or {}
+    kept = {"metadata": {k: meta[k] for k in ("name", "annotations", "creationTimestamp") if meta.get(k)},
+            "spec": body.get("spec") or {}}
+    return {name: pack(kept)}
+
+
 @kopf.on.event(GROUP, VERSION, RUNTIME_PLURAL)
 async def runtime_event(type: str, name: str, body: Any, **kwargs: Any) -> None:
-    """Keep every ClusterRFTRuntime; jobs waiting for one (or without a runtimeRef, for the default) wake.
-
-    Running jobs are not woken: a runtime's values reach a job's pods only when they are next created.
-    """
+    """A runtime changed: the next pass takes the runtimes from the index again; jobs waiting for this one (or
+    without a runtimeRef, for the default) wake. Running jobs are not woken: a runtime's values reach a job's
+    pods only when they are next created."""
     _remember_indexes(kwargs)
-    if type == "DELETED":
-        STATE.runtimes.forget(name)
-    else:
-        STATE.runtimes.put(body)
+    STATE.runtimes_stale = True
     for key in STATE.jobs.waiting_for_runtime(name):
         _wake(key)
 
@@ -275,6 +284,10 @@ async def _worker(queue: WorkQueue) -> None:
         try:
             job = STATE.jobs.raw(key)
             controller = STATE.controller
+            if STATE.runtimes_stale and "rft_runtimes" in STATE.indexes:
+                STATE.runtimes_stale = False
+                STATE.runtimes.replace_all(unpack(blob) for store in STATE.indexes["rft_runtimes"].values()
+                                           for blob in store)
             if job is None or controller is None:
                 next_in = None
                 continue

@@ -46,6 +46,13 @@ class RuntimeStore:
         self._items = {**self._items, meta["name"]: (runtime, _is_default(meta),
                                                     str(meta.get("creationTimestamp") or ""))}
 
+    def replace_all(self, bodies: Any) -> None:
+        """Keep exactly these runtimes (what the watch's index holds now)."""
+        fresh = RuntimeStore()
+        for body in bodies:
+            fresh.put(body)
+        self._items = fresh._items
+
     def forget(self, name: str) -> None:
         """The runtime was deleted."""
         self._items = {k: v for k, v in self._items.items() if k != name}

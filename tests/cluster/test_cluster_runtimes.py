@@ -124,3 +124,17 @@ def test_the_default_runtime_and_a_runtime_that_comes_later(kube, runtimes, runn
     rows = table(kube.api, f"/apis/{GROUP}/{VERSION}/{RUNTIMES}")
     assert rows[default]["Default"] == "true" and rows[default]["Image"] == "registry.invalid/rft-runtime:default"
     assert rows[default]["GPU"] == "amd.com/gpu" and rows[name]["Default"] is None
+
+
+def test_a_job_created_while_the_operator_was_down_gets_the_default_runtime_when_it_starts(kube, runtimes):
+    """kopf lists every runtime before any job is reconciled: the first pass already knows the default."""
+    from cluster_harness import operator_for
+
+    default = runtimes({"image": "registry.invalid/rft-runtime:while-down"}, default=True)
+    kube.create(job("early"))
+    with operator_for(kube.ns):
+        pod = wait_for(lambda: kube.pod("early-head"), what="the pod")
+        assert rft(pod).image == "registry.invalid/rft-runtime:while-down"
+        assert wait_for(lambda: kube.status("early").get("runtime")) == default
+    # never once shown waiting for a runtime or without one
+    assert not kube.events("early", "WaitingForRuntime")
