@@ -194,20 +194,32 @@ def begin(job: dict[str, Any], spec: JobSpec, config: ConfigResult | None, obser
 
 
 def held(p: Pass) -> Plan | None:
-    """An input is missing (configFrom's ConfigMap, the runtime the job names): nothing is decided without it.
+    """An input is missing (configFrom's ConfigMap, the runtime the job names): nothing new is made without it.
 
-    A job that ended stays as it is; a job with pods leaves them be (they run what they were made with) and
-    its status as it is; a job without pods is Pending, saying what it waits for. Nothing turns Failed: the
-    input may still come (a GitOps tool may apply the ConfigMap after the job).
+    A job that ended stays as it is. Pods that run keep running with what they were made with, and the status
+    stays; a head that succeeded still ends the job. Without pods, or once one failed (the next attempt
+    needs the input), the job is Pending and says what it waits for. Nothing turns Failed: the input may
+    still come (a GitOps tool may apply the ConfigMap after the job).
     """
     if p.held is None:
         return None
     if _ended(p.old):
         return _finished(p)
-    if any(not _deleting(pod) for pod in p.observed.pods):
+    live = {_name(pod): pod for pod in p.observed.pods if not _deleting(pod)}
+    head = live.get(pod_name(p.job["metadata"]["name"], "head"))
+    if head is not None and st.pod_phase(head) == "Succeeded":
+        _delete_unfinished(p.plan, live)
+        p.new["completionTime"] = p.new["completionTime"] or st.timestamp(p.now)
+        return _finish(p, st.SUCCEEDED, st.COMPLETED, "the runtime finished")
+    failed = [pod for pod in live.values() if st.pod_phase(pod) == "Failed"]
+    if live and not failed:
         p.plan.status = {k: v for k, v in p.old.items()}
         return p.plan
-    return _finish(p, st.PENDING, p.held.reason, p.held.message)
+    message = p.held.message
+    if failed:
+        message = (f"pod {_name(failed[0])} failed: {st.pod_failure(failed[0], CONTAINER)}; the next attempt is "
+                   f"{message}")
+    return _finish(p, st.PENDING, p.held.reason, message)
 
 
 def refused(p: Pass) -> Plan | None:

@@ -258,3 +258,21 @@ def test_no_event_ever_names_a_transition_from_a_phase_to_itself():
 def test_the_steps_run_in_the_documented_order():
     assert [s.__name__ for s in rc.STEPS] + ["pod_outcome"] == [
         "held", "refused", "finished_or_new_run", "children", "stale_pods", "suspended", "waiting", "pod_outcome"]
+
+
+def test_held_a_head_that_succeeded_still_ends_the_job_and_a_failed_one_waits_for_the_input():
+    job = rftjob("h")
+    job["status"] = {"phase": "Running", "reason": "PodsRunning", "message": "1 pod(s) running"}
+    done = pod("h-head", "Succeeded")
+    plan = rc.held(a_pass(job, Observed(pods=[done]), config=None,
+                          held=Waiting(st.WAITING_FOR_CONFIG_MAP, "waiting for ConfigMap x")))
+    assert (plan.status["phase"], plan.status["reason"]) == ("Succeeded", "Completed")
+    broken = pod("h-head", "Failed")
+    broken["status"]["containerStatuses"] = [{"name": "rft", "state": {"terminated": {"exitCode": 1,
+                                                                                       "reason": "Error"}}}]
+    plan = rc.held(a_pass(job, Observed(pods=[broken]), config=None,
+                          held=Waiting(st.WAITING_FOR_CONFIG_MAP, "waiting for ConfigMap x")))
+    assert (plan.status["phase"], plan.status["reason"]) == ("Pending", "WaitingForConfigMap")
+    assert plan.status["message"] == ("pod h-head failed: exit code 1 (Error); the next attempt is waiting for "
+                                      "ConfigMap x")
+    assert plan.delete == []  # the failed pod stays until the input comes and the retry is decided
