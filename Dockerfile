@@ -60,7 +60,7 @@ r.get_workflow('trinity.common.workflows.eval_workflow.MathEvalWorkflow')"; fi \
     && rft-operator --help >/dev/null \
     && find /opt/rft -name '__pycache__' -prune -exec rm -rf {} +
 # The engine image also carries the quickstart's tiny random model and task data, so the operator can be
-# smoke-tested without a Tinker account or a download (examples/rftjob-local-engine.yaml).
+# smoke-tested without a Tinker account or a download (examples/rftjobs/local-engine.yaml).
 RUN if [ "$WITH_ENGINE" = "true" ]; then \
       rft engine make-model /opt/rft/share/quickstart/model \
       && python -c "from pathlib import Path; from rft_runtime.quickstart_task import write_task_files; \

@@ -4,13 +4,21 @@ The ConfigMap carries the user's config, not `resolved_dict()`: resolving would 
 environment and absolute paths into it. The job directory is pointed at the storage mount either through
 `TRINITY_CHECKPOINT_ROOT_DIR` (when the config reads that variable, as the seeds do) or by overriding
 `checkpoint_root_dir` in the copy.
+
+What the operator needs of a validated config is small (`ConfigFacts`): the model itself is dropped after
+validation, and `ConfigCache` keeps results by content, so a job whose config did not change is not validated
+again on every pass (the models take milliseconds and tens of KB per config).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -21,22 +29,41 @@ ROOT_VAR = "TRINITY_CHECKPOINT_ROOT_DIR"
 _ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,[^}]*)?\}")
 
 
+@dataclass(frozen=True)
+class ConfigFacts:
+    """What the operator reads of a validated config to shape the pods."""
+
+    backend: str
+    algorithm: str
+    node_num: int
+    gpu_per_node: int
+    # (nodes, GPUs per node) a veRL job asks for (JobConfig.gpu_shape)
+    gpu_shape: tuple[int, int]
+
+
+def facts_of(cfg: Any) -> ConfigFacts:
+    """The facts of a validated JobConfig."""
+    return ConfigFacts(backend=cfg.backend, algorithm=cfg.algorithm.algorithm_type, node_num=cfg.cluster.node_num,
+                       gpu_per_node=int(cfg.cluster.gpu_per_node or 0), gpu_shape=tuple(cfg.gpu_shape()))
+
+
 @dataclass
 class ConfigResult:
-    """A validated config (cfg set) or the reasons it is not (issues set)."""
+    """A validated config (facts set) or the reasons it is not (issues set)."""
 
-    cfg: Any = None
-    shipped: dict[str, Any] = field(default_factory=dict)
+    facts: ConfigFacts | None = None
     text: str = ""
     pod_env: dict[str, str] = field(default_factory=dict)
     issues: list[str] = field(default_factory=list)
     # the config exactly as the user gave it (before the operator's additions): what the pods' digest covers
     source: Any = None
+    # the validated model, for callers that want more than the facts (never cached)
+    cfg: Any = None
 
     @property
     def valid(self) -> bool:
         """True when the runtime would accept this config."""
-        return self.cfg is not None and not self.issues
+        return self.facts is not None and not self.issues
 
 
 def _substitute(obj: Any, values: dict[str, str]) -> Any:
@@ -72,7 +99,8 @@ def prepare_config(config: Any, spec: JobSpec, *, job_name: str, namespace: str)
     from rft_runtime.config.secrets import redact_text
 
     if not isinstance(config, dict):
-        return ConfigResult(issues=[f"spec.config must be a mapping of sections, got {type(config).__name__}"])
+        return ConfigResult(issues=[f"spec.config must be a mapping of sections, got {type(config).__name__}"],
+                            source=config)
     shipped = copy.deepcopy(config)
     pod_env: dict[str, str] = {}
     if _uses_root_var(config):
@@ -84,13 +112,42 @@ def prepare_config(config: Any, spec: JobSpec, *, job_name: str, namespace: str)
     try:
         cfg = load_config_dict(_substitute(shipped, values), source="spec.config")
     except ConfigError as exc:
-        return ConfigResult(issues=[redact_text(str(issue)) for issue in exc.issues])
+        return ConfigResult(issues=[redact_text(str(issue)) for issue in exc.issues], source=copy.deepcopy(config))
     if cfg.backend == "verl":
         # the head pod starts Ray itself; the runtime joins it there
         shipped.setdefault("cluster", {})
         shipped["cluster"] = {**(shipped.get("cluster") or {}), "ray_address": "auto"}
     text = yaml.safe_dump(shipped, sort_keys=False, allow_unicode=True)
-    return ConfigResult(cfg=cfg, shipped=shipped, text=text, pod_env=pod_env, source=copy.deepcopy(config))
+    return ConfigResult(facts=facts_of(cfg), text=text, pod_env=pod_env, source=copy.deepcopy(config), cfg=cfg)
+
+
+class ConfigCache:
+    """`prepare_config` results by what they depend on (the config and the spec's literal env values), the
+    model dropped; least recently used entries go past `size`. Safe to share between reconcile threads."""
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self._items: OrderedDict[str, ConfigResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def prepare(self, config: Any, spec: JobSpec, *, job_name: str, namespace: str) -> ConfigResult:
+        """What `prepare_config` gives, from the cache when the same input was validated before."""
+        literal = sorted((e["name"], str(e["value"])) for e in spec.env if "name" in e and "value" in e)
+        blob = json.dumps([config, literal], sort_keys=True, separators=(",", ":"), default=str).encode()
+        key = hashlib.sha256(blob).hexdigest()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+        if hit is not None:
+            return replace(hit, source=config)  # the caller's own copy of the job
+        result = prepare_config(config, spec, job_name=job_name, namespace=namespace)
+        kept = replace(result, cfg=None, source=None)
+        with self._lock:
+            self._items[key] = kept
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return result
 
 
 def parse_config_text(text: str, where: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -7,17 +7,22 @@ list, so a new API call cannot ship without its RBAC rule.
 
 from __future__ import annotations
 
+import http.client
 import json
-import os
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
+
+from rft_operator.connection import Connection, KubeconfigError, load_connection
 
 GROUP = "rft.dev"
 VERSION = "v1alpha1"
 PLURAL = "rftjobs"
 KIND = "RFTJob"
+RUNTIME_PLURAL = "clusterrftruntimes"
+RUNTIME_KIND = "ClusterRFTRuntime"
 
 
 @dataclass(frozen=True)
@@ -43,19 +48,25 @@ class Resource:
 
 
 RFTJOBS = Resource(GROUP, VERSION, PLURAL)
+RUNTIMES = Resource(GROUP, VERSION, RUNTIME_PLURAL, namespaced=False)
 PODS = Resource("", "v1", "pods")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 SERVICES = Resource("", "v1", "services")
 PVCS = Resource("", "v1", "persistentvolumeclaims")
 EVENTS = Resource("", "v1", "events")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
+# KubeRay's RayCluster (ray.io/v1): read, never written, by jobs with spec.rayClusterRef
+RAYCLUSTERS = Resource("ray.io", "v1", "rayclusters")
 
-# (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs and children,
-# its finalizer patches on RFTJobs, its warning events), because the service account must allow them as well.
+# (resource, subresource) -> verbs. The kopf framework's own calls are listed too (watching RFTJobs, runtimes
+# and children), because the service account must allow them as well.
 API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
-    # kopf lists/watches jobs (the reconcile reads them from that watch) and patches its finalizer in
+    # kopf lists/watches jobs (the reconcile reads them from that watch); patch removes the finalizer an
+    # earlier release's kopf daemons put on each job (once per job; kopf itself adds none now)
     (RFTJOBS, None): frozenset({"list", "watch", "patch"}),
     (RFTJOBS, "status"): frozenset({"patch"}),
+    # platform runtimes, cluster-scoped: watched, never written
+    (RUNTIMES, None): frozenset({"list", "watch"}),
     # children: kopf lists/watches each kind once, label-selected (the reconcile reads those caches); the
     # controller creates and deletes them
     (PODS, None): frozenset({"list", "watch", "create", "delete"}),
@@ -65,6 +76,8 @@ API_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
     # owned claims are created once and only ever removed by garbage collection with their RFTJob
     (PVCS, None): frozenset({"list", "watch", "create"}),
     (EVENTS, None): frozenset({"create"}),
+    # spec.rayClusterRef: is the user's RayCluster ready, and what is its head Service
+    (RAYCLUSTERS, None): frozenset({"get"}),
 }
 
 # Leader election (rft_operator.leader), in the operator's own namespace only, on one Lease: kept apart so that
@@ -74,25 +87,7 @@ LEADER_CALLS: dict[tuple[Resource, str | None], frozenset[str]] = {
 }
 
 _METHOD = {"get": "GET", "list": "GET", "create": "POST", "patch": "PATCH", "delete": "DELETE"}
-
-
-def load_configuration() -> Any:
-    """In-cluster service account, else the kubeconfig KUBECONFIG names (read now, not at import time).
-
-    Both the operator's own client and kopf's login use this, so they always talk to the same server with
-    the same credentials (exec plugins and auth providers included, as the official client supports them).
-    """
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    ):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        config.load_kube_config(config_file=path.split(os.pathsep)[0], client_configuration=configuration)
-    return configuration
+REQUEST_TIMEOUT_SECONDS = 30.0
 
 
 def cluster_problem(timeout: float = 10.0) -> str | None:
@@ -102,24 +97,18 @@ def cluster_problem(timeout: float = 10.0) -> str | None:
     configuration or reachability, never about permissions the operator lacks.
     """
     try:
-        configuration = load_configuration()
-    except Exception as exc:  # no kubeconfig, a broken one, an exec plugin that fails
+        connection = load_connection()
+    except (KubeconfigError, OSError) as exc:
         return f"no usable Kubernetes configuration ({exc}); set KUBECONFIG or run in a pod with a service account"
-    from kubernetes import client
-
-    api = client.ApiClient(configuration)
+    kube = Kube(connection, timeout=timeout)
     try:
-        request = api.param_serialize("GET", "/version", header_params={"Accept": "application/json"},
-                                      auth_settings=["BearerToken"])
-        response = api.call_api(*request, _request_timeout=timeout)
-        response.read()
-        if response.status >= 400:
-            return f"the Kubernetes API server at {configuration.host} answered /version with {response.status}"
-    except Exception as exc:  # connection refused, DNS, TLS, timeout
-        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:300]
-        return f"cannot reach the Kubernetes API server at {configuration.host}: {reason}"
+        status, _, _ = kube.request("GET", "/version")
+    except KubeError as exc:
+        return f"cannot reach the Kubernetes API server at {connection.server}: {str(exc).splitlines()[0][:300]}"
     finally:
-        api.close()
+        kube.close()
+    if status >= 400:
+        return f"the Kubernetes API server at {connection.server} answered /version with {status}"
     return None
 
 
@@ -133,18 +122,92 @@ class KubeError(Exception):
 
 
 class Kube:
-    """A small JSON client over the official client's connection settings (auth, TLS, proxies)."""
+    """A small JSON client of the API server (standard library only).
 
-    def __init__(self, api_client: Any):
-        self._api = api_client
+    Each thread that calls it keeps one persistent connection: the operator's reconcile threads never wait
+    for a pool slot nor throw connections away (the official client's pool of 10 did, with 16 threads).
+    """
+
+    def __init__(self, connection: Connection | None, timeout: float = REQUEST_TIMEOUT_SECONDS):
+        self.connection = connection
+        self.timeout = timeout
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_environment(cls) -> Kube:
-        """A client with the connection settings of `load_configuration()`."""
-        from kubernetes import client
+        """A client with the connection settings of `load_connection()`."""
+        return cls(load_connection())
 
-        return cls(client.ApiClient(load_configuration()))
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        assert self.connection is not None, "Kube(None) refuses calls only; it has no server"
+        url = urlsplit(self.connection.server)
+        if url.scheme == "https":
+            with self._lock:
+                if self._ssl is None:
+                    self._ssl = self.connection.ssl_context()
+                context = self._ssl
+            conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=self.timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=self.timeout)
+        self._local.conn = conn
+        self._local.prefix = url.path.rstrip("/")
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+        self._local.conn = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+        """One HTTP exchange: (status, reason, body). A kept-alive connection the server closed meanwhile is
+        opened again once; a 401 re-reads the credentials (a rotated token, an expired exec credential)."""
+        assert self.connection is not None, "Kube(None) refuses calls only; it has no server"
+        for attempt in range(3):
+            fresh = getattr(self._local, "conn", None) is None
+            conn = self._connection()
+            sent = {"Accept": "application/json", **self.connection.headers(), **(headers or {})}
+            try:
+                conn.request(method, self._local.prefix + path, body=body, headers=sent)
+                response = conn.getresponse()
+                data = response.read()
+            except (http.client.HTTPException, ConnectionError) as exc:
+                self._drop()
+                if not fresh and attempt == 0:
+                    continue  # the server closed an idle connection: every call here is safe to send again
+                raise KubeError(0, type(exc).__name__, str(exc)) from exc
+            except OSError as exc:  # refused, unreachable, TLS, timeout
+                self._drop()
+                raise KubeError(0, type(exc).__name__, str(exc)) from exc
+            if response.will_close:
+                self._drop()
+            if response.status == 401 and attempt < 2 and (self.connection.exec_plugin or self.connection.token_file):
+                self.connection.refresh(force=True)
+                with self._lock:
+                    self._ssl = None  # an exec plugin may have handed out a new client certificate
+                self._drop()
+                continue
+            return response.status, str(response.reason or ""), data
+        raise KubeError(401, "Unauthorized", "the API server refused the credentials after they were read again")
 
     def call(
         self,
@@ -157,8 +220,10 @@ class Kube:
         subresource: str | None = None,
         params: dict[str, str] | None = None,
         patch_type: str = "merge",
+        answer: bool = True,
     ) -> Any:
-        """One API call, refused unless API_CALLS allows (resource, subresource, verb)."""
+        """One API call, refused unless API_CALLS allows (resource, subresource, verb); its answer decoded
+        (`answer=False`: None, the object the server sends back is not parsed)."""
         allowed = API_CALLS.get((resource, subresource), frozenset()) | LEADER_CALLS.get((resource, subresource),
                                                                                          frozenset())
         if verb not in allowed:
@@ -166,32 +231,27 @@ class Kube:
                 f"{verb} on {resource.plural}{'/' + subresource if subresource else ''} is not in API_CALLS; "
                 "add it there so that the RBAC rules cover it"
             )
-        headers = {"Accept": "application/json"}
+        headers = {}
         if verb == "patch":
             headers["Content-Type"] = f"application/{patch_type}-patch+json"
         elif body is not None:
             headers["Content-Type"] = "application/json"
         path = resource.path(namespace, name, subresource)
-        query = list((params or {}).items()) or None
-        request = self._api.param_serialize(
-            _METHOD[verb], path, query_params=query, header_params=headers, body=body,
-            auth_settings=["BearerToken"],
-        )
-        try:
-            response = self._api.call_api(*request, _request_timeout=30)
-            response.read()
-        except Exception as exc:  # urllib3 / ssl errors: the server was not reached
-            status = getattr(exc, "status", 0) or 0
-            raise KubeError(status, type(exc).__name__, str(exc)) from exc
-        text = response.data.decode("utf-8") if response.data else ""
-        if not 200 <= response.status < 300:
-            reason, message = str(response.reason or ""), text
+        if params:
+            path += "?" + urlencode(params)
+        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        status, reason, raw = self.request(_METHOD[verb], path, data, headers)
+        if 200 <= status < 300 and not answer:
+            return None
+        text = raw.decode("utf-8") if raw else ""
+        if not 200 <= status < 300:
+            message = text
             try:
                 payload = json.loads(text)
                 reason, message = payload.get("reason", reason), payload.get("message", message)
             except ValueError:
                 pass
-            raise KubeError(response.status, reason, message)
+            raise KubeError(status, reason, message)
         return json.loads(text) if text else None
 
     # ---- conveniences with the idempotent behaviour reconciliation needs
@@ -219,7 +279,7 @@ class Kube:
     def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> bool:
         """Create; False when it already exists (a replayed event or a restart, not an error)."""
         try:
-            self.call("create", resource, namespace, body=body)
+            self.call("create", resource, namespace, body=body, answer=False)
             return True
         except KubeError as exc:
             if exc.status == 409:
@@ -229,7 +289,7 @@ class Kube:
     def delete(self, resource: Resource, namespace: str, name: str) -> bool:
         """Delete in the background; False when it was already gone."""
         try:
-            self.call("delete", resource, namespace, name, body={"propagationPolicy": "Background"})
+            self.call("delete", resource, namespace, name, body={"propagationPolicy": "Background"}, answer=False)
             return True
         except KubeError as exc:
             if exc.status == 404:

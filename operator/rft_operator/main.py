@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# kopf imports these when they are installed, at its import and when its first handler is registered, only
+# to recognise their model classes and to offer their logins; the operator hands kopf plain dicts and logs in
+# itself (rft_operator.connection), and the kubernetes client alone is ~30 MB of memory
+KOPF_OPTIONAL_CLIENTS = ("kubernetes", "kubernetes_asyncio", "pykube")
+
+
+@contextlib.contextmanager
+def without_optional_clients() -> Iterator[None]:
+    """Within the block, the client libraries kopf would import for nothing look absent (afterwards they
+    are importable again)."""
+    blocked = [name for name in KOPF_OPTIONAL_CLIENTS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `rft-operator` console script."""
     args = build_parser().parse_args(argv)
@@ -63,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    import kopf
+    with without_optional_clients():
+        import kopf
 
-    import rft_operator.handlers  # noqa: F401  (registers the handlers)
+        import rft_operator.handlers  # noqa: F401  (registers the handlers)
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,16 +10,32 @@ from rft_operator.kube import API_CALLS, LEADER_CALLS
 _NAMEABLE = frozenset({"get", "patch", "update", "delete"})
 
 
-def required_rules() -> list[dict[str, Any]]:
-    """ClusterRole/Role rules: exactly the API groups, resources and verbs in `kube.API_CALLS`."""
+def _rules(cluster_scoped: bool | None) -> list[dict[str, Any]]:
     merged: dict[tuple[str, str], set[str]] = {}
     for (resource, subresource), verbs in API_CALLS.items():
+        if cluster_scoped is not None and resource.namespaced == cluster_scoped:
+            continue
         name = resource.plural + (f"/{subresource}" if subresource else "")
         merged.setdefault((resource.group, name), set()).update(verbs)
     return [
         {"apiGroups": [group], "resources": [name], "verbs": sorted(verbs)}
         for (group, name), verbs in sorted(merged.items())
     ]
+
+
+def required_rules() -> list[dict[str, Any]]:
+    """ClusterRole rules: exactly the API groups, resources and verbs in `kube.API_CALLS`."""
+    return _rules(None)
+
+
+def namespaced_rules() -> list[dict[str, Any]]:
+    """The rules on namespaced resources: what a Role grants in each namespace a namespaced operator watches."""
+    return _rules(False)
+
+
+def cluster_scoped_rules() -> list[dict[str, Any]]:
+    """The rules on cluster-scoped resources (the runtimes): a ClusterRole even for a namespaced operator."""
+    return _rules(True)
 
 
 def leader_election_rules(lease_name: str) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ class Settings:
     scrape_timeout_seconds: float = 5.0
     # A spec.configFrom ConfigMap (the user's, not watched) is read again at most this often.
     config_from_refresh_seconds: float = 60.0
+    # The RayCluster of spec.rayClusterRef is read again at most this often while a job waits for it.
+    ray_cluster_refresh_seconds: float = 5.0
     # Several replicas: only the holder of the Lease `lease_namespace`/`lease_name` reconciles (see leader.py).
     leader_elect: bool = False
     lease_name: str = "rft-operator"
@@ -58,6 +60,8 @@ class Settings:
             scrape_timeout_seconds=float(_env("SCRAPE_TIMEOUT_SECONDS", str(cls.scrape_timeout_seconds))),
             config_from_refresh_seconds=float(_env("CONFIG_FROM_REFRESH_SECONDS",
                                                    str(cls.config_from_refresh_seconds))),
+            ray_cluster_refresh_seconds=float(_env("RAY_CLUSTER_REFRESH_SECONDS",
+                                                   str(cls.ray_cluster_refresh_seconds))),
             workers=int(_env("WORKERS", str(cls.workers))),
             leader_elect=_env("LEADER_ELECT", "false").strip().lower() in ("1", "true", "yes"),
             lease_name=_env("LEASE_NAME", cls.lease_name),

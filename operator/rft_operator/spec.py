@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rft_operator.runtimes import Runtime, effective_spec
+
 DEFAULT_IMAGE = "ghcr.io/rft-platform/rft-runtime:0.1.0"
 # The GPU image (CUDA, trinity-rft with its vllm extra, Ray): what veRL jobs without spec.image run.
 DEFAULT_VERL_IMAGE = DEFAULT_IMAGE + "-verl"
@@ -66,13 +68,32 @@ class JobSpec:
     # spec.gpus: the extended resource veRL pods request, and how many (None: cluster.gpu_per_node)
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     gpus_per_node: int | None = None
+    # the ClusterRFTRuntime applied (None: none), and its pod template, merged before the job's own
+    runtime: str | None = None
+    runtime_pod_template: dict[str, Any] | None = None
+    # Kueue: the runtime's queue and priority class (the job's own labels win: builders.kueue_queue)
+    queue_name: str | None = None
+    queue_priority: str | None = None
+    # spec.rayClusterRef.name: a KubeRay RayCluster in the job's namespace that runs the workflow runners
+    ray_cluster: str | None = None
+    # its head Service, as the RayCluster's status names it (set by the controller once it has read it)
+    ray_cluster_service: str | None = None
     # the spec as the user wrote it: what the pods' digest covers (podhash), never the defaults filled above
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
+
+
 def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE,
-               default_verl_image: str | None = None) -> JobSpec:
-    """The typed spec; values the CRD schema already bounds are taken as given."""
+               default_verl_image: str | None = None, runtime: Runtime | None = None) -> JobSpec:
+    """The typed spec, the runtime's values under the job's own (`runtimes.effective_spec`); values the CRD
+    schema already bounds are taken as given."""
+    raw = spec
+    rt = runtime.spec if runtime else {}
+    spec = effective_spec(spec, runtime)
+    kueue = rt.get("kueue") or {}
     storage_in = spec.get("storage") or {}
     storage = Storage(
         existing_claim=storage_in.get("existingClaim") or None,
@@ -89,7 +110,7 @@ def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE,
     gpus = spec.get("gpus") or {}
     roles = spec.get("roleTemplates") or {}
     return JobSpec(
-        image=spec.get("image") or default_image,
+        image=spec.get("image") or rt.get("image") or default_image,
         image_pull_policy=spec.get("imagePullPolicy"),
         resources=dict(spec.get("resources") or {}),
         env=list(spec.get("env") or []),
@@ -109,10 +130,15 @@ def parse_spec(spec: dict[str, Any], default_image: str = DEFAULT_IMAGE,
         metrics_enabled=bool(metrics.get("enabled", True)),
         progress_deadline_seconds=spec.get("progressDeadlineSeconds"),
         requested_image=spec.get("image") or None,
-        verl_image=default_verl_image or DEFAULT_VERL_IMAGE,
+        verl_image=rt.get("verlImage") or default_verl_image or DEFAULT_VERL_IMAGE,
         pod_template=spec.get("podTemplate") or None,
         role_templates={role: roles[role] for role in ROLES if roles.get(role)},
-        gpu_resource=gpus.get("resourceName") or DEFAULT_GPU_RESOURCE,
+        gpu_resource=gpus.get("resourceName") or (rt.get("gpus") or {}).get("resourceName") or DEFAULT_GPU_RESOURCE,
         gpus_per_node=gpus.get("perNode"),
-        raw=dict(spec),
+        runtime=runtime.name if runtime else None,
+        runtime_pod_template=rt.get("podTemplate") or None,
+        queue_name=kueue.get("queueName") or None,
+        queue_priority=kueue.get("priorityClass") or None,
+        ray_cluster=(spec.get("rayClusterRef") or {}).get("name") or None,
+        raw=dict(raw),
     )

@@ -13,7 +13,13 @@ TERMINAL = (SUCCEEDED, FAILED)
 INVALID_CONFIG = "InvalidConfig"
 INVALID_SPEC = "InvalidSpec"
 WAITING_FOR_ADMISSION = "WaitingForAdmission"
+# Pending, waiting for something that may still come (the Ready condition carries the reason and what)
+WAITING_FOR_CONFIG_MAP = "WaitingForConfigMap"
+WAITING_FOR_SECRET = "WaitingForSecret"
+WAITING_FOR_RUNTIME = "WaitingForRuntime"
+WAITING_FOR_RAY_CLUSTER = "WaitingForRayCluster"
 RUNTIME_REFUSED = "RuntimeRefused"
+# an earlier release failed jobs with this reason while their configFrom ConfigMap was missing (not final)
 CONFIG_NOT_FOUND = "ConfigNotFound"
 BACKOFF_LIMIT = "BackoffLimitExceeded"
 DEADLINE = "DeadlineExceeded"
@@ -31,7 +37,7 @@ PROGRESSING = "Progressing"
 
 CONDITION_TYPES = ("Ready", "Complete", "Failed", "Suspended", "Stalled")
 WARNING_REASONS = {INVALID_CONFIG, INVALID_SPEC, CONFIG_NOT_FOUND, BACKOFF_LIMIT, DEADLINE, RETRYING, NO_PROGRESS,
-                   RUNTIME_REFUSED}
+                   RUNTIME_REFUSED, WAITING_FOR_CONFIG_MAP, WAITING_FOR_SECRET, WAITING_FOR_RUNTIME}
 # The runtime's exit status for a job it refuses to start (bad config, an image without what the backend
 # needs): the same pod would fail the same way again, so it is not retried.
 REFUSED_EXIT_CODE = 2
@@ -96,12 +102,18 @@ def build_conditions(
 def transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(type, reason, message) for each change a user should hear about: phase/reason, and stalls."""
     events = []
-    if (old.get("phase"), old.get("reason")) != (new.get("phase"), new.get("reason")):
-        kind = "Warning" if new.get("phase") == FAILED or new.get("reason") in WARNING_REASONS else "Normal"
-        text = f"{old.get('phase') or 'New'} -> {new['phase']}"
+    before, after = old.get("phase"), new.get("phase")
+    if (before, old.get("reason")) != (after, new.get("reason")):
+        kind = "Warning" if after == FAILED or new.get("reason") in WARNING_REASONS else "Normal"
+        if not before:
+            text = str(after)  # the job's first status: no transition to name
+        elif before != after:
+            text = f"{before} -> {after}"
+        else:  # the phase stays: name what changed within it
+            text = f"{after}: {old.get('reason') or 'no reason'} -> {new.get('reason')}"
         if new.get("message"):
             text += f": {new['message']}"
-        events.append((kind, new.get("reason") or new["phase"], text))
+        events.append((kind, new.get("reason") or after, text))
     was = _cond(old, "Stalled")
     now_ = _cond(new, "Stalled")
     stalled_now = now_ and now_.get("status") == "True" and new.get("phase") != FAILED
@@ -139,6 +151,15 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return f"Unschedulable: {cond.get('message', '')}".rstrip(": ")
     return None
+
+
+def pod_waits_for_secret(pod: dict[str, Any]) -> bool:
+    """True while the kubelet cannot start a container for a Secret (or a key of one) that does not exist yet."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == "CreateContainerConfigError" and "secret" in (waiting.get("message") or "").lower():
+            return True
+    return False
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:

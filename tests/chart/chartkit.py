@@ -64,6 +64,8 @@ def pruned_fields(obj: Any, schema: dict, path: str = "") -> list[str]:
     """Fields the API server would silently drop (pruning): set in `obj`, declared nowhere in `schema`."""
     if schema.get("x-kubernetes-preserve-unknown-fields") and "properties" not in schema:
         return []
+    if path == ".metadata":
+        return []  # the object's metadata: the server keeps it whole (a CRD schema may only bound name)
     if isinstance(obj, dict):
         props = schema.get("properties")
         extra = schema.get("additionalProperties")

@@ -81,7 +81,7 @@ def test_pod_monitor_selects_the_pods_the_operator_builds(render):
     from rft_operator.jobconfig import prepare_config
     from rft_operator.spec import parse_spec
 
-    job = yaml.safe_load((REPO / "examples" / "rftjob-tinker.yaml").read_text())
+    job = yaml.safe_load((REPO / "examples" / "rftjobs" / "tinker.yaml").read_text())
     job["metadata"].update(namespace="ml", uid="0000-test")
     spec = parse_spec(job["spec"])
     config = prepare_config(job["spec"]["config"], spec, job_name=job["metadata"]["name"], namespace="ml")

@@ -18,6 +18,7 @@ from chartkit import CHART, find_helm
 
 pytestmark = pytest.mark.cluster
 CRD_NAME = "rftjobs.rft.dev"
+CRD_NAMES = (CRD_NAME, "clusterrftruntimes.rft.dev")
 
 
 @pytest.fixture()
@@ -76,12 +77,14 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
 
     helm, api_client, namespace = cluster_helm
     ext = client.ApiextensionsV1Api(api_client)
-    try:
-        ext.read_custom_resource_definition(CRD_NAME)
-        crd_preexists = True
-    except client.exceptions.ApiException as err:
-        assert err.status == 404
-        crd_preexists = False
+    preexisting = []
+    for name in CRD_NAMES:
+        try:
+            ext.read_custom_resource_definition(name)
+            preexisting.append(name)
+        except client.exceptions.ApiException as err:
+            assert err.status == 404
+    crd_preexists = bool(preexisting)
     install_crd = "false" if crd_preexists else "true"
     helm("install", "rft", str(CHART), "--set", f"crds.install={install_crd}")
     sa = "rft-operator"
@@ -105,7 +108,8 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
         assert not _allowed(api_client, sa, namespace, group, resource, verb, sub), (resource, verb, sub)
 
     # leader election: the release's own Lease in the release namespace, and nothing else
-    lease = "rft-rft-operator"
+    (deployment,) = client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items
+    lease = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}["RFT_OPERATOR_LEASE_NAME"]
     for verb in ("get", "patch"):
         assert _allowed(api_client, sa, namespace, "coordination.k8s.io", "leases", verb, where=namespace,
                         name=lease), verb
@@ -115,7 +119,8 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
     assert not _allowed(api_client, sa, namespace, "coordination.k8s.io", "leases", "patch", name=lease)
 
     if crd_preexists:
-        pytest.skip("the RFTJob CRD existed before the test: not upgrading or uninstalling a CRD it did not install")
+        pytest.skip(f"{', '.join(preexisting)} existed before the test: not upgrading or uninstalling a CRD it "
+                    "did not install")
     changed = tmp_path / "rft-operator"
     shutil.copytree(CHART, changed)
     crd_file = changed / "files" / "crds" / "rftjob.yaml"
@@ -135,8 +140,9 @@ def test_install_grants_exactly_the_operators_rules_and_upgrade_updates_the_crd(
         time.sleep(1)
 
     helm("uninstall", "rft")
-    assert ext.read_custom_resource_definition(CRD_NAME)  # kept: helm.sh/resource-policy: keep
-    ext.delete_custom_resource_definition(CRD_NAME)  # this test created it
+    for name in CRD_NAMES:
+        assert ext.read_custom_resource_definition(name)  # kept: helm.sh/resource-policy: keep
+        ext.delete_custom_resource_definition(name)  # this test created it
 
 
 def _user_may(api_client, user: str, namespace: str, verb: str, subresource: str = "") -> bool:
@@ -156,7 +162,7 @@ def test_namespace_users_with_the_builtin_edit_and_view_roles_get_rftjobs(cluste
 
     helm, api_client, namespace = cluster_helm
     rbac = client.RbacAuthorizationV1Api(api_client)
-    for name in ("rft-rftjob-edit", "rft-rftjob-view"):
+    for name in ("rft-rftjob-edit", "rft-rftjob-view", "rft-runtime-view", "rft-runtime-admin"):
         try:
             rbac.read_cluster_role(name)
             pytest.skip(f"ClusterRole {name} exists already (another release owns it)")
@@ -180,3 +186,30 @@ def test_namespace_users_with_the_builtin_edit_and_view_roles_get_rftjobs(cluste
     assert not _user_may(api_client, viewer, namespace, "create")
     assert not _user_may(api_client, stranger, namespace, "get")
     assert not _user_may(api_client, editor, "kube-system", "create"), "the binding is per namespace"
+
+    # ClusterRFTRuntimes: every user may read them, only the platform team (rft-runtime-admin) writes them
+    platform = f"rft-test-platform-{namespace}"
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": platform},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rft-runtime-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": platform}]})
+    try:
+        for user in (editor, viewer, stranger):
+            for verb in ("get", "list", "watch"):
+                assert _user_may_runtimes(api_client, user, verb), (user, verb)
+            for verb in ("create", "patch", "delete"):
+                assert not _user_may_runtimes(api_client, user, verb), (user, verb)
+        for verb in ("create", "patch", "update", "delete"):
+            assert _user_may_runtimes(api_client, platform, verb), verb
+    finally:
+        rbac.delete_cluster_role_binding(platform)
+
+
+def _user_may_runtimes(api_client, user: str, verb: str) -> bool:
+    from kubernetes import client
+
+    review = client.AuthorizationV1Api(api_client).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["system:authenticated"],
+                 "resourceAttributes": {"group": "rft.dev", "resource": "clusterrftruntimes", "verb": verb}}})
+    return bool(review.status.allowed)

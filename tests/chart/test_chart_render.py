@@ -192,9 +192,9 @@ def test_rbac_equals_the_operators_api_calls(render):
     from rft_operator.rbac import required_rules
 
     objects = render()
-    (role,) = [r for r in by_kind(objects, "ClusterRole") if not _aggregated(r)]
+    (role,) = [r for r in by_kind(objects, "ClusterRole") if not _user_role(r)]
     assert _normalise(role["rules"]) == _normalise(required_rules()), _fix_hint(required_rules())
-    binding = one(objects, "ClusterRoleBinding")
+    (binding,) = [b for b in by_kind(objects, "ClusterRoleBinding") if not _user_role(b)]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
     sa = one(objects, "ServiceAccount")["metadata"]
@@ -235,16 +235,21 @@ def test_rbac_leader_rules_file_is_generated_from_the_code():
 
 @pytest.mark.parametrize("name,namespaces", [("namespaced", [NAMESPACE]),
                                              ("namespaced-two", ["team-a", "team-b"])])
-def test_rbac_namespaced_mode_grants_nothing_cluster_wide(render, name, namespaces):
-    from rft_operator.rbac import required_rules
+def test_rbac_namespaced_mode_grants_cluster_wide_only_the_reading_of_runtimes(render, name, namespaces):
+    from rft_operator.rbac import cluster_scoped_rules, namespaced_rules
 
     objects = render(VALUE_SETS[name])
-    # the only cluster-scoped roles are the users' aggregated ones, bound to no one (rbac.userRoles.create)
-    assert all(_aggregated(r) for r in by_kind(objects, "ClusterRole")) and not by_kind(objects, "ClusterRoleBinding")
+    # cluster-wide: the users' roles, and the operator's ClusterRole that may only read ClusterRFTRuntimes
+    (operator_role,) = [r for r in by_kind(objects, "ClusterRole") if not _user_role(r)]
+    assert set(_normalise(operator_role["rules"])) == set(_normalise(cluster_scoped_rules())) == {
+        ("rft.dev", "clusterrftruntimes", "list"), ("rft.dev", "clusterrftruntimes", "watch")}
+    (binding,) = [b for b in by_kind(objects, "ClusterRoleBinding") if not _user_role(b)]
+    assert binding["roleRef"]["name"] == operator_role["metadata"]["name"]
+    assert binding["subjects"][0]["kind"] == "ServiceAccount"
     roles = job_roles(objects)
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     for role in roles:
-        assert _normalise(role["rules"]) == _normalise(required_rules()), _fix_hint(required_rules())
+        assert _normalise(role["rules"]) == _normalise(namespaced_rules()), _fix_hint(namespaced_rules())
     bindings = job_roles(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for binding in bindings:
@@ -259,9 +264,36 @@ def _aggregated(role: dict) -> bool:
     return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"].get("labels", {}))
 
 
+USER_ROLES = {"rft-rftjob-edit", "rft-rftjob-view", "rft-runtime-view", "rft-runtime-admin"}
+
+
+def _user_role(obj: dict) -> bool:
+    """A ClusterRole (or the binding of one) for people, not for the operator."""
+    return obj["metadata"]["name"] in USER_ROLES
+
+
+def test_users_may_read_runtimes_and_only_the_runtime_admin_role_writes_them(render):
+    objects = render()
+    roles = {r["metadata"]["name"]: r for r in by_kind(objects, "ClusterRole") if _user_role(r)}
+    view, admin = roles["rft-runtime-view"], roles["rft-runtime-admin"]
+    assert set(_normalise(view["rules"])) == {("rft.dev", "clusterrftruntimes", v) for v in ("get", "list", "watch")}
+    assert ("rft.dev", "clusterrftruntimes", "create") in _normalise(admin["rules"])
+    # no namespace role may write a cluster-scoped runtime: only the unbound admin role writes
+    writers = [r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")
+               if any(res == "clusterrftruntimes" and verb in ("create", "update", "patch", "delete")
+                      for _, res, verb in _normalise(r["rules"]))]
+    assert writers == ["rft-runtime-admin"]
+    bindings = {b["roleRef"]["name"]: b for b in by_kind(objects, "ClusterRoleBinding") if _user_role(b)}
+    assert set(bindings) == {"rft-runtime-view"}
+    assert bindings["rft-runtime-view"]["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}]
+    private = render({"rbac": {"userRoles": {"create": True, "runtimesReadableByAll": False}}})
+    assert not [b for b in by_kind(private, "ClusterRoleBinding") if _user_role(b)]
+
+
 def test_users_with_the_builtin_roles_get_rftjobs_through_aggregation(render):
     roles = {r["metadata"]["name"]: r for r in by_kind(render(), "ClusterRole") if _aggregated(r)}
-    assert set(roles) == {"rft-rftjob-edit", "rft-rftjob-view"}
+    assert set(roles) == {"rft-rftjob-edit", "rft-rftjob-view", "rft-runtime-view"}
     edit, view = roles["rft-rftjob-edit"], roles["rft-rftjob-view"]
     assert {k: v for k, v in edit["metadata"]["labels"].items() if "aggregate" in k} == {
         "rbac.authorization.k8s.io/aggregate-to-admin": "true", "rbac.authorization.k8s.io/aggregate-to-edit": "true"}
@@ -273,7 +305,8 @@ def test_users_with_the_builtin_roles_get_rftjobs_through_aggregation(render):
     assert not [r for r in _normalise(edit["rules"]) if r[1] == "rftjobs/status" and r[2] != "get"]
     assert {v for _, _, v in _normalise(view["rules"])} == {"get", "list", "watch"}
     # no binding: the built-in roles carry them to whoever holds admin, edit or view in a namespace
-    assert not [b for b in by_kind(render(), "ClusterRoleBinding") if b["roleRef"]["name"] in roles]
+    assert not [b for b in by_kind(render(), "ClusterRoleBinding")
+                if b["roleRef"]["name"] in roles and b["roleRef"]["name"] != "rft-runtime-view"]
     assert not [r for r in by_kind(render({"rbac": {"userRoles": {"create": False}}}), "ClusterRole") if _aggregated(r)]
 
 
@@ -305,9 +338,11 @@ def test_network_policy_lets_the_operator_reach_the_metrics_port_of_job_pods(ren
 
 
 def test_rbac_rules_file_is_generated_from_the_code():
-    from sync_chart import rules_text
+    from sync_chart import cluster_rules_text, rules_text
 
     assert (CHART / "files" / "rbac-rules.yaml").read_text() == rules_text(), "run `python tests/chart/sync_chart.py`"
+    assert (CHART / "files" / "rbac-cluster-rules.yaml").read_text() == cluster_rules_text(), \
+        "run `python tests/chart/sync_chart.py`"
 
 
 def test_rbac_has_no_wildcards_or_escalation(render):
@@ -320,14 +355,29 @@ def test_rbac_has_no_wildcards_or_escalation(render):
                 assert not {"secrets", "roles", "clusterroles", "rolebindings"} & set(rule["resources"]), rule
 
 
-def test_crd_in_templates_is_the_repositorys_crd(render):
+CRD_FILES = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+
+
+def crd_named(objects: list[dict], name: str) -> dict:
+    (crd,) = [o for o in by_kind(objects, "CustomResourceDefinition") if o["metadata"]["name"] == name]
+    return crd
+
+
+def test_the_chart_carries_every_crd_of_the_repository():
+    assert CRD_FILES == ["clusterrftruntime.yaml", "rftjob.yaml"]
+    assert sorted(p.name for p in (CHART / "files" / "crds").glob("*.yaml")) == CRD_FILES, \
+        "run `python tests/chart/sync_chart.py`"
+
+
+@pytest.mark.parametrize("file", CRD_FILES)
+def test_crd_in_templates_is_the_repositorys_crd(render, file):
     """The chart's copy is byte-identical to crds/, and what helm renders is that CRD (plus the chart's labels)."""
-    source = REPO / "crds" / "rftjob.yaml"
-    copy_in_chart = CHART / "files" / "crds" / "rftjob.yaml"
+    source = REPO / "crds" / file
+    copy_in_chart = CHART / "files" / "crds" / file
     assert copy_in_chart.read_bytes() == source.read_bytes(), (
-        "the chart's CRD differs from crds/rftjob.yaml: run `python tests/chart/sync_chart.py`")
+        f"the chart's CRD differs from crds/{file}: run `python tests/chart/sync_chart.py`")
     expected = yaml.safe_load(source.read_text())
-    rendered = one(render(), "CustomResourceDefinition")
+    rendered = crd_named(render(), expected["metadata"]["name"])
     labels = rendered["metadata"].pop("labels")
     annotations = rendered["metadata"].pop("annotations")
     assert annotations["helm.sh/resource-policy"] == "keep"
@@ -341,33 +391,37 @@ def test_crd_in_templates_is_the_repositorys_crd(render):
     assert [v["name"] for v in rendered["spec"]["versions"]] == [v["name"] for v in expected["spec"]["versions"]]
 
 
-def test_crd_reads_the_same_in_kubernetes(render):
+@pytest.mark.parametrize("file", CRD_FILES)
+def test_crd_reads_the_same_in_kubernetes(render, file):
     """helm and kubectl parse YAML 1.1 with Go's sigs.k8s.io/yaml, where an unquoted `n` or `y` is a boolean.
 
     The chart's CRD goes through that parser (fromYaml); it must come out as the schema Python reads from
-    crds/rftjob.yaml, or the cluster gets a different schema (e.g. a property named "false" instead of "n").
+    crds/, or the cluster gets a different schema (e.g. a property named "false" instead of "n").
     """
-    expected = yaml.safe_load((REPO / "crds" / "rftjob.yaml").read_text())
-    rendered = one(render(), "CustomResourceDefinition")
+    expected = yaml.safe_load((REPO / "crds" / file).read_text())
+    rendered = crd_named(render(), expected["metadata"]["name"])
     assert rendered["spec"] == expected["spec"], (
         "crds/rftjob.yaml reads differently in Kubernetes' YAML parser; quote keys and values such as "
         "n, y, N, Y in the generator: " + _first_difference(rendered["spec"], expected["spec"]))
 
 
-def test_crd_fits_client_side_apply():
+@pytest.mark.parametrize("file", CRD_FILES)
+def test_crd_fits_client_side_apply(file):
     """kubectl's client-side apply stores the object in a 256 KiB annotation; the CRD must fit (it embeds the
     whole job-config schema, which is how other operators' CRDs outgrew plain `kubectl apply`)."""
-    crd = yaml.safe_load((REPO / "crds" / "rftjob.yaml").read_text())
+    crd = yaml.safe_load((REPO / "crds" / file).read_text())
     size = len(json.dumps(crd, separators=(",", ":")))
     assert size < 262144, f"the CRD is {size} bytes as JSON: only server-side apply can install it"
 
 
 def test_crds_off_and_no_keep(render):
     assert not by_kind(render(VALUE_SETS["crds-off"]), "CustomResourceDefinition")
-    crd = one(render({"crds": {"keep": False}}), "CustomResourceDefinition")
-    annotations = crd["metadata"].get("annotations") or {}
-    assert "helm.sh/resource-policy" not in annotations
-    assert annotations["argocd.argoproj.io/sync-options"] == "ServerSideApply=true"
+    crds = by_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert len(crds) == len(CRD_FILES)
+    for crd in crds:
+        annotations = crd["metadata"].get("annotations") or {}
+        assert "helm.sh/resource-policy" not in annotations
+        assert annotations["argocd.argoproj.io/sync-options"] == "ServerSideApply=true"
 
 
 def test_no_crds_directory_in_chart():
@@ -387,8 +441,8 @@ def _normalise(rules: list[dict]) -> list[tuple]:
 
 def _fix_hint(rules: list[dict]) -> str:
     text = yaml.safe_dump(rules, default_flow_style=None, sort_keys=False)
-    return ("charts/rft-operator/files/rbac-rules.yaml must hold rft_operator.rbac.required_rules() "
-            f"(run `python tests/chart/sync_chart.py`):\n{text}")
+    return ("charts/rft-operator/files/rbac-rules.yaml and rbac-cluster-rules.yaml must hold rft_operator.rbac's "
+            f"rules (run `python tests/chart/sync_chart.py`):\n{text}")
 
 
 def _first_difference(a, b, path: str = "") -> str:

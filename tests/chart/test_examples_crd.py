@@ -10,7 +10,7 @@ import yaml
 from chartkit import REPO, pruned_fields, to_jsonschema
 
 CRD = yaml.safe_load((REPO / "crds" / "rftjob.yaml").read_text())
-EXAMPLES = sorted((REPO / "examples").glob("rftjob-*.yaml"))
+EXAMPLES = sorted((REPO / "examples" / "rftjobs").glob("*.yaml"))
 GITOPS_SAMPLES = sorted((REPO / "gitops" / "argocd" / "resource_customizations" / "rft.dev" / "RFTJob" /
                          "testdata").glob("*.yaml"))
 
@@ -27,7 +27,7 @@ def _validator() -> jsonschema.Draft4Validator:
 
 
 def test_there_are_examples():
-    assert EXAMPLES, "examples/rftjob-*.yaml: the operator's example RFTJobs are missing"
+    assert EXAMPLES, "examples/rftjobs/*.yaml: the operator's example RFTJobs are missing"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -108,7 +108,7 @@ def test_health_check_follows_a_job_through_the_operators_lifecycle():
     from rft_operator.spec import parse_spec
 
     def job(**spec_changes: Any) -> dict:
-        body = yaml.safe_load((REPO / "examples" / "rftjob-tinker.yaml").read_text())
+        body = yaml.safe_load((REPO / "examples" / "rftjobs" / "tinker.yaml").read_text())
         body["metadata"].update(namespace="ml", uid="u-1", generation=1)
         body["spec"].update(spec_changes)
         return body

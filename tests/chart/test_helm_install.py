@@ -95,7 +95,8 @@ def test_install_upgrade_uninstall(cluster, render, tmp_path):
         assert stored is not None, f"{obj['kind']} {obj['metadata']['name']} was not created"
         assert stored["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
     crd = server.get(CRD_PATH)
-    chart_crd = next(o for o in rendered if o["kind"] == "CustomResourceDefinition")
+    chart_crd = next(o for o in rendered if o["kind"] == "CustomResourceDefinition"
+                     and o["metadata"]["name"] == "rftjobs.rft.dev")
     assert crd["spec"]["versions"] == chart_crd["spec"]["versions"]
     role = next(o for o in rendered if o["kind"] == "ClusterRole")
     assert server.get(_path(role))["rules"] == role["rules"]

@@ -1,7 +1,8 @@
 """A real Kubernetes API server named by KUBECONFIG, a throw-away namespace, and the operator watching it.
 
-Everything here skips (with the reason) when KUBECONFIG names no reachable cluster. The tests assume nothing
-beyond a conformant API server: pods need not be schedulable, images need not be pullable.
+Everything here skips (with the reason) when KUBECONFIG names no reachable cluster; `.ci/run` starts one
+(../shared/k8s's control plane) when its binaries are built on the machine. The tests assume nothing beyond a
+conformant API server: pods need not be schedulable, images need not be pullable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_harness import GROUP, PLURAL, ROOT, VERSION, operator_for, wait_for
+from cluster_harness import GROUP, ROOT, RUNTIMES, VERSION, Kube, install_crd, operator_for
+
+WHERE = ("they run in CI, where .ci/run starts the ../shared/k8s control plane when its binaries are built "
+         "(../shared/k8s/build.sh), or against any cluster KUBECONFIG names")
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +27,8 @@ def api_client() -> Any:
     path = os.environ.get("KUBECONFIG", "")
     files = [p for p in path.split(os.pathsep) if p]
     if not files:
-        pytest.skip("KUBECONFIG is not set: no cluster to test against")
+        why = os.environ.get("RFT_NO_CLUSTER_REASON")
+        pytest.skip(f"KUBECONFIG is not set: no cluster to test against{f' ({why})' if why else ''}; {WHERE}")
     if not all(Path(p).is_file() for p in files):
         pytest.skip(f"KUBECONFIG names no readable file: {path}")
     from kubernetes import client, config
@@ -40,28 +45,25 @@ def api_client() -> Any:
 
 @pytest.fixture(scope="session")
 def crd_installed(api_client: Any) -> None:
-    """The RFTJob CRD from crds/ (created when absent; an installed one is left as it is)."""
+    """The CRDs of crds/ (RFTJob, ClusterRFTRuntime), and no default runtime the tests did not make (it would
+    shape every test's pods)."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    ext = client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load((ROOT / "crds" / "rftjob.yaml").read_text())
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        install_crd(api_client, yaml.safe_load(path.read_text()))
+    from rft_operator.runtimes import DEFAULT_ANNOTATION
 
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
-
-    wait_for(established, 60, "the CRD to be established")
+    runtimes = client.CustomObjectsApi(api_client).list_cluster_custom_object(GROUP, VERSION, RUNTIMES)["items"]
+    defaults = [r["metadata"]["name"] for r in runtimes
+                if (r["metadata"].get("annotations") or {}).get(DEFAULT_ANNOTATION) == "true"]
+    if defaults:
+        pytest.skip(f"this cluster has a default ClusterRFTRuntime ({', '.join(defaults)}): it would shape every "
+                    "test's pods; the tests need a cluster without one")
 
 
 @pytest.fixture()
 def namespace(api_client: Any, crd_installed: None) -> Iterator[str]:
-    """A fresh namespace, deleted afterwards (with everything in it)."""
+    """A fresh namespace, deleted afterwards with everything in it (nothing of the operator holds it up)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
@@ -70,12 +72,21 @@ def namespace(api_client: Any, crd_installed: None) -> Iterator[str]:
     try:
         yield name
     finally:
-        # the operator has stopped by now: release kopf's finalizers, or the namespace would hang Terminating
-        custom = client.CustomObjectsApi(api_client)
-        for job in custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL).get("items", []):
-            custom.patch_namespaced_custom_object(GROUP, VERSION, name, PLURAL, job["metadata"]["name"],
-                                                  {"metadata": {"finalizers": None}})
         core.delete_namespace(name)
+
+
+@pytest.fixture()
+def kube(api_client: Any, namespace: str) -> Kube:
+    """The test's namespace, as kubectl would use it."""
+    return Kube(api_client, namespace)
+
+
+@pytest.fixture()
+def apis(api_client: Any) -> tuple[Any, Any]:
+    """(CustomObjectsApi, CoreV1Api) of the cluster."""
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
 @pytest.fixture()

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import json
 
 import pytest
-import yaml
-from cluster_harness import GROUP, PLURAL, VERSION, operator_for, raw_request, wait_for
+from cluster_harness import GROUP, PLURAL, VERSION, example, operator_for, raw_request, wait_for
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def example(name: str, job: str) -> dict:
-    body = yaml.safe_load((ROOT / "examples" / name).read_text())
-    body["metadata"] = {"name": job}
-    return body
-
-
-@pytest.fixture()
-def apis(api_client):
-    from kubernetes import client
-
-    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
 def job_status(custom, ns, name):
@@ -35,26 +20,50 @@ def test_the_api_server_rejects_malformed_rftjobs_with_422(apis, namespace):
 
     custom, _ = apis
     cases = []
-    body = example("rftjob-tinker.yaml", "bad-batch")
+    body = example("tinker.yaml", "bad-batch")
     body["spec"]["config"]["buffer"]["batch_size"] = "lots"
     cases.append(body)
-    body = example("rftjob-tinker.yaml", "bad-backoff")
+    body = example("tinker.yaml", "bad-backoff")
     body["spec"]["backoffLimit"] = -1
     cases.append(body)
-    body = example("rftjob-tinker.yaml", "both-sources")
+    body = example("tinker.yaml", "both-sources")
     body["spec"]["configFrom"] = {"configMapKeyRef": {"name": "x"}}
     cases.append(body)
-    body = example("rftjob-tinker.yaml", "a" * 60)
+    body = example("tinker.yaml", "a" * 51)
     cases.append(body)
-    for body in cases:
+    paths = ["spec.config.buffer.batch_size", "spec.backoffLimit", "spec", "metadata.name"]
+    for body, path in zip(cases, paths, strict=True):
         with pytest.raises(ApiException) as info:
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         assert info.value.status == 422, (body["metadata"]["name"], info.value.body)
+        # every error names its field (the API server's own line about skipped CEL rules aside)
+        assert f"{path}:" in info.value.body, info.value.body
+    assert "metadata.name: Too long: may not be longer than 50" in info.value.body
+
+
+@pytest.mark.parametrize("where", [("buffer", "bach_size"), ("algorithm", "optimizer", "learning_rate"),
+                                   ("explorer", "rollout_model", "gpu_memory_utilisation")])
+def test_an_unknown_key_in_the_config_is_refused_at_apply_with_its_path(apis, namespace, where):
+    """Under strict field validation (kubectl's default since 1.27) the server refuses an unknown key; a
+    client that asks for none gets it pruned, with a warning."""
+    from kubernetes.client.exceptions import ApiException
+
+    custom, _ = apis
+    body = example("tinker.yaml", "typo")
+    node = body["spec"]["config"]
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = 1
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict")
+    assert info.value.status == 400
+    message = json.loads(info.value.body)["message"]
+    assert f'unknown field "spec.config.{".".join(where)}"' in message, message
 
 
 def test_status_is_a_subresource_the_main_resource_cannot_write(apis, namespace):
     custom, _ = apis
-    body = example("rftjob-tinker.yaml", "sub")
+    body = example("tinker.yaml", "sub")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sub",
                                           {"status": {"phase": "Running"}})
@@ -67,7 +76,7 @@ def test_status_is_a_subresource_the_main_resource_cannot_write(apis, namespace)
 
 def test_tinker_job_gets_one_gpu_free_pod_with_the_key_from_the_secret(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "tk")
+    body = example("tinker.yaml", "tk")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     pod = wait_for(lambda: core.read_namespaced_pod("tk-head", namespace), 60, "the pod")
     container = pod.spec.containers[0]
@@ -98,7 +107,7 @@ def test_tinker_job_gets_one_gpu_free_pod_with_the_key_from_the_secret(apis, nam
 
 def test_verl_job_asks_for_gpus_and_gets_a_headless_service(apis, namespace, running_operator):
     custom, core = apis
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example("rftjob-verl.yaml", "vl"))
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example("verl.yaml", "vl"))
     pod = wait_for(lambda: core.read_namespaced_pod("vl-head", namespace), 60, "the pod")
     assert str(pod.spec.containers[0].resources.limits["nvidia.com/gpu"]) == "8"
     svc = wait_for(lambda: core.read_namespaced_service("vl-head", namespace), 60, "the service")
@@ -107,7 +116,7 @@ def test_verl_job_asks_for_gpus_and_gets_a_headless_service(apis, namespace, run
 
 def test_invalid_config_fails_with_a_warning_event_and_no_children(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "bad")
+    body = example("tinker.yaml", "bad")
     body["spec"]["config"]["algorithm"]["algorithm_type"] = "no-such-algorithm"
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     st = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(job_status(custom, namespace, "bad")),
@@ -121,7 +130,7 @@ def test_invalid_config_fails_with_a_warning_event_and_no_children(apis, namespa
 
 def test_suspend_resume_and_garbage_collection_after_delete(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "gc")
+    body = example("tinker.yaml", "gc")
     body["spec"].pop("storage")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     wait_for(lambda: core.read_namespaced_pod("gc-head", namespace), 60, "the pod")
@@ -143,7 +152,7 @@ def test_suspend_resume_and_garbage_collection_after_delete(apis, namespace, run
 
 def test_server_side_apply_of_the_example_is_accepted(apis, namespace):
     custom, _ = apis
-    body = copy.deepcopy(example("rftjob-tinker.yaml", "ssa"))
+    body = copy.deepcopy(example("tinker.yaml", "ssa"))
     body["metadata"]["namespace"] = namespace
     code, answer = raw_request(custom.api_client, "PATCH",
                                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/ssa",
@@ -161,7 +170,7 @@ def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_
     core.create_namespaced_persistent_volume_claim(namespace, {
         "metadata": {"name": "tasks"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
-    body = example("rftjob-tinker.yaml", "tpl")
+    body = example("tinker.yaml", "tpl")
     body["spec"]["podTemplate"] = {
         "metadata": {"annotations": {"example.com/owner": "team-rl"}},
         "spec": {"volumes": [{"name": "tasks", "persistentVolumeClaim": {"claimName": "tasks"}}],
@@ -176,7 +185,7 @@ def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_
     assert runtime.command[:2] == ["rft", "run"] and [c.name for c in pod.spec.containers] == ["rft", "sidecar"]
     assert pod.metadata.annotations["example.com/owner"] == "team-rl"
 
-    bad = example("rftjob-tinker.yaml", "tpl-bad")
+    bad = example("tinker.yaml", "tpl-bad")
     bad["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "rft", "command": ["sleep", "infinity"]}]}}
     with pytest.raises(ApiException) as info:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, bad)
@@ -185,7 +194,7 @@ def test_a_pod_template_mounts_a_users_claim_and_the_crd_refuses_one_that_takes_
 
 def test_a_pod_the_api_server_refuses_fails_the_job_with_invalid_spec(apis, namespace, running_operator):
     custom, core = apis
-    body = example("rftjob-tinker.yaml", "typo")
+    body = example("tinker.yaml", "typo")
     # a sidecar without an image passes the CRD (the PodSpec is not spelled out there) but not pod validation
     body["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "sidecar"}]}}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
@@ -193,3 +202,48 @@ def test_a_pod_the_api_server_refuses_fails_the_job_with_invalid_spec(apis, name
                   60, "Failed")
     assert st["reason"] == "InvalidSpec" and "image" in st["message"]
     assert core.list_namespaced_pod(namespace, label_selector="rft.dev/job=typo").items == []
+
+
+def _example_docs() -> list[dict]:
+    import yaml
+    from cluster_harness import ROOT
+
+    return [doc for path in sorted((ROOT / "examples" / "rftjobs").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_every_rftjob_example_is_applied_as_is_with_strict_field_validation(apis, namespace):
+    """What `kubectl apply --server-side -f examples/rftjobs/` sends, one object at a time."""
+    custom, _ = apis
+    docs = _example_docs()
+    assert len(docs) >= 5 and all(d["kind"] == "RFTJob" for d in docs)
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        code, answer = raw_request(custom.api_client, "PATCH",
+                                   f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
+                                   headers={"Content-Type": "application/apply-patch+yaml"},
+                                   params=[("fieldManager", "kubectl"), ("fieldValidation", "Strict")], body=doc)
+        assert code in (200, 201), (name, answer)
+    stored = {j["metadata"]["name"]: j for j in custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                                      PLURAL)["items"]}
+    assert {d["metadata"]["name"] for d in docs} == set(stored)
+    for doc in docs:  # nothing pruned: every key of every example is in the schema
+        assert stored[doc["metadata"]["name"]]["spec"] == doc["spec"]
+
+
+def test_kubectl_apply_on_the_rftjob_examples_folder_applies_every_file(api_client, namespace):
+    import os
+    import shutil
+    import subprocess
+
+    from cluster_harness import ROOT
+
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("no kubectl on PATH; the test above sends what it would, through the API")
+    proc = subprocess.run([kubectl, "--kubeconfig", os.environ["KUBECONFIG"].split(os.pathsep)[0], "-n", namespace,
+                           "apply", "-f", str(ROOT / "examples" / "rftjobs")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    created = sorted(line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" created"))
+    assert created == sorted(f"rftjob.rft.dev/{d['metadata']['name']}" for d in _example_docs()), proc.stdout

@@ -6,34 +6,23 @@ phase through the pods/status subresource, so nothing here needs a schedulable n
 
 from __future__ import annotations
 
-import os
-import time
-from contextlib import contextmanager
-
 import pytest
 import yaml
-from cluster_harness import GROUP, PLURAL, ROOT, VERSION, operator_for, raw_request, wait_for
+from cluster_harness import (
+    GROUP,
+    PLURAL,
+    ROOT,
+    VERSION,
+    env,
+    job,
+    operator_for,
+    raw_request,
+    reconciles,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
-NOWHERE = {"rft.dev/test-node-that-does-not-exist": "true"}
 OLD_IMAGE, NEW_IMAGE = "ghcr.io/rft-platform/rft-runtime:0.1.0", "registry.invalid/rft-runtime:0.2.0"
-
-
-def job(name: str, **spec) -> dict:
-    body = yaml.safe_load((ROOT / "examples" / "rftjob-tinker.yaml").read_text())
-    body["metadata"] = {"name": name}
-    body["spec"].pop("storage", None)
-    body["spec"].pop("image", None)  # the operator's default image applies
-    body["spec"]["nodeSelector"] = NOWHERE
-    body["spec"].update(spec)
-    return body
-
-
-@pytest.fixture()
-def apis(api_client):
-    from kubernetes import client
-
-    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
 def job_status(custom, ns, name):
@@ -42,34 +31,6 @@ def job_status(custom, ns, name):
 
 def set_phase(core, ns, pod, phase):
     core.patch_namespaced_pod_status(pod, ns, {"status": {"phase": phase}})
-
-
-@contextmanager
-def env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def reconciles() -> float:
-    """rft_operator_reconciles_total of the operator running in this process, from its /metrics."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from rft_operator import handlers
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{handlers.STATE.metrics_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "rft_operator_reconciles_total")
 
 
 @pytest.mark.parametrize("previous", ["0.1.0", "this release"])
@@ -201,7 +162,7 @@ def operator_identity(api_client, namespace, tmp_path):
     that counts its reads and writes (never its watches) under a name of its own."""
     from kubernetes import client
 
-    from rft_operator.rbac import required_rules
+    from rft_operator.rbac import cluster_scoped_rules, namespaced_rules
 
     version = _flowcontrol_version(api_client)
     if version is None:
@@ -209,9 +170,16 @@ def operator_identity(api_client, namespace, tmp_path):
     core, rbac = client.CoreV1Api(api_client), client.RbacAuthorizationV1Api(api_client)
     sa = "rft-operator"
     core.create_namespaced_service_account(namespace, {"metadata": {"name": sa}})
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": sa}, "rules": required_rules()})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": sa}, "rules": namespaced_rules()})
     rbac.create_namespaced_role_binding(namespace, {
         "metadata": {"name": sa}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]})
+    # the runtimes are cluster-scoped: read cluster-wide, as the chart grants in namespaced mode
+    cluster_role = f"rft-test-{namespace}"
+    rbac.create_cluster_role({"metadata": {"name": cluster_role}, "rules": cluster_scoped_rules()})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": cluster_role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]})
     token = core.create_namespaced_service_account_token(sa, namespace, {"spec": {"expirationSeconds": 3600}})
     conf = api_client.configuration
@@ -251,6 +219,8 @@ def operator_identity(api_client, namespace, tmp_path):
                 raw_request(api_client, "DELETE", f"{base}/{kind}/{name}")
             except Exception:  # cleanup is best effort; the objects name the test namespace
                 pass
+        rbac.delete_cluster_role_binding(cluster_role)
+        rbac.delete_cluster_role(cluster_role)
 
 
 def test_at_steady_state_the_operator_sends_no_reads_or_writes(api_client, apis, namespace, operator_identity):
@@ -264,12 +234,17 @@ def test_at_steady_state_the_operator_sends_no_reads_or_writes(api_client, apis,
             wait_for(lambda i=i: core.read_namespaced_pod(f"quiet-{i}-head", namespace), 60, "the pods")
             wait_for(lambda i=i: job_status(custom, namespace, f"quiet-{i}").get("reason") == "PodsPending", 60,
                      "the jobs to settle (PodsPending: no node matches)")
-        time.sleep(6)  # the last writes' own watch events come back and are reconciled
+        def quiet() -> bool:
+            """No request counted over three more passes: the last writes' own watch events came back."""
+            before, passes = _dispatched(api_client, flow), reconciles()
+            wait_for(lambda: reconciles() >= passes + 3, 30, "three passes")
+            return _dispatched(api_client, flow) == before
+
+        wait_for(quiet, 60, "the operator's writes to settle")
         settled = _dispatched(api_client, flow)
         if settled <= start:
             pytest.skip("this API server's /metrics does not count the operator's requests (several API servers "
                         "behind a load balancer); the kmock test checks the same in CI")
         passes = reconciles()
-        time.sleep(12)  # six resyncs of three jobs
-        assert reconciles() - passes >= 3 * 3, "the window did not cover the resyncs"
+        wait_for(lambda: reconciles() >= passes + 3 * 3, 60, "three resyncs of the three jobs")
         assert _dispatched(api_client, flow) == settled, "reads or writes at steady state"

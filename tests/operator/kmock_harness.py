@@ -70,6 +70,14 @@ class ApiServer:
                 kind="RFTJob", singular="rftjob", namespaced=True, shortnames={"rftj"},
                 subresources={"status"}, verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
             )
+            emulator.resources["rft.dev/v1alpha1/clusterrftruntimes"] = kmock.ResourceInfo(
+                kind="ClusterRFTRuntime", singular="clusterrftruntime", namespaced=False, shortnames={"rftrt"},
+                verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
+            )
+            emulator.resources["ray.io/v1/rayclusters"] = kmock.ResourceInfo(
+                kind="RayCluster", singular="raycluster", namespaced=True, subresources={"status"},
+                verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
+            )
             self.url = str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
@@ -155,6 +163,8 @@ class Client:
         """REST path of a kind the tests use."""
         base = {
             "rftjobs": f"/apis/rft.dev/v1alpha1/namespaces/{namespace}/rftjobs",
+            "clusterrftruntimes": "/apis/rft.dev/v1alpha1/clusterrftruntimes",
+            "rayclusters": f"/apis/ray.io/v1/namespaces/{namespace}/rayclusters",
         }.get(kind, f"/api/v1/namespaces/{namespace}/{kind}")
         return base + (f"/{name}" if name else "")
 

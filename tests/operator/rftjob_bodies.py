@@ -32,7 +32,7 @@ def rftjob(name: str, config: dict[str, Any] | None = None, namespace: str = "de
 
 
 def example(file: str, namespace: str = "default") -> dict[str, Any]:
-    """One of examples/rftjob-*.yaml as `kubectl apply` would send it (plus what kmock does not fill in)."""
-    body = yaml.safe_load((ROOT / "examples" / file).read_text())
+    """One of examples/rftjobs/*.yaml as `kubectl apply` would send it (plus what kmock does not fill in)."""
+    body = yaml.safe_load((ROOT / "examples" / "rftjobs" / file).read_text())
     body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), generation=1, resourceVersion="1")
     return body

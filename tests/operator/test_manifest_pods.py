@@ -63,8 +63,8 @@ def test_manifest_writes_a_chat_template_as_a_block_scalar_that_reads_back_the_s
 
 
 @pytest.mark.parametrize(("example", "config", "args"), [
-    ("rftjob-tinker.yaml", "tinker.yaml", ["--name", "gsm8k-tinker"]),
-    ("rftjob-local-engine.yaml", "local-engine.yaml", ["--name", "smoke-local", "--image", ENGINE_IMAGE]),
+    ("rftjobs/tinker.yaml", "tinker.yaml", ["--name", "gsm8k-tinker"]),
+    ("rftjobs/local-engine.yaml", "local-engine.yaml", ["--name", "smoke-local", "--image", ENGINE_IMAGE]),
 ])
 def test_example_rftjobs_are_what_rft_manifest_writes(example, config, args):
     result = run_rft("manifest", "--config", f"examples/{config}", *args)
@@ -73,7 +73,7 @@ def test_example_rftjobs_are_what_rft_manifest_writes(example, config, args):
 
 
 def test_the_smoke_example_needs_no_account_and_uses_the_engine_image():
-    body = yaml.safe_load((ROOT / "examples" / "rftjob-local-engine.yaml").read_text())
+    body = yaml.safe_load((ROOT / "examples" / "rftjobs" / "local-engine.yaml").read_text())
     assert body["spec"]["image"] == ENGINE_IMAGE
     assert "tinker" not in body["spec"]  # no Secret to create
     cfg = body["spec"]["config"]

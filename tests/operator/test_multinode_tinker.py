@@ -85,7 +85,7 @@ def test_node_num_3_is_a_ray_head_and_two_cpu_workers_joining_it_over_the_head_s
 
 
 def test_the_example_is_a_head_and_two_bigger_workers():
-    out = children(example("rftjob-tinker-multinode.yaml"))
+    out = children(example("tinker-multinode.yaml"))
     head, *workers = out["pods"]
     assert len(workers) == 2 and out["services"][0]["metadata"]["name"] == "gsm8k-tinker-multinode-head"
     assert runtime(head)["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}

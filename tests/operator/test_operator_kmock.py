@@ -42,7 +42,7 @@ def free_port():
 
 def test_tinker_job_runs_to_success_with_pods_created_once_across_operator_restarts(
         api_server, client, kubeconfig, operator_env):
-    body = example("rftjob-tinker.yaml")
+    body = example("tinker.yaml")
     name = body["metadata"]["name"]
     with operator_process():
         client.create("rftjobs", NS, body)
@@ -115,7 +115,7 @@ def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, runnin
 
 
 def test_verl_job_gets_gpu_pods_and_a_headless_service(client, running_operator):
-    body = example("rftjob-verl.yaml")
+    body = example("verl.yaml")
     name = body["metadata"]["name"]
     client.create("rftjobs", NS, body)
     pod = wait_for(lambda: client.get("pods", NS, f"{name}-head"), 30, "the head pod")
@@ -207,8 +207,23 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
 
 
 def test_rbac_rules_cover_exactly_the_calls_the_operator_makes(api_server, client, running_operator):
-    """A job that uses every feature (configFrom, veRL Service, owned claim, spec change, TTL cleanup)."""
+    """Jobs that use every feature (configFrom, veRL Service, owned claim, spec change, TTL cleanup, a runtime,
+    a RayCluster to join, an earlier release's finalizer to remove)."""
+    from rft_operator.controller import LEGACY_FINALIZER
     from rft_operator.rbac import required_rules
+
+    client.create("clusterrftruntimes", NS, {"metadata": {"name": "cpu", "uid": "rt-1"},
+                                            "spec": {"nodeSelector": {"pool": "cpu"}}})
+    client.create("rayclusters", NS, {"metadata": {"name": "rc", "namespace": NS, "uid": "rc-1"},
+                                      "spec": {"headGroupSpec": {}}, "status": {"state": "ready"}})
+    old = rftjob("old")
+    old["metadata"]["finalizers"] = [LEGACY_FINALIZER]
+    client.create("rftjobs", NS, old)
+    client.create("rftjobs", NS, rftjob("joins", rayClusterRef={"name": "rc"}, runtimeRef={"name": "cpu"}))
+    wait_for(lambda: not client.get("rftjobs", NS, "old")["metadata"].get("finalizers"), 30,
+             "the earlier release's finalizer to go")
+    pod = wait_for(lambda: client.get("pods", NS, "joins-head"), 30, "the pod that joins the RayCluster")
+    assert pod["spec"]["nodeSelector"] == {"pool": "cpu"}
 
     config = seed("verl-lora.yaml")
     client.create("configmaps", NS, {"metadata": {"name": "src", "namespace": NS},

@@ -12,7 +12,7 @@ from test_reconcile import T0, World
 
 from rft_operator import crdgen
 from rft_operator.builders import build_pods, spec_hash, spec_issues
-from rft_operator.jobconfig import prepare_config
+from rft_operator.jobconfig import facts_of, prepare_config
 from rft_operator.podtemplate import merge
 from rft_operator.spec import DEFAULT_IMAGE, parse_spec
 
@@ -231,6 +231,7 @@ def test_gpu_count_from_the_spec_when_the_config_says_detect():
     # Trinity's 0 (= detect from the Ray cluster): a pod still has to ask Kubernetes for a number
     config.cfg = config.cfg.model_copy(update={"cluster": config.cfg.cluster.model_copy(
         update={"gpu_per_node": 0, "node_num": 0})})
+    config.facts = facts_of(config.cfg)
     assert spec_issues(job, spec, config) == []
     pods = build_pods(job, spec, config, attempt=0)
     assert len(pods) == 1, "node_num 0 runs one pod"
@@ -367,7 +368,7 @@ def test_the_platform_example_makes_valid_pods_the_crd_admits():
     import yaml
     from rftjob_bodies import ROOT
 
-    job = yaml.safe_load((ROOT / "examples" / "rftjob-verl-platform.yaml").read_text())
+    job = yaml.safe_load((ROOT / "examples" / "rftjobs" / "verl-platform.yaml").read_text())
     job["metadata"].update(namespace="default", uid="u-1")
     job["spec"].pop("configFrom")
     job["spec"]["config"] = seed("verl-lora.yaml")  # what the ConfigMap of the example's comment holds

@@ -26,7 +26,7 @@ def test_required_rules_are_rbac_rules_for_the_table():
 
 
 def test_a_call_outside_the_table_is_refused_before_it_reaches_the_server():
-    client = kube.Kube(api_client=None)
+    client = kube.Kube(None)
     with pytest.raises(PermissionError, match="API_CALLS"):
         client.call("delete", kube.PVCS, "default", "x")
     with pytest.raises(PermissionError):
