@@ -305,22 +305,14 @@ class ModelWrapper:
 
         if not images.has_images(messages):
             return self.encode_text(self.render(messages, tools, template_kwargs)), None
-        pics = [images.image_of(p) for m in messages if isinstance(m.get("content"), list)
-                for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image", "image_url")]
         kwargs = {**self._template_kwargs(tools), **(template_kwargs or {})}
+        return images.chat_prompt(self.tokenizer, messages, kwargs, self.processor_model)
 
-        def render(msgs: list[dict], **more: Any) -> str:
-            try:
-                return self.tokenizer.apply_chat_template(images.template_messages(msgs), **kwargs, **more)
-            except Exception as exc:  # jinja raises many types
-                raise WorkflowError(f"the chat template could not render a message with an image: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-
-        marker = images.placeholder(lambda msgs: render(msgs, add_generation_prompt=True), self.tokenizer)
-        final = messages[-1].get("role") == "assistant" if messages else False
-        text = render(messages, continue_final_message=True) if final else render(messages, add_generation_prompt=True)
-        chunks, ids = images.image_prompt(self.tokenizer, text, marker, pics, self._model_path)
-        return ids, chunks
+    @property
+    def processor_model(self) -> str:
+        """The model whose processor sizes images: the base model, also once the sampler serves trained
+        weights (a tinker:// path names no processor)."""
+        return self.settings.name if "://" in self._model_path else self._model_path
 
     def chat(self, messages: list[dict], **kwargs: Any) -> list[Experience]:
         """Sample `n` replies (kwarg, default 1) to a conversation; one Experience per reply."""
