@@ -265,24 +265,65 @@ def test_mix_chords_expert_rows_bring_their_images(tmp_path, vlm_dir, pictures):
         assert seq[6] is True and seq[0] == datum.model_input.length - len(seq[3])
 
 
+def test_a_rollouts_images_are_sized_by_the_base_models_processor_after_a_sync(vlm_dir, pictures):
+    from transformers import AutoTokenizer
+
+    from rft_runtime.workflows.images import mm_message
+    from rft_runtime.workflows.model import ModelSettings, ModelWrapper
+
+    tok = AutoTokenizer.from_pretrained(str(vlm_dir))
+    messages = [mm_message("<image> Which shape?", [str(pictures["tall.png"])])]
+    # after the first sync the sampler serves trained weights named by a tinker:// path: no processor there
+    for path in (None, "tinker://run-1/sampler_weights/s0-sampler000001"):
+        policy = ModelWrapper(None, tok, ModelSettings(name=str(vlm_dir)), model_path=path)
+        ids, chunks = policy.chat_prompt(messages)
+        (image,) = [c for c in chunks if c.type == "image"]
+        assert image.expected_tokens == _count(vlm_dir, SHAPES["tall.png"])
+        assert sum(c.length for c in chunks) == len(ids)
+
+
+def _no_processor(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A text model's folder with an image token and a template that writes it: no processor counts images."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "textonly"
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(model)
+    return model
+
+
 def test_an_image_nothing_can_size_stops_the_step_saying_why(tmp_path, tiny_model_dir, pictures):
     from rft_runtime.loop.errors import RunError
 
     data = _rows(tmp_path / "sft.jsonl", [{"prompt": "<image> ?", "response": "x",
                                            "images": [str(pictures["square.png"])]}] * 2)
-    # a text model's folder with an image token and a template that writes it: no processor counts images
-    model = tmp_path / "textonly"
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tok.chat_template = TEMPLATE
-    tok.save_pretrained(model)
+    model = _no_processor(tmp_path, tiny_model_dir)
     cfg = _job(tmp_path, model, data, {"prompt_type": "plaintext", "image_key": "images"})
     runner = _runner(cfg, model)
     with pytest.raises(RunError, match=r"sft\.jsonl \(buffer\.trainer_input\.experience_buffer\): a row's image has "
                                        r"no token count.*processor of .*textonly"):
         runner._sft_work(1, next(iter(runner.stream)))
+
+
+def test_a_rollout_whose_image_nothing_can_size_fails_saying_why(tmp_path, tiny_model_dir, pictures):
+    from transformers import AutoTokenizer
+
+    from rft_runtime.workflows.images import mm_message
+    from rft_runtime.workflows.model import ModelSettings, ModelWrapper
+    from rft_runtime.workflows.runner import experience_problem
+
+    model = _no_processor(tmp_path, tiny_model_dir)
+    policy = ModelWrapper(None, AutoTokenizer.from_pretrained(str(model)), ModelSettings(name=str(model)))
+    messages = [mm_message("<image> ?", [str(pictures["square.png"])])]
+    ids, chunks = policy.chat_prompt(messages)
+    # what a vision-language sampler would answer (none serves one here): one reply of one token
+    reply = SimpleNamespace(sequences=[SimpleNamespace(tokens=[7], logprobs=[-0.5], stop_reason="stop")])
+    (exp,) = policy._experiences(ids, reply, messages, None, chunks)
+    exp.reward = 1.0
+    problem = experience_problem(exp)
+    assert problem.startswith("an image's token count is unknown (the processor of ") and "textonly" in problem
 
 
 def test_more_image_tags_than_images_names_the_column(tmp_path, vlm_dir, pictures):

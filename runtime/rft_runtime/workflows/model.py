@@ -243,6 +243,13 @@ class ModelWrapper:
     def _experiences(self, prompt_ids: list[int], response: Any, messages: list[dict] | None,
                      tools: list[dict] | None, chunks: list[Any] | None = None) -> list[Experience]:
         prompt_text = self.tokenizer.decode(prompt_ids)
+        unsized_why = None
+        if chunks:
+            from rft_runtime.workflows import images
+
+            if images.unsized(chunks):
+                # sampling needs no count, training does: the runner fails the experience with this reason
+                unsized_why = images.processor_problem(self.processor_model) or "its processor gave no count"
         out = []
         for seq in response.sequences:
             tokens = list(seq.tokens)
@@ -258,6 +265,8 @@ class ModelWrapper:
             if chunks:
                 # the prompt with its images, for the trainer's datum (prompt_ids hold the image tokens' places)
                 exp.info["prompt_chunks"] = chunks
+                if unsized_why is not None:
+                    exp.info["image_count_problem"] = unsized_why
             out.append(exp)
         return out
 
