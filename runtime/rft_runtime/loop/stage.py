@@ -125,7 +125,7 @@ def _prompt_chunks(item: Any) -> list[Any] | None:
 def _reply_text(value: Any) -> str:
     # a chosen / rejected column holds the reply text, or (prompt_type messages) the reply's messages
     if isinstance(value, list):
-        return "".join(str(m.get("content") or "") for m in value if isinstance(m, dict))
+        return "".join(images.text_of(m.get("content")) for m in value if isinstance(m, dict))
     return str(value)
 
 
