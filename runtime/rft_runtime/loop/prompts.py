@@ -7,6 +7,8 @@ from typing import Any
 
 from rft_runtime.config.models import JobConfig, ModelConfig
 from rft_runtime.loop.errors import RunError
+from rft_runtime.workflows import images
+from rft_runtime.workflows.base import WorkflowError
 
 
 class PromptEncoder:
@@ -68,9 +70,6 @@ class PromptEncoder:
         header. Image parts become image chunks where the chat template puts the image token, each sized by
         the model's processor (rft_runtime.workflows.images, as a rollout's prompt), so the loss lines up;
         `where` names the dataset in errors."""
-        from rft_runtime.workflows import images
-        from rft_runtime.workflows.base import WorkflowError
-
         if not images.has_images(messages):
             return self.prompt_ids(messages), None
         try:

@@ -169,7 +169,7 @@ def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[
         messages.append(images.mm_message(prompt, images.as_list(row.get(fmt.image_key)))
                         if fmt.image_key else {"role": "user", "content": prompt})
     except WorkflowError as exc:
-        raise RunError(f"an SFT row's images (format.image_key {fmt.image_key!r}): {exc}: {row!r:.200}") from exc
+        raise RunError(f"a row's images (format.image_key {fmt.image_key!r}): {exc}: {row!r:.200}") from exc
     return messages, str(row[fmt.response_key])
 
 
@@ -327,7 +327,6 @@ class StageRunner:
 
     def _ref_logprobs(self, rollouts: list[Any]) -> list[list[float]]:
         """Reference (base model) logprobs of each rollout's response tokens, all requests in flight at once."""
-
         if self._ref_sampler is None or self._ref_generation != self.conn.generation:
             self._ref_generation = self.conn.generation
             self._ref_sampler = self.conn.sampling_client(None, timeout=self.trainer.call_timeout)
@@ -396,7 +395,6 @@ class StageRunner:
     def _teacher_logprobs(self, rollouts: list[Any]) -> dict[int, list[float]]:
         """The teacher's (explorer.auxiliary_models[0]) logprob of every response token of the rollouts whose
         workflow gave none, from a sampling client of the teacher model."""
-
         need = [r for r in rollouts if r.tokens and "teacher_logprobs" not in (getattr(r, "info", None) or {})]
         if not need:
             return {}
