@@ -50,4 +50,11 @@ NOTES: dict[tuple[str, str], str] = {
     ("ExplorerConfig", "proxy_port"): "Port of mode serve's OpenAI-compatible endpoint (0: any free one).",
     ("ExplorerConfig", "listen_address"): "Address mode serve's endpoint listens on.",
     ("ExplorerConfig", "service_status_check_interval"): "Seconds between mode serve's looks for newer weights.",
+    # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
+    ("FormatConfig", "image_key"): (
+        "Column of a row's images (paths, URLs, data: URLs, bytes). They reach Tinker as image chunks where the "
+        "chat template puts the image token, sized by the model's processor: a taskset's for rollouts "
+        "(simple_mm_workflow), a training dataset's with prompt_type plaintext for training (SFT, DPO, the expert "
+        "data of mix / mix_chord; `<image>` tags place them). Needs a vision-language base model: the local "
+        "engine serves text models and refuses them. Trinity's own Tinker mode drops a training dataset's images."),
 }

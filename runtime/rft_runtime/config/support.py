@@ -45,8 +45,8 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("OptimizerConfig", "optimizer_type"): (_one_of("adam", "adamw"), "Tinker trains with Adam(W) only"),
     ("ModelConfig", "repetition_penalty"): (_one_of(1.0), "Tinker's sampler has no repetition penalty"),
     ("ModelConfig", "min_response_tokens"): (_one_of(0), "Tinker's sampler has no minimum length"),
-    # image_key: a taskset's images reach the sampler as image chunks (rft_runtime.workflows.images); a
-    # dataset's (SFT, DPO, expert data) are refused in rft_runtime.config.workflow_checks
+    # image_key is honoured (config.loop_fields says how); with the local engine, which serves text models,
+    # rft_runtime.config.workflow_checks refuses the images it would send
     ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
     ("FormatConfig", "enable_concatenated_multi_turn"): (_one_of(False), "SFT trains on the last reply only"),
     ("FormatConfig", "chat_template"): (_unset, "the chat template is model.custom_chat_template's or the "

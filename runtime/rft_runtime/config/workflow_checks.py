@@ -76,7 +76,7 @@ def check_workflows(cfg: JobConfig, warnings: list[str],
         if name not in choices and not catalog.is_import_path(name):
             issues.append(ConfigIssue(path, registry.unknown_name_message(what, name, choices, suggest(name, choices) if suggest else None), soft=True))
     if cfg.backend == "tinker":
-        issues += _dataset_images(cfg)
+        issues += _dataset_images(cfg, warnings)
         seen: set[tuple[str, str]] = set()
         for where, ts, source, name, reward in _effective(cfg):
             if (source, where) not in seen:
@@ -85,16 +85,52 @@ def check_workflows(cfg: JobConfig, warnings: list[str],
     return issues
 
 
-def _dataset_images(cfg: JobConfig) -> list[ConfigIssue]:
-    """A trainer-side dataset's images (SFT, DPO, expert data): not sent to Tinker by this runtime."""
+def _image_datasets(cfg: JobConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """({path: store} of the training datasets whose rows' images are sent, {path: why not} of the trainer
+    stores whose format.image_key nothing reads)."""
+    from rft_runtime.algorithms import AlgorithmError, loss_plan
+
     ti = cfg.buffer.trainer_input
-    stores = [("buffer.trainer_input.experience_buffer", ti.experience_buffer),
-              *((f"buffer.trainer_input.auxiliary_buffers.{k}", v) for k, v in ti.auxiliary_buffers.items())]
+    stores = {"buffer.trainer_input.experience_buffer": ti.experience_buffer,
+              **{f"buffer.trainer_input.auxiliary_buffers.{k}": v for k, v in ti.auxiliary_buffers.items()}}
+    stores = {where: s for where, s in stores.items() if s is not None and s.format.image_key}
+    try:
+        plan = loss_plan(cfg)
+    except AlgorithmError:
+        return {}, {}  # the algorithm's own check says what is wrong
+    read: dict[str, Any] = {}
+    if cfg.mode == "train" and plan.data in ("sft", "dpo"):
+        read["buffer.trainer_input.experience_buffer"] = ti.experience_buffer
+    if plan.is_mix:
+        name = (cfg.algorithm.sample_strategy_args or {}).get("sft_dataset_name", "sft_dataset")
+        read[f"buffer.trainer_input.auxiliary_buffers.{name}"] = ti.auxiliary_buffers.get(name)
+    sent, unread = {}, {}
+    for where, store in stores.items():
+        if where not in read:
+            unread[where] = ("nothing reads this buffer's rows as a dataset" if plan.data != "cpt" else
+                             "cpt trains on raw text (Trinity's CPT formatter reads no images)")
+        elif store.format.prompt_type != "plaintext":
+            unread[where] = ("with prompt_type messages the images are the messages' image parts, as in Trinity "
+                             "(set prompt_type: plaintext to take them from this column)")
+        else:
+            sent[where] = store
+    return sent, unread
+
+
+def _dataset_images(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
+    """A training dataset's images (SFT, DPO, expert data) go to the Tinker service as image chunks; the
+    local engine serves text models and refuses them."""
+    sent, unread = _image_datasets(cfg)
+    for where, why in unread.items():
+        warnings.append(f"{where}.format.image_key is not read: {why}")
+    if cfg.model.tinker.base_url != "local":
+        return []
     return [ConfigIssue(f"{where}.format.image_key", (
-        f"{store.format.image_key!r} is not available on the Tinker backend (model.tinker.enable: true): the images of "
-        "a training dataset's rows (SFT, DPO, expert data) are not sent to Tinker here; only a taskset's images "
-        "reach the sampler (simple_mm_workflow); remove it, or train with veRL (model.tinker.enable: false)"))
-        for where, store in stores if store is not None and store.format.image_key]
+        f"{store.format.image_key!r}: this dataset's rows' images are sent to Tinker as image chunks, which needs a "
+        "vision-language base model; the local engine (model.tinker.base_url: local) serves text models and "
+        "refuses image chunks. Use the Tinker service (model.tinker.base_url: null) or another Tinker-compatible "
+        "server with a vision-language model_path, or remove image_key to train on the rows' text"))
+        for where, store in sent.items()]
 
 
 def _needs(cfg: JobConfig, where: str, ts: Any, source: str, name: str, reward: str | None,

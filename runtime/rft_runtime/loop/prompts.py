@@ -7,6 +7,8 @@ from typing import Any
 
 from rft_runtime.config.models import JobConfig, ModelConfig
 from rft_runtime.loop.errors import RunError
+from rft_runtime.workflows import images
+from rft_runtime.workflows.base import WorkflowError
 
 
 class PromptEncoder:
@@ -26,6 +28,8 @@ class PromptEncoder:
                        else "model.chat_template_path" if template else "the tokenizer's chat template")
         self.enable_thinking = model_cfg.enable_thinking if enable_thinking is None else enable_thinking
         self.max_prompt_tokens = model_cfg.max_prompt_tokens
+        # whose processor sizes a training row's images: the base model, as for the explorer's rollouts
+        self.processor_model = model_cfg.model_path or model_cfg.tinker_base_model or ""
         # a template that cannot render should stop the job now, not after the first batch was drawn
         self.prompt_ids([{"role": "system", "content": "check"}, {"role": "user", "content": "check"}])
         eos = tokenizer.eos_token_id
@@ -60,6 +64,24 @@ class PromptEncoder:
             raise RunError(f"{self.source} could not render the prompt: {type(exc).__name__}: {exc}") from exc
         # the template writes BOS itself when the model wants one; encoding must not add a second
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_input(self, messages: list[dict[str, Any]], where: str) -> tuple[list[int], list[Any] | None]:
+        """(token ids, tinker chunks or None) of a training row's messages followed by the assistant's turn
+        header. Image parts become image chunks where the chat template puts the image token, each sized by
+        the model's processor (rft_runtime.workflows.images, as a rollout's prompt), so the loss lines up;
+        `where` names the dataset in errors."""
+        if not images.has_images(messages):
+            return self.prompt_ids(messages), None
+        try:
+            ids, chunks = images.chat_prompt(self.tokenizer, messages, self.template_kwargs(), self.processor_model)
+        except WorkflowError as exc:
+            raise RunError(f"{where}: a row's images: {exc}") from exc
+        if images.unsized(chunks):
+            why = images.processor_problem(self.processor_model) or "its processor gave no count"
+            raise RunError(f"{where}: a row's image has no token count, so its loss cannot be lined up with the "
+                           f"prompt: {why}. The processor of model.model_path must load here (a local directory "
+                           "holding the model's processor files, or the Hugging Face cache)")
+        return ids, chunks
 
     def too_long(self, ids: list[int]) -> bool:
         """True when the prompt exceeds model.max_prompt_tokens (the reference scores these 0, unsampled)."""

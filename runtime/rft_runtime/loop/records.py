@@ -21,6 +21,24 @@ def _plain(value: Any) -> Any:
         return str(value)
 
 
+def _info_record(info: dict[str, Any]) -> dict[str, Any]:
+    out = {str(k): _plain(v) for k, v in info.items() if k != "prompt_chunks"}
+    if info.get("prompt_chunks"):
+        # a prompt with images: its chunks as the SDK writes them as JSON (an image's bytes in base64), so a
+        # buffer, a replay or a checkpoint's leftover trains on the same images
+        out["prompt_chunks"] = [c.model_dump(mode="json") for c in info["prompt_chunks"]]
+    return out
+
+
+def _info_of(record: dict[str, Any]) -> dict[str, Any]:
+    info = dict(record.get("info") or {})
+    if info.get("prompt_chunks"):
+        import tinker
+
+        info["prompt_chunks"] = tinker.ModelInput.model_validate({"chunks": info["prompt_chunks"]}).chunks
+    return info
+
+
 def to_record(rollout: Rollout, *, explore_step: int, model_version: int, use_count: int = 0) -> dict[str, Any]:
     """The record of a rollout whose advantage is set."""
     eid = rollout.eid
@@ -42,7 +60,7 @@ def to_record(rollout: Rollout, *, explore_step: int, model_version: int, use_co
         "advantage": float(adv) if isinstance(adv, (int, float)) else [float(a) for a in adv],
         "metrics": {k: float(v) for k, v in rollout.metrics.items()},
         "failed": bool(rollout.failed),
-        "info": {str(k): _plain(v) for k, v in rollout.info.items()},
+        "info": _info_record(rollout.info),
         "model_version": int(model_version),
         "use_count": int(use_count),
     }
@@ -61,5 +79,5 @@ def from_record(record: dict[str, Any]) -> Rollout:
         text=str(record.get("text") or ""), reward=float(record.get("reward") or 0.0),
         metrics=dict(record.get("metrics") or {}), failed=bool(record.get("failed")),
         advantage=record.get("advantage", 0.0), mask=record.get("mask"), eid=eid,
-        info=dict(record.get("info") or {}),
+        info=_info_of(record),
     )

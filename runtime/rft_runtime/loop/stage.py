@@ -44,6 +44,8 @@ from rft_runtime.loop.records import from_record, to_record
 from rft_runtime.loop.schedule import lr_at
 from rft_runtime.loop.store_feed import StoreFeed
 from rft_runtime.loop.trainer import StepWork, Trainer
+from rft_runtime.workflows import images
+from rft_runtime.workflows.base import WorkflowError
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +112,20 @@ def make_stream(cfg: JobConfig) -> Any:
     return stream
 
 
+def _dataset_name(store: Any, path: str) -> str:
+    """How errors name a training dataset: its file (or hub name) and its place in the config."""
+    return f"{store.path} ({path})" if store.path else path
+
+
+def _prompt_chunks(item: Any) -> list[Any] | None:
+    """The prompt's chunks (its images) of a rollout or training item, or None for a text prompt."""
+    return (getattr(item, "info", None) or {}).get("prompt_chunks") or None
+
+
 def _reply_text(value: Any) -> str:
     # a chosen / rejected column holds the reply text, or (prompt_type messages) the reply's messages
     if isinstance(value, list):
-        return "".join(str(m.get("content") or "") for m in value if isinstance(m, dict))
+        return "".join(images.text_of(m.get("content")) for m in value if isinstance(m, dict))
     return str(value)
 
 
@@ -125,11 +137,13 @@ def _dpo_convo(row: dict[str, Any], fmt: Any) -> Any:
     return convo
 
 
-def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[list[dict[str, str]], str]:
+def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[list[dict[str, Any]], str]:
     """Chat messages and target response of one SFT row.
 
     prompt_type messages (Trinity's default): the messages_key column is the conversation and its last
-    (assistant) message the target; plaintext: prompt_key / response_key, after format.system_prompt.
+    (assistant) message the target; a message's image parts stay in its content. plaintext: prompt_key /
+    response_key, after format.system_prompt; with format.image_key the row's images join the prompt at
+    its `<image>` tags (those beyond the tags first), as Trinity's SFT formatter builds the message.
     """
     fmt = fmt or cfg.buffer.trainer_input.experience_buffer.format
     if fmt.prompt_type == "messages":
@@ -139,17 +153,23 @@ def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[
             raise RunError(f"an SFT row's {fmt.messages_key!r} value is not a conversation ending in an "
                            "assistant message (format.messages_key; set format.prompt_type: plaintext for "
                            f"prompt_key / response_key columns): {row!r:.200}")
-        messages = [{"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in convo[:-1]]
+        messages = [{"role": str(m.get("role")), "content": images.message_content(m.get("content"))}
+                    for m in convo[:-1]]
         if fmt.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": fmt.system_prompt})
-        return messages, str(convo[-1].get("content") or "")
+        return messages, images.text_of(convo[-1].get("content"))
     for key in (fmt.prompt_key, fmt.response_key):
         if key not in row:
             raise RunError(f"an SFT row has no {key!r} column (format.prompt_key / response_key): {row!r:.200}")
     messages = []
     if fmt.system_prompt:
         messages.append({"role": "system", "content": fmt.system_prompt})
-    messages.append({"role": "user", "content": str(row[fmt.prompt_key])})
+    prompt = str(row[fmt.prompt_key])
+    try:
+        messages.append(images.mm_message(prompt, images.as_list(row.get(fmt.image_key)))
+                        if fmt.image_key else {"role": "user", "content": prompt})
+    except WorkflowError as exc:
+        raise RunError(f"a row's images (format.image_key {fmt.image_key!r}): {exc}: {row!r:.200}") from exc
     return messages, str(row[fmt.response_key])
 
 
@@ -307,12 +327,10 @@ class StageRunner:
 
     def _ref_logprobs(self, rollouts: list[Any]) -> list[list[float]]:
         """Reference (base model) logprobs of each rollout's response tokens, all requests in flight at once."""
-        import tinker
-
         if self._ref_sampler is None or self._ref_generation != self.conn.generation:
             self._ref_generation = self.conn.generation
             self._ref_sampler = self.conn.sampling_client(None, timeout=self.trainer.call_timeout)
-        futures = [self._ref_sampler.compute_logprobs(tinker.ModelInput.from_ints(r.prompt_ids + r.tokens))
+        futures = [self._ref_sampler.compute_logprobs(D.model_input(r.prompt_ids, r.tokens, _prompt_chunks(r)))
                    for r in rollouts]
         out = []
         for rollout, fut in zip(rollouts, futures, strict=True):
@@ -359,16 +377,17 @@ class StageRunner:
             self._expert = iter(TaskStream(rows, batch_size=n, total_epochs=None, total_steps=self.total + 1,
                                            seed=self.cfg.explorer.rollout_model.seed))
         added = 0
+        where = _dataset_name(source, f"buffer.trainer_input.auxiliary_buffers.{args.get('sft_dataset_name', 'sft_dataset')}")
         for task in next(self._expert):
             messages, response = sft_messages(self.cfg, task.row, source.format)
-            ids = self.encoder.prompt_ids(messages)
+            ids, chunks = self.encoder.prompt_input(messages, where)
             resp = self.encoder.response_ids(response)
             limit = self.cfg.model.max_response_tokens
             resp = resp[:limit] if limit else resp
             if self.encoder.too_long(ids) or not resp:
                 continue
             mask = [1] * len(resp)
-            datums.append(D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, 1.0, mask))
+            datums.append(D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, 1.0, mask, chunks))
             seqs.append((len(ids) - 1, [0.0] * len(resp), 0.0, mask, 1.0, None, True))
             added += 1
         return added
@@ -376,8 +395,6 @@ class StageRunner:
     def _teacher_logprobs(self, rollouts: list[Any]) -> dict[int, list[float]]:
         """The teacher's (explorer.auxiliary_models[0]) logprob of every response token of the rollouts whose
         workflow gave none, from a sampling client of the teacher model."""
-        import tinker
-
         need = [r for r in rollouts if r.tokens and "teacher_logprobs" not in (getattr(r, "info", None) or {})]
         if not need:
             return {}
@@ -386,7 +403,7 @@ class StageRunner:
             name = str(path.resolve()) if path.is_dir() else str(path)
             self._teacher_generation = self.conn.generation
             self._teacher_sampler = self.conn.service.create_sampling_client(base_model=name)
-        futures = [self._teacher_sampler.compute_logprobs(tinker.ModelInput.from_ints(r.prompt_ids + r.tokens))
+        futures = [self._teacher_sampler.compute_logprobs(D.model_input(r.prompt_ids, r.tokens, _prompt_chunks(r)))
                    for r in need]
         out = {}
         for r, fut in zip(need, futures, strict=True):
@@ -430,7 +447,7 @@ class StageRunner:
         for i, ref in zip(keep, refs, strict=True):
             r = rollouts[i]
             datums.append(D.loss_datum(plan, r.prompt_ids, r.tokens, r.logprobs, r.advantage, scales[i], masks[i],
-                                       r.info.get("prompt_chunks")))
+                                       _prompt_chunks(r)))
             seqs.append((len(r.prompt_ids) - 1, r.logprobs, r.advantage, masks[i], scales[i], ref))
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.lr_total)
         work = StepWork(step, datums, *(plan.builtin or ("custom", None)), lr)
@@ -483,16 +500,19 @@ class StageRunner:
         pairs = []
         truncated = 0
         limit = self.cfg.model.max_response_tokens
+        where = _dataset_name(self.cfg.buffer.trainer_input.experience_buffer, "buffer.trainer_input.experience_buffer")
         for task in tasks:
             messages, _ = sft_messages(self.cfg, {**task.row, fmt.response_key: "",
                                                   fmt.messages_key: _dpo_convo(task.row, fmt)})
-            ids = self.encoder.prompt_ids(messages)
+            ids, chunks = self.encoder.prompt_input(messages, where)
             if self.encoder.too_long(ids):
                 truncated += 1
                 continue
             replies = [self.encoder.response_ids(_reply_text(task.row[k])) for k in (fmt.chosen_key, fmt.rejected_key)]
-            pairs.append((ids, [r[:limit] if limit else r for r in replies]))
-        items = [SimpleNamespace(prompt_ids=ids, tokens=resp) for ids, both in pairs for resp in both]
+            pairs.append((ids, [r[:limit] if limit else r for r in replies], chunks))
+        # the chosen and the rejected reply share the prompt, its images included
+        items = [SimpleNamespace(prompt_ids=ids, tokens=resp, info={"prompt_chunks": chunks})
+                 for ids, both, chunks in pairs for resp in both]
         refs = self._ref_logprobs(items) if items else []
         lengths = [len(i.tokens) for i in items]
         # the dpo loss sums each reply's tokens; a KL or entropy term is aggregated over all replies' tokens
@@ -500,10 +520,11 @@ class StageRunner:
         datums, seqs = [], []
         for item, ref, scale in zip(items, refs, scales, strict=True):
             mask = [1] * len(item.tokens)
-            datums.append(D.loss_datum(self.plan, item.prompt_ids, item.tokens, [0.0] * len(mask), 0.0, scale, mask))
+            datums.append(D.loss_datum(self.plan, item.prompt_ids, item.tokens, [0.0] * len(mask), 0.0, scale, mask,
+                                       item.info["prompt_chunks"]))
             seqs.append((len(item.prompt_ids) - 1, [0.0] * len(mask), 0.0, mask, scale, ref))
         extra = {
-            "prompt_tokens": float(sum(len(ids) for ids, _ in pairs)), "response_tokens": float(sum(lengths)),
+            "prompt_tokens": float(sum(len(ids) for ids, _, _ in pairs)), "response_tokens": float(sum(lengths)),
             "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
             **length_stats("response_length", lengths, limit),
         }
@@ -512,11 +533,14 @@ class StageRunner:
         return work, extra
 
     def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
+        """Each row's prompt (with its images as image chunks) and target response as one cross-entropy datum."""
         pairs = []
+        chunks_of = []
         prompt_tokens = truncated = 0
+        where = _dataset_name(self.cfg.buffer.trainer_input.experience_buffer, "buffer.trainer_input.experience_buffer")
         for task in tasks:
             messages, response = sft_messages(self.cfg, task.row)
-            ids = self.encoder.prompt_ids(messages)
+            ids, chunks = self.encoder.prompt_input(messages, where)
             if self.encoder.too_long(ids):
                 truncated += 1
                 continue
@@ -526,10 +550,11 @@ class StageRunner:
                 resp = resp[:limit]
             prompt_tokens += len(ids)
             pairs.append((ids, resp))
+            chunks_of.append(chunks)
         n_tokens = sum(len(r) for _, r in pairs)
         scales = agg_scales(self.plan.agg_mode, [len(r) for _, r in pairs], self.cfg.model.max_response_tokens)
-        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, [1] * len(resp))
-                  for (ids, resp), sc in zip(pairs, scales, strict=True)]
+        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, [1] * len(resp), chunks)
+                  for (ids, resp), sc, chunks in zip(pairs, scales, chunks_of, strict=True)]
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         extra = {
             "prompt_tokens": float(prompt_tokens), "response_tokens": float(n_tokens),

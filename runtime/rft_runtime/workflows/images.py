@@ -1,11 +1,14 @@
-"""Images in chat messages, as a Tinker sampler of a vision-language model takes them: image chunks.
+"""Images in chat messages, as the Tinker service takes them for a vision-language model: image chunks.
 
 A message's content may be a list of parts: {"type": "text", "text": ...} and {"type": "image", "image": X}
-or OpenAI's {"type": "image_url", "image_url": {"url": X}}, X a file path, an http(s) or `data:` URL,
-bytes or a PIL image. The chat template renders each image as its placeholder (Qwen-VL:
-`<|vision_start|><|image_pad|><|vision_end|>`); the prompt becomes text chunks with an ImageChunk (PNG or
-JPEG bytes) where the template's image token stands. Its token count comes from the model's processor
-(transformers) when it can be loaded: training needs it, to line the loss up with the prompt.
+(or "url" / "path" in place of "image", as transformers' templates take them) or OpenAI's
+{"type": "image_url", "image_url": {"url": X}}, X a file path, an http(s) or `data:` URL, bytes or a PIL
+image. The chat template renders each image as its placeholder (Qwen-VL:
+`<|vision_start|><|image_pad|><|vision_end|>`, LLaVA: `<image>`); the prompt becomes text chunks with an
+ImageChunk (PNG or JPEG bytes) where the template's image token stands. Its token count comes from the
+model's processor (transformers) when it can be loaded: training needs it, to line the loss up with the
+prompt. One path for both sides: a rollout's prompt (the model wrapper's chat) and a training row's (SFT,
+DPO and expert data, rft_runtime.loop.prompts) are built by `chat_prompt` here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,57 @@ def has_images(messages: list[dict]) -> bool:
     """Whether any message's content holds an image part."""
     return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in _IMAGE_TYPES
                                                           for p in m["content"]) for m in messages)
+
+
+def image_refs(messages: list[dict]) -> list[Any]:
+    """The image references of every image part, in the order the chat template renders them."""
+    return [image_of(p) for m in messages if isinstance(m.get("content"), list)
+            for p in m["content"] if isinstance(p, dict) and p.get("type") in _IMAGE_TYPES]
+
+
+def mm_message(prompt: str, images: list[Any], videos: list[Any] | None = None) -> dict[str, Any]:
+    """A user message whose content puts each image / video at its `<image>` / `<video>` tag (those beyond
+    the tags first), as Trinity builds a row's message from format.image_key; plain text without media."""
+    parts: list[dict[str, Any]] = []
+    used = {"image": 0, "video": 0}
+    media = {"image": list(images or []), "video": list(videos or [])}
+    for piece in re.split(r"(<image>|<video>)", prompt):
+        kind = piece[1:-1] if piece in ("<image>", "<video>") else None
+        if kind is not None:
+            if used[kind] >= len(media[kind]):
+                raise WorkflowError(f"the prompt has more <{kind}> tags than the row has {kind}s")
+            parts.append({"type": kind, kind: media[kind][used[kind]]})
+            used[kind] += 1
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    extra = [{"type": k, k: m} for k in ("image", "video") for m in media[k][used[k]:]]
+    parts = extra + parts
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return {"role": "user", "content": parts[0]["text"]}
+    return {"role": "user", "content": parts}
+
+
+def text_of(content: Any) -> str:
+    """A message content's text: a string as it is, a list of parts as its text parts joined."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
+                       if not isinstance(p, dict) or p.get("type", "text") == "text")
+    return "" if content is None else str(content)
+
+
+def message_content(content: Any) -> Any:
+    """A message's content as a chat template takes it: its list of parts where it holds an image, else its
+    text."""
+    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in _IMAGE_TYPES for p in content):
+        return content
+    return text_of(content)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A row's image column as a list: None is none, one reference is one."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def image_of(part: dict) -> Any:
@@ -98,23 +153,36 @@ def placeholder(render: Any, tokenizer: Any) -> str:
 
 
 @functools.cache
-def _processor(model: str) -> Any:
+def _processor(model: str) -> tuple[Any, str | None]:
+    """(the model's processor or None, why it could not be loaded)."""
     from transformers import AutoProcessor
 
+    why = f"no processor for {model!r} could be loaded with transformers"
     # a local folder or the Hugging Face cache first; the Hub only for a name that can be one ("org/model")
     for offline in (True, False):
-        if not offline and (Path(model).expanduser().exists() or "/" not in model):
+        if not offline and (Path(model).expanduser().exists() or "/" not in model or "://" in model):
             break
         try:
-            return AutoProcessor.from_pretrained(model, local_files_only=offline)
-        except Exception:  # no processor for this model here: the count stays unknown
-            continue
+            return AutoProcessor.from_pretrained(model, local_files_only=offline), None
+        except Exception as exc:  # no processor for this model here: the count stays unknown
+            why = f"the processor of {model!r} could not be loaded with transformers: {type(exc).__name__}: " \
+                  f"{str(exc).strip()[:300]}"
+    return None, why
+
+
+def processor_problem(model: str) -> str | None:
+    """Why image token counts cannot be had for `model` here (None when its processor counts them)."""
+    processor, why = _processor(model)
+    if processor is None:
+        return why
+    if getattr(processor, "_get_num_multimodal_tokens", None) is None:
+        return f"the processor of {model!r} ({type(processor).__name__}) does not count image tokens"
     return None
 
 
 def image_token_count(model: str, data: bytes) -> int | None:
     """How many tokens the model's processor gives this image, or None when it cannot say."""
-    processor = _processor(model)
+    processor, _ = _processor(model)
     counter = getattr(processor, "_get_num_multimodal_tokens", None)
     if counter is None:
         return None
@@ -127,6 +195,33 @@ def image_token_count(model: str, data: bytes) -> int | None:
         return int(value[0]) if value else None
     except Exception:
         return None
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict], template_kwargs: dict[str, Any],
+                model: str) -> tuple[list[int], list[Any]]:
+    """(token ids, tinker chunks) of a conversation whose messages hold image parts, as a prompt: a final
+    assistant message is continued, otherwise the assistant's turn starts. `template_kwargs` go to
+    apply_chat_template (chat_template, tools, enable_thinking, ...); `model` names the processor that
+    sizes each image (the base model: a local directory or a Hub name)."""
+    kwargs = {**template_kwargs, "tokenize": False}
+
+    def render(msgs: list[dict], **more: Any) -> str:
+        try:
+            return tokenizer.apply_chat_template(template_messages(msgs), **kwargs, **more)
+        except Exception as exc:  # jinja raises many types
+            raise WorkflowError(f"the chat template could not render a message with an image: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    marker = placeholder(lambda msgs: render(msgs, add_generation_prompt=True), tokenizer)
+    final = bool(messages) and messages[-1].get("role") == "assistant"
+    text = render(messages, continue_final_message=True) if final else render(messages, add_generation_prompt=True)
+    chunks, ids = image_prompt(tokenizer, text, marker, image_refs(messages), model)
+    return ids, chunks
+
+
+def unsized(chunks: list[Any] | None) -> int:
+    """How many image chunks have no token count (a datum cannot line its loss up with them)."""
+    return sum(1 for c in chunks or [] if getattr(c, "type", "") == "image" and getattr(c, "expected_tokens", None) is None)
 
 
 def image_prompt(tokenizer: Any, text: str, marker: str, images: list[Any], model: str) -> tuple[list[Any], list[int]]:

@@ -243,6 +243,13 @@ class ModelWrapper:
     def _experiences(self, prompt_ids: list[int], response: Any, messages: list[dict] | None,
                      tools: list[dict] | None, chunks: list[Any] | None = None) -> list[Experience]:
         prompt_text = self.tokenizer.decode(prompt_ids)
+        unsized_why = None
+        if chunks:
+            from rft_runtime.workflows import images
+
+            if images.unsized(chunks):
+                # sampling needs no count, training does: the runner fails the experience with this reason
+                unsized_why = images.processor_problem(self.processor_model) or "its processor gave no count"
         out = []
         for seq in response.sequences:
             tokens = list(seq.tokens)
@@ -258,6 +265,8 @@ class ModelWrapper:
             if chunks:
                 # the prompt with its images, for the trainer's datum (prompt_ids hold the image tokens' places)
                 exp.info["prompt_chunks"] = chunks
+                if unsized_why is not None:
+                    exp.info["image_count_problem"] = unsized_why
             out.append(exp)
         return out
 
@@ -305,22 +314,14 @@ class ModelWrapper:
 
         if not images.has_images(messages):
             return self.encode_text(self.render(messages, tools, template_kwargs)), None
-        pics = [images.image_of(p) for m in messages if isinstance(m.get("content"), list)
-                for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image", "image_url")]
         kwargs = {**self._template_kwargs(tools), **(template_kwargs or {})}
+        return images.chat_prompt(self.tokenizer, messages, kwargs, self.processor_model)
 
-        def render(msgs: list[dict], **more: Any) -> str:
-            try:
-                return self.tokenizer.apply_chat_template(images.template_messages(msgs), **kwargs, **more)
-            except Exception as exc:  # jinja raises many types
-                raise WorkflowError(f"the chat template could not render a message with an image: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-
-        marker = images.placeholder(lambda msgs: render(msgs, add_generation_prompt=True), self.tokenizer)
-        final = messages[-1].get("role") == "assistant" if messages else False
-        text = render(messages, continue_final_message=True) if final else render(messages, add_generation_prompt=True)
-        chunks, ids = images.image_prompt(self.tokenizer, text, marker, pics, self._model_path)
-        return ids, chunks
+    @property
+    def processor_model(self) -> str:
+        """The model whose processor sizes images: the base model, also once the sampler serves trained
+        weights (a tinker:// path names no processor)."""
+        return self.settings.name if "://" in self._model_path else self._model_path
 
     def chat(self, messages: list[dict], **kwargs: Any) -> list[Experience]:
         """Sample `n` replies (kwarg, default 1) to a conversation; one Experience per reply."""

@@ -10,35 +10,12 @@ model on the Tinker service; the local engine serves text models and refuses the
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from rft_runtime.workflows.base import WorkflowError
 from rft_runtime.workflows.experience import Experience
+from rft_runtime.workflows.images import as_list, mm_message
 from rft_runtime.workflows.protocol import Task
 from rft_runtime.workflows.single_turn import BOXED_THINK_PROMPT, AsyncSingleTurnWorkflow, SingleTurnWorkflow
-
-
-def mm_message(prompt: str, images: list[Any], videos: list[Any]) -> dict[str, Any]:
-    """A user message whose content puts each image / video at its `<image>` / `<video>` tag (those beyond
-    the tags first); plain text when there is no media."""
-    parts: list[dict[str, Any]] = []
-    used = {"image": 0, "video": 0}
-    media = {"image": list(images or []), "video": list(videos or [])}
-    for piece in re.split(r"(<image>|<video>)", prompt):
-        kind = piece[1:-1] if piece in ("<image>", "<video>") else None
-        if kind is not None:
-            if used[kind] >= len(media[kind]):
-                raise WorkflowError(f"the prompt has more <{kind}> tags than the row has {kind}s")
-            parts.append({"type": kind, kind: media[kind][used[kind]]})
-            used[kind] += 1
-        elif piece:
-            parts.append({"type": "text", "text": piece})
-    extra = [{"type": k, k: m} for k in ("image", "video") for m in media[k][used[k]:]]
-    parts = extra + parts
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        return {"role": "user", "content": parts[0]["text"]}
-    return {"role": "user", "content": parts}
 
 
 class SimpleMMWorkflow(SingleTurnWorkflow):
@@ -52,8 +29,8 @@ class SimpleMMWorkflow(SingleTurnWorkflow):
         self.system_prompt = BOXED_THINK_PROMPT
         fmt = task.format_args
         row = self.raw_task
-        self.images = _as_list(row.get(fmt.image_key)) if fmt.image_key else []
-        self.videos = _as_list(row.get(fmt.video_key)) if fmt.video_key else []
+        self.images = as_list(row.get(fmt.image_key)) if fmt.image_key else []
+        self.videos = as_list(row.get(fmt.video_key)) if fmt.video_key else []
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """The system prompt, then the prompt with its media."""
@@ -67,9 +44,3 @@ class AsyncSimpleMMWorkflow(AsyncSingleTurnWorkflow, SimpleMMWorkflow):
     async def run_async(self) -> list[Experience]:
         """Sample repeat_times replies and score each."""
         return await AsyncSingleTurnWorkflow.run_async(self)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]

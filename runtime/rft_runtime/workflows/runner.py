@@ -366,6 +366,7 @@ def experience_problem(exp: Any) -> str | None:
         return f"an Experience has an action_mask of {len(as_ints(mask))} for {n} response tokens"
     chunks = (getattr(exp, "info", None) or {}).get("prompt_chunks") or []
     if any(getattr(c, "type", "") == "image" and getattr(c, "expected_tokens", None) is None for c in chunks):
-        return ("an image's token count is unknown (the model's processor could not be loaded with transformers), "
-                "so its reply cannot be lined up with the prompt to train on")
+        why = (getattr(exp, "info", None) or {}).get("image_count_problem") or \
+            "the model's processor could not be loaded with transformers"
+        return f"an image's token count is unknown ({why}), so its reply cannot be lined up with the prompt to train on"
     return None
