@@ -16,6 +16,7 @@ from rft_runtime.config.loader import load_config
 from rft_runtime.config.local_model import model_checks
 from rft_runtime.config.models import JobConfig, StorageConfig
 from rft_runtime.config.workflow_checks import load_named
+from rft_runtime.workflows.placement import runners_where
 
 EXIT_INVALID = 2
 
@@ -168,8 +169,6 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
             where = "Tinker service" if url is None else ("local engine" if url == "local" else url)
             backend = f"tinker ({where}, LoRA rank {stage.model.tinker.rank})"
             if stage.mode != "train":
-                from rft_runtime.loop.ray_runners import runners_where
-
                 rows.append((f"{prefix}workflow runners", runners_where(stage)))
         else:
             backend = f"verl ({stage.cluster.node_num} node(s) x {stage.cluster.gpu_per_node} GPU)"

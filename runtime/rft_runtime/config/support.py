@@ -64,7 +64,7 @@ NO_EFFECT_ON_TINKER = {
     ("OptimizerConfig", "clip_grad"),  # trainer.grad_clip is the clip
     ("AlgorithmConfig", "kl_penalty_fn_args"),
     ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
-    # ray_address and node_num place the workflow runners on Ray (rft_runtime.loop.ray_runners)
+    # ray_address and node_num place the workflow runners on Ray (rft_runtime.workflows.ray_runners)
     ("ClusterConfig", "gpu_per_node"),
     ("TasksetConfig", "index"), ("TasksetConfig", "enable_progress_bar"), ("TasksetConfig", "is_eval"),
     ("ExperienceBufferConfig", "index"), ("ExperienceBufferConfig", "enable_progress_bar"),

@@ -25,6 +25,7 @@ from rft_runtime.data import pipeline
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
+from rft_runtime.loop.explorer import explorer_uses_ray
 from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.loop.stage import StageRunner, make_stream, stage_label, stage_steps
 from rft_runtime.loop.trainer import Trainer
@@ -243,10 +244,13 @@ def _runtime(cfg: JobConfig, stages: list[JobConfig], files_dir: Path, *, metric
              progress: bool, monitor: Any, api_key: str | None) -> Iterator[Runtime]:
     """Ray runners (when asked for), explorer.env_vars, the monitor and the connection for the job's
     duration, each undone in reverse order whatever happens."""
-    from rft_runtime.loop import ray_runners
-
     explores = any(s.mode not in ("train", "bench", "serve") for s in stages)
-    ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
+    ray_session = None
+    if explores and explorer_uses_ray(cfg):
+        # ray takes a quarter of a second or more to import: only a job whose runners are on Ray pays it
+        from rft_runtime.workflows.ray_runners import RaySession
+
+        ray_session = RaySession.open(cfg)
     # explorer.env_vars, Trinity's environment of the workflow runners: the Ray actors get it from the
     # session's runtime_env; in process the runners are this process, for the job's duration
     saved_env = {} if ray_session is not None else _set_env(getattr(cfg.explorer, "env_vars", None) or {})

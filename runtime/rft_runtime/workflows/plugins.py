@@ -18,7 +18,7 @@ from rft_runtime.workflows.base import WorkflowError
 
 ENV_VAR = "TRINITY_PLUGIN_DIRS"
 # (folder, module names) of every plugin folder loaded in this process: Ray runners on other nodes get the
-# same files and import the same modules (rft_runtime.loop.ray_runners)
+# same files and import the same modules (rft_runtime.workflows.ray_runners)
 LOADED: list[tuple[Path, list[str]]] = []
 
 
