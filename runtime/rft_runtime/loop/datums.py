@@ -14,6 +14,8 @@ import numpy as np
 
 
 def _model_input(tokens: list[int]) -> Any:
+    # the SDK imports torch (~2 s), here and in the loop's other modules at their first call: a job that stops
+    # at its checks (no API key, no model directory, a bad dataset) says so without loading either
     import tinker
 
     return tinker.ModelInput.from_ints(tokens)
@@ -25,7 +27,7 @@ def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: 
     cross_entropy, weight) times the loss_agg_mode scale and the mask; a client-side loss gets only the
     tokens and the mask (its inputs stay in the loss function on this machine). `prompt_chunks`: the prompt
     with its images (a vision-language rollout), whose lengths prompt_ids stand in for."""
-    import tinker
+    import tinker  # heavy: see _model_input
 
     tokens = prompt_ids + response
     pad = [0.0] * (len(prompt_ids) - 1)

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from rft_runtime.workflows import trinity_compat
 from rft_runtime.workflows.base import WorkflowError
 
 ENV_VAR = "TRINITY_PLUGIN_DIRS"
@@ -35,8 +36,6 @@ def plugin_dirs(given: list[str] | None) -> list[Path]:
 
 def load_plugins(given: list[str] | None) -> list[str]:
     """Import every plugin module; returns their module names. Raises WorkflowError naming the bad one."""
-    from rft_runtime.workflows import trinity_compat
-
     dirs = plugin_dirs(given)
     if not dirs:
         return []
