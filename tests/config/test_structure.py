@@ -1,6 +1,6 @@
 """How the algorithm layer is put together: a new algorithm type is one file that the validator and the loss
 plan then know. (That no import cycle runs through config/ and algorithms/, or anywhere else, is
-tests/test_structure.py's.)"""
+tests/test_import_structure.py's.)"""
 
 from __future__ import annotations
 
