@@ -1,12 +1,16 @@
 """How the two packages are put together: no import cycle anywhere in rft_runtime or rft_operator, no arrow
-running up the layers, and `rft validate` and the operator's validation stay free of the heavy libraries.
+running up the layers, every module importable first, and `rft validate` and the operator's validation free of
+the heavy libraries.
 
 The import graph is read from the source (ast), not from a running interpreter, so it holds every import a
 module can make, whichever code path runs. An import inside a function counts as an arrow like one at the top
 of the module: deferring an import changes when the two modules meet, not whether one needs the other, so a
-cycle closed from inside a function is still a cycle (one call away from a half-initialised module). Imports
-stay inside functions only to defer a heavy library off a path that needs the speed, each with a comment that
-says so; never to dodge a cycle. The same holds for imports under `if TYPE_CHECKING:` (there are none).
+cycle closed from inside a function is still a cycle (one call away from a half-initialised module). So do
+imports under `if TYPE_CHECKING:` (there are none). Imports stay inside functions to defer a heavy library off
+a path that needs the speed, each with a comment that says so. The package __init__ that the interpreter runs
+before a module is not an arrow (see _graph); a cycle through one shows when a module is imported first
+(test_every_module_can_be_imported_first), and the one function-level import that avoids such a cycle says so
+(config/loader.py's checks).
 """
 
 from __future__ import annotations
