@@ -255,8 +255,8 @@ def test_rft_validate_imports_no_heavy_library(config, monkeypatch):
 
 def test_the_operators_validation_imports_no_heavy_library():
     code = ("import yaml\nfrom rft_operator.jobconfig import prepare_config\nfrom rft_operator.spec import parse_spec\n"
-            f"job = yaml.safe_load(open({str(ROOT / 'examples' / 'rftjob-tinker.yaml')!r}))\n"
-            "result = prepare_config(job['spec']['config'], parse_spec(job['spec']), job_name='j', namespace='d')\n"
+            f"spec = {{'config': yaml.safe_load(open({str(ROOT / 'examples' / 'tinker.yaml')!r}))}}\n"
+            "result = prepare_config(spec['config'], parse_spec(spec), job_name='j', namespace='d')\n"
             "assert result.valid, result.issues")
     assert _imported_by(code) == []
 
