@@ -307,7 +307,7 @@ class StageRunner:
 
     def _ref_logprobs(self, rollouts: list[Any]) -> list[list[float]]:
         """Reference (base model) logprobs of each rollout's response tokens, all requests in flight at once."""
-        import tinker  # the SDK imports torch: see loop.datums._model_input
+        import tinker  # the SDK imports torch: see loop/datums.py
 
         if self._ref_sampler is None or self._ref_generation != self.conn.generation:
             self._ref_generation = self.conn.generation
