@@ -373,7 +373,7 @@ class StageRunner:
     def _teacher_logprobs(self, rollouts: list[Any]) -> dict[int, list[float]]:
         """The teacher's (explorer.auxiliary_models[0]) logprob of every response token of the rollouts whose
         workflow gave none, from a sampling client of the teacher model."""
-        import tinker  # heavy: see _ref_logprobs
+        import tinker  # the SDK imports torch: see loop/datums.py
 
         need = [r for r in rollouts if r.tokens and "teacher_logprobs" not in (getattr(r, "info", None) or {})]
         if not need:
@@ -560,7 +560,7 @@ class StageRunner:
             drop_leftover(self.cfg.job_dir, old.stream_state)
 
     def _delete_checkpoint(self, path: str) -> None:
-        import tinker  # heavy: see _ref_logprobs
+        import tinker  # the SDK imports torch: see loop/datums.py
 
         try:
             if self._rest is None:
