@@ -124,7 +124,7 @@ def main() -> int:
 
     from rft_runtime.engine.launcher import LocalEngine
     from rft_runtime.engine.model_factory import make_model
-    from rft_runtime.loop import ray_runners
+    from rft_runtime.workflows import ray_runners
     from rft_runtime.workflows.plugins import load_plugins
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

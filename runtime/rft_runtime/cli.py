@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from rft_runtime import __version__
 
 
 def _handler(parser: argparse.ArgumentParser, target: str) -> None:
@@ -36,10 +39,9 @@ def _plugin_args(parser: argparse.ArgumentParser) -> None:
 
 def _load_plugins(args: argparse.Namespace) -> str | None:
     """Import --plugin-dir (and TRINITY_PLUGIN_DIRS) modules before the config names their workflows."""
-    import os
-
     if not hasattr(args, "plugin_dir") or not (args.plugin_dir or os.environ.get("TRINITY_PLUGIN_DIRS")):
         return None
+    # as the handlers: `rft --help` and the commands without plugins do not pay for the workflows package
     from rft_runtime.workflows import WorkflowError
     from rft_runtime.workflows.plugins import load_plugins
 
@@ -137,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from rft_runtime import __version__
-
         print(__version__)
         return 0
     target = getattr(args, "_handler", None)
@@ -164,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _reader_went_away() -> int:
     """`rft ... | head`: stop quietly, as a command killed by SIGPIPE would (exit 141), with no traceback."""
-    import os
-
     # what is still buffered for stdout can never be written; point it at /dev/null so exit does not try
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())

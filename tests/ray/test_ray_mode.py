@@ -14,7 +14,7 @@ from test_run_support import clean_env, job_dict, rft, write_config  # noqa: E40
 
 from rft_runtime.config import load_config_dict  # noqa: E402
 from rft_runtime.loop.errors import RunError  # noqa: E402
-from rft_runtime.loop.ray_runners import explorer_uses_ray  # noqa: E402
+from rft_runtime.loop.explorer import explorer_uses_ray  # noqa: E402
 
 
 @pytest.fixture

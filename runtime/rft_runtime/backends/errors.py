@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class BackendError(RuntimeError):
     """The training backend cannot be reached or used; the message says what was tried and what to do."""
@@ -9,9 +11,9 @@ class BackendError(RuntimeError):
 
 def refused(exc: BaseException) -> bool:
     """True for answers no retry can change: the request itself is wrong (400/422) or not allowed (401/403)."""
-    import tinker
-
-    return isinstance(exc, (tinker.BadRequestError, tinker.UnprocessableEntityError, tinker.AuthenticationError,
+    # an SDK error exists only once the SDK was imported; importing it here would import torch for nothing
+    tinker = sys.modules.get("tinker")
+    return tinker is not None and isinstance(exc, (tinker.BadRequestError, tinker.UnprocessableEntityError, tinker.AuthenticationError,
                             tinker.PermissionDeniedError))
 
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from rft_runtime.backends.errors import BackendError
 from rft_runtime.config import API_KEY_VARS, JobConfig, tinker_api_key
 from rft_runtime.config.local_model import MAKE_MODEL_HINT, local_model_problem, model_field
+from rft_runtime.engine.launcher import LocalEngine
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def service_url(base_url: str | None) -> str:
     if base_url:
         return base_url
     try:
-        from tinker.lib.base_url import resolve_base_url
+        from tinker.lib.base_url import resolve_base_url  # the SDK imports torch: see Connection._new_service
 
         return str(resolve_base_url(None))
     except Exception:  # an SDK without the helper: say what we know
@@ -217,8 +218,6 @@ class Connection:
         return self
 
     def _start_engine(self) -> None:
-        from rft_runtime.engine.launcher import LocalEngine
-
         model_dir = local_model_dir(self.cfg)
         self.job_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.job_dir / "engine.pid"
@@ -276,6 +275,8 @@ class Connection:
     # ------------------------------------------------------------ clients
 
     def _new_service(self) -> Any:
+        # the SDK imports torch (~2 s): a job that stops before it connects (no API key, a missing file) never
+        # loads either, and so leaves no torch finalizers to fail at exit
         import tinker
 
         return tinker.ServiceClient(base_url=self.base_url, api_key=self.api_key)
@@ -336,7 +337,7 @@ class Connection:
         """The model's tokenizer: from the local directory when there is one, else through the SDK."""
         path = Path(self.cfg.model.tinker_base_model or "").expanduser()
         if path.is_dir():
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # ~1 s to import: only a local model directory needs it
 
             return AutoTokenizer.from_pretrained(str(path.resolve()))
         if training_client is None:

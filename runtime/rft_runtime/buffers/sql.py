@@ -18,6 +18,7 @@ this runtime's own, beside any table Trinity wrote under `<name>`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ def is_database_url(path: str | None) -> bool:
 
 def _redact(url: str) -> str:
     try:
+        # SQLAlchemy takes ~0.25 s to import, and the validator reads this package: only a database buffer needs it
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
@@ -53,9 +55,7 @@ def _driver_url(url: str) -> str:
     """postgresql:// names psycopg2 by default; with only psycopg (v3) installed, use that."""
     scheme, _, rest = url.partition("://")
     if scheme in ("postgresql", "postgres"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("psycopg2") is None:
             return f"postgresql+psycopg://{rest}"
         return f"postgresql://{rest}"
     return url
@@ -67,7 +67,7 @@ class SqlStore:
     def __init__(self, url: str, name: str, *, retries: int = 3, retry_interval: float = 1.0,
                  where: str = "buffer.trainer_input.experience_buffer", fifo: bool = False):
         try:
-            import sqlalchemy as sa
+            import sqlalchemy as sa  # heavy, and in the runtime extra only: see _redact
         except ImportError:
             raise StorageError(
                 f"{where}.path is a database URL ({_redact(url)}), which needs SQLAlchemy: "

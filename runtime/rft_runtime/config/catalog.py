@@ -12,6 +12,8 @@ from rft_runtime.config.trinity_facts import REGISTRIES
 
 # one rule for what names user code, shared with the workflow registry (re-exported for the validator)
 from rft_runtime.import_paths import is_import_path, split_import_path  # noqa: F401
+from rft_runtime.workflows import known_reward_fns as _registered_reward_fns
+from rft_runtime.workflows import known_workflows as _registered_workflows
 
 MODES = ("both", "explore", "train", "bench", "serve", "colocate")
 # What this runtime runs itself on the Tinker backend. The veRL backend hands the whole job to
@@ -44,13 +46,9 @@ TRINITY_REWARD_FNS = REGISTRIES["reward_fns"]
 
 def known_workflows() -> tuple[str, ...]:
     """Workflows this runtime runs on Tinker (its registry; another package may register more)."""
-    from rft_runtime.workflows import known_workflows as registry
-
-    return tuple(registry())
+    return tuple(_registered_workflows())
 
 
 def known_reward_fns() -> tuple[str, ...]:
     """Reward functions this runtime runs on Tinker (its registry)."""
-    from rft_runtime.workflows import known_reward_fns as registry
-
-    return tuple(registry())
+    return tuple(_registered_reward_fns())

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from rft_runtime.algorithms import AlgorithmError, loss_plan
 from rft_runtime.config import catalog, loop_rules, support, workflow_checks
 from rft_runtime.config.data_checks import check_data_features
 from rft_runtime.config.errors import ConfigIssue, did_you_mean, short, suggest
@@ -41,8 +42,6 @@ def _check_algorithm(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
     """Every algorithm setting the runtime would reject at its first step (unknown arguments, losses and
     settings Tinker cannot train, what the algorithm type checks itself), found at load time by building the
     loss plan (rft_runtime.algorithms.losses); its warnings are the file's."""
-    from rft_runtime.algorithms import AlgorithmError, loss_plan
-
     if cfg.algorithm.algorithm_type not in catalog.TINKER_ALGORITHMS:
         return []
     try:

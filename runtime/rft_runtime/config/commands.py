@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -16,6 +17,9 @@ from rft_runtime.config.loader import load_config
 from rft_runtime.config.local_model import model_checks
 from rft_runtime.config.models import JobConfig, StorageConfig
 from rft_runtime.config.workflow_checks import load_named
+from rft_runtime.data.errors import DataError
+from rft_runtime.data.tasksets import builder_for, check_rows
+from rft_runtime.workflows.placement import runners_where
 
 EXIT_INVALID = 2
 
@@ -63,11 +67,10 @@ def _count_local_rows(store: StorageConfig) -> int | None:
                     return None
                 total += len(data)
             elif suffix == ".csv":
-                import csv
-
                 with f.open(newline="", encoding="utf-8") as fh:
                     total += max(sum(1 for _ in csv.reader(fh)) - 1, 0)
             elif suffix == ".parquet":
+                # pyarrow takes ~0.1 s to import (and may be absent): only a parquet taskset's count needs it
                 import pyarrow.parquet as pq
 
                 total += pq.ParquetFile(f).metadata.num_rows
@@ -98,8 +101,6 @@ def _first_rows(store: StorageConfig, n: int = 5) -> list[dict[str, Any]] | None
             data = json.loads(f.read_text(encoding="utf-8"))
             rows = data[:n] if isinstance(data, list) else []
         elif suffix == ".csv":
-            import csv
-
             with f.open(newline="", encoding="utf-8") as fh:
                 rows = [row for _, row in zip(range(n), csv.DictReader(fh), strict=False)]
         else:
@@ -127,9 +128,6 @@ def data_checks(cfg: JobConfig) -> tuple[list[str], list[str]]:
     A path that does not exist here may exist where the job runs (a pod's volume), so it is a warning; a
     local file whose first rows lack the prompt column fails `rft run` in its first second on Tinker.
     """
-    from rft_runtime.data.errors import DataError
-    from rft_runtime.data.tasksets import builder_for, check_rows
-
     problems: list[str] = []
     warnings: list[str] = []
     for stage in cfg.stage_configs():
@@ -168,8 +166,6 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
             where = "Tinker service" if url is None else ("local engine" if url == "local" else url)
             backend = f"tinker ({where}, LoRA rank {stage.model.tinker.rank})"
             if stage.mode != "train":
-                from rft_runtime.loop.ray_runners import runners_where
-
                 rows.append((f"{prefix}workflow runners", runners_where(stage)))
         else:
             backend = f"verl ({stage.cluster.node_num} node(s) x {stage.cluster.gpu_per_node} GPU)"

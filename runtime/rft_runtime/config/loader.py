@@ -147,6 +147,7 @@ def resolve_interpolations(data: dict[str, Any]) -> tuple[dict[str, Any], list[C
     interpolated = [(loc, v) for loc, v in _walk(data) if isinstance(v, str) and "${" in v]
     if not interpolated:
         return data, []
+    # OmegaConf takes ~50 ms to import: a config without interpolations is validated without it
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -264,6 +265,9 @@ def _is_fragment(data: dict[str, Any]) -> bool:
 
 
 def _load(data: dict[str, Any], source: str | None, partial: bool, base_dir: Path | None) -> JobConfig:
+    # not at the top: the checks read algorithms/, whose modules read config.models and config.paths, and
+    # importing those runs this package's __init__, which imports this module (`import rft_runtime.algorithms`
+    # would stop half-way); the models sit below the algorithms, the checks above them
     from rft_runtime.config.checks import check_config
 
     data, issues = resolve_interpolations(data)
@@ -293,7 +297,7 @@ def _load(data: dict[str, Any], source: str | None, partial: bool, base_dir: Pat
 def _check_stage(
     base: dict[str, Any], stage: Any, index: int, partial: bool, warnings: list[str], seen: list[ConfigIssue]
 ) -> list[ConfigIssue]:
-    from rft_runtime.config.checks import check_config
+    from rft_runtime.config.checks import check_config  # not at the top: see _load
 
     where = f"stages[{index}]"
     if not isinstance(stage, dict):

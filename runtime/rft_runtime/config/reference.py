@@ -130,16 +130,14 @@ def _sections() -> list[tuple[type[Section], list[str]]]:
 
 
 def _names() -> list[str]:
-    from rft_runtime.config.catalog import known_reward_fns, known_workflows
-
     lines = ["## Algorithms, workflows and reward functions\n"]
     lines.append(f"Algorithms Trinity-RFT registers (any runs on veRL): {', '.join(catalog.KNOWN_ALGORITHMS)}.\n")
     lines.append(f"On Tinker: {', '.join(catalog.TINKER_ALGORITHMS)}. The others are refused at load time with "
                  "the reason:\n")
     lines += [f"- `{name}`: {why}" for name, why in catalog.TINKER_REFUSALS.items()]
     lines.append(f"- any other: {catalog.TINKER_REFUSAL_DEFAULT}\n")
-    lines.append(f"Workflows this runtime runs on Tinker: {', '.join(f'`{n}`' for n in known_workflows())}. "
-                 f"Reward functions: {', '.join(f'`{n}`' for n in known_reward_fns())}.\n")
+    lines.append(f"Workflows this runtime runs on Tinker: {', '.join(f'`{n}`' for n in catalog.known_workflows())}. "
+                 f"Reward functions: {', '.join(f'`{n}`' for n in catalog.known_reward_fns())}.\n")
     lines.append(f"Trinity's own workflows (veRL only): {', '.join(catalog.TRINITY_WORKFLOWS)}.\n")
     lines.append(f"Trinity's own reward functions (veRL only): {', '.join(catalog.TRINITY_REWARD_FNS)}.\n")
     lines.append(

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from rft_runtime.config.loop_fields import NOTES as LOOP_NOTES
 from rft_runtime.config.models import FROM_FACTS, Section
+from rft_runtime.workflows.auxiliary import HONOURED as AUXILIARY_HONOURED
 
 HONOURED = "honoured"
 NO_EFFECT = "no effect"
@@ -64,7 +65,7 @@ NO_EFFECT_ON_TINKER = {
     ("OptimizerConfig", "clip_grad"),  # trainer.grad_clip is the clip
     ("AlgorithmConfig", "kl_penalty_fn_args"),
     ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
-    # ray_address and node_num place the workflow runners on Ray (rft_runtime.loop.ray_runners)
+    # ray_address and node_num place the workflow runners on Ray (rft_runtime.workflows.ray_runners)
     ("ClusterConfig", "gpu_per_node"),
     ("TasksetConfig", "index"), ("TasksetConfig", "enable_progress_bar"), ("TasksetConfig", "is_eval"),
     ("ExperienceBufferConfig", "index"), ("ExperienceBufferConfig", "enable_progress_bar"),
@@ -95,8 +96,6 @@ def treatment(trinity_class: str, field: str, path: str = "") -> str:
     if key in HONOURED_FROM_FACTS:
         return HONOURED
     if path.startswith("explorer.auxiliary_models["):
-        from rft_runtime.workflows.auxiliary import HONOURED as AUXILIARY_HONOURED
-
         if field in AUXILIARY_HONOURED:
             return HONOURED
     if key in NO_EFFECT_ON_TINKER or key in FROM_FACTS:

@@ -14,9 +14,11 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from rft_runtime.algorithms import AlgorithmError, loss_plan
 from rft_runtime.config import catalog
 from rft_runtime.config.errors import ConfigIssue
 from rft_runtime.config.models import JobConfig
+from rft_runtime.workflows import WorkflowError, registry, requirements
 
 _EI = "buffer.explorer_input"
 
@@ -66,8 +68,6 @@ def check_workflows(cfg: JobConfig, warnings: list[str],
                     suggest: Callable[[str, tuple[str, ...]], str | None] | None = None) -> list[ConfigIssue]:
     """Unknown names (soft: a plugin may register them), and on Tinker what each used workflow needs.
     `suggest` picks the closest known name for a misspelt one (the validator's own rule)."""
-    from rft_runtime.workflows import registry
-
     known = {"workflow": (*catalog.TRINITY_WORKFLOWS, *catalog.known_workflows()),
              "reward function": (*catalog.TRINITY_REWARD_FNS, *catalog.known_reward_fns())}
     issues = []
@@ -88,8 +88,6 @@ def check_workflows(cfg: JobConfig, warnings: list[str],
 def _image_datasets(cfg: JobConfig) -> tuple[dict[str, Any], dict[str, str]]:
     """({path: store} of the training datasets whose rows' images are sent, {path: why not} of the trainer
     stores whose format.image_key nothing reads)."""
-    from rft_runtime.algorithms import AlgorithmError, loss_plan
-
     ti = cfg.buffer.trainer_input
     stores = {"buffer.trainer_input.experience_buffer": ti.experience_buffer,
               **{f"buffer.trainer_input.auxiliary_buffers.{k}": v for k, v in ti.auxiliary_buffers.items()}}
@@ -135,8 +133,6 @@ def _dataset_images(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue]:
 
 def _needs(cfg: JobConfig, where: str, ts: Any, source: str, name: str, reward: str | None,
            warnings: list[str]) -> list[ConfigIssue]:
-    from rft_runtime.workflows import requirements
-
     needs = requirements.needs(name)
     issues = []
     missing = requirements.missing_packages(name)
@@ -174,8 +170,6 @@ def load_named(cfg: JobConfig, plugins_given: bool) -> tuple[list[str], list[str
     and a problem when one was; a module that fails, a missing attribute, a class that is no workflow are
     problems. Workflows bound to an environment that is not installed are left to check_workflows' warning.
     """
-    from rft_runtime.workflows import WorkflowError, registry, requirements
-
     problems: list[str] = []
     warnings: list[str] = []
     if cfg.backend != "tinker":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rft_runtime.data.errors import DataError
+from rft_runtime.data.tasksets import builder_for
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def args_problem(args: dict[str, Any]) -> str | None:
 
 def _dj_config(operators: list[Any] | None, config_path: str | None, np: int, work_dir: Path,
                text_keys: list[str] | None = None) -> Any:
+    # Data-Juicer is an optional extra (with jsonargparse) and takes seconds to import: only a job that runs it
     from data_juicer.config import get_init_configs, prepare_side_configs
     from jsonargparse import Namespace
 
@@ -80,6 +82,7 @@ def _dj_config(operators: list[Any] | None, config_path: str | None, np: int, wo
 
 
 def _run_ops(rows: list[dict[str, Any]], dj_cfg: Any) -> list[dict[str, Any]]:
+    # optional and heavy (see _dj_config); so is datasets (~1 s), which the validator never needs
     from data_juicer.core.data import NestedDataset
     from data_juicer.ops import load_ops
     from datasets import Dataset
@@ -163,8 +166,6 @@ def _priority(row: dict[str, Any], weights: dict[str, float]) -> None:
 
 
 def _read_inputs(paths: list[str]) -> list[dict[str, Any]]:
-    from rft_runtime.data.tasksets import builder_for
-
     rows: list[dict[str, Any]] = []
     for path in paths:
         p = Path(path).expanduser()
@@ -175,7 +176,7 @@ def _read_inputs(paths: list[str]) -> list[dict[str, Any]]:
         if builder is None:
             raise DataError(f"data_processor.task_pipeline.inputs: cannot read {path}: not a jsonl, json, parquet "
                             "or csv file", path=str(path))
-        from datasets import load_dataset
+        from datasets import load_dataset  # ~1 s to import: only when the task pipeline runs
 
         rows += load_dataset(builder, data_files=[str(p)], split="train").to_list()
     return rows

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rft_runtime.data.errors import DataError
+from rft_runtime.data.juicer import DataJuicerOperator, args_problem
 
 Groups = list[list[Any]]
 # the key under which pass_rate_calculator hands the selectors their feedback (Trinity's SELECTOR_METRIC)
@@ -210,8 +211,6 @@ class PassRateCalculator:
 
 
 def _data_juicer(**args: Any) -> Any:
-    from rft_runtime.data.juicer import DataJuicerOperator
-
     return DataJuicerOperator(**args)
 
 
@@ -233,8 +232,6 @@ def operator_problem(name: str, args: dict[str, Any]) -> str | None:
     if name not in OPERATORS:
         return f"unknown experience operator {name!r}; Trinity-RFT's: {', '.join(OPERATORS)}"
     if name == "data_juicer":
-        from rft_runtime.data.juicer import args_problem
-
         return args_problem(args)
     try:
         inspect.signature(OPERATORS[name]).bind(**args)

@@ -118,6 +118,7 @@ def _offline() -> Iterator[None]:
     Both libraries read HF_*_OFFLINE into module constants at import time, so the environment variable
     alone only helps if set before the first import; the constants are switched too, and restored after.
     """
+    # datasets takes ~1 s to import: `import rft_runtime.data`, the validator and the operator go without it
     import datasets.config as dconfig
     import huggingface_hub.constants as hconstants
 
@@ -141,7 +142,7 @@ def _offline() -> Iterator[None]:
 @contextmanager
 def _quiet_progress() -> Iterator[None]:
     # "Generating train split" bars from every load would bury the job's own progress bar.
-    from datasets.utils import logging as dlogging
+    from datasets.utils import logging as dlogging  # heavy: see _offline
 
     was = dlogging.is_progress_bar_enabled()
     dlogging.disable_progress_bar()
@@ -175,7 +176,7 @@ def _data_files(folder: Path) -> list[Path]:
 
 
 def _load_local(path: Path, split: str, subset: str | None, cache_dir: Any) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # heavy: see _offline
 
     with _offline(), _quiet_progress(), _cache(cache_dir) as cache:
         try:
@@ -225,7 +226,7 @@ def _load_local(path: Path, split: str, subset: str | None, cache_dir: Any) -> l
 
 
 def _load_hub(name: str, split: str, subset: str | None, cache_dir: Any) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # heavy: see _offline
 
     with _quiet_progress():
         try:

@@ -25,6 +25,8 @@ from rft_runtime.workflows.images import unsized
 def model_input(prompt_ids: list[int], response: list[int], prompt_chunks: list[Any] | None = None) -> Any:
     """The ModelInput of a prompt followed by response tokens: the prompt's chunks (its images) where it has
     them, else its ids. Used whole for compute_logprobs; a datum's input leaves the last token out."""
+    # the SDK imports torch (~2 s), here and in the loop's other modules at their first call: a job that stops
+    # at its checks (no API key, no model directory, a bad dataset) says so without loading either
     import tinker
 
     if not prompt_chunks:
@@ -48,7 +50,7 @@ def loss_datum(plan: Any, prompt_ids: list[int], response: list[int], logprobs: 
     cross_entropy, weight) times the loss_agg_mode scale and the mask; a client-side loss gets only the
     tokens and the mask (its inputs stay in the loss function on this machine). `prompt_chunks`: the prompt
     with its images (a vision-language rollout or training row), whose positions prompt_ids stand in for."""
-    import tinker
+    import tinker  # heavy: see model_input
 
     tokens = prompt_ids + response
     pad = [0.0] * (len(prompt_ids) - 1)

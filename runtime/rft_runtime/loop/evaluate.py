@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from rft_runtime.backends.tinker_client import Connection
 from rft_runtime.config import JobConfig
+from rft_runtime.data.tasksets import Task, load_rows
 from rft_runtime.loop.explorer import Explorer
 from rft_runtime.loop.prompts import PromptEncoder
 
@@ -27,8 +31,6 @@ def evaluate(
     encoder: PromptEncoder | None = None,
 ) -> EvalResult:
     """Greedy-decode every row with the sampler weights at `sampler_path` (None: the base model)."""
-    from rft_runtime.data.tasksets import Task
-
     encoder = encoder or PromptEncoder.for_stage(conn.tokenizer(), cfg)
     explorer = Explorer(cfg, encoder, is_eval=True, conn=conn)
     # an external model (mode bench) answers from its own endpoint: no Tinker sampler is made
@@ -63,8 +65,6 @@ class EvalRunner:
     """
 
     def __init__(self, cfg: JobConfig, conn: Connection, encoder: PromptEncoder, job_dir: Any):
-        from rft_runtime.data.tasksets import load_rows
-
         self.cfg = cfg
         self.conn = conn
         self.encoder = encoder
@@ -77,10 +77,6 @@ class EvalRunner:
 
     def run(self, global_step: int, sampler_path: str | None) -> list[dict[str, Any]]:
         """Evaluate every eval taskset with the sampler weights at sampler_path; append and return the lines."""
-        import json
-        import logging
-        import time
-
         lines = []
         for ts, rows in self.sets:
             res = evaluate(eval_config(self.cfg, ts), self.conn, rows, sampler_path, self.encoder)

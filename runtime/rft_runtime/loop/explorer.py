@@ -20,6 +20,10 @@ from rft_runtime.config import JobConfig
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.workflows.experience import as_floats, as_ints
+from rft_runtime.workflows.placement import RunnerError, ray_session, runners_on_ray
+from rft_runtime.workflows.runner import WorkflowRunner
+from rft_runtime.workflows.runners import LocalRunners
+from rft_runtime.workflows.single_turn import SingleTurnWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -102,75 +106,45 @@ def _info(exp: Any) -> dict[str, Any]:
     return info
 
 
+def explorer_uses_ray(cfg: JobConfig) -> bool:
+    """Whether the job's workflow runners are Ray actors (workflows.placement.runners_on_ray); an environment
+    that asks for both is the loop's RunError."""
+    try:
+        return runners_on_ray(cfg)
+    except RunnerError as exc:
+        raise RunError(str(exc)) from None
+
+
 class Explorer:
-    """Runs one batch of tasks at a time through the taskset's workflow with a given sampling client."""
+    """Runs one batch of tasks at a time through the taskset's workflow with a given sampling client: in this
+    process, or on the Ray runner actors while the job has a Ray session (evaluation stays in this process)."""
 
     def __init__(self, cfg: JobConfig, encoder: PromptEncoder, taskset: Any = None, *, is_eval: bool = False,
                  conn: Any = None):
-        from rft_runtime.workflows.auxiliary import AuxiliaryModels, check_auxiliary_models
-        from rft_runtime.workflows.runner import WorkflowRunner
-
         self.cfg = cfg
         self.encoder = encoder
         self.conn = conn
         self.taskset = taskset or cfg.buffer.explorer_input.taskset
-        self.runner = WorkflowRunner(cfg, self.taskset, is_eval=is_eval)
+        self.runners = LocalRunners(cfg, self.taskset, encoder.tokenizer, chat_template=encoder.template,
+                                    enable_thinking=encoder.enable_thinking, conn=conn, is_eval=is_eval)
         self.repeat = 1 if is_eval else cfg.algorithm.repeat_times
-        self.in_flight = cfg.explorer.runner_per_model * cfg.explorer.rollout_model.engine_num
-        self.timeout = float(cfg.explorer.max_timeout)
-        self.server: Any = None
-        if cfg.explorer.rollout_model.enable_openai_api or cfg.explorer.auxiliary_models:
-            from rft_runtime.workflows.openai_server import OpenAIServer
-
-            self.server = OpenAIServer()
-        check_auxiliary_models(list(cfg.explorer.auxiliary_models or []))
-        self.aux = (AuxiliaryModels(cfg, conn, self.server)
-                    if cfg.explorer.auxiliary_models and conn is not None else None)
         self.pool: Any = None
 
-    def _runner_pool(self) -> Any:
-        """The Ray runner actors, when the job's explorer runs on Ray (evaluation stays in this process)."""
-        from rft_runtime.loop import ray_runners
+    def _runners(self) -> Any:
+        """The runners a batch goes to: the Ray runner actors once the job has a Ray session, else this
+        process's."""
+        if (self.pool is None and not self.runners.runner.is_eval and self.conn is not None
+                and ray_session() is not None):
+            # ray takes a quarter of a second or more to import: only a job whose runners are on Ray pays it
+            from rft_runtime.workflows.ray_runners import RunnerPool
 
-        if self.pool is None and not self.runner.is_eval and self.conn is not None and ray_runners.active():
-            self.pool = ray_runners.RunnerPool(self.cfg, self.encoder, self.conn, self.in_flight)
-        return self.pool
-
-    def settings(self, greedy: bool) -> Any:
-        """The policy wrapper's settings: the model section, with the taskset's rollout_args first."""
-        from rft_runtime.workflows.model import ModelSettings
-
-        m = self.cfg.model
-        ra = self.taskset.rollout_args
-        rm = self.cfg.explorer.rollout_model
-        return ModelSettings(
-            name=m.model_path or m.tinker_base_model or "policy",
-            max_tokens=int(ra.max_tokens or m.max_response_tokens or 512),
-            temperature=m.temperature if ra.temperature is None else ra.temperature,
-            top_p=m.top_p if ra.top_p is None else ra.top_p,
-            top_k=m.top_k if ra.top_k is None else ra.top_k,
-            max_prompt_tokens=m.max_prompt_tokens, max_model_len=m.context_len,
-            enable_thinking=self.encoder.enable_thinking, enable_history=rm.enable_history,
-            enable_openai_api=rm.enable_openai_api, greedy=greedy, timeout=self.timeout,
-        )
+            self.pool = RunnerPool(self.cfg, self.runners, self.conn)
+        return self.pool or self.runners
 
     def policy(self, sampler: Any, *, greedy: bool = False, model_version: int = 0,
                model_path: str | None = None) -> Any:
         """The model wrapper workflows get as self.model (cloned per rollout)."""
-        from rft_runtime.workflows.model import ModelWrapper
-
-        ext = self.cfg.model.external_model
-        if ext.enable:
-            # mode bench with model.external_model: the endpoint stands in for the Tinker sampler
-            from dataclasses import replace
-
-            from rft_runtime.workflows.external import ExternalModel
-
-            return ExternalModel(ext, replace(self.settings(greedy), name=str(ext.model_name)),
-                                 where="model.external_model", tokenizer=self.encoder.tokenizer)
-
-        return ModelWrapper(sampler, self.encoder.tokenizer, self.settings(greedy), chat_template=self.encoder.template,
-                            model_path=model_path, model_version=model_version, server=self.server)
+        return self.runners.policy(sampler, greedy=greedy, model_version=model_version, model_path=model_path)
 
     def explore(self, tasks: list[Any], sampler: Any, explore_step: int, greedy: bool = False,
                 model_version: int = 0, model_path: str | None = None) -> ExploredBatch:
@@ -179,19 +153,11 @@ class Explorer:
         Sampling errors propagate (the caller reconnects and retries the batch); user-code errors do not.
         """
         start = time.monotonic()
-        pool = self._runner_pool()
-        if pool is not None:
-            outcomes = pool.run_batch(tasks, explore_step=explore_step, repeat=self.repeat, greedy=greedy,
-                                      version=model_version, path=model_path, runner=self.runner)
-        else:
-            policy = self.policy(sampler, greedy=greedy, model_version=model_version, model_path=model_path)
-            aux = self.aux.wrappers() if self.aux is not None else []
-            if self.server is not None:
-                self.server.set_models([policy, *aux])
-            outcomes = self.runner.run_batch(
-                tasks, policy, aux, explore_step=explore_step, repeat=self.repeat, in_flight=self.in_flight,
-                timeout=self.timeout, base_seed=self.cfg.explorer.rollout_model.seed,
-            )
+        try:
+            outcomes = self._runners().run(tasks, sampler, explore_step=explore_step, repeat=self.repeat,
+                                           greedy=greedy, version=model_version, path=model_path)
+        except RunnerError as exc:  # the runners cannot go on: the job ends, the batch is not retried
+            raise RunError(str(exc)) from exc
         batch = ExploredBatch(explore_step=explore_step, groups=[], weight_version=-1, stream_state={})
         for outcome in outcomes:
             batch.failed_rollouts += outcome.failed
@@ -205,7 +171,7 @@ class Explorer:
             batch.sampled_prompts += outcome.sampled_prompts
         batch.time_sampling_s = time.monotonic() - start
         if batch.failed_rollouts and all(r.failed for r in batch.rollouts):
-            raise RunError(all_failed_message(outcomes, batch, explore_step, self.runner.workflow_name))
+            raise RunError(all_failed_message(outcomes, batch, explore_step, self.runners.runner.workflow_name))
         return batch
 
     def close(self) -> None:
@@ -213,8 +179,7 @@ class Explorer:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        if self.server is not None:
-            self.server.close()
+        self.runners.close()
 
 
 def all_failed_message(outcomes: list[Any], batch: ExploredBatch, explore_step: int, workflow: str) -> str:
@@ -242,9 +207,6 @@ def prompts_too_long_error(limit: int | None, longest: int, shortest: int | None
 def check_some_prompt_fits(cfg: JobConfig, encoder: PromptEncoder, rows: list[dict[str, Any]]) -> None:
     """Fail before sampling when the workflow builds its prompt from the row (the single-turn built-ins and
     their subclasses) and no row's prompt fits max_prompt_tokens. Stops at the first prompt that fits."""
-    from rft_runtime.workflows.runner import WorkflowRunner
-    from rft_runtime.workflows.single_turn import SingleTurnWorkflow
-
     limit = cfg.model.max_prompt_tokens
     if limit is None or not rows:
         return

@@ -7,6 +7,7 @@ those steps are trained again: every step appears exactly once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -18,16 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rft_runtime.algorithms import loss_plan
 from rft_runtime.backends.tinker_client import Connection, check_api_key, check_local_model
 from rft_runtime.config import JobConfig
 from rft_runtime.config.loop_rules import ROLE_MODES
 from rft_runtime.data import pipeline
+from rft_runtime.loop import roles
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
+from rft_runtime.loop.explorer import explorer_uses_ray
 from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.loop.stage import StageRunner, make_stream, stage_label, stage_steps
 from rft_runtime.loop.trainer import Trainer
+from rft_runtime.monitor import Monitor
+from rft_runtime.workflows.auxiliary import check_auxiliary_models
+from rft_runtime.workflows.runner import WorkflowRunner
 
 log = logging.getLogger(__name__)
 
@@ -140,36 +147,27 @@ def _start_over(job_dir: Path) -> None:
 
 
 def _make_monitor(cfg: JobConfig, files_dir: Path, metrics_port: int | None, progress: bool) -> Any:
-    from rft_runtime.monitor import Monitor
-
     return Monitor(cfg, files_dir, metrics_port=metrics_port, progress=progress)
 
 
 def _check_client_side_needs(stages: list[JobConfig]) -> None:
     """Fail before any work when a stage's loss runs client-side and this machine lacks torch for it."""
-    from rft_runtime.algorithms import loss_plan
-
     custom = [s.stage_name or "the job" for s in stages if s.algorithm.algorithm_type != "sft" and loss_plan(s).custom]
     if not custom:
         return
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:  # looked up, not imported: the first step imports it
         raise RunError(
             f"the loss of {', '.join(custom)} is not one of Tinker's built-in losses (a KL or entropy term, or a "
             "policy loss such as gspo, sapo, topr, sppo, rec): it is computed on this machine through the tinker "
             "SDK's forward_backward_custom, which needs torch, and torch is not installed. Install it "
             "(`pip install torch==2.13.0`; the CPU build is enough), use the image built with WITH_ENGINE=true, "
             "or drop the algorithm.kl_loss_fn_args.kl_coef / entropy term"
-        ) from None
+        )
 
 
 def _check_workflows(stages: list[JobConfig]) -> None:
     """Import every stage's workflow (and auxiliary model settings) before any work, so that a missing or
     broken one fails the job before the engine starts or a dataset is read."""
-    from rft_runtime.workflows.auxiliary import check_auxiliary_models
-    from rft_runtime.workflows.runner import WorkflowRunner
-
     for stage in stages:
         if stage.mode in ("train", "serve"):
             continue
@@ -243,10 +241,13 @@ def _runtime(cfg: JobConfig, stages: list[JobConfig], files_dir: Path, *, metric
              progress: bool, monitor: Any, api_key: str | None) -> Iterator[Runtime]:
     """Ray runners (when asked for), explorer.env_vars, the monitor and the connection for the job's
     duration, each undone in reverse order whatever happens."""
-    from rft_runtime.loop import ray_runners
-
     explores = any(s.mode not in ("train", "bench", "serve") for s in stages)
-    ray_session = ray_runners.RaySession.open(cfg) if explores and ray_runners.explorer_uses_ray(cfg) else None
+    ray_session = None
+    if explores and explorer_uses_ray(cfg):
+        # ray takes a quarter of a second or more to import: only a job whose runners are on Ray pays it
+        from rft_runtime.workflows.ray_runners import RaySession
+
+        ray_session = RaySession.open(cfg)
     # explorer.env_vars, Trinity's environment of the workflow runners: the Ray actors get it from the
     # session's runtime_env; in process the runners are this process, for the job's duration
     saved_env = {} if ray_session is not None else _set_env(getattr(cfg.explorer, "env_vars", None) or {})
@@ -308,8 +309,6 @@ def _run(cfg: JobConfig, stages: list[JobConfig], *, metrics_port: int | None, p
         check_api_key(cfg)  # before any work: no dataset download, no engine start
     check_local_model(cfg)  # likewise: a hub name with base_url local would otherwise fail after the data loads
     if cfg.mode in ROLE_MODES:
-        from rft_runtime.loop import roles
-
         _check_workflows(stages)
         files_dir = roles.files_dir(cfg)
         files_dir.mkdir(parents=True, exist_ok=True)

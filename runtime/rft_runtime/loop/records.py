@@ -7,6 +7,7 @@ read: model_version (the weights it was sampled with), use_count (times trained 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from rft_runtime.loop.explorer import Rollout
@@ -33,7 +34,7 @@ def _info_record(info: dict[str, Any]) -> dict[str, Any]:
 def _info_of(record: dict[str, Any]) -> dict[str, Any]:
     info = dict(record.get("info") or {})
     if info.get("prompt_chunks"):
-        import tinker
+        import tinker  # the SDK imports torch: only records that carry images need it
 
         info["prompt_chunks"] = tinker.ModelInput.model_validate({"chunks": info["prompt_chunks"]}).chunks
     return info
@@ -68,8 +69,6 @@ def to_record(rollout: Rollout, *, explore_step: int, model_version: int, use_co
 
 def from_record(record: dict[str, Any]) -> Rollout:
     """The rollout a record holds (its advantage as stored)."""
-    from types import SimpleNamespace
-
     eid = None
     if record.get("run_id") is not None or record.get("eid_step") is not None:
         eid = SimpleNamespace(run=record.get("run_id"), step=record.get("eid_step") or 0)

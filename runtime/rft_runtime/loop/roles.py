@@ -26,12 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rft_runtime.buffers import open_store
 from rft_runtime.config import JobConfig
 from rft_runtime.loop import published
 from rft_runtime.loop.checkpoints import Bookkeeping
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.evaluate import EvalRunner
+from rft_runtime.loop.explorer import Explorer, check_some_prompt_fits
+from rft_runtime.loop.explorer_thread import ExplorerThread
 from rft_runtime.loop.prompts import PromptEncoder
+from rft_runtime.loop.records import to_record
+from rft_runtime.loop.stage import StageRunner, make_stream, reward_stats
+from rft_runtime.loop.sync import PublishedWeights
+from rft_runtime.workflows.openai_server import OpenAIServer
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +81,6 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
-    from rft_runtime.buffers import open_store
-    from rft_runtime.loop.explorer import check_some_prompt_fits
-    from rft_runtime.loop.explorer_thread import ExplorerThread
-    from rft_runtime.loop.records import to_record
-    from rft_runtime.loop.stage import StageRunner, make_stream, reward_stats
-    from rft_runtime.loop.sync import PublishedWeights
-
     here = files_dir(cfg)
     state_path = here / STATE_FILE
     if not cfg.continue_from_checkpoint and state_path.exists():
@@ -214,9 +214,6 @@ def _bench(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
 
 
 def _serve(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
-    from rft_runtime.loop.explorer import Explorer
-    from rft_runtime.workflows.openai_server import OpenAIServer
-
     here = files_dir(cfg)
     ex = cfg.explorer
     server = OpenAIServer(host=str(ex.listen_address), port=int(ex.proxy_port))

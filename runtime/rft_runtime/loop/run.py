@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 from typing import Any
+
+import yaml
+
+from rft_runtime.algorithms import AlgorithmError
+from rft_runtime.backends.errors import BackendError
+from rft_runtime.buffers import StorageError
+from rft_runtime.config import ConfigError, load_config, read_layers
+from rft_runtime.data import DataError
+from rft_runtime.loop.errors import RunError
+from rft_runtime.loop.job import run_job
+from rft_runtime.workflows import WorkflowError
 
 DEFAULT_METRICS_PORT = 9400
 
@@ -36,9 +49,6 @@ def setup_logging(level: str | None) -> None:
 
 def _hand_to_trinity(config: Any, cfg: Any) -> int:
     """veRL jobs run Trinity-RFT itself (on the GPUs of the pod); this process becomes `trinity run`."""
-    import os
-    import shutil
-
     paths = list(config) if isinstance(config, (list, tuple)) else [config]
     trinity = shutil.which("trinity")
     if trinity is None:
@@ -52,10 +62,6 @@ def _hand_to_trinity(config: Any, cfg: Any) -> int:
     target = str(paths[0])
     if len(paths) > 1:
         # trinity takes one file: the overlays, merged as `rft validate` merged them, go in the job directory
-        import yaml
-
-        from rft_runtime.config import read_layers
-
         cfg.job_dir.mkdir(parents=True, exist_ok=True)
         merged = cfg.job_dir / "rft-merged-config.yaml"
         merged.write_text(yaml.safe_dump(read_layers(paths), sort_keys=False))
@@ -68,14 +74,6 @@ def _hand_to_trinity(config: Any, cfg: Any) -> int:
 
 def run_main(args: Any) -> int:
     """Load the config, run every stage, and say where the results are; exit 1 on a job error."""
-    from rft_runtime.algorithms import AlgorithmError
-    from rft_runtime.backends.errors import BackendError
-    from rft_runtime.buffers import StorageError
-    from rft_runtime.config import ConfigError, load_config
-    from rft_runtime.data import DataError
-    from rft_runtime.loop.errors import RunError
-    from rft_runtime.workflows import WorkflowError
-
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -86,8 +84,6 @@ def run_main(args: Any) -> int:
         logging.getLogger("rft.config").warning("%s", warning)
     if cfg.backend != "tinker":
         return _hand_to_trinity(args.config, cfg)
-    from rft_runtime.loop.job import run_job
-
     try:
         result = run_job(cfg, metrics_port=metrics_port_from_args(args),
                          progress=not getattr(args, "no_progress", False))

@@ -8,19 +8,23 @@ notes), saves sampler weights every sync_interval steps and a checkpoint every s
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from rft_runtime.algorithms import agg_scales, algorithm_spec, loss_plan
+from rft_runtime.algorithms import Sample, agg_scales, algorithm_spec, batch_advantages, loss_plan
 from rft_runtime.algorithms.advantages import TOKEN_ADVANTAGE_FNS
 from rft_runtime.backends.tinker_client import Connection, healthy
 from rft_runtime.buffers import can_hold, open_store
 from rft_runtime.config import JobConfig
 from rft_runtime.config.catalog import OFFLINE_ALGORITHMS
 from rft_runtime.config.models import StorageConfig
+from rft_runtime.data.selectors import SelectorStream, chosen_selector
+from rft_runtime.data.tasksets import TaskStream, load_rows
 from rft_runtime.loop import datums as D
 from rft_runtime.loop import published
 from rft_runtime.loop.batching import (
@@ -38,7 +42,8 @@ from rft_runtime.loop.checkpoints import Bookkeeping, CheckpointEntry
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.evaluate import EvalRunner
 from rft_runtime.loop.exchange import SYNC_REQUESTED, Exchange, Explored
-from rft_runtime.loop.explorer import ExploredBatch
+from rft_runtime.loop.explorer import ExploredBatch, check_some_prompt_fits
+from rft_runtime.loop.explorer_thread import ExplorerThread
 from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.loop.records import from_record, to_record
 from rft_runtime.loop.schedule import lr_at
@@ -76,9 +81,6 @@ def stage_steps(cfg: JobConfig, stream: Any) -> int | None:
 def make_stream(cfg: JobConfig) -> Any:
     """The stage's TaskStream: seeded order, drop-last batches, epochs and step limits from the config; in
     mode train on rollouts, the StoreFeed of the experience buffer another job writes."""
-    from rft_runtime.data.selectors import SelectorStream, chosen_selector
-    from rft_runtime.data.tasksets import TaskStream, load_rows
-
     if cfg.mode == "train" and cfg.algorithm.algorithm_type not in OFFLINE_ALGORITHMS:
         return StoreFeed(cfg, rollouts_per_step(cfg, loss_plan(cfg).is_mix))
     source = stage_source(cfg)
@@ -193,8 +195,6 @@ def assign_advantages(cfg: JobConfig, batch: ExploredBatch, plan: Any = None,
     rollouts that stay in the step (an advantage function may drop groups, as grpo's std_threshold).
     `teacher` holds teacher logprobs fetched by the trainer, by id() of the rollout, for rollouts whose
     workflow did not put them in info["teacher_logprobs"]."""
-    from rft_runtime.algorithms import Sample, batch_advantages, loss_plan
-
     plan = plan or loss_plan(cfg)
     rollouts: list[Any] = []
     samples = []
@@ -343,6 +343,7 @@ class StageRunner:
         if not work.datums:
             return
         try:
+            # terms imports torch (~1.5 s, optional): only a loss computed here, or its metrics, needs it
             from rft_runtime.algorithms import terms
         except ImportError:  # no torch: a built-in loss still trains, without client-side metrics
             return
@@ -361,14 +362,10 @@ class StageRunner:
         """mix: append the step's expert SFT rows (sample_strategy_args.sft_dataset_name in
         buffer.trainer_input.auxiliary_buffers), ceil(expert_data_ratio x train_batch_size) of them (Trinity's
         mix sample strategy), read in a seeded order that cycles over epochs; returns how many were added."""
-        import math as _math
-
-        from rft_runtime.data.tasksets import TaskStream, load_rows
-
         args = self.cfg.algorithm.sample_strategy_args or {}
         source = self.cfg.buffer.trainer_input.auxiliary_buffers[args.get("sft_dataset_name", "sft_dataset")]
         if self._expert is None:
-            n = _math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.train_batch_size)
+            n = math.ceil(float(args.get("expert_data_ratio", 0.5)) * self.cfg.train_batch_size)
             rows = load_rows(source, require_response=source.format.prompt_type != "messages")
             if len(rows) < n:
                 raise RunError(f"the expert dataset {source.path} has {len(rows)} rows, fewer than the {n} each mix "
@@ -494,8 +491,6 @@ class StageRunner:
     def _dpo_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         """Each row's chosen and rejected responses as two datums (chosen first), with the reference model's
         logprobs for the DPO ratios."""
-        from types import SimpleNamespace
-
         fmt = self.cfg.buffer.trainer_input.experience_buffer.format
         pairs = []
         truncated = 0
@@ -590,7 +585,7 @@ class StageRunner:
             drop_leftover(self.cfg.job_dir, old.stream_state)
 
     def _delete_checkpoint(self, path: str) -> None:
-        import tinker
+        import tinker  # the SDK imports torch: see loop/datums.py
 
         try:
             if self._rest is None:
@@ -736,9 +731,6 @@ class StageRunner:
             exchange.nothing_new()
 
     def _run_both(self, start_step: int, start_weights: tuple[int, str | None]) -> StageResult:
-        from rft_runtime.loop.explorer import check_some_prompt_fits
-        from rft_runtime.loop.explorer_thread import ExplorerThread
-
         check_some_prompt_fits(self.cfg, self.encoder, getattr(self.stream, "rows", []))
         version, path = start_weights
         self._published_step = start_step

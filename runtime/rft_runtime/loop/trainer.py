@@ -172,7 +172,7 @@ class Trainer:
     # ------------------------------------------------------------ steps
 
     def _run(self, work: StepWork) -> StepResult:
-        import tinker
+        import tinker  # the SDK imports torch: see loop/datums.py
 
         start = time.monotonic()
         if work.custom_loss is not None:

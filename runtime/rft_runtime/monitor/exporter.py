@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from rft_runtime.monitor.records import as_float
@@ -190,8 +190,6 @@ class Exporter:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics on host:port (0 = a free port); a busy port falls back to a free one. Returns the port."""
-        from prometheus_client import start_http_server
-
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:

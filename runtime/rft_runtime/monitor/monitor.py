@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rft_runtime.monitor.exporter import Exporter
+from rft_runtime.monitor.plot import read_evals, write_plot
 from rft_runtime.monitor.progress import Progress
 from rft_runtime.monitor.records import append_record, as_float, metrics_path, read_metrics, to_plain
 from rft_runtime.monitor.sinks import Sink, open_sinks
@@ -111,8 +112,6 @@ class Monitor:
 
     def write_plot(self, out: str | Path | None = None) -> Path | None:
         """Write the reward/loss PNG for this job (None when no step was logged)."""
-        from rft_runtime.monitor.plot import read_evals, write_plot
-
         records = read_metrics(self.job_dir)
         if not records:
             return None

@@ -6,6 +6,7 @@ goes on with the metrics file and Prometheus, which are always on.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -28,7 +29,7 @@ class WandbSink(Sink):
     """Weights & Biases run named project/group/name, as Trinity names it."""
 
     def __init__(self, names: dict[str, str | None], args: dict[str, Any], config: dict[str, Any] | None):
-        import wandb
+        import wandb  # an extra the job may not have (see the module docstring): imported when asked for
 
         kwargs = {"project": names["project"], "group": names["group"], "name": names["name"], "config": config}
         kwargs.update(args)
@@ -48,9 +49,8 @@ class TensorboardSink(Sink):
     """Event files under <job_dir>/tensorboard (or monitor_args.log_dir)."""
 
     def __init__(self, log_dir: str, args: dict[str, Any]):
-        import importlib.util
-
-        # torch's writer needs the tensorboard package anyway: look before importing torch only to fail
+        # extras, imported when asked for; torch's writer needs the tensorboard package anyway: look before
+        # importing torch only to fail
         if importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
         elif importlib.util.find_spec("tensorboardX") is not None:
@@ -73,7 +73,7 @@ class MlflowSink(Sink):
     """An MLflow run in experiment <project>, named <group>/<name>."""
 
     def __init__(self, names: dict[str, str | None], args: dict[str, Any], config: dict[str, Any] | None):
-        import mlflow
+        import mlflow  # an extra, imported when asked for
 
         self._mlflow = mlflow
         if args.get("tracking_uri"):
@@ -94,7 +94,7 @@ class SwanlabSink(Sink):
     """A SwanLab experiment, named as the wandb run is."""
 
     def __init__(self, names: dict[str, str | None], args: dict[str, Any], config: dict[str, Any] | None):
-        import swanlab
+        import swanlab  # an extra, imported when asked for
 
         kwargs = {"project": names["project"], "experiment_name": names["name"], "config": config}
         kwargs.update(args)

@@ -96,7 +96,7 @@ class AuxiliaryModels:
     def _tokenizer(self, name: str, sampler: Any) -> Any:
         path = Path(name).expanduser()
         if path.is_dir():
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # ~1 s to import: only a local model directory needs it
 
             return AutoTokenizer.from_pretrained(str(path.resolve()))
         return sampler.get_tokenizer()

@@ -10,6 +10,7 @@ from typing import Any
 
 from rft_runtime.workflows.base import WorkflowError
 from rft_runtime.workflows.experience import Experience, as_floats, as_ints, make_seq
+from rft_runtime.workflows.math_grading import verify_math_answer
 from rft_runtime.workflows.protocol import Task
 from rft_runtime.workflows.single_turn import BOXED_PROMPT, EVAL_SYSTEM_PROMPT, SingleTurnWorkflow
 
@@ -72,8 +73,6 @@ class OnPolicyDistillMathWorkflow(OnPolicyDistillWorkflow):
 
     def compute_reward(self, response: Experience) -> float:
         """1.0 when the boxed answer matches the truth, else 0.0 (also recorded as metric accuracy)."""
-        from rft_runtime.workflows.math_grading import verify_math_answer
-
         if not response.response_text or not self.truth:
             return 0.0
         accuracy, _ = verify_math_answer(response.response_text, self.truth)

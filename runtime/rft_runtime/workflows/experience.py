@@ -22,6 +22,7 @@ def _torch() -> Any:
     if not _TORCH_CHECKED:
         _TORCH_CHECKED = True
         try:
+            # torch takes ~1.5 s to import and is optional: workflow code and the validator import this module
             import torch
 
             _TORCH = torch

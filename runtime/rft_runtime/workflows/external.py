@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import replace
 from typing import Any
 
 from rft_runtime.workflows.base import WorkflowError
@@ -93,7 +94,7 @@ class ExternalModel:
     def get_openai_client(self) -> Any:
         """An `openai.OpenAI` client of the endpoint; `client.model_path` names the model."""
         if self.openai_client is None:
-            import openai
+            import openai  # ~0.6 s to import: only a workflow that asks for a client needs it
 
             self.openai_client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=1,
                                                timeout=self.settings.timeout)
@@ -103,7 +104,7 @@ class ExternalModel:
     def get_openai_async_client(self) -> Any:
         """get_openai_client, as `openai.AsyncOpenAI`."""
         if self.openai_async_client is None:
-            import openai
+            import openai  # see get_openai_client
 
             self.openai_async_client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
                                                           max_retries=1, timeout=self.settings.timeout)
@@ -209,8 +210,6 @@ class ExternalModel:
 
     def with_settings(self, **changes: Any) -> ExternalModel:
         """A copy with some settings changed (greedy decoding for evaluation)."""
-        from dataclasses import replace
-
         new = self.clone_with_isolated_history()
         new.settings = replace(self.settings, **changes)
         return new

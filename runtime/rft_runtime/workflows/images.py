@@ -102,6 +102,7 @@ def image_bytes(ref: Any) -> tuple[bytes, str]:
     elif isinstance(ref, str) and ref.startswith("data:"):
         data = base64.b64decode(ref.split(",", 1)[1])
     elif isinstance(ref, str) and ref.startswith(("http://", "https://")):
+        # ~30 ms (http, email, ssl): only an image given by URL needs it, and the model wrapper imports this module
         import urllib.request
 
         with urllib.request.urlopen(ref, timeout=60) as response:  # noqa: S310 - the row names the image
@@ -117,7 +118,7 @@ def image_bytes(ref: Any) -> tuple[bytes, str]:
         return data, "png"
     if data.startswith(b"\xff\xd8"):
         return data, "jpeg"
-    from PIL import Image
+    from PIL import Image  # Pillow (optional, ~50 ms): only an image that is not PNG or JPEG bytes already
 
     buf = io.BytesIO()
     Image.open(io.BytesIO(data)).save(buf, format="PNG")
@@ -155,7 +156,7 @@ def placeholder(render: Any, tokenizer: Any) -> str:
 @functools.cache
 def _processor(model: str) -> tuple[Any, str | None]:
     """(the model's processor or None, why it could not be loaded)."""
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor  # ~1 s to import: only a prompt with images needs it
 
     why = f"no processor for {model!r} could be loaded with transformers"
     # a local folder or the Hugging Face cache first; the Hub only for a name that can be one ("org/model")
@@ -186,7 +187,7 @@ def image_token_count(model: str, data: bytes) -> int | None:
     counter = getattr(processor, "_get_num_multimodal_tokens", None)
     if counter is None:
         return None
-    from PIL import Image
+    from PIL import Image  # see image_bytes
 
     width, height = Image.open(io.BytesIO(data)).size
     try:
@@ -231,7 +232,7 @@ def image_prompt(tokenizer: Any, text: str, marker: str, images: list[Any], mode
     <|image_pad|>) becomes the ImageChunk; the start / end markers stay text. The ids stand the image token
     once per image token the processor counts (once when it cannot count), so they line up with the chunks.
     """
-    import tinker
+    import tinker  # the SDK imports torch (~2 s): the validator reads this module (through the model wrapper)
 
     pieces = text.split(marker)
     if len(pieces) - 1 != len(images):

@@ -349,7 +349,7 @@ class RubricJudgeWorkflowWithAPI(RubricJudgeWorkflow):
         if not base_url:
             raise WorkflowError(f"rubric_judge_openai_workflow reads the judge API's base URL from the environment "
                                 f"variable {url_env} (workflow_args.judge_api_base_url_env), which is not set")
-        import openai
+        import openai  # ~0.6 s to import: only this workflow's judge API needs it
 
         self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(key_env, "") or "EMPTY")
 

@@ -11,14 +11,17 @@ Importing this module is cheap; the tinker SDK is imported on the first call tha
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rft_runtime.workflows import images
 from rft_runtime.workflows.base import WorkflowError
 from rft_runtime.workflows.experience import EID, Experience, as_floats, as_ints, make_seq
+from rft_runtime.workflows.tool_calls import for_template
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,6 @@ def text_content(content: Any) -> str:
 
 
 def _plain_messages(messages: list[dict]) -> list[dict]:
-    from rft_runtime.workflows.tool_calls import for_template
-
     out = []
     for m in messages:
         if not isinstance(m, dict) or "role" not in m:
@@ -189,6 +190,8 @@ class ModelWrapper:
     # ------------------------------------------------------------ sampling
 
     def _params(self, kwargs: dict[str, Any], prompt_len: int) -> tuple[Any, int]:
+        # the SDK imports torch (~2 s): the validator reads this module (config.support -> workflows.auxiliary),
+        # so it is imported by the calls that sample, as are openai's clients (~0.6 s)
         import tinker
 
         s = self.settings
@@ -245,8 +248,6 @@ class ModelWrapper:
         prompt_text = self.tokenizer.decode(prompt_ids)
         unsized_why = None
         if chunks:
-            from rft_runtime.workflows import images
-
             if images.unsized(chunks):
                 # sampling needs no count, training does: the runner fails the experience with this reason
                 unsized_why = images.processor_problem(self.processor_model) or "its processor gave no count"
@@ -277,7 +278,7 @@ class ModelWrapper:
 
     @staticmethod
     def _model_input(prompt_ids: list[int], chunks: list[Any] | None) -> Any:
-        import tinker
+        import tinker  # heavy: see _params
 
         return tinker.ModelInput(chunks=chunks) if chunks else tinker.ModelInput.from_ints(prompt_ids)
 
@@ -310,8 +311,6 @@ class ModelWrapper:
         """(token ids, image chunks or None) of a conversation as a prompt; images in message content become
         image chunks (rft_runtime.workflows.images), which a vision-language base model samples from.
         `template_kwargs` (a request's chat_template_kwargs) go to the template, as in render()."""
-        from rft_runtime.workflows import images
-
         if not images.has_images(messages):
             return self.encode_text(self.render(messages, tools, template_kwargs)), None
         kwargs = {**self._template_kwargs(tools), **(template_kwargs or {})}
@@ -351,8 +350,6 @@ class ModelWrapper:
 
     async def generate_async(self, prompts: list[str], **kwargs: Any) -> list[Experience]:
         """generate, for async workflows (the prompts are sampled concurrently)."""
-        import asyncio
-
         if isinstance(prompts, str):
             prompts = [prompts]
         results = await asyncio.gather(*[self.sample_ids_async(self._prompt_ids(p), **kwargs) for p in prompts])
@@ -365,7 +362,7 @@ class ModelWrapper:
 
         The Tinker sampler scores at temperature 1; `temperature` is accepted for Trinity's signature.
         """
-        import tinker
+        import tinker  # heavy: see _params
 
         values = self.sampler.compute_logprobs(tinker.ModelInput.from_ints(as_ints(tokens))).result(
             timeout=self.settings.timeout)
@@ -373,7 +370,7 @@ class ModelWrapper:
 
     async def logprobs_async(self, tokens: list[int], temperature: float | None = None) -> Any:
         """logprobs, for async workflows."""
-        import tinker
+        import tinker  # heavy: see _params
 
         values = await self.sampler.compute_logprobs(tinker.ModelInput.from_ints(as_ints(tokens)))
         return make_seq([0.0 if v is None else v for v in values[1:]], "float")
@@ -482,7 +479,7 @@ class ModelWrapper:
         """An `openai.OpenAI` client of this rollout's loopback route; its completions are recorded (with
         enable_history) with the exact token ids and logprobs sampled. `client.model_path` names the model."""
         if self.openai_client is None:
-            import openai
+            import openai  # heavy: see _params
 
             self.openai_client = openai.OpenAI(base_url=self._openai_base_url(), api_key=self.api_key,
                                                max_retries=0)
@@ -492,7 +489,7 @@ class ModelWrapper:
     def get_openai_async_client(self) -> Any:
         """get_openai_client, as `openai.AsyncOpenAI`."""
         if self.openai_async_client is None:
-            import openai
+            import openai  # heavy: see _params
 
             self.openai_async_client = openai.AsyncOpenAI(base_url=self._openai_base_url(), api_key=self.api_key,
                                                           max_retries=0)

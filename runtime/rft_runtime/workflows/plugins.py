@@ -14,11 +14,12 @@ import os
 import sys
 from pathlib import Path
 
+from rft_runtime.workflows import trinity_compat
 from rft_runtime.workflows.base import WorkflowError
 
 ENV_VAR = "TRINITY_PLUGIN_DIRS"
 # (folder, module names) of every plugin folder loaded in this process: Ray runners on other nodes get the
-# same files and import the same modules (rft_runtime.loop.ray_runners)
+# same files and import the same modules (rft_runtime.workflows.ray_runners)
 LOADED: list[tuple[Path, list[str]]] = []
 
 
@@ -35,8 +36,6 @@ def plugin_dirs(given: list[str] | None) -> list[Path]:
 
 def load_plugins(given: list[str] | None) -> list[str]:
     """Import every plugin module; returns their module names. Raises WorkflowError naming the bad one."""
-    from rft_runtime.workflows import trinity_compat
-
     dirs = plugin_dirs(given)
     if not dirs:
         return []

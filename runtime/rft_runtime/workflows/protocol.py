@@ -9,11 +9,13 @@ Nothing here imports torch, tinker or trinity.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from rft_runtime.workflows.experience import Experience, as_floats, as_ints
+from rft_runtime.workflows.base import WorkflowError, call_reward_fn
+from rft_runtime.workflows.experience import Experience, as_floats, as_ints, make_seq
 
 
 @dataclass
@@ -103,13 +105,8 @@ def as_reward_class(fn: Any, base: type = RewardFn) -> type:
     called with keyword arguments): what Task.reward_fn holds, whatever the name resolved to."""
     if isinstance(fn, type):
         return fn
-    from rft_runtime.workflows.base import call_reward_fn
 
     def __init__(self: Any, **args: Any) -> None:
-        import inspect
-
-        from rft_runtime.workflows.base import WorkflowError
-
         params = inspect.signature(fn).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             unknown = sorted(set(args) - set(params))
@@ -234,8 +231,6 @@ class MultiTurnWorkflow(Workflow):
             # Trinity: a conversation cut at max_model_len earns nothing
             reward = 0.0
         metrics = {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        from rft_runtime.workflows.experience import make_seq
-
         return Experience(
             tokens=converted.tokens, action_mask=converted.action_mask, prompt_length=converted.prompt_length,
             prompt_text=converted.prompt_text, response_text=converted.response_text,

@@ -18,11 +18,13 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+from difflib import get_close_matches
 from typing import Any
 
 from rft_runtime.import_paths import is_import_path, split_import_path
 from rft_runtime.workflows import requirements, trinity_compat
 from rft_runtime.workflows.base import WorkflowError
+from rft_runtime.workflows.protocol import as_reward_class
 
 _ST = "rft_runtime.workflows.single_turn"
 _JD = "rft_runtime.workflows.judged"
@@ -182,8 +184,6 @@ def unknown_name_message(what: str, name: str, known: tuple[str, ...], suggestio
     """Why `name` is not a workflow / reward function, and the two ways to name one of your own
     (`suggestion`: the closest known name, when the caller has its own rule for it)."""
     if suggestion is None:
-        from difflib import get_close_matches
-
         suggestion = next(iter(get_close_matches(name, known, n=1)), None)
     hint = f"did you mean {suggestion!r}? " if suggestion else ""
     form = "ClassName" if what == "workflow" else "function_name"
@@ -270,8 +270,6 @@ def _register_hook(kind: str, name: str, obj: Any) -> None:
 
 
 def _resolve_hook(kind: str, name: str) -> Any:
-    from rft_runtime.workflows.protocol import as_reward_class
-
     # Trinity's REWARD_FUNCTIONS.get gives a class, constructed by the workflow with reward_fn_args
     return get_workflow(name) if kind == "workflows" else as_reward_class(resolve_reward_fn(name))
 

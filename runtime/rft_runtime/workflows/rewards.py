@@ -3,9 +3,12 @@ returns a number or a dict of named parts whose sum is the reward (Trinity-RFT's
 
 from __future__ import annotations
 
+import ast
+import json
+import operator
 import re
 
-from rft_runtime.workflows.answers import is_correct, well_formed
+from rft_runtime.workflows.answers import is_correct, numbers_equal, parse_number, well_formed
 from rft_runtime.workflows.math_grading import equivalent, last_boxed, normalise
 
 
@@ -39,8 +42,6 @@ def _strip_math(text: str) -> str:
 
 
 def _boxed_equal(answer: str, truth: str) -> bool:
-    from rft_runtime.workflows.answers import numbers_equal, parse_number
-
     a, t = _strip_math(answer), _strip_math(truth)
     if a == t:
         return True
@@ -75,8 +76,6 @@ def countdown_reward(response: str, truth: object) -> dict[str, float]:
     """Trinity's countdown_reward (TinyZero's rule): the truth is JSON {"target", "numbers"}; the last line's
     last <answer> holds an equation. score 1 when it uses every number exactly once and equals the target,
     0.1 when an equation is there but wrong or uses other numbers, 0 without one."""
-    import json
-
     spec = json.loads(truth) if isinstance(truth, str) else truth
     if not isinstance(spec, dict) or "target" not in spec or "numbers" not in spec:
         raise ValueError(f"countdown_reward needs the truth as JSON {{\"target\": N, \"numbers\": [...]}}, got "
@@ -99,9 +98,6 @@ def countdown_reward(response: str, truth: object) -> dict[str, float]:
 
 def _arith(expr: str) -> float:
     """The value of + - * / ( ) arithmetic, evaluated on its syntax tree (never eval)."""
-    import ast
-    import operator
-
     ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
     def walk(node: ast.AST) -> float:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,13 +59,10 @@ class WorkflowTimeout(Exception):
 
 def sampling_failure(exc: BaseException) -> bool:
     """True for errors of the sampler or the connection to it, which the loop recovers from."""
-    try:
-        import tinker
-
-        if isinstance(exc, tinker.TinkerError):
-            return True
-    except ImportError:
-        pass
+    # an SDK error exists only once the SDK was imported; importing it here would import torch for nothing
+    tinker = sys.modules.get("tinker")
+    if tinker is not None and isinstance(exc, tinker.TinkerError):
+        return True
     return isinstance(exc, (TimeoutError, ConnectionError))
 
 
@@ -125,6 +124,7 @@ def reward_class(reward: Any, workflow: type) -> Any:
     if reward is None:
         return None
     if is_trinity_class(workflow):
+        # trinity-rft is optional and takes seconds to import: only its own workflow classes need its rewards
         from trinity.common.rewards import REWARD_FUNCTIONS
         from trinity.common.rewards import RewardFn as TrinityRewardFn
 
@@ -140,8 +140,6 @@ class WorkflowRunner:
     """Turns data-layer tasks (index, row) into workflow runs on the given model wrappers."""
 
     def __init__(self, cfg: Any, taskset: Any, *, is_eval: bool = False, quiet: bool = False):
-        from copy import deepcopy
-
         self.cfg = cfg
         self.taskset = taskset
         self.is_eval = is_eval
@@ -161,7 +159,6 @@ class WorkflowRunner:
             top_k=cfg.model.top_k if ra.top_k is None else ra.top_k,
             logprobs=ra.logprobs, max_tokens=ra.max_tokens, n=1,
         )
-        self._copy = deepcopy
         self.workflow_errors = ErrorOnce("the workflow", quiet)
         self.reward_errors = ErrorOnce("the reward", quiet)
         self._per_row: dict[str, type] = {}
@@ -190,9 +187,9 @@ class WorkflowRunner:
             self._rewards[key] = reward_class(reward_fn, workflow)
         reward_fn = self._rewards[key]
         return Task(
-            workflow=workflow, repeat_times=repeat, format_args=self._copy(self.format),
-            rollout_args=self._copy(self.rollout), workflow_args=self._copy(dict(self.taskset.workflow_args or {})),
-            reward_fn_args=self._copy(dict(self.taskset.reward_fn_args or {})), is_eval=self.is_eval,
+            workflow=workflow, repeat_times=repeat, format_args=deepcopy(self.format),
+            rollout_args=deepcopy(self.rollout), workflow_args=deepcopy(dict(self.taskset.workflow_args or {})),
+            reward_fn_args=deepcopy(dict(self.taskset.reward_fn_args or {})), is_eval=self.is_eval,
             reward_fn=reward_fn, raw_task=row, batch_id=explore_step, task_id=slot,
         )
 
@@ -264,9 +261,9 @@ class WorkflowRunner:
 
     def _copy_task(self, task: Task) -> Task:
         # every run of a non-repeatable workflow gets its own copy: workflows may mutate their task
-        return Task(workflow=task.workflow, repeat_times=task.repeat_times, format_args=self._copy(task.format_args),
-                    rollout_args=self._copy(task.rollout_args), workflow_args=self._copy(task.workflow_args),
-                    reward_fn_args=self._copy(task.reward_fn_args), is_eval=task.is_eval, reward_fn=task.reward_fn,
+        return Task(workflow=task.workflow, repeat_times=task.repeat_times, format_args=deepcopy(task.format_args),
+                    rollout_args=deepcopy(task.rollout_args), workflow_args=deepcopy(task.workflow_args),
+                    reward_fn_args=deepcopy(task.reward_fn_args), is_eval=task.is_eval, reward_fn=task.reward_fn,
                     raw_task=task.raw_task, batch_id=task.batch_id, task_id=task.task_id)
 
     @staticmethod

@@ -12,7 +12,9 @@ from typing import Any
 
 from rft_runtime.workflows.base import Score, WorkflowError, as_score, call_reward_fn
 from rft_runtime.workflows.experience import Experience
+from rft_runtime.workflows.math_grading import verify_math_answer
 from rft_runtime.workflows.protocol import FormatConfig, Task, Workflow
+from rft_runtime.workflows.registry import get_reward_fn
 
 # The reference's instruction (DeepSeek-R1 style), used when the taskset sets no system_prompt.
 MATH_SYSTEM_PROMPT = (
@@ -149,8 +151,6 @@ class SingleTurnWorkflow(Workflow):
     def reward_fn(self) -> Any:
         """The reward function this workflow scores with (resolved once, reward_fn_args bound)."""
         if self._reward_fn is None:
-            from rft_runtime.workflows.registry import get_reward_fn
-
             spec = self.task.reward_fn or self.default_reward_fn
             if not spec:
                 raise WorkflowError(f"{type(self).__name__} needs a reward function: set "
@@ -300,8 +300,6 @@ class MathEvalWorkflow(SingleTurnWorkflow):
         return {"temperature": 0.6, "top_p": 0.8, "n": 1}
 
     def _graded(self, experiences: list[Experience]) -> list[Experience]:
-        from rft_runtime.workflows.math_grading import verify_math_answer
-
         for exp in experiences:
             exp.reward = 0.0 if exp.reward is None else exp.reward
             if exp.response_text is None or self.truth is None:

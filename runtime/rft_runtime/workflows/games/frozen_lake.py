@@ -46,7 +46,7 @@ _CELLS = {"P": " P \t", "F": " _ \t", "H": " O \t", "G": " G \t", "X": " X \t", 
 def random_map(size: int, p: float, seed: int, max_steps: int) -> list[str]:
     """A size x size map (S start, G goal, F frozen, H hole) with a path from S to G of at most max_steps
     moves, drawn reproducibly from `seed` with gymnasium's generator."""
-    from gymnasium.utils import seeding
+    from gymnasium.utils import seeding  # gymnasium is this workflow's optional environment (see the class)
 
     rng, _ = seeding.np_random(seed)
     p = min(1.0, p)
@@ -101,7 +101,7 @@ class FrozenLakeWorkflow(MultiTurnWorkflow):
     def __init__(self, *, task: Task, model: Any, auxiliary_models: list[Any] | None = None):
         super().__init__(task=task, model=model, auxiliary_models=auxiliary_models)
         try:
-            from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
+            from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv  # optional: the registry lists it
         except ImportError as exc:
             raise WorkflowError("frozen_lake_workflow needs gymnasium: pip install gymnasium") from exc
         args = task.workflow_args or {}

@@ -27,6 +27,8 @@ import os
 import sys
 from typing import Any
 
+from rft_runtime.workflows.trinity_compat import vllm_stub
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = "__rft_compat__"  # attribute of the stand-in `trinity` module
 PROVIDED = (
@@ -106,8 +108,6 @@ def trinity_registered(kind: str) -> dict[str, Any]:
 def settle() -> None:
     """After importing an installed trinity-rft's modules: take the vLLM shim's modules out of sys.modules."""
     if real_trinity_root() is not None:
-        from rft_runtime.workflows.trinity_compat import vllm_stub
-
         vllm_stub.forget()
 
 
@@ -115,8 +115,6 @@ def install() -> bool:
     """Make `import trinity...` work for workflow code; True when the stand-in is in use (idempotent)."""
     global _installed
     if real_trinity_root() is not None:
-        from rft_runtime.workflows.trinity_compat import vllm_stub
-
         vllm_stub.install()
         return False
     if not _installed:

@@ -1,24 +1,27 @@
 """Workflow runners as Ray actors: the explorer's CPU work (workflows, rewards, environments) spread over a
 Ray cluster's nodes, as Trinity-RFT runs `explorer.runner_per_model x rollout_model.engine_num` of them.
 
-Each runner actor holds its own workflow runner, tokenizer and tinker SDK ServiceClient on the job's
-endpoint, with a sampling client for the weights the task names (re-pointed when the trainer publishes new
-sampler weights or the driver reconnects). It runs one task at a time; the driver hands tasks to idle
-runners and puts each outcome back in its batch slot, so batch order, Task.task_id and the per-task seeds
-(run_batch's formula of explore step and row index) are the same whichever runner ran a task, and the same
-as in-process. A runner that dies (its node lost, its raylet killed) is replaced by a new one on another node and
-the task it had is run again, up to explorer.max_retry_times times: an outcome comes back once or not at
-all, so no rollout is lost or counted twice. A workflow that raises is handled inside the runner as in
-process (a failed rollout); the driver logs it once per job through its own ErrorOnce.
+Each runner actor holds its own LocalRunners (workflows.runners: the run path the explorer uses in process),
+tokenizer and tinker SDK ServiceClient on the job's endpoint, with a sampling client for the weights the task
+names (re-pointed when the trainer publishes new sampler weights or the driver reconnects). It runs one task
+at a time; the driver hands tasks to idle runners and puts each outcome back in its batch slot, so batch
+order, Task.task_id and the per-task seeds (run_batch's formula of explore step and row index) are the same
+whichever runner ran a task, and the same as in-process. A runner that dies (its node lost, its raylet killed)
+is replaced by a new one on another node and the task it had is run again, up to explorer.max_retry_times
+times: an outcome comes back once or not at all, so no rollout is lost or counted twice. A workflow that
+raises is handled inside the runner as in process (a failed rollout); the driver logs it once per job through
+its own ErrorOnce.
 
 Where Ray comes from (`RaySession.open`): RAY_ADDRESS, else cluster.ray_address when it is not 'auto', is
 the cluster to join (a KubeRay RayCluster, the job's head pod); 'auto' joins a cluster `ray start` runs on
 this machine, else starts one in this process with the machine's CPUs, stopped when the job ends.
-Whether the explorer uses Ray at all is `explorer_uses_ray` (the RFT_RAY variable; see its docstring).
+Whether the explorer uses Ray at all is workflows.placement's `runners_on_ray`. Importing this module imports
+ray (a quarter of a second or more): import it only where the runners are on Ray.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -28,70 +31,28 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from rft_runtime.loop.errors import RunError
+import tinker
+
+import rft_runtime
+from rft_runtime.backends.tinker_client import _finish_service, quiesce_sdk
+from rft_runtime.workflows import trinity_compat
+from rft_runtime.workflows.placement import MODE_VAR, RunnerError, cluster_named, set_ray_session
+from rft_runtime.workflows.plugins import LOADED
+from rft_runtime.workflows.registry import get_workflow, split_import_path
+from rft_runtime.workflows.runner import TaskOutcome
+from rft_runtime.workflows.runners import LocalRunners
+
+try:
+    import ray
+    import ray.exceptions
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError:  # RaySession.open says how to install it
+    ray = None
 
 log = logging.getLogger(__name__)
 
-MODE_VAR = "RFT_RAY"
-_ON = {"1", "true", "on", "yes"}
-_OFF = {"0", "false", "off", "no"}
 # Seconds the driver waits for the runner actors to start (imports, tokenizer, the first ServiceClient)
 ACTOR_START_S = 300.0
-
-_active: RaySession | None = None
-
-
-def cluster_named(cfg: Any) -> str | None:
-    """What names a Ray cluster to join, or None: RAY_ADDRESS, cluster.ray_address (not 'auto'), or
-    cluster.node_num > 1 (the operator's multi-node Tinker job)."""
-    if os.environ.get("RAY_ADDRESS"):
-        return f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
-    address = (cfg.cluster.ray_address or "auto").strip()
-    if address != "auto":
-        return f"cluster.ray_address: {address}"
-    if cfg.cluster.node_num > 1:
-        return f"cluster.node_num: {cfg.cluster.node_num}"
-    return None
-
-
-def explorer_uses_ray(cfg: Any) -> bool:
-    """Whether the job's workflow runners are Ray actors.
-
-    RFT_RAY=1 always, RFT_RAY=0 never (refused with a cluster to join: that would leave its nodes idle);
-    unset (or 'auto'): when a cluster is named (see cluster_named), else in process. The switch is an
-    environment variable, not a config key, because Trinity's loader refuses keys it does not know and the
-    same file must stay valid for `trinity run`; the default is bench/explorer.py's verdict (docs/workflows.md).
-    """
-    raw = os.environ.get(MODE_VAR, "auto").strip().lower()
-    named = cluster_named(cfg)
-    if raw in _ON:
-        return True
-    if raw in _OFF:
-        if named:
-            raise RunError(f"{MODE_VAR}={raw} runs the workflows in this process, but {named} asks for a Ray "
-                           f"cluster; unset {MODE_VAR} (or set it to 1) to run the runners on it")
-        return False
-    if raw not in ("", "auto"):
-        raise RunError(f"{MODE_VAR}={raw!r}: use 1 (workflow runners on Ray), 0 (in this process) or auto")
-    return named is not None
-
-
-def runners_where(cfg: Any) -> str:
-    """Where the job's workflow runners will run, for `rft validate`."""
-    n = cfg.explorer.runner_per_model * cfg.explorer.rollout_model.engine_num
-    try:
-        on_ray = explorer_uses_ray(cfg)
-    except RunError as exc:
-        return f"refused: {exc}"
-    if not on_ray:
-        return f"{n}, in this process ({MODE_VAR}=1 or RAY_ADDRESS puts them on Ray)"
-    named = cluster_named(cfg)
-    return f"{n} Ray actors ({named or MODE_VAR + '=1'})"
-
-
-def active() -> RaySession | None:
-    """The job's Ray session, when its explorer runs on Ray."""
-    return _active
 
 
 # ---------------------------------------------------------------- the session
@@ -100,9 +61,6 @@ def active() -> RaySession | None:
 def _user_code_paths(cfg: Any) -> list[str]:
     """Files and folders of user code the runners must import on other nodes: the plugin folders' modules
     and the top-level module of every workflow / reward function named by import path, unless installed."""
-    from rft_runtime.workflows.plugins import LOADED
-    from rft_runtime.workflows.registry import get_workflow, split_import_path
-
     paths: list[Path] = []
     for folder, _ in LOADED:
         paths += [p for p in sorted(folder.iterdir())
@@ -146,15 +104,10 @@ class RaySession:
     @classmethod
     def open(cls, cfg: Any) -> RaySession:
         """Join the named cluster, else a local `ray start` one, else start Ray here with this machine's CPUs."""
-        global _active
-        try:
-            import ray
-        except ImportError:
-            raise RunError("the workflow runners run on Ray (RFT_RAY, RAY_ADDRESS or the cluster section), and "
-                           "ray is not installed: `pip install 'ray[default]>=2.40'` (the runtime extra has it), "
-                           f"or set {MODE_VAR}=0 to run them in this process") from None
-        import rft_runtime
-
+        if ray is None:
+            raise RunnerError("the workflow runners run on Ray (RFT_RAY, RAY_ADDRESS or the cluster section), and "
+                              "ray is not installed: `pip install 'ray[default]>=2.40'` (the runtime extra has it), "
+                              f"or set {MODE_VAR}=0 to run them in this process")
         named = cluster_named(cfg)
         address = os.environ.get("RAY_ADDRESS") or (cfg.cluster.ray_address if named and not
                                                     named.startswith("cluster.node_num") else "auto")
@@ -175,9 +128,9 @@ class RaySession:
                 hint = ("no Ray cluster runs on this machine: set RAY_ADDRESS to the head's address, or "
                         "`ray start --head` first" if address == "auto" else
                         f"check that its head is up (`ray status --address {address}`)")
-                raise RunError(f"could not join the Ray cluster at {address} ({named or 'RAY_ADDRESS'}): "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; {hint}, "
-                               "or unset it to run the workflows in this process") from exc
+                raise RunnerError(f"could not join the Ray cluster at {address} ({named or 'RAY_ADDRESS'}): "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; {hint}, "
+                                  "or unset it to run the workflows in this process") from exc
             why = f"joined the Ray cluster at {address} ({named})"
         else:
             try:
@@ -188,7 +141,7 @@ class RaySession:
                 ray.init(num_cpus=cpus, include_dashboard=False, **common)
                 started, why = True, f"started a local Ray with {cpus} CPUs"
         session = cls(started, ray.get_runtime_context().gcs_address, why)
-        _active = session
+        set_ray_session(session)
         log.info("workflow runners on Ray: %s", why)
         return session
 
@@ -197,16 +150,11 @@ class RaySession:
         this machine), else this node's address, which runners on the other nodes can reach."""
         if self.started_here:
             return "127.0.0.1"
-        import ray
-
         return ray.util.get_node_ip_address()
 
     def close(self) -> None:
         """Disconnect (a joined cluster keeps running) or stop the local Ray this session started."""
-        global _active
-        import ray
-
-        _active = None
+        set_ray_session(None)
         if ray.is_initialized():
             ray.shutdown()
 
@@ -226,8 +174,6 @@ class _RunnerConnection:
 
     def point(self, generation: int) -> None:
         """A new ServiceClient when the driver reconnected since the last task."""
-        import tinker
-
         if self.service is not None and self.generation == generation:
             return
         self.close()
@@ -244,26 +190,18 @@ class _RunnerConnection:
 
     def close(self) -> None:
         """Finish the session, so the SDK's heartbeat stops."""
-        from rft_runtime.backends.tinker_client import _finish_service
-
         service, self.service = self.service, None
         if service is not None:
             _finish_service(service, "success")
 
 
 class RunnerActor:
-    """One workflow runner (a Ray actor): runs one task of a batch at a time, with the weights it is told."""
+    """One workflow runner (a Ray actor): runs one task of a batch at a time through its own LocalRunners, with
+    the weights it is told."""
 
-    def __init__(self, cfg: Any, tokenizer_box: list[Any], base_url: str | None, api_key: str, base_model: str,
+    def __init__(self, cfg: Any, taskset: Any, tokenizer_box: list[Any], chat_template: str | None,
+                 enable_thinking: bool | None, base_url: str | None, api_key: str, base_model: str,
                  plugin_modules: list[str], runner_id: int):
-        import importlib
-
-        import ray
-
-        from rft_runtime.loop.explorer import Explorer
-        from rft_runtime.loop.prompts import PromptEncoder
-        from rft_runtime.workflows import trinity_compat
-
         os.environ.setdefault("TINKER_TELEMETRY", "0")
         trinity_compat.install()
         for name in plugin_modules:  # their register_module decorators name workflows and rewards
@@ -271,42 +209,32 @@ class RunnerActor:
         self.cfg = cfg
         self.runner_id = runner_id
         self.conn = _RunnerConnection(base_url, api_key, base_model)
-        tokenizer = ray.get(tokenizer_box[0])
-        self.explorer = Explorer(cfg, PromptEncoder.for_stage(tokenizer, cfg), conn=self.conn)
-        self.explorer.runner.workflow_errors.quiet = self.explorer.runner.reward_errors.quiet = True
+        # quiet: the driver logs the outcome's user errors once per job, not once per actor
+        self.runners = LocalRunners(cfg, taskset, ray.get(tokenizer_box[0]), chat_template=chat_template,
+                                    enable_thinking=enable_thinking, conn=self.conn, quiet=True)
         self._sampler: Any = None
         self._key: tuple[int, str | None] | None = None
 
     def where(self) -> dict[str, str]:
         """The node this runner is on (its Ray node id and address)."""
-        import ray
-
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "pid": str(os.getpid())}
 
     def run(self, slot: int, task: Any, explore_step: int, repeat: int, greedy: bool, version: int,
-            path: str | None, generation: int) -> tuple[Any, dict[str, str]]:
+            path: str | None, generation: int) -> tuple[TaskOutcome, dict[str, str]]:
         """Run one task's workflow repeat times; its TaskOutcome (slot: its place in the batch) and the node."""
         timeout = float(self.cfg.synchronizer.sync_timeout)
         self.conn.point(generation)
         if self._sampler is None or self._key != (generation, path):
             self._sampler = self.conn.sampling_client(path, timeout)
             self._key = (generation, path)
-        ex = self.explorer
-        policy = ex.policy(self._sampler, greedy=greedy, model_version=version, model_path=path)
-        aux = ex.aux.wrappers() if ex.aux is not None else []
-        if ex.server is not None:
-            ex.server.set_models([policy, *aux])
-        [outcome] = ex.runner.run_batch(
-            [task], policy, aux, explore_step=explore_step, repeat=repeat, in_flight=1, timeout=ex.timeout,
-            base_seed=self.cfg.explorer.rollout_model.seed, slots=[slot])
+        [outcome] = self.runners.run([task], self._sampler, explore_step=explore_step, repeat=repeat,
+                                     greedy=greedy, version=version, path=path, in_flight=1, slots=[slot])
         return outcome, self.where()
 
     def close(self) -> None:
         """Finish the tinker session and stop the loopback OpenAI endpoint before the actor is killed."""
-        from rft_runtime.backends.tinker_client import quiesce_sdk
-
-        self.explorer.close()
+        self.runners.close()
         self.conn.close()
         quiesce_sdk(settle_s=0.0)
 
@@ -316,9 +244,7 @@ class RunnerActor:
 
 def _actor_died(exc: BaseException) -> bool:
     """Ray's errors for a runner (or its node) that went away, as opposed to an error its code raised."""
-    import ray.exceptions as rex
-
-    kinds = tuple(k for k in (getattr(rex, n, None) for n in (
+    kinds = tuple(k for k in (getattr(ray.exceptions, n, None) for n in (
         "RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError",
         "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError", "ActorUnschedulableError")) if k)
     return isinstance(exc, kinds)
@@ -327,8 +253,6 @@ def _actor_died(exc: BaseException) -> bool:
 def _wait_for_nodes(expected: int, timeout: float = ACTOR_START_S) -> list[str]:
     """Ids of the cluster's alive nodes, once there are cluster.node_num of them (worker pods join after the
     head starts the job); after `timeout` with fewer, the runners go on the nodes there are, with a warning."""
-    import ray
-
     deadline = time.monotonic() + timeout
     said = False
     while True:
@@ -346,16 +270,15 @@ def _wait_for_nodes(expected: int, timeout: float = ACTOR_START_S) -> list[str]:
 
 
 class RunnerPool:
-    """`size` RunnerActors spread over the cluster's nodes, and the dispatch of a batch's tasks to them."""
+    """RunnerActors spread over the cluster's nodes, as many as `local` runs at once, and the dispatch of a
+    batch's tasks to them. Each actor runs what `local` (the driver's LocalRunners) would run; `local` logs
+    the user errors of their outcomes."""
 
-    def __init__(self, cfg: Any, encoder: Any, conn: Any, size: int):
-        import ray
-
-        from rft_runtime.workflows.plugins import LOADED
-
+    def __init__(self, cfg: Any, local: LocalRunners, conn: Any):
         self.cfg = cfg
         self.conn = conn
-        self.size = size
+        self.local = local
+        self.size = size = local.in_flight
         self.retries = int(cfg.explorer.max_retry_times)
         # Trinity's bound on a task: max_timeout for each of its tries
         self.task_bound = float(cfg.explorer.max_timeout) * (self.retries + 1)
@@ -363,7 +286,7 @@ class RunnerPool:
         self._busy = threading.Lock()
         self._remote = ray.remote(RunnerActor)
         # in a list, so that Ray hands the actor the reference rather than the value
-        self._tokenizer = ray.put(encoder.tokenizer)
+        self._tokenizer = ray.put(local.tokenizer)
         self._plugins = [name for _, names in LOADED for name in names]
         self._prefix = f"rft-runner:{cfg.name}:{os.getpid()}"
         self._incarnation = [0] * size
@@ -375,15 +298,14 @@ class RunnerPool:
             self.nodes = ray.get(refs, timeout=ACTOR_START_S)
         except Exception as exc:
             self.close()
-            raise RunError(f"the {size} workflow runners (explorer.runner_per_model x rollout_model.engine_num) "
-                           f"did not start on Ray (waited up to {ACTOR_START_S:.0f}s): {type(exc).__name__}: {exc}") from exc
+            raise RunnerError(f"the {size} workflow runners (explorer.runner_per_model x rollout_model.engine_num) "
+                              f"did not start on Ray (waited up to {ACTOR_START_S:.0f}s): {type(exc).__name__}: "
+                              f"{exc}") from exc
         by_node = Counter(f"{n['ip']} {n['node_id'][:8]}" for n in self.nodes)
         log.info("%d workflow runners on %d Ray node(s): %s", size, len(by_node),
                  ", ".join(f"{k} x{v}" for k, v in sorted(by_node.items())))
 
     def _spawn(self, i: int, node_id: str) -> Any:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         self._incarnation[i] += 1
         return self._remote.options(
             name=f"{self._prefix}:{i}:{self._incarnation[i]}",
@@ -394,13 +316,12 @@ class RunnerPool:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             # one call at a time: a runner's workflows share its sampler and its loopback OpenAI endpoint
             max_concurrency=1,
-        ).remote(self.cfg, [self._tokenizer], self.conn.base_url, self.conn.api_key, self.conn.base_model(),
+        ).remote(self.cfg, self.local.taskset, [self._tokenizer], self.local.chat_template,
+                 self.local.enable_thinking, self.conn.base_url, self.conn.api_key, self.conn.base_model(),
                  self._plugins, i)
 
     def _replace(self, i: int) -> None:
         """A new runner i on the alive node with the fewest of this pool's runners (the old one is dead)."""
-        import ray
-
         try:
             ray.kill(self.actors[i], no_restart=True)
         except Exception:  # noqa: S110 - it is dead already
@@ -422,15 +343,14 @@ class RunnerPool:
         node = self.nodes[i] or {}
         return f"runner {i} on node {node.get('ip', '?')} ({node.get('node_id', '?')[:12]})"
 
-    def run_batch(self, tasks: list[Any], *, explore_step: int, repeat: int, greedy: bool, version: int,
-                  path: str | None, runner: Any) -> list[Any]:
-        """Every task on some idle runner; outcomes in task order, user errors logged by `runner` (the
-        driver's WorkflowRunner) once per job."""
-        import ray
-
+    def run(self, tasks: list[Any], sampler: Any, *, explore_step: int, repeat: int, greedy: bool = False,
+            version: int = 0, path: str | None = None) -> list[TaskOutcome]:
+        """Every task on some idle runner; one TaskOutcome per task, in task order, as LocalRunners.run gives
+        them. `sampler` is the driver's and is not used: each runner makes its own for `path`. User errors are
+        logged by the driver's LocalRunners, once per job."""
         with self._busy:
             if self._closed.is_set():
-                raise RunError("the workflow runners were stopped")
+                raise RunnerError("the workflow runners were stopped")
             generation = self.conn.generation
             results: list[Any] = [None] * len(tasks)
             tries = [0] * len(tasks)
@@ -449,15 +369,13 @@ class RunnerPool:
                 raise
             for outcome in results:
                 for kind, text in outcome.user_errors:
-                    runner.log_user_error(kind, text, outcome)
+                    self.local.runner.log_user_error(kind, text, outcome)
             return results
 
     def _dispatch(self, tasks: list[Any], results: list[Any], tries: list[int], pending: deque[int],
                   idle: deque[int], running: dict[Any, tuple[int, int, float]], explore_step: int, repeat: int,
                   greedy: bool, version: int, path: str | None, generation: int) -> None:
-        """Hand tasks to idle runners until every one has its outcome (the body of run_batch)."""
-        import ray
-
+        """Hand tasks to idle runners until every one has its outcome (the body of run)."""
         while pending or running:
             while pending and idle:
                 slot, a = pending.popleft(), idle.popleft()
@@ -466,7 +384,7 @@ class RunnerPool:
                 running[ref] = (slot, a, time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             if self._closed.is_set():
-                raise RunError("the workflow runners were stopped")
+                raise RunnerError("the workflow runners were stopped")
             if not done:
                 self._check_overdue(running, tasks, explore_step)
                 continue
@@ -485,7 +403,7 @@ class RunnerPool:
                         raise cause from None
                     tries[slot] += 1
                     if tries[slot] > self.retries:
-                        raise RunError(
+                        raise RunnerError(
                             f"task {slot} (row {tasks[slot].index}) of explore step {explore_step}: its runner "
                             f"died {tries[slot]} times (explorer.max_retry_times: {self.retries}); the last "
                             f"was {self._where(a)}: {type(exc).__name__}: {exc}") from exc
@@ -505,14 +423,12 @@ class RunnerPool:
         now = time.monotonic()
         for slot, a, since in running.values():
             if now - since > self.task_bound + 60:
-                raise RunError(f"task {slot} (row {tasks[slot].index}) of explore step {step} has run "
-                               f"{now - since:.0f}s on {self._where(a)}, past explorer.max_timeout x "
-                               f"(max_retry_times + 1) = {self.task_bound:.0f}s: the runner does not answer")
+                raise RunnerError(f"task {slot} (row {tasks[slot].index}) of explore step {step} has run "
+                                  f"{now - since:.0f}s on {self._where(a)}, past explorer.max_timeout x "
+                                  f"(max_retry_times + 1) = {self.task_bound:.0f}s: the runner does not answer")
 
     def close(self) -> None:
         """Stop the runners: their tinker sessions finished, then the actors killed (none left behind)."""
-        import ray
-
         self._closed.set()
         got = self._busy.acquire(timeout=15)  # a batch in progress notices within a second
         try:
