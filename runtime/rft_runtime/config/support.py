@@ -49,8 +49,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     # rft_runtime.config.workflow_checks refuses the images it would send
     ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
     ("FormatConfig", "enable_concatenated_multi_turn"): (_one_of(False), "SFT trains on the last reply only"),
-    ("FormatConfig", "chat_template"): (_unset, "the chat template is model.custom_chat_template's or the "
-                                                "tokenizer's"),
     ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
     ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
@@ -83,7 +81,7 @@ NO_EFFECT_ON_TINKER = {
 HONOURED_FROM_FACTS = {
     ("ExplorerConfig", "env_vars"),  # the workflow runners' environment (Ray actors, or this process)
     ("FormatConfig", "chosen_key"), ("FormatConfig", "rejected_key"),  # dpo's replies
-} | set(LOOP_NOTES)  # synchronisation, batching, replay, modes and buffers (rft_runtime.loop)
+} | set(LOOP_NOTES)  # synchronisation, batching, replay, modes, buffers and row columns (rft_runtime.loop)
 
 
 def treatment(trinity_class: str, field: str, path: str = "") -> str:
