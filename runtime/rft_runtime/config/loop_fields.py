@@ -74,6 +74,7 @@ NOTES: dict[tuple[str, str], str] = {
         "trained as it is written, as Trinity's formatters do."),
     ("FormatConfig", "system_prompt_key"): (
         "For an SFT or DPO dataset's plaintext rows too, before system_prompt (an empty value: system_prompt)."),
+    ("OptimizerConfig", "warmup_style"): "Trinity's older name of lr_scheduler_type: when set, it wins.",
     # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
     ("FormatConfig", "image_key"): (
         "Column of a row's images (paths, URLs, data: URLs, bytes). They reach Tinker as image chunks where the "
