@@ -74,12 +74,11 @@ def _runner(job: dict, conn: Any = None, trainer: Any = None) -> Any:
 
 
 def _split(datum: Any) -> tuple[list[int], list[int]]:
-    """(prompt ids, trained ids) of a text datum: the prompt is every position before the first weighted target."""
+    """(prompt ids, response ids) of a text datum: the prompt is every position before the first weighted target."""
     targets = [int(t) for t in datum.loss_fn_inputs["target_tokens"].data]
     weights = [float(w) for w in datum.loss_fn_inputs["weights"].data]
     tokens = datum.model_input.to_ints() + targets[-1:]
     start = next(i for i, w in enumerate(weights) if w) + 1
-    assert all(weights[start - 1:]), "the reply's tokens are all trained"
     return tokens[:start], tokens[start:]
 
 
@@ -106,7 +105,7 @@ def test_a_plaintext_sft_row_takes_its_system_prompt_column_before_system_prompt
     prompt, reply = _split(by_prompt['"1+1=?"'])
     assert prompt == _render(tok, [{"role": "system", "content": "Answer in digits."},
                                    {"role": "user", "content": "1+1=?"}], add_generation_prompt=True)
-    assert reply == runner.encoder.response_ids("2")
+    assert reply == runner.encoder.response_ids("2") and _trained(tok, by_prompt['"1+1=?"']) == [tok.decode(reply)]
     # an empty column falls back to format.system_prompt
     prompt, _ = _split(by_prompt['"2+2=?"'])
     assert prompt == _render(tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2=?"}],
@@ -191,6 +190,51 @@ def test_an_sft_datasets_chat_template_renders_its_rows(tmp_path, tiny_model_dir
     work, _ = runner._sft_work(1, next(iter(runner.stream)))
     assert runner.encoder.tokenizer.decode(_split(work.datums[0])[0]) == "[user] 2+2=?\n[assistant] "
     assert runner.encoder.source == "buffer.trainer_input.experience_buffer.format.chat_template"
+
+
+def _trained(tok: Any, datum: Any) -> list[str]:
+    """The trained stretches of a datum's response, as text."""
+    targets = [int(t) for t in datum.loss_fn_inputs["target_tokens"].data]
+    weights = [float(w) for w in datum.loss_fn_inputs["weights"].data]
+    runs: list[list[int]] = []
+    for i, (t, w) in enumerate(zip(targets, weights, strict=True)):
+        if w:
+            if not i or not weights[i - 1]:
+                runs.append([])
+            runs[-1].append(t)
+    return [tok.decode(r) for r in runs]
+
+
+@pytest.mark.parametrize(("thinks", "trained"), [
+    (False, ["a one<|im_end|>\n", "a two<|im_end|>\n"]),
+    # a template that thinks: only the turns after the last user message, as Trinity's action mask
+    (True, ["a two<|im_end|>\n"]),
+])
+def test_concatenated_multi_turn_trains_every_assistant_turn_as_it_renders(tmp_path, tiny_model_dir, thinks, trained):
+    from rft_runtime.engine.model_factory import CHAT_TEMPLATE
+
+    convo = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q one"},
+             {"role": "assistant", "content": "a one"}, {"role": "user", "content": "q two"},
+             {"role": "assistant", "content": "a two"}]
+    data = _rows(tmp_path / "chat.jsonl", [{"messages": convo}] * 2)
+    template = ("{# <think> #}" if thinks else "") + CHAT_TEMPLATE
+    runner = _runner(_job(tmp_path, tiny_model_dir, data, {
+        "prompt_type": "messages", "messages_key": "messages", "enable_concatenated_multi_turn": True},
+        custom_chat_template=template))
+    work, extra = runner._sft_work(1, next(iter(runner.stream)))
+    tok = runner.encoder.tokenizer
+    datum = work.datums[0]
+    assert _trained(tok, datum) == trained
+    # the whole conversation is the datum, as the template renders it, and the prompt ends at the first trained turn
+    whole = datum.model_input.to_ints() + [int(datum.loss_fn_inputs["target_tokens"].data[-1])]
+    assert tok.decode(whole) == tok.apply_chat_template(convo, tokenize=False, chat_template=template)
+    first = 2 if not thinks else 4
+    prompt, _ = _split(datum)
+    assert prompt == _render(tok, convo[:first], template, add_generation_prompt=True)
+    # every weight is the same (token-mean over the trained tokens of the step)
+    weights = [float(w) for w in datum.loss_fn_inputs["weights"].data if w]
+    n = sum(len(tok.encode(t, add_special_tokens=False)) for t in trained * 2)
+    assert weights == pytest.approx([1.0 / n] * (n // 2), rel=1e-6)
 
 
 def test_a_dpo_row_takes_its_system_prompt_column(tmp_path, tiny_model_dir, local_engine):

@@ -74,6 +74,10 @@ NOTES: dict[tuple[str, str], str] = {
         "trained as it is written, as Trinity's formatters do."),
     ("FormatConfig", "system_prompt_key"): (
         "For an SFT or DPO dataset's plaintext rows too, before system_prompt (an empty value: system_prompt)."),
+    ("FormatConfig", "enable_concatenated_multi_turn"): (
+        "An SFT dataset's (and mix's expert data's): train on every assistant turn of a conversation, as the chat "
+        "template renders it, not only the last (Trinity's action mask; with a `<think>` template, the turns after "
+        "the last user message). Text rows only."),
     ("OptimizerConfig", "warmup_style"): "Trinity's older name of lr_scheduler_type: when set, it wins.",
     # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
     ("FormatConfig", "image_key"): (

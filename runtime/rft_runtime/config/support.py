@@ -48,7 +48,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     # image_key is honoured (config.loop_fields says how); with the local engine, which serves text models,
     # rft_runtime.config.workflow_checks refuses the images it would send
     ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
-    ("FormatConfig", "enable_concatenated_multi_turn"): (_one_of(False), "SFT trains on the last reply only"),
     ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
     ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
     ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),

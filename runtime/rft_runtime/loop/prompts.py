@@ -101,6 +101,43 @@ class PromptEncoder:
                            f"the tokens of its last reply (which has {', '.join(extra)}) cannot be told apart")
         return list(self.tokenizer.encode(full[len(prompt):], add_special_tokens=False))
 
+    def every_turn(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
+                   ) -> tuple[list[int], list[int], list[int]]:
+        """(prompt ids, response ids, mask) of a conversation trained on each of its assistant turns
+        (format.enable_concatenated_multi_turn), as Trinity's default action mask makes them: every assistant
+        turn's tokens as the chat template renders them are trained, the turns between them are not; with a
+        template that thinks (`<think>`), only the turns after the last user message. The text is encoded
+        turn by turn, so the mask lines up with the turns whatever the tokenizer merges."""
+        if images.has_images(messages):
+            raise RunError("format.enable_concatenated_multi_turn takes text conversations: a row with image parts "
+                           "cannot be trained on every turn here; unset it for image rows")
+        template = self.template or getattr(self.tokenizer, "chat_template", None) or ""
+        start = 0
+        if "<think>" in template:
+            start = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=0)
+        turns = [i for i in range(start, len(messages)) if messages[i].get("role") == "assistant"]
+        if not turns or turns[0] == 0:
+            raise RunError("format.enable_concatenated_multi_turn: a conversation must have an assistant turn after "
+                           f"a first message of another role; roles: {[m.get('role') for m in messages]}")
+        full = self._render(messages, tools, add_generation_prompt=False)
+        ids: list[int] = []
+        mask: list[int] = []
+        pos = 0
+        for i in turns:
+            begin = self._render(messages[:i], tools, add_generation_prompt=True)
+            end = self._render(messages[:i + 1], tools, add_generation_prompt=False)
+            if not (end.startswith(begin) and full.startswith(end) and len(begin) >= pos):
+                raise RunError(f"{self.source} renders a conversation so that a turn does not begin with what "
+                               "came before it, so its assistant turns cannot be told apart "
+                               "(format.enable_concatenated_multi_turn)")
+            for text, trained in ((full[pos:len(begin)], 0), (full[len(begin):len(end)], 1)):
+                piece = list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+                ids += piece
+                mask += [trained] * len(piece)
+            pos = len(end)
+        first = mask.index(1)
+        return ids[:first], ids[first:], mask[first:]
+
     def prompt_input(self, messages: list[dict[str, Any]], where: str,
                      tools: list[Any] | None = None) -> tuple[list[int], list[Any] | None]:
         """(token ids, tinker chunks or None) of a training row's messages (and tools) followed by the

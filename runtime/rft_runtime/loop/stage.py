@@ -441,15 +441,9 @@ class StageRunner:
                                     if source.format.chat_template else self.encoder)
         encoder = self._expert_encoder
         for task in next(self._expert):
-            messages, reply = sft_messages(self.cfg, task.row, source.format)
-            tools = row_tools(task.row, source.format)
-            ids, chunks = encoder.prompt_input(messages, where, tools)
-            resp = encoder.reply_ids(messages, reply, tools)
-            limit = self.cfg.model.max_response_tokens
-            resp = resp[:limit] if limit else resp
+            ids, resp, mask, chunks = self._sft_row(encoder, task.row, source.format, where)
             if self.encoder.too_long(ids) or not resp:
                 continue
-            mask = [1] * len(resp)
             datums.append(D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, 1.0, mask, chunks))
             seqs.append((len(ids) - 1, [0.0] * len(resp), 0.0, mask, 1.0, None, True))
             added += 1
@@ -595,41 +589,52 @@ class StageRunner:
         self._attach_terms(work, seqs)
         return work, extra
 
+    def _sft_row(self, encoder: PromptEncoder, row: dict[str, Any], fmt: Any, where: str,
+                 ) -> tuple[list[int], list[int], list[int], list[Any] | None]:
+        """(prompt ids, response ids, mask, prompt chunks or None) of one SFT row (a dataset's or mix's expert
+        data), as Trinity's SFT formatter makes it: its last reply, or with format.enable_concatenated_multi_turn
+        every assistant turn; the response cut at model.max_response_tokens."""
+        messages, reply = sft_messages(self.cfg, row, fmt)
+        tools = row_tools(row, fmt)
+        if getattr(fmt, "enable_concatenated_multi_turn", False):
+            ids, resp, mask = encoder.every_turn([*messages, reply], tools)
+            chunks = None
+        else:
+            ids, chunks = encoder.prompt_input(messages, where, tools)
+            resp = encoder.reply_ids(messages, reply, tools)
+            mask = [1] * len(resp)
+        limit = self.cfg.model.max_response_tokens
+        if limit and len(resp) > limit:
+            resp, mask = resp[:limit], mask[:limit]
+        return ids, resp, mask, chunks
+
     def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         """Each row's prompt (with its images as image chunks) and target response as one cross-entropy datum."""
-        pairs = []
-        chunks_of = []
+        rows = []
         prompt_tokens = truncated = 0
-        where = _dataset_name(self.cfg.buffer.trainer_input.experience_buffer, "buffer.trainer_input.experience_buffer")
-        fmt = self.cfg.buffer.trainer_input.experience_buffer.format
+        store = self.cfg.buffer.trainer_input.experience_buffer
+        where = _dataset_name(store, "buffer.trainer_input.experience_buffer")
         for task in tasks:
-            messages, reply = sft_messages(self.cfg, task.row)
-            tools = row_tools(task.row, fmt)
-            ids, chunks = self.encoder.prompt_input(messages, where, tools)
+            ids, resp, mask, chunks = self._sft_row(self.encoder, task.row, store.format, where)
             if self.encoder.too_long(ids):
                 truncated += 1
                 continue
-            resp = self.encoder.reply_ids(messages, reply, tools)
-            limit = self.cfg.model.max_response_tokens
-            if limit and len(resp) > limit:
-                resp = resp[:limit]
             prompt_tokens += len(ids)
-            pairs.append((ids, resp))
-            chunks_of.append(chunks)
-        n_tokens = sum(len(r) for _, r in pairs)
-        scales = agg_scales(self.plan.agg_mode, [len(r) for _, r in pairs], self.cfg.model.max_response_tokens)
-        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, [1] * len(resp), chunks)
-                  for (ids, resp), sc, chunks in zip(pairs, scales, chunks_of, strict=True)]
+            rows.append((ids, resp, mask, chunks))
+        n_tokens = sum(len(r[1]) for r in rows)
+        scales = agg_scales(self.plan.agg_mode, [sum(r[2]) for r in rows], self.cfg.model.max_response_tokens)
+        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, mask, chunks)
+                  for (ids, resp, mask, chunks), sc in zip(rows, scales, strict=True)]
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         extra = {
             "prompt_tokens": float(prompt_tokens), "response_tokens": float(n_tokens),
             "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
-            **length_stats("response_length", [len(r) for _, r in pairs], self.cfg.model.max_response_tokens),
-            **length_stats("prompt_length", [len(i) for i, _ in pairs], self.cfg.model.max_prompt_tokens),
+            **length_stats("response_length", [len(r[1]) for r in rows], self.cfg.model.max_response_tokens),
+            **length_stats("prompt_length", [len(r[0]) for r in rows], self.cfg.model.max_prompt_tokens),
         }
         work = StepWork(step, datums, *(self.plan.builtin or ("custom", None)), lr)
-        self._attach_terms(work, [(len(ids) - 1, [0.0] * len(resp), 0.0, [1] * len(resp), sc, None)
-                                  for (ids, resp), sc in zip(pairs, scales, strict=True)])
+        self._attach_terms(work, [(len(ids) - 1, [0.0] * len(resp), 0.0, mask, sc, None)
+                                  for (ids, resp, mask, _), sc in zip(rows, scales, strict=True)])
         return work, extra
 
     # ------------------------------------------------------------ checkpoints (batching, sync and modes below)
