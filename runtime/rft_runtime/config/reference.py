@@ -124,7 +124,7 @@ def _meaning(cls: type[Section], name: str, description: str | None) -> str:
 
 
 def _sections() -> list[tuple[type[Section], list[str]]]:
-    """Every section class once, in breadth-first order from the top level, with the paths it sits at."""
+    """Every section class once, in breadth-first order from the top level, with every path it sits at."""
     order: list[type[Section]] = []
     paths: dict[type[Section], list[str]] = {}
     queue: list[tuple[str, type[Section]]] = [("", JobConfig)]
@@ -134,8 +134,6 @@ def _sections() -> list[tuple[type[Section], list[str]]]:
             order.append(cls)
             paths[cls] = []
         paths[cls].append(path or "(top level)")
-        if len(paths[cls]) > 1:
-            continue
         for name, field in cls.model_fields.items():
             origin = typing.get_origin(field.annotation)
             text = _type_name(field.annotation)
