@@ -196,3 +196,11 @@ def test_prompt_truncation_off_loads_where_no_prompt_limit_is_set():
     data["model"].update(enable_prompt_truncation=False, max_model_len=4096)
     cfg = load_config_dict(data)
     assert cfg.model.enable_prompt_truncation is False
+
+
+def test_a_kl_penalty_trinity_never_applies_loads_with_the_reason():
+    # grpo's advantages are computed outside Trinity's trainer, so its kl_penalty_fn is never read there
+    data = _job()
+    data["algorithm"].update(kl_penalty_fn="k3", kl_penalty_fn_args={"kl_coef": 0.1})
+    said = [w for w in load_config_dict(data).warnings if w.startswith("algorithm.kl_penalty_fn: ")]
+    assert len(said) == 1 and "no effect on the Tinker backend" in said[0] and "grpo" in said[0]
