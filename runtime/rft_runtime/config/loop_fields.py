@@ -78,6 +78,10 @@ NOTES: dict[tuple[str, str], str] = {
         "An SFT dataset's (and mix's expert data's): train on every assistant turn of a conversation, as the chat "
         "template renders it, not only the last (Trinity's action mask; with a `<think>` template, the turns after "
         "the last user message). Text rows only."),
+    ("AlgorithmConfig", "kl_penalty_fn"): (
+        "A KL penalty on the rewards: refused for reinforceplusplus, rloo, on_policy_distill and jsd, whose "
+        "advantages Trinity computes in its trainer and penalises; for the others Trinity never reads it, so it "
+        "loads with a warning (docs/algorithms.md)."),
     ("OptimizerConfig", "warmup_style"): "Trinity's older name of lr_scheduler_type: when set, it wins.",
     # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
     ("FormatConfig", "image_key"): (
