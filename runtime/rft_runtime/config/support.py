@@ -26,6 +26,8 @@ from pydantic import BaseModel
 
 from rft_runtime.config.loop_fields import NOTES as LOOP_NOTES
 from rft_runtime.config.models import FROM_FACTS, SECTIONS, Section
+from rft_runtime.workflows.auxiliary import ENGINE_ONLY
+from rft_runtime.workflows.auxiliary import HONOURED as AUXILIARY_HONOURED
 
 HONOURED = "honoured"
 NO_EFFECT = "no effect"
@@ -107,7 +109,7 @@ NO_EFFECT_ON_TINKER = {
     ("ModelConfig", "lora_configs"),  # Tinker's adapter is model.tinker's
     ("LoRAConfig", "lora_rank"), ("LoRAConfig", "lora_alpha"), ("LoRAConfig", "target_modules"),
     ("LoRAConfig", "exclude_modules"),
-    # ray_address and node_num place the workflow runners on Ray (rft_runtime.loop.ray_runners)
+    # ray_address and node_num place the workflow runners on Ray (rft_runtime.workflows.ray_runners)
     ("ClusterConfig", "gpu_per_node"),
     ("TasksetConfig", "index"), ("TasksetConfig", "enable_progress_bar"), ("TasksetConfig", "is_eval"),
     ("ExperienceBufferConfig", "index"), ("ExperienceBufferConfig", "enable_progress_bar"),
@@ -158,9 +160,6 @@ def placed(trinity_class: str, field: str, path: str = "") -> tuple[str, Rule | 
     key = (trinity_class, field)
     if trinity_class == "InferenceModelConfig":
         if path.startswith("explorer.auxiliary_models["):
-            from rft_runtime.workflows.auxiliary import ENGINE_ONLY
-            from rft_runtime.workflows.auxiliary import HONOURED as AUXILIARY_HONOURED
-
             if field in AUXILIARY_HONOURED:
                 return HONOURED, None
             if field in ENGINE_ONLY:
