@@ -261,7 +261,8 @@ def test_valid_trinity_keys_load_and_only_unknown_ones_get_a_suggestion(key, val
 
 
 @pytest.mark.parametrize(("change", "path"), [
-    ({"kl_penalty_fn": "k3"}, "algorithm.kl_penalty_fn"),
+    # rloo computes its advantages in Trinity's trainer, which would put this KL penalty on the rewards
+    ({"algorithm_type": "rloo", "kl_penalty_fn": "k3"}, "algorithm.kl_penalty_fn"),
     ({"advantage_fn": "remax"}, "algorithm.advantage_fn"),
 ])
 def test_what_would_train_differently_on_tinker_is_refused_with_the_reason(change, path):

@@ -35,6 +35,9 @@ class Algorithm:
     sample_strategy: ClassVar[str] = "default"
     # multi-turn runs: the advantage broadcasts over the steps of a run (step_wise_grpo, gigpo)
     multi_step: ClassVar[bool] = False
+    # Trinity computes its advantages in the trainer, where kl_penalty_fn turns into a KL penalty on the rewards;
+    # for the others Trinity never reads kl_penalty_fn
+    kl_in_reward: ClassVar[bool] = False
     # why Tinker cannot train it, with what to use instead (None: it trains)
     refusal: ClassVar[str | None] = None
 

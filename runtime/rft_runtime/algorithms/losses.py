@@ -272,8 +272,14 @@ def loss_plan(cfg: Any) -> LossPlan:
     entropy_coef = _entropy(algo, spec, loss)
     _sample_strategy(cfg, algo, spec, loss)
     if algo.kl_penalty_fn not in (None, "none"):
-        raise AlgorithmError(f"{algo.kl_penalty_fn!r}: the KL penalty in the reward is not implemented on Tinker; "
-                             "use kl_loss_fn with kl_loss_fn_args.kl_coef (a KL loss term) instead", A.kl_penalty_fn)
+        if spec.kl_in_reward:
+            raise AlgorithmError(f"{algo.kl_penalty_fn!r}: the KL penalty in the reward is not implemented on Tinker; "
+                                 "use kl_loss_fn with kl_loss_fn_args.kl_coef (a KL loss term) instead",
+                                 A.kl_penalty_fn)
+        warnings.append(f"algorithm.kl_penalty_fn: {algo.kl_penalty_fn!r} has no effect on the Tinker backend: Trinity "
+                        f"puts a KL penalty on the rewards only where its trainer computes the advantages, which "
+                        f"{spec.name} does not (its veRL and Tinker trainers ignore it too); for a KL term use "
+                        "kl_loss_fn with kl_loss_fn_args.kl_coef")
     if adv_fn in TOKEN_ADVANTAGE_FNS and getattr(cfg, "explorer", None) is not None and not cfg.explorer.auxiliary_models:
         raise AlgorithmError(f"{adv_fn} distils from a teacher, explorer.auxiliary_models[0] (its model_path is the "
                              "teacher's base model on the same Tinker server); add it", JOB.explorer.auxiliary_models)

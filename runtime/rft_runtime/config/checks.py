@@ -21,14 +21,19 @@ def _check_tinker_support(cfg: JobConfig, issues: list[ConfigIssue], warnings: l
     idle: dict[str, list[str]] = {}
     roots: list[str] = []
     for path, owner, name, value in support.set_fields(cfg):
-        rule = support.REFUSED_ON_TINKER.get((owner, name))
-        if rule is not None:
+        kind, rule = support.placed(owner, name, path)
+        if kind == support.REFUSED and rule is not None:
             accepts, why = rule
             if not accepts(value, cfg):
                 issues.append(ConfigIssue(path, (
                     f"{short(value)} is not available on the Tinker backend (model.tinker.enable: true): {why}; "
                     "remove it, or train with veRL (model.tinker.enable: false)")))
-        elif support.treatment(owner, name, path) == support.NO_EFFECT:
+        elif kind == support.NO_EFFECT and rule is not None:
+            # a setting Trinity's Tinker mode ignores too: said with the reason when it asks for something else
+            accepts, why = rule
+            if not accepts(value, cfg):
+                warnings.append(f"{path}: {short(value)} has no effect on the Tinker backend: {why}")
+        elif kind == support.NO_EFFECT:
             # what is inside an idle field is idle too; lora_configs has a warning of its own
             if not any(path.startswith((f"{p}.", f"{p}[")) for p in roots):
                 roots.append(path)

@@ -50,6 +50,39 @@ NOTES: dict[tuple[str, str], str] = {
     ("ExplorerConfig", "proxy_port"): "Port of mode serve's OpenAI-compatible endpoint (0: any free one).",
     ("ExplorerConfig", "listen_address"): "Address mode serve's endpoint listens on.",
     ("ExplorerConfig", "service_status_check_interval"): "Seconds between mode serve's looks for newer weights.",
+    # what the workflow runner reads from a taskset row (rft_runtime.workflows.runner, single_turn)
+    ("FormatConfig", "workflow_key"): (
+        "A taskset's column naming each row's workflow (a registered name or an import path); a row without "
+        "one runs the taskset's default_workflow_type."),
+    ("FormatConfig", "reward_fn_key"): (
+        "A taskset's column naming each row's reward function; a row without one uses the taskset's "
+        "default_reward_fn_type."),
+    ("FormatConfig", "reply_prefix"): (
+        "A taskset's: the start of the assistant's reply, put after the prompt (the reply continues it); null: "
+        "buffer.explorer_input.reply_prefix."),
+    # what the trainer reads from a training dataset's row (rft_runtime.loop.stage.sft_messages, loop.prompts)
+    ("FormatConfig", "tools_key"): (
+        "An SFT dataset's (and mix's expert data's) column of each row's tool definitions, a list or its JSON as a "
+        "string, handed to the chat template with the row (Trinity's SFT formatter); a reply that calls a tool "
+        "trains on the template's rendering of the call. A row without the column has no tools."),
+    ("FormatConfig", "chat_template"): (
+        "The chat template of an SFT or DPO dataset's (or mix's expert data's) rows; null: "
+        "model.custom_chat_template, else the tokenizer's. A taskset's is not read, as in Trinity (rollouts use "
+        "explorer.rollout_model.chat_template)."),
+    ("FormatConfig", "system_prompt"): (
+        "For an SFT or DPO dataset: put before a plaintext row's prompt; a conversation (prompt_type messages) is "
+        "trained as it is written, as Trinity's formatters do."),
+    ("FormatConfig", "system_prompt_key"): (
+        "For an SFT or DPO dataset's plaintext rows too, before system_prompt (an empty value: system_prompt)."),
+    ("FormatConfig", "enable_concatenated_multi_turn"): (
+        "An SFT dataset's (and mix's expert data's): train on every assistant turn of a conversation, as the chat "
+        "template renders it, not only the last (Trinity's action mask; with a `<think>` template, the turns after "
+        "the last user message). Text rows only."),
+    ("AlgorithmConfig", "kl_penalty_fn"): (
+        "A KL penalty on the rewards: refused for reinforceplusplus, rloo, on_policy_distill and jsd, whose "
+        "advantages Trinity computes in its trainer and penalises; for the others Trinity never reads it, so it "
+        "loads with a warning (docs/algorithms.md)."),
+    ("OptimizerConfig", "warmup_style"): "Trinity's older name of lr_scheduler_type: when set, it wins.",
     # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
     ("FormatConfig", "image_key"): (
         "Column of a row's images (paths, URLs, data: URLs, bytes). They reach Tinker as image chunks where the "

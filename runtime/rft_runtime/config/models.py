@@ -157,6 +157,18 @@ class OptimizerConfig(Section):
     clip_grad: float = Field(1.0, ge=0, description="Trinity's optimizer-level clip; trainer.grad_clip wins.")
     optimizer_type: str = Field("adam", description="Only adam is available on Tinker.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _warmup_style_wins(cls, data: Any) -> Any:
+        # Trinity's older name of lr_scheduler_type: its validator copies it over when it is set
+        if isinstance(data, dict) and data.get("warmup_style") is not None:
+            style = data["warmup_style"]
+            if style not in ("constant", "cosine"):
+                raise ValueError(f"warmup_style {style!r} (Trinity's older name of lr_scheduler_type) is not one of: "
+                                 "constant, cosine")
+            data = {**data, "lr_scheduler_type": style}
+        return data
+
 
 @trinity("AlgorithmConfig")
 class AlgorithmConfig(Section):

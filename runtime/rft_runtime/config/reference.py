@@ -27,13 +27,18 @@ field of its config dataclasses, with its name and default (the exceptions are l
 Trinity loads loads here too. Every section rejects unknown keys with a did-you-mean suggestion.
 `${{oc.env:VAR,default}}` and `${{section.key}}` work in any value.
 
-**On Tinker** (`model.tinker.enable: true`) this runtime runs the job itself. Each field below says what it
-does there:
+**On Tinker** (`model.tinker.enable: true`) this runtime runs the job itself, and Trinity-RFT's own Tinker
+mode is the measure. Each field below says what it does there:
 - *honoured*: the runtime does what Trinity does with it;
-- *no effect*: accepted (it is a vLLM, FSDP or Ray setting of the veRL backend); `rft validate` lists those a
-  file sets, one line per section;
-- *refused unless ...*: it would change what is trained and is not implemented here, so any other value is
-  an error at load time that says why.
+- *no effect*: accepted; it is a vLLM, FSDP or Ray setting of the veRL backend, or (*no effect: why*) a
+  setting Trinity's Tinker mode ignores too. `rft validate` lists those a file sets, one line per section, and
+  says why for an ignored setting whose value asks for something else;
+- *refused when it differs*: the runtime would not do what another value asks (mostly what Trinity's Tinker
+  mode does and this runtime does not yet), so any value other than the one its behaviour matches is an
+  error at load time that says why.
+
+A few fields do something else where their section sits elsewhere: the cell says so (an auxiliary model's,
+a taskset's).
 
 With the veRL backend (`model.tinker.enable: false`) the file is handed to `trinity run` unchanged, so every
 field does what Trinity does with it, every algorithm, workflow and reward name Trinity registers is
@@ -91,14 +96,25 @@ def _section_classes(annotation: Any) -> list[type[Section]]:
     return out
 
 
-def _on_tinker(cls: type[Section], name: str) -> str:
-    owner = _title(cls)
-    kind = support.treatment(owner, name)
-    if kind == support.REFUSED:
-        return f"refused when it differs: {support.REFUSED_ON_TINKER[(owner, name)][1]}"
+def _cell(cls: type[Section], name: str, path: str) -> str:
+    kind, rule = support.placed(_title(cls), name, path)
+    if kind == support.REFUSED and rule is not None:
+        return f"refused when it differs: {rule[1]}"
+    if kind == support.NO_EFFECT and rule is not None:
+        return f"no effect: {rule[1]}"
     if kind == support.HONOURED and _section_classes(cls.model_fields[name].annotation):
         return "see its section"
     return kind
+
+
+def _on_tinker(cls: type[Section], name: str) -> str:
+    # what it does wherever it is not placed otherwise, then where a place changes that (config.support.PLACES)
+    text = _cell(cls, name, "")
+    for owner, section, label in support.PLACES:
+        there = _cell(cls, name, f"{section}.{name}") if owner == _title(cls) else text
+        if there != text:
+            text = f"{text}; {label}: {there}"
+    return text
 
 
 def _meaning(cls: type[Section], name: str, description: str | None) -> str:
@@ -108,7 +124,7 @@ def _meaning(cls: type[Section], name: str, description: str | None) -> str:
 
 
 def _sections() -> list[tuple[type[Section], list[str]]]:
-    """Every section class once, in breadth-first order from the top level, with the paths it sits at."""
+    """Every section class once, in breadth-first order from the top level, with every path it sits at."""
     order: list[type[Section]] = []
     paths: dict[type[Section], list[str]] = {}
     queue: list[tuple[str, type[Section]]] = [("", JobConfig)]
@@ -118,8 +134,6 @@ def _sections() -> list[tuple[type[Section], list[str]]]:
             order.append(cls)
             paths[cls] = []
         paths[cls].append(path or "(top level)")
-        if len(paths[cls]) > 1:
-            continue
         for name, field in cls.model_fields.items():
             origin = typing.get_origin(field.annotation)
             text = _type_name(field.annotation)

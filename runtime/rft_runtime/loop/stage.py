@@ -7,6 +7,7 @@ notes), saves sampler weights every sync_interval steps and a checkpoint every s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -133,46 +134,100 @@ def _reply_text(value: Any) -> str:
 
 def _dpo_convo(row: dict[str, Any], fmt: Any) -> Any:
     # sft_messages reads a conversation ending in the target reply; a dpo row's reply is in chosen/rejected
-    convo = row.get(fmt.messages_key)
+    if fmt.prompt_type != "messages":
+        return row.get(fmt.messages_key)
+    convo = _conversation(row.get(fmt.messages_key), fmt)
     if isinstance(convo, list):
         return [*convo, {"role": "assistant", "content": ""}]
     return convo
 
 
-def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[list[dict[str, Any]], str]:
-    """Chat messages and target response of one SFT row.
+def _conversation(value: Any, fmt: Any) -> Any:
+    # Trinity's formatters take a conversation stored as a JSON string too
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RunError(f"a row's {fmt.messages_key!r} value is a string that is not JSON ({exc}) "
+                           f"(format.messages_key): {value!r:.200}") from exc
+    return value
 
-    prompt_type messages (Trinity's default): the messages_key column is the conversation and its last
-    (assistant) message the target; a message's image parts stay in its content. plaintext: prompt_key /
-    response_key, after format.system_prompt; with format.image_key the row's images join the prompt at
-    its `<image>` tags (those beyond the tags first), as Trinity's SFT formatter builds the message.
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    # every key a chat template reads (tool_calls, tool_call_id, name, reasoning_content) is kept; the nulls a
+    # dataset's schema alignment adds to messages that lack a key are not (a template would read them as set)
+    out = {k: v for k, v in m.items() if v is not None}
+    out["role"] = str(m.get("role"))
+    out["content"] = images.message_content(m.get("content"))
+    return out
+
+
+def row_system_prompt(row: dict[str, Any], fmt: Any) -> str | None:
+    """The system prompt of a plaintext row, as Trinity's SFT and DPO formatters take it: the row's
+    format.system_prompt_key column when set (an empty value: format.system_prompt), else
+    format.system_prompt."""
+    key = getattr(fmt, "system_prompt_key", None)
+    if key:
+        if key not in row:
+            raise RunError(f"a row has no {key!r} column (format.system_prompt_key): {row!r:.200}")
+        if row[key] not in (None, ""):
+            return str(row[key])
+    return fmt.system_prompt
+
+
+def sft_messages(cfg: JobConfig, row: dict[str, Any], fmt: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Chat messages and the target reply (an assistant message) of one SFT row.
+
+    prompt_type messages (Trinity's default): the messages_key column (a list, or its JSON) is the
+    conversation, taken as it is, as Trinity's SFT formatter does (no system prompt is added); its last
+    (assistant) message is the target, tool calls included; a message's image parts stay in its content.
+    plaintext: prompt_key / response_key, after the system prompt (row_system_prompt); with format.image_key
+    the row's images join the prompt at its `<image>` tags (those beyond the tags first), as Trinity's SFT
+    formatter builds the message.
     """
     fmt = fmt or cfg.buffer.trainer_input.experience_buffer.format
     if fmt.prompt_type == "messages":
-        convo = row.get(fmt.messages_key)
+        convo = _conversation(row.get(fmt.messages_key), fmt)
         if (not isinstance(convo, list) or len(convo) < 2 or not all(isinstance(m, dict) for m in convo)
                 or convo[-1].get("role") != "assistant"):
             raise RunError(f"an SFT row's {fmt.messages_key!r} value is not a conversation ending in an "
                            "assistant message (format.messages_key; set format.prompt_type: plaintext for "
                            f"prompt_key / response_key columns): {row!r:.200}")
-        messages = [{"role": str(m.get("role")), "content": images.message_content(m.get("content"))}
-                    for m in convo[:-1]]
-        if fmt.system_prompt and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": fmt.system_prompt})
-        return messages, images.text_of(convo[-1].get("content"))
+        return [_message(m) for m in convo[:-1]], _message(convo[-1])
     for key in (fmt.prompt_key, fmt.response_key):
         if key not in row:
             raise RunError(f"an SFT row has no {key!r} column (format.prompt_key / response_key): {row!r:.200}")
     messages = []
-    if fmt.system_prompt:
-        messages.append({"role": "system", "content": fmt.system_prompt})
+    system = row_system_prompt(row, fmt)
+    if system is not None:
+        messages.append({"role": "system", "content": system})
     prompt = str(row[fmt.prompt_key])
     try:
         messages.append(images.mm_message(prompt, images.as_list(row.get(fmt.image_key)))
                         if fmt.image_key else {"role": "user", "content": prompt})
     except WorkflowError as exc:
         raise RunError(f"a row's images (format.image_key {fmt.image_key!r}): {exc}: {row!r:.200}") from exc
-    return messages, str(row[fmt.response_key])
+    return messages, {"role": "assistant", "content": str(row[fmt.response_key])}
+
+
+def row_tools(row: dict[str, Any], fmt: Any) -> list[Any] | None:
+    """The tool definitions of an SFT row (its format.tools_key column, "tools" by default), which Trinity's SFT
+    formatter hands to the chat template: a list, or its JSON as a string; none when the column is absent or
+    empty."""
+    key = getattr(fmt, "tools_key", None) or "tools"
+    tools = row.get(key)
+    if isinstance(tools, str):
+        if not tools.strip():
+            return None
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as exc:
+            raise RunError(f"a row's {key!r} value is not JSON ({exc}) (format.tools_key): {tools!r:.200}") from exc
+    if tools in (None, [], {}):
+        return None
+    if not isinstance(tools, list):
+        raise RunError(f"a row's {key!r} value is not a list of tool definitions (format.tools_key): {tools!r:.200}")
+    return tools
 
 
 # ---------------------------------------------------------------- advantages and stats
@@ -303,6 +358,7 @@ class StageRunner:
         self._ref_sampler: Any = None
         self._teacher_sampler: Any = None
         self._expert: Any = None
+        self._expert_encoder: PromptEncoder | None = None
         self._teacher_generation = -1
         self._ref_generation = -1
         self._last_sampler = sampler_path
@@ -374,16 +430,17 @@ class StageRunner:
             self._expert = iter(TaskStream(rows, batch_size=n, total_epochs=None, total_steps=self.total + 1,
                                            seed=self.cfg.explorer.rollout_model.seed))
         added = 0
-        where = _dataset_name(source, f"buffer.trainer_input.auxiliary_buffers.{args.get('sft_dataset_name', 'sft_dataset')}")
+        at = f"buffer.trainer_input.auxiliary_buffers.{args.get('sft_dataset_name', 'sft_dataset')}"
+        where = _dataset_name(source, at)
+        if self._expert_encoder is None:
+            # the expert rows are SFT rows: their own format's chat template, as Trinity's SFT formatter reads it
+            self._expert_encoder = (PromptEncoder.for_dataset(self.encoder.tokenizer, self.cfg, source, at)
+                                    if source.format.chat_template else self.encoder)
+        encoder = self._expert_encoder
         for task in next(self._expert):
-            messages, response = sft_messages(self.cfg, task.row, source.format)
-            ids, chunks = self.encoder.prompt_input(messages, where)
-            resp = self.encoder.response_ids(response)
-            limit = self.cfg.model.max_response_tokens
-            resp = resp[:limit] if limit else resp
+            ids, resp, mask, chunks = self._sft_row(encoder, task.row, source.format, where)
             if self.encoder.too_long(ids) or not resp:
                 continue
-            mask = [1] * len(resp)
             datums.append(D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, 1.0, mask, chunks))
             seqs.append((len(ids) - 1, [0.0] * len(resp), 0.0, mask, 1.0, None, True))
             added += 1
@@ -527,39 +584,52 @@ class StageRunner:
         self._attach_terms(work, seqs)
         return work, extra
 
+    def _sft_row(self, encoder: PromptEncoder, row: dict[str, Any], fmt: Any, where: str,
+                 ) -> tuple[list[int], list[int], list[int], list[Any] | None]:
+        """(prompt ids, response ids, mask, prompt chunks or None) of one SFT row (a dataset's or mix's expert
+        data), as Trinity's SFT formatter makes it: its last reply, or with format.enable_concatenated_multi_turn
+        every assistant turn; the response cut at model.max_response_tokens."""
+        messages, reply = sft_messages(self.cfg, row, fmt)
+        tools = row_tools(row, fmt)
+        if getattr(fmt, "enable_concatenated_multi_turn", False):
+            ids, resp, mask = encoder.every_turn([*messages, reply], tools)
+            chunks = None
+        else:
+            ids, chunks = encoder.prompt_input(messages, where, tools)
+            resp = encoder.reply_ids(messages, reply, tools)
+            mask = [1] * len(resp)
+        limit = self.cfg.model.max_response_tokens
+        if limit and len(resp) > limit:
+            resp, mask = resp[:limit], mask[:limit]
+        return ids, resp, mask, chunks
+
     def _sft_work(self, step: int, tasks: list[Any]) -> tuple[StepWork, dict[str, float]]:
         """Each row's prompt (with its images as image chunks) and target response as one cross-entropy datum."""
-        pairs = []
-        chunks_of = []
+        rows = []
         prompt_tokens = truncated = 0
-        where = _dataset_name(self.cfg.buffer.trainer_input.experience_buffer, "buffer.trainer_input.experience_buffer")
+        store = self.cfg.buffer.trainer_input.experience_buffer
+        where = _dataset_name(store, "buffer.trainer_input.experience_buffer")
         for task in tasks:
-            messages, response = sft_messages(self.cfg, task.row)
-            ids, chunks = self.encoder.prompt_input(messages, where)
+            ids, resp, mask, chunks = self._sft_row(self.encoder, task.row, store.format, where)
             if self.encoder.too_long(ids):
                 truncated += 1
                 continue
-            resp = self.encoder.response_ids(response)
-            limit = self.cfg.model.max_response_tokens
-            if limit and len(resp) > limit:
-                resp = resp[:limit]
             prompt_tokens += len(ids)
-            pairs.append((ids, resp))
-            chunks_of.append(chunks)
-        n_tokens = sum(len(r) for _, r in pairs)
-        scales = agg_scales(self.plan.agg_mode, [len(r) for _, r in pairs], self.cfg.model.max_response_tokens)
-        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, [1] * len(resp), chunks)
-                  for (ids, resp), sc, chunks in zip(pairs, scales, chunks_of, strict=True)]
+            rows.append((ids, resp, mask, chunks))
+        n_tokens = sum(len(r[1]) for r in rows)
+        scales = agg_scales(self.plan.agg_mode, [sum(r[2]) for r in rows], self.cfg.model.max_response_tokens)
+        datums = [D.loss_datum(self.plan, ids, resp, [0.0] * len(resp), 0.0, sc, mask, chunks)
+                  for (ids, resp, mask, chunks), sc in zip(rows, scales, strict=True)]
         lr = lr_at(self.cfg.algorithm.optimizer, step, self.total)
         extra = {
             "prompt_tokens": float(prompt_tokens), "response_tokens": float(n_tokens),
             "truncated_prompts": float(truncated), "rollouts": 0.0, "failed_rollouts": 0.0,
-            **length_stats("response_length", [len(r) for _, r in pairs], self.cfg.model.max_response_tokens),
-            **length_stats("prompt_length", [len(i) for i, _ in pairs], self.cfg.model.max_prompt_tokens),
+            **length_stats("response_length", [len(r[1]) for r in rows], self.cfg.model.max_response_tokens),
+            **length_stats("prompt_length", [len(r[0]) for r in rows], self.cfg.model.max_prompt_tokens),
         }
         work = StepWork(step, datums, *(self.plan.builtin or ("custom", None)), lr)
-        self._attach_terms(work, [(len(ids) - 1, [0.0] * len(resp), 0.0, [1] * len(resp), sc, None)
-                                  for (ids, resp), sc in zip(pairs, scales, strict=True)])
+        self._attach_terms(work, [(len(ids) - 1, [0.0] * len(resp), 0.0, mask, sc, None)
+                                  for (ids, resp, mask, _), sc in zip(rows, scales, strict=True)])
         return work, extra
 
     # ------------------------------------------------------------ checkpoints (batching, sync and modes below)

@@ -10,6 +10,7 @@ from rft_runtime.algorithms.base import Algorithm, register
 class OnPolicyDistill(Algorithm):
     name = "on_policy_distill"
     advantage_fn = "on_policy_distill"
+    kl_in_reward = True
     kl_loss_fn = "none"
     entropy_loss_fn = "none"
 
@@ -18,5 +19,6 @@ class OnPolicyDistill(Algorithm):
 class JSD(Algorithm):
     name = "jsd"
     advantage_fn = "jsd"
+    kl_in_reward = True
     kl_loss_fn = "none"
     entropy_loss_fn = "none"

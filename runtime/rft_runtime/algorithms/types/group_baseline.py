@@ -35,12 +35,14 @@ class DAPO(Algorithm):
 class ReinforcePlusPlus(Algorithm):
     name = "reinforceplusplus"
     advantage_fn = "reinforceplusplus"
+    kl_in_reward = True
 
 
 @register
 class RLOO(Algorithm):
     name = "rloo"
     advantage_fn = "rloo"
+    kl_in_reward = True
 
 
 @register
