@@ -12,6 +12,7 @@ import yaml
 
 from rft_runtime.config import ConfigError, load_config_dict, support
 from rft_runtime.config.reference import _sections, _title
+from rft_runtime.workflows.runners import prompt_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ROOT / "runtime" / "rft_runtime"
@@ -144,7 +145,6 @@ def test_what_trinitys_tinker_mode_ignores_too_loads_with_the_reason(section, ke
 @pytest.mark.parametrize(("change", "path", "word"), [
     ({"trainer": {"fix_actor_microbatch_loss_scale": True}}, "trainer.fix_actor_microbatch_loss_scale",
      "per-experience"),
-    ({"model": {"enable_prompt_truncation": False}}, "model.enable_prompt_truncation", "max_prompt_tokens"),
     ({"explorer": {"rollout_model": {"max_prompt_tokens": 64}}}, "explorer.rollout_model.max_prompt_tokens",
      "model.max_prompt_tokens"),
     ({"explorer": {"rollout_model": {"model_path": "other/model"}}}, "explorer.rollout_model.model_path",
@@ -187,6 +187,18 @@ def test_lora_configs_are_idle_on_tinker_in_the_reference():
     doc = (ROOT / "docs" / "config.md").read_text()
     section = doc.split("## LoRAConfig", 1)[1].split("\n## ", 1)[0]
     assert "| honoured |" not in section and section.count("| no effect |") >= 4
+
+
+def test_prompt_truncation_off_loads_with_a_prompt_limit_and_is_honoured():
+    # Trinity samples every prompt whatever max_prompt_tokens says (tests/runtime: the prompts are sampled)
+    data = _job()
+    data["model"].update(enable_prompt_truncation=False, max_prompt_tokens=64)
+    data["explorer"]["rollout_model"]["enable_prompt_truncation"] = False
+    cfg = load_config_dict(data)
+    assert not [p for p in _idle(cfg) if "enable_prompt_truncation" in p], cfg.warnings
+    assert prompt_limit(cfg) is None
+    data["explorer"]["rollout_model"]["enable_prompt_truncation"] = True  # the rollout model's own wins
+    assert prompt_limit(load_config_dict(data)) == 64
 
 
 def test_prompt_truncation_off_loads_where_no_prompt_limit_is_set():

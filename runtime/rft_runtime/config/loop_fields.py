@@ -82,6 +82,13 @@ NOTES: dict[tuple[str, str], str] = {
         "A KL penalty on the rewards: refused for reinforceplusplus, rloo, on_policy_distill and jsd, whose "
         "advantages Trinity computes in its trainer and penalises; for the others Trinity never reads it, so it "
         "loads with a warning (docs/algorithms.md)."),
+    # what the rollouts' sampler reads (rft_runtime.workflows.runners.prompt_limit)
+    ("ModelConfig", "enable_prompt_truncation"): (
+        "true (Trinity's default): a prompt longer than max_prompt_tokens is not sampled; it becomes a reward-0, "
+        "masked-out rollout, counted in truncated_prompts. false: every prompt is sampled whatever its length, "
+        "as long as prompt and response fit the context (max_model_len, else max_prompt_tokens + "
+        "max_response_tokens); longer prompts leave less room for the response. explorer.rollout_model's and "
+        "an auxiliary model's own setting win for their prompts. SFT, DPO and mix's expert rows follow it too."),
     ("OptimizerConfig", "warmup_style"): "Trinity's older name of lr_scheduler_type: when set, it wins.",
     # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
     ("FormatConfig", "image_key"): (

@@ -6,7 +6,8 @@ the Experiences and turns them into Rollouts for the trainer: prompt tokens, res
 sampler logprobs, and the action mask (1 on the model's own tokens, which alone carry loss). A workflow or
 reward that raises is the user's bug, not the job's end: it is counted and logged once per kind of error.
 Prompts over `max_prompt_tokens` are not sampled (Trinity turns them into reward-0 placeholders, masked
-out) and are counted as truncated prompts.
+out) and are counted as truncated prompts; with `enable_prompt_truncation: false` every prompt that fits the
+context is sampled, as in Trinity.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rft_runtime.loop.prompts import PromptEncoder
 from rft_runtime.workflows.experience import as_floats, as_ints
 from rft_runtime.workflows.placement import RunnerError, ray_session, runners_on_ray
 from rft_runtime.workflows.runner import WorkflowRunner
-from rft_runtime.workflows.runners import LocalRunners
+from rft_runtime.workflows.runners import LocalRunners, prompt_limit
 from rft_runtime.workflows.single_turn import SingleTurnWorkflow
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,14 @@ def all_failed_message(outcomes: list[Any], batch: ExploredBatch, explore_step: 
 
 def prompts_too_long_error(limit: int | None, longest: int, shortest: int | None = None,
                            where: str = "the taskset") -> RunError:
-    """The job-ending error for a job none of whose prompts fits model.max_prompt_tokens."""
+    """The job-ending error for a job none of whose prompts fits model.max_prompt_tokens (limit None: with
+    prompt truncation off, none fits the context)."""
     span = f"{shortest} to {longest} tokens" if shortest is not None and shortest != longest else f"{longest} tokens"
+    if limit is None:
+        return RunError(
+            f"no prompt of {where} fits the model's context (model.max_model_len, else max_prompt_tokens + "
+            f"max_response_tokens): the prompts are {span} with the chat template and system prompt, so every step "
+            "would train on nothing. Raise model.max_model_len, or shorten the prompts")
     return RunError(
         f"no prompt of {where} fits model.max_prompt_tokens ({limit}): the prompts are {span} with the chat "
         f"template and system prompt, and longer prompts are skipped, so every step would train on nothing. "
@@ -207,7 +214,7 @@ def prompts_too_long_error(limit: int | None, longest: int, shortest: int | None
 def check_some_prompt_fits(cfg: JobConfig, encoder: PromptEncoder, rows: list[dict[str, Any]]) -> None:
     """Fail before sampling when the workflow builds its prompt from the row (the single-turn built-ins and
     their subclasses) and no row's prompt fits max_prompt_tokens. Stops at the first prompt that fits."""
-    limit = cfg.model.max_prompt_tokens
+    limit = prompt_limit(cfg)
     if limit is None or not rows:
         return
     runner = WorkflowRunner(cfg, cfg.buffer.explorer_input.taskset)

@@ -52,6 +52,7 @@ from rft_runtime.loop.store_feed import StoreFeed
 from rft_runtime.loop.trainer import StepWork, Trainer
 from rft_runtime.workflows import images
 from rft_runtime.workflows.base import WorkflowError
+from rft_runtime.workflows.runners import prompt_limit
 
 log = logging.getLogger(__name__)
 
@@ -787,10 +788,12 @@ class StageRunner:
             # replay: how often the step's experiences have been trained on, this time included
             record.update({"sample/use_count/mean": sum(uses) / len(uses), "sample/use_count/max": float(max(uses))})
         if batch.truncated_prompts:
-            log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
-                        "longest %d tokens) and were skipped, not sampled", self.step_base + step,
-                        batch.truncated_prompts, batch.truncated_prompts + batch.sampled_prompts,
-                        self.cfg.model.max_prompt_tokens, batch.longest_truncated)
+            limit = prompt_limit(self.cfg)
+            log.warning("step %d: %d of %d prompts were longer than %s (the longest %d tokens) and were skipped, "
+                        "not sampled", self.step_base + step, batch.truncated_prompts,
+                        batch.truncated_prompts + batch.sampled_prompts,
+                        f"model.max_prompt_tokens ({limit})" if limit else "the model's context",
+                        batch.longest_truncated)
         return record
 
     def _answer_sync(self, exchange: Exchange, step: int) -> None:

@@ -19,6 +19,15 @@ from rft_runtime.workflows.openai_server import OpenAIServer
 from rft_runtime.workflows.runner import TaskOutcome, WorkflowRunner
 
 
+def prompt_limit(cfg: Any) -> int | None:
+    """The longest prompt a rollout samples: model.max_prompt_tokens while prompt truncation is on (Trinity's
+    default), None with enable_prompt_truncation false, where a prompt of any length is sampled as long as it
+    fits the context. explorer.rollout_model's setting wins, as Trinity fills it from the model section."""
+    own = getattr(cfg.explorer.rollout_model, "enable_prompt_truncation", None)
+    on = cfg.model.enable_prompt_truncation if own is None else own
+    return cfg.model.max_prompt_tokens if on else None
+
+
 class LocalRunners:
     """The taskset's workflows run in this process: at most `in_flight` at once, on a policy wrapper of the
     sampler the caller holds (the explorer's, or a Ray runner actor's own)."""
@@ -50,7 +59,7 @@ class LocalRunners:
             temperature=m.temperature if ra.temperature is None else ra.temperature,
             top_p=m.top_p if ra.top_p is None else ra.top_p,
             top_k=m.top_k if ra.top_k is None else ra.top_k,
-            max_prompt_tokens=m.max_prompt_tokens, max_model_len=m.context_len,
+            max_prompt_tokens=prompt_limit(self.cfg), max_model_len=m.context_len,
             enable_thinking=self.enable_thinking, enable_history=rm.enable_history,
             enable_openai_api=rm.enable_openai_api, greedy=greedy, timeout=self.timeout,
         )
