@@ -61,10 +61,6 @@ REFUSED_ON_TINKER: dict[tuple[str, str], Rule] = {
     # image_key is honoured (config.loop_fields says how); with the local engine, which serves text models,
     # rft_runtime.config.workflow_checks refuses the images it would send
     ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
-    ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
-    ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
-    ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
-    ("DynamicTimeoutConfig", "enable"): (_one_of(False), "a rollout times out at explorer.max_timeout only"),
     # Trinity 0.6 has no such fields (older versions had): a warm-up is a stage of its own there
     ("TrainerInput", "sft_warmup_steps"): (
         _one_of(0), "Trinity 0.6 runs an SFT warm-up as a stage: write an sft stage before the RL one in `stages`"),

@@ -55,6 +55,7 @@ def eval_config(cfg: JobConfig, taskset: Any) -> JobConfig:
     """The job config with an eval taskset in the taskset's place (its format, workflow and rollout args)."""
     out = cfg.model_copy(deep=True)
     out.buffer.explorer_input.taskset = taskset
+    out.buffer.explorer_input.tasksets = []
     return out
 
 

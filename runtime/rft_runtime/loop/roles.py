@@ -98,7 +98,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
     mon = rt.monitor
     runner = StageRunner(cfg, rt.conn, mon, None, step_base=0, job_total=total, stream=stream, encoder=encoder,
                          trainer=None)
-    check_some_prompt_fits(cfg, encoder, getattr(stream, "rows", []))
+    check_some_prompt_fits(cfg, encoder, stream)
     stop = threading.Event()
     weights = PublishedWeights(cfg, cfg.job_dir, stop, buffer_count=store.count)
     evals = EvalRunner(cfg, rt.conn, encoder, here)
