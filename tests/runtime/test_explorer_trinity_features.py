@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -216,3 +217,55 @@ def test_a_missing_table_or_a_file_path_is_named(tmp_path):
     # an unnamed taskset is Trinity's table name for its place
     assert trinity_table_name(SimpleNamespace(name=""), "buffer.explorer_input.eval_tasksets[2]") == "eval_taskset_2"
     assert trinity_table_name(SimpleNamespace(name=""), "buffer.explorer_input.taskset") == "taskset_0"
+
+
+def _delayed_job(tmp_path: Path, model_dir: Path, base_url: str, name: str, delays: list[float], **overrides) -> dict:
+    """Rows in file order whose workflow first waits the row's delay (batch 2, two rows a step)."""
+    rows = [{"question": f"What is {i} plus 1?", "tag": 1, "delay": d} for i, d in enumerate(delays)]
+    cfg = _tagged_job(tmp_path, model_dir, base_url, name, steps=len(delays) // 2, batch=2, **overrides)
+    ei = cfg["buffer"]["explorer_input"]
+    ei["default_workflow_type"] = "userwf:Delayed"
+    ei["taskset"] = {"name": "delayed", "path": _rows(tmp_path / f"{name}.jsonl", rows),
+                     "format": {"prompt_key": "question"}, "data_selector": {"selector_type": "sequential"}}
+    return cfg
+
+
+@pytest.mark.slow
+def test_over_rollout_steps_go_on_without_their_late_tasks(tmp_path, tiny_model_dir, local_engine):
+    # the second task of each step takes 10 minutes: with ratio 0.5 a step waits for 1 of its 2 tasks, then 1 s
+    # more, and trains on the one that is in (Trinity drops the late one; it does not come back)
+    cfg = _delayed_job(tmp_path, tiny_model_dir, local_engine.base_url, "over", [0, 600, 0, 600],
+                       synchronizer__sync_style="explorer_driven",
+                       explorer__over_rollout={"ratio": 0.5, "wait_after_min": 1})
+    started = time.monotonic()
+    done = run_cli(write_config(tmp_path / "over.yaml", cfg), env=_user_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.monotonic() - started < 150
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["rollouts"] == 4 and r["failed_rollouts"] == 0 for r in records)  # one task x 4 rollouts
+    assert all(r["rollout/finished_task_count"] == 1 and r["rollout/late_task_count"] == 1 for r in records)
+    # without over_rollout the same job would wait for the slow task: it is refused with sync_style fixed
+    cfg["synchronizer"]["sync_style"] = "fixed"
+    refused = run_cli(write_config(tmp_path / "fixed.yaml", cfg), env=_user_env(tmp_path))
+    assert refused.returncode == 2 and "explorer.over_rollout.ratio" in refused.stderr
+
+
+@pytest.mark.slow
+def test_dynamic_timeout_fails_a_run_far_slower_than_the_mean(tmp_path, tiny_model_dir, local_engine):
+    # steps 1-2 run fast; in step 3 one task waits 60 s. max_timeout (120 s) would wait for it; the dynamic
+    # timeout, 5 x the mean run time after the first whole step, fails it (no retry), and the step trains on
+    # the other task
+    cfg = _delayed_job(tmp_path, tiny_model_dir, local_engine.base_url, "dyn", [0, 0, 0, 0, 0, 60],
+                       explorer__max_timeout=120, explorer__max_retry_times=0,
+                       explorer__dynamic_timeout={"enable": True, "warmup_min_steps": 1, "ratio": 5})
+    started = time.monotonic()
+    done = run_cli(write_config(tmp_path / "dyn.yaml", cfg), env=_user_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.monotonic() - started < 100
+    records = metrics(cfg)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    timeouts = [r["rollout/timeout"] for r in records]
+    assert timeouts[0] == 120 and timeouts[1] < 60 and timeouts[2] < 60, timeouts
+    assert [r["failed_rollouts"] for r in records] == [0, 0, 4]
+    assert records[2]["rollouts"] == 4

@@ -90,16 +90,14 @@ def _explorer_pacing(cfg: Any) -> list[ConfigIssue]:
     """explorer.over_rollout and explorer.dynamic_timeout: Trinity's bounds and its one refused pairing."""
     issues: list[ConfigIssue] = []
     over = cfg.explorer.over_rollout
-    if over.ratio or over.return_partial_tasks:
+    if over.ratio:
         if not 0.0 <= over.ratio < 1.0:
             issues.append(ConfigIssue("explorer.over_rollout.ratio", f"must be in [0, 1): the share of a step's "
                                                                      f"tasks it need not wait for; got {over.ratio}"))
         elif cfg.synchronizer.sync_style == "fixed" and cfg.mode in ("both", "explore"):
-            field = "ratio" if over.ratio else "return_partial_tasks"
-            undo = "the ratio to 0" if over.ratio else "return_partial_tasks to false"
-            issues.append(ConfigIssue(f"explorer.over_rollout.{field}", (
+            issues.append(ConfigIssue("explorer.over_rollout.ratio", (
                 "over_rollout does not go with synchronizer.sync_style fixed (Trinity refuses the pair too): set "
-                f"sync_style to explorer_driven or trainer_driven, or {undo}")))
+                "sync_style to explorer_driven or trainer_driven, or the ratio to 0")))
     if over.wait_after_min < 0:
         issues.append(ConfigIssue("explorer.over_rollout.wait_after_min", f"must be >= 0 seconds, got "
                                                                          f"{over.wait_after_min}"))
