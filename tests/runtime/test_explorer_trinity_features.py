@@ -15,7 +15,7 @@ import numpy as np
 import pg_server
 import pytest
 import sqlalchemy as sa
-from test_run_support import clean_env, job_dict, metrics, run_cli, write_config
+from test_run_support import clean_env, job_dict, job_dir, metrics, run_cli, write_config
 
 from rft_runtime.buffers.sql_tasks import SqlTaskTable
 from rft_runtime.data.errors import DataError
@@ -169,6 +169,10 @@ def _sql_taskset_job(tmp_path: Path, model_dir: Path, base_url: str, url: str) -
     cfg["buffer"]["total_epochs"] = 3
     cfg["buffer"]["explorer_input"]["taskset"] = {"name": "arith", "storage_type": "sql", "path": url,
                                                   "format": {"prompt_key": "question"}}
+    # an unnamed eval taskset is Trinity's table eval_taskset_0, read whole at each evaluation
+    _trinity_task_table(url, "eval_taskset_0", [{"question": f"What is {i} times 2?", "tag": 1} for i in range(3)])
+    cfg["buffer"]["explorer_input"]["eval_tasksets"] = [{"storage_type": "sql", "path": url,
+                                                         "format": {"prompt_key": "question"}}]
     return cfg
 
 
@@ -178,6 +182,8 @@ def _check_read_in_id_order(tmp_path: Path, cfg: dict) -> None:
     records = metrics(cfg)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert [r["critic/rewards/mean"] for r in records] == pytest.approx([0.15, 0.35, 0.55, 0.75])
+    evals = [json.loads(line) for line in (job_dir(cfg) / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 4] and all(e["tasks"] == 3 and e["reward_mean"] == 1 for e in evals)
 
 
 @pytest.mark.slow
