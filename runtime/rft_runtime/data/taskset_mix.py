@@ -76,7 +76,9 @@ class TasksetMix:
         if epoch not in self._orders:
             ids = list(self.base)
             np.random.default_rng(epoch).shuffle(ids)
-            self._orders = {epoch: ids, **({epoch - 1: self._orders[epoch - 1]} if epoch - 1 in self._orders else {})}
+            # a step straddles at most two epochs: older orders are not needed again
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = ids
         return self._orders[epoch]
 
     def counts(self, step: int) -> Counter[int]:

@@ -121,6 +121,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
         store.write(records)
         written += len(records)
         record = reward_stats(batch, cfg)
+        record.update(batch.metrics)  # the experience pipeline's, over_rollout's and dynamic_timeout's
         record.update(step=batch.explore_step, total_steps=total, explore_step=batch.explore_step,
                       stage="explore", algorithm=cfg.algorithm.algorithm_type, stage_step=batch.explore_step,
                       stage_total_steps=total, experiences=float(len(records)), experiences_total=float(written),
