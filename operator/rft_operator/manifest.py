@@ -65,6 +65,8 @@ def _path_fields(cfg: Any) -> list[tuple[str, str | None]]:
         fields.append((f"{prefix}model.tinker.base_model", stage.model.tinker.base_model))
         ei = stage.buffer.explorer_input
         fields.append((f"{prefix}buffer.explorer_input.taskset.path", ei.taskset.path))
+        for i, ts in enumerate(ei.tasksets):
+            fields.append((f"{prefix}buffer.explorer_input.tasksets[{i}].path", ts.path))
         for i, ts in enumerate(ei.eval_tasksets):
             fields.append((f"{prefix}buffer.explorer_input.eval_tasksets[{i}].path", ts.path))
         eb = stage.buffer.trainer_input.experience_buffer

@@ -12,6 +12,7 @@ import yaml
 
 from rft_runtime.config import ConfigError, load_config_dict, support
 from rft_runtime.config.reference import _sections, _title
+from rft_runtime.workflows.runners import prompt_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ROOT / "runtime" / "rft_runtime"
@@ -144,12 +145,10 @@ def test_what_trinitys_tinker_mode_ignores_too_loads_with_the_reason(section, ke
 @pytest.mark.parametrize(("change", "path", "word"), [
     ({"trainer": {"fix_actor_microbatch_loss_scale": True}}, "trainer.fix_actor_microbatch_loss_scale",
      "per-experience"),
-    ({"model": {"enable_prompt_truncation": False}}, "model.enable_prompt_truncation", "max_prompt_tokens"),
     ({"explorer": {"rollout_model": {"max_prompt_tokens": 64}}}, "explorer.rollout_model.max_prompt_tokens",
      "model.max_prompt_tokens"),
     ({"explorer": {"rollout_model": {"model_path": "other/model"}}}, "explorer.rollout_model.model_path",
      "model.model_path"),
-    ({"explorer": {"dynamic_timeout": {"enable": True}}}, "explorer.dynamic_timeout.enable", "max_timeout"),
     ({"buffer": {"trainer_input": {"sft_warmup_steps": 10}}}, "buffer.trainer_input.sft_warmup_steps", "stage"),
     ({"explorer": {"auxiliary_models": [{"model_path": "judge", "repetition_penalty": 1.2}]}},
      "explorer.auxiliary_models[0].repetition_penalty", "auxiliary model"),
@@ -189,6 +188,18 @@ def test_lora_configs_are_idle_on_tinker_in_the_reference():
     assert "| honoured |" not in section and section.count("| no effect |") >= 4
 
 
+def test_prompt_truncation_off_loads_with_a_prompt_limit_and_is_honoured():
+    # Trinity samples every prompt whatever max_prompt_tokens says (tests/runtime: the prompts are sampled)
+    data = _job()
+    data["model"].update(enable_prompt_truncation=False, max_prompt_tokens=64)
+    data["explorer"]["rollout_model"]["enable_prompt_truncation"] = False
+    cfg = load_config_dict(data)
+    assert not [p for p in _idle(cfg) if "enable_prompt_truncation" in p], cfg.warnings
+    assert prompt_limit(cfg) is None
+    data["explorer"]["rollout_model"]["enable_prompt_truncation"] = True  # the rollout model's own wins
+    assert prompt_limit(load_config_dict(data)) == 64
+
+
 def test_prompt_truncation_off_loads_where_no_prompt_limit_is_set():
     # Trinity's frozen_lake example: nothing is cut before the context limit here either
     data = _job()
@@ -204,3 +215,59 @@ def test_a_kl_penalty_trinity_never_applies_loads_with_the_reason():
     data["algorithm"].update(kl_penalty_fn="k3", kl_penalty_fn_args={"kl_coef": 0.1})
     said = [w for w in load_config_dict(data).warnings if w.startswith("algorithm.kl_penalty_fn: ")]
     assert len(said) == 1 and "no effect on the Tinker backend" in said[0] and "grpo" in said[0]
+
+
+def _explorer_features(data: dict) -> dict:
+    ts = data["buffer"]["explorer_input"].pop("taskset")
+    data["buffer"]["explorer_input"]["tasksets"] = [ts, {**ts, "name": "other"}]
+    data["buffer"]["explorer_input"]["eval_tasksets"] = [{"name": "held_out", "storage_type": "sql",
+                                                          "path": "sqlite:///tasks.db"}]
+    data["synchronizer"]["sync_style"] = "explorer_driven"
+    data["explorer"].update(over_rollout={"ratio": 0.25, "wait_after_min": 5},
+                            dynamic_timeout={"enable": True, "warmup_min_steps": 2, "ratio": 2.5})
+    return data
+
+
+def test_the_explorer_features_trinitys_tinker_mode_runs_load_and_are_honoured():
+    cfg = load_config_dict(_explorer_features(_job()))
+    assert len(cfg.buffer.explorer_input.tasksets) == 2
+    assert not [p for p in _idle(cfg) if "over_rollout" in p or "dynamic_timeout" in p or "tasksets" in p], \
+        cfg.warnings
+    for owner, field in [("ExplorerInput", "tasksets"), ("TasksetConfig", "storage_type"),
+                         ("OverRolloutConfig", "ratio"), ("OverRolloutConfig", "wait_after_min"),
+                         ("DynamicTimeoutConfig", "enable"), ("DynamicTimeoutConfig", "warmup_min_steps"),
+                         ("DynamicTimeoutConfig", "ratio")]:
+        assert support.treatment(owner, field) == support.HONOURED, (owner, field)
+
+
+@pytest.mark.parametrize(("change", "path", "word"), [
+    # Trinity's own refusals, said before the job starts
+    (lambda d: d["synchronizer"].update(sync_style="fixed"), "explorer.over_rollout.ratio", "sync_style"),
+    (lambda d: d["explorer"]["over_rollout"].update(ratio=1.0), "explorer.over_rollout.ratio", "[0, 1)"),
+    (lambda d: d["explorer"]["dynamic_timeout"].update(ratio=0), "explorer.dynamic_timeout.ratio", "> 0"),
+    (lambda d: d["buffer"]["explorer_input"].update(taskset={"path": "x.jsonl"}), "buffer.explorer_input.tasksets",
+     "not both"),
+    (lambda d: d["buffer"]["explorer_input"]["tasksets"][1].update(storage_type="sql", path="sqlite:///t.db"),
+     "buffer.explorer_input.tasksets[1].storage_type", "mixed from files only"),
+    (lambda d: d["buffer"]["explorer_input"]["eval_tasksets"][0].update(path="tasks.jsonl"),
+     "buffer.explorer_input.eval_tasksets[0].path", "SQLAlchemy URL"),
+    (lambda d: d["buffer"]["explorer_input"]["eval_tasksets"][0].update(storage_type="queue"),
+     "buffer.explorer_input.eval_tasksets[0].storage_type", "not a queue"),
+])
+def test_what_trinity_refuses_of_them_is_refused_naming_the_field(change, path, word):
+    data = _explorer_features(_job())
+    change(data)
+    with pytest.raises(ConfigError) as info:
+        load_config_dict(data)
+    hits = [i for i in info.value.issues if i.path == path]
+    assert hits and word in hits[0].message, info.value
+
+
+def test_a_sql_taskset_takes_no_selector():
+    data = _job()
+    data["buffer"]["explorer_input"]["taskset"].update(storage_type="sql", path="sqlite:///t.db",
+                                                       data_selector={"selector_type": "shuffle"})
+    with pytest.raises(ConfigError, match="id order"):
+        load_config_dict(data)
+    data["buffer"]["explorer_input"]["taskset"]["data_selector"]["selector_type"] = "sequential"
+    assert load_config_dict(data).buffer.explorer_input.taskset.storage_type == "sql"

@@ -101,8 +101,8 @@ def test_the_pipeline_runs_operators_in_order_and_feeds_the_selector(tmp_path):
     class Stream:
         seen: list = []
 
-        def feedback(self, indices, values):
-            self.seen.append((indices, values))
+        def feedback(self, indices, values, taskset=0):
+            self.seen.append((indices, values, taskset))
 
     stream = Stream()
     ops = [("0_reward_std_filter", build_operator("reward_std_filter", {})),
@@ -113,7 +113,7 @@ def test_the_pipeline_runs_operators_in_order_and_feeds_the_selector(tmp_path):
     kept, metrics = pipe.process(_groups([1.0, 1.0], [0.0, 1.0]), step=3)
     assert _rewards(kept) == [[0.0, 1.0]]
     # the calculator saw only what the filter kept: task 1
-    assert stream.seen == [([1], [0.5])]
+    assert stream.seen == [([1], [0.5], 0)]
     assert metrics["experience_pipeline/experience_count"] == 2.0
     assert metrics["experience_pipeline/operator_filtered_count"] == 2.0
     assert "experience_pipeline/time/operator/1_pass_rate_calculator" in metrics

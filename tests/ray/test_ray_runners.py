@@ -54,7 +54,9 @@ class RayProbe(Workflow):
         row = self.task.raw_task
         if row.get("fail"):
             raise ValueError("probe: this row is broken")
-        exps = self.model.chat([{"role": "user", "content": row["question"]}], max_tokens=6)
+        time.sleep(float(row.get("delay", 0)))  # a slow environment (sync: a runner cannot be interrupted)
+        prompt = row[self.task.format_args.prompt_key or "question"]
+        exps = self.model.chat([{"role": "user", "content": prompt}], max_tokens=6)
         burn(float(self.task.workflow_args.get("burn_s", 0)))
         for exp in exps:
             exp.reward = float(sum(int(t) for t in list(exp.tokens)[exp.prompt_length:]) % 5)
@@ -244,6 +246,34 @@ def test_the_same_job_in_process_samples_the_same_batches(ray_run, tiny_model_di
     # one process ran every rollout, and explorer.env_vars was its environment
     assert all(r["rollout/pid/min"] == r["rollout/pid/max"] for r in _metrics(root, "in-process"))
     assert all(r["rollout/tagged/min"] == 1.0 for r in _metrics(root, "in-process"))
+
+
+def test_tasksets_over_rollout_and_the_dynamic_timeout_on_ray(cluster, tiny_model_dir, local_engine,
+                                                              tmp_path_factory):
+    # two tasksets of 4 rows (the second prompts from another column), 4 tasks a step: Trinity's mix puts 2 of
+    # each in both steps. The second taskset's first row sleeps 40 s on its runner: over_rollout (3 of 4 tasks,
+    # then 10 s) drops it, and that runner takes no task until it is done, its result unused
+    root = tmp_path_factory.mktemp("ray-mix")
+    cfg = _job(root, tiny_model_dir, local_engine.base_url, "ray-mix", steps=2, fail=False)
+    first = cfg["buffer"]["explorer_input"].pop("taskset")
+    other = root / "data" / "other.jsonl"
+    other.write_text("".join(json.dumps({"q": f"name {i}", "delay": 40 if i == 0 else 0}) + "\n" for i in range(4)))
+    seq = {"selector_type": "sequential"}
+    cfg["buffer"]["explorer_input"]["tasksets"] = [{**first, "data_selector": seq},
+                                                   {"path": str(other), "format": {"prompt_key": "q"},
+                                                    "data_selector": seq}]
+    cfg["synchronizer"]["sync_style"] = "explorer_driven"
+    cfg["explorer"].update(over_rollout={"ratio": 0.25, "wait_after_min": 10},
+                           dynamic_timeout={"enable": True, "ratio": 20})
+    proc = _start(cfg, root, _plugins(root), cluster.address)
+    _finish(proc, root, "ray-mix")
+    records = _metrics(root, "ray-mix")
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["rollout/late_task_count"] for r in records] == [1, 0]
+    assert [r["rollouts"] for r in records] == [6, 8] and all(r["failed_rollouts"] == 0 for r in records)
+    assert records[0]["time/sampling"] < 40  # the step did not wait for the slow task
+    # the dynamic timeout follows the mean run time after the first whole step (step 1 was not whole)
+    assert records[0]["rollout/timeout"] == records[1]["rollout/timeout"] == cfg["explorer"].get("max_timeout", 1800)
 
 
 def test_killing_the_worker_raylet_mid_step_loses_no_rollout(cluster, tiny_model_dir, local_engine,

@@ -61,17 +61,60 @@ def _driver_url(url: str) -> str:
     return url
 
 
+def open_engine(url: str, where: str) -> tuple[Any, Any]:
+    """(the sqlalchemy module, an engine) for a database URL; a StorageError naming `where`.path says what is
+    missing (SQLAlchemy, the driver) or wrong with the URL. SQLite files get their folder, WAL and a lock wait."""
+    try:
+        import sqlalchemy as sa  # heavy, and in the runtime extra only: see _redact
+    except ImportError:
+        raise StorageError(
+            f"{where}.path is a database URL ({_redact(url)}), which needs SQLAlchemy: "
+            "pip install 'rft-platform[runtime]' (SQLAlchemy, and psycopg for PostgreSQL)") from None
+    shown = _redact(url)
+    if url.startswith("sqlite:///"):
+        target = url[len("sqlite:///"):]
+        if target and target != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)
+    try:
+        engine = sa.create_engine(_driver_url(url), pool_pre_ping=True,
+                                  **({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}))
+    except ImportError as exc:
+        raise StorageError(f"{where}.path {shown}: the database driver is not installed ({exc}); for "
+                           "PostgreSQL: pip install 'rft-platform[runtime]' (psycopg)") from None
+    except Exception as exc:
+        raise StorageError(f"{where}.path {shown} is not a usable database URL: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        # a writer and a reader in two processes: readers never wait for the writer (WAL), and a
+        # locked database is waited for instead of failing at once
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return sa, engine
+
+
+def retrying(sa: Any, engine: Any, shown: str, retries: int, interval: float, what: str,
+             action: Callable[[Any], Any]) -> Any:
+    """`action(connection)` in one transaction, tried `retries` times while the database is unavailable
+    (max_retry_times, max_retry_interval); a StorageError saying what failed where otherwise."""
+    for attempt in range(1, retries + 1):
+        try:
+            with engine.begin() as conn:
+                return action(conn)
+        except sa.exc.OperationalError as exc:
+            if attempt == retries:
+                raise StorageError(f"{what} in {shown} failed {attempt} times (max_retry_times "
+                                   f"{retries}): {exc.orig or exc}") from None
+            log.warning("%s in %s failed (%s); retrying in %.1fs", what, shown, exc.orig or exc, interval)
+            time.sleep(interval)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"{what} in {shown} failed: {exc}") from None
+    raise AssertionError("unreachable")
+
+
 class SqlStore:
     """The rows and writers tables of one buffer name in one database."""
 
     def __init__(self, url: str, name: str, *, retries: int = 3, retry_interval: float = 1.0,
                  where: str = "buffer.trainer_input.experience_buffer", fifo: bool = False):
-        try:
-            import sqlalchemy as sa  # heavy, and in the runtime extra only: see _redact
-        except ImportError:
-            raise StorageError(
-                f"{where}.path is a database URL ({_redact(url)}), which needs SQLAlchemy: "
-                "pip install 'rft-platform[runtime]' (SQLAlchemy, and psycopg for PostgreSQL)") from None
+        sa, self.engine = open_engine(url, where)
         self.sa = sa
         self.url = url
         self.shown = _redact(url)
@@ -81,22 +124,6 @@ class SqlStore:
         self.fifo = fifo
         self.retries = max(1, int(retries))
         self.retry_interval = float(retry_interval)
-        if url.startswith("sqlite:///"):
-            target = url[len("sqlite:///"):]
-            if target and target != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)
-        try:
-            self.engine = sa.create_engine(_driver_url(url), pool_pre_ping=True,
-                                           **({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}))
-        except ImportError as exc:
-            raise StorageError(f"{where}.path {self.shown}: the database driver is not installed ({exc}); for "
-                               "PostgreSQL: pip install 'rft-platform[runtime]' (psycopg)") from None
-        except Exception as exc:
-            raise StorageError(f"{where}.path {self.shown} is not a usable database URL: {exc}") from None
-        if self.engine.dialect.name == "sqlite":
-            # a writer and a reader in two processes: readers never wait for the writer (WAL), and a
-            # locked database is waited for instead of failing at once
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         meta = sa.MetaData()
         self.rows = sa.Table(
             f"rft_{name}", meta,
@@ -125,21 +152,7 @@ class SqlStore:
     # ------------------------------------------------------------ plumbing
 
     def _retry(self, what: str, action: Callable[[Any], Any]) -> Any:
-        sa = self.sa
-        for attempt in range(1, self.retries + 1):
-            try:
-                with self.engine.begin() as conn:
-                    return action(conn)
-            except sa.exc.OperationalError as exc:
-                if attempt == self.retries:
-                    raise StorageError(f"{what} in {self.shown} failed {attempt} times (max_retry_times "
-                                       f"{self.retries}): {exc.orig or exc}") from None
-                log.warning("%s in %s failed (%s); retrying in %.1fs", what, self.shown, exc.orig or exc,
-                            self.retry_interval)
-                time.sleep(self.retry_interval)
-            except sa.exc.SQLAlchemyError as exc:
-                raise StorageError(f"{what} in {self.shown} failed: {exc}") from None
-        raise AssertionError("unreachable")
+        return retrying(self.sa, self.engine, self.shown, self.retries, self.retry_interval, what, action)
 
     # ------------------------------------------------------------ writers
 

@@ -18,7 +18,7 @@ from rft_runtime.config.local_model import model_checks
 from rft_runtime.config.models import JobConfig, StorageConfig
 from rft_runtime.config.workflow_checks import load_named
 from rft_runtime.data.errors import DataError
-from rft_runtime.data.tasksets import builder_for, check_rows
+from rft_runtime.data.tasksets import builder_for, check_rows, training_tasksets
 from rft_runtime.workflows.placement import runners_where
 
 EXIT_INVALID = 2
@@ -117,7 +117,7 @@ def _stores(cfg: JobConfig) -> list[tuple[str, StorageConfig, bool]]:
         return [("buffer.trainer_input.experience_buffer", cfg.buffer.trainer_input.experience_buffer, True)]
     out: list[tuple[str, StorageConfig, bool]] = []
     if cfg.mode in ("both", "explore"):
-        out.append(("buffer.explorer_input.taskset", inputs.taskset, False))
+        out += [(where, ts, False) for where, ts in training_tasksets(cfg)]
     out += [(f"buffer.explorer_input.eval_tasksets[{i}]", ts, False) for i, ts in enumerate(inputs.eval_tasksets)]
     return out
 
@@ -183,10 +183,14 @@ def summary(cfg: JobConfig) -> list[tuple[str, str]]:
             n = _count_local_rows(store)
             per_epoch = n // stage.train_batch_size if n else None
         else:
-            store = b.explorer_input.taskset
+            tasksets = [ts for _, ts in training_tasksets(stage)]
+            store = tasksets[0]
             rows.extend(loop_rows or [(f"{prefix}batch", f"{b.batch_size} tasks x {a.repeat_times} rollouts")])
-            n = _count_local_rows(store)
+            counts = [_count_local_rows(ts) for ts in tasksets]
+            n = sum(counts) if all(counts) else None  # type: ignore[arg-type]
             per_epoch = n // b.batch_size if n else None
+            if len(tasksets) > 1:
+                rows.append((f"{prefix}tasksets", f"{len(tasksets)} mixed in every step, as Trinity mixes them"))
         limits = [s for s in (b.total_steps, store.total_steps, stage.trainer.total_steps) if s]
         cap = min(limits) if limits else None
         if cap and per_epoch:

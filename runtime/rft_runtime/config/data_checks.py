@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rft_runtime.buffers.sql import is_database_url
 from rft_runtime.config.errors import ConfigIssue
 from rft_runtime.config.models import JobConfig
 from rft_runtime.config.trinity_facts import REGISTRIES
 from rft_runtime.data import juicer
 from rft_runtime.data.operators import operator_problem
 from rft_runtime.data.pipeline import task_pipeline_target
+from rft_runtime.data.tasksets import training_tasksets
 
 _EP = "data_processor.experience_pipeline"
 # Trinity's selectors, every one of which rft_runtime.data.selectors runs (read from the facts, not from that
@@ -66,7 +68,7 @@ def _selectors(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -
         if any(s is not None and "selector_type" in s.model_fields_set for s in (ts.data_selector, ts.task_selector)):
             warnings.append(f"buffer.explorer_input.eval_tasksets[{i}].data_selector has no effect: an eval taskset "
                             "is read whole, in file order")
-    stores: list[tuple[str, Any]] = [("buffer.explorer_input.taskset", ei.taskset),
+    stores: list[tuple[str, Any]] = [*training_tasksets(cfg),
                                      ("buffer.trainer_input.experience_buffer", cfg.buffer.trainer_input.experience_buffer)]
     for path, store in stores:
         for field in ("task_selector", "data_selector"):
@@ -90,6 +92,41 @@ def _selectors(cfg: JobConfig, issues: list[ConfigIssue], warnings: list[str]) -
                     op.name == "pass_rate_calculator" for op in cfg.data_processor.experience_pipeline.operators):
                 warnings.append(f"{where}: difficulty_based learns from the pass_rate_calculator operator, which "
                                 f"{_EP}.operators does not have: its estimates stay the feature columns' prior")
+
+
+def _tasksets(cfg: JobConfig, issues: list[ConfigIssue]) -> None:
+    """Several tasksets, and tasksets in a database: what Trinity's explorer reads, and how."""
+    ei = cfg.buffer.explorer_input
+    if ei.tasksets and ei.taskset.path:
+        issues.append(ConfigIssue("buffer.explorer_input.tasksets", "set either taskset or tasksets, not both "
+                                                                    "(Trinity refuses the pair): put the taskset in "
+                                                                    "the list"))
+    training = training_tasksets(cfg) if cfg.mode in ("both", "explore") else []
+    evals = [(f"buffer.explorer_input.eval_tasksets[{i}]", ts) for i, ts in enumerate(ei.eval_tasksets)]
+    for where, ts in [*training, *evals]:
+        if ts.storage_type not in ("file", "sql"):
+            issues.append(ConfigIssue(f"{where}.storage_type", f"a taskset is read from a file, a folder or the hub "
+                                                               f"(file) or from a database table (sql), not a "
+                                                               f"{ts.storage_type}"))
+        elif ts.storage_type == "sql" and ts.path and not is_database_url(ts.path):
+            issues.append(ConfigIssue(f"{where}.path", f"storage_type sql reads the tasks from a database: give a "
+                                                       f"SQLAlchemy URL (sqlite:///FILE, postgresql://USER@HOST/DB, "
+                                                       f"...), got {ts.path!r}"))
+    for where, ts in training:
+        if ts.storage_type != "sql":
+            continue
+        if len(training) > 1:
+            issues.append(ConfigIssue(f"{where}.storage_type", "several tasksets are mixed from files only (Trinity's "
+                                                               "TasksetScheduler reads no database): train on a SQL "
+                                                               "taskset alone, or export it to a file"))
+        for field in ("task_selector", "data_selector"):
+            sel = getattr(ts, field, None)
+            if sel is None or "selector_type" not in sel.model_fields_set or sel.selector_type == "sequential":
+                continue
+            issues.append(ConfigIssue(f"{where}.{field}.selector_type", (
+                "a SQL taskset is read in id order, a batch at a time, as Trinity reads it (its selectors read "
+                "files only): drop the selector, or export the table to a file")))
+            break
 
 
 def _endpoint(path: str, ext: Any, issues: list[ConfigIssue], warnings: list[str]) -> None:
@@ -122,6 +159,7 @@ def check_data_features(cfg: JobConfig, warnings: list[str]) -> list[ConfigIssue
     """Problems of a Tinker job's data pipelines, data selectors and external models (warnings appended)."""
     issues: list[ConfigIssue] = []
     _pipelines(cfg, issues, warnings)
+    _tasksets(cfg, issues)
     _selectors(cfg, issues, warnings)
     _external_models(cfg, issues, warnings)
     return issues

@@ -82,6 +82,41 @@ NOTES: dict[tuple[str, str], str] = {
         "A KL penalty on the rewards: refused for reinforceplusplus, rloo, on_policy_distill and jsd, whose "
         "advantages Trinity computes in its trainer and penalises; for the others Trinity never reads it, so it "
         "loads with a warning (docs/algorithms.md)."),
+    # where the explorer's tasks come from (rft_runtime.data.taskset_mix, data.tasksets)
+    ("ExplorerInput", "tasksets"): (
+        "Several tasksets trained on together, mixed as Trinity's TasksetScheduler mixes them: each epoch "
+        "shuffles one entry per row of every taskset (numpy, seeded with the epoch), each step takes the next "
+        "batch_size entries, and each taskset's selector picks its rows; every task runs its own taskset's "
+        "workflow, reward, format and rollout_args. buffer.total_epochs / total_steps count over all the rows "
+        "(Trinity gives each taskset the buffer's); resuming takes the same batches. Set either this or taskset."),
+    ("TasksetConfig", "storage_type"): (
+        "file: a file, folder or hub dataset. sql: Trinity's SQL task storage, the table named by name (unnamed: "
+        "taskset_<i> / eval_taskset_<i>) with columns id and raw_task (each task's row as JSON) in the "
+        "database path names (any SQLAlchemy URL: sqlite:///FILE, postgresql://...). A training taskset is read "
+        "in id order, a batch per step, once (no epochs), ending when less than a batch is left; each step "
+        "reads the next rows, and a resumed job goes on after the last id read. An eval taskset is read whole."),
+    ("ExplorerConfig", "over_rollout"): "Steps that stop waiting for their slowest tasks (see its section).",
+    ("ExplorerConfig", "dynamic_timeout"): "A rollout timeout that follows the mean run time (see its section).",
+    ("OverRolloutConfig", "ratio"): (
+        "A step waits for ceil(batch_size x (1 - ratio)) of its tasks, then at most wait_after_min seconds more; "
+        "the tasks still running are cancelled and dropped, as in Trinity (they do not come back later). The "
+        "step's record counts rollout/finished_task_count and rollout/late_task_count. Not with sync_style "
+        "fixed (Trinity refuses the pair)."),
+    ("OverRolloutConfig", "wait_after_min"): "Seconds a step waits for its other tasks once enough are in.",
+    ("DynamicTimeoutConfig", "enable"): (
+        "A workflow run times out at min(explorer.max_timeout, mean run time x ratio) once warmup_min_steps "
+        "steps have had all their tasks in (Trinity's dynamic timeout); the mean is over the training runs so "
+        "far (a repeatable workflow's run is the whole task). A run over it is retried (max_retry_times), then "
+        "fails. The record's rollout/timeout is the timeout each step ran with. Evaluations keep max_timeout."),
+    ("DynamicTimeoutConfig", "warmup_min_steps"): "Steps with every task in before the timeout adapts.",
+    ("DynamicTimeoutConfig", "ratio"): "The timeout is the mean run time times this.",
+    # what the rollouts' sampler reads (rft_runtime.workflows.runners.prompt_limit)
+    ("ModelConfig", "enable_prompt_truncation"): (
+        "true (Trinity's default): a prompt longer than max_prompt_tokens is not sampled; it becomes a reward-0, "
+        "masked-out rollout, counted in truncated_prompts. false: every prompt is sampled whatever its length, "
+        "as long as prompt and response fit the context (max_model_len, else max_prompt_tokens + "
+        "max_response_tokens); longer prompts leave less room for the response. explorer.rollout_model's and "
+        "an auxiliary model's own setting win for their prompts. SFT, DPO and mix's expert rows follow it too."),
     ("OptimizerConfig", "warmup_style"): "Trinity's older name of lr_scheduler_type: when set, it wins.",
     # what the trainer reads from a dataset row, beside the rollouts' images (rft_runtime.workflows.images)
     ("FormatConfig", "image_key"): (

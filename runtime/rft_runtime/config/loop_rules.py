@@ -51,6 +51,7 @@ def check_tinker_loop(cfg: Any) -> list[ConfigIssue]:
         issues.append(ConfigIssue("synchronizer.sync_style", "fully_async does not evaluate eval_tasksets (Trinity "
                                                              "refuses the pair too): remove the eval tasksets, or "
                                                              "use explorer_driven"))
+    issues += _explorer_pacing(cfg)
     eb = cfg.buffer.trainer_input.experience_buffer
     # Trinity's dataclasses type these fields without bounds; the loop needs them in range
     bounds = [("buffer.trainer_input.experience_buffer.capacity", eb.capacity, 1, ">= 1"),
@@ -82,6 +83,32 @@ def check_tinker_loop(cfg: Any) -> list[ConfigIssue]:
                                                                        f"{', '.join(takes)}, not {', '.join(unknown)}"))
         if replay.reuse_cooldown_time is not None and replay.reuse_cooldown_time < 0:
             issues.append(ConfigIssue(f"{where}.reuse_cooldown_time", "must be >= 0 seconds, or null for no reuse"))
+    return issues
+
+
+def _explorer_pacing(cfg: Any) -> list[ConfigIssue]:
+    """explorer.over_rollout and explorer.dynamic_timeout: Trinity's bounds and its one refused pairing."""
+    issues: list[ConfigIssue] = []
+    over = cfg.explorer.over_rollout
+    if over.ratio:
+        if not 0.0 <= over.ratio < 1.0:
+            issues.append(ConfigIssue("explorer.over_rollout.ratio", f"must be in [0, 1): the share of a step's "
+                                                                     f"tasks it need not wait for; got {over.ratio}"))
+        elif cfg.synchronizer.sync_style == "fixed" and cfg.mode in ("both", "explore"):
+            issues.append(ConfigIssue("explorer.over_rollout.ratio", (
+                "over_rollout does not go with synchronizer.sync_style fixed (Trinity refuses the pair too): set "
+                "sync_style to explorer_driven or trainer_driven, or the ratio to 0")))
+    if over.wait_after_min < 0:
+        issues.append(ConfigIssue("explorer.over_rollout.wait_after_min", f"must be >= 0 seconds, got "
+                                                                         f"{over.wait_after_min}"))
+    dt = cfg.explorer.dynamic_timeout
+    if dt.enable:
+        if dt.ratio <= 0:
+            issues.append(ConfigIssue("explorer.dynamic_timeout.ratio", f"must be > 0: the timeout is the mean run "
+                                                                       f"time times this; got {dt.ratio}"))
+        if dt.warmup_min_steps < 0:
+            issues.append(ConfigIssue("explorer.dynamic_timeout.warmup_min_steps", f"must be >= 0, got "
+                                                                                  f"{dt.warmup_min_steps}"))
     return issues
 
 

@@ -45,11 +45,6 @@ def _unset(value: Any, cfg: Any) -> bool:
     return value in (None, "", [], {}, False, 0, 0.0)
 
 
-def _truncating(value: Any, cfg: Any) -> bool:
-    # without max_prompt_tokens nothing is cut before the context limit, which is what false asks for
-    return value in (None, True) or cfg.model.max_prompt_tokens is None
-
-
 def _as_model(field: str) -> Callable[[Any, Any], bool]:
     # Trinity fills the rollout model's copy from the model section: the same value (or none) is what runs here
     return lambda value, cfg: value is None or value == getattr(cfg.model, field)
@@ -63,16 +58,9 @@ REFUSED_ON_TINKER: dict[tuple[str, str], Rule] = {
     ("TrainerConfig", "fix_actor_microbatch_loss_scale"): (
         _one_of(False), "this runtime aggregates loss_agg_mode over the whole step (docs/algorithms.md), so "
                         "Trinity's Tinker rescaling of its per-experience sum has no counterpart"),
-    ("ModelConfig", "enable_prompt_truncation"): (
-        _truncating, "with model.max_prompt_tokens set, a longer prompt is a reward-0 rollout that is not sampled "
-                     "(Trinity's default); unset max_prompt_tokens to sample every prompt that fits max_model_len"),
     # image_key is honoured (config.loop_fields says how); with the local engine, which serves text models,
     # rft_runtime.config.workflow_checks refuses the images it would send
     ("FormatConfig", "video_key"): (_unset, "Tinker's samplers take text and images, not videos"),
-    ("TasksetConfig", "storage_type"): (_one_of("file"), "tasksets are read from files or the hub"),
-    ("ExplorerInput", "tasksets"): (_unset, "one taskset is trained on: put it in buffer.explorer_input.taskset"),
-    ("OverRolloutConfig", "ratio"): (_one_of(0, 0.0), "every step waits for all of its rollouts"),
-    ("DynamicTimeoutConfig", "enable"): (_one_of(False), "a rollout times out at explorer.max_timeout only"),
     # Trinity 0.6 has no such fields (older versions had): a warm-up is a stage of its own there
     ("TrainerInput", "sft_warmup_steps"): (
         _one_of(0), "Trinity 0.6 runs an SFT warm-up as a stage: write an sft stage before the RL one in `stages`"),
@@ -136,10 +124,9 @@ ROLLOUT_MODEL_REFUSED: dict[str, Rule] = {
     "max_prompt_tokens": (_as_model("max_prompt_tokens"), "rollouts take model.max_prompt_tokens; set it there"),
     "max_response_tokens": (_as_model("max_response_tokens"),
                             "rollouts take model.max_response_tokens (or rollout_args.max_tokens); set it there"),
-    "enable_prompt_truncation": REFUSED_ON_TINKER[("ModelConfig", "enable_prompt_truncation")],
 }
 # the rollout model's settings of the workflows' model wrapper (rft_runtime.workflows.model)
-ROLLOUT_MODEL_HONOURED = {"enable_history", "enable_openai_api"}
+ROLLOUT_MODEL_HONOURED = {"enable_history", "enable_openai_api", "enable_prompt_truncation"}
 # a taskset's format fields Trinity's workflows do not read (rollouts take explorer.rollout_model's)
 TASKSET_UNREAD = {"chat_template", "enable_thinking"}
 

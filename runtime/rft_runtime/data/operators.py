@@ -186,13 +186,18 @@ class PassRateCalculator:
 
     def process(self, groups: Groups) -> tuple[Groups, dict[str, Any]]:
         """Pass the rollouts on unchanged; report per-task pass rates."""
-        rewards: dict[int, list[float]] = {}
+        rewards: dict[tuple[int, int], list[float]] = {}
         for group in groups:
             for r in group:
-                rewards.setdefault(int(r.task_index), []).append(r.reward)
-        indices = list(rewards)
+                rewards.setdefault((int(getattr(r, "taskset", 0)), int(r.task_index)), []).append(r.reward)
         rates = [statistics.fmean(v) for v in rewards.values()]
-        metrics: dict[str, Any] = {SELECTOR_METRIC: {0: {"indices": indices, "values": rates}}}
+        # Trinity's SELECTOR_METRIC: per taskset id, its rows' indices and pass rates
+        feedback: dict[int, dict[str, list[Any]]] = {}
+        for (taskset, index), rate in zip(rewards, rates, strict=True):
+            part = feedback.setdefault(taskset, {"indices": [], "values": []})
+            part["indices"].append(index)
+            part["values"].append(rate)
+        metrics: dict[str, Any] = {SELECTOR_METRIC: feedback}
         if rates:
             low, high = 1 / 16 + 1e-3, 15 / 16 - 1e-3
 

@@ -25,6 +25,7 @@ from typing import Any
 from rft_runtime.data import juicer
 from rft_runtime.data.errors import DataError
 from rft_runtime.data.operators import SELECTOR_METRIC, build_operator, operator_problem
+from rft_runtime.data.tasksets import training_tasksets
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def task_pipeline_target(cfg: Any) -> tuple[str, Any]:
         return "data_processor.task_pipeline.output", cfg.data_processor.task_pipeline.output
     if cfg.mode == "train":
         return "buffer.trainer_input.experience_buffer", cfg.buffer.trainer_input.experience_buffer
-    return "buffer.explorer_input.taskset", cfg.buffer.explorer_input.taskset
+    return training_tasksets(cfg)[0]
 
 
 def run_task_pipelines(stages: list[Any], resuming: bool) -> None:
@@ -177,9 +178,9 @@ class ExperiencePipeline:
         metrics[f"{PREFIX}experience_count"] = float(sum(len(g) for g in groups))
         metrics[f"{PREFIX}time/total"] = time.monotonic() - start
         if feedback and self.stream is not None and hasattr(self.stream, "feedback"):
-            # one taskset here (id 0): its rows' pass rates teach its selector
-            for data in feedback.values():
-                self.stream.feedback(list(data["indices"]), list(data["values"]))
+            # each taskset's rows' pass rates teach its selector
+            for taskset, data in feedback.items():
+                self.stream.feedback(list(data["indices"]), list(data["values"]), taskset=int(taskset))
         return groups, metrics
 
     def apply(self, batch: Any) -> Any:

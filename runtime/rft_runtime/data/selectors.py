@@ -203,8 +203,9 @@ class SelectorStream:
         self._step += 1
         return [Task(i, self.rows[i], epoch) for i in picked]
 
-    def feedback(self, indices: list[int], values: list[float]) -> None:
-        """Observed pass rates of rows of the last batches, for selectors that learn from them."""
+    def feedback(self, indices: list[int], values: list[float], taskset: int = 0) -> None:
+        """Observed pass rates of rows of the last batches, for selectors that learn from them (one taskset:
+        `taskset` is 0)."""
         self.selector.feedback(indices, values)
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rft_runtime.buffers.errors import StorageError
+from rft_runtime.buffers.sql import is_database_url
+from rft_runtime.buffers.sql_tasks import SqlTaskTable
 from rft_runtime.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -67,16 +71,30 @@ def _prompt_column(cfg: Any) -> tuple[str, str]:
 
 
 def load_rows(taskset_cfg: Any, *, cache_dir: str | os.PathLike[str] | None = None,
-              require_response: bool = False) -> list[dict[str, Any]]:
+              require_response: bool = False, where: str = "buffer.explorer_input.taskset") -> list[dict[str, Any]]:
     """Every row of the taskset's split as a plain dict; a row without the prompt column is a DataError.
 
     Local files and folders are read with the network off and a throw-away cache (or `cache_dir`);
     anything else is a hub name, loaded with `load_dataset(path, name=subset_name, split=split)`.
+    A taskset with storage_type sql is its table's rows in id order (`where`: its place in the config, which
+    also gives an unnamed one Trinity's table name).
     """
     path = getattr(taskset_cfg, "path", None)
     if not path:
-        raise DataError("the taskset has no path: set buffer.explorer_input.taskset.path to a file, "
-                        "folder or hub dataset name", path=None)
+        raise DataError(f"the taskset has no path: set {where}.path to a file, folder or hub dataset name (a "
+                        "SQLAlchemy URL with storage_type sql)", path=None)
+    if getattr(taskset_cfg, "storage_type", "file") == "sql":
+        table = sql_table(taskset_cfg, where)
+        try:
+            rows = [row for _, row in table.read()]
+        except StorageError as exc:
+            raise DataError(str(exc), path=table.describe()) from None
+        finally:
+            table.close()
+        if not rows:
+            raise DataError(f"{where}: {table.describe()} holds no tasks", path=table.describe())
+        check_rows(rows, taskset_cfg, source=f"{where} ({table.describe()})", require_response=require_response)
+        return rows
     split = getattr(taskset_cfg, "split", None) or "train"
     subset = getattr(taskset_cfg, "subset_name", None)
     local = Path(os.path.expanduser(str(path)))
@@ -90,6 +108,39 @@ def load_rows(taskset_cfg: Any, *, cache_dir: str | os.PathLike[str] | None = No
         raise DataError(f"the taskset {path} (split {split!r}) has no rows", path=str(path))
     check_rows(rows, taskset_cfg, source=str(path), require_response=require_response)
     return rows
+
+
+def training_tasksets(cfg: Any) -> list[tuple[str, Any]]:
+    """(place in the config, taskset) of each taskset a stage explores: buffer.explorer_input.tasksets, else
+    its taskset (Trinity makes a lone taskset tasksets[0])."""
+    ei = cfg.buffer.explorer_input
+    if ei.tasksets:
+        return [(f"buffer.explorer_input.tasksets[{i}]", ts) for i, ts in enumerate(ei.tasksets)]
+    return [("buffer.explorer_input.taskset", ei.taskset)]
+
+
+def trinity_table_name(taskset_cfg: Any, where: str) -> str:
+    """The table a SQL taskset is: its name, else the name Trinity gives an unnamed one (taskset_<i>,
+    eval_taskset_<i>; a lone `taskset` is Trinity's tasksets[0])."""
+    name = getattr(taskset_cfg, "name", "") or ""
+    if name:
+        return name
+    match = re.search(r"(eval_)?tasksets\[(\d+)\]$", where)
+    if match:
+        return f"{match.group(1) or ''}taskset_{match.group(2)}"
+    return "taskset_0"
+
+
+def sql_table(taskset_cfg: Any, where: str) -> SqlTaskTable:
+    """The table of a taskset with storage_type sql (a DataError for a path that is no database URL)."""
+    path = str(taskset_cfg.path)
+    if not is_database_url(path):
+        raise DataError(f"{where}.path: storage_type sql reads the tasks from a database: give a SQLAlchemy URL "
+                        f"(sqlite:///FILE, postgresql://USER@HOST/DB, ...), got {path!r}", path=path)
+    try:
+        return SqlTaskTable(path, trinity_table_name(taskset_cfg, where), where=where)
+    except StorageError as exc:
+        raise DataError(str(exc), path=path) from None
 
 
 def check_rows(rows: list[dict[str, Any]], taskset_cfg: Any, *, source: str = "the taskset",
@@ -256,11 +307,13 @@ def _reason(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One task handed to the explorer: its row index in the taskset, the row, and the epoch."""
+    """One task handed to the explorer: its row index in the taskset (a SQL taskset's: the row's id), the row,
+    the epoch, and which of buffer.explorer_input.tasksets it comes from (0 with one taskset)."""
 
     index: int
     row: dict[str, Any]
     epoch: int
+    taskset: int = 0
 
 
 class TaskStream:
@@ -351,3 +404,80 @@ class TaskStream:
             log.warning("the taskset changed since the checkpoint (%s): resuming at batch %d of the new "
                         "order, so some tasks may repeat or be skipped", "; ".join(changed), step + 1)
         self._step = min(step, self.total_steps)
+
+
+class SqlTaskStream:
+    """A SQL taskset's batches, as Trinity's SQL task storage hands them out: the table's rows in id order,
+    batch_size at a time, one pass (no epochs, no shuffling); it ends when fewer than a batch of new rows are
+    left or at total_steps. Each step reads the next rows from the database, so the position is the last id
+    read, and a resumed job goes on after it (Trinity 0.6 restarts its SQL taskset from the first row)."""
+
+    def __init__(self, table: SqlTaskTable, batch_size: int, total_steps: int | None = None, where: str = ""):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.table = table
+        self.where = where
+        self.batch_size = int(batch_size)
+        self.cap = int(total_steps) if total_steps else None
+        self._step = 0
+        self._last_id = 0
+        self.total_steps = self._plan()
+
+    def _plan(self) -> int:
+        try:
+            steps = self._step + self.table.count(after=self._last_id) // self.batch_size
+        except StorageError as exc:
+            raise DataError(str(exc), path=self.table.describe()) from None
+        return min(steps, self.cap) if self.cap else steps
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+    @property
+    def step(self) -> int:
+        """Batches handed out so far."""
+        return self._step
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The next rows (a few batches' worth), for the checks made before the first step."""
+        try:
+            return [row for _, row in self.table.read(after=self._last_id, limit=4 * self.batch_size)]
+        except StorageError as exc:
+            raise DataError(str(exc), path=self.table.describe()) from None
+
+    def __iter__(self) -> SqlTaskStream:
+        return self
+
+    def __next__(self) -> list[Task]:
+        if self._step >= self.total_steps:
+            raise StopIteration
+        try:
+            found = self.table.read(after=self._last_id, limit=self.batch_size)
+        except StorageError as exc:
+            raise DataError(str(exc), path=self.table.describe()) from None
+        if len(found) < self.batch_size:
+            log.warning("%s: %d new task(s) left, fewer than a batch of %d: the taskset ends at step %d", self.where,
+                        len(found), self.batch_size, self._step)
+            raise StopIteration
+        self._step += 1
+        self._last_id = found[-1][0]
+        return [Task(row_id, row, 0) for row_id, row in found]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position: batches handed out and the last id read."""
+        return {"step": self._step, "last_id": self._last_id, "batch_size": self.batch_size,
+                "table": self.table.describe()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the last row `state` had read."""
+        if state.get("table") not in (None, self.table.describe()):
+            log.warning("the SQL taskset moved since the checkpoint (%s -> %s): resuming after id %s of the new one",
+                        state.get("table"), self.table.describe(), state.get("last_id", 0))
+        self._step = int(state.get("step", 0))
+        self._last_id = int(state.get("last_id", 0))
+        self.total_steps = self._plan()
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.table.close()

@@ -55,6 +55,7 @@ def eval_config(cfg: JobConfig, taskset: Any) -> JobConfig:
     """The job config with an eval taskset in the taskset's place (its format, workflow and rollout args)."""
     out = cfg.model_copy(deep=True)
     out.buffer.explorer_input.taskset = taskset
+    out.buffer.explorer_input.tasksets = []
     return out
 
 
@@ -69,7 +70,9 @@ class EvalRunner:
         self.conn = conn
         self.encoder = encoder
         self.path = job_dir / "eval.jsonl"
-        self.sets = [(ts, load_rows(ts)) for ts in cfg.buffer.explorer_input.eval_tasksets]
+        eval_sets = cfg.buffer.explorer_input.eval_tasksets
+        self.places = [f"buffer.explorer_input.eval_tasksets[{i}]" for i in range(len(eval_sets))]
+        self.sets = [(ts, load_rows(ts, where=where)) for where, ts in zip(self.places, eval_sets, strict=True)]
 
     def due(self, step: int, last: bool) -> bool:
         """True at every eval_interval-th step and at the last one (when there is anything to evaluate)."""
@@ -78,7 +81,10 @@ class EvalRunner:
     def run(self, global_step: int, sampler_path: str | None) -> list[dict[str, Any]]:
         """Evaluate every eval taskset with the sampler weights at sampler_path; append and return the lines."""
         lines = []
-        for ts, rows in self.sets:
+        for i, (ts, rows) in enumerate(self.sets):
+            if ts.storage_type == "sql":
+                # a table is read whole at each evaluation, as Trinity reads it: rows added since count
+                rows = load_rows(ts, where=self.places[i])
             res = evaluate(eval_config(self.cfg, ts), self.conn, rows, sampler_path, self.encoder)
             line = {"step": global_step, "taskset": ts.name or str(ts.path), "accuracy": res.accuracy,
                     "reward_mean": res.reward, "tasks": res.tasks, "timestamp": time.time()}

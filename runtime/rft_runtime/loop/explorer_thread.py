@@ -18,6 +18,7 @@ from rft_runtime.data.pipeline import ExperiencePipeline
 from rft_runtime.loop.errors import RunError
 from rft_runtime.loop.explorer import ExploredBatch, Explorer, prompts_too_long_error
 from rft_runtime.loop.trainer import MAX_RECOVERY_ATTEMPTS
+from rft_runtime.workflows.runners import prompt_limit
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class ExplorerThread(threading.Thread):
         if batch.sampled_prompts:
             self._some_prompt_fit = True
         elif batch.truncated_prompts and not self._some_prompt_fit:
-            raise prompts_too_long_error(self.cfg.model.max_prompt_tokens, batch.longest_truncated,
+            raise prompts_too_long_error(prompt_limit(self.cfg), batch.longest_truncated,
                                          where=f"explore step {batch.explore_step} (and none before it)")
 
     def _explore(self, tasks: list[Any], step: int, version: int, path: str | None) -> ExploredBatch:

@@ -24,6 +24,7 @@ from rft_runtime.backends.tinker_client import Connection, check_api_key, check_
 from rft_runtime.config import JobConfig
 from rft_runtime.config.loop_rules import ROLE_MODES
 from rft_runtime.data import pipeline
+from rft_runtime.data.tasksets import training_tasksets
 from rft_runtime.loop import roles
 from rft_runtime.loop.checkpoints import FILE as BOOK_FILE
 from rft_runtime.loop.checkpoints import Bookkeeping
@@ -173,7 +174,8 @@ def _check_workflows(stages: list[JobConfig]) -> None:
             continue
         ei = stage.buffer.explorer_input
         if stage.mode != "bench":  # bench reads only the eval tasksets
-            WorkflowRunner(stage, ei.taskset)
+            for _, ts in training_tasksets(stage):
+                WorkflowRunner(stage, ts)
         for ts in ei.eval_tasksets:
             WorkflowRunner(stage, ts, is_eval=True)
         check_auxiliary_models(list(stage.explorer.auxiliary_models or []))

@@ -29,7 +29,9 @@ class PromptEncoder:
                        else "model.custom_chat_template" if model_cfg.custom_chat_template
                        else "model.chat_template_path" if template else "the tokenizer's chat template")
         self.enable_thinking = model_cfg.enable_thinking if enable_thinking is None else enable_thinking
-        self.max_prompt_tokens = model_cfg.max_prompt_tokens
+        # with enable_prompt_truncation false no prompt is cut at max_prompt_tokens (only the context bounds it)
+        self.max_prompt_tokens = (model_cfg.max_prompt_tokens
+                                  if getattr(model_cfg, "enable_prompt_truncation", True) is not False else None)
         # whose processor sizes a training row's images: the base model, as for the explorer's rollouts
         self.processor_model = model_cfg.model_path or model_cfg.tinker_base_model or ""
         # a template that cannot render should stop the job now, not after the first batch was drawn

@@ -98,7 +98,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
     mon = rt.monitor
     runner = StageRunner(cfg, rt.conn, mon, None, step_base=0, job_total=total, stream=stream, encoder=encoder,
                          trainer=None)
-    check_some_prompt_fits(cfg, encoder, getattr(stream, "rows", []))
+    check_some_prompt_fits(cfg, encoder, stream)
     stop = threading.Event()
     weights = PublishedWeights(cfg, cfg.job_dir, stop, buffer_count=store.count)
     evals = EvalRunner(cfg, rt.conn, encoder, here)
@@ -121,6 +121,7 @@ def _explore(cfg: JobConfig, rt: Any, encoder: PromptEncoder) -> Any:
         store.write(records)
         written += len(records)
         record = reward_stats(batch, cfg)
+        record.update(batch.metrics)  # the experience pipeline's, over_rollout's and dynamic_timeout's
         record.update(step=batch.explore_step, total_steps=total, explore_step=batch.explore_step,
                       stage="explore", algorithm=cfg.algorithm.algorithm_type, stage_step=batch.explore_step,
                       stage_total_steps=total, experiences=float(len(records)), experiences_total=float(written),

@@ -24,8 +24,10 @@ from rft_runtime.buffers import can_hold, open_store
 from rft_runtime.config import JobConfig
 from rft_runtime.config.catalog import OFFLINE_ALGORITHMS
 from rft_runtime.config.models import StorageConfig
+from rft_runtime.data.errors import DataError
 from rft_runtime.data.selectors import SelectorStream, chosen_selector
-from rft_runtime.data.tasksets import TaskStream, load_rows
+from rft_runtime.data.taskset_mix import TasksetMix
+from rft_runtime.data.tasksets import SqlTaskStream, TaskStream, load_rows, sql_table, training_tasksets
 from rft_runtime.loop import datums as D
 from rft_runtime.loop import published
 from rft_runtime.loop.batching import (
@@ -52,6 +54,7 @@ from rft_runtime.loop.store_feed import StoreFeed
 from rft_runtime.loop.trainer import StepWork, Trainer
 from rft_runtime.workflows import images
 from rft_runtime.workflows.base import WorkflowError
+from rft_runtime.workflows.runners import prompt_limit
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,10 @@ def stage_label(cfg: JobConfig) -> str:
 
 
 def stage_source(cfg: JobConfig) -> StorageConfig:
-    """The dataset a stage reads: the taskset (mode both) or the experience buffer's file (mode train)."""
+    """The dataset a stage reads: the (first) taskset (mode both) or the experience buffer's file (mode train)."""
     if cfg.mode == "train":
         return cfg.buffer.trainer_input.experience_buffer
-    return cfg.buffer.explorer_input.taskset
+    return training_tasksets(cfg)[0][1]
 
 
 def stage_steps(cfg: JobConfig, stream: Any) -> int | None:
@@ -81,12 +84,38 @@ def stage_steps(cfg: JobConfig, stream: Any) -> int | None:
 
 def make_stream(cfg: JobConfig) -> Any:
     """The stage's TaskStream: seeded order, drop-last batches, epochs and step limits from the config; in
-    mode train on rollouts, the StoreFeed of the experience buffer another job writes."""
+    mode train on rollouts, the StoreFeed of the experience buffer another job writes; several tasksets mixed
+    as Trinity mixes them (TasksetMix); a SQL taskset read from its table (SqlTaskStream)."""
     if cfg.mode == "train" and cfg.algorithm.algorithm_type not in OFFLINE_ALGORITHMS:
         return StoreFeed(cfg, rollouts_per_step(cfg, loss_plan(cfg).is_mix))
+    batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
+    # trainer.total_steps caps the explorer too when each train step is one explore step
+    capped = cfg.trainer.total_steps if cfg.mode == "train" or not counts_experiences(cfg) else None
+    tasksets = training_tasksets(cfg)
+    if cfg.mode != "train" and len(tasksets) > 1:
+        # Trinity's validator gives every taskset the buffer's epochs and steps
+        limits = [s for s in (cfg.buffer.total_steps, capped) if s]
+        parts = [(load_rows(ts, where=where), chosen_selector(ts)) for where, ts in tasksets]
+        stream: Any = TasksetMix(parts, batch_size, cfg.buffer.total_epochs, min(limits) if limits else None,
+                                 seed=cfg.explorer.rollout_model.seed, names=[where for where, _ in tasksets])
+        if not stream.total_steps:
+            raise RunError(f"the {len(tasksets)} tasksets have {len(stream.base)} rows in all, fewer than one batch "
+                           f"of {batch_size}: lower buffer.batch_size or add rows")
+        return stream
     source = stage_source(cfg)
+    where = "buffer.trainer_input.experience_buffer" if cfg.mode == "train" else tasksets[0][0]
+    limits = [s for s in (cfg.buffer.total_steps, source.total_steps, capped) if s]
+    if cfg.mode != "train" and source.storage_type == "sql":
+        try:
+            stream = SqlTaskStream(sql_table(source, where), batch_size, min(limits) if limits else None, where)
+        except DataError as exc:
+            raise RunError(str(exc)) from None
+        if not stream.total_steps:
+            raise RunError(f"{where}: {stream.table.describe()} holds fewer than one batch of {batch_size} tasks: "
+                           "lower buffer.batch_size or add tasks")
+        return stream
     data = algorithm_spec(cfg.algorithm.algorithm_type).data
-    rows = load_rows(source, require_response=cfg.mode == "train" and data == "sft")
+    rows = load_rows(source, require_response=cfg.mode == "train" and data == "sft", where=where)
     if data == "dpo":
         fmt = source.format
         for index, row in enumerate(rows):
@@ -95,10 +124,6 @@ def make_stream(cfg: JobConfig) -> Any:
                 raise RunError(f"{source.path}: row {index} (0-based) has no {missing[0]!r} value "
                                "(format.chosen_key / format.rejected_key): dpo trains on a chosen and a rejected "
                                f"response per prompt; its columns: {', '.join(sorted(row))}")
-    batch_size = cfg.train_batch_size if cfg.mode == "train" else cfg.buffer.batch_size
-    # trainer.total_steps caps the explorer too when each train step is one explore step
-    capped = cfg.trainer.total_steps if cfg.mode == "train" or not counts_experiences(cfg) else None
-    limits = [s for s in (cfg.buffer.total_steps, source.total_steps, capped) if s]
     stream = TaskStream(
         rows, batch_size=batch_size, total_epochs=source.total_epochs or cfg.buffer.total_epochs,
         total_steps=min(limits) if limits else None, seed=cfg.explorer.rollout_model.seed,
@@ -787,10 +812,12 @@ class StageRunner:
             # replay: how often the step's experiences have been trained on, this time included
             record.update({"sample/use_count/mean": sum(uses) / len(uses), "sample/use_count/max": float(max(uses))})
         if batch.truncated_prompts:
-            log.warning("step %d: %d of %d prompts were longer than model.max_prompt_tokens (%s; the "
-                        "longest %d tokens) and were skipped, not sampled", self.step_base + step,
-                        batch.truncated_prompts, batch.truncated_prompts + batch.sampled_prompts,
-                        self.cfg.model.max_prompt_tokens, batch.longest_truncated)
+            limit = prompt_limit(self.cfg)
+            log.warning("step %d: %d of %d prompts were longer than %s (the longest %d tokens) and were skipped, "
+                        "not sampled", self.step_base + step, batch.truncated_prompts,
+                        batch.truncated_prompts + batch.sampled_prompts,
+                        f"model.max_prompt_tokens ({limit})" if limit else "the model's context",
+                        batch.longest_truncated)
         return record
 
     def _answer_sync(self, exchange: Exchange, step: int) -> None:
@@ -801,7 +828,7 @@ class StageRunner:
             exchange.nothing_new()
 
     def _run_both(self, start_step: int, start_weights: tuple[int, str | None]) -> StageResult:
-        check_some_prompt_fits(self.cfg, self.encoder, getattr(self.stream, "rows", []))
+        check_some_prompt_fits(self.cfg, self.encoder, self.stream)
         version, path = start_weights
         self._published_step = start_step
         evals = EvalRunner(self.cfg, self.conn, self.encoder, self.cfg.job_dir)

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 # Trinity's InferenceModelConfig fields this runtime honours for an auxiliary model
 HONOURED = {"model_path", "name", "temperature", "top_p", "top_k", "max_response_tokens", "max_prompt_tokens",
-            "max_model_len", "chat_template", "enable_thinking", "seed", "engine_type", "external_model_config"}
+            "max_model_len", "chat_template", "enable_thinking", "seed", "engine_type", "external_model_config",
+            "enable_prompt_truncation"}
 # fields that size or place vLLM engines: there are none with Tinker, so they change nothing here
 ENGINE_ONLY = {"engine_num", "tensor_parallel_size", "gpu_memory_utilization", "dtype",
                "enable_prefix_caching", "enforce_eager", "enable_openai_api", "enable_history", "use_v1",
@@ -85,7 +86,10 @@ class AuxiliaryModels:
             name=str(entry.get("name") or entry["model_path"]),
             max_tokens=int(pick("max_response_tokens", m.max_response_tokens or 512)),
             temperature=float(pick("temperature", m.temperature)), top_p=float(pick("top_p", m.top_p)),
-            top_k=int(pick("top_k", m.top_k)), max_prompt_tokens=pick("max_prompt_tokens", m.max_prompt_tokens),
+            top_k=int(pick("top_k", m.top_k)),
+            # Trinity fills an auxiliary model's limit and truncation switch from the model section's
+            max_prompt_tokens=(pick("max_prompt_tokens", m.max_prompt_tokens)
+                               if pick("enable_prompt_truncation", m.enable_prompt_truncation) else None),
             max_model_len=pick("max_model_len", m.context_len),
             # Trinity: an auxiliary model takes model.enable_thinking unless it sets its own
             enable_thinking=pick("enable_thinking", m.enable_thinking),

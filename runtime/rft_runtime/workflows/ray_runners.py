@@ -39,7 +39,7 @@ from rft_runtime.workflows import trinity_compat
 from rft_runtime.workflows.placement import MODE_VAR, RunnerError, cluster_named, set_ray_session
 from rft_runtime.workflows.plugins import LOADED
 from rft_runtime.workflows.registry import get_workflow, split_import_path
-from rft_runtime.workflows.runner import TaskOutcome
+from rft_runtime.workflows.runner import Pace, TaskOutcome
 from rft_runtime.workflows.runners import LocalRunners
 
 try:
@@ -68,7 +68,7 @@ def _user_code_paths(cfg: Any) -> list[str]:
     modules = []
     for stage in cfg.stage_configs():
         ei = stage.buffer.explorer_input
-        for ts in [ei.taskset, *ei.eval_tasksets]:
+        for ts in [ei.taskset, *ei.tasksets, *ei.eval_tasksets]:
             name = ts.default_workflow_type or ei.default_workflow_type or "math_workflow"
             try:
                 modules.append(get_workflow(name).__module__)
@@ -199,7 +199,7 @@ class RunnerActor:
     """One workflow runner (a Ray actor): runs one task of a batch at a time through its own LocalRunners, with
     the weights it is told."""
 
-    def __init__(self, cfg: Any, taskset: Any, tokenizer_box: list[Any], chat_template: str | None,
+    def __init__(self, cfg: Any, tasksets: list[Any], tokenizer_box: list[Any], chat_template: str | None,
                  enable_thinking: bool | None, base_url: str | None, api_key: str, base_model: str,
                  plugin_modules: list[str], runner_id: int):
         os.environ.setdefault("TINKER_TELEMETRY", "0")
@@ -210,7 +210,7 @@ class RunnerActor:
         self.runner_id = runner_id
         self.conn = _RunnerConnection(base_url, api_key, base_model)
         # quiet: the driver logs the outcome's user errors once per job, not once per actor
-        self.runners = LocalRunners(cfg, taskset, ray.get(tokenizer_box[0]), chat_template=chat_template,
+        self.runners = LocalRunners(cfg, tasksets, ray.get(tokenizer_box[0]), chat_template=chat_template,
                                     enable_thinking=enable_thinking, conn=self.conn, quiet=True)
         self._sampler: Any = None
         self._key: tuple[int, str | None] | None = None
@@ -221,15 +221,17 @@ class RunnerActor:
         return {"node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "pid": str(os.getpid())}
 
     def run(self, slot: int, task: Any, explore_step: int, repeat: int, greedy: bool, version: int,
-            path: str | None, generation: int) -> tuple[TaskOutcome, dict[str, str]]:
-        """Run one task's workflow repeat times; its TaskOutcome (slot: its place in the batch) and the node."""
+            path: str | None, generation: int, run_timeout: float | None = None) -> tuple[TaskOutcome, dict[str, str]]:
+        """Run one task's workflow repeat times; its TaskOutcome (slot: its place in the batch) and the node.
+        `run_timeout`: seconds a run may take (explorer.dynamic_timeout's; None: explorer.max_timeout)."""
         timeout = float(self.cfg.synchronizer.sync_timeout)
         self.conn.point(generation)
         if self._sampler is None or self._key != (generation, path):
             self._sampler = self.conn.sampling_client(path, timeout)
             self._key = (generation, path)
         [outcome] = self.runners.run([task], self._sampler, explore_step=explore_step, repeat=repeat,
-                                     greedy=greedy, version=version, path=path, in_flight=1, slots=[slot])
+                                     greedy=greedy, version=version, path=path, in_flight=1, slots=[slot],
+                                     timeout=run_timeout)
         return outcome, self.where()
 
     def close(self) -> None:
@@ -284,6 +286,8 @@ class RunnerPool:
         self.task_bound = float(cfg.explorer.max_timeout) * (self.retries + 1)
         self._closed = threading.Event()
         self._busy = threading.Lock()
+        # refs of late tasks (over_rollout) still running on their runner -> that runner's index
+        self._draining: dict[Any, int] = {}
         self._remote = ray.remote(RunnerActor)
         # in a list, so that Ray hands the actor the reference rather than the value
         self._tokenizer = ray.put(local.tokenizer)
@@ -316,7 +320,7 @@ class RunnerPool:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             # one call at a time: a runner's workflows share its sampler and its loopback OpenAI endpoint
             max_concurrency=1,
-        ).remote(self.cfg, self.local.taskset, [self._tokenizer], self.local.chat_template,
+        ).remote(self.cfg, self.local.tasksets, [self._tokenizer], self.local.chat_template,
                  self.local.enable_thinking, self.conn.base_url, self.conn.api_key, self.conn.base_model(),
                  self._plugins, i)
 
@@ -344,10 +348,12 @@ class RunnerPool:
         return f"runner {i} on node {node.get('ip', '?')} ({node.get('node_id', '?')[:12]})"
 
     def run(self, tasks: list[Any], sampler: Any, *, explore_step: int, repeat: int, greedy: bool = False,
-            version: int = 0, path: str | None = None) -> list[TaskOutcome]:
+            version: int = 0, path: str | None = None, timeout: float | None = None,
+            pace: Pace | None = None) -> list[TaskOutcome]:
         """Every task on some idle runner; one TaskOutcome per task, in task order, as LocalRunners.run gives
-        them. `sampler` is the driver's and is not used: each runner makes its own for `path`. User errors are
-        logged by the driver's LocalRunners, once per job."""
+        them. `sampler` is the driver's and is not used: each runner makes its own for `path`. `timeout`: seconds
+        a run may take; `pace`: stop waiting once enough tasks are in (the others come back late). User errors
+        are logged by the driver's LocalRunners, once per job."""
         with self._busy:
             if self._closed.is_set():
                 raise RunnerError("the workflow runners were stopped")
@@ -355,11 +361,12 @@ class RunnerPool:
             results: list[Any] = [None] * len(tasks)
             tries = [0] * len(tasks)
             pending = deque(range(len(tasks)))
-            idle = deque(range(self.size))
+            # a runner still finishing a late task of an earlier batch gets no task until it is done
+            idle = deque(a for a in range(self.size) if a not in self._draining.values())
             running: dict[Any, tuple[int, int, float]] = {}
             try:
                 self._dispatch(tasks, results, tries, pending, idle, running, explore_step, repeat, greedy,
-                               version, path, generation)
+                               version, path, generation, timeout, pace)
             except BaseException:
                 for ref in running:  # the batch is retried or the job ends: drop what has not started
                     try:
@@ -367,27 +374,37 @@ class RunnerPool:
                     except Exception:  # noqa: S110 - finished or gone meanwhile
                         pass
                 raise
-            for outcome in results:
+            for slot, outcome in enumerate(results):
+                if outcome is None:  # late (over_rollout): cancelled or never started
+                    task = tasks[slot]
+                    results[slot] = TaskOutcome(slot, task.index, task.row, taskset=getattr(task, "taskset", 0),
+                                                late=True)
+                    continue
                 for kind, text in outcome.user_errors:
-                    self.local.runner.log_user_error(kind, text, outcome)
+                    self.local.log_user_error(kind, text, outcome)
             return results
 
     def _dispatch(self, tasks: list[Any], results: list[Any], tries: list[int], pending: deque[int],
                   idle: deque[int], running: dict[Any, tuple[int, int, float]], explore_step: int, repeat: int,
-                  greedy: bool, version: int, path: str | None, generation: int) -> None:
-        """Hand tasks to idle runners until every one has its outcome (the body of run)."""
+                  greedy: bool, version: int, path: str | None, generation: int, timeout: float | None,
+                  pace: Pace | None) -> None:
+        """Hand tasks to idle runners until every one has its outcome, or (pace) enough have (the body of run)."""
+        deadline: float | None = None
         while pending or running:
             while pending and idle:
                 slot, a = pending.popleft(), idle.popleft()
                 ref = self.actors[a].run.remote(slot, tasks[slot], explore_step, repeat, greedy, version, path,
-                                                generation)
+                                                generation, timeout)
                 running[ref] = (slot, a, time.monotonic())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            self._settle_draining(idle)
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            if running:
+                done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
+            else:  # every runner is finishing a late task of an earlier batch: wait for one to be free
+                done = []
+                ray.wait(list(self._draining), num_returns=1, timeout=1.0)
             if self._closed.is_set():
                 raise RunnerError("the workflow runners were stopped")
-            if not done:
-                self._check_overdue(running, tasks, explore_step)
-                continue
             for ref in done:
                 slot, a, _ = running.pop(ref)
                 try:
@@ -418,6 +435,30 @@ class RunnerPool:
                 self.nodes[a] = node
                 results[slot] = outcome
                 idle.append(a)
+            if pace is not None and deadline is None and sum(r is not None for r in results) >= pace.min_done:
+                deadline = time.monotonic() + pace.wait_after_min
+            if deadline is not None and time.monotonic() >= deadline and (pending or running):
+                # over_rollout: the batch goes on without the rest; a runner still on a late task finishes it
+                # (a running task cannot be interrupted) and takes no new one until then, its result unused
+                pending.clear()
+                for ref, (_, a, _) in running.items():
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # noqa: S110 - finished meanwhile
+                        pass
+                    self._draining[ref] = a
+                running.clear()
+                return
+            if not done:
+                self._check_overdue(running, tasks, explore_step)
+
+    def _settle_draining(self, idle: deque[int]) -> None:
+        """Runners whose late task has ended are idle again."""
+        if not self._draining:
+            return
+        ended, _ = ray.wait(list(self._draining), num_returns=len(self._draining), timeout=0)
+        for ref in ended:
+            idle.append(self._draining.pop(ref))
 
     def _check_overdue(self, running: dict[Any, tuple[int, int, float]], tasks: list[Any], step: int) -> None:
         now = time.monotonic()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -57,6 +58,16 @@ class WorkflowTimeout(Exception):
     """A workflow run that overran explorer.max_timeout."""
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How long a batch waits for its tasks (Trinity's explorer.over_rollout): once `min_done` of them are in,
+    at most `wait_after_min` seconds more; the tasks still running then are cancelled and dropped, and the
+    batch goes on without them."""
+
+    min_done: int
+    wait_after_min: float = 0.0
+
+
 def sampling_failure(exc: BaseException) -> bool:
     """True for errors of the sampler or the connection to it, which the loop recovers from."""
     # an SDK error exists only once the SDK was imported; importing it here would import torch for nothing
@@ -82,6 +93,13 @@ class TaskOutcome:
     errors: list[str] = field(default_factory=list)
     # ("workflow" | "reward", message) of every user-code error, for the driver's ErrorOnce
     user_errors: list[tuple[str, str]] = field(default_factory=list)
+    # which of the stage's tasksets the task comes from
+    taskset: int = 0
+    # seconds each run took, its retries included (a repeatable workflow's one run is the whole task): what
+    # explorer.dynamic_timeout averages
+    seconds: list[float] = field(default_factory=list)
+    # still running when the batch stopped waiting (explorer.over_rollout): dropped, nothing of it kept
+    late: bool = False
 
     def groups(self) -> list[list[Experience]]:
         """The experiences grouped by their task id (eid.task), in order: one group unless the workflow set a
@@ -215,6 +233,7 @@ class WorkflowRunner:
         wrappers: list[Any] = []
         try:
             for run_id, count in runs:
+                started = time.monotonic()
                 for attempt in range(self.retries + 1):
                     model = policy.clone_with_isolated_history(seed=seed + run_id * 104_729 + attempt * 7)
                     helpers = [a.clone_with_isolated_history() for a in aux]
@@ -254,6 +273,7 @@ class WorkflowRunner:
                             eid.run = run_id
                     outcome.experiences.extend(exps)
                     break
+                outcome.seconds.append(time.monotonic() - started)
         finally:
             for w in wrappers:
                 w.close()
@@ -278,44 +298,11 @@ class WorkflowRunner:
                     outcome.prompt_tokens += call.prompt_tokens * call.samples
 
     def run_batch(self, tasks: list[Any], policy: Any, aux: list[Any], *, explore_step: int, repeat: int,
-                  in_flight: int, timeout: float, base_seed: int,
-                  slots: list[int] | None = None) -> list[TaskOutcome]:
-        """Run every task's workflow (at most in_flight at once); outcomes in task order.
-
-        `slots`: each task's place in the whole batch (Task.task_id), when this is a part of it (a Ray runner
-        runs one task of the batch at a time); by default their order here.
-        """
-        places = list(range(len(tasks))) if slots is None else list(slots)
-        outcomes = [TaskOutcome(place, t.index, t.row) for place, t in zip(places, tasks, strict=True)]
-
-        async def main() -> None:
-            gate = asyncio.Semaphore(max(1, in_flight))
-            pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="workflow")
-
-            async def one(slot: int, data_task: Any) -> None:
-                async with gate:
-                    task = self.make_task(data_task.row, places[slot], explore_step, repeat)
-                    # reproducible per (step, task, run), different across them
-                    seed = base_seed + explore_step * 100_003 + data_task.index * 7_919
-                    await self._run_task(outcomes[slot], task, policy, aux, repeat, seed, pool, timeout)
-
-            jobs = [asyncio.ensure_future(one(s, t)) for s, t in enumerate(tasks)]
-            try:
-                await asyncio.gather(*jobs)
-            except BaseException:
-                for job in jobs:
-                    job.cancel()
-                await asyncio.gather(*jobs, return_exceptions=True)
-                raise
-            finally:
-                # a sync workflow past its timeout, or still running when the sampler failed, cannot be
-                # interrupted: it is left to finish on its own thread, its result unused, and the batch goes on
-                pool.shutdown(wait=False, cancel_futures=True)
-
-        asyncio.run(main())
-        for outcome in outcomes:
-            self._check(outcome)
-        return outcomes
+                  in_flight: int, timeout: float, base_seed: int, slots: list[int] | None = None,
+                  pace: Pace | None = None) -> list[TaskOutcome]:
+        """Run every task's workflow (at most in_flight at once); outcomes in task order (see run_tasks)."""
+        return run_tasks(tasks, [(self, policy)] * len(tasks), aux, explore_step=explore_step, repeat=repeat,
+                         in_flight=in_flight, timeout=timeout, base_seed=base_seed, slots=slots, pace=pace)
 
     def _user_error(self, kind: str, text: str, outcome: TaskOutcome) -> None:
         outcome.user_errors.append((kind, text))
@@ -344,6 +331,85 @@ class WorkflowRunner:
                 continue
             kept.append(exp)
         outcome.experiences = kept
+
+
+def run_tasks(tasks: list[Any], assigned: list[tuple[WorkflowRunner, Any]], aux: list[Any], *, explore_step: int,
+              repeat: int, in_flight: int, timeout: float, base_seed: int, slots: list[int] | None = None,
+              pace: Pace | None = None) -> list[TaskOutcome]:
+    """Run every task's workflow through its (runner, policy wrapper) (at most in_flight at once, on one event
+    loop); outcomes in task order. A batch of several tasksets gives each task its own taskset's runner and
+    sampling settings.
+
+    `slots`: each task's place in the whole batch (Task.task_id), when this is a part of it (a Ray runner runs
+    one task of the batch at a time); by default their order here. `timeout`: seconds a run may take.
+    `pace`: stop waiting once enough tasks are in (the late ones come back with `late` set and nothing else).
+    """
+    places = list(range(len(tasks))) if slots is None else list(slots)
+    outcomes = [TaskOutcome(place, t.index, t.row, taskset=getattr(t, "taskset", 0))
+                for place, t in zip(places, tasks, strict=True)]
+    late: list[int] = []
+
+    async def main() -> None:
+        gate = asyncio.Semaphore(max(1, in_flight))
+        pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="workflow")
+
+        async def one(slot: int, data_task: Any) -> None:
+            async with gate:
+                runner, policy = assigned[slot]
+                task = runner.make_task(data_task.row, places[slot], explore_step, repeat)
+                # reproducible per (step, task, run), different across them
+                seed = (base_seed + explore_step * 100_003 + data_task.index * 7_919
+                        + getattr(data_task, "taskset", 0) * 1_000_003)
+                await runner._run_task(outcomes[slot], task, policy, aux, repeat, seed, pool, timeout)
+
+        jobs = [asyncio.ensure_future(one(s, t)) for s, t in enumerate(tasks)]
+        try:
+            if pace is None or pace.min_done >= len(jobs):
+                await asyncio.gather(*jobs)
+            else:
+                late.extend(await _until_enough(jobs, pace))
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            raise
+        finally:
+            # a sync workflow past its timeout, still running when the sampler failed, or late, cannot be
+            # interrupted: it is left to finish on its own thread, its result unused, and the batch goes on
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    asyncio.run(main())
+    for slot in late:
+        old = outcomes[slot]
+        outcomes[slot] = TaskOutcome(old.slot, old.task_index, old.row, taskset=old.taskset, late=True)
+    for (runner, _), outcome in zip(assigned, outcomes, strict=True):
+        if not outcome.late:
+            runner._check(outcome)
+    return outcomes
+
+
+async def _until_enough(jobs: list[asyncio.Future[Any]], pace: Pace) -> list[int]:
+    """Wait for the jobs until pace.min_done are done and wait_after_min more seconds have passed (or all are
+    done); cancel the rest. The indices of the cancelled (late) jobs. A job's own error (a sampling failure)
+    propagates: the batch is retried."""
+    loop = asyncio.get_running_loop()
+    pending = set(jobs)
+    deadline: float | None = None
+    while pending:
+        wait = None if deadline is None else max(0.0, deadline - loop.time())
+        done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        for job in done:
+            if job.exception() is not None:
+                raise job.exception()  # type: ignore[misc]
+        if deadline is None and len(jobs) - len(pending) >= pace.min_done:
+            deadline = loop.time() + pace.wait_after_min
+        if deadline is not None and loop.time() >= deadline:
+            break
+    for job in pending:
+        job.cancel()
+    # a late job's error, raised while it was being cancelled, is not the batch's
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [i for i, job in enumerate(jobs) if job in pending]
 
 
 def experience_problem(exp: Any) -> str | None:
