@@ -1,0 +1,351 @@
+"""The decoder the engine runs: a Llama-family model (llama, qwen2, qwen3, mistral) taken out of its Hugging
+Face module once and run by a forward of our own.
+
+Why not the Hugging Face module: on a CPU the model's matmuls are small, so per-op overhead decides the speed.
+Here q/k/v and gate/up are one matmul each, weights are stored transposed ([in, out], the layout the BLAS
+reads fastest for the few rows of a decoding step), a LoRA adapter costs two small matmuls per fused matmul
+(lora.py), the residual adds ride on the matmuls (addmm), decoding writes into a preallocated KV cache, and
+training computes the loss from the real tokens' logits only, with one fused cross-entropy.
+`tests/engine/test_transformer.py` checks every architecture's logits against the Hugging Face module's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rft_runtime.engine.errors import EngineError
+from rft_runtime.engine.lora import Adapter, Target
+
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Layer:
+    """One decoder layer's weights; matmul weights are [in, out]."""
+
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    qk_norm: torch.Tensor | None  # qwen3: per-head RMSNorm weights of q and k, [heads + kv_heads, head_dim]
+    window: int | None  # sliding-window attention: keys within this many positions
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a batch of rows, [layers, rows, kv_heads, capacity, head_dim]; the
+    first `length` positions are filled (rows are left-padded to a common length)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int
+
+    @property
+    def capacity(self) -> int:
+        """Positions the cache holds before it must grow."""
+        return self.k.shape[3]
+
+
+def _fused(weights: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([w.detach() for w in weights]).t().contiguous()
+
+
+def _fused_bias(mods: list[Any]) -> torch.Tensor | None:
+    if all(m.bias is None for m in mods):
+        return None
+    return torch.cat([m.bias.detach() if m.bias is not None else torch.zeros(m.out_features) for m in mods])
+
+
+class Transformer:
+    """The weights of one causal LM and the three passes over them: training forward, prefill, decode step."""
+
+    def __init__(self, model_dir: Path, device: torch.device):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.from_pretrained(str(model_dir))
+        arch = getattr(cfg, "model_type", "unknown")
+        if arch not in SUPPORTED_ARCHS:
+            raise EngineError(f"{model_dir}: model_type {arch!r} is not supported by the local engine "
+                              f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+        act = getattr(cfg, "hidden_act", "silu")
+        if act != "silu":
+            raise EngineError(f"{model_dir}: hidden_act {act!r} is not supported by the local engine (only silu)")
+        hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.config = cfg
+        self.arch = arch
+        self.device = device
+        body = hf.model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.hidden = cfg.hidden_size
+        self.eps = float(cfg.rms_norm_eps)
+        self.vocab = cfg.vocab_size
+        self.rotary = body.rotary_emb.to(device)
+        self.targets: list[Target] = []
+        self.layers: list[Layer] = []
+        for i, block in enumerate(body.layers):
+            self.layers.append(self._take_layer(i, block, cfg))
+            # free the module's copies as we go: peak memory stays one model plus one layer
+            block.to_empty(device="meta")
+        tied = hf.lm_head.weight is body.embed_tokens.weight or bool(getattr(cfg, "tie_word_embeddings", False))
+        self.lm_head = hf.lm_head.weight.detach().t().contiguous().to(device)  # [hidden, vocab]
+        self.lm_head_bias = None if getattr(hf.lm_head, "bias", None) is None else hf.lm_head.bias.detach().to(device)
+        self.embed = self.lm_head.t() if tied else body.embed_tokens.weight.detach().to(device)
+        self.norm = body.norm.weight.detach().to(device)
+        self.targets.append(Target("lm_head", "unembed", "lm_head", self.hidden, self.vocab))
+        del hf, body
+        self.groups: dict[str, list[str]] = {"attn": [], "mlp": [], "unembed": []}
+        for t in self.targets:
+            self.groups[t.group].append(t.path)
+        rot = torch.ones(self.head_dim, device=device)
+        rot[: self.head_dim // 2] = -1
+        self._rot_sign = rot
+
+    def _take_layer(self, i: int, block: Any, cfg: Any) -> Layer:
+        attn, mlp = block.self_attn, block.mlp
+        prefix = f"model.layers.{i}"
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        gate_up = [mlp.gate_proj, mlp.up_proj]
+        for name, mod in [("q_proj", attn.q_proj), ("k_proj", attn.k_proj), ("v_proj", attn.v_proj)]:
+            self.targets.append(Target(f"{prefix}.self_attn.{name}", "attn", f"{i}.qkv", mod.in_features,
+                                       mod.out_features))
+        self.targets.append(Target(f"{prefix}.self_attn.o_proj", "attn", f"{i}.o", attn.o_proj.in_features,
+                                   attn.o_proj.out_features))
+        for name, mod in [("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj)]:
+            self.targets.append(Target(f"{prefix}.mlp.{name}", "mlp", f"{i}.gate_up", mod.in_features,
+                                       mod.out_features))
+        self.targets.append(Target(f"{prefix}.mlp.down_proj", "mlp", f"{i}.down", mlp.down_proj.in_features,
+                                   mlp.down_proj.out_features))
+        qk_norm = None
+        if getattr(attn, "q_norm", None) is not None:
+            qk_norm = torch.cat([attn.q_norm.weight.detach().expand(self.heads, -1),
+                                 attn.k_norm.weight.detach().expand(self.kv_heads, -1)]).contiguous()
+        window = getattr(attn, "sliding_window", None)
+        if self.arch == "mistral":
+            window = getattr(cfg, "sliding_window", None)
+        dev = self.device
+
+        def on(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(dev)
+
+        return Layer(
+            ln1=block.input_layernorm.weight.detach().clone().to(dev),
+            ln2=block.post_attention_layernorm.weight.detach().clone().to(dev),
+            qkv=_fused([m.weight for m in qkv]).to(dev), qkv_bias=on(_fused_bias(qkv)),
+            o=attn.o_proj.weight.detach().t().contiguous().to(dev), o_bias=on(_fused_bias([attn.o_proj])),
+            gate_up=_fused([m.weight for m in gate_up]).to(dev), gate_up_bias=on(_fused_bias(gate_up)),
+            down=mlp.down_proj.weight.detach().t().contiguous().to(dev), down_bias=on(_fused_bias([mlp.down_proj])),
+            qk_norm=on(qk_norm), window=int(window) if window else None,
+        )
+
+    def parameter_count(self) -> int:
+        """Weights in the model (the tied embedding counted once)."""
+        n = self.lm_head.numel() + self.norm.numel()
+        if self.embed.data_ptr() != self.lm_head.data_ptr():
+            n += self.embed.numel()
+        for layer in self.layers:
+            n += sum(x.numel() for x in (layer.ln1, layer.ln2, layer.qkv, layer.o, layer.gate_up, layer.down))
+        return n
+
+    # ------------------------------------------------------------------ building blocks
+
+    @staticmethod
+    def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                pair: tuple[torch.Tensor, torch.Tensor] | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ w (+ bias) (+ residual) + x @ A^T @ (s B)^T; the additions ride on addmm."""
+        if residual is not None:
+            out = torch.addmm(residual, x, w)
+            if bias is not None:
+                out = out + bias
+        elif bias is not None:
+            out = torch.addmm(bias, x, w)
+        else:
+            out = torch.mm(x, w)
+        if pair is not None:
+            out = torch.addmm(out, torch.mm(x, pair[0]), pair[1])
+        return out
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for positions [..., T] (the model's own rotary module, so every RoPE variant
+        the config names is honoured), shaped to broadcast over heads."""
+        cos, sin = self.rotary(self.norm, positions)
+        return cos.unsqueeze(-2), (sin * self._rot_sign).unsqueeze(-2)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x * cos + rotate_half(x) * sin, with rotate_half = roll by half times [-1.., +1..]
+        return torch.addcmul(x * cos, torch.roll(x, self.head_dim // 2, -1), sin)
+
+    def _qkv(self, layer: Layer, h: torch.Tensor, shape: tuple[int, ...], cos: torch.Tensor, sin: torch.Tensor,
+             pair: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [*, heads, D], k and v [*, kv_heads, D] of the normed hidden states, rotated."""
+        x = F.rms_norm(h, (self.hidden,), layer.ln1, self.eps)
+        qkv = self._linear(x, layer.qkv, layer.qkv_bias, pair)
+        split = (self.heads + self.kv_heads) * self.head_dim
+        qk = qkv[:, :split].reshape(*shape, self.heads + self.kv_heads, self.head_dim)
+        if layer.qk_norm is not None:
+            qk = F.rms_norm(qk, (self.head_dim,), None, self.eps) * layer.qk_norm
+        qk = self._rotate(qk, cos, sin)
+        v = qkv[:, split:].reshape(*shape, self.kv_heads, self.head_dim)
+        return qk[..., : self.heads, :], qk[..., self.heads:, :], v
+
+    def _mlp(self, layer: Layer, h: torch.Tensor, pairs: Pairs, i: int) -> torch.Tensor:
+        x = F.rms_norm(h, (self.hidden,), layer.ln2, self.eps)
+        gate_up = self._linear(x, layer.gate_up, layer.gate_up_bias, pairs.get(f"{i}.gate_up"))
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self._linear(F.silu(gate) * up, layer.down, layer.down_bias, pairs.get(f"{i}.down"), residual=h)
+
+    def _logits(self, h: torch.Tensor, pairs: Pairs) -> torch.Tensor:
+        x = F.rms_norm(h, (self.hidden,), self.norm, self.eps)
+        return self._linear(x, self.lm_head, self.lm_head_bias, pairs.get("lm_head"))
+
+    def _mask(self, key_valid: torch.Tensor | None, t: int, window: int | None) -> torch.Tensor | None:
+        """Boolean [B or 1, 1, T, T] attention mask (True = attend) for a prefill: causal, within the window,
+        not onto padding; None when plain causal attention is exact."""
+        if key_valid is None and (window is None or window >= t):
+            return None
+        idx = torch.arange(t, device=self.device)
+        allowed = idx[None, :] <= idx[:, None]
+        if window is not None and window < t:
+            allowed = allowed & (idx[None, :] > idx[:, None] - window)
+        mask = allowed[None, None]
+        if key_valid is not None:
+            # a padding query attends to itself only, so its (unused) softmax has no empty row
+            mask = (mask & key_valid[:, None, None, :]) | torch.eye(t, dtype=torch.bool, device=self.device)
+        return mask
+
+    def _attend_full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention over whole sequences: q [B, T, H, D], k/v [B, T, KV, D] -> [B*T, H*D]."""
+        b, t = q.shape[0], q.shape[1]
+        group = self.heads // self.kv_heads
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if group > 1:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(1, 2).reshape(b * t, self.heads * self.head_dim)
+
+    # ------------------------------------------------------------------ passes
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, pairs: Pairs, key_valid: torch.Tensor | None,
+                 keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states [B*T, hidden] after the last layer; `keep` collects each layer's (k, v)."""
+        b, t = ids.shape
+        h = F.embedding(ids, self.embed).reshape(b * t, self.hidden)
+        cos, sin = self._rope(positions)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, h, (b, t), cos, sin, pairs.get(f"{i}.qkv"))
+            if keep is not None:
+                keep.append(k)
+                keep.append(v)
+            if layer.window not in masks:
+                masks[layer.window] = self._mask(key_valid, t, layer.window)
+            attn = self._attend_full(q, k, v, masks[layer.window])
+            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h)
+            h = self._mlp(layer, h, pairs, i)
+        return h
+
+    def logprobs(self, tokens: list[list[int]], targets: list[list[int]], adapter: Adapter | None) -> list[torch.Tensor]:
+        """Per sequence, log p(target_t | tokens_<=t) (differentiable w.r.t. the adapter when grad is on).
+
+        Sequences are right-padded: attention is causal, so no real token sees a pad, and without a mask
+        the attention takes its fused causal path. Logits are computed for real positions only."""
+        lengths = [len(t) for t in tokens]
+        width = max(lengths)
+        ids = torch.zeros((len(tokens), width), dtype=torch.long)
+        tgt = torch.zeros((len(tokens), width), dtype=torch.long)
+        real = torch.zeros((len(tokens), width), dtype=torch.bool)
+        for i, (t, y) in enumerate(zip(tokens, targets, strict=True)):
+            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            tgt[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+            real[i, : len(t)] = True
+        ids, tgt, real = ids.to(self.device), tgt.to(self.device), real.to(self.device)
+        positions = torch.arange(width, device=self.device).expand(len(tokens), width)
+        pairs = self._pairs(adapter, frozen=False)
+        h = self._forward(ids, positions, pairs, None)
+        flat = real.reshape(-1)
+        logits = self._logits(h[flat], pairs)
+        logp = -F.cross_entropy(logits, tgt.reshape(-1)[flat], reduction="none")
+        return list(torch.split(logp, lengths))
+
+    @staticmethod
+    def _pairs(adapter: Adapter | None, frozen: bool) -> Pairs:
+        if adapter is None:
+            return {}
+        if frozen:
+            return adapter.frozen()
+        return {slot: pair for slot in adapter.slot_names if (pair := adapter.pair(slot)) is not None}
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, key_valid: torch.Tensor, adapter: Adapter | None,
+                all_logits: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Left-padded prompts [B, T] (key_valid marks real tokens) -> (logits [B, T or 1, vocab], per layer
+        k and v [B, T, kv_heads, D] in turn)."""
+        b, t = ids.shape
+        positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+        padded = bool((~key_valid).any())
+        keep: list[torch.Tensor] = []
+        pairs = self._pairs(adapter, frozen=True)
+        h = self._forward(ids, positions, pairs, key_valid if padded else None, keep)
+        h = h.view(b, t, self.hidden)
+        if not all_logits:
+            h = h[:, -1:]
+        logits = self._logits(h.reshape(-1, self.hidden), pairs).view(b, -1, self.vocab)
+        return logits, keep
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, valid: torch.Tensor,
+             adapter: Adapter | None) -> torch.Tensor:
+        """One new token per row [R] at positions [R]; writes its keys and values at column cache.length
+        (then advanced) and returns the next logits [R, vocab]. valid [R, capacity] marks the columns each row
+        may attend to (its own tokens, not left padding)."""
+        r = tokens.shape[0]
+        n = cache.length
+        pairs = self._pairs(adapter, frozen=True)
+        h = F.embedding(tokens, self.embed)
+        cos, sin = self._rope(positions.view(r, 1))
+        cos, sin = cos[:, 0], sin[:, 0]
+        group = self.heads // self.kv_heads
+        scale = self.head_dim ** -0.5
+        biases: dict[int | None, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, h, (r,), cos, sin, pairs.get(f"{i}.qkv"))
+            cache.k[i, :, :, n] = k
+            cache.v[i, :, :, n] = v
+            if layer.window not in biases:
+                allowed = valid[:, : n + 1]
+                if layer.window is not None and layer.window < n + 1:
+                    allowed = allowed.clone()
+                    allowed[:, : n + 1 - layer.window] = False
+                bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))
+                biases[layer.window] = bias[:, None, :].expand(r, self.kv_heads, n + 1).reshape(
+                    r * self.kv_heads, 1, n + 1)
+            keys = cache.k[i, :, :, : n + 1].reshape(r * self.kv_heads, n + 1, self.head_dim)
+            values = cache.v[i, :, :, : n + 1].reshape(r * self.kv_heads, n + 1, self.head_dim)
+            qg = q.reshape(r * self.kv_heads, group, self.head_dim)
+            scores = torch.baddbmm(biases[layer.window], qg, keys.transpose(1, 2), alpha=scale)
+            attn = torch.bmm(torch.softmax(scores, dim=-1), values).view(r, self.heads * self.head_dim)
+            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h)
+            h = self._mlp(layer, h, pairs, i)
+        cache.length = n + 1
+        return self._logits(h, pairs)
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        """An empty cache for `rows` rows and `capacity` positions."""
+        shape = (len(self.layers), rows, self.kv_heads, capacity, self.head_dim)
+        return KVCache(torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device), 0)
