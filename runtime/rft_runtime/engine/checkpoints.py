@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from rft_runtime.engine.errors import EngineError
 
@@ -61,8 +62,6 @@ class Checkpoints:
     def write(self, model_id: str, name: str, kind: str, adapter: dict[str, torch.Tensor],
               optimizer: dict[str, Any] | None, meta: dict[str, Any], overwrite: bool = False) -> str:
         """Write one checkpoint whole (or not at all); returns its tinker:// path."""
-        from safetensors.torch import save_file
-
         check_name(name)
         path = f"tinker://{model_id}/{kind}/{name}"
         d = self.path_of(model_id, kind, name)
@@ -84,8 +83,6 @@ class Checkpoints:
 
     def read(self, path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path, str]:
         """(meta, adapter tensors, directory, kind) of a checkpoint."""
-        from safetensors.torch import load_file
-
         d, kind = self.find(path)
         meta = json.loads((d / "meta.json").read_text())
         return meta, load_file(str(d / "adapter.safetensors")), d, kind

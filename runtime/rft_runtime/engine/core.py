@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer, GenerationConfig
 
 from rft_runtime.engine.checkpoints import Checkpoints, check_name
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, LoraSpec
 from rft_runtime.engine.samplers import Sampler, Samplers
+from rft_runtime.engine.threads import ThreadTuner
 from rft_runtime.engine.training import TrainingRuns, TrainRun
 from rft_runtime.engine.transformer import Transformer
 
@@ -42,8 +44,6 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, state_dir: str | Path, device: str | None = None,
                  max_rank: int = 128):
-        from transformers import AutoTokenizer, GenerationConfig
-
         self.model_dir = Path(model_dir).expanduser().resolve()
         if not (self.model_dir / "config.json").exists():
             raise EngineError(f"{self.model_dir} is not a model directory (no config.json); "
@@ -66,8 +66,11 @@ class Engine:
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         self.model_name = str(self.model_dir)
         self.checkpoints = Checkpoints(state)
-        self.training = TrainingRuns(self.tf, self.new_adapter)
-        self.samplers = Samplers(self.tf, self.checkpoints, self.new_adapter, self.tokenizer.decode, self.max_context)
+        # in process: torch's thread count as it is; `rft engine serve` configures the tuner
+        self.threads = ThreadTuner(torch.get_num_threads(), fixed=True)
+        self.training = TrainingRuns(self.tf, self.new_adapter, self.threads)
+        self.samplers = Samplers(self.tf, self.checkpoints, self.new_adapter, self.tokenizer.decode, self.max_context,
+                                 self.threads)
 
     @property
     def state_dir(self) -> Path:

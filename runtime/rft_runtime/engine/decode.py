@@ -14,6 +14,7 @@ import torch
 
 from rft_runtime.engine.lora import Adapter
 from rft_runtime.engine.sampling import SampledSeq, SampleJob, StopChecker, pick_tokens, sequence_generators
+from rft_runtime.engine.threads import ThreadTuner
 from rft_runtime.engine.transformer import KVCache, Transformer
 
 # sequences one decoding batch grows to at most by jobs joining it, unless the caller says otherwise
@@ -151,7 +152,8 @@ class DecodeBatch:
 
 def decode(tf: Transformer, adapter: Adapter | None, jobs: list[SampleJob],
            more: Callable[[int], list[SampleJob]] | None, done: Callable[[SampleJob], None],
-           started: list[SampleJob], max_rows: int, decode_text: Callable[[list[int]], str]) -> None:
+           started: list[SampleJob], max_rows: int, decode_text: Callable[[list[int]], str],
+           threads: ThreadTuner) -> None:
     """Decode jobs as one batch, calling done(job) as each finishes; `more(room)` hands over jobs that join
     between steps while the batch holds fewer than max_rows rows. Jobs that began are added to `started`."""
     batch = DecodeBatch.prefill(tf, adapter, jobs, decode_text)
@@ -161,7 +163,7 @@ def decode(tf: Transformer, adapter: Adapter | None, jobs: list[SampleJob],
             done(job)
         if not batch.rows:
             break
-        batch.step()
+        threads.run("decode", batch.step)
         room = max_rows - len(batch.rows)
         joiners = more(room) if more is not None and room > 0 else []
         if joiners:

@@ -18,6 +18,7 @@ from rft_runtime.engine.decode import MAX_JOIN_ROWS, decode
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, LoraSpec
 from rft_runtime.engine.sampling import SampledSeq, SampleJob, SampleSpec
+from rft_runtime.engine.threads import ThreadTuner
 from rft_runtime.engine.transformer import Transformer
 
 # loaded sampler adapters kept in memory; older ones are reloaded from disk when asked for again
@@ -48,8 +49,9 @@ class Samplers:
     """Every sampling session of the engine, and the adapters they decode with."""
 
     def __init__(self, tf: Transformer, checkpoints: Checkpoints, new_adapter: Callable[[LoraSpec], Adapter],
-                 decode_text: Callable[[list[int]], str], max_context: int):
+                 decode_text: Callable[[list[int]], str], max_context: int, threads: ThreadTuner):
         self.tf = tf
+        self.threads = threads
         self.checkpoints = checkpoints
         self.new_adapter = new_adapter
         self.decode_text = decode_text
@@ -147,7 +149,7 @@ class Samplers:
                         return False  # it fails on its own turn, with its own message
 
                 joiner = (lambda rows, accept=accept: more(accept, rows)) if more is not None else None
-                decode(self.tf, adapter, group, joiner, done, started, cap, self.decode_text)
+                decode(self.tf, adapter, group, joiner, done, started, cap, self.decode_text, self.threads)
             except Exception as exc:
                 for job in group + started:
                     if job.result is None and job.error is None:

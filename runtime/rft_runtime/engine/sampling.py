@@ -6,6 +6,8 @@ truncation), the same number `forward` computes for that token, so importance ra
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,9 +127,6 @@ def pick_tokens(logits: torch.Tensor, specs: list[SampleSpec],
 def sequence_generators(seed: int | None, n: int) -> list[torch.Generator]:
     """One generator per sample of a request: sample 0 is seeded with `seed` itself, sample i with a value
     derived from (seed, i), so a seeded request draws the same sequences alone or in any batch."""
-    import hashlib
-    import os
-
     base = seed if seed is not None else int.from_bytes(os.urandom(7), "little")
     gens = []
     for i in range(n):

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -22,6 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import transformers
+import zstandard
+
+from rft_runtime.engine import routes
+from rft_runtime.engine.core import Engine, EngineError
+from rft_runtime.engine.launcher import PORT_DIR_ENV
 from rft_runtime.engine.service import HTTPError, Service
 
 log = logging.getLogger("rft.engine")
@@ -45,9 +52,6 @@ def _is_loopback(host: str) -> bool:
 
 def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
     """The request handler class bound to one Service."""
-    # routes imports torch: loaded once serve_main has set the OpenMP environment, never at this module's import
-    from rft_runtime.engine import routes
-
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses connections
         server_version = "rft-engine"
@@ -76,8 +80,6 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             if self.headers.get("Content-Encoding", "").lower() == "zstd" and body:
-                import zstandard
-
                 body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
             return body
 
@@ -148,19 +150,10 @@ def serve_main(args: Any) -> int:
               "it could train and sample on this machine", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # OpenMP's default spin-waiting makes every parallel op wait for a descheduled thread on a busy machine:
-    # measured on SmolLM2-135M with 2 threads on 2 shared cores (load 5-10), a decoding step took 2.8 s
-    # spinning, 0.38 s passive, 0.17 s on one thread. Set before torch loads its OpenMP runtime.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-    import transformers
-
     if level > logging.DEBUG:
         # the engine log is one line per event: no weight-loading progress bars, no library deprecations
         transformers.utils.logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
-
-    from rft_runtime.engine.core import Engine, EngineError
 
     state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
     try:
@@ -168,7 +161,8 @@ def serve_main(args: Any) -> int:
     except (EngineError, OSError) as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(compute_threads(engine))
+    env_threads = os.environ.get("RFT_ENGINE_THREADS", "")
+    engine.threads.configure(compute_threads(engine), fixed=env_threads.isdigit() and int(env_threads) > 0)
     service = Service(engine, args.api_key)
     try:
         httpd = EngineHTTPServer((host, args.port), make_handler(service))
@@ -194,8 +188,9 @@ def serve_main(args: Any) -> int:
         tmp = pf.with_name(pf.name + ".tmp")
         tmp.write_text(f"{port}\n")
         tmp.replace(pf)
-    log.info("serving %s at http://%s:%d (state dir %s, device %s, %d torch threads, api key %s)",
-             engine.model_name, host, port, engine.state_dir, engine.device, torch.get_num_threads(),
+    log.info("serving %s at http://%s:%d (state dir %s, device %s, %s torch threads, api key %s)",
+             engine.model_name, host, port, engine.state_dir, engine.device,
+             str(engine.threads.most) if engine.threads.fixed else f"1 to {engine.threads.most} (by timing)",
              "required" if args.api_key else "not checked")
     try:
         httpd.serve_forever(poll_interval=0.2)
@@ -210,10 +205,6 @@ def serve_main(args: Any) -> int:
 
 def _remove_port_file(pf: Path) -> None:
     """Remove the port file, and its folder when LocalEngine made that folder for it alone."""
-    import shutil
-
-    from rft_runtime.engine.launcher import PORT_DIR_ENV
-
     pf.unlink(missing_ok=True)
     if os.environ.get(PORT_DIR_ENV) == "1":
         shutil.rmtree(pf.parent, ignore_errors=True)
@@ -229,15 +220,19 @@ def _exit_with_parent(parent: int, stop: Callable[[int, Any], None], stopped: th
 
 
 def compute_threads(engine: Any) -> int:
-    """Torch threads for the compute thread: RFT_ENGINE_THREADS, else 1 for small models and up to 8 otherwise.
+    """Torch threads for the compute thread: RFT_ENGINE_THREADS, else default_threads for the model's size."""
+    env = os.environ.get("RFT_ENGINE_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return default_threads(engine.tf.parameter_count())
+
+
+def default_threads(params: int) -> int:
+    """1 for models under 20M parameters, else one per core up to 8.
 
     A tiny model's matmuls are too small to split: with two threads on a shared two-core machine every
     layer waits on a thread barrier, and forward_backward and sample ran ten times slower than on one.
     """
-    env = os.environ.get("RFT_ENGINE_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    params = engine.tf.parameter_count()
     return 1 if params < 20_000_000 else max(1, min(os.cpu_count() or 1, 8))
 
 

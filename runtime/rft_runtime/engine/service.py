@@ -4,8 +4,6 @@ Requests are validated on the HTTP threads and answered at once with a future id
 order on one compute thread (calls on one training client must run in submission order, and the CPU has
 few cores to share anyway). `retrieve_future` long-polls until the result is ready, so a client waits one
 round trip, not a polling interval.
-
-Nothing here imports torch at module level: `rft engine serve` sets the OpenMP environment before torch loads.
 """
 
 from __future__ import annotations
@@ -20,7 +18,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from rft_runtime.engine import wire
 from rft_runtime.engine.errors import EngineError
+from rft_runtime.engine.losses import LossInputError
+from rft_runtime.engine.sampling import SamplingParamsError
 
 log = logging.getLogger("rft.engine")
 
@@ -169,11 +170,6 @@ class Service:
         return out
 
     def _work_loop(self) -> None:
-        # these modules import torch: loaded here, in the compute thread, after serve_main set the OpenMP environment
-        from rft_runtime.engine import wire
-        from rft_runtime.engine.losses import LossInputError
-        from rft_runtime.engine.sampling import SamplingParamsError
-
         while True:
             item = self.work.get()
             if item is None:
@@ -204,9 +200,6 @@ class Service:
     def _run_samples(self, items: list[WorkItem]) -> None:
         """Decode sample requests as one batch, which requests arriving meanwhile join; each future is
         answered as soon as its own sequences are done."""
-        from rft_runtime.engine import wire  # torch: see _work_loop
-        from rft_runtime.engine.sampling import SamplingParamsError
-
         started = time.perf_counter()
         pending: dict[int, WorkItem] = {id(item[1].job): item for item in items}
         counts = {"requests": len(items), "rows": sum(item[1].job.num_samples for item in items)}

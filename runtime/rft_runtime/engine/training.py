@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +13,21 @@ import torch
 from rft_runtime.engine import losses
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, LoraSpec
+from rft_runtime.engine.threads import ThreadTuner
 from rft_runtime.engine.transformer import Transformer
 
 log = logging.getLogger("rft.engine")
+
+# memory a forward_backward may keep for its backward at once (RFT_ENGINE_TRAIN_MB): bigger batches are run
+# in chunks of datums; 640 MB is about 650 tokens of SmolLM2-135M, enough for its matmuls' full speed
+TRAIN_MB = 640
+
+
+def train_chunk_tokens(tf: Transformer) -> int:
+    """Tokens one chunk of a forward_backward holds at most."""
+    env = os.environ.get("RFT_ENGINE_TRAIN_MB", "")
+    mb = int(env) if env.isdigit() and int(env) > 0 else TRAIN_MB
+    return max(1, mb * 2**20 // tf.activation_bytes())
 
 
 @dataclass
@@ -34,9 +47,10 @@ class TrainRun:
 class TrainingRuns:
     """Every training run of the engine, by model id."""
 
-    def __init__(self, tf: Transformer, new_adapter: Callable[[LoraSpec], Adapter]):
+    def __init__(self, tf: Transformer, new_adapter: Callable[[LoraSpec], Adapter], threads: ThreadTuner):
         self.tf = tf
         self.new_adapter = new_adapter
+        self.threads = threads
         self.runs: dict[str, TrainRun] = {}
 
     def create(self, model_id: str, base_model: str, lora: LoraSpec,
@@ -71,24 +85,49 @@ class TrainingRuns:
         """Run the loss over data; accumulate gradients unless forward_only. Returns outputs and metrics."""
         run = self.get(model_id)
         dev = self.tf.device
-        tokens = [d["tokens"] for d in data]
-        targets = [d["inputs"]["target_tokens"].long().tolist() for d in data]
-        with torch.set_grad_enabled(not forward_only):
-            logps = self.tf.logprobs(tokens, targets, run.adapter)
-            total = torch.zeros((), device=dev)
-            elementwise = []
-            for logp, d in zip(logps, data, strict=True):
-                inputs = {k: v.to(dev, dtype=torch.float32) for k, v in d["inputs"].items() if k != "target_tokens"}
-                per_token = losses.token_losses(loss_fn, logp, inputs, loss_cfg)
-                elementwise.append(per_token.detach())
-                total = total + per_token.sum()
-            if not forward_only and total.requires_grad:
-                total.backward()
-        return {
-            "logprobs": [lp.detach().float().cpu() for lp in logps],
-            "elementwise_loss": [e.float().cpu() for e in elementwise],
-            "metrics": {"loss:sum": float(total.detach())},
-        }
+        logps: list[torch.Tensor] = []
+        elementwise: list[torch.Tensor] = []
+        total = 0.0
+        # the loss is a sum over datums, so chunks of them give the same gradients as one pass, and bound the
+        # memory the backward keeps (train_chunk_tokens)
+        for chunk in self.chunks(data):
+
+            def one_chunk(chunk: list[dict[str, Any]] = chunk) -> tuple[list[torch.Tensor], torch.Tensor]:
+                tokens = [d["tokens"] for d in chunk]
+                targets = [d["inputs"]["target_tokens"].long().tolist() for d in chunk]
+                with torch.set_grad_enabled(not forward_only):
+                    chunk_logps = self.tf.logprobs(tokens, targets, run.adapter)
+                    loss = torch.zeros((), device=dev)
+                    for logp, d in zip(chunk_logps, chunk, strict=True):
+                        inputs = {k: v.to(dev, dtype=torch.float32) for k, v in d["inputs"].items()
+                                  if k != "target_tokens"}
+                        per_token = losses.token_losses(loss_fn, logp, inputs, loss_cfg)
+                        elementwise.append(per_token.detach().float().cpu())
+                        loss = loss + per_token.sum()
+                    if not forward_only and loss.requires_grad:
+                        loss.backward()
+                return chunk_logps, loss
+
+            chunk_logps, loss = self.threads.run("forward" if forward_only else "forward_backward", one_chunk,
+                                                 units=sum(len(d["tokens"]) for d in chunk))
+            logps += [lp.detach().float().cpu() for lp in chunk_logps]
+            total += float(loss.detach())
+        return {"logprobs": logps, "elementwise_loss": elementwise, "metrics": {"loss:sum": total}}
+
+    def chunks(self, data: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Consecutive datums in groups of at most train_chunk_tokens tokens (a longer datum alone)."""
+        budget = train_chunk_tokens(self.tf)
+        out: list[list[dict[str, Any]]] = []
+        size = 0
+        for d in data:
+            n = len(d["tokens"])
+            if out and size + n <= budget:
+                out[-1].append(d)
+                size += n
+            else:
+                out.append([d])
+                size = n
+        return out
 
     def optim_step(self, model_id: str, adam: dict[str, Any]) -> dict[str, Any]:
         """One AdamW step (decoupled weight decay, optional global-norm clipping); gradients are cleared."""

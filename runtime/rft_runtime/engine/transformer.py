@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, Target
+from rft_runtime.engine.train_ops import NormHead, NormLinear, SwiGLUDown
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -58,6 +60,10 @@ class KVCache:
         return self.k.shape[3]
 
 
+def _pair(pairs: Pairs, slot: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return pairs.get(slot) or (None, None)
+
+
 def _fused(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([w.detach() for w in weights]).t().contiguous()
 
@@ -72,8 +78,6 @@ class Transformer:
     """The weights of one causal LM and the three passes over them: training forward, prefill, decode step."""
 
     def __init__(self, model_dir: Path, device: torch.device):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         cfg = AutoConfig.from_pretrained(str(model_dir))
         arch = getattr(cfg, "model_type", "unknown")
         if arch not in SUPPORTED_ARCHS:
@@ -101,10 +105,13 @@ class Transformer:
             # free the module's copies as we go: peak memory stays one model plus one layer
             block.to_empty(device="meta")
         tied = hf.lm_head.weight is body.embed_tokens.weight or bool(getattr(cfg, "tie_word_embeddings", False))
+        # copies only (clone / contiguous): the loaded tensors may be views of the memory-mapped checkpoint,
+        # and one kept reference would keep the whole file mapped (hundreds of MB of resident memory)
         self.lm_head = hf.lm_head.weight.detach().t().contiguous().to(device)  # [hidden, vocab]
-        self.lm_head_bias = None if getattr(hf.lm_head, "bias", None) is None else hf.lm_head.bias.detach().to(device)
-        self.embed = self.lm_head.t() if tied else body.embed_tokens.weight.detach().to(device)
-        self.norm = body.norm.weight.detach().to(device)
+        bias = getattr(hf.lm_head, "bias", None)
+        self.lm_head_bias = None if bias is None else bias.detach().clone().to(device)
+        self.embed = self.lm_head.t() if tied else body.embed_tokens.weight.detach().clone().to(device)
+        self.norm = body.norm.weight.detach().clone().to(device)
         self.targets.append(Target("lm_head", "unembed", "lm_head", self.hidden, self.vocab))
         del hf, body
         self.groups: dict[str, list[str]] = {"attn": [], "mlp": [], "unembed": []}
@@ -192,14 +199,18 @@ class Transformer:
              pair: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [*, heads, D], k and v [*, kv_heads, D] of the normed hidden states, rotated."""
         x = F.rms_norm(h, (self.hidden,), layer.ln1, self.eps)
-        qkv = self._linear(x, layer.qkv, layer.qkv_bias, pair)
-        split = (self.heads + self.kv_heads) * self.head_dim
-        qk = qkv[:, :split].reshape(*shape, self.heads + self.kv_heads, self.head_dim)
+        return self._heads(layer, self._linear(x, layer.qkv, layer.qkv_bias, pair), shape, cos, sin)
+
+    def _heads(self, layer: Layer, qkv: torch.Tensor, shape: tuple[int, ...], cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (rotated) and v out of the fused q/k/v matmul's output."""
+        # split, not slices: the backward of a split is one concatenation, that of each slice a zero-filled copy
+        qk, v = qkv.split([(self.heads + self.kv_heads) * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        qk = qk.reshape(*shape, self.heads + self.kv_heads, self.head_dim)
         if layer.qk_norm is not None:
             qk = F.rms_norm(qk, (self.head_dim,), None, self.eps) * layer.qk_norm
-        qk = self._rotate(qk, cos, sin)
-        v = qkv[:, split:].reshape(*shape, self.kv_heads, self.head_dim)
-        return qk[..., : self.heads, :], qk[..., self.heads:, :], v
+        q, k = self._rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=-2)
+        return q, k, v.reshape(*shape, self.kv_heads, self.head_dim)
 
     def _mlp(self, layer: Layer, h: torch.Tensor, pairs: Pairs, i: int) -> torch.Tensor:
         x = F.rms_norm(h, (self.hidden,), layer.ln2, self.eps)
@@ -229,14 +240,13 @@ class Transformer:
     def _attend_full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention over whole sequences: q [B, T, H, D], k/v [B, T, KV, D] -> [B*T, H*D]."""
         b, t = q.shape[0], q.shape[1]
-        group = self.heads // self.kv_heads
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if group > 1:
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        # grouped-query attention inside the kernel: no repeated keys and values kept for the backward
+        gqa = self.heads != self.kv_heads
         if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return out.transpose(1, 2).reshape(b * t, self.heads * self.head_dim)
 
     # ------------------------------------------------------------------ passes
@@ -260,11 +270,19 @@ class Transformer:
             h = self._mlp(layer, h, pairs, i)
         return h
 
+    def activation_bytes(self) -> int:
+        """Memory one token of a forward_backward keeps for its backward (train_ops keeps per layer the
+        input, q/k/v, the rotated q/k, the attention's output, the mid-layer state and gate/up; then logits)."""
+        qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
+        per_layer = 3 * self.hidden + qkv + (self.heads + self.kv_heads) * self.head_dim + 2 * self.layers[0].down.shape[0]
+        return 4 * (len(self.layers) * per_layer + self.vocab + self.hidden)
+
     def logprobs(self, tokens: list[list[int]], targets: list[list[int]], adapter: Adapter | None) -> list[torch.Tensor]:
         """Per sequence, log p(target_t | tokens_<=t) (differentiable w.r.t. the adapter when grad is on).
 
         Sequences are right-padded: attention is causal, so no real token sees a pad, and without a mask
-        the attention takes its fused causal path. Logits are computed for real positions only."""
+        the attention takes its fused causal path. Logits are computed for real positions only, by the fused
+        pieces of train_ops (which keep less for the backward than autograd over the plain ops would)."""
         lengths = [len(t) for t in tokens]
         width = max(lengths)
         ids = torch.zeros((len(tokens), width), dtype=torch.long)
@@ -277,10 +295,23 @@ class Transformer:
         ids, tgt, real = ids.to(self.device), tgt.to(self.device), real.to(self.device)
         positions = torch.arange(width, device=self.device).expand(len(tokens), width)
         pairs = self._pairs(adapter, frozen=False)
-        h = self._forward(ids, positions, pairs, None)
+        b, t = ids.shape
+        h = F.embedding(ids, self.embed).reshape(b * t, self.hidden)
+        cos, sin = self._rope(positions)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for i, layer in enumerate(self.layers):
+            qkv = NormLinear.apply(h, layer.ln1, self.eps, layer.qkv, layer.qkv_bias, *_pair(pairs, f"{i}.qkv"))
+            q, k, v = self._heads(layer, qkv, (b, t), cos, sin)
+            if layer.window not in masks:
+                masks[layer.window] = self._mask(None, t, layer.window)
+            attn = self._attend_full(q, k, v, masks[layer.window])
+            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h)
+            gate_up = NormLinear.apply(h, layer.ln2, self.eps, layer.gate_up, layer.gate_up_bias,
+                                       *_pair(pairs, f"{i}.gate_up"))
+            h = SwiGLUDown.apply(gate_up, h, layer.down, layer.down_bias, *_pair(pairs, f"{i}.down"))
         flat = real.reshape(-1)
-        logits = self._logits(h[flat], pairs)
-        logp = -F.cross_entropy(logits, tgt.reshape(-1)[flat], reduction="none")
+        logp = NormHead.apply(h[flat], self.norm, self.eps, self.lm_head, self.lm_head_bias,
+                              *_pair(pairs, "lm_head"), tgt.reshape(-1)[flat])
         return list(torch.split(logp, lengths))
 
     @staticmethod
