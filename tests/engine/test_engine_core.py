@@ -113,6 +113,33 @@ def test_a_padded_batch_gives_each_datum_the_logprobs_it_gets_alone(engine, tiny
         assert torch.allclose(got, alone, atol=1e-5)
 
 
+def test_a_batch_too_big_for_one_pass_trains_in_chunks_with_the_same_gradients(engine, tiny_model_dir, monkeypatch):
+    from rft_runtime.engine.training import train_chunk_tokens
+
+    seqs = [list(range(5 + i, 45 + 3 * i)) for i in range(6)]
+    data = [{"tokens": s[:-1], "inputs": {"target_tokens": torch.tensor(s[1:]), "advantages": torch.ones(len(s) - 1)
+                                          * (1 if i % 2 else -0.5), "logprobs": torch.full((len(s) - 1,), -3.0)}}
+            for i, s in enumerate(seqs)]
+    results = {}
+    for mb in ("1000", "1"):  # everything in one pass; then a budget of a few datums a chunk
+        monkeypatch.setenv("RFT_ENGINE_TRAIN_MB", mb)
+        engine.create_run(f"chunks-{mb}", str(tiny_model_dir), LoraSpec(4, 5))
+        training = engine.training
+        chunks = training.chunks(data)
+        assert [d for c in chunks for d in c] == data
+        assert len(chunks) == 1 if mb == "1000" else len(chunks) >= 3
+        assert all(sum(len(d["tokens"]) for d in c) <= train_chunk_tokens(engine.tf) for c in chunks)
+        out = training.forward_backward(f"chunks-{mb}", data, "ppo", {}, False)
+        results[mb] = (out, [p.grad.clone() for _, p in training.get(f"chunks-{mb}").params])
+    assert train_chunk_tokens(engine.tf) == max(1, 2**20 // engine.tf.activation_bytes())
+    (one, grads_one), (many, grads_many) = results["1000"], results["1"]
+    assert one["metrics"]["loss:sum"] == pytest.approx(many["metrics"]["loss:sum"], rel=1e-5)
+    for a, b in zip(one["logprobs"] + one["elementwise_loss"], many["logprobs"] + many["elementwise_loss"], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(grads_one, grads_many, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_finishing_a_session_frees_its_adapters_but_keeps_its_checkpoints(engine, tiny_model_dir):
     engine.create_run("sess-x:train:0", str(tiny_model_dir), LoraSpec(2, 0))
     path = engine.save("sess-x:train:0", "kept", "weights")

@@ -7,8 +7,8 @@ twice the tokens fits the same memory, and they make fewer passes over memory:
 
 - NormLinear: rms_norm(h) @ W (+ bias) + LoRA; keeps h and the norm's scale, recomputes the normed input.
 - SwiGLUDown: h + (silu(gate) * up) @ W_down (+ bias) + LoRA; keeps the gate/up matmul's output only.
-- NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the logits alone and turns
-  them into their own gradient in place, skipping rows whose gradient is zero (prompt tokens, zero weights).
+- NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the log-softmax alone and
+  turns it into the logits' gradient in place, skipping rows whose gradient is zero (prompt tokens, zero weights).
 
 A LoRA pair is (A^T [in, r], scaling * B^T [r, out]) as lora.Adapter.pair gives it; tests/engine/
 test_train_ops.py checks every gradient against autograd's with gradcheck.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# rows of the [tokens, vocab] logits handled at a time in the head: bounds the temporaries of logsumexp
+# rows of the [tokens, vocab] logits handled at a time in the head: bounds the temporaries of log_softmax
 HEAD_BLOCK = 128
 
 
@@ -46,6 +46,13 @@ def _lora_backward(grad: torch.Tensor, x: Any, xa: torch.Tensor, a_t: torch.Tens
     grad_a = torch.mm((x() if callable(x) else x).t(), grad_xa) if need[0] else None
     grad_b = torch.mm(xa.t(), grad) if need[1] else None
     return grad_a, grad_b
+
+
+def _log_softmax_(logits: torch.Tensor) -> None:
+    """logits <- log_softmax(logits) over the last dimension, a block of rows at a time (bounded temporaries)."""
+    for i in range(0, logits.shape[0], HEAD_BLOCK):
+        block = logits[i:i + HEAD_BLOCK]
+        block.copy_(torch.log_softmax(block, dim=-1))
 
 
 class NormLinear(torch.autograd.Function):
@@ -126,33 +133,32 @@ class NormHead(torch.autograd.Function):
         if a_t is not None:
             xa = torch.mm(xn, a_t)
             logits.addmm_(xa, b_t)
-        lse = torch.cat([torch.logsumexp(logits[i:i + HEAD_BLOCK], dim=-1)
-                         for i in range(0, logits.shape[0], HEAD_BLOCK)])
-        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-        ctx.save_for_backward(h, rstd, ln, weight, a_t, b_t, xa, targets, lse)
-        ctx.logits = logits  # consumed by the backward, which turns it into the logits' gradient in place
+        _log_softmax_(logits)
+        logp = logits.gather(-1, targets[:, None]).squeeze(-1)
+        ctx.save_for_backward(h, rstd, ln, weight, a_t, b_t, xa, targets)
+        ctx.logp = logits  # consumed by the backward, which turns it into the logits' gradient in place
         ctx.eps, ctx.bias = eps, bias
         return logp
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        h, rstd, ln, weight, a_t, b_t, xa, targets, lse = ctx.saved_tensors
-        logits, ctx.logits = ctx.logits, None
-        if logits is None:  # a second backward through the same graph (retain_graph): compute them again
+        h, rstd, ln, weight, a_t, b_t, xa, targets = ctx.saved_tensors
+        logp, ctx.logp = ctx.logp, None
+        if logp is None:  # a second backward through the same graph (retain_graph): compute them again
             xn = _rms(h, ln, ctx.eps)[0]
-            logits = torch.mm(xn, weight) if ctx.bias is None else torch.addmm(ctx.bias, xn, weight)
+            logp = torch.mm(xn, weight) if ctx.bias is None else torch.addmm(ctx.bias, xn, weight)
             if a_t is not None:
-                logits.addmm_(xa, b_t)
+                logp.addmm_(xa, b_t)
+            _log_softmax_(logp)
         rows = grad.nonzero().squeeze(-1)
         if rows.numel() < grad.shape[0]:  # prompt tokens and zero weights send nothing back
-            logits, grad, lse, targets = logits[rows], grad[rows], lse[rows], targets[rows]
+            logp, grad, targets = logp[rows], grad[rows], targets[rows]
             xa = xa[rows] if xa is not None else None
         # d logp / d logits = onehot(target) - softmax(logits), times each row's incoming gradient
-        for i in range(0, logits.shape[0], HEAD_BLOCK):
-            block = logits[i:i + HEAD_BLOCK]
-            block.sub_(lse[i:i + HEAD_BLOCK, None]).exp_().mul_(-grad[i:i + HEAD_BLOCK, None])
-        logits.scatter_add_(-1, targets[:, None], grad[:, None])
-        grad_logits = logits
+        for i in range(0, logp.shape[0], HEAD_BLOCK):
+            logp[i:i + HEAD_BLOCK].exp_().mul_(-grad[i:i + HEAD_BLOCK, None])
+        logp.scatter_add_(-1, targets[:, None], grad[:, None])
+        grad_logits = logp
         grad_xn = torch.mm(grad_logits, weight.t())
         grad_a = grad_b = None
         if a_t is not None:
