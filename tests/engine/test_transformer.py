@@ -96,3 +96,19 @@ def test_an_architecture_the_engine_does_not_run_is_refused_by_name(tmp_path):
     AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(EngineError, match=r"model_type 'gpt2' is not supported.*llama, qwen2, qwen3, mistral"):
         Transformer(tmp_path / "gpt2", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", ["bf16-shards", "pytorch-bin"])
+def test_bf16_sharded_and_pytorch_bin_checkpoints_load_as_the_model_does(tmp_path, layout):
+    _, hf = _model_dir(tmp_path, "llama")
+    if layout == "bf16-shards":  # what most published checkpoints are: bfloat16, in several files
+        hf.to(torch.bfloat16).save_pretrained(tmp_path / layout, max_shard_size="60KB")
+        assert (tmp_path / layout / "model.safetensors.index.json").exists()
+        hf = hf.float()
+    else:
+        hf.save_pretrained(tmp_path / layout, safe_serialization=False)
+    tf = Transformer(tmp_path / layout, torch.device("cpu"))
+    ids = torch.arange(3, 15)
+    with torch.no_grad():
+        want = torch.log_softmax(hf(input_ids=ids[None]).logits[0, :-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
+    assert torch.allclose(tf.logprobs([ids[:-1].tolist()], [ids[1:].tolist()], None)[0], want, atol=1e-5)

@@ -178,6 +178,12 @@ def serve_main(args: Any) -> int:
             log.info("signal %d: stopping", signum)
             threading.Thread(target=httpd.shutdown, daemon=True).start()
 
+    def _serve() -> None:
+        try:
+            httpd.serve_forever(poll_interval=0.2)
+        finally:
+            service.stop()  # the compute loop on the main thread returns once the work before this is done
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     parent = os.environ.get(PARENT_ENV)
@@ -192,11 +198,16 @@ def serve_main(args: Any) -> int:
              engine.model_name, host, port, engine.state_dir, engine.device,
              str(engine.threads.most) if engine.threads.fixed else f"1 to {engine.threads.most} (by timing)",
              "required" if args.api_key else "not checked")
+    http = threading.Thread(target=_serve, name="rft-engine-http", daemon=True)
+    http.start()
     try:
-        httpd.serve_forever(poll_interval=0.2)
+        service.run()
     finally:
+        if not stop_once.is_set():  # the compute loop ended on its own: stop serving too
+            stop_once.set()
+            httpd.shutdown()
+        http.join(timeout=30)
         httpd.server_close()
-        service.stop()
         if args.port_file:
             _remove_port_file(Path(args.port_file))
         log.info("stopped")

@@ -127,7 +127,7 @@ class WorkQueue:
 
 
 class Service:
-    """Protocol state: sessions, futures, and the compute thread in front of the Engine."""
+    """Protocol state: sessions, futures, and the compute queue in front of the Engine (run() works it off)."""
 
     def __init__(self, engine: Any, api_key: str | None):
         self.engine = engine
@@ -144,8 +144,6 @@ class Service:
         self.stats: dict[str, list[float]] = {}
         self.long_poll_s = float(os.environ.get("RFT_ENGINE_LONG_POLL_S") or LONG_POLL_S)
         self.try_agains = 0
-        self.worker = threading.Thread(target=self._work_loop, name="rft-engine-compute", daemon=True)
-        self.worker.start()
 
     # ------------------------------------------------------------------ futures
 
@@ -169,7 +167,11 @@ class Service:
             out.update(extra)
         return out
 
-    def _work_loop(self) -> None:
+    def run(self) -> None:
+        """The compute loop: run queued work in order until stop(). `rft engine serve` runs it on the main
+        thread, the one that loaded the model: its memory is reused (a second thread allocates from another
+        malloc arena, and a forward_backward then grew the process by 200 MB more) and torch's threads are
+        the ones it already started."""
         while True:
             item = self.work.get()
             if item is None:
@@ -266,6 +268,5 @@ class Service:
         return None
 
     def stop(self) -> None:
-        """Let the compute thread finish what it is doing and end."""
+        """Let the compute loop finish what it is doing and return."""
         self.work.put(None)
-        self.worker.join(timeout=30)

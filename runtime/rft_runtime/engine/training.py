@@ -19,9 +19,9 @@ from rft_runtime.engine.transformer import Transformer
 log = logging.getLogger("rft.engine")
 
 # memory a forward_backward may keep for its backward at once (RFT_ENGINE_TRAIN_MB): bigger batches are run
-# in chunks of datums. 512 MB is about 550 tokens of SmolLM2-135M: its matmuls ran as fast at 464 rows as at 928
-# (340 against 334 GFLOP/s on 2 cores), and the engine's peak stays under 2 GiB (at 640 MB it reached 2016 MiB)
-TRAIN_MB = 512
+# in chunks of datums. 384 MB is about 440 tokens of SmolLM2-135M: its matmuls ran as fast at 464 rows as at
+# 928 (340 against 334 GFLOP/s on 2 cores), and the engine (1.4 GB with the decoding copies) peaks under 2 GiB
+TRAIN_MB = 384
 
 
 def train_chunk_tokens(tf: Transformer) -> int:
