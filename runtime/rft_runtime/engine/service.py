@@ -90,6 +90,13 @@ class WorkQueue:
             self.items.append(item)
             self.cond.notify()
 
+    def stop(self) -> None:
+        """Drop everything queued and have get() answer None next."""
+        with self.cond:
+            self.items.clear()
+            self.items.append(None)
+            self.cond.notify()
+
     def get(self) -> WorkItem | None:
         """The oldest item, waiting for one."""
         with self.cond:
@@ -268,5 +275,6 @@ class Service:
         return None
 
     def stop(self) -> None:
-        """Let the compute loop finish what it is doing and return."""
-        self.work.put(None)
+        """Let the compute loop finish the work it is doing and return; queued work is dropped (the process
+        is ending, and its clients with it)."""
+        self.work.stop()
