@@ -102,6 +102,30 @@ def test_evicted_sampler_adapters_come_back_from_disk_unchanged(engine, tiny_mod
         assert [s.tokens for s in engine.samplers.sample(f"lru-{i}", tokens[:5], 2, spec, False)[0]] == first[i]
 
 
+def test_snapshot_samplers_of_an_rl_loop_do_not_pile_up_in_memory(engine, tiny_model_dir, monkeypatch):
+    from rft_runtime.engine import samplers
+    from rft_runtime.engine.sampling import parse_spec
+
+    engine.create_run("loop", str(tiny_model_dir), LoraSpec(8, 6))
+    one = engine.training.get("loop").adapter.state()
+    budget_mb = 3 * sum(t.numel() * 4 for t in one.values()) / 2**20  # room for three adapters
+    monkeypatch.setattr(samplers, "MAX_SAMPLER_ADAPTER_MB", budget_mb)
+    tokens = list(range(20, 40))
+    data = [{"tokens": tokens[:-1], "inputs": {"target_tokens": torch.tensor(tokens[1:])}}]
+    spec = parse_spec({"max_tokens": 4, "seed": 3, "stop": []}, engine.eos_ids, engine.max_context)
+    first = None
+    for step in range(6):  # train, snapshot, sample: what an RL loop does every step
+        engine.training.forward_backward("loop", data, "cross_entropy", {}, False)
+        engine.training.optim_step("loop", {"learning_rate": 0.05})
+        engine.snapshot_sampler("loop", f"loop-s{step}")
+        out = engine.samplers.sample(f"loop-s{step}", tokens[:5], 2, spec, False)[0]
+        first = first or [s.tokens for s in out]
+        assert len(engine.samplers.adapters) <= 3
+    # the oldest snapshot was evicted from memory and comes back from its file unchanged
+    assert "snapshot:loop-s0" not in engine.samplers.adapters
+    assert [s.tokens for s in engine.samplers.sample("loop-s0", tokens[:5], 2, spec, False)[0]] == first
+
+
 def test_a_padded_batch_gives_each_datum_the_logprobs_it_gets_alone(engine, tiny_model_dir):
     engine.create_run("pad", str(tiny_model_dir), LoraSpec(4, 3))
     seqs = [list(range(5, 40)), list(range(60, 70)), list(range(100, 125))]
@@ -143,9 +167,11 @@ def test_a_batch_too_big_for_one_pass_trains_in_chunks_with_the_same_gradients(e
 def test_finishing_a_session_frees_its_adapters_but_keeps_its_checkpoints(engine, tiny_model_dir):
     engine.create_run("sess-x:train:0", str(tiny_model_dir), LoraSpec(2, 0))
     path = engine.save("sess-x:train:0", "kept", "weights")
-    engine.snapshot_sampler("sess-x:train:0", "sess-x:sample:0")
+    snapshot = engine.snapshot_sampler("sess-x:train:0", "sess-x:sample:0").snapshot
+    assert snapshot.exists() and snapshot.parent == engine.state_dir / ".snapshots"  # on disk, not in memory
     engine.create_run("sess-y:train:0", str(tiny_model_dir), LoraSpec(2, 0))
     assert engine.drop_session("sess-x") == 2
+    assert not snapshot.exists()
     assert "sess-x:train:0" not in engine.training.runs and "sess-x:sample:0" not in engine.samplers.sessions
     assert "sess-y:train:0" in engine.training.runs
     assert engine.checkpoints.find(path)[1] == "weights"

@@ -45,6 +45,7 @@ class Checkpoints:
 
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
+        shutil.rmtree(self.snapshot_dir, ignore_errors=True)
 
     def path_of(self, model_id: str, kind: str, name: str) -> Path:
         """Where a checkpoint lives (whether or not it exists)."""
@@ -104,6 +105,20 @@ class Checkpoints:
                             "tinker_path": f"tinker://{model_id}/{kind}/{d.name}", "size_bytes": size,
                             "user_metadata": meta.get("user_metadata") or None})
         return out
+
+    def write_snapshot(self, sampler_id: str, adapter: dict[str, torch.Tensor]) -> Path:
+        """Keep a snapshot sampler's weights on disk (not in memory) while its session lives; returns the file."""
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        path = self.snapshot_dir / (sampler_id.replace("/", "_").replace(":", "_") + ".safetensors")
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in adapter.items()}, str(tmp))
+        tmp.replace(path)
+        return path
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Where snapshot samplers' weights wait (emptied when an engine starts: no session outlives it)."""
+        return self.state_dir / ".snapshots"
 
     def delete(self, path: str) -> None:
         """Remove a saved checkpoint (404 when there is none)."""

@@ -195,8 +195,12 @@ class Engine:
     def snapshot_sampler(self, model_id: str, sampler_id: str) -> Sampler:
         """A sampling session on the training run's current weights (save_weights_and_get_sampling_client)."""
         run = self.training.get(model_id)
-        return self.samplers.add(Sampler(sampler_id, base_model=run.base_model, lora=run.lora,
-                                         snapshot=run.adapter.state()))
+        state = run.adapter.state()
+        adapter = self.new_adapter(run.lora)
+        adapter.load_state(state)
+        path = self.checkpoints.write_snapshot(sampler_id, state)
+        return self.samplers.add_snapshot(Sampler(sampler_id, base_model=run.base_model, lora=run.lora,
+                                                  snapshot=path), adapter)
 
     def drop_session(self, session_id: str) -> int:
         """Free the adapters of a finished session's training runs and samplers (checkpoints stay on disk)."""

@@ -117,6 +117,18 @@ class Adapter:
                                 for slot in self.slots}
         return self._frozen
 
+    def freeze(self) -> Adapter:
+        """Keep only the frozen pairs (a sampler's adapter: half the memory); returns self."""
+        self.frozen()
+        self.a.clear()
+        self.b.clear()
+        return self
+
+    def nbytes(self) -> int:
+        """Memory the adapter's tensors take."""
+        tensors = [t for pair in (self._frozen or {}).values() for t in pair] + list(self.a.values()) + list(self.b.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     @property
     def slot_names(self) -> Iterable[str]:
         """The slots this adapter covers."""
