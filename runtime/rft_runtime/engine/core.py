@@ -1,6 +1,6 @@
 """The model side of the engine: one base model, one LoRA adapter per training run and per sampler.
 
-Engine loads the model and tokenizer and holds the four parts that do the work: training runs
+Engine loads the model and holds the four parts that do the work: training runs
 (training.py), checkpoints on disk (checkpoints.py), samplers and their batched decoding (samplers.py,
 decode.py), all over one Transformer (transformer.py). Its own methods are the ones that cross parts: saving
 and loading a run, snapshots, a session's end.
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from rft_runtime.engine import memory
 from rft_runtime.engine.checkpoints import Checkpoints, check_name
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, LoraSpec
@@ -52,7 +53,7 @@ class Engine:
         state.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.max_rank = max_rank
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self._tokenizer: Any = None
         self.tf = Transformer(self.model_dir, self.device)
         self.arch = self.tf.arch
         self.vocab_size = self.tf.vocab
@@ -63,14 +64,27 @@ class Engine:
             eos = None
         eos = eos if eos is not None else getattr(self.tf.config, "eos_token_id", None)
         eos = eos if eos is not None else self.tokenizer.eos_token_id
+        memory.release()  # what the load freed (its transposing copies)
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         self.model_name = str(self.model_dir)
         self.checkpoints = Checkpoints(state)
         # in process: torch's thread count as it is; `rft engine serve` configures the tuner
         self.threads = ThreadTuner(torch.get_num_threads(), fixed=True)
         self.training = TrainingRuns(self.tf, self.new_adapter, self.threads)
-        self.samplers = Samplers(self.tf, self.checkpoints, self.new_adapter, self.tokenizer.decode, self.max_context,
+        self.samplers = Samplers(self.tf, self.checkpoints, self.new_adapter, self.decode_text, self.max_context,
                                  self.threads)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, loaded on first use (stop strings, an EOS the configs do not name): 110 MB of
+        resident memory for SmolLM2-135M that most engines never need."""
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        return self._tokenizer
+
+    def decode_text(self, tokens: list[int]) -> str:
+        """Token ids as text (stop strings are matched on it)."""
+        return self.tokenizer.decode(tokens)
 
     @property
     def state_dir(self) -> Path:

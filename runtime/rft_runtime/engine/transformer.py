@@ -73,15 +73,32 @@ def _fused(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(weights).t().contiguous()
 
 
-def _rotary(cfg: Any, device: torch.device) -> Any:
-    """The architecture's own rotary-embedding module (every RoPE variant its config can name)."""
-    import importlib
+class Rotary:
+    """RoPE as the config names it: inverse frequencies from transformers' own table of RoPE variants, without
+    importing the model's modeling module (137 MB of resident memory for what is a few lines)."""
 
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    def __init__(self, cfg: Any, device: torch.device):
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    prefix = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg.model_type].removesuffix("ForCausalLM")
-    module = importlib.import_module(f"transformers.models.{cfg.model_type}.modeling_{cfg.model_type}")
-    return getattr(module, f"{prefix}RotaryEmbedding")(config=cfg).to(device)
+        params = getattr(cfg, "rope_parameters", None) or {"rope_type": "default",
+                                                            "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+        rope_type = params.get("rope_type", "default")
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if rope_type == "default":
+            inv_freq = 1.0 / (params["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+            self.scaling = 1.0
+        elif rope_type == "longrope":  # switches factors by sequence length: a variant none of ours uses
+            raise EngineError(f"rope_type {rope_type!r} is not supported by the local engine")
+        else:
+            # "dynamic" changes its frequencies only past max_position_embeddings, which the engine never reaches
+            inv_freq, self.scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg, device)
+        self.inv_freq = inv_freq.to(device=device, dtype=torch.float32)
+
+    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [..., head_dim] for positions [...]."""
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos() * self.scaling, emb.sin() * self.scaling
 
 
 class Transformer:
@@ -105,7 +122,7 @@ class Transformer:
         self.hidden = cfg.hidden_size
         self.eps = float(cfg.rms_norm_eps)
         self.vocab = cfg.vocab_size
-        self.rotary = _rotary(cfg, device)
+        self.rotary = Rotary(cfg, device)
         # A decoding step multiplies a few rows by every weight, so its speed is the speed the weights stream
         # from memory. oneDNN's packed layout streams the wide ones (q/k/v, gate/up, lm_head) 1.6-1.7x faster
         # than the BLAS reads [in, out] (8 rows, one thread; training-sized matmuls gain nothing), so decoding
@@ -210,7 +227,7 @@ class Transformer:
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for positions [..., T] (the model's own rotary module, so every RoPE variant
         the config names is honoured), shaped to broadcast over heads."""
-        cos, sin = self.rotary(self.norm, positions)
+        cos, sin = self.rotary(positions)
         return cos.unsqueeze(-2), (sin * self._rot_sign).unsqueeze(-2)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
