@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from rft_runtime.engine import wire
+from rft_runtime.engine import memory, wire
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.losses import LossInputError
 from rft_runtime.engine.sampling import SamplingParamsError
@@ -258,6 +258,7 @@ class Service:
         if counts["requests"] > 1:
             log.debug("decoded %d sample requests (%d sequences) in one batch: %.2fs", counts["requests"],
                       counts["rows"], time.perf_counter() - started)
+        memory.release()  # a batch's caches and joins leave freed pieces the next call rarely fits
         self.stats.setdefault("sample_batch_rows", []).append(float(counts["rows"]))
         for label in ("sample", "sample_batch_rows"):
             if len(self.stats[label]) > 1000:
