@@ -13,7 +13,7 @@ through the SDK: forward_backward, optim_step and sample (8 x 64 tokens) medians
 the engine process's peak RSS, and the concurrent-sampling row: 8 concurrent sample(num_samples=1) calls
 against one sample(num_samples=8) call, same prompt and length (the target is at most 1.5x).
 
-On the real model the same rounds also time its peers in this process: Hugging Face `generate` (8 rows x 64
+On the real model the same run also times its peers in this process, right after the engine's rounds: Hugging Face `generate` (8 rows x 64
 tokens from a 20-token prompt, the whole vocabulary, no early stop) on the plain model and on a peft LoRA
 model of the same rank, and peft forward + backward on the same datums; and the machine's float32 matmul
 rate, from which the FLOP bounds follow (2 N per sampled token, 4 N T for a forward_backward whose base is
@@ -246,8 +246,8 @@ def bench_model(model_dir: Path, root: Path, seqs: list[list[int]], args: argpar
                 iters: int, peers: bool) -> dict[str, float]:
     """Through the SDK on one model: fb / optim / sample 8 x 64 medians (s), tokens/s, peak RSS, and the
     median wall of 8 concurrent single-sample calls against one 8-sample call. With peers: Hugging Face
-    generate (plain and with peft LoRA) and peft forward_backward on the same inputs, timed in the same
-    rounds (interleaved, so a change of machine load hits all alike), and the FLOP bounds."""
+    generate (plain and with peft LoRA) and peft forward_backward on the same inputs, timed right after the
+    engine's rounds (in this process, the engine idle), and the FLOP bounds."""
     import tinker
     import torch
     from tinker import types
@@ -281,18 +281,20 @@ def bench_model(model_dir: Path, root: Path, seqs: list[list[int]], args: argpar
             fn()
             times.setdefault(label, []).append(time.perf_counter() - t0)
 
-        if hf is not None:
-            torch.set_num_threads(int(os.environ.get("RFT_ENGINE_THREADS") or default_threads(hf.weights)))
-            hf.generate(hf.plain, prompt_ids, 8, 4, 0)  # warm-up
-            hf.generate(hf.lora, prompt_ids, 8, 4, 0)
-            hf.forward_backward(seqs)
         for r in range(iters):
             timed_once("forward_backward", lambda: tc.forward_backward(data, "cross_entropy").result())
             timed_once("optim_step", lambda: tc.optim_step(types.AdamParams(learning_rate=1e-4)).result())
             timed_once("sample 8x64", lambda r=r: sampler.sample(prompt, 8, params(r)).result())
             timed_once("8 concurrent x 1x64", lambda r=r: [f.result() for f in [
                 sampler.sample(prompt, 1, params(100 * r + i)) for i in range(8)]])
-            if hf is not None:
+        if hf is not None:
+            # after the engine's rounds, not between them: this process's OpenMP threads, still spinning after
+            # a Hugging Face call, took cores from the engine (its sample took 11.8 s interleaved, 4.1 s alone)
+            torch.set_num_threads(int(os.environ.get("RFT_ENGINE_THREADS") or default_threads(hf.weights)))
+            hf.generate(hf.plain, prompt_ids, 8, 4, 0)  # warm-up
+            hf.generate(hf.lora, prompt_ids, 8, 4, 0)
+            hf.forward_backward(seqs)
+            for r in range(iters):
                 timed_once("HF generate", lambda r=r: hf.generate(hf.plain, prompt_ids, 8, tokens, r))
                 timed_once("HF+LoRA generate", lambda r=r: hf.generate(hf.lora, prompt_ids, 8, tokens, r))
                 timed_once("HF+LoRA forward_backward", lambda: hf.forward_backward(seqs))
@@ -301,6 +303,10 @@ def bench_model(model_dir: Path, root: Path, seqs: list[list[int]], args: argpar
         out["fb tokens/s"] = train_tokens / out["forward_backward"]
         out["sample tokens/s"] = 8 * tokens / out["sample 8x64"]
         out["peak RSS MiB"] = peak_rss_mib(engine.pid)
+        # the engine's thread tuner says when it changed its choice (one or more threads): a busy machine shows
+        switches = [line.split("rft.engine: ", 1)[-1] for line in engine.log_tail(100_000).splitlines()
+                    if "torch threads now" in line]
+        print(f"  {model_dir.name}: thread choices of the engine: {'; '.join(switches) or 'none changed'}")
         if hf is not None:
             rate = matmul_rate(torch.get_num_threads())
             out["matmul GFLOP/s"] = rate
@@ -389,7 +395,7 @@ def main() -> int:
             peers = name != "tiny" and not args.no_peers
             print(f"{name}: {args.batch} datums x ~{statistics.mean(map(len, mseqs)):.0f} tokens per "
                   f"forward_backward, {args.real_iters} timed rounds"
-                  + (", Hugging Face peers in the same rounds" if peers else ""), flush=True)
+                  + (", then Hugging Face peers in as many" if peers else ""), flush=True)
             results[name] = bench_model(mdir, root / f"{name}-run", mseqs, args, args.real_iters, peers)
             if peers:
                 print_peers(name, results[name], args.prompt_tokens)
