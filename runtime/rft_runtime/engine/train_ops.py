@@ -25,6 +25,22 @@ import torch.nn.functional as F
 HEAD_BLOCK = 128
 
 
+def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w in float32; a bfloat16 w (the frozen base weights, see transformer.base_dtype) multiplies x
+    rounded to bfloat16, accumulating in float32."""
+    if w.dtype == x.dtype:
+        return torch.mm(x, w)
+    return torch.mm(x.to(w.dtype), w).float()
+
+
+def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ w (+ bias), float32."""
+    if w.dtype == x.dtype:
+        return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
+    out = mm(x, w)
+    return out if bias is None else out.add_(bias)
+
+
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(h) * weight, the per-row scale rstd)."""
     return torch.ops.aten._fused_rms_norm(h, [h.shape[-1]], weight, eps)
@@ -62,7 +78,7 @@ class NormLinear(torch.autograd.Function):
     def forward(ctx: Any, h: torch.Tensor, ln: torch.Tensor, eps: float, weight: torch.Tensor,
                 bias: torch.Tensor | None, a_t: torch.Tensor | None, b_t: torch.Tensor | None) -> torch.Tensor:
         xn, rstd = _rms(h, ln, eps)
-        out = torch.mm(xn, weight) if bias is None else torch.addmm(bias, xn, weight)
+        out = _base(xn, weight, bias)
         xa = None
         if a_t is not None:
             xa = torch.mm(xn, a_t)
@@ -74,7 +90,7 @@ class NormLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         h, rstd, ln, weight, a_t, b_t, xa = ctx.saved_tensors
-        grad_xn = torch.mm(grad, weight.t())
+        grad_xn = mm(grad, weight.t())
         grad_a = grad_b = None
         if a_t is not None:
             grad_a, grad_b = _lora_backward(grad, lambda: _rms(h, ln, ctx.eps)[0], xa, a_t, b_t, grad_xn,
@@ -91,7 +107,7 @@ class SwiGLUDown(torch.autograd.Function):
                 a_t: torch.Tensor | None, b_t: torch.Tensor | None) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate).mul_(up)
-        out = torch.addmm(h, act, weight)
+        out = torch.addmm(h, act, weight) if weight.dtype == act.dtype else mm(act, weight).add_(h)
         if bias is not None:
             out += bias
         xa = None
@@ -106,7 +122,7 @@ class SwiGLUDown(torch.autograd.Function):
         gate_up, weight, a_t, b_t, xa = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
         silu = F.silu(gate)
-        grad_act = torch.mm(grad, weight.t())
+        grad_act = mm(grad, weight.t())
         grad_a = grad_b = None
         if a_t is not None:
             grad_a, grad_b = _lora_backward(grad, lambda: silu * up, xa, a_t, b_t, grad_act,
@@ -128,7 +144,7 @@ class NormHead(torch.autograd.Function):
                 bias: torch.Tensor | None, a_t: torch.Tensor | None, b_t: torch.Tensor | None,
                 targets: torch.Tensor) -> torch.Tensor:
         xn, rstd = _rms(h, ln, eps)
-        logits = torch.mm(xn, weight) if bias is None else torch.addmm(bias, xn, weight)
+        logits = _base(xn, weight, bias)
         xa = None
         if a_t is not None:
             xa = torch.mm(xn, a_t)
@@ -146,7 +162,7 @@ class NormHead(torch.autograd.Function):
         logp, ctx.logp = ctx.logp, None
         if logp is None:  # a second backward through the same graph (retain_graph): compute them again
             xn = _rms(h, ln, ctx.eps)[0]
-            logp = torch.mm(xn, weight) if ctx.bias is None else torch.addmm(ctx.bias, xn, weight)
+            logp = _base(xn, weight, ctx.bias)
             if a_t is not None:
                 logp.addmm_(xa, b_t)
             _log_softmax_(logp)
@@ -159,7 +175,7 @@ class NormHead(torch.autograd.Function):
             logp[i:i + HEAD_BLOCK].exp_().mul_(-grad[i:i + HEAD_BLOCK, None])
         logp.scatter_add_(-1, targets[:, None], grad[:, None])
         grad_logits = logp
-        grad_xn = torch.mm(grad_logits, weight.t())
+        grad_xn = mm(grad_logits, weight.t())
         grad_a = grad_b = None
         if a_t is not None:
             hr = h[rows] if rows.numel() < h.shape[0] else h

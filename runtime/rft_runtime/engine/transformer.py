@@ -11,6 +11,7 @@ training computes the loss from the real tokens' logits only, with one fused cro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from transformers import AutoConfig
 
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, Target
-from rft_runtime.engine.train_ops import NormHead, NormLinear, SwiGLUDown
+from rft_runtime.engine.train_ops import NormHead, NormLinear, SwiGLUDown, mm
 from rft_runtime.engine.weights import Weights
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
@@ -44,9 +45,11 @@ class Layer:
     down_bias: torch.Tensor | None
     qk_norm: torch.Tensor | None  # qwen3: per-head RMSNorm weights of q and k, [heads + kv_heads, head_dim]
     window: int | None  # sliding-window attention: keys within this many positions
-    # oneDNN-packed copies of the wide matmuls for decoding steps (see Transformer.__init__), else None
+    # oneDNN-packed copies of the matmuls for decoding steps (see Transformer.__init__), else None
     qkv_packed: torch.Tensor | None = None
     gate_up_packed: torch.Tensor | None = None
+    o_packed: torch.Tensor | None = None
+    down_packed: torch.Tensor | None = None
 
 
 @dataclass
@@ -101,6 +104,23 @@ class Rotary:
         return emb.cos() * self.scaling, emb.sin() * self.scaling
 
 
+BASE_DTYPE_ENV = "RFT_ENGINE_BASE_DTYPE"
+
+
+def base_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the frozen base model's matmul weights are kept and multiplied in: RFT_ENGINE_BASE_DTYPE
+    (float32 or bfloat16), else bfloat16 on a CPU that multiplies it natively (AVX512-BF16 / AMX) and float32
+    elsewhere (CUDA included: untested here)."""
+    choice = os.environ.get(BASE_DTYPE_ENV, "").strip().lower() or "auto"
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise EngineError(f"{BASE_DTYPE_ENV}={choice!r}: use auto, float32 or bfloat16")
+    if choice == "auto":
+        native = device.type == "cpu" and bool(torch.backends.mkldnn.is_available()
+                                                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if choice == "bfloat16" else torch.float32
+
+
 class Transformer:
     """The weights of one causal LM and the three passes over them: training forward, prefill, decode step."""
 
@@ -129,15 +149,22 @@ class Transformer:
         # keeps packed copies of those: 390 MB more for SmolLM2-135M. CPU builds with oneDNN only.
         self.pack = (device.type == "cpu" and torch.backends.mkldnn.is_available()
                      and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+        # On a CPU with native bfloat16 (AVX512-BF16 / AMX) the frozen base weights are kept in bfloat16 and
+        # multiplied in it (float32 accumulation): half the bytes a decoding step streams, 3-5x the matmul rate
+        # of float32 for training-sized products, half the memory. Activations, norms, attention, the KV cache,
+        # the LoRA weights and their products, gradients and the optimizer stay float32; a matmul's input is
+        # rounded to bfloat16, as mixed-precision training on a GPU does. RFT_ENGINE_BASE_DTYPE=float32 keeps
+        # everything in float32. With bfloat16, o and down are packed for decoding too.
+        self.base_dtype = base_dtype(device)
         weights = Weights(Path(model_dir))
         self.targets: list[Target] = []
         self.layers = [self._take_layer(i, weights, cfg) for i in range(cfg.num_hidden_layers)]
         tied = "lm_head.weight" not in weights or bool(getattr(cfg, "tie_word_embeddings", False))
         head = weights.get("model.embed_tokens.weight" if tied else "lm_head.weight")
-        self.lm_head = head.t().contiguous().to(device)  # [hidden, vocab]
+        self.lm_head = head.t().contiguous().to(device, self.base_dtype)  # [hidden, vocab]
         del head
         self.lm_head_bias = weights.get("lm_head.bias").to(device) if "lm_head.bias" in weights else None
-        self.embed = self.lm_head.t() if tied else weights.get("model.embed_tokens.weight").to(device)
+        self.embed = self.lm_head.t() if tied else weights.get("model.embed_tokens.weight").to(device, self.base_dtype)
         self.norm = weights.get("model.norm.weight").to(device)
         self.lm_head_packed = self._packed(self.lm_head)
         self.targets.append(Target("lm_head", "unembed", "lm_head", self.hidden, self.vocab))
@@ -161,7 +188,7 @@ class Transformer:
             if any(f"{prefix}.{n}.bias" in weights for n in names):
                 bias = torch.cat([weights.get(f"{prefix}.{n}.bias") if f"{prefix}.{n}.bias" in weights
                                   else torch.zeros(w.shape[0]) for n, w in zip(names, ws, strict=True)]).to(dev)
-            return _fused(ws).to(dev), bias
+            return _fused(ws).to(dev, self.base_dtype), bias
 
         qkv, qkv_bias = linears(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "attn", f"{i}.qkv")
         o, o_bias = linears(["self_attn.o_proj"], "attn", f"{i}.o")
@@ -182,6 +209,8 @@ class Transformer:
             qkv=qkv, qkv_bias=qkv_bias, o=o, o_bias=o_bias, gate_up=gate_up, gate_up_bias=gate_up_bias,
             down=down, down_bias=down_bias, qk_norm=qk_norm, window=int(window) if window else None,
             qkv_packed=self._packed(qkv), gate_up_packed=self._packed(gate_up),
+            o_packed=self._packed(o) if self.base_dtype != torch.float32 else None,
+            down_packed=self._packed(down) if self.base_dtype != torch.float32 else None,
         )
 
     def _packed(self, weight: torch.Tensor) -> torch.Tensor | None:
@@ -206,13 +235,27 @@ class Transformer:
                 pair: tuple[torch.Tensor, torch.Tensor] | None, residual: torch.Tensor | None = None,
                 packed: torch.Tensor | None = None) -> torch.Tensor:
         """x @ w (+ bias) (+ residual) + x @ A^T @ (s B)^T; the additions ride on addmm. With `packed` (no
-        residual, no gradient), the base product comes from the oneDNN-packed copy of w."""
-        if packed is not None and residual is None:
-            out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        gradient), the base product comes from the oneDNN-packed copy of w (float32 or bfloat16; the result
+        is float32)."""
+        if packed is not None:
+            if packed.dtype == x.dtype:
+                out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            else:
+                out = torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "").float()
+                if bias is not None:
+                    out.add_(bias)
+            if residual is not None:
+                out.add_(residual)
             if pair is not None:
                 out.addmm_(torch.mm(x, pair[0]), pair[1])
             return out
-        if residual is not None:
+        if w.dtype != x.dtype:
+            out = mm(x, w)
+            if residual is not None:
+                out = out + residual
+            if bias is not None:
+                out = out + bias
+        elif residual is not None:
             out = torch.addmm(residual, x, w)
             if bias is not None:
                 out = out + bias
@@ -257,7 +300,8 @@ class Transformer:
         gate_up = self._linear(x, layer.gate_up, layer.gate_up_bias, pairs.get(f"{i}.gate_up"),
                                packed=layer.gate_up_packed if packed else None)
         gate, up = gate_up.chunk(2, dim=-1)
-        return self._linear(F.silu(gate) * up, layer.down, layer.down_bias, pairs.get(f"{i}.down"), residual=h)
+        return self._linear(F.silu(gate) * up, layer.down, layer.down_bias, pairs.get(f"{i}.down"), residual=h,
+                            packed=layer.down_packed if packed else None)
 
     def _logits(self, h: torch.Tensor, pairs: Pairs, packed: bool = False) -> torch.Tensor:
         x = F.rms_norm(h, (self.hidden,), self.norm, self.eps)
@@ -297,7 +341,7 @@ class Transformer:
                  keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Hidden states [B*T, hidden] after the last layer; `keep` collects each layer's (k, v)."""
         b, t = ids.shape
-        h = F.embedding(ids, self.embed).reshape(b * t, self.hidden)
+        h = F.embedding(ids, self.embed).float().reshape(b * t, self.hidden)
         cos, sin = self._rope(positions)
         masks: dict[int | None, torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
@@ -338,7 +382,7 @@ class Transformer:
         positions = torch.arange(width, device=self.device).expand(len(tokens), width)
         pairs = self._pairs(adapter, frozen=False)
         b, t = ids.shape
-        h = F.embedding(ids, self.embed).reshape(b * t, self.hidden)
+        h = F.embedding(ids, self.embed).float().reshape(b * t, self.hidden)
         cos, sin = self._rope(positions)
         masks: dict[int | None, torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
@@ -390,7 +434,7 @@ class Transformer:
         r = tokens.shape[0]
         n = cache.length
         pairs = self._pairs(adapter, frozen=True)
-        h = F.embedding(tokens, self.embed)
+        h = F.embedding(tokens, self.embed).float()
         cos, sin = self._rope(positions.view(r, 1))
         cos, sin = cos[:, 0], sin[:, 0]
         group = self.heads // self.kv_heads
@@ -413,7 +457,7 @@ class Transformer:
             qg = q.reshape(r * self.kv_heads, group, self.head_dim)
             scores = torch.baddbmm(biases[layer.window], qg, keys.transpose(1, 2), alpha=scale)
             attn = torch.bmm(torch.softmax(scores, dim=-1), values).view(r, self.heads * self.head_dim)
-            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h)
+            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h, packed=layer.o_packed)
             h = self._mlp(layer, h, pairs, i, packed=True)
         cache.length = n + 1
         return self._logits(h, pairs, packed=True)
