@@ -56,3 +56,22 @@ def test_norm_head_gradients_and_logprobs(lora):
     for m, r in zip(mine, ref, strict=True):
         assert torch.allclose(m, r)
     assert torch.equal(mine[0][0], torch.zeros(5, dtype=torch.float64))  # a skipped row gets no gradient
+
+
+def test_bfloat16_base_weights_give_the_float32_gradients_to_bfloat16_rounding_at_a_real_vocabulary():
+    # 32 rows against a 49152-token head (SmolLM2's): oneDNN's bfloat16 product with a transposed weight died
+    # of SIGFPE at this shape and killed the engine in the first GRPO step; mm takes another route
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(32, 64, generator=gen, requires_grad=True)
+    ln = torch.ones(64)
+    w32 = torch.randn(64, 49152, generator=gen) * 0.05
+    targets = torch.randint(0, 49152, (32,), generator=gen)
+    grads = {}
+    for name, w in (("float32", w32), ("bfloat16", w32.to(torch.bfloat16))):
+        h.grad = None
+        logp = NormHead.apply(h, ln, 1e-6, w, None, None, None, targets)
+        logp.sum().backward()
+        grads[name] = (logp.detach(), h.grad.clone())
+    assert torch.allclose(grads["bfloat16"][0], grads["float32"][0], atol=0.05)
+    assert torch.allclose(grads["bfloat16"][1], grads["float32"][1], atol=0.02, rtol=0.02)
+    assert not torch.equal(grads["bfloat16"][1], grads["float32"][1])  # bfloat16 was really used

@@ -26,11 +26,19 @@ HEAD_BLOCK = 128
 
 
 def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w in float32; a bfloat16 w (the frozen base weights, see transformer.base_dtype) multiplies x
-    rounded to bfloat16, accumulating in float32."""
+    """x @ w as float32; a bfloat16 w (the frozen base weights, see transformer.base_dtype) multiplies x
+    rounded to bfloat16, accumulating in float32, and the product comes back rounded to bfloat16."""
     if w.dtype == x.dtype:
         return torch.mm(x, w)
-    return torch.mm(x.to(w.dtype), w).float()
+    if w.is_contiguous():
+        return torch.mm(x.to(w.dtype), w).float()
+    # w is a transposed view (the backward's W^T). oneDNN's bfloat16 product with a transposed right-hand side
+    # dies of SIGFPE (an integer division by zero) for some shapes, e.g. [32, 49152] @ [576, 49152]^T: the
+    # head's backward at a vocabulary of 49152 (torch 2.13, AMX). Both sides contiguous do not, so this takes
+    # (w^T @ x^T)^T with x^T written out in bfloat16 (one copy, as the conversion alone would be).
+    xt = torch.empty((x.shape[1], x.shape[0]), dtype=w.dtype, device=x.device)
+    xt.copy_(x.t())
+    return torch.mm(w.t(), xt).t().float()
 
 
 def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

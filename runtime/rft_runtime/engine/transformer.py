@@ -150,10 +150,11 @@ class Transformer:
         self.pack = (device.type == "cpu" and torch.backends.mkldnn.is_available()
                      and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
         # On a CPU with native bfloat16 (AVX512-BF16 / AMX) the frozen base weights are kept in bfloat16 and
-        # multiplied in it (float32 accumulation): half the bytes a decoding step streams, 3-5x the matmul rate
-        # of float32 for training-sized products, half the memory. Activations, norms, attention, the KV cache,
-        # the LoRA weights and their products, gradients and the optimizer stay float32; a matmul's input is
-        # rounded to bfloat16, as mixed-precision training on a GPU does. RFT_ENGINE_BASE_DTYPE=float32 keeps
+        # multiplied in it (accumulated in float32, the product rounded to bfloat16): half the bytes a decoding
+        # step streams, 3-5x the matmul rate of float32 for training-sized products, half the memory.
+        # Activations, norms, attention, the KV cache, the LoRA weights and their products, gradients and the
+        # optimizer stay float32; a base matmul's input and output are rounded to bfloat16, as mixed-precision
+        # training on a GPU does. RFT_ENGINE_BASE_DTYPE=float32 keeps
         # everything in float32. With bfloat16, o and down are packed for decoding too.
         self.base_dtype = base_dtype(device)
         weights = Weights(Path(model_dir))
