@@ -12,6 +12,13 @@ Then, per model (the tiny preset and the real SmolLM2-135M-Instruct, when its pa
 through the SDK: forward_backward, optim_step and sample (8 x 64 tokens) medians with tokens per second,
 the engine process's peak RSS, and the concurrent-sampling row: 8 concurrent sample(num_samples=1) calls
 against one sample(num_samples=8) call, same prompt and length (the target is at most 1.5x).
+
+On the real model the same run also times its peers in this process, right after the engine's rounds: Hugging Face `generate` (8 rows x 64
+tokens from a 20-token prompt, the whole vocabulary, no early stop) on the plain model and on a peft LoRA
+model of the same rank, and peft forward + backward on the same datums; and the machine's float32 matmul
+rate, from which the FLOP bounds follow (2 N per sampled token, 4 N T for a forward_backward whose base is
+frozen). It prints the engine's time as a ratio to each. The targets (issue 23, on 2 idle cores): sample
+8 x 64 <= 3 s and <= 0.5x HF generate; forward_backward <= 1.3x the bound; peak RSS under 2 GiB.
 """
 
 from __future__ import annotations
@@ -30,15 +37,18 @@ from typing import Any
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 
 
-def examples(tokenizer: Any, n: int, task: str = "larger-digit") -> list[list[int]]:
-    """Chat-templated quickstart questions with their answers, as the quickstart's SFT warm-up sees them."""
+def examples(tokenizer: Any, n: int, task: str = "larger-digit", turns: int = 1) -> list[list[int]]:
+    """Chat-templated quickstart questions with their answers, as the quickstart's SFT warm-up sees them
+    (`turns` question/answer exchanges per sequence)."""
     from rft_runtime.quickstart_task import SYSTEM_PROMPT, question, response
 
     out = []
     for i in range(n):
-        a, b = i % 10, (3 * i + 1) % 10
-        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question(a, b, task)},
-                {"role": "assistant", "content": response(a, b, task)}]
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for j in range(turns):
+            a, b = (i + j) % 10, (3 * i + 7 * j + 1) % 10
+            msgs += [{"role": "user", "content": question(a, b, task)},
+                     {"role": "assistant", "content": response(a, b, task)}]
         text = tokenizer.apply_chat_template(msgs, tokenize=False)
         out.append(list(tokenizer.encode(text, add_special_tokens=False)))
     return out
@@ -72,6 +82,7 @@ def bench_in_process(model_dir: Path, state: Path, seqs: list[list[int]], args: 
     eng = Engine(model_dir, state)
     torch.set_num_threads(compute_threads(eng))  # what `rft engine serve` uses
     eng.create_run("bench", str(model_dir), LoraSpec(rank=args.rank, seed=0))
+    training, samplers = eng.training, eng.samplers
     data = [{"tokens": s[:-1], "inputs": {"target_tokens": torch.tensor(s[1:]),
                                           "weights": torch.ones(len(s) - 1)}} for s in seqs]
     spec = parse_spec({"max_tokens": 16, "seed": 0, "stop": []}, eng.eos_ids, eng.max_context)
@@ -79,9 +90,9 @@ def bench_in_process(model_dir: Path, state: Path, seqs: list[list[int]], args: 
     res: dict[str, list[float]] = {"forward_backward": [], "optim_step": []}
     for i in range(args.iters + 2):  # optim_step needs fresh gradients each time, so time them in turn
         t0 = time.perf_counter()
-        eng.forward_backward("bench", data, "cross_entropy", {}, False)
+        training.forward_backward("bench", data, "cross_entropy", {}, False)
         t1 = time.perf_counter()
-        eng.optim_step("bench", {"learning_rate": 1e-4})
+        training.optim_step("bench", {"learning_rate": 1e-4})
         t2 = time.perf_counter()
         if i >= 2:
             res["forward_backward"].append(t1 - t0)
@@ -89,7 +100,7 @@ def bench_in_process(model_dir: Path, state: Path, seqs: list[list[int]], args: 
     res["save_weights_for_sampler"] = timed(
         lambda: eng.save("bench", f"s{next(counter)}", "sampler_weights"), args.iters)
     eng.create_sampler("bench-sampler", "tinker://bench/sampler_weights/s0", None)
-    res["sample"] = timed(lambda: eng.sample("bench-sampler", seqs[0][:60], 8, spec, False), args.iters)
+    res["sample"] = timed(lambda: samplers.sample("bench-sampler", seqs[0][:60], 8, spec, False), args.iters)
     return {k: median_ms(v) for k, v in res.items()}
 
 
@@ -164,59 +175,164 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+class HFPeers:
+    """Hugging Face's own way of running the same model in this process: generate() on the plain model and
+    on a peft LoRA model (unmerged, as a LoRA sampler runs), and peft forward + backward for training."""
+
+    def __init__(self, model_dir: Path, rank: int):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.plain = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        lora_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.lora = get_peft_model(lora_model, LoraConfig(r=rank, lora_alpha=32, target_modules=targets))
+            with torch.no_grad():  # a trained adapter: B away from zero (same cost, but no shortcut)
+                for name, p in self.lora.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0, 1e-3)
+        self.lora.eval()
+        eos = self.plain.generation_config.eos_token_id
+        self.pad = int(eos[0] if isinstance(eos, list) else eos)
+        self.weights = sum(m.weight.numel() for m in self.plain.modules() if isinstance(m, torch.nn.Linear))
+
+    def generate(self, model: Any, prompt: list[int], rows: int, tokens: int, seed: int) -> None:
+        """rows x tokens sampled tokens (temperature 1, the whole vocabulary, no early stop)."""
+        torch = self.torch
+        ids = torch.tensor([prompt] * rows)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0, max_new_tokens=tokens, min_new_tokens=tokens,
+                                 pad_token_id=self.pad)
+        assert out.shape == (rows, len(prompt) + tokens)
+
+    def forward_backward(self, seqs: list[list[int]]) -> None:
+        """Cross-entropy forward and backward through the peft model (what the engine did before its own forward)."""
+        torch = self.torch
+        width = max(len(s) - 1 for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad)
+        tgt = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s) - 1] = torch.tensor(s[:-1])
+            tgt[i, : len(s) - 1] = torch.tensor(s[1:])
+        self.lora.train()
+        logits = self.lora(input_ids=ids, use_cache=False).logits
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        (-logp.sum()).backward()
+        self.lora.zero_grad(set_to_none=True)
+        self.lora.eval()
+
+
+def matmul_rate(threads: int) -> float:
+    """The machine's best float32 matmul rate (GFLOP/s) at `threads` torch threads: 2048-square products."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(8):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048 ** 3 / best / 1e9
+
+
 def bench_model(model_dir: Path, root: Path, seqs: list[list[int]], args: argparse.Namespace,
-                iters: int) -> dict[str, float]:
+                iters: int, peers: bool) -> dict[str, float]:
     """Through the SDK on one model: fb / optim / sample 8 x 64 medians (s), tokens/s, peak RSS, and the
-    median wall of 8 concurrent single-sample calls against one 8-sample call (interleaved rounds)."""
+    median wall of 8 concurrent single-sample calls against one 8-sample call. With peers: Hugging Face
+    generate (plain and with peft LoRA) and peft forward_backward on the same inputs, timed right after the
+    engine's rounds (in this process, the engine idle), and the FLOP bounds."""
     import tinker
+    import torch
     from tinker import types
 
     from rft_runtime.engine.launcher import LocalEngine
+    from rft_runtime.engine.server import default_threads
 
     out: dict[str, float] = {}
+    hf = HFPeers(model_dir, args.rank) if peers else None
     with LocalEngine(model_dir, state_dir=root / "state", port=0, log_file=root / "engine.log") as engine:
         engine.start(timeout=600)
         sc = tinker.ServiceClient(base_url=engine.base_url, api_key="tml-local")
         tc = sc.create_lora_training_client(base_model=str(model_dir), rank=args.rank, seed=0).result()
         data = [types.Datum(model_input=types.ModelInput.from_ints(s[:-1]),
                             loss_fn_inputs={"target_tokens": s[1:], "weights": [1.0] * (len(s) - 1)}) for s in seqs]
-        fb, opt = [], []
-        for i in range(iters + 1):  # one warm-up round
-            t0 = time.perf_counter()
-            tc.forward_backward(data, "cross_entropy").result()
-            t1 = time.perf_counter()
-            tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
-            t2 = time.perf_counter()
-            if i:
-                fb.append(t1 - t0)
-                opt.append(t2 - t1)
+        tc.forward_backward(data, "cross_entropy").result()  # warm-up, and a trained (non-zero) adapter
+        tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
         sampler = sc.create_sampling_client(model_path=tc.save_weights_for_sampler("bench").result().path).result()
-        prompt = types.ModelInput.from_ints(seqs[0][: max(2, len(seqs[0]) // 2)])
+        prompt_ids = seqs[0][: args.prompt_tokens]
+        prompt = types.ModelInput.from_ints(prompt_ids)
         tokens = 64
 
         def params(seed: int) -> types.SamplingParams:
             return types.SamplingParams(max_tokens=tokens, seed=seed, stop=[])
 
         sampler.sample(prompt, 8, params(0)).result()  # warm-up
-        one, conc = [], []
-        for r in range(iters):  # interleaved, so a change of machine load hits both alike
+        times: dict[str, list[float]] = {}
+
+        def timed_once(label: str, fn: Any) -> None:
             t0 = time.perf_counter()
-            sampler.sample(prompt, 8, params(r)).result()
-            one.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            futures = [sampler.sample(prompt, 1, params(100 * r + i)) for i in range(8)]
-            for f in futures:
-                f.result()
-            conc.append(time.perf_counter() - t0)
-        out["forward_backward"] = statistics.median(fb)
-        out["fb tokens/s"] = sum(len(s) - 1 for s in seqs) / out["forward_backward"]
-        out["optim_step"] = statistics.median(opt)
-        out["sample 8x64"] = statistics.median(one)
+            fn()
+            times.setdefault(label, []).append(time.perf_counter() - t0)
+
+        for r in range(iters):
+            timed_once("forward_backward", lambda: tc.forward_backward(data, "cross_entropy").result())
+            timed_once("optim_step", lambda: tc.optim_step(types.AdamParams(learning_rate=1e-4)).result())
+            timed_once("sample 8x64", lambda r=r: sampler.sample(prompt, 8, params(r)).result())
+            timed_once("8 concurrent x 1x64", lambda r=r: [f.result() for f in [
+                sampler.sample(prompt, 1, params(100 * r + i)) for i in range(8)]])
+        if hf is not None:
+            # after the engine's rounds, not between them: this process's OpenMP threads, still spinning after
+            # a Hugging Face call, took cores from the engine (its sample took 11.8 s interleaved, 4.1 s alone)
+            torch.set_num_threads(int(os.environ.get("RFT_ENGINE_THREADS") or default_threads(hf.weights)))
+            hf.generate(hf.plain, prompt_ids, 8, 4, 0)  # warm-up
+            hf.generate(hf.lora, prompt_ids, 8, 4, 0)
+            hf.forward_backward(seqs)
+            for r in range(iters):
+                timed_once("HF generate", lambda r=r: hf.generate(hf.plain, prompt_ids, 8, tokens, r))
+                timed_once("HF+LoRA generate", lambda r=r: hf.generate(hf.lora, prompt_ids, 8, tokens, r))
+                timed_once("HF+LoRA forward_backward", lambda: hf.forward_backward(seqs))
+        out = {k: statistics.median(v) for k, v in times.items()}
+        train_tokens = sum(len(s) - 1 for s in seqs)
+        out["fb tokens/s"] = train_tokens / out["forward_backward"]
         out["sample tokens/s"] = 8 * tokens / out["sample 8x64"]
-        out["8 concurrent x 1x64"] = statistics.median(conc)
         out["peak RSS MiB"] = peak_rss_mib(engine.pid)
+        # the engine's thread tuner says when it changed its choice (one or more threads): a busy machine shows
+        switches = [line.split("rft.engine: ", 1)[-1] for line in engine.log_tail(100_000).splitlines()
+                    if "torch threads now" in line]
+        print(f"  {model_dir.name}: thread choices of the engine: {'; '.join(switches) or 'none changed'}")
+        if hf is not None:
+            rate = matmul_rate(torch.get_num_threads())
+            out["matmul GFLOP/s"] = rate
+            out["sample bound"] = 2 * hf.weights * (len(prompt_ids) + 8 * tokens) / rate / 1e9
+            out["fb bound"] = 4 * hf.weights * train_tokens / rate / 1e9
+            out["weights"] = hf.weights
+            out["train tokens"] = train_tokens
         sc.close("success")
     return out
+
+
+def print_peers(name: str, res: dict[str, float], prompt_tokens: int) -> None:
+    """The same-run comparison: this engine against Hugging Face and the FLOP bound, as ratios."""
+    print(f"\n{name}: this engine (through the SDK) against Hugging Face in this process and the FLOP bound "
+          f"(2 N per token for sampling, 4 N T for forward_backward with a frozen base; N = {res['weights'] / 1e6:.1f}M "
+          f"matmul weights, {res['matmul GFLOP/s']:.0f} GFLOP/s float32 matmul measured here)")
+    print(f"{'':<34}{'engine':>9}{'HF':>9}{'HF+LoRA':>9}{'bound':>9}   {'engine/HF':>10}{'engine/HF+LoRA':>15}"
+          f"{'engine/bound':>13}")
+    s, hf, hfl, b = res["sample 8x64"], res["HF generate"], res["HF+LoRA generate"], res["sample bound"]
+    print(f"{f'sample 8 x 64, {prompt_tokens}-token prompt':<34}{s:>8.2f}s{hf:>8.2f}s{hfl:>8.2f}s{b:>8.2f}s   "
+          f"{s / hf:>9.2f}x{s / hfl:>14.2f}x{s / b:>12.2f}x")
+    f, fl, fbb = res["forward_backward"], res["HF+LoRA forward_backward"], res["fb bound"]
+    label = f"forward_backward {res['train tokens']:.0f} tokens"
+    print(f"{label:<34}{f:>8.2f}s{'':>9}{fl:>8.2f}s{fbb:>8.2f}s   {'':>10}{f / fl:>14.2f}x{f / fbb:>12.2f}x")
+    print("targets: sample <= 3 s and <= 0.5x HF generate; forward_backward <= 1.3x the bound; "
+          "peak RSS < 2048 MiB")
 
 
 def main() -> int:
@@ -229,15 +345,18 @@ def main() -> int:
                     help="models for the per-model table (smollm2-135m is skipped when its package is missing)")
     ap.add_argument("--real-iters", type=int, default=3, help="timed rounds per call in the per-model table")
     ap.add_argument("--skip-protocol", action="store_true", help="only the per-model table")
+    ap.add_argument("--no-peers", action="store_true", help="skip the Hugging Face comparison")
+    ap.add_argument("--turns", type=int, default=4,
+                    help="question/answer exchanges per forward_backward datum on a real model (4: ~116 tokens)")
+    ap.add_argument("--prompt-tokens", type=int, default=20, help="prompt length of the sampling rows")
     ap.add_argument("--smollm2-dir", default=None,
-                    help="an already converted smollm2-135m directory (skips the minute of conversion)")
+                    help="an already converted smollm2-135m directory (skips its conversion)")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
     from rft_runtime.engine.model_factory import ModelFactoryError, make_model
 
-    load = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start, "
+    print(f"{os.cpu_count()} CPUs, `uptime` at the start: {uptime()}, "
           f"RFT_ENGINE_THREADS={os.environ.get('RFT_ENGINE_THREADS', '(default)')}")
     with tempfile.TemporaryDirectory(prefix="rft-bench-engine-") as tmp:
         root = Path(tmp)
@@ -272,10 +391,14 @@ def main() -> int:
                     print(f"\n{name}: skipped ({exc})")
                     continue
                 mtok = AutoTokenizer.from_pretrained(str(mdir))
-                mseqs = examples(mtok, args.batch, task="digit-sum")
+                mseqs = examples(mtok, args.batch, task="digit-sum", turns=args.turns)
+            peers = name != "tiny" and not args.no_peers
             print(f"{name}: {args.batch} datums x ~{statistics.mean(map(len, mseqs)):.0f} tokens per "
-                  f"forward_backward, {args.real_iters} timed rounds", flush=True)
-            results[name] = bench_model(mdir, root / f"{name}-run", mseqs, args, args.real_iters)
+                  f"forward_backward, {args.real_iters} timed rounds"
+                  + (", then Hugging Face peers in as many" if peers else ""), flush=True)
+            results[name] = bench_model(mdir, root / f"{name}-run", mseqs, args, args.real_iters, peers)
+            if peers:
+                print_peers(name, results[name], args.prompt_tokens)
     if results:
         names = list(results)
         print(f"\n{'through the SDK (medians)':<28}" + "".join(f"{n:>16}" for n in names))
@@ -286,9 +409,14 @@ def main() -> int:
         print(f"{'concurrent / one 8-sample':<28}"
               + "".join(f"{results[n]['8 concurrent x 1x64'] / results[n]['sample 8x64']:>15.2f}x" for n in names)
               + "   (target: at most 1.5x)")
-    load = os.getloadavg()
-    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
+    print(f"\n`uptime` at the end: {uptime()}")
     return 0
+
+
+def uptime() -> str:
+    """The load averages as `uptime` prints them."""
+    load = os.getloadavg()
+    return f"load average: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
 
 
 if __name__ == "__main__":

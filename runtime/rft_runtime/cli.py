@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(r)
     _handler(r, "rft_runtime.loop.run:run_main")
 
-    q = sub.add_parser("quickstart", help="make a tiny model, start the local engine, and train it")
+    q = sub.add_parser("quickstart", help="train a model on this machine, no account or download: SFT warm-up, then "
+                                          "GRPO (--model smollm2-135m: the real SmolLM2-135M-Instruct; "
+                                          "default: a tiny random model)")
     q.add_argument("--workdir", default=None,
                    help="where the model, data and job go (default: $XDG_CACHE_HOME/rft/quickstart, "
                         "i.e. ~/.cache/rft/quickstart: scratch that each run starts over, kept out of your cwd)")

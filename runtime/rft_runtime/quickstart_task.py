@@ -53,11 +53,12 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
-def write_task_files(data_dir: Path, seed: int = 0, repeats: int = 4, task: str = "larger-digit") -> dict[str, Path]:
+def write_task_files(data_dir: Path, seed: int = 0, repeats: int = 4, task: str = "larger-digit",
+                     held_out: int = 20) -> dict[str, Path]:
     """train.jsonl (RL tasks), sft.jsonl (demonstrations), test.jsonl (held-out pairs)."""
     if task not in TASKS:
         raise ValueError(f"unknown quickstart task {task!r}: use one of {TASKS}")
-    train, test = split_pairs(seed)
+    train, test = split_pairs(seed, held_out=held_out)
     rng = random.Random(seed + 1)
     rl_rows = [{"question": question(a, b, task), "answer": str(answer(a, b, task))} for a, b in train]
     sft_rows = []

@@ -112,6 +112,16 @@ def test_plot_smooths_the_reward_draws_no_band_for_01_rewards_and_shows_the_eval
     assert {"0%", "40%", "60%"} <= {t.get_text() for t in reward_ax.texts}
 
 
+def test_a_short_rl_stage_says_reward_not_mean_of_1_steps():
+    reward_ax, *loss_axes = _axes_of(_two_stage_records(sft=4, rl=6))
+    labels = [line.get_label() for line in reward_ax.lines]
+    assert "reward" in labels and not any("mean of" in label for label in labels)
+    assert [line.get_label() for line in loss_axes[1].lines] == ["grpo loss"]
+    # twenty steps or more are averaged, and the legend says over how many
+    labels = [line.get_label() for line in _axes_of(_two_stage_records(sft=4, rl=20))[0].lines]
+    assert "reward, mean of 4 steps" in labels and "reward, each step" in labels
+
+
 def test_plot_of_an_older_file_without_stage_keys_still_splits_sft_from_rl():
     # and with the metric names the runtime wrote before it took Trinity's
     legacy = {"actor/sft_loss": "policy_loss", "actor/pg_loss": "policy_loss", "critic/rewards/mean": "reward_mean",

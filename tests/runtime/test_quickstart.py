@@ -27,10 +27,14 @@ def test_held_out_pairs_never_appear_in_training_data(tmp_path, task):
 
 
 @pytest.mark.slow
-def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, capsys):
+def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, capsys, caplog):
     args = argparse.Namespace(workdir=str(tmp_path / "qs"), metrics_port=0, no_metrics=False, preset="smoke")
     assert quickstart_main(args) == 0
     out = capsys.readouterr().out
+    # off a terminal (here, CI logs, a pod) there is no bar: one line per step says the job is moving
+    steps = [r.getMessage() for r in caplog.records if r.name == "rft_runtime.progress"]
+    assert [m.split(" [")[0] for m in steps] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert "[sft_warmup 1/2]" in steps[0] and "[grpo 2/2]" in steps[3] and "reward=" in steps[3]
     line = next(x for x in out.splitlines() if x.startswith("held-out accuracy   before"))
     values = [float(v) for v in re.findall(r"(\d+\.\d)%", line)]
     assert len(values) == 3 and all(0 <= v <= 100 for v in values)
@@ -44,9 +48,16 @@ def test_quickstart_runs_both_stages_and_reports_before_and_after(tmp_path, caps
     evals = [json.loads(x) for x in (metrics_file.parent / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["taskset"]) for e in evals] == [(0, "held-out"), (2, "held-out"), (4, "held-out")]
     assert [f"{100 * e['accuracy']:.1f}" for e in evals] == [f"{v:.1f}" for v in values]
-    # the generated config is for people to read and edit: no &id001 anchors
-    config = (tmp_path / "qs" / "quickstart.yaml").read_text()
+    # the generated config is for people to read and edit: no &id001 anchors; it is named for its model, so
+    # a quickstart of the other model leaves this one's "run it again" line true
+    config_path = tmp_path / "qs" / "quickstart-tiny.yaml"
+    assert f"config:  {config_path}  (run it again with `rft run --config {config_path}`)" in out
+    config = config_path.read_text()
     assert "&id" not in config and "*id" not in config
+    assert "group: tiny" in config
+    # the change is in points, as the accuracies are printed in percent
+    change = next(x for x in out.splitlines() if x.startswith("change:"))
+    assert re.fullmatch(r"change: [+-]\d+\.\d points in all, [+-]\d+\.\d points in the GRPO stage, in \d+s", change)
 
 
 def test_quickstart_default_workdir_is_outside_the_current_directory(monkeypatch, tmp_path):
@@ -70,6 +81,7 @@ def test_quickstart_on_smollm2_runs_both_stages_on_the_real_model(tmp_path, caps
     assert "converting" not in out
     line = next(x for x in out.splitlines() if x.startswith("held-out accuracy   before"))
     assert len(re.findall(r"(\d+\.\d)%", line)) == 3
+    assert (workdir / "quickstart-smollm2-135m.yaml").exists() and not (workdir / "quickstart-tiny.yaml").exists()
     metrics_file = workdir / "checkpoints" / "quickstart" / "smollm2-135m" / "digit-sum" / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # two SFT warm-up steps, then one GRPO step

@@ -15,7 +15,12 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
-from rft_runtime.engine.server import API, HTTPError, Service
+from rft_runtime.engine import losses, wire
+from rft_runtime.engine.checkpoints import NAME_RE
+from rft_runtime.engine.errors import EngineError
+from rft_runtime.engine.lora import LoraSpec
+from rft_runtime.engine.sampling import SampleJob, SamplingParamsError, parse_spec
+from rft_runtime.engine.service import API, Future, HTTPError, SampleWork, Service
 
 JSON = "application/json"
 Answer = tuple[int, str, bytes, dict[str, str]]
@@ -39,8 +44,6 @@ def _json(body: bytes) -> dict[str, Any]:
 
 def _engine_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call an Engine method from an HTTP thread (read-only work), mapping its errors to HTTP ones."""
-    from rft_runtime.engine.core import EngineError
-
     try:
         return fn(*args, **kwargs)
     except EngineError as exc:
@@ -49,8 +52,6 @@ def _engine_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _on_worker(svc: Service, label: str, fn: Any) -> Any:
     """Run fn on the compute thread (it touches adapters) and wait for it, mapping errors to HTTP ones."""
-    from rft_runtime.engine.core import EngineError
-
     box: dict[str, Any] = {}
 
     def run() -> dict[str, Any]:
@@ -59,8 +60,6 @@ def _on_worker(svc: Service, label: str, fn: Any) -> Any:
         except Exception as exc:  # handed back to the HTTP thread below
             box["err"] = exc
         return {}
-
-    from rft_runtime.engine.server import Future
 
     fut = Future("inline", label)
     svc.work.put((fut, run, "json"))
@@ -79,7 +78,7 @@ def _on_worker(svc: Service, label: str, fn: Any) -> Any:
 def _need_model(svc: Service, model_id: Any) -> Any:
     if not isinstance(model_id, str) or not model_id:
         raise HTTPError(400, "model_id is required")
-    return _engine_call(svc.engine.run, model_id)
+    return _engine_call(svc.engine.training.get, model_id)
 
 
 def _session_of(model_id: str) -> str:
@@ -87,7 +86,7 @@ def _session_of(model_id: str) -> str:
 
 
 def _check_tokens(svc: Service, tokens: list[int], what: str) -> None:
-    vocab = svc.engine.model.config.vocab_size
+    vocab = svc.engine.vocab_size
     if not tokens:
         raise HTTPError(400, f"{what} is empty")
     bad = [t for t in tokens if not 0 <= t < vocab]
@@ -144,8 +143,6 @@ def capabilities(svc: Service) -> Answer:
 
 def create_model(svc: Service, body: bytes) -> Answer:
     """create_lora_training_client: check everything now, build the adapter on the compute thread."""
-    from rft_runtime.engine.core import LoraSpec
-
     req = _json(body)
     sid, seq = req.get("session_id"), req.get("model_seq_id")
     if not isinstance(sid, str) or not isinstance(seq, int):
@@ -168,7 +165,7 @@ def create_model(svc: Service, body: bytes) -> Answer:
         raise HTTPError(400, f"bad lora_config {lc!r}: {exc}") from exc
     _engine_call(svc.engine.check_lora, lora)
     model_id = f"{sid}:train:{seq}"
-    if model_id in svc.engine.runs:
+    if model_id in svc.engine.training.runs:
         raise HTTPError(400, f"model {model_id!r} already exists")
     meta = req.get("user_metadata")
 
@@ -188,8 +185,6 @@ def get_info(svc: Service, body: bytes) -> Answer:
 
 def forward_backward(svc: Service, body: bytes) -> Answer:
     """forward / forward_backward (protobuf request, protobuf result)."""
-    from rft_runtime.engine import losses, wire
-
     try:
         req = wire.decode_forward_backward(body)
     except wire.WireError as exc:
@@ -210,7 +205,7 @@ def forward_backward(svc: Service, body: bytes) -> Answer:
     label = "forward" if req["forward_only"] else "forward_backward"
 
     def work() -> bytes:
-        out = svc.engine.forward_backward(req["model_id"], req["data"], loss_fn, cfg, req["forward_only"])
+        out = svc.engine.training.forward_backward(req["model_id"], req["data"], loss_fn, cfg, req["forward_only"])
         return wire.encode_forward_backward(out)
 
     return _ok(svc.submit(label, work, kind="proto", model_id=req["model_id"]))
@@ -232,17 +227,15 @@ def optim_step(svc: Service, body: bytes) -> Answer:
     if lr < 0 or not 0 <= b1 < 1 or not 0 <= b2 < 1 or eps < 0 or wd < 0 or clip < 0:
         raise HTTPError(400, f"adam_params out of range: {adam}")
     model_id = req["model_id"]
-    return _ok(svc.submit("optim_step", lambda: svc.engine.optim_step(model_id, adam), model_id=model_id))
+    return _ok(svc.submit("optim_step", lambda: svc.engine.training.optim_step(model_id, adam), model_id=model_id))
 
 
 def _check_name(svc: Service, model_id: str, kind: str, name: Any, overwrite: bool) -> str:
-    from rft_runtime.engine.core import NAME_RE
-
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise HTTPError(400, f"checkpoint name {name!r} must be 1-128 letters, digits, '.', '_' or '-' "
                              "(starting with a letter or digit)")
     key = f"{model_id}/{kind}/{name}"
-    exists = (svc.engine.state_dir / model_id / kind / name).exists() or key in svc.pending_names
+    exists = svc.engine.checkpoints.path_of(model_id, kind, name).exists() or key in svc.pending_names
     if exists and not overwrite:
         raise HTTPError(400, f"a checkpoint named {name!r} already exists for this training run "
                              f"(tinker://{key}); choose a new name")
@@ -301,7 +294,7 @@ def load_weights(svc: Service, body: bytes) -> Answer:
     req = _json(body)
     path = req.get("path")
     optimizer = bool(req.get("optimizer"))
-    _, kind = _engine_call(svc.engine.checkpoint_dir, path)
+    _, kind = _engine_call(svc.engine.checkpoints.find, path)
     if optimizer and kind != "weights":
         raise HTTPError(400, f"{path} holds sampler weights only; optimizer state comes from a save_state path")
     if req.get("base_model") is not None:
@@ -311,7 +304,7 @@ def load_weights(svc: Service, body: bytes) -> Answer:
         if not isinstance(seq, int):
             raise HTTPError(400, "model_seq_id is required with session_id")
         model_id, new = f"{sid}:train:{seq}", True
-        if model_id in svc.engine.runs:
+        if model_id in svc.engine.training.runs:
             raise HTTPError(400, f"model {model_id!r} already exists")
     else:
         model_id, new = req.get("model_id"), False
@@ -334,7 +327,7 @@ def create_sampling_session(svc: Service, body: bytes) -> Answer:
     if not model_path and not base:
         raise HTTPError(400, "pass model_path or base_model")
     if model_path:
-        _engine_call(svc.engine.checkpoint_dir, model_path)
+        _engine_call(svc.engine.checkpoints.find, model_path)
     else:
         _engine_call(svc.engine.resolve_base_model, base)
     sampler_id = f"{sid}:sample:{seq}" if sid is not None and seq is not None else f"sampler-{uuid.uuid4().hex[:12]}"
@@ -344,16 +337,12 @@ def create_sampling_session(svc: Service, body: bytes) -> Answer:
 
 def get_sampler(svc: Service, sampler_id: str) -> Answer:
     """The sampler's base model (as a name AutoTokenizer can load) and model path."""
-    s = _engine_call(svc.engine.sampler, sampler_id)
+    s = _engine_call(svc.engine.samplers.get, sampler_id)
     return _ok({"sampler_id": s.sampler_id, "base_model": svc.engine.tokenizer_name(), "model_path": s.model_path})
 
 
 def asample(svc: Service, body: bytes) -> Answer:
     """sample / compute_logprobs: validated now, generated on the compute thread, answered as protobuf."""
-    from rft_runtime.engine import wire
-    from rft_runtime.engine.sampling import SampleJob, SamplingParamsError, parse_spec
-    from rft_runtime.engine.server import SampleWork
-
     req = _json(body)
     e = svc.engine
     sampler_id = req.get("sampling_session_id")
@@ -361,13 +350,13 @@ def asample(svc: Service, body: bytes) -> Answer:
         # a one-off request that names its weights itself
         sampler_id = f"oneoff-{uuid.uuid4().hex[:12]}"
         if req.get("model_path"):
-            _engine_call(e.checkpoint_dir, req["model_path"])
+            _engine_call(e.checkpoints.find, req["model_path"])
         else:
             _engine_call(e.resolve_base_model, req.get("base_model"))
         _on_worker(svc, "create_sampler", lambda: e.create_sampler(sampler_id, req.get("model_path"),
                                                                    req.get("base_model")))
     else:
-        _engine_call(e.sampler, sampler_id)
+        _engine_call(e.samplers.get, sampler_id)
     n = req.get("num_samples", 1)
     if not isinstance(n, int) or not 1 <= n <= 128:
         raise HTTPError(400, f"num_samples must be an integer in 1..128, got {n!r}")
@@ -437,17 +426,15 @@ def checkpoints(svc: Service, method: str, rest: str) -> Answer | None:
         return None
     run, checkpoint_id = m.group("run"), m.group("id")
     if method == "GET" and not checkpoint_id:
-        return _ok({"checkpoints": _engine_call(svc.engine.list_checkpoints, run), "cursor": None})
+        return _ok({"checkpoints": _engine_call(svc.engine.checkpoints.entries, run), "cursor": None})
     if method == "DELETE" and checkpoint_id:
-        from rft_runtime.engine.core import NAME_RE
-
         cid = _CKPT_ID.match(checkpoint_id)
         if not cid or not NAME_RE.match(cid.group("name")):
             # the endpoint exists; the name does not (ids are KIND/NAME, as list_checkpoints gives them)
             raise HTTPError(404, f"no such checkpoint {checkpoint_id} for training run {run} (checkpoint ids are "
                                  "weights/NAME or sampler_weights/NAME, as list_checkpoints gives them)")
         path = f"tinker://{run}/{checkpoint_id}"
-        _engine_call(svc.engine.checkpoint_dir, path, missing=f"no such checkpoint {checkpoint_id} for training "
+        _engine_call(svc.engine.checkpoints.find, path, missing=f"no such checkpoint {checkpoint_id} for training "
                                                                f"run {run}")
         _on_worker(svc, "delete_checkpoint", lambda: svc.engine.delete_checkpoint(path))
         return _ok({})

@@ -6,6 +6,8 @@ truncation), the same number `forward` computes for that token, so importance ra
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,35 +81,52 @@ def parse_spec(params: dict[str, Any], eos_ids: list[int], max_tokens_limit: int
     return spec
 
 
-def pick_token(logits: torch.Tensor, spec: SampleSpec, generator: torch.Generator) -> int:
-    """Draw one token from one row of logits [V] under temperature, top-k and top-p (greedy at temperature 0).
+def pick_tokens(logits: torch.Tensor, specs: list[SampleSpec],
+                generators: list[torch.Generator]) -> tuple[list[int], list[float]]:
+    """Draw the next token of every row of logits [R, V], each under its own spec (temperature, top-k, top-p;
+    greedy at temperature 0), and return the tokens and their logprobs (the model's own, temperature 1).
 
-    One row and one generator at a time: a sequence's draws then depend only on its own logits and seed,
-    never on which other sequences share its decoding batch.
-    """
-    if spec.temperature == 0.0:
-        return int(logits.argmax())
-    scores = logits / spec.temperature
-    if 0 < spec.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, spec.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if spec.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        probs = torch.softmax(sorted_scores, dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p (the first always stays)
-        drop = probs.cumsum(dim=-1) - probs >= spec.top_p
-        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    All rows are drawn in a few batched ops, yet each draw uses one uniform number from its row's own
+    generator (inverse CDF), so a sequence's tokens depend only on its logits and seed, never on which other
+    sequences share its decoding batch."""
+    logits = logits.float()
+    rows = logits.shape[0]
+    tokens = torch.empty(rows, dtype=torch.long, device=logits.device)
+    greedy = [i for i, s in enumerate(specs) if s.temperature == 0.0]
+    drawn = [i for i, s in enumerate(specs) if s.temperature != 0.0]
+    if greedy:
+        idx = torch.tensor(greedy, device=logits.device)
+        tokens[idx] = logits[idx].argmax(dim=-1)
+    if drawn:
+        idx = torch.tensor(drawn, device=logits.device)
+        sub = [specs[i] for i in drawn]
+        temps = torch.tensor([s.temperature for s in sub], device=logits.device)
+        scores = logits[idx] / temps[:, None]
+        vocab = scores.shape[-1]
+        top_k = [s.top_k if 0 < s.top_k < vocab else 0 for s in sub]
+        if any(top_k):
+            kth_values = torch.topk(scores, max(top_k), dim=-1).values
+            kth = torch.stack([kth_values[j, k - 1] if k else scores.new_tensor(float("-inf"))
+                               for j, k in enumerate(top_k)])
+            scores = scores.masked_fill(scores < kth[:, None], float("-inf"))
+        if any(s.top_p < 1.0 for s in sub):
+            # drop a token when the tokens ranked above it already cover top_p (the first always stays)
+            top_p = torch.tensor([s.top_p if s.top_p < 1.0 else float("inf") for s in sub], device=logits.device)
+            ordered, order = torch.sort(scores, descending=True, dim=-1)
+            probs = torch.softmax(ordered, dim=-1)
+            drop = probs.cumsum(dim=-1) - probs >= top_p[:, None]
+            scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1, dtype=torch.float64)
+        u = torch.stack([torch.rand((), generator=generators[i], dtype=torch.float64) for i in drawn])
+        u = u.to(logits.device) * cdf[:, -1]
+        tokens[idx] = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=vocab - 1)
+    logprobs = logits.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return tokens.tolist(), logprobs.tolist()
 
 
 def sequence_generators(seed: int | None, n: int) -> list[torch.Generator]:
     """One generator per sample of a request: sample 0 is seeded with `seed` itself, sample i with a value
     derived from (seed, i), so a seeded request draws the same sequences alone or in any batch."""
-    import hashlib
-    import os
-
     base = seed if seed is not None else int.from_bytes(os.urandom(7), "little")
     gens = []
     for i in range(n):

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tinker.proto import tinker_public_pb2 as pb
 
 _NP = {1: np.float32, 2: np.int64, 3: np.int32}
 
@@ -21,8 +22,6 @@ def failed(message: str, category: str) -> bytes:
 
 
 def _tensor(msg: Any, name: str) -> torch.Tensor:
-    from tinker.proto import tinker_public_pb2 as pb
-
     dtype = _NP.get(msg.dtype)
     if dtype is None:
         raise WireError(f"loss_fn_inputs[{name!r}]: unsupported dtype {pb.DType.Name(msg.dtype)}")
@@ -47,8 +46,6 @@ def _tensor(msg: Any, name: str) -> torch.Tensor:
 
 def decode_forward_backward(body: bytes) -> dict[str, Any]:
     """A ForwardBackwardRequest proto -> model_id, loss_fn, loss_cfg, forward_only, data [{tokens, inputs}]."""
-    from tinker.proto import tinker_public_pb2 as pb
-
     msg = pb.ForwardBackwardRequest()
     try:
         msg.ParseFromString(body)
@@ -72,8 +69,6 @@ def decode_forward_backward(body: bytes) -> dict[str, Any]:
 
 
 def _batched(arrays: list[np.ndarray], dtype: int) -> Any:
-    from tinker.proto import tinker_public_pb2 as pb
-
     bt = pb.BatchedTensor()
     bt.dtype = dtype
     offsets = [0]
@@ -86,8 +81,6 @@ def _batched(arrays: list[np.ndarray], dtype: int) -> Any:
 
 def encode_forward_backward(result: dict[str, Any]) -> bytes:
     """Engine.forward_backward output -> ForwardBackwardOutput proto bytes (one ArrayRecord for all datums)."""
-    from tinker.proto import tinker_public_pb2 as pb
-
     out = pb.ForwardBackwardOutput()
     out.loss_fn_output_type = "ArrayRecord"
     rec = out.loss_fn_outputs.add()
@@ -103,8 +96,6 @@ def encode_forward_backward(result: dict[str, Any]) -> bytes:
 
 def encode_sample(seqs: list[Any], prompt_logprobs: list[float] | None) -> bytes:
     """Sampled sequences -> SampleResponse proto bytes."""
-    from tinker.proto import tinker_public_pb2 as pb
-
     out = pb.SampleResponse()
     for s in seqs:
         m = out.sequences.add()

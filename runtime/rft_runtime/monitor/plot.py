@@ -95,7 +95,12 @@ def smooth(ys: list[float], window: int) -> list[float]:
 
 
 def _window(n: int) -> int:
-    return max(1, min(25, n // 10))
+    return max(1, min(25, n // 5))
+
+
+def _averaged(what: str, window: int) -> str:
+    """A smoothed curve's legend: "reward, mean of 5 steps", or just "reward" when nothing was averaged."""
+    return what if window == 1 else f"{what}, mean of {window} steps"
 
 
 def read_evals(job_dir: str | Path) -> list[dict[str, Any]]:
@@ -128,13 +133,14 @@ def _draw_rewards(ax: Any, segs: list[Segment], evals: list[dict[str, Any]]) -> 
         if not xs:
             continue
         w = _window(len(ys))
-        ax.plot(xs, ys, color=REWARD_COLOR, alpha=0.25, linewidth=0.8, label=once("reward, each step"))
-        ax.plot(xs, smooth(ys, w), color=REWARD_COLOR, linewidth=2.0, label=once(f"reward, mean of {w} steps"))
+        if w > 1:  # with nothing to average, the faint per-step curve would hide under the bold one
+            ax.plot(xs, ys, color=REWARD_COLOR, alpha=0.25, linewidth=0.8, label=once("reward, each step"))
+        ax.plot(xs, smooth(ys, w), color=REWARD_COLOR, linewidth=2.0, label=once(_averaged("reward", w)))
         xa, acc = _series(seg.records, "rollout/accuracy/mean")
         # a 0/1 accuracy reward makes the two curves identical: drawing both hides the reward
         if xa and (len(acc) != len(ys) or any(abs(a - r) > 1e-9 for a, r in zip(acc, ys, strict=True))):
             ax.plot(xa, smooth(acc, _window(len(acc))), color=ACC_COLOR, linewidth=1.5, linestyle="--",
-                    label=once(f"accuracy, mean of {_window(len(acc))} steps"))
+                    label=once(_averaged("accuracy", _window(len(acc)))))
     by_set: dict[str, list[tuple[float, float]]] = {}
     for line in evals:
         name = str(line.get("taskset") or "eval")
@@ -183,8 +189,9 @@ def _draw_loss(ax: Any, seg: Segment) -> None:
     ax.set_xlabel("train step")
     if xs:
         w = _window(len(ys))
-        ax.plot(xs, ys, color=LOSS_COLOR, alpha=0.3, linewidth=0.8)
-        ax.plot(xs, smooth(ys, w), color=LOSS_COLOR, linewidth=1.8, label=f"{what}, mean of {w}")
+        if w > 1:
+            ax.plot(xs, ys, color=LOSS_COLOR, alpha=0.3, linewidth=0.8)
+        ax.plot(xs, smooth(ys, w), color=LOSS_COLOR, linewidth=1.8, label=_averaged(what, w))
     else:
         ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
     xk, kl = _series(seg.records, "actor/kl_loss")

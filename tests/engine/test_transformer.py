@@ -1,0 +1,127 @@
+"""The engine's own forward against the Hugging Face module's, per supported architecture: training logprobs,
+a left-padded prefill and cached decoding steps give the same numbers (to float32 rounding with float32 base
+weights; to bfloat16 rounding with bfloat16 ones, the default on CPUs that multiply it natively); other
+architectures are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rft_runtime.engine.errors import EngineError
+from rft_runtime.engine.lora import Adapter, LoraSpec
+from rft_runtime.engine.transformer import BASE_DTYPE_ENV, Transformer
+
+# how far a logprob may be from the float32 Hugging Face model's, per base dtype: float32 agrees to rounding;
+# bfloat16 rounds weights and matmul inputs to 8 bits of mantissa (a relative 4e-3), a missed norm or bias
+# moves these random models' logprobs by 0.1 and more
+ATOL = {"float32": 1e-5, "bfloat16": 2e-2}
+
+
+def _model_dir(tmp_path, arch: str, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(arch, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               max_position_embeddings=256, **extra)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg)
+        with torch.no_grad():  # norms and biases away from their 1 / 0 start, so a missed one shows
+            for name, p in model.named_parameters():
+                if "norm" in name or "bias" in name:
+                    p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / arch)
+    return tmp_path / arch, model.eval()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("arch", "extra"), [("llama", {"attention_bias": True}), ("qwen2", {}), ("qwen3", {}),
+                                             ("mistral", {"sliding_window": 5})])
+def test_logprobs_prefill_and_decoding_match_the_hugging_face_model(tmp_path, arch, extra, dtype, monkeypatch):
+    monkeypatch.setenv(BASE_DTYPE_ENV, dtype)
+    atol = ATOL[dtype]
+    model_dir, hf = _model_dir(tmp_path, arch, **extra)
+    tf = Transformer(model_dir, torch.device("cpu"))
+    assert tf.base_dtype == getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (3, 14), generator=gen)
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(input_ids=ids).logits, dim=-1)
+    # training forward: right-padded sequences of different lengths
+    lengths = [13, 9, 11]
+    got = tf.logprobs([ids[i, :n].tolist() for i, n in enumerate(lengths)],
+                      [ids[i, 1:n + 1].tolist() for i, n in enumerate(lengths)], None)
+    for i, n in enumerate(lengths):
+        want = ref[i, :n].gather(-1, ids[i, 1:n + 1, None]).squeeze(-1)
+        assert torch.allclose(got[i], want, atol=atol), (arch, i)
+    # a left-padded prefill of 10-token prompts, then four decoding steps: row 0 has 3 pads
+    prompt = 10
+    valid = torch.ones((3, prompt), dtype=torch.bool)
+    valid[0, :3] = False
+    logits, kv = tf.prefill(ids[:, :prompt], valid, None, all_logits=False)
+    cache = tf.new_cache(3, prompt + 4)
+    for layer in range(len(tf.layers)):
+        cache.k[layer, :, :, :prompt] = kv[2 * layer].transpose(1, 2)
+        cache.v[layer, :, :, :prompt] = kv[2 * layer + 1].transpose(1, 2)
+    cache.length = prompt
+    mask = torch.ones((3, prompt + 4), dtype=torch.bool)
+    mask[:, :prompt] = valid
+    pos = valid.long().sum(-1) - 1
+    for step in range(4):
+        for row in range(3):
+            start = 3 if row == 0 else 0
+            with torch.no_grad():
+                want = torch.log_softmax(hf(input_ids=ids[row:row + 1, start:prompt + step]).logits[0, -1], dim=-1)
+            assert torch.allclose(torch.log_softmax(logits[row, -1], dim=-1), want, atol=atol), (arch, step, row)
+        pos = pos + 1
+        logits = tf.step(ids[:, prompt + step], pos, cache, mask, None)[:, None]
+
+
+def test_an_adapter_changes_the_output_only_through_its_delta(tmp_path, monkeypatch):
+    monkeypatch.setenv(BASE_DTYPE_ENV, "float32")  # the delta merged into bfloat16 weights would round away
+    model_dir, _ = _model_dir(tmp_path, "qwen2")
+    tf = Transformer(model_dir, torch.device("cpu"))
+    adapter = Adapter(LoraSpec(rank=4, seed=3), tf.targets)
+    tokens, targets = [[5, 6, 7, 8, 9]], [[6, 7, 8, 9, 10]]
+    base = tf.logprobs(tokens, targets, None)[0]
+    # B starts at zero: a fresh adapter is the base model exactly
+    assert torch.equal(tf.logprobs(tokens, targets, adapter)[0], base)
+    with torch.no_grad():
+        for b in adapter.b.values():
+            b.normal_(0, 0.05)
+    tuned = tf.logprobs(tokens, targets, adapter)[0]
+    assert not torch.allclose(tuned, base, atol=1e-3)
+    # the same weights merged into a plain copy of the model give the same numbers
+    for layer_index, layer in enumerate(tf.layers):
+        for slot, weight in (("qkv", layer.qkv), ("o", layer.o), ("gate_up", layer.gate_up), ("down", layer.down)):
+            a_t, b_t = adapter.pair(f"{layer_index}.{slot}")
+            weight += (a_t @ b_t).detach()
+    a_t, b_t = adapter.pair("lm_head")
+    tf.lm_head += (a_t @ b_t).detach()
+    assert torch.allclose(tf.logprobs(tokens, targets, None)[0], tuned, atol=1e-5)
+
+
+def test_an_architecture_the_engine_does_not_run_is_refused_by_name(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(EngineError, match=r"model_type 'gpt2' is not supported.*llama, qwen2, qwen3, mistral"):
+        Transformer(tmp_path / "gpt2", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", ["bf16-shards", "pytorch-bin"])
+def test_bf16_sharded_and_pytorch_bin_checkpoints_load_as_the_model_does(tmp_path, layout, monkeypatch):
+    monkeypatch.setenv(BASE_DTYPE_ENV, "float32")  # what is loaded, compared to float32 rounding
+    _, hf = _model_dir(tmp_path, "llama")
+    if layout == "bf16-shards":  # what most published checkpoints are: bfloat16, in several files
+        hf.to(torch.bfloat16).save_pretrained(tmp_path / layout, max_shard_size="60KB")
+        assert (tmp_path / layout / "model.safetensors.index.json").exists()
+        hf = hf.float()
+    else:
+        hf.save_pretrained(tmp_path / layout, safe_serialization=False)
+    tf = Transformer(tmp_path / layout, torch.device("cpu"))
+    ids = torch.arange(3, 15)
+    with torch.no_grad():
+        want = torch.log_softmax(hf(input_ids=ids[None]).logits[0, :-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
+    assert torch.allclose(tf.logprobs([ids[:-1].tolist()], [ids[1:].tolist()], None)[0], want, atol=1e-5)
