@@ -98,6 +98,29 @@ def test_engine_killed_and_restarted_mid_run_the_run_recovers(tmp_path, tiny_mod
         engine.stop()
 
 
+@pytest.mark.slow
+def test_the_jobs_own_engine_dying_mid_run_is_started_again_and_the_run_finishes(tmp_path, tiny_model_dir):
+    # base_url local: the job's own engine. It used to die (a SIGFPE in a bfloat16 product) and leave the
+    # trainer polling a dead port until synchronizer.sync_timeout, an hour by default
+    cfg = job_dict(tmp_path, tiny_model_dir, "local", name="own-engine", steps=8, save_interval=2)
+    proc = _popen(write_config(tmp_path / "job.yaml", cfg))
+    try:
+        _wait(lambda: len(metrics(cfg)) >= 3, proc, 120, "step 3")
+        pid = int((job_dir(cfg) / "engine.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed_at = len(metrics(cfg))
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        assert killed_at < 8, "the engine must die while the run still has steps to do"
+        assert [r["step"] for r in metrics(cfg)] == list(range(1, 9))
+        assert f"the local engine (pid {pid}) stopped (killed by SIGKILL)" in err
+        assert "starting the local engine again" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _engine_pids(model_dir) -> list[int]:
     pids = []
     for proc in os.listdir("/proc"):

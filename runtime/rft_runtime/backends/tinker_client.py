@@ -184,6 +184,15 @@ def _stop_leftover_engine(pid_file: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+# how often the job's own engine is checked to be running
+ENGINE_CHECK_S = 2.0
+
+
+class EngineExited(ConnectionError):
+    """The local engine this job started is no longer running (a crash, the OOM killer): retryable, since
+    reconnecting starts it again."""
+
+
 class Connection:
     """A ServiceClient to the job's endpoint (starting the local engine first when asked) that can reconnect.
 
@@ -203,6 +212,7 @@ class Connection:
         # where the local engine listens: loopback, or this node's address when Ray runners on other nodes
         # sample from it (set by the job before open())
         self.engine_host = "127.0.0.1"
+        self._closing = threading.Event()  # set when the job stops its engine: the watcher stops with it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -236,16 +246,50 @@ class Connection:
         self.base_url = self.engine.base_url
         pid_file.write_text(f"{self.engine.pid}\n")
         log.info("local engine serving %s at %s (pid %d)", model_dir, self.base_url, self.engine.pid)
+        self._closing = threading.Event()
+        threading.Thread(target=self._watch_engine, name="engine-watch", daemon=True).start()
+
+    def _watch_engine(self) -> None:
+        """Start the job's engine again when it dies (a crash, the OOM killer) and replace the ServiceClient,
+        so the explorer and the trainer rebuild their clients instead of polling a dead port: requests that
+        were in flight fail (the new engine does not know them) and are redone."""
+        while not self._closing.wait(ENGINE_CHECK_S):
+            if self.engine is None or self.engine_exit() is None:
+                continue
+            try:
+                self.reconnect(self.generation, time.monotonic() + 120)
+            except Exception as exc:  # the trainer's own recovery reports what is left
+                log.error("starting the local engine again failed: %s", exc)
+                return
 
     def _stop_engine(self) -> None:
         if self.engine is None:
             return
+        self._closing.set()
         try:
             self.engine.stop()
         except Exception as exc:  # stopping is best effort; the job's own error matters more
             log.warning("stopping the local engine failed: %s", exc)
         (self.job_dir / "engine.pid").unlink(missing_ok=True)
         self.engine = None
+
+    def engine_exit(self) -> str | None:
+        """None while the local engine this job started runs (or when it started none); else how it ended,
+        with the end of its log."""
+        engine = self.engine
+        proc = getattr(engine, "proc", None)
+        code = proc.poll() if proc is not None else None
+        if code is None:
+            return None
+        try:
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        except ValueError:
+            how = f"exit code {code}"
+        lines = [line for line in engine.log_tail(6000).splitlines() if line.strip()]
+        fatal = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
+        tail = lines[fatal[-1]:fatal[-1] + 12] if fatal else lines[-8:]
+        return (f"the local engine (pid {proc.pid}) stopped ({how}); the end of its log {engine.log_file}:\n  "
+                + "\n  ".join(tail))
 
     def close(self, status: str | None = None) -> None:
         """Finish the session (success, or errored while an exception is propagating) and stop the engine.
@@ -286,6 +330,12 @@ class Connection:
         with self._lock:
             if self.generation != seen_generation:
                 return self.generation
+            why = self.engine_exit()
+            if why is not None and not self._closing.is_set():
+                # the job's own engine died: start it again (same port, same checkpoints)
+                log.warning("%s\nstarting the local engine again", why)
+                self.engine.ensure_running(timeout=120)
+                (self.job_dir / "engine.pid").write_text(f"{self.engine.pid}\n")
             if self.base_url:
                 while not healthy(self.base_url):
                     if time.monotonic() > deadline:

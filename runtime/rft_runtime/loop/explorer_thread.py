@@ -120,7 +120,15 @@ class ExplorerThread(threading.Thread):
                 batch.weight_version = version
                 batch.time_sync_s = t_sync
                 return batch
-            except (BackendError, RunError):
+            except (BackendError, RunError) as exc:
+                if isinstance(exc, RunError) and conn.generation != generation and attempts < MAX_RECOVERY_ATTEMPTS:
+                    # its rollouts failed because the connection was replaced under them (the job's engine died
+                    # and was started again): the step is sampled again on a new sampling client
+                    attempts += 1
+                    log.warning("explore step %d failed while the connection to the server was replaced (%s); "
+                                "sampling it again (attempt %d)", step, exc, attempts)
+                    self._sampler = None
+                    continue
                 raise
             except Exception as exc:
                 if refused(exc):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rft_runtime.backends.errors import BackendError, refusal_error, refused
-from rft_runtime.backends.tinker_client import Connection, service_url, within
+from rft_runtime.backends.tinker_client import ENGINE_CHECK_S, Connection, EngineExited, service_url, within
 from rft_runtime.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,24 @@ class Trainer:
 
     # ------------------------------------------------------------ steps
 
+    def _wait(self, fut: Any) -> Any:
+        """fut.result() within call_timeout; a local engine that stops meanwhile ends the wait at once (the
+        SDK would poll a dead port until the timeout), as does a replaced connection (the engine started
+        again: it does not know this request), with an EngineExited, which _guarded recovers from."""
+        deadline = time.monotonic() + self.call_timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return fut.result(timeout=max(0.0, min(ENGINE_CHECK_S, left)))
+            except TimeoutError:
+                if left <= ENGINE_CHECK_S:
+                    raise
+                why = self.conn.engine_exit()
+                if why is None and self.generation != self.conn.generation:
+                    why = "the connection to the server was replaced while this request was in flight"
+                if why is not None:
+                    raise EngineExited(why) from None
+
     def _run(self, work: StepWork) -> StepResult:
         import tinker  # the SDK imports torch: see loop/datums.py
 
@@ -181,8 +199,8 @@ class Trainer:
             fb = self.client.forward_backward(work.datums, work.loss_name, loss_fn_config=work.loss_config)
         # calls on one client run in submission order: queue the optimizer step before waiting
         opt = self.client.optim_step(tinker.AdamParams(learning_rate=work.lr, **self.adam))
-        out = fb.result(timeout=self.call_timeout)
-        opt_out = opt.result(timeout=self.call_timeout)
+        out = self._wait(fb)
+        opt_out = self._wait(opt)
         metrics = {k: float(v) for k, v in (out.metrics or {}).items() if _number(v)}
         if work.metrics_fn is not None:
             logprobs = [o["logprobs"] for o in (out.loss_fn_outputs or []) if "logprobs" in o]
@@ -216,7 +234,7 @@ class Trainer:
         name = f"{label}-{self.run_tag}-g{self.conn.generation}"
         return self._guarded(
             f"saving sampler weights {name}",
-            lambda: self.client.save_weights_for_sampler(name).result(timeout=self.call_timeout).path,
+            lambda: self._wait(self.client.save_weights_for_sampler(name)).path,
         )
 
     def save_state(self, label: str) -> str:
@@ -224,7 +242,7 @@ class Trainer:
         name = f"{label}-{self.run_tag}-g{self.conn.generation}"
         path = self._guarded(
             f"saving checkpoint {name}",
-            lambda: self.client.save_state(name).result(timeout=self.call_timeout).path,
+            lambda: self._wait(self.client.save_state(name)).path,
         )
         self.base_state = path
         self.base_with_optimizer = True
