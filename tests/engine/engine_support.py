@@ -8,21 +8,6 @@ import tinker
 from tinker import types
 
 API_KEY = "tml-local"
-
-
-def _logprob_atol() -> float:
-    """How far two logprobs of the same tokens may be apart when they come from differently shaped products:
-    a batch against a request alone, a decoding step against a training forward. With float32 base weights
-    that is float32 rounding; with bfloat16 ones (the default on CPUs that multiply it natively) a float32
-    difference of one ulp in an activation can round it to the neighbouring bfloat16, about 1e-3 in a logprob."""
-    import torch
-
-    from rft_runtime.engine.transformer import base_dtype
-
-    return 1e-5 if base_dtype(torch.device("cpu")) == torch.float32 else 5e-3
-
-
-LOGPROB_ATOL = _logprob_atol()
 SENTENCES = ["1+2=?<answer>3</answer>", "4+4=?<answer>8</answer>", "2+5=?<answer>7</answer>",
              "hello world", "the cat sat on the mat", "0123456789"]
 
