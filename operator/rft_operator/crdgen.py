@@ -107,6 +107,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def config_schema() -> dict[str, Any]:
     """The structural schema of spec.config, from JobConfig.model_json_schema(): every field of every section,
     Trinity's veRL and vLLM knobs included, and no other key."""
+    # the runtime's config models: only when the CRD is generated
     from rft_runtime.config import JobConfig
 
     raw = JobConfig.model_json_schema()

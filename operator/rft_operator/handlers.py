@@ -138,6 +138,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                      for i in range(ours.workers)]
     STATE.metrics_server, STATE.metrics_port = None, None
     if ours.metrics_port >= 0:
+        # only when /metrics is served (metrics_port >= 0)
         from prometheus_client import start_http_server
 
         server, _thread = start_http_server(ours.metrics_port, addr=ours.metrics_host, registry=metrics.registry)

@@ -95,6 +95,7 @@ def _uses_root_var(config: dict[str, Any]) -> bool:
 
 def prepare_config(config: Any, spec: JobSpec, *, job_name: str, namespace: str) -> ConfigResult:
     """Validate the user's config as the pod will run it; build the copy that goes into the ConfigMap."""
+    # the runtime's config models load with the first job's config, not with the operator
     from rft_runtime.config import ConfigError, load_config_dict
     from rft_runtime.config.secrets import redact_text
 

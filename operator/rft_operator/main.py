@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
+
+from rft_operator.kube import cluster_problem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,17 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             os.environ[f"RFT_OPERATOR_{var}"] = str(value)
 
-    from rft_operator.kube import cluster_problem
-
     # kopf would retry an unreachable server forever, which looks like a healthy operator with nothing to do
     problem = cluster_problem()
     if problem:
         print(f"rft-operator: {problem}", file=sys.stderr)
         return 1
 
-    import logging
-
-    with without_optional_clients():
+    with without_optional_clients():  # kopf would import the client libraries it finds (memory for nothing)
         import kopf
 
         import rft_operator.handlers  # noqa: F401  (registers the handlers)

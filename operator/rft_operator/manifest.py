@@ -104,6 +104,7 @@ def pod_warnings(cfg: Any, image: str | None) -> list[tuple[str, str]]:
 
 def manifest_main(args: Any) -> int:
     """Handler of `rft manifest`: validate the config, then print or write the RFTJob (exit 2 on errors)."""
+    # the runtime's config models: only for `rft manifest`, not for the CLI's other subcommands
     from rft_runtime.config import ConfigError, load_config, read_layers
 
     name = args.name

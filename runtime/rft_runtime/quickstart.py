@@ -9,7 +9,9 @@ after the warm-up and at the end.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -107,15 +109,11 @@ class _PlainDumper(yaml.SafeDumper):
 
 def default_workdir() -> Path:
     """$XDG_CACHE_HOME/rft/quickstart: a demo's 50 MB of scratch belongs in no one's checkout or cwd."""
-    import os
-
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser().resolve() / "rft" / "quickstart"
 
 
 def _write_evals(job_dir: Path, points: list[tuple[int, Any]]) -> None:
-    import json
-
     with (job_dir / "eval.jsonl").open("a") as fh:
         for step, res in points:
             fh.write(json.dumps({"step": step, "taskset": "held-out", "accuracy": res.accuracy,
@@ -133,6 +131,8 @@ def _points(x: float) -> str:
 
 def quickstart_main(args: Any) -> int:
     """Make the model and data, start the engine, evaluate, train both stages, evaluate again."""
+    # here, not at the top: `rft --help` and every other subcommand import this module, and these bring the
+    # loop, the engine launcher and the tinker SDK (torch) with them
     from rft_runtime.backends.tinker_client import LOCAL_API_KEY, Connection
     from rft_runtime.config import load_config
     from rft_runtime.data.tasksets import load_rows

@@ -12,8 +12,10 @@ local checkpoint.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,8 @@ def build_tokenizer() -> Any:
     rebuilds the pipeline as byte-level BPE from the saved vocabulary; with the 256 byte symbols as the
     vocabulary both loading paths give the same ids, and any text round-trips.
     """
+    # transformers and tokenizers (seconds to import) only when a model is made: `rft engine serve` and the
+    # launcher import this module for its presets and errors
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -116,7 +120,7 @@ def make_model(dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
             f"unknown preset {preset!r}: use one of {sorted(PRESETS) + sorted(PACKAGED)} or a local Hugging Face "
             "model directory"
         )
-    import torch
+    import torch  # heavy: only when a model is made (see build_tokenizer)
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tokenizer()
@@ -139,8 +143,6 @@ def make_model(dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
 def packaged_gguf(preset: str) -> Path:
     """The GGUF file a packaged preset converts, located without importing its package (which would
     import llama_cpp); ModelFactoryError with the install command when it is not installed."""
-    import importlib.util
-
     dist, module, filename = PACKAGED[preset]
     spec = importlib.util.find_spec(module)
     path = Path(spec.origin).parent / filename if spec is not None and spec.origin else None
@@ -153,8 +155,6 @@ def packaged_gguf(preset: str) -> Path:
 
 def packaged_version(preset: str) -> str:
     """The installed version of a packaged preset's distribution (a cache key for converted copies)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(PACKAGED[preset][0])
     except PackageNotFoundError:
@@ -164,7 +164,7 @@ def packaged_version(preset: str) -> str:
 
 def convert_packaged(out: Path, preset: str) -> Path:
     """De-quantise a packaged GGUF model into `out` as safetensors + tokenizer + chat template."""
-    import torch
+    import torch  # heavy: only when a model is converted (see build_tokenizer)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     gguf = packaged_gguf(preset)

@@ -81,6 +81,7 @@ class Rotary:
     importing the model's modeling module (137 MB of resident memory for what is a few lines)."""
 
     def __init__(self, cfg: Any, device: torch.device):
+        # with the first model: the module builds transformers' RoPE table
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
         params = getattr(cfg, "rope_parameters", None) or {"rope_type": "default",

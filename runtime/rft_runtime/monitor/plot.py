@@ -204,6 +204,7 @@ def _draw_loss(ax: Any, seg: Segment) -> None:
 def write_plot(records: list[dict[str, Any]], out: Path, title: str = "",
                evals: list[dict[str, Any]] | None = None) -> Path:
     """Draw the reward panel (with held-out evaluations and stage markers) over one loss panel per stage."""
+    # matplotlib (~0.5 s) only when a plot is written
     import matplotlib
 
     matplotlib.use("Agg")  # no display in pods or CI

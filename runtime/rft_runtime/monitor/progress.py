@@ -64,6 +64,7 @@ class Progress:
             self._open(name, total, done)
 
     def _open(self, name: str, total: int | None, done: int) -> None:
+        # tqdm only when a bar is drawn (on a terminal)
         from tqdm import tqdm
 
         self.close()
