@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pg_server
 import pytest
 import sqlalchemy as sa
 from test_run_support import clean_env, job_dict, job_dir, metrics, run_cli, write_config
@@ -134,19 +133,6 @@ def test_several_tasksets_are_mixed_per_step_as_trinity_mixes_them(tmp_path, tin
     assert [r["critic/rewards/mean"] for r in records] == pytest.approx(expected)
     assert 0 < sum(expected) < 8  # both tasksets trained, in the proportion of their rows
     assert all(r["failed_rollouts"] == 0 and r["rollouts"] == 8 for r in records)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server for this module, started on a free port and stopped by PID."""
-    why = pg_server.missing()
-    if why:
-        pytest.skip(why)
-    server = pg_server.PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _trinity_task_table(url: str, name: str, rows: list[dict]) -> None:

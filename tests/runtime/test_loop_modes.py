@@ -12,24 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pg_server
 import pytest
 from test_run_support import clean_env, job_dict, job_dir, metrics, rft, run_cli, write_config
 
 from rft_runtime.buffers.sql import SqlStore
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server for this module, started on a free port and stopped by PID."""
-    why = pg_server.missing()
-    if why:
-        pytest.skip(why)
-    server = pg_server.PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _records(path: Path) -> list[dict]:
