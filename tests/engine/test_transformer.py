@@ -21,9 +21,9 @@ ATOL = {"float32": 1e-5, "bfloat16": 2e-2}
 def _model_dir(tmp_path, arch: str, **extra):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model(arch, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                               max_position_embeddings=256, **extra)
+    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    cfg = AutoConfig.for_model(arch, **{**sizes, **extra})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(cfg)
@@ -125,3 +125,34 @@ def test_bf16_sharded_and_pytorch_bin_checkpoints_load_as_the_model_does(tmp_pat
     with torch.no_grad():
         want = torch.log_softmax(hf(input_ids=ids[None]).logits[0, :-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
     assert torch.allclose(tf.logprobs([ids[:-1].tolist()], [ids[1:].tolist()], None)[0], want, atol=1e-5)
+
+
+def test_bfloat16_prefill_and_decoding_give_the_same_bits_on_one_thread_and_on_two(tmp_path, monkeypatch):
+    # SmolLM2's widths: a bfloat16 product of plain weights at [30, 576] @ [576, 960] rounds differently on one
+    # thread than on two, the thread tuner may switch between two requests, and a seeded request sampled twice
+    # came back with other tokens
+    monkeypatch.setenv(BASE_DTYPE_ENV, "bfloat16")
+    model_dir, _ = _model_dir(tmp_path, "llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                              num_key_value_heads=3, head_dim=64)
+    tf = Transformer(model_dir, torch.device("cpu"))
+    ids = torch.randint(0, 300, (2, 30), generator=torch.Generator().manual_seed(3))
+    valid = torch.ones((2, 30), dtype=torch.bool)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            logits, kv = tf.prefill(ids, valid, None, all_logits=True)
+            cache = tf.new_cache(2, 31)
+            for layer in range(len(tf.layers)):
+                cache.k[layer, :, :, :30] = kv[2 * layer].transpose(1, 2)
+                cache.v[layer, :, :, :30] = kv[2 * layer + 1].transpose(1, 2)
+            cache.length = 30
+            step = tf.step(ids[:, -1], torch.full((2,), 30), cache, torch.ones((2, 31), dtype=torch.bool), None)
+            runs.append((logits, kv, step))
+    finally:
+        torch.set_num_threads(threads)
+    (l1, kv1, s1), (l2, kv2, s2) = runs
+    assert torch.equal(l1, l2)
+    assert all(torch.equal(a, b) for a, b in zip(kv1, kv2, strict=True))
+    assert torch.equal(s1, s2)

@@ -356,21 +356,25 @@ class Transformer:
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, pairs: Pairs, key_valid: torch.Tensor | None,
                  keep: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Hidden states [B*T, hidden] after the last layer; `keep` collects each layer's (k, v)."""
+        """Hidden states [B*T, hidden] after the last layer (a prefill: no gradient); `keep` collects each
+        layer's (k, v). The products read the decoding copies, as decoding steps do: a bfloat16 product of plain
+        weights rounds differently on one thread than on two for some shapes (e.g. [30, 576] @ [576, 960]), and
+        the thread tuner may change the count between two requests, so a seeded request sampled twice gave
+        other tokens; the oneDNN-packed products give the same bits on any thread count."""
         b, t = ids.shape
         h = F.embedding(ids, self.embed).float().reshape(b * t, self.hidden)
         cos, sin = self._rope(positions)
         masks: dict[int | None, torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, h, (b, t), cos, sin, pairs.get(f"{i}.qkv"))
+            q, k, v = self._qkv(layer, h, (b, t), cos, sin, pairs.get(f"{i}.qkv"), layer.qkv_packed)
             if keep is not None:
                 keep.append(k)
                 keep.append(v)
             if layer.window not in masks:
                 masks[layer.window] = self._mask(key_valid, t, layer.window)
             attn = self._attend_full(q, k, v, masks[layer.window])
-            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h)
-            h = self._mlp(layer, h, pairs, i)
+            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h, packed=layer.o_packed)
+            h = self._mlp(layer, h, pairs, i, packed=True)
         return h
 
     def activation_bytes(self) -> int:
@@ -439,7 +443,7 @@ class Transformer:
         h = h.view(b, t, self.hidden)
         if not all_logits:
             h = h[:, -1:]
-        logits = self._logits(h.reshape(-1, self.hidden), pairs).view(b, -1, self.vocab)
+        logits = self._logits(h.reshape(-1, self.hidden), pairs, packed=True).view(b, -1, self.vocab)
         return logits, keep
 
     @torch.no_grad()
