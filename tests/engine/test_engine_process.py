@@ -10,11 +10,52 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from engine_support import service, sft_batch, train
+from engine_support import service, sft_batch, sft_datum, train
 from tinker import types
 
 from rft_runtime.engine.launcher import LocalEngine
 from rft_runtime.engine.model_factory import ModelFactoryError, make_model, make_model_main
+
+
+def _smollm2_widths(root: Path) -> Path:
+    """A random 2-layer Llama with SmolLM2-135M's widths (576 hidden, 1536 MLP, 9 heads, 3 key/value heads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=512, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=256,
+                      tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(root / "widths")
+    return root / "widths"
+
+
+@pytest.mark.slow
+def test_a_seeded_sample_gives_the_same_bits_on_one_thread_and_on_two(tmp_path, monkeypatch):
+    # the thread tuner may change the thread count between two requests; a LoRA product such as
+    # [1, 1536] @ [1536, 16] came out otherwise in its last bit on two threads, and bfloat16 products downstream
+    # rounded that into other logits: the same seeded request gave other tokens
+    model_dir = _smollm2_widths(tmp_path)
+    monkeypatch.setenv("RFT_ENGINE_BASE_DTYPE", "bfloat16")
+    gen = __import__("random").Random(0)
+    data = [sft_datum([gen.randrange(512) for _ in range(40)]) for _ in range(4)]
+    prompt = types.ModelInput.from_ints([gen.randrange(512) for _ in range(20)])
+    params = types.SamplingParams(max_tokens=24, seed=3, temperature=1.0, stop=[])
+    path, got = None, {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RFT_ENGINE_THREADS", threads)  # a fixed count: no tuner
+        with LocalEngine(model_dir, state_dir=tmp_path / "state", port=0,
+                         log_file=tmp_path / f"engine-{threads}.log") as engine:
+            sc = service(engine.base_url)
+            if path is None:  # a trained adapter (B no longer zero), saved where the second engine finds it
+                tc = sc.create_lora_training_client(base_model=str(model_dir), rank=16, seed=0).result()
+                train(tc, data, 2, lr=1e-2)
+                path = tc.save_weights_for_sampler("same-bits").result().path
+            sampler = sc.create_sampling_client(model_path=path).result()
+            out = sampler.sample(prompt, 4, params).result()
+            got[threads] = [(list(s.tokens), list(s.logprobs)) for s in out.sequences]
+    assert got["1"] == got["2"]
 
 
 @pytest.mark.slow

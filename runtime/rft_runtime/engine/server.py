@@ -150,6 +150,11 @@ def serve_main(args: Any) -> int:
               "it could train and sample on this machine", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MKL's float32 products give the same bits on any thread count (its strict reproducible mode, read at its
+    # first product, so before the model loads): the thread tuner changes the count between requests, and a
+    # LoRA product such as [1, 576] @ [576, 16] came out otherwise in its last bit, which a bfloat16 product
+    # downstream can round into another logit; a seeded request must give the same tokens every time
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     if level > logging.DEBUG:
         # the engine log is one line per event: no weight-loading progress bars, no library deprecations
         transformers.utils.logging.disable_progress_bar()
