@@ -156,3 +156,55 @@ def test_bfloat16_prefill_and_decoding_give_the_same_bits_on_one_thread_and_on_t
     assert torch.equal(l1, l2)
     assert all(torch.equal(a, b) for a, b in zip(kv1, kv2, strict=True))
     assert torch.equal(s1, s2)
+
+
+def _hf_lora_grads(hf, adapter: Adapter, ids: torch.Tensor, lengths: list[int], weights: torch.Tensor) -> dict:
+    """Gradients of sum(weights * logp(target)) w.r.t. the adapter's A and B matrices, by autograd over the
+    Hugging Face module with each target layer's delta added by a forward hook (what peft computes)."""
+    a = {p: t.detach().clone().requires_grad_(True) for p, t in adapter.a.items()}
+    b = {p: t.detach().clone().requires_grad_(True) for p, t in adapter.b.items()}
+    hooks = []
+    for path in a:
+        module = hf.get_submodule(path)
+        hooks.append(module.register_forward_hook(
+            lambda mod, inp, out, p=path: out + adapter.scaling * (inp[0] @ a[p].t()) @ b[p].t()))
+    try:
+        logits = hf(input_ids=ids).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    mask = torch.arange(ids.shape[1] - 1)[None, :] < torch.tensor(lengths)[:, None]
+    (logp * weights * mask).sum().backward()
+    return {("A", p): t.grad for p, t in a.items()} | {("B", p): t.grad for p, t in b.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("arch", "extra"), [("llama", {"attention_bias": True}), ("qwen2", {}), ("qwen3", {}),
+                                             ("mistral", {"sliding_window": 5})])
+def test_lora_gradients_of_the_training_forward_match_autograd_over_the_hugging_face_model(
+        tmp_path, arch, extra, dtype, monkeypatch):
+    # every matmul of the training forward (q/k/v, o, gate/up, down, the head) has a hand-written backward, and
+    # with bfloat16 base weights the forward reads the packed copies and the backward W^T: the adapter's
+    # gradients must be the ones autograd gives over the reference model, to float32 or bfloat16 rounding
+    monkeypatch.setenv(BASE_DTYPE_ENV, dtype)
+    model_dir, hf = _model_dir(tmp_path, arch, **extra)
+    tf = Transformer(model_dir, torch.device("cpu"))
+    adapter = Adapter(LoraSpec(rank=4, seed=3), tf.targets)
+    with torch.no_grad():  # B away from zero, so A's gradients are not zero
+        for t in adapter.b.values():
+            t.normal_(0, 0.05)
+    params = adapter.trainable()
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 300, (3, 13), generator=gen)
+    lengths = [12, 8, 10]
+    weights = torch.rand(3, 12, generator=gen) - 0.3  # advantages of both signs, as a policy loss sends
+    logps = tf.logprobs([ids[i, :n].tolist() for i, n in enumerate(lengths)],
+                        [ids[i, 1:n + 1].tolist() for i, n in enumerate(lengths)], adapter)
+    sum(logp @ weights[i, :n] for i, (logp, n) in enumerate(zip(logps, lengths, strict=True))).backward()
+    want = _hf_lora_grads(hf, adapter, ids, lengths, weights)
+    got = {("A", p): t.grad for p, t in adapter.a.items()} | {("B", p): t.grad for p, t in adapter.b.items()}
+    assert all(p.grad is not None for p in params)
+    for key, ref in want.items():
+        err = float((got[key] - ref).norm() / ref.norm())
+        assert err < (1e-4 if dtype == "float32" else 0.05), (key, err)

@@ -1,4 +1,4 @@
-"""Three fused pieces of the training forward, each an autograd Function with a hand-written backward.
+"""Four fused pieces of the training forward, each an autograd Function with a hand-written backward.
 
 Autograd over the plain ops keeps every intermediate for the backward (the normed input of each matmul, the
 SiLU output and the gated product, three [tokens, vocab] tensors at the head), about 1.9 MB per token for
@@ -6,9 +6,14 @@ SmolLM2-135M; these keep what cannot be recomputed cheaply (0.9 MB per token), s
 twice the tokens fits the same memory, and they make fewer passes over memory:
 
 - NormLinear: rms_norm(h) @ W (+ bias) + LoRA; keeps h and the norm's scale, recomputes the normed input.
+- LinearResidual: h + x @ W (+ bias) + LoRA, the attention's output projection; keeps x only for LoRA.
 - SwiGLUDown: h + (silu(gate) * up) @ W_down (+ bias) + LoRA; keeps the gate/up matmul's output only.
 - NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the log-softmax alone and
   turns it into the logits' gradient in place, skipping rows whose gradient is zero (prompt tokens, zero weights).
+
+With bfloat16 base weights (transformer.base_dtype) the forward's products read the oneDNN-packed copies the
+engine keeps for decoding (`packed`), and the backward's W^T is a contiguous tensor (the engine stores W^T and
+hands W over as its transposed view), so no product takes a transposed bfloat16 operand.
 
 A LoRA pair is (A^T [in, r], scaling * B^T [r, out]) as lora.Adapter.pair gives it; tests/engine/
 test_train_ops.py checks every gradient against autograd's with gradcheck.
@@ -32,17 +37,22 @@ def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.mm(x, w)
     if w.is_contiguous():
         return torch.mm(x.to(w.dtype), w).float()
-    # w is a transposed view (the backward's W^T). oneDNN's bfloat16 product with a transposed right-hand side
-    # dies of SIGFPE (an integer division by zero) for some shapes, e.g. [32, 49152] @ [576, 49152]^T: the
-    # head's backward at a vocabulary of 49152 (torch 2.13, AMX). Both sides contiguous do not, so this takes
-    # (w^T @ x^T)^T with x^T written out in bfloat16 (one copy, as the conversion alone would be).
+    # w is a transposed view (the engine's weights are not: see the module docstring). oneDNN's bfloat16 product
+    # with a transposed right-hand side dies of SIGFPE (an integer division by zero) for some shapes, e.g.
+    # [32, 49152] @ [576, 49152]^T, a head's backward at a vocabulary of 49152 (torch 2.13, AMX). Both sides
+    # contiguous do not, so this takes (w^T @ x^T)^T with x^T written out in bfloat16 (one copy, as the
+    # conversion alone would be).
     xt = torch.empty((x.shape[1], x.shape[0]), dtype=w.dtype, device=x.device)
     xt.copy_(x.t())
     return torch.mm(w.t(), xt).t().float()
 
 
-def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ w (+ bias), float32."""
+def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+          packed: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w (+ bias), float32; with `packed` (w's oneDNN-packed copy, see Transformer), the product reads it."""
+    if packed is not None:
+        out = torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "").float()
+        return out if bias is None else out.add_(bias)
     if w.dtype == x.dtype:
         return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
     out = mm(x, w)
@@ -80,13 +90,15 @@ def _log_softmax_(logits: torch.Tensor) -> None:
 
 
 class NormLinear(torch.autograd.Function):
-    """rms_norm(h) * ln @ weight (+ bias) + (xn @ a_t) @ b_t."""
+    """rms_norm(h) * ln @ weight (+ bias) + (xn @ a_t) @ b_t (packed: weight's oneDNN-packed copy, read by the
+    forward's product)."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, ln: torch.Tensor, eps: float, weight: torch.Tensor,
-                bias: torch.Tensor | None, a_t: torch.Tensor | None, b_t: torch.Tensor | None) -> torch.Tensor:
+                bias: torch.Tensor | None, a_t: torch.Tensor | None, b_t: torch.Tensor | None,
+                packed: torch.Tensor | None = None) -> torch.Tensor:
         xn, rstd = _rms(h, ln, eps)
-        out = _base(xn, weight, bias)
+        out = _base(xn, weight, bias, packed)
         xa = None
         if a_t is not None:
             xa = torch.mm(xn, a_t)
@@ -104,7 +116,39 @@ class NormLinear(torch.autograd.Function):
             grad_a, grad_b = _lora_backward(grad, lambda: _rms(h, ln, ctx.eps)[0], xa, a_t, b_t, grad_xn,
                                             (ctx.needs_input_grad[5], ctx.needs_input_grad[6]))
         grad_h = _rms_backward(grad_xn, h, rstd, ln) if ctx.needs_input_grad[0] else None
-        return grad_h, None, None, None, None, grad_a, grad_b
+        return grad_h, None, None, None, None, grad_a, grad_b, None
+
+
+class LinearResidual(torch.autograd.Function):
+    """h + x @ weight (+ bias) + (x @ a_t) @ b_t: the attention's output projection with the residual add."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                a_t: torch.Tensor | None, b_t: torch.Tensor | None,
+                packed: torch.Tensor | None = None) -> torch.Tensor:
+        if packed is None and weight.dtype == x.dtype:
+            out = torch.addmm(h, x, weight)
+            if bias is not None:
+                out += bias
+        else:
+            out = _base(x, weight, bias, packed).add_(h)
+        xa = None
+        if a_t is not None:
+            xa = torch.mm(x, a_t)
+            out.addmm_(xa, b_t)
+        ctx.save_for_backward(x if a_t is not None else None, weight, a_t, b_t, xa)  # x: for A's gradient
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, a_t, b_t, xa = ctx.saved_tensors
+        grad_x = mm(grad, weight.t())
+        grad_a = grad_b = None
+        if a_t is not None:
+            grad_a, grad_b = _lora_backward(grad, x, xa, a_t, b_t, grad_x,
+                                            (ctx.needs_input_grad[4], ctx.needs_input_grad[5]))
+        return (grad_x if ctx.needs_input_grad[0] else None, grad if ctx.needs_input_grad[1] else None,
+                None, None, grad_a, grad_b, None)
 
 
 class SwiGLUDown(torch.autograd.Function):
@@ -112,10 +156,14 @@ class SwiGLUDown(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, gate_up: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                a_t: torch.Tensor | None, b_t: torch.Tensor | None) -> torch.Tensor:
+                a_t: torch.Tensor | None, b_t: torch.Tensor | None,
+                packed: torch.Tensor | None = None) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate).mul_(up)
-        out = torch.addmm(h, act, weight) if weight.dtype == act.dtype else mm(act, weight).add_(h)
+        if packed is None and weight.dtype == act.dtype:
+            out = torch.addmm(h, act, weight)
+        else:
+            out = _base(act, weight, None, packed).add_(h)
         if bias is not None:
             out += bias
         xa = None
@@ -139,9 +187,11 @@ class SwiGLUDown(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             width = gate.shape[-1]
             grad_gate_up = torch.empty_like(gate_up)
-            torch.ops.aten.silu_backward(grad_act * up, gate, grad_input=grad_gate_up[:, :width])
             torch.mul(grad_act, silu, out=grad_gate_up[:, width:])
-        return grad_gate_up, grad if ctx.needs_input_grad[1] else None, None, None, grad_a, grad_b
+            # silu_backward into a contiguous result, then one copy: written straight into the strided half it
+            # ran several times slower (1.3-1.9 ms against 0.2 ms at [350, 1536])
+            grad_gate_up[:, :width].copy_(torch.ops.aten.silu_backward(grad_act.mul_(up), gate))
+        return grad_gate_up, grad if ctx.needs_input_grad[1] else None, None, None, grad_a, grad_b, None
 
 
 class NormHead(torch.autograd.Function):
@@ -150,9 +200,9 @@ class NormHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, ln: torch.Tensor, eps: float, weight: torch.Tensor,
                 bias: torch.Tensor | None, a_t: torch.Tensor | None, b_t: torch.Tensor | None,
-                targets: torch.Tensor) -> torch.Tensor:
+                targets: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
         xn, rstd = _rms(h, ln, eps)
-        logits = _base(xn, weight, bias)
+        logits = _base(xn, weight, bias, packed)
         xa = None
         if a_t is not None:
             xa = torch.mm(xn, a_t)
@@ -161,7 +211,7 @@ class NormHead(torch.autograd.Function):
         logp = logits.gather(-1, targets[:, None]).squeeze(-1)
         ctx.save_for_backward(h, rstd, ln, weight, a_t, b_t, xa, targets)
         ctx.logp = logits  # consumed by the backward, which turns it into the logits' gradient in place
-        ctx.eps, ctx.bias = eps, bias
+        ctx.eps, ctx.bias, ctx.packed = eps, bias, packed
         return logp
 
     @staticmethod
@@ -170,7 +220,7 @@ class NormHead(torch.autograd.Function):
         logp, ctx.logp = ctx.logp, None
         if logp is None:  # a second backward through the same graph (retain_graph): compute them again
             xn = _rms(h, ln, ctx.eps)[0]
-            logp = _base(xn, weight, ctx.bias)
+            logp = _base(xn, weight, ctx.bias, ctx.packed)
             if a_t is not None:
                 logp.addmm_(xa, b_t)
             _log_softmax_(logp)
@@ -196,4 +246,4 @@ class NormHead(torch.autograd.Function):
                 grad_h[rows] = _rms_backward(grad_xn, h[rows], rstd[rows], ln)
             else:
                 grad_h = _rms_backward(grad_xn, h, rstd, ln)
-        return grad_h, None, None, None, None, grad_a, grad_b, None
+        return grad_h, None, None, None, None, grad_a, grad_b, None, None

@@ -22,7 +22,7 @@ from transformers import AutoConfig
 
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, Target
-from rft_runtime.engine.train_ops import NormHead, NormLinear, SwiGLUDown, mm
+from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, SwiGLUDown, mm
 from rft_runtime.engine.weights import Weights
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
@@ -71,9 +71,18 @@ def _pair(pairs: Pairs, slot: str) -> tuple[torch.Tensor | None, torch.Tensor | 
     return pairs.get(slot) or (None, None)
 
 
-def _fused(weights: list[torch.Tensor]) -> torch.Tensor:
-    """[out, in] weights side by side as one [in, sum(out)] weight."""
-    return torch.cat(weights).t().contiguous()
+def _fused(weights: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[out, in] weights side by side as one [in, sum(out)] weight: contiguous in float32 (the layout the BLAS
+    reads fastest for the few rows of a decoding step), else the transposed view of a contiguous
+    [sum(out), in] tensor (see Transformer.__init__)."""
+    return _layout(torch.cat(weights) if len(weights) > 1 else weights[0], device, dtype)
+
+
+def _layout(w_out_in: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """An [out, in] weight as the engine keeps it, an [in, out] tensor (see _fused)."""
+    if dtype == torch.float32:
+        return w_out_in.to(device, dtype).t().contiguous()
+    return w_out_in.to(device, dtype).contiguous().t()
 
 
 class Rotary:
@@ -171,17 +180,23 @@ class Transformer:
         # Activations, norms, attention, the KV cache, the LoRA weights and their products, gradients and the
         # optimizer stay float32; a base matmul's input and output are rounded to bfloat16, as mixed-precision
         # training on a GPU does. RFT_ENGINE_BASE_DTYPE=float32 keeps
-        # everything in float32. With bfloat16, o and down are packed for decoding too.
+        # everything in float32. With bfloat16, o and down are packed for decoding too, the training forward's
+        # products read the packed copies as well, and the plain weights are stored as W^T [out, in] (what the
+        # backward multiplies by: grad @ W^T with both operands contiguous) and handed around as their
+        # transposed views W [in, out]; oneDNN's bfloat16 product with a transposed operand was 1.5-2.4x slower
+        # through a copy, and without one it dies of SIGFPE at some shapes (train_ops.mm).
         self.base_dtype = base_dtype(device, config_params(cfg))
         weights = Weights(Path(model_dir))
         self.targets: list[Target] = []
         self.layers = [self._take_layer(i, weights, cfg) for i in range(cfg.num_hidden_layers)]
         tied = "lm_head.weight" not in weights or bool(getattr(cfg, "tie_word_embeddings", False))
         head = weights.get("model.embed_tokens.weight" if tied else "lm_head.weight")
-        self.lm_head = head.t().contiguous().to(device, self.base_dtype)  # [hidden, vocab]
+        self.lm_head = _layout(head, device, self.base_dtype)  # [hidden, vocab]
         del head
         self.lm_head_bias = weights.get("lm_head.bias").to(device) if "lm_head.bias" in weights else None
         self.embed = self.lm_head.t() if tied else weights.get("model.embed_tokens.weight").to(device, self.base_dtype)
+        # the training forward reads the packed copies (bfloat16: the plain weights are transposed views)
+        self.train_packed = self.pack and self.base_dtype != torch.float32
         self.norm = weights.get("model.norm.weight").to(device)
         self.lm_head_packed = self._packed(self.lm_head)
         self.targets.append(Target("lm_head", "unembed", "lm_head", self.hidden, self.vocab))
@@ -205,7 +220,7 @@ class Transformer:
             if any(f"{prefix}.{n}.bias" in weights for n in names):
                 bias = torch.cat([weights.get(f"{prefix}.{n}.bias") if f"{prefix}.{n}.bias" in weights
                                   else torch.zeros(w.shape[0]) for n, w in zip(names, ws, strict=True)]).to(dev)
-            return _fused(ws).to(dev, self.base_dtype), bias
+            return _fused(ws, dev, self.base_dtype), bias
 
         qkv, qkv_bias = linears(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "attn", f"{i}.qkv")
         o, o_bias = linears(["self_attn.o_proj"], "attn", f"{i}.o")
@@ -406,19 +421,23 @@ class Transformer:
         h = F.embedding(ids, self.embed).float().reshape(b * t, self.hidden)
         cos, sin = self._rope(positions)
         masks: dict[int | None, torch.Tensor | None] = {}
+        pk = self.train_packed
         for i, layer in enumerate(self.layers):
-            qkv = NormLinear.apply(h, layer.ln1, self.eps, layer.qkv, layer.qkv_bias, *_pair(pairs, f"{i}.qkv"))
+            qkv = NormLinear.apply(h, layer.ln1, self.eps, layer.qkv, layer.qkv_bias, *_pair(pairs, f"{i}.qkv"),
+                                   layer.qkv_packed if pk else None)
             q, k, v = self._heads(layer, qkv, (b, t), cos, sin)
             if layer.window not in masks:
                 masks[layer.window] = self._mask(None, t, layer.window)
             attn = self._attend_full(q, k, v, masks[layer.window])
-            h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h)
+            h = LinearResidual.apply(attn, h, layer.o, layer.o_bias, *_pair(pairs, f"{i}.o"),
+                                     layer.o_packed if pk else None)
             gate_up = NormLinear.apply(h, layer.ln2, self.eps, layer.gate_up, layer.gate_up_bias,
-                                       *_pair(pairs, f"{i}.gate_up"))
-            h = SwiGLUDown.apply(gate_up, h, layer.down, layer.down_bias, *_pair(pairs, f"{i}.down"))
+                                       *_pair(pairs, f"{i}.gate_up"), layer.gate_up_packed if pk else None)
+            h = SwiGLUDown.apply(gate_up, h, layer.down, layer.down_bias, *_pair(pairs, f"{i}.down"),
+                                 layer.down_packed if pk else None)
         flat = real.reshape(-1)
         logp = NormHead.apply(h[flat], self.norm, self.eps, self.lm_head, self.lm_head_bias,
-                              *_pair(pairs, "lm_head"), tgt.reshape(-1)[flat])
+                              *_pair(pairs, "lm_head"), tgt.reshape(-1)[flat], self.lm_head_packed if pk else None)
         return list(torch.split(logp, lengths))
 
     @staticmethod
