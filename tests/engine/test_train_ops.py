@@ -58,16 +58,19 @@ def test_norm_head_gradients_and_logprobs(lora):
     assert torch.equal(mine[0][0], torch.zeros(5, dtype=torch.float64))  # a skipped row gets no gradient
 
 
-def test_bfloat16_base_weights_give_the_float32_gradients_to_bfloat16_rounding_at_a_real_vocabulary():
+@pytest.mark.parametrize("layout", ["engine", "in-out"])
+def test_bfloat16_base_weights_give_the_float32_gradients_to_bfloat16_rounding_at_a_real_vocabulary(layout):
     # 32 rows against a 49152-token head (SmolLM2's): oneDNN's bfloat16 product with a transposed weight died
-    # of SIGFPE at this shape and killed the engine in the first GRPO step; mm takes another route
+    # of SIGFPE at this shape and killed the engine in the first GRPO step. The engine's layout (W^T stored,
+    # W its transposed view) multiplies two contiguous operands; mm takes another route for a contiguous W
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(32, 64, generator=gen, requires_grad=True)
     ln = torch.ones(64)
     w32 = torch.randn(64, 49152, generator=gen) * 0.05
     targets = torch.randint(0, 49152, (32,), generator=gen)
+    w16 = w32.t().contiguous().to(torch.bfloat16).t() if layout == "engine" else w32.to(torch.bfloat16)
     grads = {}
-    for name, w in (("float32", w32), ("bfloat16", w32.to(torch.bfloat16))):
+    for name, w in (("float32", w32), ("bfloat16", w16)):
         h.grad = None
         logp = NormHead.apply(h, ln, 1e-6, w, None, None, None, targets)
         logp.sum().backward()
