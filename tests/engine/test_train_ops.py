@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rft_runtime.engine.train_ops import NormHead, NormLinear, SwiGLUDown
+from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, Rotate, SwiGLUDown
 
 
 def _t(*shape, grad=True):
@@ -26,6 +26,30 @@ def test_norm_linear_gradients(lora, bias):
     want = F.rms_norm(h, (6,), ln, 1e-5) @ w + (b if bias else 0) + ((F.rms_norm(h, (6,), ln, 1e-5) @ a_t @ b_t)
                                                                    if lora else 0)
     assert torch.allclose(out, want)
+
+
+def test_rotate_gradients():
+    # [B, T, heads, D] against cos / signed sin [B, T, 1, D]: the RoPE of Transformer._rotate
+    x = _t(2, 5, 3, 8)
+    angles = torch.rand(2, 5, 1, 4, dtype=torch.float64) * 6
+    cos = torch.cat([angles.cos(), angles.cos()], -1)
+    sin = torch.cat([-angles.sin(), angles.sin()], -1)
+    assert torch.autograd.gradcheck(lambda v: Rotate.apply(v, cos, sin), (x,))
+    x1, x2 = x[..., :4], x[..., 4:]
+    want = torch.cat([x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()], -1)
+    assert torch.allclose(Rotate.apply(x, cos, sin), want)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_residual_gradients(lora, bias):
+    x, h, w = _t(5, 6), _t(5, 7), _t(6, 7, grad=False)
+    b = _t(7, grad=False) if bias else None
+    a_t, b_t = (_t(6, 2), _t(2, 7)) if lora else (None, None)
+    assert torch.autograd.gradcheck(lambda *v: LinearResidual.apply(v[0], v[1], w, b, *v[2:]),
+                                    (x, h, a_t, b_t) if lora else (x, h, None, None))
+    want = h + x @ w + (b if bias else 0) + ((x @ a_t @ b_t) if lora else 0)
+    assert torch.allclose(LinearResidual.apply(x, h, w, b, a_t, b_t), want)
 
 
 @pytest.mark.parametrize("lora", [True, False])

@@ -1,4 +1,4 @@
-"""Four fused pieces of the training forward, each an autograd Function with a hand-written backward.
+"""Five fused pieces of the training forward, each an autograd Function with a hand-written backward.
 
 Autograd over the plain ops keeps every intermediate for the backward (the normed input of each matmul, the
 SiLU output and the gated product, three [tokens, vocab] tensors at the head), about 1.9 MB per token for
@@ -6,6 +6,7 @@ SmolLM2-135M; these keep what cannot be recomputed cheaply (0.9 MB per token), s
 twice the tokens fits the same memory, and they make fewer passes over memory:
 
 - NormLinear: rms_norm(h) @ W (+ bias) + LoRA; keeps h and the norm's scale, recomputes the normed input.
+- Rotate: RoPE, whose backward is the rotation back.
 - LinearResidual: h + x @ W (+ bias) + LoRA, the attention's output projection; keeps x only for LoRA.
 - SwiGLUDown: h + (silu(gate) * up) @ W_down (+ bias) + LoRA; keeps the gate/up matmul's output only.
 - NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the log-softmax alone and
@@ -87,6 +88,24 @@ def _log_softmax_(logits: torch.Tensor) -> None:
     for i in range(0, logits.shape[0], HEAD_BLOCK):
         block = logits[i:i + HEAD_BLOCK]
         block.copy_(torch.log_softmax(block, dim=-1))
+
+
+class Rotate(torch.autograd.Function):
+    """RoPE: x * cos + roll(x, D/2) * sin, with sin already signed ([-sin | +sin], see Transformer._rope). The
+    backward is the rotation back, g * cos + roll(g * sin, D/2) = g * cos + roll(g, D/2) * roll(sin, D/2):
+    three ops where autograd over the forward's ops takes five."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        ctx.save_for_backward(cos, sin)
+        return torch.addcmul(x * cos, torch.roll(x, half, -1), sin)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        return torch.addcmul(grad * cos, torch.roll(grad, half, -1), torch.roll(sin, half, -1)), None, None
 
 
 class NormLinear(torch.autograd.Function):

@@ -22,7 +22,7 @@ from transformers import AutoConfig
 
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, Target
-from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, SwiGLUDown, mm
+from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, Rotate, SwiGLUDown, mm
 from rft_runtime.engine.weights import Weights
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
@@ -307,7 +307,7 @@ class Transformer:
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x * cos + rotate_half(x) * sin, with rotate_half = roll by half times [-1.., +1..]
-        return torch.addcmul(x * cos, torch.roll(x, self.head_dim // 2, -1), sin)
+        return Rotate.apply(x, cos, sin)
 
     def _qkv(self, layer: Layer, h: torch.Tensor, shape: tuple[int, ...], cos: torch.Tensor, sin: torch.Tensor,
              pair: Any, packed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
