@@ -26,7 +26,7 @@ from typing import Any
 import transformers
 import zstandard
 
-from rft_runtime.engine import routes
+from rft_runtime.engine import memory, routes
 from rft_runtime.engine.core import Engine, EngineError
 from rft_runtime.engine.launcher import PORT_DIR_ENV
 from rft_runtime.engine.service import HTTPError, Service
@@ -155,6 +155,7 @@ def serve_main(args: Any) -> int:
     # LoRA product such as [1, 576] @ [576, 16] came out otherwise in its last bit, which a bfloat16 product
     # downstream can round into another logit; a seeded request must give the same tokens every time
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    memory.keep_freed()  # the compute loop hands it back when idle (service.IDLE_RELEASE_S)
     if level > logging.DEBUG:
         # the engine log is one line per event: no weight-loading progress bars, no library deprecations
         transformers.utils.logging.disable_progress_bar()

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from rft_runtime.engine import losses, memory
+from rft_runtime.engine import losses
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, LoraSpec
 from rft_runtime.engine.threads import ThreadTuner
@@ -114,7 +114,6 @@ class TrainingRuns:
             logps += [lp.detach().float().cpu() for lp in chunk_logps]
             total += float(loss.detach())
             del chunk_logps, loss
-        memory.release()
         return {"logprobs": logps, "elementwise_loss": elementwise, "metrics": {"loss:sum": total}}
 
     def chunks(self, data: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
