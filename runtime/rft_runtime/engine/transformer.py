@@ -306,8 +306,11 @@ class Transformer:
         return cos.unsqueeze(-2), (sin * self._rot_sign).unsqueeze(-2)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x * cos + rotate_half(x) * sin, with rotate_half = roll by half times [-1.., +1..]
-        return Rotate.apply(x, cos, sin)
+        # x * cos + rotate_half(x) * sin, with rotate_half = roll by half times [-1.., +1..]; decoding calls the
+        # ops directly (an autograd Function's call costs more than they do at one token)
+        if torch.is_grad_enabled():
+            return Rotate.apply(x, cos, sin)
+        return torch.addcmul(x * cos, torch.roll(x, self.head_dim // 2, -1), sin)
 
     def _qkv(self, layer: Layer, h: torch.Tensor, shape: tuple[int, ...], cos: torch.Tensor, sin: torch.Tensor,
              pair: Any, packed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
