@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import pytest
 import tinker
@@ -179,6 +180,10 @@ def test_concurrent_sample_calls_are_decoded_together_and_each_gets_what_it_gets
     for a, t in zip(alone, together, strict=True):
         assert t.sequences[0].tokens == a.sequences[0].tokens
         assert t.sequences[0].logprobs == pytest.approx(a.sequences[0].logprobs, abs=1e-5)
+    # the batch's row count is recorded after its last answer went out: wait for it
+    deadline = time.monotonic() + 10
+    while len(batch_rows()) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert max(batch_rows()[before:]) > 1, "no two of the concurrent requests shared a batch"
 
 

@@ -277,11 +277,11 @@ class Service:
         if counts["requests"] > 1:
             log.debug("decoded %d sample requests (%d sequences) in one batch: %.2fs", counts["requests"],
                       counts["rows"], time.perf_counter() - started)
-        memory.release()  # a batch's caches and joins leave freed pieces the next call rarely fits
         self.stats.setdefault("sample_batch_rows", []).append(float(counts["rows"]))
         for label in ("sample", "sample_batch_rows"):
             if len(self.stats[label]) > 1000:
                 del self.stats[label][:500]
+        memory.release()  # a batch's caches and joins leave freed pieces the next call rarely fits
 
     def retrieve(self, request_id: str) -> Future | None:
         """Wait (bounded) for a future; None when it is still running after the long poll."""
