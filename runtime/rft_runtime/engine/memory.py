@@ -4,7 +4,7 @@ glibc keeps what a forward_backward frees (hundreds of MB of activations in piec
 own reuse, and the next call's pieces rarely fit the holes: the engine's resident memory crept up call by
 call (1.46 GB after loading SmolLM2-135M, 1.9 GB after a few training steps). malloc_trim returns the free
 pages (a few tens of ms), which the engine's compute loop does once it has been idle for a second
-(service.IDLE_RELEASE_S).
+(service.IDLE_RELEASE_S) and after each batch of sampling.
 
 While it works, every page handed back is a page fault when the next call touches it again: by default glibc
 serves each piece of 32 MB or more (a [350, 49152] block of logits) with its own mmap, unmapped when freed, and
