@@ -60,6 +60,18 @@ def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
     return out if bias is None else out.add_(bias)
 
 
+def _base_residual(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                   packed: torch.Tensor | None) -> torch.Tensor:
+    """h + x @ w (+ bias), float32 (the add rides on addmm when x and w are both float32)."""
+    if packed is None and w.dtype == x.dtype:
+        out = torch.addmm(h, x, w)
+    else:
+        out = _base(x, w, None, packed).add_(h)
+    if bias is not None:
+        out += bias
+    return out
+
+
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(h) * weight, the per-row scale rstd)."""
     return torch.ops.aten._fused_rms_norm(h, [h.shape[-1]], weight, eps)
@@ -145,12 +157,7 @@ class LinearResidual(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 a_t: torch.Tensor | None, b_t: torch.Tensor | None,
                 packed: torch.Tensor | None = None) -> torch.Tensor:
-        if packed is None and weight.dtype == x.dtype:
-            out = torch.addmm(h, x, weight)
-            if bias is not None:
-                out += bias
-        else:
-            out = _base(x, weight, bias, packed).add_(h)
+        out = _base_residual(h, x, weight, bias, packed)
         xa = None
         if a_t is not None:
             xa = torch.mm(x, a_t)
@@ -179,12 +186,7 @@ class SwiGLUDown(torch.autograd.Function):
                 packed: torch.Tensor | None = None) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate).mul_(up)
-        if packed is None and weight.dtype == act.dtype:
-            out = torch.addmm(h, act, weight)
-        else:
-            out = _base(act, weight, None, packed).add_(h)
-        if bias is not None:
-            out += bias
+        out = _base_residual(h, act, weight, bias, packed)
         xa = None
         if a_t is not None:
             xa = torch.mm(act, a_t)
