@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, Rotate, SwiGLUDown
+from rft_runtime.engine import train_ops
+from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, NormSwiGLU, Rotate
 
 
 def _t(*shape, grad=True):
@@ -52,18 +53,58 @@ def test_linear_residual_gradients(lora, bias):
     assert torch.allclose(LinearResidual.apply(x, h, w, b, a_t, b_t), want)
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_swiglu_down_gradients(lora):
-    gate_up, h, w = _t(5, 8), _t(5, 3), _t(4, 3, grad=False)
-    a_t, b_t = (_t(4, 2), _t(2, 3)) if lora else (None, None)
-    assert torch.autograd.gradcheck(lambda g, r, a, b: SwiGLUDown.apply(g, r, w, None, a, b), (gate_up, h, a_t, b_t))
-    act = F.silu(gate_up[:, :4]) * gate_up[:, 4:]
-    want = h + act @ w + ((act @ a_t @ b_t) if lora else 0)
-    assert torch.allclose(SwiGLUDown.apply(gate_up, h, w, None, a_t, b_t), want)
+def _mlp(h, ln, w_gu, bias_gu, a_gu, b_gu, w_d, bias_d, a_d, b_d):
+    """The MLP NormSwiGLU computes, written with plain ops (autograd's reference)."""
+    xn = F.rms_norm(h, (h.shape[-1],), ln, 1e-5)
+    gate_up = xn @ w_gu + (bias_gu if bias_gu is not None else 0) + ((xn @ a_gu @ b_gu) if a_gu is not None else 0)
+    gate, up = gate_up.chunk(2, dim=-1)
+    act = F.silu(gate) * up
+    return h + act @ w_d + (bias_d if bias_d is not None else 0) + ((act @ a_d @ b_d) if a_d is not None else 0)
 
 
 @pytest.mark.parametrize("lora", [True, False])
-def test_norm_head_gradients_and_logprobs(lora):
+@pytest.mark.parametrize("bias", [True, False])
+def test_norm_swiglu_gradients(lora, bias):
+    h, ln = _t(5, 3), _t(3, grad=False)
+    w_gu, w_d = _t(3, 8, grad=False), _t(4, 3, grad=False)
+    bias_gu, bias_d = (_t(8, grad=False), _t(3, grad=False)) if bias else (None, None)
+    loras = (_t(3, 2), _t(2, 8), _t(4, 2), _t(2, 3)) if lora else (None,) * 4
+
+    def mine(x, a_gu, b_gu, a_d, b_d):
+        return NormSwiGLU.apply(x, ln, 1e-5, w_gu, bias_gu, a_gu, b_gu, w_d, bias_d, a_d, b_d)
+
+    assert torch.autograd.gradcheck(mine, (h, *loras))
+    want = _mlp(h, ln, w_gu, bias_gu, loras[0], loras[1], w_d, bias_d, loras[2], loras[3])
+    assert torch.allclose(mine(h, *loras), want)
+
+
+def test_norm_swiglu_with_bfloat16_weights_keeps_the_product_in_bfloat16_and_gives_the_float32_gradients():
+    # the bfloat16 route keeps the raw gate/up product and rebuilds gate/up in the backward: its gradients
+    # must be those of the float32 model to bfloat16 rounding, for the input and every LoRA factor
+    gen = torch.Generator().manual_seed(0)
+
+    h, ln = torch.randn(40, 64, generator=gen, requires_grad=True), torch.ones(64)
+    w_gu, w_d = torch.randn(64, 256, generator=gen) * 0.1, torch.randn(128, 64, generator=gen) * 0.1
+    bias_gu, bias_d = torch.randn(256, generator=gen) * 0.1, torch.randn(64, generator=gen) * 0.1
+    loras = [(torch.randn(*s, generator=gen) * 0.1).requires_grad_() for s in ((64, 4), (4, 256), (128, 4), (4, 64))]
+    results = {}
+    for name, (wg, wd) in {"float32": (w_gu, w_d),
+                           "bfloat16": (w_gu.t().contiguous().bfloat16().t(), w_d.t().contiguous().bfloat16().t())}.items():
+        out = NormSwiGLU.apply(h, ln, 1e-5, wg, bias_gu, loras[0], loras[1], wd, bias_d, loras[2], loras[3])
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, 64)).sum(), [h, *loras])
+        results[name] = (out.detach(), grads)
+    assert torch.allclose(results["bfloat16"][0], results["float32"][0], atol=0.05, rtol=0.02)
+    for g16, g32 in zip(results["bfloat16"][1], results["float32"][1], strict=True):
+        assert (g16 - g32).norm() / g32.norm() < 0.02
+    assert not torch.equal(results["bfloat16"][0], results["float32"][0])  # bfloat16 was really used
+
+
+@pytest.mark.parametrize("lora", [True, False])
+@pytest.mark.parametrize("blocks", ["one", "several"])
+def test_norm_head_gradients_and_logprobs(lora, blocks, monkeypatch):
+    if blocks == "several":  # the head works in blocks of rows: blocks of 2 and 4 of the 6 rows here
+        monkeypatch.setattr(train_ops, "HEAD_BLOCK", 2)
+        monkeypatch.setattr(train_ops, "HEAD_BACK_BLOCK", 4)
     h, ln, w = _t(6, 5), _t(5, grad=False), _t(5, 9, grad=False)
     a_t, b_t = (_t(5, 2), _t(2, 9)) if lora else (None, None)
     targets = torch.tensor([0, 3, 8, 2, 2, 5])

@@ -2,13 +2,16 @@
 
 Autograd over the plain ops keeps every intermediate for the backward (the normed input of each matmul, the
 SiLU output and the gated product, three [tokens, vocab] tensors at the head), about 1.9 MB per token for
-SmolLM2-135M; these keep what cannot be recomputed cheaply (0.9 MB per token), so a forward_backward of
-twice the tokens fits the same memory, and they make fewer passes over memory:
+SmolLM2-135M; these keep what cannot be recomputed cheaply (0.9 MB per token, 0.7 MB with bfloat16 base
+weights), so a forward_backward of twice the tokens or more fits the same memory, and they make fewer passes
+over memory:
 
 - NormLinear: rms_norm(h) @ W (+ bias) + LoRA; keeps h and the norm's scale, recomputes the normed input.
 - Rotate: RoPE, whose backward is the rotation back.
 - LinearResidual: h + x @ W (+ bias) + LoRA, the attention's output projection; keeps x only for LoRA.
-- SwiGLUDown: h + (silu(gate) * up) @ W_down (+ bias) + LoRA; keeps the gate/up matmul's output only.
+- NormSwiGLU: the MLP, h + (silu(gate) * up) @ W_down (+ bias) + LoRA with [gate | up] = rms_norm(h) @ W_gate_up
+  (+ bias) + LoRA; keeps h, the norm's scale and the gate/up product (in bfloat16 when the base weights are),
+  recomputes the rest.
 - NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the log-softmax alone and
   turns it into the logits' gradient in place, skipping rows whose gradient is zero (prompt tokens, zero weights).
 
@@ -27,8 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# rows of the [tokens, vocab] logits handled at a time in the head: bounds the temporaries of log_softmax
+# rows of the [tokens, vocab] logits handled at a time in the head's forward (product, LoRA, log_softmax) and
+# backward (the product by W^T): bounds their temporaries (a bfloat16 product of all 932 rows of a
+# forward_backward is 87 MB more at the peak) and is faster too. SmolLM2-135M on 2 cores, 932 rows: the
+# forward's product 132 ms in one piece against 50 ms in blocks of 128, the backward's 119 ms against 65 ms in
+# blocks of 256 (oneDNN's bfloat16 kernels slow down past a few hundred rows at these shapes).
 HEAD_BLOCK = 128
+HEAD_BACK_BLOCK = 256
 
 
 def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -48,6 +56,26 @@ def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.mm(w.t(), xt).t().float()
 
 
+def _result_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32, or x's dtype where that is wider (float64 in the gradchecks)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def mm_rows(x: torch.Tensor, w: torch.Tensor, block: int) -> torch.Tensor:
+    """mm(x, w) (float32, or float64 for float64 x) computed `block` rows at a time into one result, so a bfloat16 temporary is one
+    block big (see HEAD_BLOCK)."""
+    out = torch.empty((x.shape[0], w.shape[1]), dtype=_result_dtype(x), device=x.device)
+    for i in range(0, x.shape[0], block):
+        rows = x[i:i + block]
+        if w.dtype == rows.dtype:
+            torch.mm(rows, w, out=out[i:i + block])
+        elif w.is_contiguous():
+            out[i:i + block].copy_(torch.mm(rows.to(w.dtype), w))
+        else:
+            out[i:i + block].copy_(mm(rows, w))
+    return out
+
+
 def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
           packed: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w (+ bias), float32; with `packed` (w's oneDNN-packed copy, see Transformer), the product reads it."""
@@ -65,10 +93,33 @@ def _base_residual(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias: torc
     """h + x @ w (+ bias), float32 (the add rides on addmm when x and w are both float32)."""
     if packed is None and w.dtype == x.dtype:
         out = torch.addmm(h, x, w)
+    elif packed is not None:
+        # the add widens the bfloat16 product itself: one op fewer than .float() then add_, the same sum
+        out = torch.add(h, torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], ""))
     else:
         out = _base(x, w, None, packed).add_(h)
     if bias is not None:
         out += bias
+    return out
+
+
+def _raw_product(x: torch.Tensor, w: torch.Tensor, packed: torch.Tensor | None) -> torch.Tensor:
+    """x @ w for a bfloat16 w as the bfloat16 product (x rounded to bfloat16, accumulated in float32)."""
+    if packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
+    if w.is_contiguous():
+        return torch.mm(x.to(w.dtype), w)
+    return mm(x, w).to(w.dtype)  # mm's result is the bfloat16 product widened: the round trip is exact
+
+
+def _gate_up(raw: torch.Tensor, bias: torch.Tensor | None, xa: torch.Tensor | None,
+             b_t: torch.Tensor | None) -> torch.Tensor:
+    """float32 raw (+ bias) + xa @ b_t: the ops NormSwiGLU's forward and backward both take, in this order."""
+    out = raw.float()
+    if bias is not None:
+        out.add_(bias)
+    if xa is not None:
+        out.addmm_(xa, b_t)
     return out
 
 
@@ -95,11 +146,29 @@ def _lora_backward(grad: torch.Tensor, x: Any, xa: torch.Tensor, a_t: torch.Tens
     return grad_a, grad_b
 
 
-def _log_softmax_(logits: torch.Tensor) -> None:
-    """logits <- log_softmax(logits) over the last dimension, a block of rows at a time (bounded temporaries)."""
-    for i in range(0, logits.shape[0], HEAD_BLOCK):
+def _head_log_softmax(xn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      packed: torch.Tensor | None, xa: torch.Tensor | None, b_t: torch.Tensor | None) -> torch.Tensor:
+    """log_softmax(xn @ weight (+ bias) + xa @ b_t) [rows, vocab] as mm gives it, HEAD_BLOCK rows at a time: each
+    block's product, LoRA term and log_softmax are done before the next block starts."""
+    logits = torch.empty((xn.shape[0], weight.shape[1]), dtype=_result_dtype(xn), device=xn.device)
+    for i in range(0, xn.shape[0], HEAD_BLOCK):
         block = logits[i:i + HEAD_BLOCK]
+        rows = xn[i:i + HEAD_BLOCK]
+        if packed is not None:
+            block.copy_(torch.ops.mkldnn._linear_pointwise(rows.to(packed.dtype), packed, None, "none", [], ""))
+            if bias is not None:
+                block.add_(bias)
+        elif weight.dtype == rows.dtype:
+            if bias is None:
+                torch.mm(rows, weight, out=block)
+            else:
+                torch.addmm(bias, rows, weight, out=block)
+        else:
+            block.copy_(_base(rows, weight, bias))
+        if xa is not None:
+            block.addmm_(xa[i:i + HEAD_BLOCK], b_t)
         block.copy_(torch.log_softmax(block, dim=-1))
+    return logits
 
 
 class Rotate(torch.autograd.Function):
@@ -177,42 +246,67 @@ class LinearResidual(torch.autograd.Function):
                 None, None, grad_a, grad_b, None)
 
 
-class SwiGLUDown(torch.autograd.Function):
-    """h + (silu(gate) * up) @ weight (+ bias) + (act @ a_t) @ b_t, with gate_up = [gate | up]."""
+class NormSwiGLU(torch.autograd.Function):
+    """The MLP with its residual add: h + (silu(gate) * up) @ w_down (+ bias) + LoRA, where [gate | up] =
+    rms_norm(h) * ln @ w_gate_up (+ bias) + LoRA. With bfloat16 base weights it keeps the gate/up product as
+    the bfloat16 the matmul gave (half the bytes of the float32 gate/up, the largest thing a layer keeps) and
+    the backward adds the bias and LoRA term back with the forward's own ops, so it sees the same bits."""
 
     @staticmethod
-    def forward(ctx: Any, gate_up: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                a_t: torch.Tensor | None, b_t: torch.Tensor | None,
-                packed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(ctx: Any, h: torch.Tensor, ln: torch.Tensor, eps: float, w_gu: torch.Tensor,
+                bias_gu: torch.Tensor | None, a_gu: torch.Tensor | None, b_gu: torch.Tensor | None,
+                w_down: torch.Tensor, bias_down: torch.Tensor | None, a_down: torch.Tensor | None,
+                b_down: torch.Tensor | None, packed_gu: torch.Tensor | None = None,
+                packed_down: torch.Tensor | None = None) -> torch.Tensor:
+        xn, rstd = _rms(h, ln, eps)
+        xa_gu = torch.mm(xn, a_gu) if a_gu is not None else None
+        lowp = w_gu.dtype not in (torch.float32, torch.float64)
+        if lowp:
+            kept = _raw_product(xn, w_gu, packed_gu)
+            gate_up = _gate_up(kept, bias_gu, xa_gu, b_gu)
+        else:
+            gate_up = _base(xn, w_gu, bias_gu)
+            if xa_gu is not None:
+                gate_up.addmm_(xa_gu, b_gu)
+            kept = gate_up
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate).mul_(up)
-        out = _base_residual(h, act, weight, bias, packed)
-        xa = None
-        if a_t is not None:
-            xa = torch.mm(act, a_t)
-            out.addmm_(xa, b_t)
-        ctx.save_for_backward(gate_up, weight, a_t, b_t, xa)
+        out = _base_residual(h, act, w_down, bias_down, packed_down)
+        xa_down = None
+        if a_down is not None:
+            xa_down = torch.mm(act, a_down)
+            out.addmm_(xa_down, b_down)
+        ctx.save_for_backward(h, rstd, ln, w_gu, bias_gu, a_gu, b_gu, xa_gu, kept, w_down, a_down, b_down, xa_down)
+        ctx.eps, ctx.lowp = eps, lowp
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        gate_up, weight, a_t, b_t, xa = ctx.saved_tensors
+        h, rstd, ln, w_gu, bias_gu, a_gu, b_gu, xa_gu, kept, w_down, a_down, b_down, xa_down = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gate_up = _gate_up(kept, bias_gu, xa_gu, b_gu) if ctx.lowp else kept
         gate, up = gate_up.chunk(2, dim=-1)
         silu = F.silu(gate)
-        grad_act = mm(grad, weight.t())
-        grad_a = grad_b = None
-        if a_t is not None:
-            grad_a, grad_b = _lora_backward(grad, lambda: silu * up, xa, a_t, b_t, grad_act,
-                                            (ctx.needs_input_grad[4], ctx.needs_input_grad[5]))
-        grad_gate_up = None
-        if ctx.needs_input_grad[0]:
-            width = gate.shape[-1]
-            grad_gate_up = torch.empty_like(gate_up)
-            torch.mul(grad_act, silu, out=grad_gate_up[:, width:])
-            # silu_backward into a contiguous result, then one copy: written straight into the strided half it
-            # ran several times slower (1.3-1.9 ms against 0.2 ms at [350, 1536])
-            grad_gate_up[:, :width].copy_(torch.ops.aten.silu_backward(grad_act.mul_(up), gate))
-        return grad_gate_up, grad if ctx.needs_input_grad[1] else None, None, None, grad_a, grad_b, None
+        grad_act = mm(grad, w_down.t())
+        grad_a_down = grad_b_down = None
+        if a_down is not None:
+            grad_a_down, grad_b_down = _lora_backward(grad, lambda s=silu, u=up: s * u, xa_down, a_down, b_down, grad_act,
+                                                      (need[9], need[10]))
+        width = gate.shape[-1]
+        grad_gate_up = torch.empty_like(gate_up)
+        torch.mul(grad_act, silu, out=grad_gate_up[:, width:])
+        # silu_backward into a contiguous result, then one copy: written straight into the strided half it
+        # ran several times slower (1.3-1.9 ms against 0.2 ms at [350, 1536])
+        grad_gate_up[:, :width].copy_(torch.ops.aten.silu_backward(grad_act.mul_(up), gate))
+        del gate_up, gate, up, silu, grad_act
+        grad_xn = mm(grad_gate_up, w_gu.t())
+        grad_a_gu = grad_b_gu = None
+        if a_gu is not None:
+            grad_a_gu, grad_b_gu = _lora_backward(grad_gate_up, lambda: _rms(h, ln, ctx.eps)[0], xa_gu, a_gu, b_gu,
+                                                  grad_xn, (need[5], need[6]))
+        grad_h = _rms_backward(grad_xn, h, rstd, ln).add_(grad) if need[0] else None
+        return (grad_h, None, None, None, None, grad_a_gu, grad_b_gu, None, None, grad_a_down, grad_b_down,
+                None, None)
 
 
 class NormHead(torch.autograd.Function):
@@ -223,12 +317,8 @@ class NormHead(torch.autograd.Function):
                 bias: torch.Tensor | None, a_t: torch.Tensor | None, b_t: torch.Tensor | None,
                 targets: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
         xn, rstd = _rms(h, ln, eps)
-        logits = _base(xn, weight, bias, packed)
-        xa = None
-        if a_t is not None:
-            xa = torch.mm(xn, a_t)
-            logits.addmm_(xa, b_t)
-        _log_softmax_(logits)
+        xa = torch.mm(xn, a_t) if a_t is not None else None
+        logits = _head_log_softmax(xn, weight, bias, packed, xa, b_t)
         logp = logits.gather(-1, targets[:, None]).squeeze(-1)
         ctx.save_for_backward(h, rstd, ln, weight, a_t, b_t, xa, targets)
         ctx.logp = logits  # consumed by the backward, which turns it into the logits' gradient in place
@@ -240,11 +330,7 @@ class NormHead(torch.autograd.Function):
         h, rstd, ln, weight, a_t, b_t, xa, targets = ctx.saved_tensors
         logp, ctx.logp = ctx.logp, None
         if logp is None:  # a second backward through the same graph (retain_graph): compute them again
-            xn = _rms(h, ln, ctx.eps)[0]
-            logp = _base(xn, weight, ctx.bias, ctx.packed)
-            if a_t is not None:
-                logp.addmm_(xa, b_t)
-            _log_softmax_(logp)
+            logp = _head_log_softmax(_rms(h, ln, ctx.eps)[0], weight, ctx.bias, ctx.packed, xa, b_t)
         rows = grad.nonzero().squeeze(-1)
         if rows.numel() < grad.shape[0]:  # prompt tokens and zero weights send nothing back
             logp, grad, targets = logp[rows], grad[rows], targets[rows]
@@ -254,7 +340,7 @@ class NormHead(torch.autograd.Function):
             logp[i:i + HEAD_BLOCK].exp_().mul_(-grad[i:i + HEAD_BLOCK, None])
         logp.scatter_add_(-1, targets[:, None], grad[:, None])
         grad_logits = logp
-        grad_xn = mm(grad_logits, weight.t())
+        grad_xn = mm_rows(grad_logits, weight.t(), HEAD_BACK_BLOCK)
         grad_a = grad_b = None
         if a_t is not None:
             hr = h[rows] if rows.numel() < h.shape[0] else h

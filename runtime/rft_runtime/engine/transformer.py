@@ -22,7 +22,7 @@ from transformers import AutoConfig
 
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, Target
-from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, Rotate, SwiGLUDown, mm
+from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, NormSwiGLU, Rotate, mm
 from rft_runtime.engine.weights import Weights
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
@@ -272,12 +272,18 @@ class Transformer:
         if packed is not None:
             if packed.dtype == x.dtype:
                 out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+                if residual is not None:
+                    out.add_(residual)
             else:
-                out = torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "").float()
-                if bias is not None:
-                    out.add_(bias)
-            if residual is not None:
-                out.add_(residual)
+                raw = torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
+                if bias is None and residual is not None:
+                    out = torch.add(residual, raw)  # widened by the add itself: one op fewer, the same sum
+                else:
+                    out = raw.float()
+                    if bias is not None:
+                        out.add_(bias)
+                    if residual is not None:
+                        out.add_(residual)
             if pair is not None:
                 out.addmm_(torch.mm(x, pair[0]), pair[1])
             return out
@@ -397,10 +403,12 @@ class Transformer:
 
     def activation_bytes(self) -> int:
         """Memory one token of a forward_backward keeps for its backward (train_ops keeps per layer the
-        input, the rotated q/k, v, the attention's output, the mid-layer state and gate/up; then logits)."""
+        input, the rotated q/k, v, the attention's output, the mid-layer state and the gate/up product, the
+        last in the base weights' dtype; then the logits)."""
         qk, v = (self.heads + self.kv_heads) * self.head_dim, self.kv_heads * self.head_dim
-        per_layer = 3 * self.hidden + qk + v + 2 * self.layers[0].down.shape[0]
-        return 4 * (len(self.layers) * per_layer + self.vocab + self.hidden)
+        gate_up = 2 * self.layers[0].down.shape[0] * self.base_dtype.itemsize
+        per_layer = 4 * (3 * self.hidden + qk + v) + gate_up
+        return len(self.layers) * per_layer + 4 * (self.vocab + self.hidden)
 
     def logprobs(self, tokens: list[list[int]], targets: list[list[int]], adapter: Adapter | None) -> list[torch.Tensor]:
         """Per sequence, log p(target_t | tokens_<=t) (differentiable w.r.t. the adapter when grad is on).
@@ -434,10 +442,9 @@ class Transformer:
             attn = self._attend_full(q, k, v, masks[layer.window])
             h = LinearResidual.apply(attn, h, layer.o, layer.o_bias, *_pair(pairs, f"{i}.o"),
                                      layer.o_packed if pk else None)
-            gate_up = NormLinear.apply(h, layer.ln2, self.eps, layer.gate_up, layer.gate_up_bias,
-                                       *_pair(pairs, f"{i}.gate_up"), layer.gate_up_packed if pk else None)
-            h = SwiGLUDown.apply(gate_up, h, layer.down, layer.down_bias, *_pair(pairs, f"{i}.down"),
-                                 layer.down_packed if pk else None)
+            h = NormSwiGLU.apply(h, layer.ln2, self.eps, layer.gate_up, layer.gate_up_bias,
+                                 *_pair(pairs, f"{i}.gate_up"), layer.down, layer.down_bias, *_pair(pairs, f"{i}.down"),
+                                 layer.gate_up_packed if pk else None, layer.down_packed if pk else None)
         flat = real.reshape(-1)
         logp = NormHead.apply(h[flat], self.norm, self.eps, self.lm_head, self.lm_head_bias,
                               *_pair(pairs, "lm_head"), tgt.reshape(-1)[flat], self.lm_head_packed if pk else None)
