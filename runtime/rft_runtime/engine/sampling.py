@@ -90,6 +90,29 @@ def pick_tokens(logits: torch.Tensor, specs: list[SampleSpec],
     generator (inverse CDF), so a sequence's tokens depend only on its logits and seed, never on which other
     sequences share its decoding batch."""
     logits = logits.float()
+    rows, vocab = logits.shape
+    if all(s.temperature != 0.0 and not 0 < s.top_k < vocab and s.top_p >= 1.0 for s in specs):
+        # every row a plain draw (the common case): the same ops as below without selecting rows, and no
+        # division where every temperature is 1 (exact either way)
+        temps = [s.temperature for s in specs]
+        scores = logits if all(t == 1.0 for t in temps) else logits / torch.tensor(temps, device=logits.device)[:, None]
+        tokens = _draw(scores, generators)
+    else:
+        tokens = _pick_mixed(logits, specs, generators)
+    logprobs = logits.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return tokens.tolist(), logprobs.tolist()
+
+
+def _draw(scores: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of scores [R, V] (-inf: never), by inverse CDF on one uniform number of its generator."""
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    u = u.to(scores.device) * cdf[:, -1]
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=scores.shape[-1] - 1)
+
+
+def _pick_mixed(logits: torch.Tensor, specs: list[SampleSpec], generators: list[torch.Generator]) -> torch.Tensor:
+    """pick_tokens' tokens where rows differ: greedy rows, top-k and top-p truncation."""
     rows = logits.shape[0]
     tokens = torch.empty(rows, dtype=torch.long, device=logits.device)
     greedy = [i for i, s in enumerate(specs) if s.temperature == 0.0]
@@ -116,12 +139,8 @@ def pick_tokens(logits: torch.Tensor, specs: list[SampleSpec],
             probs = torch.softmax(ordered, dim=-1)
             drop = probs.cumsum(dim=-1) - probs >= top_p[:, None]
             scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-        cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1, dtype=torch.float64)
-        u = torch.stack([torch.rand((), generator=generators[i], dtype=torch.float64) for i in drawn])
-        u = u.to(logits.device) * cdf[:, -1]
-        tokens[idx] = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=vocab - 1)
-    logprobs = logits.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return tokens.tolist(), logprobs.tolist()
+        tokens[idx] = _draw(scores, [generators[i] for i in drawn])
+    return tokens
 
 
 def sequence_generators(seed: int | None, n: int) -> list[torch.Generator]:
