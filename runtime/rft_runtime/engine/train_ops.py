@@ -2,7 +2,7 @@
 
 Autograd over the plain ops keeps every intermediate for the backward (the normed input of each matmul, the
 SiLU output and the gated product, three [tokens, vocab] tensors at the head), about 1.9 MB per token for
-SmolLM2-135M; these keep what cannot be recomputed cheaply (0.9 MB per token, 0.7 MB with bfloat16 base
+SmolLM2-135M; these keep what cannot be recomputed cheaply (0.9 MB per token, 0.6 MB with bfloat16 base
 weights), so a forward_backward of twice the tokens or more fits the same memory, and they make fewer passes
 over memory:
 
@@ -12,8 +12,9 @@ over memory:
 - NormSwiGLU: the MLP, h + (silu(gate) * up) @ W_down (+ bias) + LoRA with [gate | up] = rms_norm(h) @ W_gate_up
   (+ bias) + LoRA; keeps h, the norm's scale and the gate/up product (in bfloat16 when the base weights are),
   recomputes the rest.
-- NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the log-softmax alone and
-  turns it into the logits' gradient in place, skipping rows whose gradient is zero (prompt tokens, zero weights).
+- NormHead: the final norm, the logits (+ LoRA) and each target's logprob; keeps the log-softmax alone (in
+  bfloat16 with bfloat16 base weights) and turns it into the logits' gradient a block of rows at a time,
+  skipping rows whose gradient is zero (prompt tokens, zero weights).
 
 With bfloat16 base weights (transformer.base_dtype) the forward's products read the oneDNN-packed copies the
 engine keeps for decoding (`packed`), and the backward's W^T is a contiguous tensor (the engine stores W^T and
@@ -31,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 # rows of the [tokens, vocab] logits handled at a time in the head's forward (product, LoRA, log_softmax) and
-# backward (the product by W^T): bounds their temporaries (a bfloat16 product of all 932 rows of a
-# forward_backward is 87 MB more at the peak) and is faster too. SmolLM2-135M on 2 cores, 932 rows: the
+# backward (the logits' gradient and its products): bounds their temporaries (for all 932 rows of a
+# forward_backward the bfloat16 product alone is 87 MB) and is faster too. SmolLM2-135M on 2 cores, 932 rows: the
 # forward's product 132 ms in one piece against 50 ms in blocks of 128, the backward's 119 ms against 65 ms in
 # blocks of 256 (oneDNN's bfloat16 kernels slow down past a few hundred rows at these shapes).
 HEAD_BLOCK = 128
@@ -59,21 +60,6 @@ def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def _result_dtype(x: torch.Tensor) -> torch.dtype:
     """float32, or x's dtype where that is wider (float64 in the gradchecks)."""
     return torch.promote_types(x.dtype, torch.float32)
-
-
-def mm_rows(x: torch.Tensor, w: torch.Tensor, block: int) -> torch.Tensor:
-    """mm(x, w) (float32, or float64 for float64 x) computed `block` rows at a time into one result, so a bfloat16 temporary is one
-    block big (see HEAD_BLOCK)."""
-    out = torch.empty((x.shape[0], w.shape[1]), dtype=_result_dtype(x), device=x.device)
-    for i in range(0, x.shape[0], block):
-        rows = x[i:i + block]
-        if w.dtype == rows.dtype:
-            torch.mm(rows, w, out=out[i:i + block])
-        elif w.is_contiguous():
-            out[i:i + block].copy_(torch.mm(rows.to(w.dtype), w))
-        else:
-            out[i:i + block].copy_(mm(rows, w))
-    return out
 
 
 def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
@@ -147,13 +133,21 @@ def _lora_backward(grad: torch.Tensor, x: Any, xa: torch.Tensor, a_t: torch.Tens
 
 
 def _head_log_softmax(xn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      packed: torch.Tensor | None, xa: torch.Tensor | None, b_t: torch.Tensor | None) -> torch.Tensor:
-    """log_softmax(xn @ weight (+ bias) + xa @ b_t) [rows, vocab] as mm gives it, HEAD_BLOCK rows at a time: each
-    block's product, LoRA term and log_softmax are done before the next block starts."""
-    logits = torch.empty((xn.shape[0], weight.shape[1]), dtype=_result_dtype(xn), device=xn.device)
+                      packed: torch.Tensor | None, xa: torch.Tensor | None, b_t: torch.Tensor | None,
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(target) per row, log_softmax(xn @ weight (+ bias) + xa @ b_t) [rows, vocab]), HEAD_BLOCK rows at a
+    time: each block's product, LoRA term and log_softmax are done before the next block starts. The target's
+    logprob comes from the float32 block; the [rows, vocab] log-softmax the backward needs is kept in the base
+    weights' dtype (bfloat16: half the bytes of the largest thing a forward keeps; the backward's product
+    takes the logits' gradient in bfloat16 anyway)."""
+    dtype = _result_dtype(xn)
+    kept_dtype = weight.dtype if weight.dtype not in (torch.float32, torch.float64) else dtype
+    kept = torch.empty((xn.shape[0], weight.shape[1]), dtype=kept_dtype, device=xn.device)
+    logp = torch.empty(xn.shape[0], dtype=dtype, device=xn.device)
     for i in range(0, xn.shape[0], HEAD_BLOCK):
-        block = logits[i:i + HEAD_BLOCK]
         rows = xn[i:i + HEAD_BLOCK]
+        block = kept[i:i + HEAD_BLOCK] if kept_dtype == dtype else torch.empty((rows.shape[0], kept.shape[1]),
+                                                                                dtype=dtype, device=xn.device)
         if packed is not None:
             block.copy_(torch.ops.mkldnn._linear_pointwise(rows.to(packed.dtype), packed, None, "none", [], ""))
             if bias is not None:
@@ -168,7 +162,10 @@ def _head_log_softmax(xn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         if xa is not None:
             block.addmm_(xa[i:i + HEAD_BLOCK], b_t)
         block.copy_(torch.log_softmax(block, dim=-1))
-    return logits
+        logp[i:i + HEAD_BLOCK] = block.gather(-1, targets[i:i + HEAD_BLOCK, None]).squeeze(-1)
+        if kept_dtype != dtype:
+            kept[i:i + HEAD_BLOCK].copy_(block)
+    return logp, kept
 
 
 class Rotate(torch.autograd.Function):
@@ -318,39 +315,45 @@ class NormHead(torch.autograd.Function):
                 targets: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
         xn, rstd = _rms(h, ln, eps)
         xa = torch.mm(xn, a_t) if a_t is not None else None
-        logits = _head_log_softmax(xn, weight, bias, packed, xa, b_t)
-        logp = logits.gather(-1, targets[:, None]).squeeze(-1)
+        logp, kept = _head_log_softmax(xn, weight, bias, packed, xa, b_t, targets)
         ctx.save_for_backward(h, rstd, ln, weight, a_t, b_t, xa, targets)
-        ctx.logp = logits  # consumed by the backward, which turns it into the logits' gradient in place
+        ctx.kept = kept  # consumed by the backward
         ctx.eps, ctx.bias, ctx.packed = eps, bias, packed
         return logp
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         h, rstd, ln, weight, a_t, b_t, xa, targets = ctx.saved_tensors
-        logp, ctx.logp = ctx.logp, None
-        if logp is None:  # a second backward through the same graph (retain_graph): compute them again
-            logp = _head_log_softmax(_rms(h, ln, ctx.eps)[0], weight, ctx.bias, ctx.packed, xa, b_t)
+        kept, ctx.kept = ctx.kept, None
+        if kept is None:  # a second backward through the same graph (retain_graph): compute it again
+            kept = _head_log_softmax(_rms(h, ln, ctx.eps)[0], weight, ctx.bias, ctx.packed, xa, b_t, targets)[1]
+        # prompt tokens and zero weights send nothing back: only the other rows are worked on
         rows = grad.nonzero().squeeze(-1)
-        if rows.numel() < grad.shape[0]:  # prompt tokens and zero weights send nothing back
-            logp, grad, targets = logp[rows], grad[rows], targets[rows]
-            xa = xa[rows] if xa is not None else None
-        # d logp / d logits = onehot(target) - softmax(logits), times each row's incoming gradient
-        for i in range(0, logp.shape[0], HEAD_BLOCK):
-            logp[i:i + HEAD_BLOCK].exp_().mul_(-grad[i:i + HEAD_BLOCK, None])
-        logp.scatter_add_(-1, targets[:, None], grad[:, None])
-        grad_logits = logp
-        grad_xn = mm_rows(grad_logits, weight.t(), HEAD_BACK_BLOCK)
-        grad_a = grad_b = None
+        dtype = _result_dtype(h)
+        grad_xn = torch.empty((rows.shape[0], h.shape[1]), dtype=dtype, device=h.device)
+        grad_xa = torch.empty((rows.shape[0], a_t.shape[1]), dtype=dtype, device=h.device) if a_t is not None else None
+        grad_b = torch.zeros_like(b_t) if a_t is not None and ctx.needs_input_grad[6] else None
+        w_t = weight.t()
+        for i in range(0, rows.shape[0], HEAD_BACK_BLOCK):
+            idx = rows[i:i + HEAD_BACK_BLOCK]
+            g = grad[idx]
+            # d logp / d logits = onehot(target) - softmax(logits), times each row's incoming gradient
+            block = kept[idx].to(dtype).exp_().mul_(-g[:, None])
+            block.scatter_add_(-1, targets[idx, None], g[:, None])
+            grad_xn[i:i + HEAD_BACK_BLOCK] = mm(block, w_t)
+            if a_t is not None:
+                torch.mm(block, b_t.t(), out=grad_xa[i:i + HEAD_BACK_BLOCK])
+                if grad_b is not None:
+                    grad_b.addmm_(xa[idx].t(), block)
+            del block
+        del kept
+        grad_a = None
         if a_t is not None:
-            hr = h[rows] if rows.numel() < h.shape[0] else h
-            grad_a, grad_b = _lora_backward(grad_logits, lambda: _rms(hr, ln, ctx.eps)[0], xa, a_t, b_t, grad_xn,
-                                            (ctx.needs_input_grad[5], ctx.needs_input_grad[6]))
+            grad_xn.addmm_(grad_xa, a_t.t())
+            if ctx.needs_input_grad[5]:
+                grad_a = torch.mm(_rms(h[rows], ln, ctx.eps)[0].t(), grad_xa)
         grad_h = None
         if ctx.needs_input_grad[0]:
-            if rows.numel() < h.shape[0]:
-                grad_h = torch.zeros_like(h)
-                grad_h[rows] = _rms_backward(grad_xn, h[rows], rstd[rows], ln)
-            else:
-                grad_h = _rms_backward(grad_xn, h, rstd, ln)
+            grad_h = torch.zeros_like(h)
+            grad_h[rows] = _rms_backward(grad_xn, h[rows], rstd[rows], ln)
         return grad_h, None, None, None, None, grad_a, grad_b, None, None

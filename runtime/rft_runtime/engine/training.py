@@ -19,12 +19,12 @@ from rft_runtime.engine.transformer import Transformer
 log = logging.getLogger("rft.engine")
 
 # memory a forward_backward may keep for its backward at once (RFT_ENGINE_TRAIN_MB): bigger batches are run
-# in chunks of datums. Each chunk streams every weight through the forward and the backward and runs all
-# their small ops again, so fewer chunks are faster: SmolLM2-135M's 932-token batch in one chunk took 1.86 s
-# against 2.11-2.20 s in three (in process, 2 cores, alternated). 640 MB is about 950 tokens of SmolLM2-135M
-# (train_ops keeps 0.7 MB a token), one chunk for that batch, and the engine with a sampler then peaked at
-# 1.97 GB (bench/engine.py's peak RSS), under 2 GiB
-TRAIN_MB = 640
+# in chunks of datums. Each chunk streams every weight through the forward and the backward and runs all their
+# small ops again, so fewer chunks are faster (SmolLM2-135M's 932 tokens: 1.84-1.94 s in one chunk, 1.92-2.00 s
+# in two, in process on 2 cores), but one chunk of 932 tokens took the engine with a sampler past 2 GiB
+# (2.06 GB). 384 MB is about 660 tokens of SmolLM2-135M (train_ops keeps 0.6 MB a token), two chunks for
+# that batch, and the engine peaks well under 2 GiB
+TRAIN_MB = 384
 
 
 def train_chunk_tokens(tf: Transformer) -> int:

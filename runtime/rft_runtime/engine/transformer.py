@@ -403,12 +403,12 @@ class Transformer:
 
     def activation_bytes(self) -> int:
         """Memory one token of a forward_backward keeps for its backward (train_ops keeps per layer the
-        input, the rotated q/k, v, the attention's output, the mid-layer state and the gate/up product, the
-        last in the base weights' dtype; then the logits)."""
+        input, the rotated q/k, v, the attention's output, the mid-layer state and the gate/up product; then
+        the log-softmax over the vocabulary; the gate/up product and the log-softmax in the base weights' dtype)."""
         qk, v = (self.heads + self.kv_heads) * self.head_dim, self.kv_heads * self.head_dim
-        gate_up = 2 * self.layers[0].down.shape[0] * self.base_dtype.itemsize
-        per_layer = 4 * (3 * self.hidden + qk + v) + gate_up
-        return len(self.layers) * per_layer + 4 * (self.vocab + self.hidden)
+        low = self.base_dtype.itemsize
+        per_layer = 4 * (3 * self.hidden + qk + v) + low * 2 * self.layers[0].down.shape[0]
+        return len(self.layers) * per_layer + low * self.vocab + 4 * self.hidden
 
     def logprobs(self, tokens: list[list[int]], targets: list[list[int]], adapter: Adapter | None) -> list[torch.Tensor]:
         """Per sequence, log p(target_t | tokens_<=t) (differentiable w.r.t. the adapter when grad is on).
