@@ -57,6 +57,11 @@ def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.mm(w.t(), xt).t().float()
 
 
+def packed_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """x @ W read from W's oneDNN-packed copy (see Transformer), in the copy's dtype (x converted to it)."""
+    return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
+
+
 def _result_dtype(x: torch.Tensor) -> torch.dtype:
     """float32, or x's dtype where that is wider (float64 in the gradchecks)."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -66,7 +71,7 @@ def _base(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
           packed: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w (+ bias), float32; with `packed` (w's oneDNN-packed copy, see Transformer), the product reads it."""
     if packed is not None:
-        out = torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "").float()
+        out = packed_product(x, packed).float()
         return out if bias is None else out.add_(bias)
     if w.dtype == x.dtype:
         return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
@@ -81,7 +86,7 @@ def _base_residual(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias: torc
         out = torch.addmm(h, x, w)
     elif packed is not None:
         # the add widens the bfloat16 product itself: one op fewer than .float() then add_, the same sum
-        out = torch.add(h, torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], ""))
+        out = torch.add(h, packed_product(x, packed))
     else:
         out = _base(x, w, None, packed).add_(h)
     if bias is not None:
@@ -92,7 +97,7 @@ def _base_residual(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias: torc
 def _raw_product(x: torch.Tensor, w: torch.Tensor, packed: torch.Tensor | None) -> torch.Tensor:
     """x @ w for a bfloat16 w as the bfloat16 product (x rounded to bfloat16, accumulated in float32)."""
     if packed is not None:
-        return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
+        return packed_product(x, packed)
     if w.is_contiguous():
         return torch.mm(x.to(w.dtype), w)
     return mm(x, w).to(w.dtype)  # mm's result is the bfloat16 product widened: the round trip is exact
@@ -149,7 +154,7 @@ def _head_log_softmax(xn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         block = kept[i:i + HEAD_BLOCK] if kept_dtype == dtype else torch.empty((rows.shape[0], kept.shape[1]),
                                                                                 dtype=dtype, device=xn.device)
         if packed is not None:
-            block.copy_(torch.ops.mkldnn._linear_pointwise(rows.to(packed.dtype), packed, None, "none", [], ""))
+            block.copy_(packed_product(rows, packed))
             if bias is not None:
                 block.add_(bias)
         elif weight.dtype == rows.dtype:

@@ -22,7 +22,15 @@ from transformers import AutoConfig
 
 from rft_runtime.engine.errors import EngineError
 from rft_runtime.engine.lora import Adapter, Target
-from rft_runtime.engine.train_ops import LinearResidual, NormHead, NormLinear, NormSwiGLU, Rotate, mm
+from rft_runtime.engine.train_ops import (
+    LinearResidual,
+    NormHead,
+    NormLinear,
+    NormSwiGLU,
+    Rotate,
+    mm,
+    packed_product,
+)
 from rft_runtime.engine.weights import Weights
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
@@ -275,7 +283,7 @@ class Transformer:
                 if residual is not None:
                     out.add_(residual)
             else:
-                raw = torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
+                raw = packed_product(x, packed)
                 if bias is None and residual is not None:
                     out = torch.add(residual, raw)  # widened by the add itself: one op fewer, the same sum
                 else:
