@@ -90,7 +90,7 @@ def pick_tokens(logits: torch.Tensor, specs: list[SampleSpec],
     generator (inverse CDF), so a sequence's tokens depend only on its logits and seed, never on which other
     sequences share its decoding batch."""
     logits = logits.float()
-    rows, vocab = logits.shape
+    vocab = logits.shape[-1]
     if all(s.temperature != 0.0 and not 0 < s.top_k < vocab and s.top_p >= 1.0 for s in specs):
         # every row a plain draw (the common case): the same ops as below without selecting rows, and no
         # division where every temperature is 1 (exact either way)
