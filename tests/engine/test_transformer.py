@@ -76,6 +76,21 @@ def test_logprobs_prefill_and_decoding_match_the_hugging_face_model(tmp_path, ar
             assert torch.allclose(torch.log_softmax(logits[row, -1], dim=-1), want, atol=atol), (arch, step, row)
         pos = pos + 1
         logits = tf.step(ids[:, prompt + step], pos, cache, mask, None)[:, None]
+    # no padding: decoding steps attend without a mask (the sliding window still cuts once it is passed)
+    full = torch.ones((3, prompt), dtype=torch.bool)
+    logits, kv = tf.prefill(ids[:, :prompt], full, None, all_logits=False)
+    cache = tf.new_cache(3, prompt + 3)
+    for layer in range(len(tf.layers)):
+        cache.k[layer, :, :, :prompt] = kv[2 * layer].transpose(1, 2)
+        cache.v[layer, :, :, :prompt] = kv[2 * layer + 1].transpose(1, 2)
+    cache.length = prompt
+    pos = torch.full((3,), prompt - 1)
+    for step in range(3):
+        pos = pos + 1
+        logits = tf.step(ids[:, prompt + step], pos, cache, torch.ones((3, prompt + 3), dtype=torch.bool), None)
+        with torch.no_grad():
+            want = torch.log_softmax(hf(input_ids=ids[:, :prompt + step + 1]).logits[:, -1], dim=-1)
+        assert torch.allclose(torch.log_softmax(logits, dim=-1), want, atol=atol), (arch, "unpadded", step)
 
 
 def test_an_adapter_changes_the_output_only_through_its_delta(tmp_path, monkeypatch):

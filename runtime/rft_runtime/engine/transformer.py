@@ -497,7 +497,7 @@ class Transformer:
         cos, sin = cos[:, 0], sin[:, 0]
         group = self.heads // self.kv_heads
         scale = self.head_dim ** -0.5
-        biases: dict[int | None, torch.Tensor] = {}
+        biases: dict[int | None, torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, h, (r,), cos, sin, pairs.get(f"{i}.qkv"), layer.qkv_packed)
             cache.k[i, :, :, n] = k
@@ -507,13 +507,20 @@ class Transformer:
                 if layer.window is not None and layer.window < n + 1:
                     allowed = allowed.clone()
                     allowed[:, : n + 1 - layer.window] = False
-                bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))
-                biases[layer.window] = bias[:, None, :].expand(r, self.kv_heads, n + 1).reshape(
-                    r * self.kv_heads, 1, n + 1)
+                bias = None  # every row sees every column (no padding, no window): no mask to add
+                if not bool(allowed.all()):
+                    bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))
+                    bias = bias[:, None, :].expand(r, self.kv_heads, n + 1).reshape(r * self.kv_heads, 1, n + 1)
+                biases[layer.window] = bias
             keys = cache.k[i, :, :, : n + 1].reshape(r * self.kv_heads, n + 1, self.head_dim)
             values = cache.v[i, :, :, : n + 1].reshape(r * self.kv_heads, n + 1, self.head_dim)
-            qg = q.reshape(r * self.kv_heads, group, self.head_dim)
-            scores = torch.baddbmm(biases[layer.window], qg, keys.transpose(1, 2), alpha=scale)
+            # q's heads are a strided view: the scaling writes the contiguous copy the grouping needs anyway
+            qg = torch.mul(q, scale).view(r * self.kv_heads, group, self.head_dim)
+            bias = biases[layer.window]
+            if bias is None:
+                scores = torch.bmm(qg, keys.transpose(1, 2))
+            else:
+                scores = torch.baddbmm(bias, qg, keys.transpose(1, 2))
             attn = torch.bmm(torch.softmax(scores, dim=-1), values).view(r, self.heads * self.head_dim)
             h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h, packed=layer.o_packed)
             h = self._mlp(layer, h, pairs, i, packed=True)
