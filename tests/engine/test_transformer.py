@@ -35,6 +35,19 @@ def _model_dir(tmp_path, arch: str, **extra):
     return tmp_path / arch, model.eval()
 
 
+def _prefilled(tf: Transformer, ids: torch.Tensor, valid: torch.Tensor, capacity: int, all_logits: bool = False):
+    """A prefill of the prompts ids [rows, width] (valid marks real tokens) and a decoding cache of `capacity`
+    positions holding its keys and values: (logits, per-layer k and v, cache)."""
+    logits, kv = tf.prefill(ids, valid, None, all_logits=all_logits)
+    width = ids.shape[1]
+    cache = tf.new_cache(ids.shape[0], capacity)
+    for layer in range(len(tf.layers)):
+        cache.k[layer, :, :, :width] = kv[2 * layer].transpose(1, 2)
+        cache.v[layer, :, :, :width] = kv[2 * layer + 1].transpose(1, 2)
+    cache.length = width
+    return logits, kv, cache
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize(("arch", "extra"), [("llama", {"attention_bias": True}), ("qwen2", {}), ("qwen3", {}),
                                              ("mistral", {"sliding_window": 5})])
@@ -59,12 +72,7 @@ def test_logprobs_prefill_and_decoding_match_the_hugging_face_model(tmp_path, ar
     prompt = 10
     valid = torch.ones((3, prompt), dtype=torch.bool)
     valid[0, :3] = False
-    logits, kv = tf.prefill(ids[:, :prompt], valid, None, all_logits=False)
-    cache = tf.new_cache(3, prompt + 4)
-    for layer in range(len(tf.layers)):
-        cache.k[layer, :, :, :prompt] = kv[2 * layer].transpose(1, 2)
-        cache.v[layer, :, :, :prompt] = kv[2 * layer + 1].transpose(1, 2)
-    cache.length = prompt
+    logits, _, cache = _prefilled(tf, ids[:, :prompt], valid, prompt + 4)
     mask = torch.ones((3, prompt + 4), dtype=torch.bool)
     mask[:, :prompt] = valid
     pos = valid.long().sum(-1) - 1
@@ -77,13 +85,7 @@ def test_logprobs_prefill_and_decoding_match_the_hugging_face_model(tmp_path, ar
         pos = pos + 1
         logits = tf.step(ids[:, prompt + step], pos, cache, mask, None)[:, None]
     # no padding: decoding steps attend without a mask (the sliding window still cuts once it is passed)
-    full = torch.ones((3, prompt), dtype=torch.bool)
-    logits, kv = tf.prefill(ids[:, :prompt], full, None, all_logits=False)
-    cache = tf.new_cache(3, prompt + 3)
-    for layer in range(len(tf.layers)):
-        cache.k[layer, :, :, :prompt] = kv[2 * layer].transpose(1, 2)
-        cache.v[layer, :, :, :prompt] = kv[2 * layer + 1].transpose(1, 2)
-    cache.length = prompt
+    logits, _, cache = _prefilled(tf, ids[:, :prompt], torch.ones((3, prompt), dtype=torch.bool), prompt + 3)
     pos = torch.full((3,), prompt - 1)
     for step in range(3):
         pos = pos + 1
@@ -157,12 +159,7 @@ def test_bfloat16_prefill_and_decoding_give_the_same_bits_on_one_thread_and_on_t
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            logits, kv = tf.prefill(ids, valid, None, all_logits=True)
-            cache = tf.new_cache(2, 31)
-            for layer in range(len(tf.layers)):
-                cache.k[layer, :, :, :30] = kv[2 * layer].transpose(1, 2)
-                cache.v[layer, :, :, :30] = kv[2 * layer + 1].transpose(1, 2)
-            cache.length = 30
+            logits, kv, cache = _prefilled(tf, ids, valid, 31, all_logits=True)
             step = tf.step(ids[:, -1], torch.full((2,), 30), cache, torch.ones((2, 31), dtype=torch.bool), None)
             runs.append((logits, kv, step))
     finally:
