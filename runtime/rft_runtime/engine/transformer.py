@@ -28,6 +28,7 @@ from rft_runtime.engine.train_ops import (
     NormLinear,
     NormSwiGLU,
     Rotate,
+    _rms,
     mm,
     packed_product,
 )
@@ -329,7 +330,7 @@ class Transformer:
     def _qkv(self, layer: Layer, h: torch.Tensor, shape: tuple[int, ...], cos: torch.Tensor, sin: torch.Tensor,
              pair: Any, packed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [*, heads, D], k and v [*, kv_heads, D] of the normed hidden states, rotated."""
-        x = F.rms_norm(h, (self.hidden,), layer.ln1, self.eps)
+        x = _rms(h, layer.ln1, self.eps)[0]
         return self._heads(layer, self._linear(x, layer.qkv, layer.qkv_bias, pair, packed=packed), shape, cos, sin)
 
     def _heads(self, layer: Layer, qkv: torch.Tensor, shape: tuple[int, ...], cos: torch.Tensor,
@@ -345,15 +346,15 @@ class Transformer:
         return q, k, v.reshape(*shape, self.kv_heads, self.head_dim).contiguous()
 
     def _mlp(self, layer: Layer, h: torch.Tensor, pairs: Pairs, i: int, packed: bool = False) -> torch.Tensor:
-        x = F.rms_norm(h, (self.hidden,), layer.ln2, self.eps)
+        x = _rms(h, layer.ln2, self.eps)[0]
         gate_up = self._linear(x, layer.gate_up, layer.gate_up_bias, pairs.get(f"{i}.gate_up"),
                                packed=layer.gate_up_packed if packed else None)
         gate, up = gate_up.chunk(2, dim=-1)
-        return self._linear(F.silu(gate) * up, layer.down, layer.down_bias, pairs.get(f"{i}.down"), residual=h,
+        return self._linear(F.silu(gate).mul_(up), layer.down, layer.down_bias, pairs.get(f"{i}.down"), residual=h,
                             packed=layer.down_packed if packed else None)
 
     def _logits(self, h: torch.Tensor, pairs: Pairs, packed: bool = False) -> torch.Tensor:
-        x = F.rms_norm(h, (self.hidden,), self.norm, self.eps)
+        x = _rms(h, self.norm, self.eps)[0]
         return self._linear(x, self.lm_head, self.lm_head_bias, pairs.get("lm_head"),
                             packed=self.lm_head_packed if packed else None)
 
@@ -491,17 +492,34 @@ class Transformer:
         may attend to (its own tokens, not left padding)."""
         r = tokens.shape[0]
         n = cache.length
+        kvh, d = self.kv_heads, self.head_dim
         pairs = self._pairs(adapter, frozen=True)
         h = F.embedding(tokens, self.embed).float()
         cos, sin = self._rope(positions.view(r, 1))
         cos, sin = cos[:, 0], sin[:, 0]
-        group = self.heads // self.kv_heads
-        scale = self.head_dim ** -0.5
+        group = self.heads // kvh
+        scale = d ** -0.5
+        # Per layer, the cache column this token's k and v go to and the keys and values attention reads: views
+        # made here, for all layers at once (indexing the cache in each layer took 12 ops a layer, and v a copy of
+        # its own). Cheap as such ops look, between a step's products they run cold, since every weight streams
+        # through the caches each step: a view op took 15-30 us there against 2-4 us in a loop of its own.
+        if not (cache.k.is_contiguous() and cache.v.is_contiguous()):
+            cache.k, cache.v = cache.k.contiguous(), cache.v.contiguous()
+        layers, cap = len(self.layers), cache.capacity
+        k_col, v_col = cache.k[:, :, :, n].unbind(0), cache.v[:, :, :, n].unbind(0)
+        keys = cache.k.view(layers, r * kvh, cap, d)[:, :, : n + 1].unbind(0)
+        values = cache.v.view(layers, r * kvh, cap, d)[:, :, : n + 1].unbind(0)
+        qk_width = (self.heads + kvh) * d
         biases: dict[int | None, torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, h, (r,), cos, sin, pairs.get(f"{i}.qkv"), layer.qkv_packed)
-            cache.k[i, :, :, n] = k
-            cache.v[i, :, :, n] = v
+            x = _rms(h, layer.ln1, self.eps)[0]
+            qkv = self._linear(x, layer.qkv, layer.qkv_bias, pairs.get(f"{i}.qkv"), packed=layer.qkv_packed)
+            qk = qkv[:, :qk_width].view(r, self.heads + kvh, d)
+            if layer.qk_norm is not None:
+                qk = F.rms_norm(qk, (d,), None, self.eps) * layer.qk_norm
+            qk = self._rotate(qk, cos, sin)
+            k_col[i].copy_(qk[:, self.heads:])
+            v_col[i].copy_(qkv[:, qk_width:].view(r, kvh, d))  # v straight from the product: no copy of its own
             if layer.window not in biases:
                 allowed = valid[:, : n + 1]
                 if layer.window is not None and layer.window < n + 1:
@@ -510,18 +528,16 @@ class Transformer:
                 bias = None  # every row sees every column (no padding, no window): no mask to add
                 if not bool(allowed.all()):
                     bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))
-                    bias = bias[:, None, :].expand(r, self.kv_heads, n + 1).reshape(r * self.kv_heads, 1, n + 1)
+                    bias = bias[:, None, :].expand(r, kvh, n + 1).reshape(r * kvh, 1, n + 1)
                 biases[layer.window] = bias
-            keys = cache.k[i, :, :, : n + 1].reshape(r * self.kv_heads, n + 1, self.head_dim)
-            values = cache.v[i, :, :, : n + 1].reshape(r * self.kv_heads, n + 1, self.head_dim)
             # q's heads are a strided view: the scaling writes the contiguous copy the grouping needs anyway
-            qg = torch.mul(q, scale).view(r * self.kv_heads, group, self.head_dim)
+            qg = torch.mul(qk[:, : self.heads], scale).view(r * kvh, group, d)
             bias = biases[layer.window]
             if bias is None:
-                scores = torch.bmm(qg, keys.transpose(1, 2))
+                scores = torch.bmm(qg, keys[i].transpose(1, 2))
             else:
-                scores = torch.baddbmm(bias, qg, keys.transpose(1, 2))
-            attn = torch.bmm(torch.softmax(scores, dim=-1), values).view(r, self.heads * self.head_dim)
+                scores = torch.baddbmm(bias, qg, keys[i].transpose(1, 2))
+            attn = torch.bmm(torch.softmax(scores, dim=-1), values[i]).view(r, self.heads * d)
             h = self._linear(attn, layer.o, layer.o_bias, pairs.get(f"{i}.o"), residual=h, packed=layer.o_packed)
             h = self._mlp(layer, h, pairs, i, packed=True)
         cache.length = n + 1
