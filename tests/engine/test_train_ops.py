@@ -78,9 +78,13 @@ def test_norm_swiglu_gradients(lora, bias):
     assert torch.allclose(mine(h, *loras), want)
 
 
-def test_norm_swiglu_with_bfloat16_weights_keeps_the_product_in_bfloat16_and_gives_the_float32_gradients():
+@pytest.mark.parametrize("blocks", ["one", "several"])
+def test_norm_swiglu_with_bfloat16_weights_keeps_the_product_in_bfloat16_and_gives_the_float32_gradients(
+        blocks, monkeypatch):
     # the bfloat16 route keeps the raw gate/up product and rebuilds gate/up in the backward: its gradients
     # must be those of the float32 model to bfloat16 rounding, for the input and every LoRA factor
+    if blocks == "several":  # the backward's gate/up product in row blocks: 16, 16 and 8 of the 40 rows here
+        monkeypatch.setattr(train_ops, "MLP_BACK_BLOCK", 16)
     gen = torch.Generator().manual_seed(0)
 
     h, ln = torch.randn(40, 64, generator=gen, requires_grad=True), torch.ones(64)
