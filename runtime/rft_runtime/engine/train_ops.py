@@ -185,10 +185,9 @@ def _head_log_softmax(xn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             block.copy_(_base(rows, weight, bias))
         if xa is not None:
             block.addmm_(xa[i:i + HEAD_BLOCK], b_t)
-        block.copy_(torch.log_softmax(block, dim=-1))
-        logp[i:i + HEAD_BLOCK] = block.gather(-1, targets[i:i + HEAD_BLOCK, None]).squeeze(-1)
-        if kept_dtype != dtype:
-            kept[i:i + HEAD_BLOCK].copy_(block)
+        logsm = torch.log_softmax(block, dim=-1)
+        logp[i:i + HEAD_BLOCK] = logsm.gather(-1, targets[i:i + HEAD_BLOCK, None]).squeeze(-1)
+        kept[i:i + HEAD_BLOCK].copy_(logsm)  # one pass: no float32 copy back into the block first
     return logp, kept
 
 
