@@ -93,7 +93,8 @@ def test_failed_pods_are_replaced_until_the_backoff_limit(api_server, client, ru
     st = phase_is(client, "rt", "Failed", "BackoffLimitExceeded")
     assert "exit code 1" in st["message"]
     assert api_server.pod_creations() == 2
-    assert ("Warning", "BackoffLimitExceeded") in events_for(client, "rt")
+    # the operator writes the status first and posts the event after it: the event can land just after the phase
+    wait_for(lambda: ("Warning", "BackoffLimitExceeded") in events_for(client, "rt"), 10, "the warning event")
 
 
 def test_suspend_and_resume_keep_storage_and_delete_drops_the_job(client, running_operator):
@@ -202,7 +203,7 @@ def test_status_progress_comes_from_the_runtime_metrics_endpoint(client, running
     st = wait_for(lambda: (lambda s: s if s.get("conditions") and condition(s, "Stalled")["status"] == "True"
                            else None)(status(client, "pg")), 30, "Stalled")
     assert condition(st, "Stalled")["reason"] == "NoProgress" and st["phase"] == "Running"
-    assert ("Warning", "NoProgress") in events_for(client, "pg")
+    wait_for(lambda: ("Warning", "NoProgress") in events_for(client, "pg"), 10, "the warning event")
     assert copy.deepcopy(client.get("rftjobs", NS, "pg")["spec"]["config"]) == job["spec"]["config"]
 
 
